@@ -1,0 +1,186 @@
+"""Runs: freezing the study into the store, running phases locally, and the status table.
+
+A run lives under `runs/<run_id>/` in the store. Its first object is `study.yaml`, the validated study frozen with
+its hash. Every later call for that run (a local phase, a pod of an Indexed Job) must bring a study with the same
+hash, or it is refused with exit 2: one run never mixes results of two configurations.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError
+from lorascope.log import Logger
+from lorascope.phases import PHASE_ORDER, PhaseContext, available_phases, check_index, get_phase
+from lorascope.store import Store
+from lorascope.study import Study, parse_study
+
+FROZEN_STUDY = "study.yaml"
+
+
+def default_run_id(study: Study) -> str:
+    """Same study, same run: re-running resumes and skips what is committed."""
+    return f"{study.name}-{study.hash[:8]}"
+
+
+def freeze_study(store: Store, run_id: str, study: Study) -> None:
+    """Write runs/<run>/study.yaml once; refuse a study whose hash differs from the frozen one."""
+    key = f"runs/{run_id}/{FROZEN_STUDY}"
+    frozen = load_frozen_study(store, run_id)
+    if frozen is None:
+        text = f"# lorascope study frozen at run creation\n# study_hash: {study.hash}\n" + study.to_yaml()
+        store.backend.put_bytes(key, text.encode())
+    elif frozen.hash != study.hash:
+        raise ConfigError(
+            f"run {run_id!r} was created from study {frozen.name!r} with hash {frozen.hash}; this study "
+            f"({study.name!r}) has hash {study.hash}. Use another --run-id for a changed study."
+        )
+
+
+def load_frozen_study(store: Store, run_id: str) -> Study | None:
+    from lorascope.store import NotFound
+
+    try:
+        text = store.backend.get_bytes(f"runs/{run_id}/{FROZEN_STUDY}").decode()
+    except NotFound:
+        return None
+    return parse_study(text, source=f"{store.url}/runs/{run_id}/{FROZEN_STUDY}")
+
+
+def find_runs(store: Store) -> list[str]:
+    return sorted({o.key.split("/")[1] for o in store.backend.list("runs/") if o.key.endswith("/" + FROZEN_STUDY) and o.key.count("/") == 2})
+
+
+def resolve_phases(spec: str | None) -> list[str]:
+    """`a,b` -> the named phases in pipeline order; None -> every implemented phase. Unknown or not-yet-implemented
+    phases are a ConfigError, never a silent skip."""
+    if not spec:
+        return available_phases()
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    for n in names:
+        get_phase(n)  # raises ConfigError for unknown or unimplemented
+    return [p for p in PHASE_ORDER if p in names]
+
+
+def code_version(env: Mapping[str, str]) -> str:
+    """LORASCOPE_CODE_VERSION (baked into images) or the git commit of this checkout, else the package version."""
+    from lorascope import __version__
+
+    if env.get("LORASCOPE_CODE_VERSION"):
+        return env["LORASCOPE_CODE_VERSION"]
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            return f"{__version__}+g{sha.stdout.strip()}{'.dirty' if dirty.stdout.strip() else ''}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return __version__
+
+
+def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
+    phase = get_phase(phase_name)
+    check_index(phase, ctx.study, index)
+    log = ctx.log.bind(phase=phase_name, unit=phase.unit(ctx.study, index), index=index)
+    t0 = time.perf_counter()
+    log("start")
+    phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
+    log("done", seconds=round(time.perf_counter() - t0, 2))
+
+
+@dataclass
+class LocalRun:
+    """`lorascope run`: phases in order; each index through the same function a Job pod calls."""
+
+    ctx: PhaseContext
+    study_path: Path
+    store_url: str
+    jobs: int = 1
+
+    def run(self, phases: list[str]) -> None:
+        for name in phases:
+            phase = get_phase(name)
+            n = phase.size(self.ctx.study)
+            self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
+            t0 = time.perf_counter()
+            if self.jobs <= 1 or n <= 1:
+                for i in range(n):
+                    run_phase_index(self.ctx, name, i)
+            else:
+                self._run_parallel(name, n)
+            self.ctx.log("phase done", phase=name, seconds=round(time.perf_counter() - t0, 1))
+
+    def _run_parallel(self, name: str, n: int) -> None:
+        """Each index in its own `lorascope <phase> --index i` process, as a pod would run it."""
+        env = dict(os.environ)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LORASCOPE_TORCH_THREADS": str(threads)})
+        env["LORASCOPE_CODE_VERSION"] = self.ctx.store.code_version
+        for k, v in self.ctx.env.items():
+            if k.startswith("LORASCOPE_"):
+                env[k] = v
+
+        def one(i: int) -> tuple[int, int]:
+            cmd = [
+                sys.executable, "-m", "lorascope.cli", name,
+                "--study", str(self.study_path), "--store", self.store_url,
+                "--run-id", self.ctx.run_id, "--index", str(i), "--work-dir", str(self.ctx.work_dir),
+            ]  # fmt: skip
+            return i, subprocess.run(cmd, env=env).returncode
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            results = list(pool.map(one, range(n)))
+        failed = [(i, rc) for i, rc in results if rc != 0]
+        if failed:
+            codes = {rc for _, rc in failed}
+            msg = f"phase {name}: indexes {[i for i, _ in failed]} failed (exit codes {sorted(codes)})"
+            raise ConfigError(msg) if codes == {EXIT_CONFIG} else LorascopeError(msg)
+
+
+# ------------------------------------------------------------------------------------------------ status
+def status_rows(store: Store, run_id: str, study: Study) -> list[tuple[str, str, str]]:
+    """(phase, bundle, state) for every bundle the study expects: committed | in progress | missing."""
+    rows = []
+    ctx = PhaseContext(study, store, run_id, Path("."), {}, Logger())
+    committed = {b.key for b in store.bundles(f"runs/{run_id}/")}
+    for name in available_phases():
+        phase = get_phase(name)
+        for rel in phase.bundles(study):
+            key = ctx.key(rel)
+            if key in committed:
+                state = "committed"
+            elif store.in_progress(key) or _has_checkpoint(store, ctx, rel):
+                state = "in progress"
+            else:
+                state = "missing"
+            rows.append((name, rel, state))
+    return rows
+
+
+def _has_checkpoint(store: Store, ctx: PhaseContext, rel: str) -> bool:
+    if not rel.startswith("cells/"):
+        return False
+    cell = rel.split("/", 1)[1]
+    return bool(store.bundles(ctx.key("checkpoints", cell) + "/"))
+
+
+def expected_bundles(study: Study, run_id: str) -> list[str]:
+    out = []
+    for name in available_phases():
+        out += [f"runs/{run_id}/{rel}" for rel in get_phase(name).bundles(study)]
+    return out

@@ -1,0 +1,326 @@
+"""The study: what to run, as typed config validated at the door.
+
+A study file (jobs/*.yaml) is loaded once by `load_study`; every field is checked before any model loads, and an
+error names the field path, the value and what was expected (ConfigError -> exit 2).
+
+The grid is tasks x methods x seeds in a fixed order: task-major, then method, then seed, in the order the study
+lists them. `JOB_COMPLETION_INDEX` i is `study.cells()[i]` on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorascope.errors import ConfigError
+
+GLUE_TASKS: dict[str, dict[str, Any]] = {
+    # name: text columns (pair tasks have two), number of labels, metric used for selection and reporting
+    "mrpc": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "f1"},
+    "rte": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "accuracy"},
+    "sst2": {"columns": ("sentence",), "num_labels": 2, "metric": "accuracy"},
+}
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # names end up in store keys, cell names and Kubernetes labels
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    """The base model. `name` is a hub id, a local directory, or `builtin:tiny-llama` (built from a config the
+    package ships: the offline smoke model)."""
+
+    name: str
+    revision: str = "main"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class DataConfig(Strict):
+    """Where GLUE comes from. `source: hub` loads `hub_dataset` at `revision` with datasets.load_dataset;
+    `source: local` reads GLUE-format jsonl files from `path` (`builtin` = the fixtures the package ships)."""
+
+    source: Literal["hub", "local"] = "hub"
+    hub_dataset: str = "nyu-mll/glue"
+    revision: str = "main"
+    path: str | None = None
+    dev_fraction: float = Field(0.1, gt=0, lt=1)
+    dev_max: int = Field(2000, ge=1)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _local_needs_path(self) -> DataConfig:
+        if self.source == "local" and not self.path:
+            raise ValueError("data.source is 'local' but data.path is empty (a folder of GLUE jsonl or 'builtin')")
+        return self
+
+
+class TaskConfig(Strict):
+    name: Literal["mrpc", "sst2", "rte"]
+    metric: Literal["f1", "accuracy"] | None = None  # default: GLUE_TASKS[name]["metric"]
+    max_length: int = Field(384, ge=8)
+    train_samples: int | None = Field(None, ge=1, description="cap on train (after the dev split); null = all")
+    hpo_train_samples: int | None = Field(None, ge=1, description="cap on the HPO training subset; null = all")
+    eval_samples: int | None = Field(None, ge=1, description="cap on the reported split; null = all")
+
+    @property
+    def selection_metric(self) -> str:
+        return self.metric or GLUE_TASKS[self.name]["metric"]
+
+
+class FullMethod(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "full"
+    kind: Literal["full"] = "full"
+
+
+class LoraMethod(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "lora"
+    kind: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+Method = Annotated[FullMethod | LoraMethod, Field(discriminator="kind")]
+
+HPO_PARAMS = {
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "effective_batch",
+    "epochs",
+    "lora_alpha",
+    "lora_dropout",
+}
+
+
+class ParamSpace(Strict):
+    """One search dimension: a float or int range (`low`, `high`, optional `log`) or a categorical (`choices`)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} range needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        return self
+
+
+class PrunerConfig(Strict):
+    kind: Literal["median", "none"] = "median"
+    n_startup_trials: int = Field(3, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+
+
+class HpoConfig(Strict):
+    enabled: bool = True
+    trials: int = Field(15, ge=1, description="complete trials per task x method, summed over all workers")
+    workers: int = Field(1, ge=1, description="worker processes (pods) sharing one Optuna study per task x method")
+    sampler_seed: int = 0
+    storage: str | None = Field(None, description="Optuna storage URL; null = a journal file in the local work dir")
+    pruner: PrunerConfig = PrunerConfig()
+    spaces: dict[str, dict[str, ParamSpace]] = Field(default_factory=dict, description="method name -> params")
+
+    @field_validator("spaces")
+    @classmethod
+    def _known_params(cls, spaces: dict[str, dict[str, ParamSpace]]) -> dict[str, dict[str, ParamSpace]]:
+        for method, params in spaces.items():
+            unknown = set(params) - HPO_PARAMS
+            if unknown:
+                raise ValueError(f"method {method!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(HPO_PARAMS)}")
+        return spaces
+
+
+class SanityConfig(Strict):
+    examples: int = Field(10, ge=2)
+    max_steps: int = Field(200, ge=1)
+    target_loss: float = Field(0.1, gt=0)
+    learning_rate: dict[str, float] = Field(default_factory=lambda: {"full": 1e-4, "lora": 3e-3})
+
+
+class TrainingConfig(Strict):
+    micro_batch: int = Field(8, ge=1, description="per-device batch: a memory knob, not a hyperparameter")
+    eval_batch: int = Field(32, ge=1)
+    optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit"] = "adamw_torch_fused"
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(0.3, gt=0)
+    early_stopping_patience: int = Field(3, ge=1)
+    evals_per_epoch: int = Field(4, ge=1, description="dev evaluations (and checkpoints) per epoch")
+    gradient_checkpointing: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    group_by_length: bool = True
+    max_steps: int | None = Field(None, ge=1, description="hard cap on optimizer steps (smoke study)")
+    defaults: dict[str, dict[str, float | int]] = Field(
+        default_factory=dict, description="method name -> hyperparameters used when HPO is off"
+    )
+
+
+class ExtractionConfig(Strict):
+    examples: int = Field(750, ge=2, description="per task; all examples when the split is smaller")
+    batch_size: int = Field(16, ge=1)
+    pooling: list[Literal["mean", "last"]] = Field(default_factory=lambda: ["mean", "last"], min_length=1)
+    split: Literal["validation"] = "validation"
+    seed: int = 0
+
+
+BENCH_MODES = ("full", "merged", "separate", "multi-2", "multi-3")
+
+
+class BenchConfig(Strict):
+    backends: list[Literal["hf", "vllm"]] = Field(default_factory=lambda: ["hf"], min_length=1)
+    modes: list[Literal["full", "merged", "separate", "multi-2", "multi-3"]] = Field(
+        default_factory=lambda: list(BENCH_MODES), min_length=1
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
+    warmup_batches: int = Field(10, ge=0)
+    requests: int = Field(200, ge=1, description="timed requests per configuration and repeat")
+    repeats: int = Field(3, ge=1)
+    seed: int = Field(42, description="which training seed's cells are served")
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=1)
+
+
+class HypothesesConfig(Strict):
+    h1a_max_gap_pp: float = 3.0
+    h1b_min_reduction_pct: float = 20.0
+    h2_max_overhead_pct: float = 30.0
+
+
+class Cell(Strict):
+    index: int
+    task: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.method}-s{self.seed}"
+
+
+class Study(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    seed: int = Field(0, description="study seed: HPO samplers are seeded from (seed, task, method)")
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    tasks: list[TaskConfig] = Field(min_length=1)
+    methods: list[Method] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    hpo: HpoConfig = HpoConfig()
+    training: TrainingConfig = TrainingConfig()
+    sanity: SanityConfig = SanityConfig()
+    extraction: ExtractionConfig = ExtractionConfig()
+    bench: BenchConfig = BenchConfig()
+    hypotheses: HypothesesConfig = HypothesesConfig()
+
+    @model_validator(mode="after")
+    def _unique_and_consistent(self) -> Study:
+        for label, names in (
+            ("tasks", [t.name for t in self.tasks]),
+            ("methods", [m.name for m in self.methods]),
+            ("seeds", list(self.seeds)),
+        ):
+            dupes = sorted({str(n) for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{label}: duplicate entries {dupes}")
+        method_names = {m.name for m in self.methods}
+        for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults)):
+            unknown = set(mapping) - method_names
+            if unknown:
+                raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; the study's methods are {sorted(method_names)}")
+        if self.hpo.enabled:
+            missing = method_names - set(self.hpo.spaces)
+            if missing:
+                raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for {sorted(missing)}")
+        return self
+
+    # ---- grid ---------------------------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        """The grid in its documented order: task-major, then method, then seed."""
+        out = []
+        for task in self.tasks:
+            for method in self.methods:
+                for seed in self.seeds:
+                    out.append(Cell(index=len(out), task=task.name, method=method.name, seed=seed))
+        return out
+
+    def cell(self, index: int) -> Cell:
+        cells = self.cells()
+        if not 0 <= index < len(cells):
+            raise ConfigError(f"index {index} is outside the grid (0..{len(cells) - 1}, {len(cells)} cells)")
+        return cells[index]
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise ConfigError(f"unknown task {name!r}; the study's tasks are {[t.name for t in self.tasks]}")
+
+    def method(self, name: str) -> FullMethod | LoraMethod:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"unknown method {name!r}; the study's methods are {[m.name for m in self.methods]}")
+
+    def task_methods(self) -> list[tuple[str, str]]:
+        return [(t.name, m.name) for t in self.tasks for m in self.methods]
+
+    # ---- identity -----------------------------------------------------------------------------------------
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the validated study (defaults filled in), first 16 hex digits."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: field {path}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_study(text: str, source: str = "<study>") -> Study:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Study.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_study(path: str | Path) -> Study:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study file {str(p)!r} does not exist")
+    return parse_study(p.read_text(), source=str(p))
