@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from lorascope.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +100,7 @@ class S3Server:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
@@ -156,3 +155,46 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake_phases(monkeypatch):
+    """Replace the phase registry with two tiny phases named `train` (one bundle per cell) and `drift` (one bundle), so the
+    runner, status and pull are tested without the real (slow) phases."""
+    import lorascope.runner as runner
+    from lorascope.phases import Phase
+
+    calls: list[tuple[str, int]] = []
+
+    def run_train(ctx, i):
+        cell = ctx.study.cell(i)
+        if ctx.committed("cells", cell.name):
+            ctx.log("already committed, skipping", cell=cell.name)
+            return
+        calls.append(("train", i))
+        with ctx.writer("cells", cell.name, phase="train") as w:
+            w.add_json("metrics.json", {"cell": cell.name})
+
+    def run_drift(ctx, i):
+        calls.append(("drift", i))
+        with ctx.writer("drift", phase="drift") as w:
+            w.add_json("n.json", {"cells": len(ctx.store.bundles(ctx.key("cells") + "/"))})
+
+    phases = {
+        "train": Phase("train", lambda s: len(s.cells()), lambda s: [f"cells/{c.name}" for c in s.cells()], run_train),
+        "drift": Phase("drift", lambda s: 1, lambda s: ["drift"], run_drift),
+    }
+
+    def get_phase(name):
+        from lorascope.errors import ConfigError
+
+        if name not in phases:
+            raise ConfigError(f"unknown phase {name!r}")
+        return phases[name]
+
+    monkeypatch.setattr(runner, "get_phase", get_phase)
+    monkeypatch.setattr(runner, "available_phases", lambda: list(phases))
+    import lorascope.cli as cli
+
+    monkeypatch.setattr(cli, "get_phase", get_phase)
+    return calls

@@ -64,6 +64,9 @@ def resolve_phases(spec: str | None) -> list[str]:
     if not spec:
         return available_phases()
     names = [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [n for n in names if n not in PHASE_ORDER]
+    if unknown:
+        raise ConfigError(f"unknown phase {unknown[0]!r}; phases are {', '.join(PHASE_ORDER)}")
     for n in names:
         get_phase(n)  # raises ConfigError for unknown or unimplemented
     return [p for p in PHASE_ORDER if p in names]

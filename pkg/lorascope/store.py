@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +96,7 @@ class Backend(ABC):
             return False
         return True
 
+    @abstractmethod
     def check(self) -> None:
         """Fail fast with one clear StoreError if the store cannot be used."""
 
@@ -625,7 +626,3 @@ def pull(store: Store, prefix: str, dest: Path, expected: Iterable[str] = (), wo
     return report
 
 
-def env_summary(env: Mapping[str, str]) -> str:
-    """Which AWS_* settings are present (never their values), for error messages and logs."""
-    names = [k for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION") if env.get(k)]
-    return ",".join(names) or "none"
