@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from lorascope import cli
 from lorascope.errors import ConfigError
 from lorascope.runner import default_run_id, freeze_study, load_frozen_study, resolve_phases, status_rows

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from lorascope import cli
 from lorascope.errors import IntegrityError, StoreError
 from lorascope.store import ATTEMPTS_DIR, COMMIT_NAME, Store, open_backend, pull
@@ -216,7 +217,7 @@ def test_missing_bucket_is_named(s3_server, s3_env, capsys):
 
 
 def test_unreachable_endpoint_fails_fast_with_one_line(monkeypatch, capsys, tmp_path):
-    from tests.conftest import free_port
+    from tests.s3server import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lorascope import cli
 from lorascope.study import load_study, parse_study
 

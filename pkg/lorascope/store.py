@@ -80,7 +80,8 @@ class Backend(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def get_file(self, key: str, path: Path) -> None: ...
+    def get_file(self, key: str, path: Path, size: int | None = None) -> None:
+        """Download to `path`. `size`, when the caller knows it, lets a backend pick a cheaper path."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -148,7 +149,7 @@ class FileBackend(Backend):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{self.url}/{key} not found") from None
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, size: int | None = None) -> None:
         src = self._path(key)
         if not src.is_file():
             raise NotFound(f"{self.url}/{key} not found")
@@ -267,11 +268,23 @@ class S3Backend(Backend):
         resp = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return self._call(key, resp["Body"].read)
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, size: int | None = None) -> None:
+        """Objects known to be small stream through one GET (a TransferManager per call costs more than the
+        transfer); large or unknown ones go through the transfer manager (ranged, concurrent parts)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".tmp-" + path.name)
         try:
-            self._call(key, self.client.download_file, self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            if size is not None and size < self.transfer.multipart_threshold:
+                resp = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+
+                def stream() -> None:
+                    with open(tmp, "wb") as f:
+                        for chunk in resp["Body"].iter_chunks(_CHUNK):
+                            f.write(chunk)
+
+                self._call(key, stream)
+            else:
+                self._call(key, self.client.download_file, self.bucket, self._key(key), str(tmp), Config=self.transfer)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -374,7 +387,7 @@ class Bundle:
 
         def one(entry: FileEntry) -> str | None:
             target = dest / entry.path
-            self.store.backend.get_file(self.object_key(entry.path), target)
+            self.store.backend.get_file(self.object_key(entry.path), target, size=entry.size)
             if verify and (target.stat().st_size != entry.size or sha256_file(target) != entry.sha256):
                 return entry.path
             return None
@@ -595,7 +608,7 @@ def pull(store: Store, prefix: str, dest: Path, expected: Iterable[str] = (), wo
         _bundle, key, entry = job
         target = dest / key
         try:
-            store.backend.get_file(key, target)
+            store.backend.get_file(key, target, size=entry.size if entry else None)
         except NotFound:
             return ("missing", key, 0)
         size = target.stat().st_size

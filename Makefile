@@ -1,0 +1,68 @@
+# lorascope: `make install` then `make demo` / `make test`. Exact versions: constraints.txt (CPU torch 2.13.0).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+VLLM_VENV := .venv-vllm
+DEMO_STORE ?= demo-store
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install install-vllm test test-vllm demo lint bench-store clean help
+
+help:
+	@echo "make install      create $(VENV) with pinned versions (CPU torch where no GPU)"
+	@echo "make demo         run every phase of jobs/smoke.yaml offline into ./$(DEMO_STORE) and write the report"
+	@echo "make test         the test suite (SeaweedFS and PostgreSQL tests start their own servers on 127.0.0.1)"
+	@echo "make install-vllm create $(VLLM_VENV) with vllm==0.32.0 for the vLLM contract tests"
+	@echo "make lint         ruff, hadolint on every Dockerfile"
+	@echo "make bench-store  pull throughput against SeaweedFS, concurrent vs one at a time"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[ml,k8s,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c requirements-vllm.txt torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision || true
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+	@$(MAKE) --no-print-directory test-vllm
+
+test-vllm:
+	@if [ -x $(VLLM_VENV)/bin/python ]; then \
+		$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm; \
+	else \
+		echo "vLLM contract tests not run: $(VLLM_VENV) is missing (make install-vllm)"; \
+	fi
+
+demo: install
+	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs 2
+	@echo "report: $$(ls -d $(DEMO_STORE)/runs/*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"
+
+lint: install
+	$(VENV)/bin/ruff check pkg tests bench
+	@for f in $$(find images -name Dockerfile); do echo "hadolint $$f"; $(VENV)/bin/hadolint $$f || exit 1; done
+
+bench-store: install
+	$(PY) bench/store_throughput.py
+
+clean:
+	rm -rf $(DEMO_STORE) .pytest_cache
+
+-include Makefile.k8s
