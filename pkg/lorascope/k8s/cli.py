@@ -1,0 +1,135 @@
+"""`lorascope render` and `lorascope cluster run|status`, registered into the main parser by lorascope.cli."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from lorascope.errors import EXIT_OK, ConfigError
+from lorascope.phases import PHASE_ORDER
+from lorascope.study import load_study
+
+
+def _render_options(args: argparse.Namespace):
+    from lorascope.k8s.render import RenderOptions
+
+    kw = {
+        "overlay": args.overlay,
+        "namespace": args.namespace,
+        "run_id": args.run_id,
+        "parallelism": args.parallelism,
+        "spot": args.spot,
+        "queue": args.queue,
+        "registry": args.registry,
+    }
+    if args.store_url:
+        kw["store_url"] = args.store_url
+    if args.image_tag:
+        kw["image_tag"] = args.image_tag
+    return RenderOptions(**kw)
+
+
+def cmd_render(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from lorascope.k8s import render
+
+    study = load_study(args.study)
+    text = Path(args.study).read_text()
+    opts = _render_options(args)
+    out = Path(args.out)
+    if args.overlay == "base":
+        files = render.base_files(study, text, opts)
+    else:  # kind: the overlay's generated patches, against the study the base was rendered from
+        files = render.overlay_files(study, text, opts, base_study=load_study(args.base_study))
+    for p in render.write_files(files, out):
+        print(p)
+    sizes = render.phase_sizes(study)
+    print(f"# study {study.name} (hash {study.hash}): " + ", ".join(f"{p}={n}" for p, n in sizes.items()))
+    return EXIT_OK
+
+
+def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from lorascope.k8s.launcher import Launcher
+
+    study = load_study(args.study)
+    opts = _render_options(args)
+    launcher = Launcher.connect(
+        study,
+        Path(args.study).read_text(),
+        opts,
+        context=args.context,
+        store_url=args.check_store,
+        env=env,
+        poll_seconds=args.poll_seconds,
+    )
+    return launcher.run(phases=_phases(args.phases, args.until), timeout_s=args.timeout)
+
+
+def cmd_cluster_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from lorascope.k8s.launcher import cluster_status
+
+    return cluster_status(namespace=args.namespace, context=args.context, run_id=args.run_id)
+
+
+def _phases(spec: str | None, until: str | None) -> list[str]:
+    names = [p.strip() for p in spec.split(",") if p.strip()] if spec else list(PHASE_ORDER)
+    unknown = [p for p in names if p not in PHASE_ORDER]
+    if unknown:
+        raise ConfigError(f"--phases: unknown phase(s) {unknown}; phases are {', '.join(PHASE_ORDER)}")
+    if until:
+        if until not in PHASE_ORDER:
+            raise ConfigError(f"--until: unknown phase {until!r}; phases are {', '.join(PHASE_ORDER)}")
+        names = [p for p in names if PHASE_ORDER.index(p) <= PHASE_ORDER.index(until)]
+    return [p for p in PHASE_ORDER if p in names]
+
+
+def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], default_overlay: str | None) -> None:
+    sp.add_argument("--study", required=True, help="study YAML (jobs/study.yaml; the kind overlay: jobs/smoke.yaml)")
+    sp.add_argument("--overlay", choices=overlay_choices, default=default_overlay, required=default_overlay is None)
+    sp.add_argument("--namespace", default="lorascope")
+    sp.add_argument("--run-id", help="default: <study>-<hash8>, as `lorascope run` would name it")
+    sp.add_argument("--parallelism", type=int, help="pods at once per GPU phase (default: 6; kind: 2)")
+    sp.add_argument("--store-url", help="s3://bucket/prefix the pods use (default: s3://lorascope/store)")
+    sp.add_argument(
+        "--registry",
+        help="image prefix: <registry>/<phase>:<tag> (default: lorascope; gke: Artifact Registry placeholder)",
+    )
+    sp.add_argument("--image-tag", help="image tag (default: the package version)")
+    sp.add_argument("--spot", action="store_true", help="gke: GPU Jobs on spot L4 nodes")
+    sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit to")
+
+
+def register(subparsers) -> None:
+    r = subparsers.add_parser("render", help="write the Kubernetes manifests for a study (manifests/)")
+    _render_args(r, ("base", "kind"), "base")
+    r.add_argument("--out", required=True, help="folder: manifests/ (base) or manifests/overlays/kind (kind)")
+    r.add_argument(
+        "--base-study",
+        default="jobs/study.yaml",
+        help="kind: the study the base was rendered from (its Jobs are patched)",
+    )
+    r.set_defaults(func=cmd_render)
+
+    c = subparsers.add_parser("cluster", help="run the study as Kubernetes Jobs and watch them")
+    from lorascope.cli import Parser  # usage errors raise ConfigError (exit 2) like every other command
+
+    csub = c.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
+    cr = csub.add_parser("run", help="apply the phase Jobs in order, wait on each; run again to continue")
+    _render_args(cr, ("kind", "gke"), None)
+    cr.add_argument("--phases", help=f"comma list from {','.join(PHASE_ORDER)} (default: all)")
+    cr.add_argument("--until", help="stop after this phase (e.g. train)")
+    cr.add_argument("--context", help="kubeconfig context (default: the current one)")
+    cr.add_argument(
+        "--check-store",
+        help="also skip phases whose bundles are committed in this store URL "
+        "(reachable from here, e.g. through a port-forward)",
+    )
+    cr.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="seconds to wait per phase")
+    cr.add_argument("--poll-seconds", type=float, default=10.0)
+    cr.set_defaults(func=cmd_cluster_run)
+
+    cs = csub.add_parser("status", help="the lorascope Jobs in a namespace and their indexes")
+    cs.add_argument("--namespace", default="lorascope")
+    cs.add_argument("--run-id", help="only this run's Jobs")
+    cs.add_argument("--context")
+    cs.set_defaults(func=cmd_cluster_status)

@@ -1,0 +1,374 @@
+"""`lorascope cluster run`: the phase Jobs in order through the `kubernetes` client, waiting on each.
+
+    lorascope cluster run --study jobs/smoke.yaml --overlay kind
+    lorascope cluster run --study jobs/study.yaml --overlay gke --registry europe-west4-docker.pkg.dev/P/lorascope --spot
+
+For each phase: look at the Job of that name (status.decide), create / skip / wait / recreate it, then poll the Job
+and its pods and show a table of indexes (succeeded, failed, active, preemptions) until the Job succeeds or fails.
+At the first failed phase it prints the failing pods' last log lines and stops; run the same command again to
+continue: succeeded phases are skipped, a failed phase's Job is recreated (its committed indexes skip at once).
+
+The objects are the ones `render.render_objects` builds for the overlay, which a test checks equal to
+`kubectl kustomize manifests/overlays/<overlay>`, so the launcher and `kubectl apply -k` submit the same Jobs.
+The launcher needs the namespace's Secrets (and, for kind, MinIO; for HPO, PostgreSQL) to exist: `make deploy-kind`
+or docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
+from lorascope.k8s import render
+from lorascope.k8s.status import (
+    CONTAINER,
+    FailedPod,
+    JobView,
+    decide,
+    failed_pods,
+    headline,
+    job_state,
+    plural,
+    summarize,
+    table,
+)
+from lorascope.phases import PHASE_ORDER
+from lorascope.study import Study
+
+LOG_TAIL_LINES = 40
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 404
+
+
+def unit_namer(study: Study, phase: str) -> Callable[[int], str]:
+    """Index -> a short name (the phase's own `unit`, or the cell name for train when the phase cannot import)."""
+    from lorascope.phases import get_phase
+
+    try:
+        p = get_phase(phase)
+        return lambda i: str(p.unit(study, i))
+    except (ConfigError, ImportError):
+        if phase == "train":
+            cells = study.cells()
+            return lambda i: cells[i].name if i < len(cells) else str(i)
+        return lambda i: ""
+
+
+def phase_committed(store: Any, run_id: str, phase: str, study: Study) -> bool:
+    """Every bundle the phase makes is committed in the store (needs the phase module for its bundle list)."""
+    from lorascope.phases import get_phase
+
+    try:
+        keys = get_phase(phase).bundles(study)
+    except (ConfigError, ImportError):
+        return False
+    return bool(keys) and all(store.committed(f"runs/{run_id}/{k}") for k in keys)
+
+
+def load_kube_config(context: str | None) -> None:
+    """The kubeconfig (KUBECONFIG or ~/.kube/config, optionally a named context), else the in-cluster config."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        config.load_kube_config(context=context)
+    except (ConfigException, FileNotFoundError, TypeError) as exc:
+        try:
+            config.load_incluster_config()
+        except ConfigException:
+            raise ConfigError(
+                f"no Kubernetes cluster: {exc} (no usable kubeconfig and not in a pod); "
+                "`make kind-up` makes a kind cluster"
+            ) from None
+
+
+class Display:
+    """A table redrawn in place on a terminal; in a pod or a log file, a line only when something changed."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = 0
+        self.last_headline = ""
+
+    def show(self, lines: list[str]) -> None:
+        if self.tty:
+            if self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.out.write("\n".join(lines) + "\n")
+            self.drawn = len(lines)
+        elif lines and lines[0] != self.last_headline:
+            self.out.write(lines[0] + "\n")
+            self.last_headline = lines[0]
+        self.out.flush()
+
+    def final(self, lines: list[str]) -> None:
+        if self.tty:
+            self.show(lines)
+        else:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+        self.drawn = 0
+        self.last_headline = ""
+
+
+class Launcher:
+    def __init__(
+        self,
+        batch: Any,
+        core: Any,
+        study: Study,
+        study_text: str,
+        opts: render.RenderOptions,
+        store: Any = None,
+        out: TextIO | None = None,
+        poll_seconds: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batch, self.core = batch, core
+        self.study, self.study_text = study, study_text
+        self.opts = opts.resolved(study)
+        self.ns = self.opts.namespace
+        self.run_id: str = self.opts.run_id  # type: ignore[assignment]
+        self.store = store
+        self.out = out or sys.stdout
+        self.poll_seconds = poll_seconds
+        self.sleep, self.clock = sleep, clock
+        self.objects = render.render_objects(study, study_text, self.opts, include_infra=True)
+        self.jobs = {
+            o["metadata"]["labels"]["lorascope.dev/phase"]: o
+            for o in self.objects
+            if o["kind"] == "Job" and o["metadata"]["labels"].get("lorascope.dev/part") == "phase"
+        }
+
+    @classmethod
+    def connect(
+        cls,
+        study: Study,
+        study_text: str,
+        opts: render.RenderOptions,
+        context: str | None = None,
+        store_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> Launcher:
+        from kubernetes import client
+
+        load_kube_config(context)
+        store = None
+        if store_url:
+            from lorascope.runner import code_version
+            from lorascope.store import Store
+
+            store = Store.open(store_url, code_version=code_version(env or {}))
+        return cls(client.BatchV1Api(), client.CoreV1Api(), study, study_text, opts, store=store, **kw)
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    # -------------------------------------------------------------------------------------------- setup
+    def _ensure_namespace(self) -> None:
+        try:
+            self.core.read_namespace(self.ns)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            ns = next(o for o in self.objects if o["kind"] == "Namespace")
+            self.core.create_namespace(body=ns)
+            self.say(f"created namespace {self.ns} (Pod Security Standard restricted)")
+
+    def _require_secret(self, name: str, why: str) -> None:
+        try:
+            self.core.read_namespaced_secret(name, self.ns)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            hint = "make kind-up" if self.opts.overlay == "kind" else "docs/cluster.md, 'Secrets'"
+            raise ConfigError(
+                f"Secret {self.ns}/{name} is missing ({why}); create it first ({hint}); "
+                f"manifests/secret-example.yaml shows its keys"
+            ) from None
+
+    def _apply_study(self, phases: list[str]) -> None:
+        """Create or replace the study ConfigMap, unless a Job of another study is still running on it."""
+        for phase in phases:
+            job = self._read_job(phase)
+            if job is not None:
+                d = decide(job, self.run_id, self.study.hash)
+                if d.action == "conflict":
+                    raise ConfigError(f"phase {phase}: {d.why}")
+        cm = next(o for o in self.objects if o["kind"] == "ConfigMap")
+        name = cm["metadata"]["name"]
+        try:
+            self.core.read_namespaced_config_map(name, self.ns)
+            self.core.replace_namespaced_config_map(name, self.ns, body=cm)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            self.core.create_namespaced_config_map(self.ns, body=cm)
+
+    def _read_job(self, phase: str) -> Any | None:
+        try:
+            return self.batch.read_namespaced_job(render.job_name(phase), self.ns)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def _pods(self, job: Any) -> list[Any]:
+        selector = f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
+        return list(self.core.list_namespaced_pod(self.ns, label_selector=selector).items)
+
+    def _delete_job(self, phase: str, timeout_s: float = 300) -> None:
+        name = render.job_name(phase)
+        try:
+            self.batch.delete_namespaced_job(name, self.ns, propagation_policy="Background")
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+        deadline = self.clock() + timeout_s
+        while self._read_job(phase) is not None:
+            if self.clock() > deadline:
+                raise LorascopeError(f"Job {self.ns}/{name} was not deleted within {timeout_s:.0f}s")
+            self.sleep(min(2.0, self.poll_seconds))
+
+    # -------------------------------------------------------------------------------------------- run
+    def run(self, phases: list[str] | None = None, timeout_s: float = 7 * 24 * 3600) -> int:
+        phases = [p for p in (phases or PHASE_ORDER) if p in PHASE_ORDER]
+        self.say(
+            f"run {self.run_id}: study {self.study.name} (hash {self.study.hash}), overlay {self.opts.overlay}, "
+            f"namespace {self.ns}, store {self.opts.store_url}"
+        )
+        self._ensure_namespace()
+        self._require_secret(render.S3_SECRET, "S3 keys for the store")
+        if "hpo" in phases and "hpo" in self.jobs:
+            self._require_secret(render.POSTGRES_SECRET, "the HPO workers' Optuna storage")
+        self._apply_study(phases)
+        for phase in phases:
+            if phase not in self.jobs:
+                self.say(f"[{phase}] no indexes for this study: nothing to run")
+                continue
+            if self.store is not None and phase_committed(self.store, self.run_id, phase, self.study):
+                self.say(f"[{phase}] every bundle is committed in {self.store.url}: skipping")
+                continue
+            code = self.run_phase(phase, timeout_s)
+            if code != EXIT_OK:
+                self.say(
+                    f"\nstopped at phase {phase}. Fix the cause, then run the same command again: succeeded "
+                    "phases are skipped and committed indexes are not redone."
+                )
+                return code
+        self.say(
+            f"\nrun {self.run_id} done. Results: {self.opts.store_url}/runs/{self.run_id}/  "
+            f"(lorascope pull {self.run_id} --store {self.opts.store_url} --to pulled/)"
+        )
+        return EXIT_OK
+
+    def run_phase(self, phase: str, timeout_s: float) -> int:
+        job = self._read_job(phase)
+        d = decide(job, self.run_id, self.study.hash)
+        if d.action == "conflict":
+            raise ConfigError(f"phase {phase}: {d.why}")
+        if d.action == "skip":
+            self.say(f"[{phase}] Job {render.job_name(phase)} {d.why}: skipping")
+            return EXIT_OK
+        if d.action == "recreate":
+            self.say(f"[{phase}] {d.why}: recreating Job {render.job_name(phase)}")
+            self._delete_job(phase)
+        if d.action in ("create", "recreate"):
+            self.batch.create_namespaced_job(self.ns, body=self.jobs[phase])
+            spec = self.jobs[phase]["spec"]
+            self.say(
+                f"[{phase}] created Job {render.job_name(phase)}: {plural(spec['completions'], 'index')}, "
+                f"parallelism {spec['parallelism']}"
+            )
+        else:
+            self.say(f"[{phase}] Job {render.job_name(phase)} {d.why}: waiting on it")
+        return self.wait(phase, timeout_s)
+
+    def wait(self, phase: str, timeout_s: float) -> int:
+        display = Display(self.out)
+        unit = unit_namer(self.study, phase)
+        deadline = self.clock() + timeout_s
+        while True:
+            job = self._read_job(phase)
+            if job is None:
+                raise LorascopeError(f"Job {self.ns}/{render.job_name(phase)} disappeared while waiting on it")
+            pods = self._pods(job)
+            view = summarize(job, pods, unit)
+            state = job_state(job)
+            if state in ("succeeded", "failed"):
+                display.final(table(view))
+                break
+            display.show(table(view))
+            if self.clock() > deadline:
+                self.say(f"[{phase}] still {state} after {timeout_s:.0f}s: giving up waiting (the Job goes on)")
+                return EXIT_FAILURE
+            self.sleep(self.poll_seconds)
+        if state == "succeeded":
+            return EXIT_OK
+        return self.report_failure(view, failed_pods(job, pods))
+
+    def report_failure(self, view: JobView, pods: list[FailedPod]) -> int:
+        self.say(
+            f"\n[{view.phase}] FAILED: {view.reason or 'the Job failed'}; failed indexes: "
+            f"{view.indexes('failed') or 'none'}"
+        )
+        for fp in pods:
+            what = "config error: fix the study or a missing prerequisite" if fp.config_error else (fp.reason or "")
+            self.say(f"\n--- index {fp.index}  pod {fp.pod}  exit {fp.exit_code}  {what}")
+            self.say(self.log_tail(fp))
+        if not pods:
+            self.say("(no failed pod left to show: `kubectl describe job` tells more)")
+        return EXIT_CONFIG if pods and all(fp.config_error for fp in pods) else EXIT_FAILURE
+
+    def log_tail(self, fp: FailedPod) -> str:
+        try:
+            text = self.core.read_namespaced_pod_log(fp.pod, self.ns, container=CONTAINER, tail_lines=LOG_TAIL_LINES)
+        except Exception:  # the pod may be gone (ttl) or its node deleted: fall back to its termination message
+            text = ""
+        text = text or fp.message or "(no log left)"
+        return "\n".join("    " + line for line in text.rstrip("\n").splitlines()[-LOG_TAIL_LINES:])
+
+
+def cluster_status(
+    namespace: str = "lorascope",
+    context: str | None = None,
+    run_id: str | None = None,
+    batch: Any = None,
+    core: Any = None,
+    out: TextIO | None = None,
+) -> int:
+    """`lorascope cluster status`: every lorascope phase Job in the namespace, in phase order, with its indexes."""
+    out = out or sys.stdout
+    if batch is None or core is None:
+        from kubernetes import client
+
+        load_kube_config(context)
+        batch, core = client.BatchV1Api(), client.CoreV1Api()
+    selector = "app.kubernetes.io/part-of=lorascope,lorascope.dev/part=phase"
+    if run_id:
+        selector += f",lorascope.dev/run-id={run_id}"
+    jobs = list(batch.list_namespaced_job(namespace, label_selector=selector).items)
+    if not jobs:
+        out.write(f"no lorascope Jobs in namespace {namespace}" + (f" for run {run_id}" if run_id else "") + "\n")
+        return EXIT_OK
+    order = {p: i for i, p in enumerate(PHASE_ORDER)}
+    jobs.sort(key=lambda j: order.get((j.metadata.labels or {}).get("lorascope.dev/phase", ""), 99))
+    for job in jobs:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
+        ).items
+        view = summarize(job, pods)
+        out.write(headline(view) + "\n")
+        for state in ("succeeded", "failed", "active"):
+            if view.count(state):
+                out.write(f"    {state:<9} {view.indexes(state)}\n")
+    return EXIT_OK

@@ -1,0 +1,326 @@
+"""What a phase Job is doing, from the Job and its pods as the API server returns them (the `kubernetes` client's
+V1Job / V1Pod). Pure functions, no API calls: the launcher fetches, these decide.
+
+Job status fields used (batch/v1, Indexed Jobs with backoffLimitPerIndex):
+  status.completedIndexes / status.failedIndexes   "1,3-5,7" text; an index is in at most one of them
+  status.conditions                                 Complete / SuccessCriteriaMet (done), Failed / FailureTarget
+                                                    (done, failed; reason FailedIndexes, MaxFailedIndexesExceeded,
+                                                    PodFailurePolicy, ...), Suspended (Kueue has not admitted it)
+Pod fields used:
+  label batch.kubernetes.io/job-completion-index    the index
+  status.phase, container state `terminated`        exit code, reason, message (FallbackToLogsOnError: log tail)
+  condition DisruptionTarget=True                   preempted / evicted / node shut down: not the pod's fault; the
+                                                    Jobs' podFailurePolicy ignores it and a replacement pod runs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lorascope.errors import EXIT_CONFIG
+
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+RUN_LABEL = "lorascope.dev/run-id"
+HASH_LABEL = "lorascope.dev/study-hash"
+PHASE_LABEL = "lorascope.dev/phase"
+CONTAINER = "lorascope"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------------------ index sets
+def parse_indexes(text: str | None) -> set[int]:
+    """'1,3-5,7' -> {1, 3, 4, 5, 7} (the format of status.completedIndexes and status.failedIndexes)."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.update(range(int(lo), int(hi) + 1))
+        else:
+            out.add(int(part))
+    return out
+
+
+def format_indexes(indexes: Iterable[int]) -> str:
+    """{1, 3, 4, 5, 7} -> '1,3-5,7' (the API's own format: runs of three or more become a range)."""
+    xs = sorted(set(indexes))
+    parts: list[str] = []
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{xs[i]}-{xs[j]}")
+        else:
+            parts.extend(str(x) for x in xs[i : j + 1])
+        i = j + 1
+    return ",".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ pods
+def pod_index(pod: Any) -> int | None:
+    meta = pod.metadata
+    raw = (meta.labels or {}).get(INDEX_LABEL) or (meta.annotations or {}).get(INDEX_LABEL)
+    return int(raw) if raw is not None else None
+
+
+def pod_disrupted(pod: Any) -> bool:
+    """True when the pod has the DisruptionTarget condition: preempted, evicted, or its node shut down (spot)."""
+    return any(c.type == "DisruptionTarget" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def pod_terminated(pod: Any) -> Any | None:
+    """The lorascope container's `terminated` state (V1ContainerStateTerminated), if it has ended."""
+    for cs in pod.status.container_statuses or []:
+        if cs.name == CONTAINER and cs.state is not None and cs.state.terminated is not None:
+            return cs.state.terminated
+    return None
+
+
+def pod_active(pod: Any) -> bool:
+    return pod.status.phase in ("Pending", "Running") and pod.metadata.deletion_timestamp is None
+
+
+def pod_failed(pod: Any) -> bool:
+    """Failed for a reason of its own (not a disruption)."""
+    return pod.status.phase == "Failed" and not pod_disrupted(pod)
+
+
+def _created(pod: Any) -> datetime:
+    return pod.metadata.creation_timestamp or _EPOCH
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+def _condition(job: Any, kind: str) -> Any | None:
+    for c in (job.status.conditions if job.status else None) or []:
+        if c.type == kind and c.status == "True":
+            return c
+    return None
+
+
+def job_state(job: Any) -> str:
+    """succeeded | failed | suspended | running.
+
+    Kubernetes >= 1.31 first sets SuccessCriteriaMet / FailureTarget (the outcome is decided, pods may still be
+    terminating) and then Complete / Failed; either one decides the state."""
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        return "succeeded"
+    if _condition(job, "Failed") or _condition(job, "FailureTarget"):
+        return "failed"
+    if job.spec.suspend or _condition(job, "Suspended"):
+        return "suspended"
+    return "running"
+
+
+def failure_reason(job: Any) -> str:
+    """'FailedIndexes: Job has failed indexes' for a failed Job, '' otherwise."""
+    c = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if c is None:
+        return ""
+    return f"{c.reason or 'Failed'}: {c.message or ''}".strip().rstrip(":")
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    index: int
+    unit: str
+    state: str  # succeeded | failed | active | waiting
+    tries: int  # pods created for this index
+    preempted: int  # pods ended by a disruption (ignored by the podFailurePolicy)
+    failures: int  # pods that failed on their own (exit code != 0)
+    pod: str | None  # the newest pod
+    exit_code: int | None  # the newest ended pod's exit code
+
+
+@dataclass(frozen=True)
+class JobView:
+    phase: str
+    name: str
+    run_id: str
+    state: str
+    completions: int
+    rows: list[IndexRow] = field(default_factory=list)
+    reason: str = ""
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.rows if r.state == state)
+
+    def indexes(self, state: str) -> str:
+        return format_indexes(r.index for r in self.rows if r.state == state)
+
+    @property
+    def preempted(self) -> int:
+        return sum(r.preempted for r in self.rows)
+
+
+def summarize(job: Any, pods: Iterable[Any], unit: Callable[[int], str] | None = None) -> JobView:
+    """One row per index: succeeded and failed from the Job's status (the controller's word), active from the pods,
+    tries / preemptions / exit code from the pods' history."""
+    labels = job.metadata.labels or {}
+    n = job.spec.completions or 0
+    done = parse_indexes(job.status.completed_indexes if job.status else None)
+    failed = parse_indexes(job.status.failed_indexes if job.status else None)
+    by_index: dict[int, list[Any]] = {}
+    for p in pods:
+        i = pod_index(p)
+        if i is not None:
+            by_index.setdefault(i, []).append(p)
+    rows = []
+    for i in range(n):
+        ps = sorted(by_index.get(i, []), key=lambda p: (_created(p), p.metadata.name))
+        if i in done:
+            state = "succeeded"
+        elif i in failed:
+            state = "failed"
+        elif any(pod_active(p) for p in ps):
+            state = "active"
+        else:
+            state = "waiting"
+        ended = [p for p in ps if pod_terminated(p) is not None]
+        newest_ended = ended[-1] if ended else None
+        rows.append(
+            IndexRow(
+                index=i,
+                unit=unit(i) if unit else "",
+                state=state,
+                tries=len(ps),
+                preempted=sum(1 for p in ps if pod_disrupted(p)),
+                failures=sum(1 for p in ps if pod_failed(p)),
+                pod=ps[-1].metadata.name if ps else None,
+                exit_code=pod_terminated(newest_ended).exit_code if newest_ended is not None else None,
+            )
+        )
+    return JobView(
+        phase=labels.get(PHASE_LABEL, job.metadata.name),
+        name=job.metadata.name,
+        run_id=labels.get(RUN_LABEL, ""),
+        state=job_state(job),
+        completions=n,
+        rows=rows,
+        reason=failure_reason(job),
+    )
+
+
+@dataclass(frozen=True)
+class FailedPod:
+    index: int
+    pod: str
+    exit_code: int | None
+    reason: str
+    message: str  # the termination message: with FallbackToLogsOnError, the log tail of a crashed container
+
+    @property
+    def config_error(self) -> bool:
+        return self.exit_code == EXIT_CONFIG
+
+
+def failed_pods(job: Any, pods: Iterable[Any]) -> list[FailedPod]:
+    """The pods to show when a phase failed: per failed index, its newest pod that failed on its own. Pods ended by
+    a disruption are never blamed. When the Job failed without failed indexes (e.g. a deadline), the newest failed
+    pod of every index that did not succeed."""
+    failed = parse_indexes(job.status.failed_indexes if job.status else None)
+    done = parse_indexes(job.status.completed_indexes if job.status else None)
+    by_index: dict[int, list[Any]] = {}
+    for p in pods:
+        i = pod_index(p)
+        if i is not None and pod_failed(p):
+            by_index.setdefault(i, []).append(p)
+    wanted = sorted(failed) if failed else sorted(i for i in by_index if i not in done)
+    out = []
+    for i in wanted:
+        ps = sorted(by_index.get(i, []), key=lambda p: (_created(p), p.metadata.name))
+        if not ps:
+            continue
+        p = ps[-1]
+        t = pod_terminated(p)
+        out.append(
+            FailedPod(
+                index=i,
+                pod=p.metadata.name,
+                exit_code=t.exit_code if t is not None else None,
+                reason=(t.reason if t is not None and t.reason else p.status.reason) or "",
+                message=(t.message if t is not None and t.message else p.status.message) or "",
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+@dataclass(frozen=True)
+class Decision:
+    action: str  # create | skip | wait | recreate | conflict
+    why: str
+
+
+def decide(job: Any | None, run_id: str, study_hash: str) -> Decision:
+    """What `lorascope cluster run` does with a phase, given the Job of that name now in the namespace (or None).
+
+    * no Job                              -> create
+    * this run's Job, succeeded           -> skip (run again = continue where it stopped)
+    * this run's Job, running / queued    -> wait on it (the launcher was interrupted, the Job was not)
+    * this run's Job, failed              -> recreate: the new Job reruns every index, and each index whose bundle
+                                             is committed skips at once, so only the failed ones do work
+    * another run's Job, finished         -> recreate for this run
+    * another run's Job, running / queued -> conflict: refuse (exit 2) rather than kill someone's run
+    """
+    if job is None:
+        return Decision("create", "no Job yet")
+    labels = job.metadata.labels or {}
+    same_run = labels.get(RUN_LABEL) == run_id and labels.get(HASH_LABEL) == study_hash
+    state = job_state(job)
+    if job.metadata.deletion_timestamp is not None:
+        return Decision("recreate", "the old Job is being deleted")
+    if not same_run:
+        other = f"run {labels.get(RUN_LABEL, '?')} (study hash {labels.get(HASH_LABEL, '?')})"
+        if state in ("running", "suspended"):
+            return Decision(
+                "conflict",
+                f"Job {job.metadata.name} of {other} is still {state}; wait for it or "
+                f"delete it (kubectl delete job {job.metadata.name}), or use another namespace",
+            )
+        return Decision("recreate", f"replacing the finished Job of {other}")
+    if state == "succeeded":
+        return Decision("skip", "succeeded earlier")
+    if state == "failed":
+        return Decision("recreate", f"failed earlier ({failure_reason(job)}); committed indexes will skip")
+    return Decision("wait", f"already {state}")
+
+
+# ------------------------------------------------------------------------------------------------ text
+def headline(view: JobView) -> str:
+    parts = [
+        f"{view.count('succeeded')} succeeded",
+        f"{view.count('failed')} failed",
+        f"{view.count('active')} active",
+        f"{view.count('waiting')} waiting",
+    ]
+    if view.preempted:
+        parts.append(f"{view.preempted} preempted")
+    extra = f"  ({view.reason})" if view.reason else ""
+    return (
+        f"[{view.phase}] {view.name}  run={view.run_id}  {view.state}: {plural(view.completions, 'index')}: "
+        + ", ".join(parts)
+        + extra
+    )
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("x") else f"{n} {word}s"
+
+
+def table(view: JobView) -> list[str]:
+    """The live table: one line per index."""
+    width = max([len(r.unit) for r in view.rows] + [4])
+    lines = [headline(view), f"  {'index':>5}  {'unit':<{width}}  {'state':<9}  tries  preempted  exit  pod"]
+    for r in view.rows:
+        code = "" if r.exit_code is None else str(r.exit_code)
+        lines.append(
+            f"  {r.index:>5}  {r.unit:<{width}}  {r.state:<9}  {r.tries:>5}  {r.preempted:>9}  {code:>4}  {r.pod or ''}"
+        )
+    return lines

@@ -1,0 +1,180 @@
+"""Job and Pod objects in the API server's own wire format (camelCase JSON), turned into the `kubernetes` client's
+V1Job / V1Pod by the client's deserializer -- the objects `read_namespaced_job` and `list_namespaced_pod` return."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from kubernetes.client import ApiClient
+
+_CLIENT = ApiClient()
+UID = "3f1c1f9e-1111-4222-8333-944455556666"
+RUN = "reference-67b50130"
+HASH = "67b5013089268245"
+
+
+def deserialize(data: dict, klass: str) -> Any:
+    return _CLIENT.deserialize(SimpleNamespace(data=json.dumps(data)), klass)
+
+
+def job(
+    phase: str = "train",
+    completions: int = 18,
+    completed: str = "",
+    failed: str = "",
+    conditions: list[dict] | None = None,
+    active: int = 0,
+    run_id: str = RUN,
+    study_hash: str = HASH,
+    suspend: bool = False,
+    deleting: bool = False,
+) -> Any:
+    meta: dict[str, Any] = {
+        "name": f"lorascope-{phase}",
+        "namespace": "lorascope",
+        "uid": UID,
+        "creationTimestamp": "2026-11-20T10:00:00Z",
+        "labels": {
+            "lorascope.dev/phase": phase,
+            "lorascope.dev/run-id": run_id,
+            "lorascope.dev/study-hash": study_hash,
+            "app.kubernetes.io/part-of": "lorascope",
+        },
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-20T12:00:00Z"
+    status: dict[str, Any] = {
+        "startTime": "2026-11-20T10:00:01Z",
+        "active": active,
+        "ready": active,
+        "terminating": 0,
+        "uncountedTerminatedPods": {},
+    }
+    if completed:
+        status["completedIndexes"] = completed
+    if failed:
+        status["failedIndexes"] = failed
+    if conditions:
+        status["conditions"] = conditions
+    return deserialize(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": meta,
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": completions,
+                "parallelism": 6,
+                "suspend": suspend,
+                "backoffLimitPerIndex": 2,
+                "maxFailedIndexes": completions // 3,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "lorascope", "image": "lorascope/train:0.1.0"}],
+                    }
+                },
+            },
+            "status": status,
+        },
+        "V1Job",
+    )
+
+
+def condition(kind: str, reason: str = "", message: str = "", status: str = "True") -> dict:
+    c = {
+        "type": kind,
+        "status": status,
+        "lastProbeTime": "2026-11-20T11:00:00Z",
+        "lastTransitionTime": "2026-11-20T11:00:00Z",
+    }
+    if reason:
+        c["reason"] = reason
+    if message:
+        c["message"] = message
+    return c
+
+
+def pod(
+    index: int,
+    name: str,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    reason: str = "",
+    message: str = "",
+    disrupted: str | None = None,
+    created: str = "2026-11-20T10:00:02Z",
+    deleting: bool = False,
+) -> Any:
+    """A pod of the Job. `disrupted` = the DisruptionTarget condition's reason (e.g. TerminationByKubelet on a spot
+    node shutdown, PreemptionByScheduler), which the Job's podFailurePolicy ignores."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "lorascope",
+        "creationTimestamp": created,
+        "labels": {
+            "batch.kubernetes.io/job-completion-index": str(index),
+            "batch.kubernetes.io/controller-uid": UID,
+            "batch.kubernetes.io/job-name": "lorascope-train",
+            "job-name": "lorascope-train",
+        },
+        "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        "ownerReferences": [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": "lorascope-train",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-20T11:00:00Z"
+    conds = [condition("PodScheduled"), condition("Initialized")]
+    if disrupted:
+        conds.append(
+            condition(
+                "DisruptionTarget",
+                reason=disrupted,
+                message="Pod was terminated in response to imminent node shutdown.",
+            )
+        )
+    if exit_code is None:
+        state = {"running": {"startedAt": "2026-11-20T10:00:10Z"}}
+    else:
+        term = {
+            "exitCode": exit_code,
+            "startedAt": "2026-11-20T10:00:10Z",
+            "finishedAt": "2026-11-20T10:30:00Z",
+            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        }
+        if message:
+            term["message"] = message
+        state = {"terminated": term}
+    return deserialize(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "lorascope", "image": "lorascope/train:0.1.0"}]},
+            "status": {
+                "phase": phase,
+                "conditions": conds,
+                "containerStatuses": [
+                    {
+                        "name": "lorascope",
+                        "image": "lorascope/train:0.1.0",
+                        "imageID": "",
+                        "ready": exit_code is None,
+                        "restartCount": 0,
+                        "state": state,
+                    }
+                ],
+            },
+        },
+        "V1Pod",
+    )

@@ -1,0 +1,220 @@
+"""`lorascope render`: the committed manifests are the rendered ones, and every Job is what the cluster needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorascope.cli import main
+from lorascope.errors import ConfigError
+from lorascope.k8s import render
+from lorascope.phases import PHASE_ORDER
+from lorascope.study import load_study
+from tests.k8s.manifest_checks import (
+    MANIFESTS,
+    REPO,
+    image_pinned,
+    load_objects,
+    manifest_files,
+    pod_templates,
+    resource_violations,
+    restricted_violations,
+)
+
+STUDY = REPO / "jobs" / "study.yaml"
+SMOKE = REPO / "jobs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_study(STUDY)
+
+
+@pytest.fixture(scope="module")
+def jobs(study):
+    return {p: load_objects(MANIFESTS / render.JOB_FILES[p])[0] for p in PHASE_ORDER}
+
+
+def test_committed_manifests_are_the_render_output_of_jobs_study_yaml(study):
+    files = render.base_files(study, STUDY.read_text(), render.RenderOptions())
+    stale = [name for name, text in files.items() if (MANIFESTS / name).read_text() != text]
+    assert not stale, f"manifests differ from `lorascope render --study jobs/study.yaml`: {stale}; run make k8s-render"
+    smoke = load_study(SMOKE)
+    files = render.overlay_files(smoke, SMOKE.read_text(), render.RenderOptions(overlay="kind"), base_study=study)
+    kind = MANIFESTS / "overlays" / "kind"
+    stale = [name for name, text in files.items() if (kind / name).read_text() != text]
+    assert not stale, f"overlays/kind differs from `lorascope render --study jobs/smoke.yaml --overlay kind`: {stale}"
+    # the kind overlay's MinIO is the base's, copied (kustomize reads no file outside an overlay's folder)
+    assert (kind / "minio.yaml").read_text().split("\n", 2)[2] == (MANIFESTS / "minio.yaml").read_text().split("\n", 2)[
+        2
+    ]
+
+
+def test_render_command_writes_the_same_files(tmp_path, capsys):
+    assert main(["render", "--study", str(STUDY), "--out", str(tmp_path)]) == 0
+    for name in ("grid-job.yaml", "hpo-job.yaml", "study-configmap.yaml", "base/resources.yaml"):
+        assert (tmp_path / name).read_text() == (MANIFESTS / name).read_text()
+    assert "train=18" in capsys.readouterr().out
+    # a bad option is a config error (exit 2) naming it
+    assert main(["render", "--study", str(STUDY), "--out", str(tmp_path), "--run-id", "Bad Run!"]) == 2
+    assert "run id 'Bad Run!'" in capsys.readouterr().err
+
+
+def test_grid_job_fans_out_the_18_cells_and_is_ready_to_apply(study, jobs):
+    [grid] = load_objects(MANIFESTS / "grid-job.yaml")
+    assert grid["kind"] == "Job" and grid["metadata"]["name"] == "lorascope-train"
+    assert grid["metadata"]["namespace"] == "lorascope"
+    assert grid["spec"]["completions"] == len(study.cells()) == 18
+    assert grid["spec"]["completionMode"] == "Indexed"
+    assert grid["spec"]["parallelism"] == 6
+    env = {e["name"]: e.get("value") for e in grid["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LORASCOPE_RUN_ID"] == f"reference-{study.hash[:8]}" and env["LORASCOPE_STORE"].startswith("s3://")
+    assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == env["AWS_RESPONSE_CHECKSUM_VALIDATION"] == "when_required"
+    # parallelism is a render option, capped at the completions
+    for asked, got in ((3, 3), (100, 18)):
+        job = render.phase_jobs(study, render.RenderOptions(parallelism=asked))["train"]
+        assert job["spec"]["parallelism"] == got and job["spec"]["completions"] == 18
+
+
+def test_completions_follow_the_phase_sizes(study, jobs):
+    smoke = load_study(SMOKE)
+    expected = {"stage": 1, "sanity": 6, "hpo": 18, "train": 18, "extract": 21, "drift": 1, "bench": 2, "report": 1}
+    assert {p: render.fallback_size(study, p) for p in PHASE_ORDER} == expected
+    assert {p: j["spec"]["completions"] for p, j in jobs.items()} == expected
+    # the smoke study: 1 HPO worker, 1 bench backend
+    assert render.fallback_size(smoke, "hpo") == 6 and render.fallback_size(smoke, "bench") == 1
+
+
+@pytest.mark.parametrize("phase", PHASE_ORDER)
+def test_phase_module_sizes_agree_with_the_render_rules(phase, study):
+    """render falls back to the study rules when a phase module cannot import (no torch); both must agree."""
+    from lorascope.phases import get_phase
+
+    try:
+        module_phase = get_phase(phase)
+    except (ConfigError, ImportError) as exc:
+        pytest.skip(f"phase {phase} not importable here: {exc}")
+    for s in (study, load_study(SMOKE)):
+        assert module_phase.size(s) == render.fallback_size(s, phase)
+    assert module_phase.gpu == (phase in render.GPU_PHASES), f"Phase.gpu of {phase} disagrees with the manifests"
+
+
+def test_every_job_retries_per_index_fails_fast_on_config_errors_and_ignores_preemption(jobs):
+    for phase, job in jobs.items():
+        spec = job["spec"]
+        assert spec["completionMode"] == "Indexed"
+        assert spec["backoffLimitPerIndex"] == 2
+        assert 0 <= spec["maxFailedIndexes"] <= spec["completions"]
+        assert spec["ttlSecondsAfterFinished"] > 0
+        assert spec["podReplacementPolicy"] == "Failed"
+        rules = spec["podFailurePolicy"]["rules"]
+        assert {
+            "action": "FailIndex",
+            "onExitCodes": {"containerName": "lorascope", "operator": "In", "values": [2]},
+        } in rules
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+        tpl = spec["template"]
+        assert tpl["spec"]["restartPolicy"] == "Never"
+        for labels in (job["metadata"]["labels"], tpl["metadata"]["labels"]):
+            assert labels["app.kubernetes.io/name"] == "lorascope"
+            assert labels["app.kubernetes.io/component"] == phase
+            assert labels["app.kubernetes.io/part-of"] == "lorascope"
+            assert labels["app.kubernetes.io/instance"] == labels["lorascope.dev/run-id"]
+        [c] = tpl["spec"]["containers"]
+        assert c["args"][:2] == ["--study", "/etc/lorascope/study.yaml"]
+        assert c["image"] == f"lorascope/{phase}:{render.__version__}"
+
+
+def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
+    for phase, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        res = pod["containers"][0]["resources"]
+        if phase in ("sanity", "hpo", "train", "extract", "bench"):
+            assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
+            assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+            # g2-standard-8: 8 vCPU, 32 GB; allocatable ~7.9 CPU / ~29 GiB
+            assert float(res["requests"]["cpu"]) <= 7.5 and res["requests"]["memory"] == "24Gi"
+            assert res["limits"]["memory"] == "28Gi"
+        else:
+            assert "nvidia.com/gpu" not in res["requests"] and "nodeSelector" not in pod and "tolerations" not in pod
+    assert sorted(p for p, j in jobs.items() if j["metadata"]["labels"]["lorascope.dev/gpu"] == "true") == sorted(
+        render.GPU_PHASES
+    )
+
+
+def test_pods_mount_shm_caches_study_and_take_credentials_only_from_secrets(jobs):
+    for phase, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        c = pod["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        assert "emptyDir" in vols[mounts[env["HF_HOME"]["value"]]]
+        assert "emptyDir" in vols[mounts[env["LORASCOPE_WORK_DIR"]["value"]]]
+        assert vols[mounts["/etc/lorascope"]]["configMap"]["name"] == "lorascope-study"
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LORASCOPE_OPTUNA_STORAGE"} & set(env)
+        secrets = [s["secretRef"]["name"] for s in c["envFrom"]]
+        assert secrets == (["lorascope-s3", "lorascope-postgres"] if phase == "hpo" else ["lorascope-s3"])
+
+
+def test_every_pod_template_meets_restricted_and_has_requests_and_limits():
+    seen = 0
+    for path in manifest_files():
+        for obj in load_objects(path):
+            for pod in pod_templates(obj):
+                seen += 1
+                where = f"{path.relative_to(REPO)} {obj['kind']}/{obj['metadata']['name']}"
+                assert restricted_violations(pod) == [], where
+                assert resource_violations(pod) == [], where
+                for c in pod["containers"]:
+                    assert image_pinned(c["image"]), f"{where}: image {c['image']} is not pinned"
+    assert seen >= 2 * 8 + 4  # the phase Jobs twice (files and base/), PostgreSQL, MinIO and its bucket Job
+
+
+def test_the_restricted_checker_catches_what_admission_would_refuse(jobs):
+    import copy
+
+    pod = copy.deepcopy(jobs["train"]["spec"]["template"]["spec"])
+    assert restricted_violations(pod) == []
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["containers"][0]["securityContext"]["runAsUser"] = 0
+    pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
+    del pod["securityContext"]["seccompProfile"], pod["containers"][0]["securityContext"]["seccompProfile"]
+    bad = restricted_violations(pod)
+    assert len(bad) == 4, bad
+    assert (
+        not image_pinned("postgres:latest") and not image_pinned("postgres") and image_pinned("postgres:17.6-bookworm")
+    )
+    assert image_pinned("us-central1-docker.pkg.dev/p/lorascope/train:0.1.0") and image_pinned("localhost:5000/x:1")
+
+
+def test_namespace_enforces_restricted_and_infra_is_pinned():
+    [ns] = load_objects(MANIFESTS / "namespace.yaml")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pg = {o["kind"]: o for o in load_objects(MANIFESTS / "postgres.yaml")}
+    assert pg["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17.6-bookworm"
+    assert pg["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    assert pg["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    minio = {(o["kind"], o["metadata"]["name"]): o for o in load_objects(MANIFESTS / "minio.yaml")}
+    image = minio[("Deployment", "minio")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("quay.io/minio/minio:RELEASE.")
+    script = minio[("Job", "minio-bucket")]["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "mc mb --ignore-existing local/lorascope" in script  # idempotent
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        (dict(run_id="x" * 64), "run id"),
+        (dict(namespace="Lorascope"), "namespace"),
+        (dict(store_url="/tmp/store"), "s3://"),
+        (dict(image_tag="latest"), "pinned"),
+        (dict(parallelism=0), "parallelism"),
+        (dict(spot=True), "gke overlay only"),
+        (dict(overlay="eks"), "overlay"),
+    ],
+)
+def test_bad_render_options_are_config_errors(study, opts, match):
+    with pytest.raises(ConfigError, match=match):
+        render.RenderOptions(**opts).resolved(study)
