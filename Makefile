@@ -34,7 +34,7 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q -c requirements-vllm.txt torch==2.13.0
 	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt
-	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision || true
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
