@@ -1,0 +1,438 @@
+"""Representation similarity: linear CKA (biased and debiased), HSIC, per-example cosine.
+
+A representation is an array X of shape (n, d): one row per example, one column per feature.
+Two representations being compared must hold the same examples in the same row order; their
+feature counts may differ. Everything is computed in float64 whatever the input dtype.
+
+References
+----------
+Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of Neural Network Representations
+    Revisited", ICML.  Linear CKA, and its debiased variant in the authors' notebook
+    (google-research/representation_similarity).
+Gretton, Bousquet, Smola & Schoelkopf (2005), "Measuring Statistical Dependence with
+    Hilbert-Schmidt Norms", ALT.  Biased HSIC estimator.
+Song, Smola, Gretton, Bedo & Borgwardt (2012), "Feature Selection via Dependence
+    Maximization", JMLR 13.  Unbiased HSIC estimator (their eq. 5).
+Szekely & Rizzo (2014), "Partial distance correlation with methods for dissimilarities",
+    Ann. Statist. 42(6).  U-centring; an equivalent form of the unbiased estimator.
+
+Why the debiased estimator matters here: with n = 750 examples and d = 2048 features the
+biased (plain) linear CKA of two *independent* isotropic Gaussian representations is about
+d / (d + n) ~ 0.73, not 0.  Reading 1 - CKA_biased as "drift" therefore understates how
+different unrelated representations are, and its value moves with n.  The debiased CKA of
+independent representations is ~0 at any n (see tests/analysis/test_similarity.py).
+
+Caching: the expensive part of CKA is the n x n Gram matrix (O(n^2 d)); given Grams, a pair
+costs O(n^2).  :class:`CachedGram` holds everything one representation contributes, so
+:func:`pairwise_drift` forms each Gram once and reuses it for every pair it enters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "CachedGram",
+    "GramCache",
+    "center_gram",
+    "centered_cosine",
+    "cka_cached",
+    "cka_from_grams",
+    "debiased_cka",
+    "drift",
+    "gram_linear",
+    "hsic_biased",
+    "hsic_unbiased",
+    "linear_cka",
+    "mean_cosine",
+    "pairwise_drift",
+]
+
+
+def _features(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D (n_examples, n_features) array, got shape {X.shape}")
+    return X
+
+
+def _gram(K) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"expected a square Gram matrix, got shape {K.shape}")
+    return K
+
+
+def _same_n(a: np.ndarray, b: np.ndarray) -> int:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"different numbers of examples: {a.shape[0]} vs {b.shape[0]}")
+    return a.shape[0]
+
+
+def gram_linear(X) -> np.ndarray:
+    """Linear-kernel Gram matrix K = X X^T, shape (n, n), float64."""
+    X = _features(X)
+    return X @ X.T
+
+
+def center_gram(K) -> np.ndarray:
+    """Double-centred Gram matrix H K H, with H = I - 1 1^T / n.
+
+    K_c[i, j] = K[i, j] - mean_k K[k, j] - mean_k K[i, k] + mean_kl K[k, l].
+    For K = X X^T this is the Gram matrix of the column-centred features (Kornblith et al.
+    2019, sec. 3).  Returns a new array.
+    """
+    K = _gram(K)
+    col = K.mean(axis=0)
+    row = K.mean(axis=1)
+    return K - row[:, None] - col[None, :] + col.mean()
+
+
+def hsic_biased(K, L) -> float:
+    """Biased HSIC (Gretton et al. 2005): tr(K H L H) / (n - 1)^2.
+
+    Its bias is O(1/n) and positive for n < d linear kernels; CKA built on it
+    (:func:`linear_cka`) inherits that bias.
+    """
+    K, L = _gram(K), _gram(L)
+    n = _same_n(K, L)
+    return float(np.vdot(center_gram(K), center_gram(L)) / (n - 1) ** 2)
+
+
+def hsic_unbiased(K, L) -> float:
+    """Unbiased HSIC estimator of Song et al. (2012, eq. 5), n >= 4.
+
+        HSIC_u(K, L) = 1 / (n (n - 3)) * [ tr(K~ L~)
+                                           + (1^T K~ 1)(1^T L~ 1) / ((n - 1)(n - 2))
+                                           - 2 / (n - 2) * 1^T K~ L~ 1 ]
+
+    where K~, L~ are K, L with their diagonals set to zero.  It is a U-statistic: no term
+    pairs an example with itself, which is what removes the bias -- and also why it breaks
+    when an example appears twice (a duplicated row puts a "self" term off the diagonal).
+    HSIC_u is unchanged by K -> K + a 1^T + 1 a^T + c 1 1^T, so in particular by centring the
+    features or the Gram matrix.
+    """
+    K, L = _gram(K), _gram(L)
+    n = _same_n(K, L)
+    if n < 4:
+        raise ValueError("the unbiased HSIC estimator needs n >= 4 examples")
+    Kt, Lt = K.copy(), L.copy()
+    np.fill_diagonal(Kt, 0.0)
+    np.fill_diagonal(Lt, 0.0)
+    rk, rl = Kt.sum(axis=1), Lt.sum(axis=1)
+    val = _hsic_u_core(np.vdot(Kt, Lt), rk.sum(), rl.sum(), rk @ rl, n)
+    return float(val / (n * (n - 3)))
+
+
+def _hsic_u_core(tr_kl: float, sum_k: float, sum_l: float, rk_rl: float, n: int) -> float:
+    """n (n - 3) * HSIC_u from its four ingredients (tr(K~L~), 1^T K~ 1, 1^T L~ 1, 1^T K~ L~ 1)."""
+    return tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * rk_rl / (n - 2)
+
+
+def linear_cka(X, Y) -> float:
+    """Linear CKA, feature-space form (Kornblith et al. 2019, eq. 5), float64.
+
+        CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
+
+    with the columns of X and Y centred first.  Equals :func:`cka_from_grams` on the linear
+    Grams.  Biased: at n < d it is far from 0 for unrelated representations (see module doc).
+    Cost O(n d^2); use :func:`pairwise_drift` for many pairs.
+    """
+    X, Y = _features(X), _features(Y)
+    _same_n(X, Y)
+    X = X - X.mean(axis=0)
+    Y = Y - Y.mean(axis=0)
+    num = np.linalg.norm(Y.T @ X) ** 2
+    den = np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def cka_from_grams(Kx, Ky, debiased: bool = False) -> float:
+    """CKA from Gram matrices.
+
+    Biased:   <H Kx H, H Ky H>_F / (||H Kx H||_F ||H Ky H||_F)   (= HSIC normalised).
+    Debiased: HSIC_u(Kx, Ky) / sqrt(HSIC_u(Kx, Kx) HSIC_u(Ky, Ky))  (Song et al. 2012 HSIC_u;
+              Kornblith et al.'s notebook, ``cka(..., debiased=True)``).
+
+    The Grams are double-centred first in both cases; HSIC_u is invariant to that, and it
+    avoids cancellation when the features have a large common mean (LLM hidden states do).
+    Returns nan when a denominator is not positive (constant representation).
+    """
+    Kc, Lc = center_gram(Kx), center_gram(Ky)
+    _same_n(Kc, Lc)
+    if not debiased:
+        den = np.linalg.norm(Kc) * np.linalg.norm(Lc)
+        return float(np.vdot(Kc, Lc) / den) if den > 0 else float("nan")
+    kk, ll = hsic_unbiased(Kc, Kc), hsic_unbiased(Lc, Lc)
+    if kk <= 0 or ll <= 0:
+        return float("nan")
+    return float(hsic_unbiased(Kc, Lc) / np.sqrt(kk * ll))
+
+
+def debiased_cka(X, Y) -> float:
+    """Debiased linear CKA of two representations (features in, see :func:`cka_from_grams`).
+
+    CKA_u = HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L)),  K = X X^T, L = Y Y^T.
+    ~0 in expectation for independent representations at any n; exactly 1 for CKA_u(X, X).
+    """
+    X, Y = _features(X), _features(Y)
+    _same_n(X, Y)
+    X = X - X.mean(axis=0)
+    Y = Y - Y.mean(axis=0)
+    return cka_from_grams(X @ X.T, Y @ Y.T, debiased=True)
+
+
+def drift(cka):
+    """Representation drift = 1 - CKA (0: same up to rotation/isotropic scale)."""
+    return 1.0 - cka
+
+
+def mean_cosine(X, Y) -> float:
+    """Mean over examples of the cosine between matching rows: mean_i <x_i, y_i>/(|x_i| |y_i|).
+
+    Unlike CKA this is not invariant to rotations of feature space: it asks whether each
+    example's vector still points the same way in the *same* coordinates.  Raises on a
+    zero-norm row.
+    """
+    X, Y = _features(X), _features(Y)
+    _same_n(X, Y)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError("cosine needs the same feature dimension in both representations")
+    nx, ny = np.linalg.norm(X, axis=1), np.linalg.norm(Y, axis=1)
+    if np.any(nx == 0) or np.any(ny == 0):
+        raise ValueError("cosine undefined for a zero-norm row")
+    return float(np.mean(np.einsum("ij,ij->i", X, Y) / (nx * ny)))
+
+
+def centered_cosine(X, Y, base_mean) -> float:
+    """:func:`mean_cosine` after subtracting the base model's mean vector from both X and Y.
+
+    Hidden states of decoder LMs share a large common direction, which pushes raw cosines
+    towards 1 for any pair of inputs; subtracting the *base* model's mean (the same vector for
+    both sides, so it is not fitted to the fine-tuned model) removes that floor.
+    """
+    X, Y = _features(X), _features(Y)
+    mu = np.asarray(base_mean, dtype=np.float64).reshape(1, -1)
+    return mean_cosine(X - mu, Y - mu)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached Grams: O(n^2 d) once per representation, O(n^2) per pair.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CachedGram:
+    """Per-representation quantities for O(n^2) linear and debiased CKA against any partner.
+
+    Built from the centred Gram Kc = Xc Xc^T (Xc: column-centred features):
+      kt      Kc with its diagonal set to 0 (n x n, C-contiguous), shared by both estimators
+      diag    diag(Kc)
+      rowsum  kt @ 1          (for 1^T K~ L~ 1 = rowsum_K . rowsum_L)
+      total   1^T kt 1
+      self_lin  ||Kc||_F^2                 (biased self-HSIC up to (n-1)^2)
+      self_u    n (n - 3) HSIC_u(Kc, Kc)   (debiased self-HSIC)
+    For a pair, <Kc, Lc>_F = <kt, lt>_F + diag_K . diag_L and tr(K~ L~) = <kt, lt>_F, so both
+    estimators share one n^2 dot product.
+    """
+
+    kt: np.ndarray
+    diag: np.ndarray
+    rowsum: np.ndarray
+    total: float
+    self_lin: float
+    self_u: float
+
+    @property
+    def n(self) -> int:
+        return self.kt.shape[0]
+
+    @classmethod
+    def from_features(cls, X) -> CachedGram:
+        """Centre the columns of X (float64) and form Kc = Xc Xc^T."""
+        X = _features(X)
+        Xc = X - X.mean(axis=0)
+        return cls._from_centered(Xc @ Xc.T)
+
+    @classmethod
+    def from_gram(cls, K) -> CachedGram:
+        """From any Gram matrix (double-centred here)."""
+        return cls._from_centered(center_gram(K))
+
+    @classmethod
+    def _from_centered(cls, kc: np.ndarray) -> CachedGram:
+        """Takes ownership of ``kc`` (modified in place)."""
+        n = kc.shape[0]
+        if n < 4:
+            raise ValueError("need n >= 4 examples for the debiased estimator")
+        kc = np.ascontiguousarray(kc, dtype=np.float64)
+        diag = kc.diagonal().copy()
+        np.fill_diagonal(kc, 0.0)
+        rowsum = kc.sum(axis=1)
+        total = float(rowsum.sum())
+        cross = float(np.dot(kc.ravel(), kc.ravel()))
+        self_lin = cross + float(diag @ diag)
+        self_u = _hsic_u_core(cross, total, total, float(rowsum @ rowsum), n)
+        return cls(kc, diag, rowsum, total, self_lin, self_u)
+
+    def subset(self, idx) -> CachedGram:
+        """Restrict to the examples ``idx`` (K[idx][:, idx], then re-centred), O(m^2).
+
+        ``idx`` must not repeat an example: with a duplicated row the debiased (U-statistic)
+        estimator would count a self-pair as a distinct pair and be biased upwards, so
+        resampling over examples has to be *without* replacement (subsampling / delete-d
+        jackknife, see :func:`lorascope.analysis.stats.subsample_bootstrap_ci`).
+        Re-centring matters for the biased estimator (the subset's mean is not the full mean);
+        the debiased one is invariant to it.
+        """
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if idx.ndim != 1:
+            raise ValueError("idx must be 1-D")
+        if np.unique(idx).size != idx.size:
+            raise ValueError("idx contains duplicated examples; subsample without replacement")
+        sub = self.kt[np.ix_(idx, idx)]
+        sub[np.diag_indices_from(sub)] = self.diag[idx]
+        return CachedGram._from_centered(center_gram(sub))
+
+
+def cka_cached(a: CachedGram, b: CachedGram) -> tuple[float, float]:
+    """(linear CKA, debiased CKA) of two cached representations, O(n^2)."""
+    if a.n != b.n:
+        raise ValueError(f"different numbers of examples: {a.n} vs {b.n}")
+    cross = float(np.dot(a.kt.ravel(), b.kt.ravel()))
+    den_lin = np.sqrt(a.self_lin * b.self_lin)
+    lin = (cross + float(a.diag @ b.diag)) / den_lin if den_lin > 0 else float("nan")
+    if a.self_u <= 0 or b.self_u <= 0:
+        return float(lin), float("nan")
+    u = _hsic_u_core(cross, a.total, b.total, float(a.rowsum @ b.rowsum), a.n)
+    return float(lin), float(u / np.sqrt(a.self_u * b.self_u))
+
+
+class GramCache:
+    """Name -> :class:`CachedGram`, computed lazily from ``reps`` the first time it is needed.
+
+    >>> cache = GramCache(reps)          # reps: {name: (n, d) array}
+    >>> cache.pair("base", "lora/s0")    # Grams of both formed once, reused by later pairs
+    """
+
+    def __init__(self, reps: Mapping[str, object] | None = None):
+        self._reps = reps if reps is not None else {}
+        self._grams: dict[str, CachedGram] = {}
+
+    def add(self, name: str, X=None, *, gram: CachedGram | None = None) -> CachedGram:
+        """Compute (from features ``X``) or insert (``gram``) the entry for ``name``."""
+        g = gram if gram is not None else CachedGram.from_features(X)
+        self._grams[name] = g
+        return g
+
+    def __getitem__(self, name: str) -> CachedGram:
+        g = self._grams.get(name)
+        if g is None:
+            if name not in self._reps:
+                raise KeyError(name)
+            g = self.add(name, self._reps[name])
+        return g
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._grams or name in self._reps
+
+    def __len__(self) -> int:
+        return len(self._grams)
+
+    def computed(self) -> list[str]:
+        """Names whose Gram has been formed so far."""
+        return list(self._grams)
+
+    def pair(self, a: str, b: str) -> dict:
+        lin, deb = cka_cached(self[a], self[b])
+        return {
+            "a": a,
+            "b": b,
+            "cka_linear": lin,
+            "cka_debiased": deb,
+            "drift_linear": drift(lin),
+            "drift_debiased": drift(deb),
+        }
+
+    def subset(self, idx, names: Iterable[str] | None = None) -> GramCache:
+        """New cache restricted to examples ``idx`` (no duplicates), for jackknife/subsampling.
+
+        Subsets ``names`` (default: every entry computed so far); O(m^2) each, no features
+        needed.
+        """
+        names = self.computed() if names is None else list(names)
+        out = GramCache()
+        for name in names:
+            out.add(name, gram=self[name].subset(idx))
+        return out
+
+
+def _row_grams(reps: Mapping[str, object], names: list[str], mu: np.ndarray, chunk: int = 64):
+    """Per-example Gram across representations: G[i, a, b] = <x_i^a, x_i^b>, and <mu, x_i^a>.
+
+    One batched float64 matmul over chunks of examples (memory ~ chunk * len(names) * d * 8
+    bytes), instead of one row-wise dot product per pair.
+    """
+    arrays = [np.asarray(reps[name]) for name in names]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 2:
+        raise ValueError(f"cosines need 2-D representations of one shape, got {sorted(shapes)}")
+    n, d = arrays[0].shape
+    G = np.empty((n, len(names), len(names)))
+    mux = np.empty((n, len(names)))
+    for i0 in range(0, n, chunk):
+        i1 = min(n, i0 + chunk)
+        S = np.empty((i1 - i0, len(names), d))
+        for k, a in enumerate(arrays):
+            S[:, k, :] = a[i0:i1]  # casts to float64
+        G[i0:i1] = S @ S.transpose(0, 2, 1)
+        mux[i0:i1] = S @ mu
+    return G, mux
+
+
+def pairwise_drift(
+    reps: Mapping[str, object],
+    pairs: Iterable[tuple[str, str]],
+    base: str | None = None,
+    cache: GramCache | None = None,
+) -> list[dict]:
+    """Linear and debiased CKA (and drift = 1 - CKA) for each pair of named representations.
+
+    Each representation's centred Gram is formed once (in ``cache``, created if not given) and
+    reused by every pair it enters; a pair then costs one n^2 dot product.
+
+    If ``base`` names an entry of ``reps``, rows also get ``cosine`` (:func:`mean_cosine`) and
+    ``centered_cosine`` (:func:`centered_cosine` with that entry's mean).  Row inner products
+    <x_i, y_i> for all pairs come from one batched per-example Gram, and the centred ones from
+    <x - mu, y - mu> = <x, y> - <mu, x> - <mu, y> + |mu|^2, whose float64 rounding error is
+    ~1e-16 * |x|^2 / |x - mu|^2.
+
+    Returns one dict per pair: a, b, cka_linear, cka_debiased, drift_linear, drift_debiased
+    [, cosine, centered_cosine].
+    """
+    pairs = list(pairs)
+    cache = GramCache(reps) if cache is None else cache
+    rows = [cache.pair(a, b) for a, b in pairs]
+    if base is None:
+        return rows
+    mu = _features(reps[base]).mean(axis=0)
+    mumu = float(mu @ mu)
+    names = list(dict.fromkeys(name for pair in pairs for name in pair))
+    pos = {name: k for k, name in enumerate(names)}
+    G, mux = _row_grams(reps, names, mu)
+    for row, (a, b) in zip(rows, pairs, strict=True):
+        i, j = pos[a], pos[b]
+        xy, xx, yy = G[:, i, j], G[:, i, i], G[:, j, j]
+        cxx = xx - 2.0 * mux[:, i] + mumu
+        cyy = yy - 2.0 * mux[:, j] + mumu
+        if np.any(xx <= 0) or np.any(yy <= 0) or np.any(cxx <= 0) or np.any(cyy <= 0):
+            raise ValueError(f"cosine undefined for a zero-norm row in {a} or {b}")
+        row["cosine"] = float(np.mean(xy / np.sqrt(xx * yy)))
+        cxy = xy - mux[:, i] - mux[:, j] + mumu
+        row["centered_cosine"] = float(np.mean(cxy / np.sqrt(cxx * cyy)))
+    return rows
