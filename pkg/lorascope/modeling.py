@@ -1,0 +1,414 @@
+"""Models: the base classifier, the two fine-tuning methods, and pooling.
+
+The classifier is `AutoModelForSequenceClassification.from_pretrained(dir)` for the hub model and the tiny smoke
+model alike. One thing is changed after loading: where it reads the sequence.
+
+Where transformers 5.23 pools. `GenericForSequenceClassification.forward` (the Llama classifier) takes the rightmost
+token whose id differs from `config.pad_token_id`. With pad = eos and pairs written `BOS s1 EOS s2`, that is the end
+of s2 for an ordinary pair, but it is not the last attended token when the sequence itself ends in EOS (a pair whose
+s2 is empty, or a caller that appends EOS): it then skips back over the EOS into s1; with `inputs_embeds` it reads
+position -1, a pad. Older releases took the token before the *first* pad id, which for our pairs is the separator's
+neighbour, the end of s1. So the position must not depend on token ids at all.
+
+What we do. `load_classifier` re-classes the loaded model to a subclass (same class name, so `save_pretrained`
+still writes `LlamaForSequenceClassification` and vLLM and transformers load it as usual) whose forward reads the
+score head at `last_token_index(attention_mask)`, the last attended token; with right padding that is the last
+token of the prompt, which is also what vLLM's classify pooling reads. The fix lives on the model object, so it
+holds through `get_peft_model`, `PeftModel.from_pretrained` and `merge_and_unload()` (all keep the same object as
+the base). A model saved and re-loaded with plain `AutoModel...from_pretrained` gets the stock forward back: load
+through `load_classifier`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lorascope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from lorascope.phases import PhaseContext
+    from lorascope.study import FullMethod, LoraMethod
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_LLAMA_ASSETS = ASSETS / "tiny-llama"
+TINY_LLAMA_SEED = 0
+BUILTIN_MODELS = {"builtin:tiny-llama"}
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the last attended token (the rightmost 1 in the mask), as int64 [batch].
+    Right padding: the last real token; left padding works too. A row with no attended token gives 0."""
+    mask = attention_mask.to(torch.int64)
+    positions = torch.arange(mask.shape[-1], device=mask.device, dtype=torch.int64)
+    return (positions * mask).argmax(-1)
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor, exclude_bos: bool = True) -> torch.Tensor:
+    """Mean of `hidden` [batch, seq, dim] over attended positions, in float32 [batch, dim]. With `exclude_bos`
+    the first attended position of each row (BOS: its state is the same for every input) is left out, so the
+    mean is over the text tokens only. Padding never counts, so the result does not depend on pad length."""
+    mask = attention_mask.to(device=hidden.device, dtype=torch.float32).clone()
+    if exclude_bos:
+        first = mask.argmax(-1)  # first attended position per row
+        mask[torch.arange(mask.shape[0], device=mask.device), first] = 0.0
+    counts = mask.sum(-1, keepdim=True).clamp_min(1.0)
+    return (hidden.float() * mask.unsqueeze(-1)).sum(1) / counts
+
+
+class LastAttendedPooling:
+    """Mixin for `GenericForSequenceClassification` models: classify at the last attended token.
+
+    `accepts_loss_kwargs = False`: the loss is a mean over the micro-batch. Without it, HF Trainer sees `**kwargs`
+    in forward, assumes the model normalises by `num_items_in_batch` and skips its division by the
+    gradient-accumulation steps, which would scale gradients by the accumulation factor."""
+
+    accepts_loss_kwargs = False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ):
+        from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+        outputs = getattr(self, self.base_model_prefix)(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        batch, seq = hidden.shape[:2]
+        if attention_mask is None:
+            index = torch.full((batch,), seq - 1, device=hidden.device, dtype=torch.int64)
+        else:
+            index = last_token_index(attention_mask).to(hidden.device)
+        pooled_logits = self.score(hidden[torch.arange(batch, device=hidden.device), index])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=pooled_logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+_POOLED_CLASSES: dict[type, type] = {}
+
+
+def use_last_attended_pooling(model: PreTrainedModel) -> PreTrainedModel:
+    """Re-class `model` in place so its forward classifies at the last attended token (idempotent)."""
+    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers.utils.generic import can_return_tuple
+
+    cls = type(model)
+    if issubclass(cls, LastAttendedPooling):
+        return model
+    if not isinstance(model, GenericForSequenceClassification):
+        raise ConfigError(
+            f"model class {cls.__name__} is not a decoder sequence classifier (transformers' "
+            "GenericForSequenceClassification); lorascope supports Llama-style decoders"
+        )
+    if cls not in _POOLED_CLASSES:
+        # keep the class name: save_pretrained writes config.architectures from it, and vLLM picks its model by it
+        forward = can_return_tuple(LastAttendedPooling.forward)
+        _POOLED_CLASSES[cls] = type(cls.__name__, (LastAttendedPooling, cls), {"forward": forward, "__module__": cls.__module__})
+    model.__class__ = _POOLED_CLASSES[cls]
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def base_model_dir(ctx: PhaseContext) -> Path:
+    """The staged base model (a local folder holding the committed stage bundle's model/)."""
+    stage = ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
+    return ctx.local(stage) / "model"
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with pad = eos and right padding."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.eos_token is None or tok.bos_token_id is None:
+        raise ConfigError(f"tokenizer in {model_dir} needs a bos and an eos token (has bos={tok.bos_token!r}, eos={tok.eos_token!r})")
+    tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def _pad_id(config: Any) -> int:
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        eos = config.eos_token_id
+        pad = eos[0] if isinstance(eos, list | tuple) else eos
+    if pad is None:
+        raise ConfigError(f"model config ({config.model_type}) has neither pad_token_id nor eos_token_id")
+    return int(pad)
+
+
+def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, device: torch.device | str):
+    """`AutoModelForSequenceClassification.from_pretrained(model_dir)`, pad id set to the eos id explicitly, and
+    classification at the last attended token. A causal-LM checkpoint gets a freshly initialised `score` head
+    (drawn from torch's global RNG: seed before calling for a reproducible head)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"model folder {model_dir} has no config.json")
+    config = AutoConfig.from_pretrained(str(model_dir))
+    pad_id = _pad_id(config)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), num_labels=num_labels, pad_token_id=pad_id, dtype=dtype
+    )
+    model.config.pad_token_id = pad_id
+    use_last_attended_pooling(model)
+    return model.to(device)
+
+
+def apply_method(model, method: FullMethod | LoraMethod, overrides: Mapping[str, Any] | None = None):
+    """`full`: the model unchanged, every parameter trains. `lora`: PEFT LoRA on `method.target_modules` (alpha and
+    dropout from `overrides["lora_alpha"/"lora_dropout"]` when HPO chose them), the `score` head trainable and saved
+    with the adapter (PEFT's SEQ_CLS task adds it to modules_to_save)."""
+    overrides = dict(overrides or {})
+    if method.kind == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=method.r,
+        lora_alpha=float(overrides.get("lora_alpha", method.alpha)),
+        lora_dropout=float(overrides.get("lora_dropout", method.dropout)),
+        target_modules=list(method.target_modules),
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts. For a PEFT model the total includes the adapter and the head copy."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def module_shapes(config: Any) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each linear layer of a Llama decoder layer, from its config."""
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q_out = config.num_attention_heads * head_dim
+    kv_out = config.num_key_value_heads * head_dim
+    inter = config.intermediate_size
+    return {
+        "q_proj": (hidden, q_out), "k_proj": (hidden, kv_out), "v_proj": (hidden, kv_out), "o_proj": (q_out, hidden),
+        "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden),
+    }  # fmt: skip
+
+
+def lora_parameter_count(config: Any, target_modules: list[str], r: int, num_labels: int) -> int:
+    """Trainable parameters of LoRA on a Llama: each adapted linear d_in -> d_out adds A (r x d_in) and B (d_out x r),
+    r * (d_in + d_out), in every layer; plus the score head (hidden x num_labels, no bias)."""
+    shapes = module_shapes(config)
+    unknown = sorted(set(target_modules) - set(shapes))
+    if unknown:
+        raise ConfigError(f"lora target_modules {unknown} are not Llama linear layers ({sorted(shapes)})")
+    per_layer = sum(r * (shapes[m][0] + shapes[m][1]) for m in target_modules)
+    return config.num_hidden_layers * per_layer + config.hidden_size * num_labels
+
+
+def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | str, dtype: torch.dtype):
+    """A trained cell, ready for eval: the base with the cell's adapter (lora) or the cell's own model (full),
+    and the base model's tokenizer. Pooling at the last attended token either way."""
+    from lorascope.study import GLUE_TASKS
+
+    task = cell_name.split("-", 1)[0]
+    if task not in GLUE_TASKS:
+        raise ConfigError(f"cell {cell_name!r}: unknown task {task!r}")
+    num_labels = GLUE_TASKS[task]["num_labels"]
+    cell = ctx.require("cells", cell_name, why="run the train phase for this cell first")
+    local = ctx.local(cell)
+    base_dir = base_model_dir(ctx)
+    tokenizer = load_tokenizer(base_dir)
+    if (local / "adapter" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_classifier(base_dir, num_labels, dtype, device)
+        model = PeftModel.from_pretrained(base, str(local / "adapter"))
+    elif (local / "model" / "config.json").is_file():
+        model = load_classifier(local / "model", num_labels, dtype, device)
+    else:
+        raise ConfigError(f"cell bundle {cell.key} holds neither adapter/adapter_config.json nor model/config.json")
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------------------ tiny model
+def build_tiny_llama(dest: Path) -> Path:
+    """Write the smoke model to `dest` (created): the config and tokenizer shipped in assets/tiny-llama/ and a
+    LlamaForCausalLM initialised with torch seed 0 (the global RNG state is restored afterwards). Same bytes on
+    every run with the same torch. A normal HF folder: `from_pretrained(dest)` loads it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig.from_pretrained(str(TINY_LLAMA_ASSETS))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_LLAMA_SEED)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(TINY_LLAMA_ASSETS / name, dest / name)
+    return dest
+
+
+def tiny_llama_fingerprint() -> str:
+    """What identifies the builtin model: the sha256 of its shipped config and tokenizer (weights follow from them
+    and the fixed seed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        h.update((TINY_LLAMA_ASSETS / name).read_bytes())
+    h.update(json.dumps({"seed": TINY_LLAMA_SEED}).encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ fetching
+MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt"]
+
+
+def model_source(name: str) -> str:
+    """'builtin', 'local' or 'hub' for a study's `model.name`, with cheap checks only (no download, no load):
+    an unknown builtin, or something path-like that does not exist, is a ConfigError naming it."""
+    if name.startswith("builtin:"):
+        if name not in BUILTIN_MODELS:
+            raise ConfigError(f"model.name {name!r}: unknown builtin model; builtins are {sorted(BUILTIN_MODELS)}")
+        return "builtin"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name {name!r}: folder {path} has no config.json (not a Hugging Face model folder)")
+        return "local"
+    if name.startswith(("/", "./", "../", "~", "file:")) or name.count("/") > 1 or not name.strip():
+        raise ConfigError(f"model.name {name!r}: model folder {path} does not exist (and it is not a hub id org/name)")
+    return "hub"
+
+
+def _file_digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_model(name: str, revision: str, dest: Path) -> dict[str, Any]:
+    """Put the study's base model in `dest` as a plain HF folder (config, safetensors weights, tokenizer) and
+    describe what it is: for a hub model the resolved commit sha of `revision`."""
+    dest = Path(dest)
+    kind = model_source(name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    info: dict[str, Any] = {"name": name, "revision": revision, "source": kind, "commit_sha": None}
+    if kind == "builtin":
+        build_tiny_llama(dest)
+        info["builtin_fingerprint"] = tiny_llama_fingerprint()
+    elif kind == "local":
+        _copy_model_files(Path(name).expanduser(), dest)
+    else:
+        snapshot = _hub_snapshot(name, revision)
+        info["commit_sha"] = snapshot.name  # the cache keeps a snapshot per commit: snapshots/<sha>/
+        _copy_model_files(snapshot, dest)
+    if not any(dest.glob("*.safetensors")):  # a .bin-only checkpoint: convert once, so later phases read safetensors
+        from transformers import AutoModelForCausalLM
+
+        src = Path(name).expanduser() if kind == "local" else _hub_snapshot(name, revision, weights="*.bin")
+        AutoModelForCausalLM.from_pretrained(str(src)).save_pretrained(str(dest), safe_serialization=True)
+    info["files_sha256"] = _file_digest(dest)
+    return info
+
+
+def _copy_model_files(src: Path, dest: Path) -> None:
+    import fnmatch
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.iterdir()):
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in MODEL_FILE_PATTERNS):
+            shutil.copyfile(p, dest / p.name)  # follows the hub cache's symlinks
+
+
+def _hub_snapshot(name: str, revision: str, weights: str | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from lorascope.errors import LorascopeError
+
+    patterns = [*MODEL_FILE_PATTERNS, *([weights] if weights else [])]
+    try:
+        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=patterns))
+    except RevisionNotFoundError:
+        raise ConfigError(f"model.revision {revision!r}: no such revision of {name!r} on the hub") from None
+    except GatedRepoError:
+        raise ConfigError(f"model.name {name!r} is gated: accept its license and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"model.name {name!r}: no such model on the hub (and no such local folder)") from None
+    except LocalEntryNotFoundError as exc:
+        raise LorascopeError(f"model {name!r}@{revision}: not in the local HF cache and the hub is unreachable or "
+                             f"disabled (HF_HUB_OFFLINE): {exc}") from None  # fmt: skip
+
+
+def pick_device(env: Mapping[str, str]) -> torch.device:
+    """`LORASCOPE_DEVICE` when set (cpu, cuda, cuda:1, ...), else cuda when available, else cpu."""
+    raw = env.get("LORASCOPE_DEVICE")
+    if raw:
+        try:
+            device = torch.device(raw)
+        except RuntimeError:
+            raise ConfigError(f"LORASCOPE_DEVICE={raw!r} is not a torch device (cpu, cuda, cuda:0)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"LORASCOPE_DEVICE={raw!r} but no CUDA device is available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+__all__ = [
+    "apply_method", "base_model_dir", "build_tiny_llama", "last_token_index", "load_cell_model", "load_classifier",
+    "load_tokenizer", "lora_parameter_count", "masked_mean", "pick_device", "trainable_parameters",
+    "use_last_attended_pooling",
+]  # fmt: skip

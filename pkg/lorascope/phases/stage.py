@@ -1,0 +1,70 @@
+"""stage: fetch the base model and GLUE once and commit them to the store, so every later Job reads the store.
+
+Bundle `stage/`:
+  model/                            HF folder: config.json, model.safetensors, tokenizer files
+  data/<task>/train.jsonl           GLUE train minus dev (capped to tasks[].train_samples)
+  data/<task>/dev.jsonl             fixed-seed dev split carved from GLUE train (HPO, early stopping)
+  data/<task>/validation.jsonl      GLUE validation, the reported split (capped to tasks[].eval_samples)
+Commit meta: `model` (source, requested revision, resolved commit sha, file digest) and `data` (per task: source,
+fingerprint, split sizes), plus `dataset_fingerprint` over all tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+from lorascope import data, modeling
+from lorascope.phases import Phase, PhaseContext
+from lorascope.study import Study
+
+
+def run(ctx: PhaseContext, index: int) -> None:
+    study = ctx.study
+    if ctx.committed("stage"):
+        ctx.log("already committed, skipping", bundle="stage")
+        return
+
+    # 1. cheap checks first: a bad model name or data path fails here, before anything is fetched or loaded
+    modeling.model_source(study.model.name)
+    data.check_source(study)
+
+    # 2. the model, as a plain HF folder
+    out = ctx.scratch("stage")
+    shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model_info = modeling.fetch_model(study.model.name, study.model.revision, out / "model")
+    tokenizer = modeling.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
+    model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    ctx.log("model staged", model=study.model.name, source=model_info["source"], commit=model_info["commit_sha"])
+
+    # 3. the data: train / dev / validation per task
+    data_info = {}
+    for task in study.tasks:
+        splits, info = data.prepare_task(study, task.name)
+        for split, rows in splits.items():
+            data.write_jsonl(out / "data" / task.name / f"{split}.jsonl", rows)
+        data_info[task.name] = info
+        ctx.log("task staged", task=task.name, **{s: len(r) for s, r in splits.items()}, fingerprint=info["fingerprint"][:12])
+
+    # 4. commit
+    combined = hashlib.sha256("".join(data_info[t.name]["fingerprint"] for t in study.tasks).encode()).hexdigest()
+    meta = {"model": model_info, "data": data_info, "dataset_fingerprint": combined}
+    with ctx.writer("stage", phase="stage", meta=meta) as w:
+        w.add_dir(out)
+    ctx.log("committed", bundle="stage", files=len(w.entries))
+
+
+def _bundles(study: Study) -> list[str]:
+    return ["stage"]
+
+
+PHASE = Phase(
+    name="stage",
+    size=lambda study: 1,
+    bundles=_bundles,
+    run=run,
+    unit=lambda study, i: "stage",
+    gpu=False,
+    description="fetch the base model (pinned revision) and GLUE once; commit model/ and data/<task>/{train,dev,validation}",
+)
