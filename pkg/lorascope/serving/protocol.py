@@ -1,0 +1,259 @@
+"""The benchmark protocol, the same for every backend.
+
+A configuration is (mode, stream order, batch size). Its batches are built once (`new_config`): `warmup_batches`
+warm-up batches, then ceil(requests / batch_size) timed batches, the same inputs in every mode, so separate and
+merged answer identical batches. One repeat (`run_repeat`) on a freshly loaded server serves the warm-up batches (not
+timed), resets the device's peak-memory counter, serves the timed batches between synchronized clock reads
+(`timing.time_batches`) and reads the peak memory; the last repeat also times the same loop around a no-op (harness
+overhead). The caller runs the repeats repeat-major (repeat 1 of every mode, then repeat 2, ...), so a slow stretch
+of the machine spreads over all modes instead of landing on one. Multi-adapter modes also time `switch(task)`
+(making another adapter the active one) on its own.
+
+`summarize` turns the raw timings into the summary the report reads (latency percentiles, throughput, CIs over
+repeats, separate-vs-merged overhead per batch size).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lorascope.log import Logger
+from lorascope.serving import timing, workload
+from lorascope.serving.workload import Request
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_sizes: tuple[int, ...]
+    warmup_batches: int
+    requests: int
+    repeats: int
+    seed: int
+    confidence: float = 0.95
+
+
+@dataclass
+class ConfigRun:
+    """One (mode, order, batch size): raw seconds per timed batch for each repeat, and the last repeat's logits."""
+
+    mode: str
+    order: str
+    batch_size: int
+    tasks: list[str]
+    batches: list[list[Request]]
+    seconds: list[list[float]] = field(default_factory=list)  # [repeat][batch]
+    harness_seconds: list[float] = field(default_factory=list)  # [batch], the loop around a no-op
+    logits: list[np.ndarray] = field(default_factory=list)  # [batch] -> [n, labels], from the last repeat
+    peak: list[dict] = field(default_factory=list)  # [repeat]
+    warmup: list[list[Request]] = field(default_factory=list)
+
+
+def new_config(mode: str, order: str, batch_size: int, tasks: Sequence[str], pools: Mapping[str, Sequence[Request]],
+               settings: Settings) -> ConfigRun:
+    """A configuration with its warm-up and timed batches (the same inputs in every mode at this batch size)."""
+    warm, timed = workload.batches(pools, tasks, order, settings.seed, batch_size, settings.warmup_batches,
+                                   settings.requests)
+    run = ConfigRun(mode, order, batch_size, list(tasks), timed)
+    run.warmup = warm
+    return run
+
+
+def run_repeat(server: Any, run: ConfigRun, log: Logger, harness: bool = False,
+               clock: Callable[[], int] = time.perf_counter_ns) -> None:
+    """One repeat of a configuration on a loaded server: warm-up (not timed), then the timed batches between
+    synchronized clock reads, with the device's peak memory counter reset in between. With `harness`, also time
+    the same loop around a no-op."""
+    for b in run.warmup:
+        server.serve(b)
+    server.reset_peak()
+    results = timing.time_batches(run.batches, server.serve, server.sync, clock)
+    run.peak.append(server.peak_memory())
+    run.seconds.append([t.seconds for t in results])
+    run.logits = [np.asarray(t.result, dtype=np.float32) for t in results]
+    if harness:
+        run.harness_seconds = [t.seconds for t in timing.time_batches(run.batches, timing.noop, server.sync, clock)]
+    log("timed", mode=run.mode, order=run.order, batch_size=run.batch_size, repeat=len(run.seconds) - 1,
+        mean_batch_ms=round(1e3 * float(np.mean(run.seconds[-1])), 3))
+
+
+def run_switches(server: Any, tasks: Sequence[str], order: str, settings: Settings,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> list[float]:
+    """Seconds per `server.switch(task)` over `requests` switches (after `warmup_batches` untimed ones), the task
+    sequence drawn like the request stream (round-robin or seeded random; consecutive repeats of one task are
+    skipped so every timed call changes the adapter)."""
+    rng = np.random.default_rng(settings.seed)
+    seq: list[str] = []
+    last = None
+    n = settings.warmup_batches + settings.requests
+    j = 0
+    while len(seq) < n:
+        task = tasks[j % len(tasks)] if order == "rr" else tasks[int(rng.integers(len(tasks)))]
+        j += 1
+        if task != last:
+            seq.append(task)
+            last = task
+    for task in seq[: settings.warmup_batches]:
+        server.switch(task)
+    out = timing.time_batches(seq[settings.warmup_batches :], server.switch, server.sync, clock)
+    server.switch(tasks[0])
+    return [t.seconds for t in out]
+
+
+# ------------------------------------------------------------------------------------------------ raw rows
+def batch_rows(backend: str, run: ConfigRun) -> list[dict]:
+    rows = []
+    for r, secs in enumerate(run.seconds):
+        for b, (batch, s) in enumerate(zip(run.batches, secs, strict=True)):
+            rows.append({"backend": backend, "kind": "timed", "mode": run.mode, "order": run.order,
+                         "batch_size": run.batch_size, "repeat": r, "batch": b, "requests": len(batch),
+                         "tokens": sum(q.tokens for q in batch), "padded_tokens": len(batch) * max(q.tokens for q in batch),
+                         "adapters": sorted({q.task for q in batch}) if run.mode.startswith("multi") else [],
+                         "seconds": s})  # fmt: skip
+    for b, (batch, s) in enumerate(zip(run.batches, run.harness_seconds, strict=True)):
+        rows.append({"backend": backend, "kind": "harness", "mode": run.mode, "order": run.order,
+                     "batch_size": run.batch_size, "repeat": 0, "batch": b, "requests": len(batch),
+                     "tokens": sum(q.tokens for q in batch), "seconds": s})  # fmt: skip
+    return rows
+
+
+def request_rows(backend: str, run: ConfigRun) -> list[dict]:
+    """One row per timed request and repeat. `batch_ms` is the latency of the batch the request rode in (what its
+    client waited); `request_ms` = batch_ms / requests in the batch (the batch's cost per request)."""
+    rows = []
+    for r, secs in enumerate(run.seconds):
+        for b, (batch, s) in enumerate(zip(run.batches, secs, strict=True)):
+            logits = run.logits[b]
+            for p, q in enumerate(batch):
+                row = {"backend": backend, "mode": run.mode, "order": run.order, "batch_size": run.batch_size,
+                       "repeat": r, "batch": b, "pos": p, "task": q.task, "idx": q.idx, "tokens": q.tokens,
+                       "adapter": q.task if run.mode != "full" and run.mode != "merged" else None,
+                       "batch_ms": 1e3 * s, "request_ms": 1e3 * s / len(batch), "label": q.label}  # fmt: skip
+                if r == len(run.seconds) - 1:
+                    row["logits"] = [float(x) for x in logits[p]]
+                    row["pred"] = int(np.argmax(logits[p]))
+                rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def config_summary(run: ConfigRun, confidence: float) -> dict:
+    per_batch = [s for rep in run.seconds for s in rep]
+    per_request = [s / len(b) for rep in run.seconds for b, s in zip(run.batches, rep, strict=True)]
+    n_req = sum(len(b) for b in run.batches)
+    n_tok = sum(q.tokens for b in run.batches for q in b)
+    rep_mean_ms = [1e3 * float(np.mean(rep)) for rep in run.seconds]
+    rep_rps = [n_req / float(np.sum(rep)) for rep in run.seconds]
+    rep_tps = [n_tok / float(np.sum(rep)) for rep in run.seconds]
+    gpu_peaks = [p.get("gpu_peak_allocated_bytes") for p in run.peak]
+    harness = timing.latency_stats(run.harness_seconds)
+    batch_stats = timing.latency_stats(per_batch)
+    return {
+        "mode": run.mode,
+        "order": run.order,
+        "batch_size": run.batch_size,
+        "adapters": run.tasks if run.mode not in ("full", "merged") else [],
+        "timed_batches": len(run.batches),
+        "timed_requests": n_req,
+        "repeats": len(run.seconds),
+        "latency_batch_ms": batch_stats,
+        "latency_request_ms": timing.latency_stats(per_request),
+        "mean_batch_ms_per_repeat": rep_mean_ms,
+        "mean_batch_ms_ci": timing.t_interval(rep_mean_ms, confidence),
+        "throughput_rps": timing.t_interval(rep_rps, confidence),
+        "throughput_tokens_per_s": timing.t_interval(rep_tps, confidence),
+        "harness_overhead_ms": harness,
+        "harness_overhead_pct_of_mean": 100.0 * harness["mean"] / batch_stats["mean"],
+        "gpu_peak_allocated_bytes": max(gpu_peaks) if all(g is not None for g in gpu_peaks) else None,
+        "rss_bytes": max(p.get("rss_bytes") or 0 for p in run.peak) or None,
+    }
+
+
+def overheads(configs: Sequence[dict], candidate: Callable[[dict], bool], baseline: Callable[[dict], bool],
+              confidence: float) -> dict[str, dict]:
+    """Per batch size: overhead in % of the candidate's mean batch latency over the baseline's (timing.overhead_pct)."""
+    out = {}
+    for c in configs:
+        if not candidate(c):
+            continue
+        base = [b for b in configs if baseline(b) and b["batch_size"] == c["batch_size"]]
+        if base:
+            out[str(c["batch_size"])] = timing.overhead_pct(c["mean_batch_ms_per_repeat"],
+                                                            base[0]["mean_batch_ms_per_repeat"], confidence)
+    return out
+
+
+def h2_verdict(separate_vs_merged: Mapping[str, dict], threshold_pct: float) -> dict:
+    """H2: serving an adapter separately costs at most `threshold_pct` % latency over the merged model, at every
+    batch size. `holds` uses the point estimates; `holds_upper_ci` the upper ends of the intervals (stricter)."""
+    by_batch = {bs: {"pct": o["pct"], "high": o["high"], "holds": o["pct"] <= threshold_pct}
+                for bs, o in separate_vs_merged.items()}  # fmt: skip
+    highs = [o["high"] for o in separate_vs_merged.values()]
+    return {
+        "threshold_pct": threshold_pct,
+        "by_batch_size": by_batch,
+        "max_overhead_pct": max((o["pct"] for o in separate_vs_merged.values()), default=None),
+        "holds": bool(by_batch) and all(v["holds"] for v in by_batch.values()),
+        "holds_upper_ci": (bool(by_batch) and all(h is not None and h <= threshold_pct for h in highs)) or None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ correctness
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def compare(runs: Sequence[ConfigRun], reference: Mapping[tuple[str, int], np.ndarray], tolerance: float) -> dict:
+    """Every request of `runs` (last repeat's logits) against `reference[(task, idx)]` logits: argmax equal, largest
+    probability and logit differences. A mismatch whose reference margin (|p1 - p0|) is within the tolerance is a
+    tie the dtype cannot resolve and is counted apart."""
+    n = mismatches = ties = 0
+    max_prob = max_logit = 0.0
+    worst = None
+    for run in runs:
+        for batch, logits in zip(run.batches, run.logits, strict=True):
+            for q, row in zip(batch, logits, strict=True):
+                ref = reference[(q.task, q.idx)]
+                p, pr = softmax(row), softmax(ref)
+                d = float(np.abs(p - pr).max())
+                max_logit = max(max_logit, float(np.abs(np.asarray(row, np.float64) - ref).max()))
+                n += 1
+                if int(np.argmax(row)) != int(np.argmax(ref)):
+                    srt = np.sort(pr)
+                    if srt[-1] - srt[-2] <= tolerance:
+                        ties += 1
+                    else:
+                        mismatches += 1
+                if d > max_prob:
+                    max_prob = d
+                    worst = {"mode": run.mode, "order": run.order, "batch_size": run.batch_size, "task": q.task,
+                             "idx": q.idx}
+    return {"requests": n, "argmax_mismatches": mismatches, "argmax_ties_within_tolerance": ties,
+            "max_prob_diff": max_prob, "max_logit_diff": max_logit, "tolerance": tolerance,
+            "ok": n > 0 and mismatches == 0 and max_prob <= tolerance, "worst": worst}  # fmt: skip
+
+
+def versus_training(runs: Sequence[ConfigRun], predictions: Mapping[str, Mapping[int, dict]],
+                    cell_of: Callable[[ConfigRun, str], str | None]) -> dict:
+    """Served predictions against the train phase's own `predictions.jsonl` of the same cell (informational: the
+    train phase may have evaluated in another precision). Agreement of argmax and largest probability difference."""
+    n = agree = 0
+    max_prob = 0.0
+    for run in runs:
+        for batch, logits in zip(run.batches, run.logits, strict=True):
+            for q, row in zip(batch, logits, strict=True):
+                cell = cell_of(run, q.task)
+                rec = predictions.get(cell or "", {}).get(q.idx)
+                if rec is None or "logits" not in rec:
+                    continue
+                n += 1
+                agree += int(int(np.argmax(row)) == int(rec["pred"]))
+                max_prob = max(max_prob, float(np.abs(softmax(row) - softmax(np.asarray(rec["logits"]))).max()))
+    return {"requests": n, "argmax_agreement": (agree / n) if n else None, "max_prob_diff": max_prob if n else None}

@@ -1,0 +1,103 @@
+"""Timing for the deployment benchmark: one clock loop, latency statistics, the t-interval over repeats.
+
+Pure Python + numpy/scipy (no torch import): the caller passes `sync`, which is `torch.cuda.synchronize` on a GPU
+and a no-op on CPU, so the clock is read only after every queued kernel has finished.
+
+    timed = time_batches(batches, serve, sync)        # seconds per batch, results kept for correctness checks
+    overhead = time_batches(batches, noop, sync)      # the same loop around a no-op: the harness's own cost
+    latency_stats([t.seconds for t in timed])         # mean, p50, p95, p99 in milliseconds
+    t_interval([mean_repeat_1, mean_repeat_2, ...])   # CI of the mean over repeat means (Student t)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+B = TypeVar("B")
+
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One served batch: wall seconds between two clock reads, each read after `sync()`."""
+
+    seconds: float
+    result: Any
+
+
+def time_batches(batches: Iterable[B], serve: Callable[[B], Any], sync: Callable[[], None] = lambda: None,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> list[Timed]:
+    """Serve each batch between two synchronized clock reads.
+
+    `sync()` runs before the first read (nothing earlier still queued is charged to this batch) and before the
+    second (the batch's kernels have finished). The batch's result is kept outside the timed region."""
+    out: list[Timed] = []
+    for batch in batches:
+        sync()
+        t0 = clock()
+        result = serve(batch)
+        sync()
+        t1 = clock()
+        out.append(Timed((t1 - t0) * 1e-9, result))
+    return out
+
+
+def noop(_batch: Any) -> None:
+    """What the harness times to measure itself (`harness overhead`)."""
+    return None
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Mean, p50, p95, p99, min, max and std of latencies, in milliseconds (numpy's linear percentiles)."""
+    a = np.asarray(seconds, dtype=np.float64) * 1e3
+    if a.size == 0:
+        raise ValueError("latency_stats: no samples")
+    out: dict[str, float | int] = {"n": int(a.size), "mean": float(a.mean())}
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(a, p))
+    out.update({"min": float(a.min()), "max": float(a.max()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0})
+    return out
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | int | None]:
+    """Confidence interval of the mean of `values` (one value per repeat): mean +- t_{n-1} * s / sqrt(n).
+
+    With a single repeat there is no spread to estimate: low/high are None."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=np.float64)
+    n = int(a.size)
+    if n == 0:
+        raise ValueError("t_interval: no values")
+    mean = float(a.mean())
+    if n == 1:
+        return {"mean": mean, "low": None, "high": None, "half_width": None, "n": 1, "confidence": confidence}
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * a.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": n, "confidence": confidence}
+
+
+def overhead_pct(candidate: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Overhead of `candidate` over `baseline` in percent, from per-repeat mean latencies.
+
+    The point estimate is 100 * (mean(candidate) / mean(baseline) - 1). The interval is a t-interval over the
+    per-repeat ratios (repeat r of the candidate against repeat r of the baseline, run under the same conditions)."""
+    c = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if c.size != b.size or c.size == 0:
+        raise ValueError(f"overhead_pct: need the same number of repeats (got {c.size} and {b.size})")
+    ratios = 100.0 * (c / b - 1.0)
+    ci = t_interval(ratios.tolist(), confidence)
+    return {
+        "pct": float(100.0 * (c.mean() / b.mean() - 1.0)),
+        "low": ci["low"],
+        "high": ci["high"],
+        "per_repeat_pct": ratios.tolist(),
+        "confidence": confidence,
+    }

@@ -1,0 +1,136 @@
+"""serving.protocol: repeats, warm-up, raw rows and summaries, overheads, the H2 verdict and the correctness checks,
+driven by a scripted server whose every batch takes a known time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorascope.log import Logger
+from lorascope.serving import protocol, workload
+
+
+class ScriptedServer:
+    """A server whose latency is set by a fake clock: each batch costs `ms_per_request * len(batch)` ms."""
+
+    def __init__(self, mode: str, ms_per_request: float) -> None:
+        self.mode = mode
+        self.ms = ms_per_request
+        self.served: list[int] = []
+        self.syncs = 0
+        self.resets = 0
+        self.switched: list[str] = []
+        self.now = 0
+
+    def clock(self) -> int:
+        return self.now
+
+    def serve(self, batch):
+        self.served.append(len(batch))
+        self.now += int(self.ms * len(batch) * 1e6)
+        return np.array([[float(q.idx), -float(q.idx)] for q in batch])
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+    def reset_peak(self) -> None:
+        self.resets += 1
+
+    def peak_memory(self) -> dict:
+        return {"gpu_peak_allocated_bytes": None, "rss_bytes": 123}
+
+    def switch(self, task: str) -> None:
+        self.switched.append(task)
+
+
+@pytest.fixture
+def pools():
+    feats = [{"idx": i, "input_ids": [1] + [5] * (1 + i % 4), "attention_mask": [1] * (2 + i % 4), "labels": i % 2}
+             for i in range(30)]  # fmt: skip
+    return {t: workload.make_pool(t, feats, 0) for t in ("mrpc", "sst2", "rte")}
+
+
+def _run(server, pools, mode, order, tasks, bs, settings):
+    run = protocol.new_config(mode, order, bs, tasks, pools, settings)
+    for r in range(settings.repeats):
+        protocol.run_repeat(server, run, Logger(), harness=r == settings.repeats - 1, clock=server.clock)
+    return run
+
+
+SETTINGS = protocol.Settings(batch_sizes=(1, 4), warmup_batches=3, requests=10, repeats=3, seed=42)
+
+
+def test_repeats_warmup_and_summary_values(pools):
+    server = ScriptedServer("merged", ms_per_request=2.0)
+    run = _run(server, pools, "merged", "single", ["mrpc"], 4, SETTINGS)
+    # per repeat: 3 warm-up batches (untimed) + ceil(10/4) = 3 timed batches of 4
+    assert server.served == [4] * 6 * 3
+    assert server.resets == 3 and len(run.peak) == 3
+    assert run.seconds == [[pytest.approx(8e-3)] * 3] * 3
+    assert len(run.harness_seconds) == 3 and all(s == 0 for s in run.harness_seconds)
+    s = protocol.config_summary(run, 0.95)
+    assert s["timed_requests"] == 12 and s["repeats"] == 3
+    assert s["latency_batch_ms"]["mean"] == pytest.approx(8.0) and s["latency_batch_ms"]["p99"] == pytest.approx(8.0)
+    assert s["latency_request_ms"]["mean"] == pytest.approx(2.0)
+    assert s["throughput_rps"]["mean"] == pytest.approx(500.0)  # 4 requests per 8 ms
+    tokens = sum(q.tokens for b in run.batches for q in b)
+    assert s["throughput_tokens_per_s"]["mean"] == pytest.approx(tokens / 0.024)
+    assert s["mean_batch_ms_ci"]["low"] == pytest.approx(8.0) and s["harness_overhead_pct_of_mean"] == 0
+    assert s["gpu_peak_allocated_bytes"] is None and s["rss_bytes"] == 123
+
+
+def test_raw_rows_carry_every_timed_request(pools):
+    server = ScriptedServer("multi-3", ms_per_request=1.0)
+    run = _run(server, pools, "multi-3", "rr", ["mrpc", "sst2", "rte"], 4, SETTINGS)
+    reqs = protocol.request_rows("hf", run)
+    assert len(reqs) == 12 * 3
+    last = [r for r in reqs if r["repeat"] == 2]
+    assert all(r["adapter"] == r["task"] and r["batch_ms"] == pytest.approx(4.0) and r["request_ms"] == pytest.approx(1.0)
+               for r in reqs)  # fmt: skip
+    assert all(r["logits"] == [float(r["idx"]), -float(r["idx"])] and r["pred"] == 0 for r in last)
+    assert [r["task"] for r in last[:6]] == ["mrpc", "sst2", "rte"] * 2
+    batches = protocol.batch_rows("hf", run)
+    timed = [b for b in batches if b["kind"] == "timed"]
+    assert len(timed) == 9 and sum(b["requests"] for b in timed) == 36
+    assert timed[0]["adapters"] == ["mrpc", "rte", "sst2"]
+    assert len([b for b in batches if b["kind"] == "harness"]) == 3
+
+
+def test_overheads_and_h2(pools):
+    configs = []
+    for mode, ms in (("merged", 2.0), ("separate", 2.5), ("full", 2.0)):
+        for bs in (1, 4):
+            server = ScriptedServer(mode, ms * (1.5 if (mode == "separate" and bs == 4) else 1.0))
+            configs.append(protocol.config_summary(_run(server, pools, mode, "single", ["mrpc"], bs, SETTINGS), 0.95))
+    sep = protocol.overheads(configs, lambda c: c["mode"] == "separate", lambda c: c["mode"] == "merged", 0.95)
+    assert sep["1"]["pct"] == pytest.approx(25.0) and sep["4"]["pct"] == pytest.approx(87.5)
+    full = protocol.overheads(configs, lambda c: c["mode"] == "full", lambda c: c["mode"] == "merged", 0.95)
+    assert full["1"]["pct"] == pytest.approx(0.0)
+    h2 = protocol.h2_verdict(sep, 30.0)
+    assert h2["by_batch_size"]["1"]["holds"] and not h2["by_batch_size"]["4"]["holds"]
+    assert not h2["holds"] and h2["max_overhead_pct"] == pytest.approx(87.5)
+    assert protocol.h2_verdict({"1": sep["1"]}, 30.0)["holds"]
+
+
+def test_switches_change_the_adapter_every_call():
+    server = ScriptedServer("multi-3", 1.0)
+    for order in ("rr", "random"):
+        server.switched.clear()
+        secs = protocol.run_switches(server, ["mrpc", "sst2", "rte"], order, SETTINGS, clock=server.clock)
+        assert len(secs) == SETTINGS.requests
+        seq = server.switched[:-1]
+        assert len(seq) == SETTINGS.warmup_batches + SETTINGS.requests
+        assert all(a != b for a, b in zip(seq, seq[1:], strict=False))
+        assert server.switched[-1] == "mrpc"  # the first task is active again afterwards
+
+
+def test_compare_counts_mismatches_and_ties():
+    reqs = [workload.Request("mrpc", i, (1, 2), 0) for i in range(3)]
+    ref = {("mrpc", 0): np.array([2.0, 0.0]), ("mrpc", 1): np.array([0.0, 2.0]), ("mrpc", 2): np.array([1.0, 1.0 - 1e-6])}
+    same = protocol.ConfigRun("multi-2", "rr", 3, ["mrpc"], [reqs], logits=[np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0 - 1e-6]])])
+    ok = protocol.compare([same], ref, 1e-4)
+    assert ok["ok"] and ok["requests"] == 3 and ok["max_prob_diff"] == pytest.approx(0.0)
+    flipped = protocol.ConfigRun("multi-2", "rr", 3, ["mrpc"], [reqs], logits=[np.array([[0.0, 2.0], [0.0, 2.0], [1.0 - 1e-6, 1.0]])])
+    bad = protocol.compare([flipped], ref, 1e-4)
+    assert bad["argmax_mismatches"] == 1 and bad["argmax_ties_within_tolerance"] == 1 and not bad["ok"]
+    assert bad["max_logit_diff"] == pytest.approx(2.0) and bad["worst"]["idx"] == 0
