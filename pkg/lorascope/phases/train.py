@@ -1,0 +1,167 @@
+"""train: one grid cell per index (`study.cell(index)`: task-major, then method, then seed).
+
+Recipe:
+  1. skip a committed cell (no model load: it returns in well under a second);
+  2. hyperparameters: the best params committed by the hpo phase (`hpo/<task>-<method>/best_params.json`) or, when
+     `hpo.enabled` is false, `training.defaults[method]`; HPO enabled but nothing committed is a config error;
+  3. data from the stage bundle: train (the staged train split, already capped by `train_samples`), dev (early
+     stopping and the best checkpoint), validation (the reported split);
+  4. resume: when the store holds committed checkpoints of this cell (`checkpoints/<cell>/checkpoint-<step>`), the
+     latest is downloaded (with the best one it refers to) and training continues from it: weights, optimizer,
+     scheduler, RNG states, early-stopping counter and the data order all come back, so the result equals an
+     uninterrupted run;
+  5. train with `training.fit` (seed = the cell's seed); every checkpoint is committed to the store as it is written
+     and older ones are deleted (the last 2 and the best stay);
+  6. evaluate the best model on dev and validation with the shared `training.evaluate`;
+  7. commit `cells/<cell>/`: `adapter/` (PEFT adapter incl. the score head) or `model/` (safetensors), `metrics.json`,
+     `predictions.jsonl` (validation). The checkpoints of a committed cell are deleted.
+
+metrics.json: validation and dev {accuracy, f1, loss, n}; train_seconds (wall clock of training, with evaluations and
+checkpoint uploads, of this process: a resumed run counts only its own part); tokens_per_second (non-pad training
+tokens / time in optimizer steps); peak_memory_bytes with peak_memory_kind (`cuda_max_memory_allocated`, or
+`process_peak_rss` on CPU); trainable_params / total_params; params (the hyperparameters and the batch layout);
+best_step; resumed_from_step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from lorascope.errors import ConfigError
+from lorascope.phases import Phase, PhaseContext
+
+
+def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str, Any], str]:
+    """(params, source): HPO's committed best params, or the study defaults when HPO is off."""
+    study = ctx.study
+    chosen, source = None, "training.defaults"
+    if study.hpo.enabled:
+        bundle = ctx.bundle("hpo", f"{task}-{method}")
+        if bundle is None:
+            raise ConfigError(f"HPO required but no best params committed for {task}-{method} (run the hpo phase "
+                              "first, or set hpo.enabled: false to train with training.defaults)")  # fmt: skip
+        best = bundle.read_json("best_params.json")
+        chosen, source = best["params"], f"hpo/{task}-{method} trial {best.get('trial')}"
+    from lorascope.training import resolve_params  # imports torch and transformers: after the cheap checks
+
+    return resolve_params(study, method, chosen), source
+
+
+def run(ctx: PhaseContext, index: int) -> None:
+    study = ctx.study
+    cell = study.cell(index)
+    log = ctx.log.bind(cell=cell.name)
+    if ctx.committed("cells", cell.name):
+        log("already committed, skipping", bundle=f"cells/{cell.name}")
+        return
+    ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
+    params, source = hyperparameters(ctx, cell.task, cell.method)
+
+    import torch
+    from transformers import set_seed
+
+    from lorascope import data, modeling, training
+
+    device = modeling.pick_device(ctx.env)
+    training.check_training(study, device)
+    training.configure_torch(ctx.env)
+    task = study.task(cell.task)
+    method = study.method(cell.method)
+    log("params", source=source, **params)
+
+    # data
+    model_dir = modeling.base_model_dir(ctx)
+    tokenizer = modeling.load_tokenizer(model_dir)
+    pad_id = int(tokenizer.pad_token_id)
+    train_features = data.encode(tokenizer, task.name, data.load_split(ctx, task.name, "train"), task.max_length)
+    dev_rows = data.load_split(ctx, task.name, "dev")
+    validation_rows = data.load_split(ctx, task.name, "validation")
+    dev_features = data.encode(tokenizer, task.name, dev_rows, task.max_length)
+
+    # model (seeded: the score head and LoRA's A matrices are random)
+    set_seed(cell.seed)
+    model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
+    model = modeling.apply_method(model, method, params)
+    trainable, total = modeling.trainable_parameters(model)
+
+    # resume from the store, then train
+    output_dir = ctx.scratch("train", cell.name)
+    resume = training.restore_checkpoint(ctx, cell.name, output_dir)
+    if resume is not None:
+        log(f"resume from step={resume.name.rsplit('-', 1)[1]}", checkpoint=str(resume))
+    sync = training.StoreCheckpoints(ctx, cell.name, keep=2)
+    plan = training.Plan.from_params(params, seed=cell.seed)
+    result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
+                          output_dir=output_dir, device=device, log=log, callbacks=[sync], resume_from=resume)  # fmt: skip
+    memory, memory_kind = training.peak_memory(device)
+
+    # evaluate the best model with the shared code
+    bf16 = training.use_bf16(study.training, device)
+    dev_eval = training.evaluate(result.model, tokenizer, dev_rows, task, study.training.eval_batch, bf16=bf16)
+    val_eval = training.evaluate(result.model, tokenizer, validation_rows, task, study.training.eval_batch, bf16=bf16)
+    log("evaluated", best_step=result.best_step, dev_loss=dev_eval.loss, validation_accuracy=val_eval.accuracy,
+        validation_f1=val_eval.f1, validation_loss=val_eval.loss)  # fmt: skip
+
+    metrics = {
+        "cell": cell.name,
+        "task": cell.task,
+        "method": cell.method,
+        "method_kind": method.kind,
+        "seed": cell.seed,
+        "validation": val_eval.metrics(),
+        "dev": dev_eval.metrics(),
+        "selection_metric": task.selection_metric,
+        "train_seconds": round(result.train_seconds, 3),
+        "step_seconds": round(result.step_seconds, 3),
+        "checkpoint_sync_seconds": round(sync.seconds, 3),
+        "train_tokens": result.tokens,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "trainable_params": trainable,
+        "total_params": total,
+        "params": {
+            **params,
+            "micro_batch": result.schedule["micro_batch"],
+            "grad_accum": result.schedule["grad_accum"],
+        },
+        "params_source": source,
+        "best_step": result.best_step,
+        "global_step": result.global_step,
+        "max_steps": result.schedule["max_steps"],
+        "resumed_from_step": result.resumed_from_step,
+        "device": str(device),
+        "bf16": bf16,
+        "torch_threads": torch.get_num_threads(),
+    }
+    saved = ctx.scratch("train", cell.name + "-final")
+    shutil.rmtree(saved / "adapter", ignore_errors=True)
+    shutil.rmtree(saved / "model", ignore_errors=True)
+    folder = saved / ("adapter" if method.kind == "lora" else "model")
+    result.model.save_pretrained(str(folder))
+    with ctx.writer(
+        "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
+    ) as w:
+        w.add_dir(folder, prefix=folder.name)
+        w.add_json("metrics.json", metrics)
+        w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
+    ctx.store.backend.delete_prefix(ctx.key("checkpoints", cell.name) + "/")
+    log("committed", bundle=f"cells/{cell.name}", validation_accuracy=val_eval.accuracy, validation_f1=val_eval.f1)
+
+
+def _jsonl(row: dict) -> str:
+    import json
+
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
+PHASE = Phase(
+    name="train",
+    size=lambda study: len(study.cells()),
+    bundles=lambda study: [f"cells/{c.name}" for c in study.cells()],
+    run=run,
+    unit=lambda study, i: study.cell(i).name,
+    gpu=True,
+    description="one grid cell per index: fine-tune (full or LoRA) with the chosen params, resumable from checkpoints",
+)

@@ -1,0 +1,233 @@
+"""train: cell bundles, determinism, skipping committed cells, resuming from store checkpoints (SIGKILL on S3 and a
+crash in a later epoch), checkpoint pruning, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lorascope import modeling, training
+from lorascope.phases.train import PHASE
+
+from .conftest import stage_run, write_study
+
+REQUIRED_METRICS = {"validation", "dev", "train_seconds", "tokens_per_second", "peak_memory_bytes", "trainable_params",
+                    "total_params", "params", "best_step", "cell", "task", "method", "seed"}  # fmt: skip
+# more examples and evaluations than TINY, so a checkpoint lands in the store long before the cell commits
+# (patience 20: no early stop, so the second epoch is reached)
+RESUME_STUDY = {
+    "tasks": [{"name": "mrpc", "max_length": 64, "train_samples": 320}],
+    "training": {"evals_per_epoch": 5, "early_stopping_patience": 20},
+}
+
+
+def _metrics(run, cell: str) -> dict:
+    return run.store.bundle(run.key("cells", cell)).read_json("metrics.json")
+
+
+def _predictions(run, cell: str) -> list[dict]:
+    raw = run.store.bundle(run.key("cells", cell)).read_bytes("predictions.jsonl").decode()
+    return [json.loads(x) for x in raw.splitlines()]
+
+
+def _same_results(a: dict, b: dict, atol: float = 0.0) -> None:
+    for split in ("validation", "dev"):
+        assert a[split]["n"] == b[split]["n"]
+        for k in ("accuracy", "f1", "loss"):
+            assert a[split][k] == pytest.approx(b[split][k], abs=atol), (split, k)
+    assert a["best_step"] == b["best_step"] and a["params"] == b["params"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A TINY run (HPO off) with mrpc-full-s42 (index 0) and mrpc-lora-s42 (index 2) trained in this process."""
+    folder = tmp_path_factory.mktemp("trained")
+    run = stage_run(write_study(folder), str(folder / "store"), folder / "work")
+    assert [c.name for c in run.study.cells()] == ["mrpc-full-s42", "mrpc-full-s7", "mrpc-lora-s42", "mrpc-lora-s7"]
+    run.phase("train", 0)
+    run.phase("train", 2)
+    return run
+
+
+def test_cell_bundles_hold_model_metrics_and_predictions(trained):
+    run = trained
+    ctx = run.ctx()
+    full = ctx.bundle("cells", "mrpc-full-s42")
+    lora = ctx.bundle("cells", "mrpc-lora-s42")
+    assert {"model/config.json", "model/model.safetensors", "metrics.json", "predictions.jsonl"} <= set(full.files)
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(lora.files)
+    assert not any(f.startswith("model/") for f in lora.files)
+    with safe_open(str(ctx.local(lora) / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # the head travels with the adapter
+
+    for cell, kind in (("mrpc-full-s42", "full"), ("mrpc-lora-s42", "lora")):
+        m = _metrics(run, cell)
+        assert REQUIRED_METRICS <= set(m)
+        assert (m["cell"], m["task"], m["method"], m["seed"]) == (cell, "mrpc", kind, 42)
+        assert m["params_source"] == "training.defaults"  # hpo.enabled is false in this study
+        assert {
+            k: v for k, v in m["params"].items() if k not in ("micro_batch", "grad_accum")
+        } == training.resolve_params(run.study, kind)
+        assert m["validation"]["n"] == 200 and m["dev"]["n"] == 60
+        assert m["tokens_per_second"] > 0 and m["train_tokens"] > 0 and m["peak_memory_bytes"] > 0
+        assert m["peak_memory_kind"] == "process_peak_rss"
+        assert 1 <= m["best_step"] <= m["global_step"]
+        if kind == "lora":
+            assert m["trainable_params"] < m["total_params"] / 10
+        else:
+            assert m["trainable_params"] == m["total_params"]
+        preds = _predictions(run, cell)
+        assert len(preds) == 200 and set(preds[0]) == {"idx", "label", "pred", "logits"}
+        # the saved model, loaded the way later phases load it, reproduces the reported numbers
+        model, tok = modeling.load_cell_model(ctx, cell, torch.device("cpu"), torch.float32)
+        rows = [
+            json.loads(x)
+            for x in (ctx.local(ctx.bundle("stage")) / "data" / "mrpc" / "validation.jsonl").read_text().splitlines()
+        ]
+        again = training.evaluate(model, tok, rows, run.study.task("mrpc"), 32)
+        assert again.accuracy == m["validation"]["accuracy"] and again.f1 == m["validation"]["f1"]
+        assert again.loss == pytest.approx(m["validation"]["loss"], abs=1e-5)
+    assert not run.store.bundles(run.key("checkpoints") + "/")  # checkpoints of committed cells are gone
+
+
+def test_same_seed_same_cpu_gives_equal_metrics(trained, tmp_path):
+    again = stage_run(write_study(tmp_path), str(tmp_path / "store"), tmp_path / "work")
+    assert again.run_id == trained.run_id  # same study, fresh store and work dir
+    again.phase("train", 2)
+    _same_results(_metrics(again, "mrpc-lora-s42"), _metrics(trained, "mrpc-lora-s42"))
+    assert _predictions(again, "mrpc-lora-s42") == _predictions(trained, "mrpc-lora-s42")
+
+
+def test_a_committed_cell_is_skipped_in_under_five_seconds(trained):
+    before = trained.store.bundle(trained.key("cells", "mrpc-full-s42")).commit
+    t0 = time.perf_counter()
+    done = trained.run_cli("train", 0)
+    seconds = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    assert "already committed, skipping" in done.stderr and "fit start" not in done.stderr
+    assert seconds < 5
+    assert trained.store.bundle(trained.key("cells", "mrpc-full-s42")).commit == before
+
+
+@pytest.fixture(scope="module")
+def resume_reference(tmp_path_factory):
+    """mrpc-lora-s42 of RESUME_STUDY trained without interruption (file store, this process)."""
+    folder = tmp_path_factory.mktemp("reference")
+    run = stage_run(write_study(folder, **RESUME_STUDY), str(folder / "store"), folder / "work")
+    run.phase("train", 2)
+    return _metrics(run, "mrpc-lora-s42")
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeypatch, resume_reference):
+    """Crash right after a checkpoint of the second epoch reached the store; the next run resumes from it (same
+    batches, RNG, optimizer, early-stopping state, best checkpoint) and ends with the uninterrupted run's numbers."""
+    run = make_run(**RESUME_STUDY)
+    sync = training.StoreCheckpoints.on_save
+
+    def on_save_then_crash(self, args, state, control, **kwargs):
+        sync(self, args, state, control, **kwargs)
+        if state.epoch > 1:
+            raise Preempted(f"preempted after step {state.global_step}")
+
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
+    with pytest.raises(Preempted):
+        run.phase("train", 2)
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+    steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-lora-s42"))
+    assert steps and steps[-1] > 40  # 40 steps per epoch: the crash came in the second epoch
+    assert not run.store.committed(run.key("cells", "mrpc-lora-s42"))
+    run.phase("train", 2)
+    got = _metrics(run, "mrpc-lora-s42")
+    assert got["resumed_from_step"] == steps[-1]
+    _same_results(got, resume_reference, atol=1e-6)
+
+
+def test_interrupted_after_training_ended_trains_no_further(make_run, monkeypatch, trained):
+    """Killed between the last checkpoint and the cell commit (while evaluating): the rerun sees that training had
+    stopped at that checkpoint, loads the best one without training a step, and reports the same numbers."""
+    run = make_run()
+
+    def preempted(*args, **kwargs):
+        raise Preempted("preempted while evaluating")
+
+    evaluate = training.evaluate
+    monkeypatch.setattr(training, "evaluate", preempted)
+    with pytest.raises(Preempted):
+        run.phase("train", 2)
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    fit = training.ClassifierTrainer.train
+    monkeypatch.setattr(training.ClassifierTrainer, "train", lambda *a, **k: pytest.fail("trained again"))
+    run.phase("train", 2)
+    monkeypatch.setattr(training.ClassifierTrainer, "train", fit)
+    got, want = _metrics(run, "mrpc-lora-s42"), _metrics(trained, "mrpc-lora-s42")
+    assert got["resumed_from_step"] == want["global_step"] and got["train_tokens"] == 0
+    _same_results(got, want, atol=1e-6)
+
+
+@pytest.mark.s3
+def test_sigkill_after_first_checkpoint_then_resume_on_s3(make_run, s3_url, tmp_path, resume_reference):
+    run = make_run(store_url=s3_url, **RESUME_STUDY)
+    cell = "mrpc-lora-s42"
+    log = tmp_path / "killed.log"
+    proc = run.spawn("train", 2, log=log)
+    store = run.store
+    deadline = time.time() + 240
+    while not store.bundles(run.key("checkpoints", cell) + "/"):
+        assert proc.poll() is None, f"train exited before a checkpoint was seen:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint reached the store"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not store.committed(run.key("cells", cell)), "the cell committed before the kill: the test proved nothing"
+    first = sorted(training.committed_checkpoints(run.ctx(), cell))
+    assert first and first[0] > 0
+
+    done = run.run_cli("train", 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = re.search(r"resume from step=(\d+)", done.stderr)
+    assert resumed and int(resumed.group(1)) >= first[-1] > 0
+    got = _metrics(run, cell)
+    assert got["resumed_from_step"] == int(resumed.group(1))
+    _same_results(got, resume_reference, atol=1e-6)
+    assert not store.bundles(run.key("checkpoints", cell) + "/")
+
+
+def test_checkpoints_in_the_store_keep_the_last_two_and_the_best(make_run):
+    run = make_run()
+    ctx = run.ctx()
+    for step in (5, 10, 15, 20):
+        with ctx.writer("checkpoints", "c", f"checkpoint-{step}", phase="train") as w:
+            w.add_bytes("trainer_state.json", b"{}")
+    ctx.store.backend.put_bytes(
+        ctx.key("checkpoints", "c", "checkpoint-3", "_attempts", "x", "f"), b"old, never committed"
+    )
+    ctx.store.backend.put_bytes(
+        ctx.key("checkpoints", "c", "checkpoint-25", "_attempts", "x", "f"), b"upload in progress"
+    )
+    removed = training.prune_checkpoints(ctx, "c", keep=2, best_step=5)
+    assert sorted(removed) == [3, 10]
+    assert sorted(training.committed_checkpoints(ctx, "c")) == [5, 15, 20]
+    assert ctx.store.backend.list(ctx.key("checkpoints", "c", "checkpoint-25") + "/")  # left alone
+
+
+def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
+    run = make_run(hpo={"enabled": True})
+    done = run.run_cli("train", 0)
+    assert done.returncode == 2
+    assert "HPO required but no best params committed for mrpc-full" in done.stderr
+    assert not (run.work_dir / run.run_id / "train").exists()
+    done = run.run_cli("train", 99)
+    assert done.returncode == 2 and "index 99 is outside" in done.stderr
+    assert PHASE.size(run.study) == 4
