@@ -9,6 +9,9 @@ DEMO_STORE ?= demo-store
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# The smoke model is tiny: one intra-op thread per process beats two on a 2-core machine (thread handoffs
+# cost more than the matmuls). Override for real models: make demo LORASCOPE_TORCH_THREADS=8
+export LORASCOPE_TORCH_THREADS ?= 1
 
 .PHONY: install install-vllm test test-vllm demo lint bench-store clean help
 
@@ -52,7 +55,7 @@ test-vllm:
 	fi
 
 demo: install
-	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs 2
+	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs 1
 	@echo "report: $$(ls -d $(DEMO_STORE)/runs/*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"
 
 lint: install
