@@ -1,0 +1,229 @@
+"""extract: hidden states of every layer, pooled per example, for the base model and every trained cell.
+
+Indexes (documented order, `units(study)`):
+  0 .. T-1       `base/<task>`: the base model on each of the study's T tasks, in the study's task order;
+  T .. T+C-1     the C grid cells in grid order (task-major, then method, then seed), each on its own task.
+Bundle `reps/<model>/<task>/` (model = `base` or the cell name):
+  reps.safetensors   float32 `mean` [L, n, d] and `last` [L, n, d], int64 `idx` [n]
+  layers.json        the L labels, the example ids, sizes and how the states were made
+Commit meta: model, task, n, layers, hidden size, device, dtype, seconds, hardware, package versions.
+
+Recipe
+  1. skip a committed bundle;
+  2. the extraction set: `extraction.examples` examples of `extraction.split` (GLUE validation, the reported split),
+     a fixed-seed subset (`data.subsample` with `extraction.seed`: the same rows for every model, kept in source
+     order), all of them when the split is smaller. Tokenized exactly as in training (`data.encode`, the task's
+     max_length);
+  3. the model: the base classifier (`modeling.load_classifier` on the staged model; its random score head is never
+     read), or the cell's model through `modeling.load_cell_model`: a full cell's own weights, or the base with the
+     cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
+     (W x + scale B A x); merging would compute the same function with different rounding and gains nothing here.
+     float32 on every device, so the drift we measure is not bf16 rounding;
+  4. batches of `extraction.batch_size` in length order, right-padded to their longest member (dynamic padding), one
+     forward with `output_hidden_states=True` under `torch.inference_mode()`. Entry 0 of `hidden_states` is the
+     embedding output (`embeddings`), entry i (1..L-2) the output of decoder block i (`layer_<i>`), and the last entry
+     is after the final norm (`final_norm`): transformers 5.23 replaces the last decoder block's raw output with the
+     model's `last_hidden_state` (`capture_outputs(tie_last_hidden_states=True)`), pinned by a test;
+  5. pool each entry: `modeling.masked_mean` over attended positions with BOS left out (padding never counts), and
+     the state at the last attended token (`modeling.last_token_index`, where the classifier reads);
+  6. commit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from lorascope.errors import ConfigError
+from lorascope.phases import Phase, PhaseContext
+from lorascope.study import GLUE_TASKS, Study
+
+if TYPE_CHECKING:
+    import torch
+
+BASE = "base"
+REPS_FILE = "reps.safetensors"
+LAYERS_FILE = "layers.json"
+POOLINGS = ("mean", "last")
+
+
+# ------------------------------------------------------------------------------------------------ indexes
+def units(study: Study) -> list[tuple[str, str]]:
+    """(model, task) per index: the base model on every task first, then every cell on its own task."""
+    return [(BASE, t.name) for t in study.tasks] + [(c.name, c.task) for c in study.cells()]
+
+
+def unit(study: Study, index: int) -> tuple[str, str]:
+    all_units = units(study)
+    if not 0 <= index < len(all_units):
+        raise ConfigError(f"extract: index {index} is outside 0..{len(all_units) - 1}")
+    return all_units[index]
+
+
+def layer_labels(n_entries: int) -> list[str]:
+    """Labels of the `hidden_states` entries: `embeddings`, `layer_1` .. `layer_<L-1>`, `final_norm`."""
+    if n_entries < 2:
+        raise ValueError(f"expected at least 2 hidden-state entries, got {n_entries}")
+    return ["embeddings", *[f"layer_{i}" for i in range(1, n_entries - 1)], "final_norm"]
+
+
+def extraction_rows(ctx: PhaseContext, task: str) -> list[dict]:
+    """The fixed extraction set of a task: the same rows for every model."""
+    from lorascope import data
+
+    cfg = ctx.study.extraction
+    rows = data.load_split(ctx, task, cfg.split)
+    return data.subsample(rows, cfg.examples, cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------------ the states
+def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """All hidden-state entries of one forward (embedding output first, post-final-norm last)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    return tuple(out.hidden_states)
+
+
+def pooled_states(
+    model, features: list[dict], batch_size: int, pad_id: int, device: Any, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, last), each float32 [L, n, d] in the order of `features`.
+
+    Batches are formed in length order (longest first) and right-padded to their longest member, or to `pad_to`;
+    the pooled values do not depend on either (causal attention, right padding, masked pooling)."""
+    import torch
+
+    from lorascope import data, modeling
+
+    if not features:
+        raise ValueError("pooled_states: no examples")
+    order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
+    mean_out: torch.Tensor | None = None
+    last_out: torch.Tensor | None = None
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = data.collate([features[i] for i in rows], pad_id, pad_to=pad_to)
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            states = hidden_states(model, batch)
+            mask = batch["attention_mask"]
+            last_pos = modeling.last_token_index(mask)
+            arange = torch.arange(mask.shape[0], device=mask.device)
+            if mean_out is None:
+                shape = (len(states), len(features), states[0].shape[-1])
+                mean_out = torch.empty(shape, dtype=torch.float32)
+                last_out = torch.empty(shape, dtype=torch.float32)
+            assert last_out is not None
+            where = torch.tensor(rows, dtype=torch.long)
+            for layer, h in enumerate(states):
+                mean_out[layer, where] = modeling.masked_mean(h, mask, exclude_bos=True).float().cpu()
+                last_out[layer, where] = h[arange, last_pos].float().cpu()
+    assert mean_out is not None and last_out is not None
+    return mean_out, last_out
+
+
+def configure_threads(env: Any) -> None:
+    """torch threads from LORASCOPE_TORCH_THREADS (what `training.configure_torch` does, without importing the
+    training module: its Trainer imports cost ~10 s per extract process, more than a smoke-size extraction)."""
+    import torch
+
+    raw = env.get("LORASCOPE_TORCH_THREADS")
+    if raw:
+        try:
+            torch.set_num_threads(max(1, int(raw)))
+        except ValueError:
+            raise ConfigError(f"LORASCOPE_TORCH_THREADS={raw!r} is not an integer") from None
+
+
+def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
+    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell via `modeling.load_cell_model`."""
+    import torch
+
+    from lorascope import modeling
+
+    if model_name == BASE:
+        model_dir = modeling.base_model_dir(ctx)
+        with torch.random.fork_rng(devices=[]):  # the unused score head draws from the global RNG
+            torch.manual_seed(0)
+            model = modeling.load_classifier(model_dir, GLUE_TASKS[task]["num_labels"], torch.float32, device)
+        model.eval()
+        return model, modeling.load_tokenizer(model_dir)
+    return modeling.load_cell_model(ctx, model_name, device, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ the phase
+def run(ctx: PhaseContext, index: int) -> None:
+    study = ctx.study
+    model_name, task_name = unit(study, index)
+    log = ctx.log.bind(model=model_name, task=task_name)
+    if ctx.committed("reps", model_name, task_name):
+        log("already committed, skipping", bundle=f"reps/{model_name}/{task_name}")
+        return
+    ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
+    if model_name != BASE:
+        ctx.require("cells", model_name, why="run the train phase for this cell first")
+    t0 = time.perf_counter()
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lorascope import data, modeling
+    from lorascope.reporting import provenance
+
+    configure_threads(ctx.env)
+    device = modeling.pick_device(ctx.env)
+    task = study.task(task_name)
+    rows = extraction_rows(ctx, task_name)
+    model, tokenizer = load_model(ctx, model_name, task_name, device)
+    features = data.encode(tokenizer, task_name, rows, task.max_length)
+    t_load = time.perf_counter() - t0
+    mean, last = pooled_states(model, features, study.extraction.batch_size, int(tokenizer.pad_token_id), device)
+    t_forward = time.perf_counter() - t0 - t_load
+    labels = layer_labels(mean.shape[0])
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n_layers is not None and len(labels) != n_layers + 1:
+        raise RuntimeError(f"{model_name}: {len(labels)} hidden-state entries for {n_layers} decoder layers")
+    ids = [int(f["idx"]) for f in features]
+    tokens = sum(len(f["input_ids"]) for f in features)
+
+    out = ctx.scratch("extract", model_name, task_name)
+    save_file({"mean": mean.contiguous(), "last": last.contiguous(), "idx": torch.tensor(ids, dtype=torch.int64)},
+              str(out / REPS_FILE), metadata={"model": model_name, "task": task_name})  # fmt: skip
+    layers = {
+        "labels": labels,
+        "poolings": {"mean": "masked mean over attended positions, BOS excluded", "last": "state at the last attended token"},
+        "idx": ids,
+        "n": len(ids),
+        "hidden_size": int(mean.shape[-1]),
+        "split": study.extraction.split,
+        "selection": f"data.subsample(rows, {study.extraction.examples}, seed={study.extraction.seed}) in source order",
+        "dtype": "float32",
+        "model": model_name,
+        "task": task_name,
+    }
+    (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    meta = {
+        "model": model_name, "task": task_name, "n": len(ids), "layers": len(labels), "hidden_size": int(mean.shape[-1]),
+        "device": str(device), "dtype": "float32", "batch_size": study.extraction.batch_size, "tokens": tokens,
+        "load_seconds": round(t_load, 3), "forward_seconds": round(t_forward, 3),
+        "examples_per_second": round(len(ids) / t_forward, 2) if t_forward > 0 else None,
+        "torch_threads": torch.get_num_threads(),
+        "hardware": provenance.hardware(device=str(device), gpu_name=gpu), "versions": provenance.package_versions(),
+    }  # fmt: skip
+    with ctx.writer("reps", model_name, task_name, phase="extract", meta=meta) as w:
+        w.add_file(REPS_FILE, out / REPS_FILE)
+        w.add_file(LAYERS_FILE, out / LAYERS_FILE)
+    log("committed", bundle=f"reps/{model_name}/{task_name}", n=len(ids), layers=len(labels),
+        seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"])  # fmt: skip
+
+
+PHASE = Phase(
+    name="extract",
+    size=lambda study: len(units(study)),
+    bundles=lambda study: [f"reps/{m}/{t}" for m, t in units(study)],
+    run=run,
+    unit=lambda study, i: "/".join(unit(study, i)),
+    gpu=True,
+    description="hidden states of every layer (masked mean and last token) for the base model on each task, then each cell",
+)

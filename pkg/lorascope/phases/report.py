@@ -1,0 +1,129 @@
+"""report: ANALYSIS_REPORT.md and PNG figures from the drift bundle (and the bench bundles), CPU only, no torch.
+
+Bundle `report/`: `ANALYSIS_REPORT.md`, `figures/*.png`, and `summary.json`: the exact numbers the report prints
+(the drift bundle's summary.json, with H2 and the latency section re-read from the bench bundle when one was
+committed after the drift phase ran: bench runs after drift in the pipeline). Every number in the report is a
+rounded value of that file (tests/phases/test_report.py parses the report to check it).
+
+`lorascope report DIR` runs this phase on a folder made by `lorascope pull` (DIR is used as a file store). With
+LORASCOPE_REPORT_DIR set, the report and its figures are also copied to that plain folder. The final location is
+always logged: `report written path=...`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from lorascope.phases import Phase, PhaseContext
+
+REPORT_FILE = "ANALYSIS_REPORT.md"
+
+
+def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str, Any]:
+    """The drift summary, with H2 and the bench section from the committed bench bundles when they differ from what
+    the drift phase saw, and the report's own provenance."""
+    from lorascope.phases import drift
+    from lorascope.reporting import provenance
+
+    numbers = copy.deepcopy(drift_summary)
+    bench = drift.committed_bench(ctx)
+    seen = (numbers["hypotheses"].get("H2") or {}).get("source") or {}
+    h2_source = f"drift phase ({seen.get('bundle')} attempt {seen.get('attempt')})" if seen else "drift phase (no bench bundle then)"
+    current = drift.h2_hypothesis(ctx.study, bench)
+    if bench and (current.get("source") or {}).get("attempt") != seen.get("attempt"):
+        numbers["hypotheses"]["H2"] = drift.json_safe(current)
+        numbers["bench"] = drift.json_safe(drift.bench_section(bench))
+        h2_source = f"report phase: {current['source']['bundle']} attempt {current['source']['attempt']}, committed after the drift phase ran"
+    numbers["report"] = {
+        "code_version": ctx.store.code_version,
+        "versions": provenance.package_versions(("lorascope", "numpy", "scipy", "matplotlib")),
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "h2_source": h2_source,
+    }
+    return numbers
+
+
+def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]:
+    """Write the PNGs under folder/figures; returns (caption, relative path) in report order."""
+    from lorascope.reporting import figures
+    from lorascope.reporting.markdown import FIGURES
+
+    out: list[tuple[str, str]] = []
+    for pooling in numbers["settings"]["poolings"]:
+        rel = f"figures/layer_drift_{pooling}.png"
+        figures.layer_drift(numbers, pooling, folder / rel)
+        out.append((f"{FIGURES['layer_drift']}, {pooling} pooling", rel))
+    figures.metric_vs_drift(numbers, folder / "figures/metric_vs_drift.png")
+    out.append((FIGURES["metric_vs_drift"], "figures/metric_vs_drift.png"))
+    if any(numbers["results"][t]["comparisons"] for t in numbers["tasks"]):
+        figures.drift_reduction(numbers, folder / "figures/drift_reduction.png")
+        out.append((FIGURES["drift_reduction"], "figures/drift_reduction.png"))
+    if numbers["weights"]:
+        figures.weight_spectra(numbers, folder / "figures/weights.png")
+        out.append((FIGURES["weights"], "figures/weights.png"))
+    if numbers.get("bench"):
+        figures.latency(numbers["bench"], folder / "figures/latency.png")
+        out.append((FIGURES["latency"], "figures/latency.png"))
+    return out
+
+
+def run(ctx: PhaseContext, index: int) -> None:
+    log = ctx.log
+    if ctx.committed("report"):
+        log("already committed, skipping", bundle="report")
+        bundle = ctx.require("report")
+        log("report written", path=_deliver(ctx, bundle, ctx.local(bundle)))
+        return
+    drift_bundle = ctx.require("drift", why="run the drift phase first")
+    t0 = time.perf_counter()
+
+    import json
+
+    from lorascope.reporting import markdown
+
+    numbers = report_numbers(ctx, drift_bundle.read_json("summary.json"))
+    out = ctx.scratch("report")
+    shutil.rmtree(out)
+    out.mkdir(parents=True)
+    figs = make_figures(numbers, out)
+    (out / REPORT_FILE).write_text(markdown.render(numbers, figs))
+    (out / "summary.json").write_text(json.dumps(numbers, indent=1, allow_nan=False) + "\n")
+    verdicts = {k: v["verdict"] for k, v in numbers["hypotheses"].items()}
+    with ctx.writer("report", phase="report", meta={"verdicts": verdicts, "figures": len(figs)}) as w:
+        w.add_dir(out)
+    assert w.committed is not None
+    log("report written", path=_deliver(ctx, w.committed, out), figures=len(figs),
+        seconds=round(time.perf_counter() - t0, 2), **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
+
+
+def _deliver(ctx: PhaseContext, bundle: Any, folder: Path) -> str:
+    """Copy the report and its figures from `folder` to LORASCOPE_REPORT_DIR when set; return where the report is:
+    that copy, else the committed file (a local path on a file store, its URL on S3)."""
+    local_dir = ctx.env.get("LORASCOPE_REPORT_DIR")
+    if local_dir:
+        dest = Path(local_dir).expanduser()
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / REPORT_FILE, dest / REPORT_FILE)
+        if (folder / "figures").is_dir():
+            shutil.copytree(folder / "figures", dest / "figures", dirs_exist_ok=True)
+        return str((dest / REPORT_FILE).resolve())
+    key = bundle.object_key(REPORT_FILE)
+    local = ctx.store.backend.local_path(key)
+    return str(local) if local is not None else f"{ctx.store.url}/{key}"
+
+
+PHASE = Phase(
+    name="report",
+    size=lambda study: 1,
+    bundles=lambda study: ["report"],
+    run=run,
+    unit=lambda study, i: "report",
+    gpu=False,
+    description="ANALYSIS_REPORT.md with figures, hypotheses and provenance, from the drift (and bench) bundles",
+)

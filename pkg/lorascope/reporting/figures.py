@@ -1,0 +1,162 @@
+"""The report's figures (matplotlib, Agg backend, PNG). Each function takes the report's numbers (the drift bundle's
+summary.json, plus the bench section) and writes one file; none computes a new statistic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DPI = 120
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _method_colors(summary: dict) -> dict[str, str]:
+    methods = list(dict.fromkeys(m for t in summary["tasks"] for m in summary["results"][t]["methods"]))
+    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def layer_drift(summary: dict, pooling: str, path: Path) -> Path:
+    """Per task (columns) and measure (rows): drift vs layer, mean over seeds, band min..max over seeds, and the seed
+    noise floor (dashed) of each method."""
+    tasks = summary["tasks"]
+    labels = summary["labels"]
+    colors = _method_colors(summary)
+    measures = summary["settings"]["measures"][::-1]  # debiased (primary) on top
+    fig, axes = plt.subplots(len(measures), len(tasks), figsize=(4.2 * len(tasks), 3.2 * len(measures)), squeeze=False)
+    x = list(range(len(labels)))
+    for col, task in enumerate(tasks):
+        for row, measure in enumerate(measures):
+            ax = axes[row][col]
+            for method, entry in summary["results"][task]["methods"].items():
+                st = entry["layers"][pooling][measure]
+                c = colors[method]
+                ax.plot(x, [_nan(v) for v in st["mean"]], color=c, marker="o", ms=3, label=f"{method} (mean of seeds)")
+                ax.fill_between(x, [_nan(v) for v in st["min"]], [_nan(v) for v in st["max"]], color=c, alpha=0.2, lw=0)
+                ax.plot(x, [_nan(v) for v in st["noise_floor"]], color=c, ls="--", lw=1, label=f"{method} seed noise floor")
+            ax.set_title(f"{task}: {measure} CKA drift ({pooling})", fontsize=9)
+            ax.set_xticks(x)
+            ax.set_xticklabels([_short(lb) for lb in labels], rotation=90, fontsize=6)
+            ax.set_ylabel("drift = 1 - CKA", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Layer-wise drift from the base model (band: min..max over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def _short(label: str) -> str:
+    return {"embeddings": "emb", "final_norm": "norm"}.get(label, label.replace("layer_", ""))
+
+
+def metric_vs_drift(summary: dict, path: Path) -> Path:
+    """One point per cell: mean drift over layers (primary measure and pooling) against the task metric."""
+    s = summary["settings"]
+    pooling, measure = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
+    colors = _method_colors(summary)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for ti, task in enumerate(summary["tasks"]):
+        res = summary["results"][task]
+        for method, entry in res["methods"].items():
+            seeds = list(entry["metric"]["values"])
+            xs = [_nan(entry["drift"][pooling][measure]["values"][sd]) for sd in seeds]
+            ys = [_nan(entry["metric"]["values"][sd]) for sd in seeds]
+            ax.scatter(xs, ys, color=colors[method], marker=MARKERS[ti % len(MARKERS)], label=f"{task} {method} ({res['metric_name']})")
+    ax.set_xlabel(f"mean {measure} CKA drift over layers ({pooling} pooling)")
+    ax.set_ylabel("validation metric (task's metric)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Task metric vs representation drift (one point per cell)", fontsize=10)
+    return _save(fig, path)
+
+
+def drift_reduction(summary: dict, path: Path) -> Path:
+    """Drift reduction % per task with its subsampling CI over examples and the H1b threshold."""
+    s = summary["settings"]
+    names, vals, los, his = [], [], [], []
+    for task in summary["tasks"]:
+        for lm, comp in summary["results"][task]["comparisons"].items():
+            c = comp[s["primary_pooling"]][s["primary_measure"].removeprefix("cka_")]
+            ci = comp.get("reduction_ci") or {}
+            v = _nan(c["reduction_pct"])
+            names.append(task if len(s["lora_methods"]) == 1 else f"{task}/{lm}")
+            vals.append(v)
+            los.append(max(0.0, v - _nan(ci.get("lo"))) if ci else 0.0)  # the interval need not be centred on v
+            his.append(max(0.0, _nan(ci.get("hi")) - v) if ci else 0.0)
+    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(names)) + 1, 4))
+    ax.bar(names, vals, color=COLORS[0], yerr=[los, his], capsize=6)
+    ax.axhline(s["h1b_min_reduction_pct"], color="k", ls="--", lw=1, label=f"H1b threshold {s['h1b_min_reduction_pct']:g}%")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("drift reduction % = 100 (FT - LoRA) / FT")
+    ax.set_title(f"LoRA vs full FT drift reduction ({s['primary_measure']}, {s['primary_pooling']} pooling), "
+                 f"{s['ci_level_pct']:g}% CI over examples", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def weight_spectra(summary: dict, path: Path) -> Path:
+    """Mean (SD over modules and seeds) of the update's stable rank, effective rank, r90 and intruder count."""
+    keys = [("stable_rank", "stable rank"), ("effective_rank", "effective rank"), ("r90", "r90"), ("n_intruders", "intruders (k=10)")]
+    colors = _method_colors(summary)
+    tasks = [t for t in summary["tasks"] if t in summary["weights"]]
+    methods = list(dict.fromkeys(m for t in tasks for m in summary["weights"][t]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    for ai, (key, title) in enumerate(keys):
+        ax = axes[0][ai]
+        for mi, method in enumerate(methods):
+            xs = [ti + (mi - (len(methods) - 1) / 2) * width for ti in range(len(tasks))]
+            ys = [_nan(summary["weights"][t].get(method, {}).get(key, {}).get("mean")) for t in tasks]
+            es = [_nan(summary["weights"][t].get(method, {}).get(key, {}).get("sd")) for t in tasks]
+            lower = [0.0 if e != e else min(e, y) for e, y in zip(es, ys, strict=True)]  # SD bars stop at 0
+            upper = [0.0 if e != e else e for e in es]
+            ax.bar(xs, ys, width=width, yerr=[lower, upper], color=colors.get(method, "grey"), label=method, capsize=3)
+        ax.set_xticks(range(len(tasks)))
+        ax.set_xticklabels(tasks)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Weight update spectra per module (mean, SD over modules and seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def latency(bench: dict, path: Path) -> Path:
+    """Mean batch latency vs batch size per serving mode (and request order), with the CI over repeats."""
+    backends = list(bench)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 4), squeeze=False)
+    for bi, backend in enumerate(backends):
+        ax = axes[0][bi]
+        series: dict[str, list[dict]] = {}
+        for c in bench[backend]["configs"]:
+            name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({c['order']})"
+            series.setdefault(name, []).append(c)
+        for si, (name, cs) in enumerate(series.items()):
+            cs = sorted(cs, key=lambda c: c["batch_size"])
+            xs = [c["batch_size"] for c in cs]
+            ys = [_nan(c["mean_batch_ms"]) for c in cs]
+            lo = [max(0.0, y - _nan(c["low"])) if c["low"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
+            hi = [max(0.0, _nan(c["high"]) - y) if c["high"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker=MARKERS[si % len(MARKERS)], color=COLORS[si % len(COLORS)], label=name, capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("mean batch latency (ms)")
+        ax.set_title(f"{backend} on {bench[backend].get('device_name') or bench[backend].get('device')}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,67 @@
+"""Where a result was computed: hardware and package versions, recorded in the meta of the extract and drift commits
+and printed in the report's provenance section. Reads /proc and importlib.metadata only (imports no torch)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("lorascope", "numpy", "scipy", "safetensors", "matplotlib", "torch", "transformers", "peft")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor() or the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (the affinity mask: what a container's cpuset allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def hardware(**extra: Any) -> dict[str, Any]:
+    """{cpu_model, cpu_cores_usable, cpu_cores_machine, memory_bytes, platform, python, host} plus `extra` (the
+    extract phase adds device and gpu_name)."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_cores_usable": usable_cores(),
+        "cpu_cores_machine": os.cpu_count(),
+        "memory_bytes": memory_bytes(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        **extra,
+    }
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions (from package metadata: nothing is imported); 'not installed' where absent."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,429 @@
+"""The drift phase on crafted runs: reps, cells and a stage model written directly with numpy (no training, no torch
+in the phase), so the expected answers are known: a rotated copy of the base has CKA 1 (drift 0), independent noise
+has debiased CKA ~0. Also the closed-form subset CKA, the LoRA weight path, bf16 reading and the H-verdicts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lorascope.errors import ConfigError, LorascopeError
+from lorascope.log import Logger
+from lorascope.phases import PhaseContext
+from lorascope.phases import drift as drift_phase
+from lorascope.phases.extract import LAYERS_FILE, REPS_FILE, layer_labels, units
+from lorascope.runner import default_run_id, freeze_study, run_phase_index
+from lorascope.store import Store
+from lorascope.study import load_study
+from tests.phases.conftest import write_study
+
+N, D, L = 64, 24, 3  # examples, hidden size, hidden-state entries (embeddings, layer_1, final_norm)
+HIDDEN, INTER, BLOCKS = 16, 24, 2  # the crafted model's weights
+SEEDS = [42, 1337, 2024]
+
+
+def _orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+# ------------------------------------------------------------------------------------------------ crafting a run
+def crafted_study(folder: Path, **update) -> Path:
+    base = {
+        "name": "crafted",
+        "tasks": [{"name": "mrpc", "metric": "f1", "max_length": 64}, {"name": "rte", "metric": "accuracy", "max_length": 64}],
+        "seeds": SEEDS,
+        "extraction": {"examples": N, "batch_size": 8},
+        "methods": [{"name": "full", "kind": "full"},
+                    {"name": "lora", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}],
+    }  # fmt: skip
+    for k, v in update.items():
+        base[k] = v
+    return write_study(folder, **base)
+
+
+def crafted_context(folder: Path, store_url: str | None = None, **update) -> PhaseContext:
+    study = load_study(crafted_study(folder, **update))
+    store = Store.open(store_url or str(folder / "store"), code_version="test")
+    run_id = default_run_id(study)
+    freeze_study(store, run_id, study)
+    return PhaseContext(study, store, run_id, folder / "work", {}, Logger(run=run_id))
+
+
+def _linear_shapes() -> dict[str, tuple[int, int]]:
+    return {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (8, HIDDEN), "self_attn.v_proj": (8, HIDDEN),
+            "self_attn.o_proj": (HIDDEN, HIDDEN), "mlp.gate_proj": (INTER, HIDDEN), "mlp.up_proj": (INTER, HIDDEN),
+            "mlp.down_proj": (HIDDEN, INTER)}  # fmt: skip
+
+
+def base_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {f"model.layers.{b}.{m}.weight": (rng.standard_normal(shape) * 0.2).astype(np.float32)
+           for b in range(BLOCKS) for m, shape in _linear_shapes().items()}  # fmt: skip
+    out["model.embed_tokens.weight"] = rng.standard_normal((32, HIDDEN)).astype(np.float32)
+    out["model.norm.weight"] = np.ones(HIDDEN, dtype=np.float32)
+    return out
+
+
+def commit_stage(ctx: PhaseContext, tmp: Path) -> dict[str, np.ndarray]:
+    w = base_weights()
+    folder = tmp / "stage" / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(w, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": HIDDEN}))
+    with ctx.writer("stage", phase="stage", meta={"model": {"commit_sha": "crafted"}, "dataset_fingerprint": "crafted"}) as wr:
+        wr.add_dir(folder, prefix="model")
+    return w
+
+
+def commit_cell(ctx: PhaseContext, tmp: Path, cell, base: dict[str, np.ndarray], metric: float) -> None:
+    rng = np.random.default_rng([cell.index, 7])
+    out = tmp / "cells" / cell.name
+    method = ctx.study.method(cell.method)
+    if method.kind == "full":
+        sub = out / "model"
+        sub.mkdir(parents=True, exist_ok=True)
+        w = {k: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.05) for k, v in base.items()}
+        save_file(w, str(sub / "model.safetensors"))
+        (sub / "config.json").write_text("{}")
+    else:
+        sub = out / "adapter"
+        sub.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for b in range(BLOCKS):
+            for m in method.target_modules:
+                rows, cols = _linear_shapes()[f"self_attn.{m}"]
+                key = f"base_model.model.model.layers.{b}.self_attn.{m}"
+                tensors[f"{key}.lora_A.weight"] = rng.standard_normal((method.r, cols)).astype(np.float32) * 0.3
+                tensors[f"{key}.lora_B.weight"] = rng.standard_normal((rows, method.r)).astype(np.float32) * 0.3
+        save_file(tensors, str(sub / "adapter_model.safetensors"))
+        (sub / "adapter_config.json").write_text(json.dumps({"r": method.r, "lora_alpha": method.alpha, "use_rslora": False,
+                                                             "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False}))  # fmt: skip
+    metrics = {"cell": cell.name, "task": cell.task, "method": cell.method, "seed": cell.seed,
+               "validation": {"accuracy": metric, "f1": metric, "loss": 0.5, "n": N}}  # fmt: skip
+    with ctx.writer("cells", cell.name, phase="train") as w:
+        w.add_dir(sub, prefix=sub.name)
+        w.add_json("metrics.json", metrics)
+
+
+def commit_reps(ctx: PhaseContext, tmp: Path, model: str, task: str, mean: np.ndarray, last: np.ndarray, idx=None) -> None:
+    folder = tmp / "reps" / model / task
+    folder.mkdir(parents=True, exist_ok=True)
+    idx = np.arange(100, 100 + mean.shape[1], dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+    save_file({"mean": mean.astype(np.float32), "last": last.astype(np.float32), "idx": idx}, str(folder / REPS_FILE))
+    (folder / LAYERS_FILE).write_text(json.dumps({"labels": layer_labels(mean.shape[0]), "idx": idx.tolist()}))
+    meta = {"model": model, "task": task, "device": "cpu", "forward_seconds": 0.0,
+            "hardware": {"cpu_model": "crafted", "cpu_cores_usable": 2}, "versions": {"numpy": np.__version__}}  # fmt: skip
+    with ctx.writer("reps", model, task, phase="extract", meta=meta) as w:
+        w.add_file(REPS_FILE, folder / REPS_FILE)
+        w.add_file(LAYERS_FILE, folder / LAYERS_FILE)
+
+
+DEFAULT_METRICS = {"full": [0.81, 0.80, 0.81], "lora": [0.80, 0.81, 0.80]}
+
+
+def craft_run(folder: Path, lora: str = "rotated", full: str = "noise", metrics=None, store_url: str | None = None,
+              constant_last_embedding: bool = False, **update) -> PhaseContext:  # fmt: skip
+    """A run with stage, cells and reps committed. Base reps: low-rank structure plus noise, with a large common mean
+    (as LM states have). A method's reps are `rotated` (the base times a random orthogonal matrix, scaled),
+    `noise` (independent Gaussians) or `mixed` (base + noise), per seed."""
+    metrics = metrics or DEFAULT_METRICS
+    ctx = crafted_context(folder, store_url, **update)
+    base_w = commit_stage(ctx, folder)
+    rng = np.random.default_rng(0)
+    for task in [t.name for t in ctx.study.tasks]:
+        Z = rng.standard_normal((N, 6))
+        base = {p: np.stack([Z @ rng.standard_normal((6, D)) + 0.3 * rng.standard_normal((N, D)) + 5.0 for _ in range(L)])
+                for p in ("mean", "last")}  # fmt: skip
+        if constant_last_embedding:  # every example ends with the same token: its embedding is one vector
+            base["last"][0] = base["last"][0, :1]
+        commit_reps(ctx, folder, "base", task, base["mean"], base["last"])
+        for cell in [c for c in ctx.study.cells() if c.task == task]:
+            how = lora if cell.method == "lora" else full
+            reps = {}
+            for p in ("mean", "last"):
+                if how == "rotated":
+                    reps[p] = np.stack([2.0 * base[p][li] @ _orthogonal(D, rng) for li in range(L)])
+                elif how == "noise":
+                    reps[p] = rng.standard_normal((L, N, D)) + 5.0
+                else:
+                    reps[p] = base[p] + 0.5 * rng.standard_normal((L, N, D))
+            if constant_last_embedding:
+                reps["last"][0] = reps["last"][0, :1]
+            commit_reps(ctx, folder, cell.name, task, reps["mean"], reps["last"])
+            commit_cell(ctx, folder, cell, base_w, metrics[cell.method][SEEDS.index(cell.seed)])
+    return ctx
+
+
+def run_drift(ctx: PhaseContext) -> dict:
+    run_phase_index(ctx, "drift", 0)
+    return ctx.require("drift").read_json("summary.json")
+
+
+def read_csv(ctx: PhaseContext, name: str) -> list[dict]:
+    return list(drift_phase.iter_rows(ctx.require("drift").read_bytes(name)))
+
+
+@pytest.fixture(scope="module")
+def rotated_vs_noise(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("crafted") / uuid.uuid4().hex[:6]
+    ctx = craft_run(folder)
+    return ctx, run_drift(ctx)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_rotated_reps_have_no_drift_and_noise_has_debiased_cka_near_zero(rotated_vs_noise):
+    ctx, summary = rotated_vs_noise
+    rows = read_csv(ctx, "layer_rows.csv")
+    assert len(rows) == 2 * 6 * L * 2  # tasks x cells per task x layers x poolings
+    assert list(rows[0]) == drift_phase.LAYER_COLUMNS
+    lora = [r for r in rows if r["method"] == "lora"]
+    full = [r for r in rows if r["method"] == "full"]
+    for r in lora:  # base @ orthogonal * 2: CKA is invariant to rotation and isotropic scaling
+        assert r["cka_linear"] == pytest.approx(1.0, abs=1e-10)
+        assert r["cka_debiased"] == pytest.approx(1.0, abs=1e-10)
+        assert r["drift_debiased"] == pytest.approx(0.0, abs=1e-10)
+        assert r["cosine"] < 0.9  # but the coordinates moved: cosine is not rotation invariant
+    for r in full:  # independent noise: debiased ~0, while the biased (linear) CKA sits well above it at n ~ d
+        assert abs(r["cka_debiased"]) < 0.1
+        assert r["cka_linear"] > r["cka_debiased"] + 0.1
+        assert r["drift_debiased"] == pytest.approx(1.0 - r["cka_debiased"], abs=1e-15)
+    comp = summary["results"]["mrpc"]["comparisons"]["lora"]["mean"]["debiased"]
+    assert comp["lora_mean"] == pytest.approx(0.0, abs=1e-10)
+    assert comp["reduction_pct"] == pytest.approx(100.0, abs=1e-6)
+    ci = summary["results"]["mrpc"]["comparisons"]["lora"]["reduction_ci"]
+    assert ci["lo"] <= comp["reduction_pct"] + 1e-9 and ci["hi"] >= comp["reduction_pct"] - 1e-9
+    assert ci["hi"] - ci["lo"] < 1.0  # LoRA drift is exactly 0 on every subset: only FT's drift varies
+    # the seed noise floor: two rotations of the base agree perfectly, two noise draws do not at all
+    noise = read_csv(ctx, "noise_floor.csv")
+    assert len(noise) == 2 * 2 * 3 * L * 2  # tasks x methods x seed pairs x layers x poolings
+    assert all(r["cka_debiased"] == pytest.approx(1.0, abs=1e-10) for r in noise if r["method"] == "lora")
+    assert all(abs(r["cka_debiased"]) < 0.1 for r in noise if r["method"] == "full")
+    assert summary["results"]["mrpc"]["methods"]["full"]["noise_floor"]["mean"]["debiased"]["mean"] > 0.9
+
+
+def test_summary_means_equal_the_csv_rows_at_full_precision(rotated_vs_noise):
+    ctx, summary = rotated_vs_noise
+    rows = read_csv(ctx, "layer_rows.csv")
+    for task in ("mrpc", "rte"):
+        for method in ("full", "lora"):
+            for seed in SEEDS:
+                vals = [r["drift_debiased"] for r in rows if (r["task"], r["method"], r["seed"], r["pooling"]) == (task, method, seed, "mean")]
+                assert len(vals) == L
+                stored = summary["results"][task]["methods"][method]["drift"]["mean"]["debiased"]["values"][str(seed)]
+                assert stored == float(np.mean(vals))  # exact: the CSV holds every float64 digit
+
+
+def test_statistics_follow_analysis_stats(rotated_vs_noise):
+    from lorascope.analysis import stats
+
+    _ctx, summary = rotated_vs_noise
+    comps = [summary["results"][t]["comparisons"]["lora"]["mean"]["debiased"] for t in ("mrpc", "rte")]
+    for c in comps:
+        assert len(c["diffs"]) == 3 and all(d > 0 for d in c["diffs"])
+        assert c["sign_flip_p"] == pytest.approx(0.25)  # 3 seeds, all LoRA < FT: exactly the two-sided floor
+        assert c["sign_flip_floor"] == 0.25
+        assert c["paired_t"]["df"] == 2
+        assert np.mean(c["diffs"]) == pytest.approx(c["ft_mean"] - c["lora_mean"])
+        assert c["cohens_dz"] == pytest.approx(stats.cohens_dz(np.array(c["diffs"]), np.zeros(3)))
+    holm = stats.holm([c["paired_t"]["p"] for c in comps])
+    assert [c["holm_p_t"] for c in comps] == pytest.approx(list(holm))
+    assert summary["settings"]["sign_flip_floor_two_sided"] == 0.25
+
+
+def test_hypotheses_supported_on_the_crafted_run(rotated_vs_noise):
+    _ctx, summary = rotated_vs_noise
+    h = summary["hypotheses"]
+    assert h["H1a"]["verdict"] == "supported"  # gaps of 0.33 pp, CI within 3 pp
+    assert h["H1b"]["verdict"] == "supported"  # 100% reduction, CI far above 20%
+    assert h["H2"]["verdict"] == "not measured"  # no bench bundle
+    assert set(h["H1a"]["by"]) == {"mrpc", "rte"}
+
+
+def test_verdicts_follow_the_study_thresholds(tmp_path):
+    # LoRA 10 pp below full FT, and a reduction threshold above 100%: both not supported
+    metrics = {"full": [0.90, 0.91, 0.90], "lora": [0.80, 0.81, 0.80]}
+    ctx = craft_run(tmp_path, metrics=metrics, hypotheses={"h1a_max_gap_pp": 3.0, "h1b_min_reduction_pct": 101.0})
+    h = run_drift(ctx)["hypotheses"]
+    assert h["H1a"]["verdict"] == "not supported"
+    assert all(v["verdict"] == "not supported" for v in h["H1a"]["by"].values())
+    assert h["H1b"]["verdict"] == "not supported"
+    assert "threshold 101%" in h["H1b"]["by"]["mrpc"]["evidence"]
+
+
+def test_h2_from_a_committed_bench_bundle(tmp_path):
+    ctx = craft_run(tmp_path, hypotheses={"h2_max_overhead_pct": 30.0})
+    commit_bench(ctx, {"1": [10.0, 12.0, 11.0], "4": [20.0, 25.0, 22.0]})
+    summary = run_drift(ctx)
+    h2 = summary["hypotheses"]["H2"]
+    assert h2["verdict"] == "supported" and set(h2["by"]) == {"batch 1", "batch 4"}
+    assert h2["source"]["bundle"] == "bench/hf"
+    assert summary["bench"]["hf"]["configs"][0]["mean_batch_ms"] == 5.0
+
+
+def commit_bench(ctx: PhaseContext, per_repeat: dict[str, list[float]]) -> None:
+    overhead = {bs: {"pct": float(np.mean(v)), "low": min(v), "high": max(v), "per_repeat_pct": v} for bs, v in per_repeat.items()}
+    configs = [{"mode": mode, "order": "single", "batch_size": int(bs), "latency_batch_ms": {"mean": 5.0 * (1 + i), "p50": 5.0},
+                "mean_batch_ms_ci": {"low": 5.0 * (1 + i) - 1, "high": 5.0 * (1 + i) + 1}, "throughput_rps": {"mean": 100.0}}
+               for i, mode in enumerate(("merged", "separate")) for bs in per_repeat]  # fmt: skip
+    summary = {"backend": "hf", "device": "cpu", "device_name": "crafted", "dtype": "float32", "configs": configs,
+               "overhead": {"separate_vs_merged": overhead}}  # fmt: skip
+    with ctx.writer("bench", "hf", phase="bench") as w:
+        w.add_json("summary.json", summary)
+
+
+def test_example_ids_must_match(tmp_path):
+    ctx = craft_run(tmp_path)
+    cell = ctx.study.cells()[0]
+    b = ctx.require("reps", cell.name, cell.task)
+    local = ctx.local(b)
+    from safetensors.numpy import load_file
+
+    t = load_file(str(local / REPS_FILE))
+    ctx.store.backend.delete_prefix(ctx.key("reps", cell.name, cell.task) + "/")
+    commit_reps(ctx, tmp_path / "again", cell.name, cell.task, t["mean"], t["last"], idx=t["idx"][::-1])
+    with pytest.raises(LorascopeError, match="example ids of reps/mrpc-full-s42/mrpc differ"):
+        run_phase_index(ctx, "drift", 0)
+
+
+def test_missing_bundles_are_a_config_error_naming_them(tmp_path):
+    ctx = craft_run(tmp_path)
+    ctx.store.backend.delete_prefix(ctx.key("reps", "mrpc-lora-s1337", "mrpc") + "/")
+    with pytest.raises(ConfigError, match="reps/mrpc-lora-s1337/mrpc"):
+        run_phase_index(ctx, "drift", 0)
+
+
+def test_committed_drift_is_skipped(rotated_vs_noise, capsys):
+    ctx, _ = rotated_vs_noise
+    attempt = ctx.require("drift").attempt
+    run_phase_index(ctx, "drift", 0)
+    assert ctx.require("drift").attempt == attempt
+    assert "already committed, skipping" in capsys.readouterr().err
+
+
+def test_drift_phase_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, lorascope.phases.drift as d, lorascope.phases.report as r, lorascope.reporting.figures, "
+            "lorascope.reporting.markdown; assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------------ the math it adds
+def test_subset_closed_form_equals_cached_subset():
+    from lorascope.analysis import similarity as sim
+    from lorascope.analysis import stats
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 12)) + 3.0
+    Y = X @ rng.standard_normal((12, 9)) + rng.standard_normal((40, 9))
+    gx, gy = sim.CachedGram.from_features(X), sim.CachedGram.from_features(Y)
+    res = drift_phase.SubsetDebiasedCKA(40, 20, 15, seed=3)
+    got = res.cka(res.prepare(gx), res.prepare(gy))
+    want = [sim.cka_cached(gx.subset(idx), gy.subset(idx))[1] for idx in res.index_sets]
+    assert got == pytest.approx(want, abs=1e-12)
+    # the lookup hands subsample_bootstrap_ci exactly the index sets it draws
+    ci = stats.subsample_bootstrap_ci(res.lookup(0.5, got), 40, 20, 15, 0.05, 3)
+    assert ci["subsample_mean"] == pytest.approx(float(np.mean(got)))
+
+
+def test_lora_module_summary_equals_module_summary():
+    from lorascope.analysis import weights as wt
+
+    rng = np.random.default_rng(2)
+    W0 = rng.standard_normal((30, 20))
+    B, A = rng.standard_normal((30, 4)), rng.standard_normal((4, 20))
+    basis = wt.left_singular_basis(W0)
+    got = drift_phase.lora_module_summary("m", W0, B, A, 0.7, 10, 0.5, basis)
+    want = wt.module_summary("m", W0, W0 + 0.7 * B @ A, 10, 0.5, base_basis=basis)
+    for k in ("delta_fro", "delta_rel", "delta_spec", "stable_rank", "effective_rank"):
+        assert got[k] == pytest.approx(want[k], rel=1e-9), k
+    assert got["r90"] == want["r90"] and got["n_intruders"] == want["n_intruders"]
+    assert got["intruder_max_cos"] == pytest.approx(want["intruder_max_cos"], abs=1e-9)
+
+
+def test_adapter_delta_equals_peft_merge(tmp_path):
+    """delta = scale * B @ A read from the adapter files equals what PEFT's merge adds to the base weight."""
+    import torch
+
+    from lorascope import modeling
+    from lorascope.study import LoraMethod
+    from tests.serving.bench_fixtures import make_adapter
+
+    base_dir = modeling.build_tiny_llama(tmp_path / "base")
+    method = LoraMethod(r=4, alpha=12, target_modules=["q_proj", "v_proj"])
+    make_adapter(base_dir, tmp_path / "adapter", method, seed=5)
+    deltas = drift_phase.adapter_deltas(tmp_path / "adapter")
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"), str(tmp_path / "adapter")).merge_and_unload()
+    base = drift_phase.TensorFolder(base_dir, "model")
+    assert len(deltas) == 2 * 2  # 2 blocks x (q, v)
+    for name, (B, A, scale) in deltas.items():
+        assert scale == 3.0
+        want = merged.state_dict()[name].double().numpy() - base.get(name)
+        assert scale * B @ A == pytest.approx(want, abs=1e-6)
+
+
+def test_bf16_weights_are_read_bit_exactly(tmp_path):
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    t = torch.randn(5, 7).to(torch.bfloat16)
+    save_torch({"w": t, "f": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    reader = drift_phase.TensorFolder(tmp_path, "model")
+    assert np.array_equal(reader.get("w"), t.float().double().numpy())
+    assert np.array_equal(reader.get("f"), np.ones(2))
+
+
+def test_extract_units_order_is_base_first_then_grid(tmp_path):
+    study = load_study(crafted_study(tmp_path))
+    u = units(study)
+    assert u[:2] == [("base", "mrpc"), ("base", "rte")]
+    assert u[2:] == [(c.name, c.task) for c in study.cells()]
+
+
+def test_weights_csv_has_target_modules_for_both_methods(rotated_vs_noise):
+    ctx, summary = rotated_vs_noise
+    rows = read_csv(ctx, "weights.csv")
+    lora = [r for r in rows if r["method"] == "lora"]
+    full = [r for r in rows if r["method"] == "full"]
+    assert {r["module"] for r in lora} == {"q_proj", "v_proj"} and len(lora) == 2 * 3 * BLOCKS * 2
+    assert {r["source"] for r in lora} == {"lora_factors"}
+    assert all(r["r90"] <= 2 and r["stable_rank"] <= 2 + 1e-9 for r in lora)  # rank-2 updates
+    # the crafted model is tiny: full cells get every decoder linear
+    assert {r["module"] for r in full} == set(drift_phase.LINEAR_NAMES)
+    assert summary["settings"]["weights_full_extra_linears"] is True
+    assert summary["weights"]["mrpc"]["lora"]["r90"]["max"] <= 2
+    # the method rows compare the same modules; full FT's other linears are summarised apart
+    assert summary["weights"]["mrpc"]["full"]["module_types"] == ["q_proj", "v_proj"] == summary["weights"]["mrpc"]["lora"]["module_types"]
+    assert summary["weights"]["mrpc"]["full"]["rows"] == 3 * BLOCKS * 2
+    assert summary["weights"]["mrpc"]["full (other linears)"]["module_types"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "up_proj"]
+
+
+def test_csv_helper_writes_full_precision():
+    x = 0.1 + 0.2
+    data = drift_phase.csv_bytes([{"a": x, "b": 1}], ["a", "b"])
+    assert float(next(csv.DictReader(io.StringIO(data.decode())))["a"]) == x
+
+
+def test_a_constant_representation_is_left_out_of_the_layer_means(tmp_path):
+    ctx = craft_run(tmp_path, lora="mixed", constant_last_embedding=True)
+    summary = run_drift(ctx)
+    rows = read_csv(ctx, "layer_rows.csv")
+    undefined = [r for r in rows if r["pooling"] == "last" and r["layer"] == "embeddings"]
+    assert undefined and all(np.isnan(r["cka_debiased"]) for r in undefined)
+    assert summary["results"]["mrpc"]["layers_excluded"] == {"last": ["embeddings"]}
+    comp = summary["results"]["mrpc"]["comparisons"]["lora"]["last"]["debiased"]
+    kept = [r["drift_debiased"] for r in rows if (r["task"], r["method"], r["seed"], r["pooling"]) == ("mrpc", "lora", 42, "last")
+            and r["layer"] != "embeddings"]  # fmt: skip
+    assert summary["results"]["mrpc"]["methods"]["lora"]["drift"]["last"]["debiased"]["values"]["42"] == float(np.mean(kept))
+    assert comp["sign_flip_p"] == 0.25 and np.isfinite(comp["paired_t"]["p"])

@@ -1,0 +1,168 @@
+"""The report phase on crafted drift runs (tests/phases/test_drift.py): every number the report prints is a value of
+its numbers (the drift summary), figures exist, the smoke banner shows, H2 is re-read from a bench bundle committed
+after drift, and `lorascope report DIR` works on a folder made by `pull`, copying to LORASCOPE_REPORT_DIR."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+
+from lorascope import cli
+from lorascope.phases import report as report_phase
+from lorascope.reporting import markdown
+from lorascope.runner import run_phase_index
+from lorascope.store import Store, pull
+from tests.phases.test_drift import commit_bench, craft_run, run_drift
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NUMBER = re.compile(r"(?<![\w.\-/])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
+FORMULAS = ("1 - CKA", "100 (FT - LoRA)", "Song et al. 2012")  # formula constants and a citation, not results
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report") / uuid.uuid4().hex[:6]
+    ctx = craft_run(folder, lora="mixed", full="noise")
+    drift_summary = run_drift(ctx)
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    return ctx, drift_summary, b.read_bytes(report_phase.REPORT_FILE).decode(), b.read_json("summary.json"), b
+
+
+def _leaves(x, out):
+    if isinstance(x, dict):
+        for v in x.values():
+            _leaves(v, out)
+    elif isinstance(x, list):
+        for v in x:
+            _leaves(v, out)
+    elif isinstance(x, bool) or x is None:
+        pass
+    else:
+        out.append(x)
+    return out
+
+
+def _printed_as(token: str, value) -> bool:
+    """Is `token` `value` rounded the way the report prints numbers?"""
+    if isinstance(value, str):
+        return False
+    if "e" in token:
+        return f"{value:.1e}" == token
+    if "." in token:
+        return f"{value:.{len(token.split('.')[1])}f}" == token
+    return (isinstance(value, int) and str(value) == token) or (isinstance(value, float) and f"{value:.0f}" == token)
+
+
+def unmatched_numbers(md: str, numbers: dict) -> list[str]:
+    """Numbers printed in the report (provenance excepted: ids, versions, dates) that no value of `numbers` rounds to."""
+    body = md.split("## Provenance")[0]
+    strings = sorted({s for s in _leaves(numbers, []) if isinstance(s, str) and len(s) > 12}, key=len, reverse=True)
+    for s in [*strings, *FORMULAS]:
+        body = body.replace(s, " ")
+    values = [v for v in _leaves(numbers, []) if not isinstance(v, str)]
+    return [t for t in NUMBER.findall(body) if not any(_printed_as(t, v) for v in values)]
+
+
+def test_every_number_in_the_report_comes_from_the_summary(reported):
+    _ctx, drift_summary, md, numbers, _ = reported
+    assert unmatched_numbers(md, numbers) == []
+    assert len(NUMBER.findall(md.split("## Provenance")[0])) > 100  # the check did look at numbers
+    # the report's numbers are the drift bundle's summary (no bench here), plus the report's own provenance
+    assert {k: v for k, v in numbers.items() if k != "report"} == drift_summary
+
+
+def test_the_check_catches_a_number_not_in_the_summary(reported):
+    _ctx, _s, md, numbers, _ = reported
+    s = numbers["settings"]
+    comp = numbers["results"]["mrpc"]["comparisons"]["lora"][s["primary_pooling"]]["debiased"]
+    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
+    assert printed in md
+    assert unmatched_numbers(md.replace(printed, "| 0.123456 | 9.87 | 55.5 |"), numbers) == ["0.123456", "9.87", "55.5"]
+
+
+def test_hypothesis_table_and_key_cells(reported):
+    _ctx, _s, md, numbers, _ = reported
+    for key in ("H1a", "H1b", "H2"):
+        h = numbers["hypotheses"][key]
+        assert f"| {h['hypothesis']} | overall | **{h['verdict']}** |" in md
+        for scope, part in h["by"].items():
+            assert f"| | {scope} | {part['verdict']} | {part['evidence']} |" in md
+    assert numbers["hypotheses"]["H2"]["verdict"] == "not measured"
+    ci = numbers["results"]["rte"]["comparisons"]["lora"]["reduction_ci"]
+    assert f"[{markdown.f(ci['lo'], 1)}, {markdown.f(ci['hi'], 1)}]" in md
+    assert "cannot give p below 0.250 two-sided" in md  # the sign-flip floor with 3 seeds, stated
+    assert "THESE NUMBERS MEAN NOTHING ABOUT TINYLLAMA" in md  # builtin:tiny-llama
+
+
+def test_figures(reported):
+    _ctx, _s, md, numbers, bundle = reported
+    pngs = sorted(p for p in bundle.files if p.endswith(".png"))
+    assert pngs == ["figures/drift_reduction.png", "figures/layer_drift_last.png", "figures/layer_drift_mean.png",
+                    "figures/metric_vs_drift.png", "figures/weights.png"]  # fmt: skip
+    for p in pngs:
+        data = bundle.read_bytes(p)
+        assert data.startswith(PNG) and len(data) > 10_000
+        assert f"]({p})" in md
+
+
+def test_banner_only_for_the_builtin_model(reported):
+    _ctx, _s, _md, numbers, _ = reported
+    real = json.loads(json.dumps(numbers))
+    real["provenance"].update(builtin_model=False, synthetic_data=False, model="TinyLlama/TinyLlama-1.1B")
+    assert markdown.banner(real) == []
+    assert "MEAN NOTHING" in "".join(markdown.banner(numbers))
+
+
+def test_bench_committed_after_drift_is_used_for_h2(tmp_path):
+    ctx = craft_run(tmp_path)
+    run_drift(ctx)
+    commit_bench(ctx, {"1": [40.0, 45.0, 50.0], "8": [5.0, 6.0, 7.0]})  # batch 1 is > 30% over merged
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    numbers, md = b.read_json("summary.json"), b.read_bytes(report_phase.REPORT_FILE).decode()
+    h2 = numbers["hypotheses"]["H2"]
+    assert h2["verdict"] == "not supported" and h2["by"]["batch 1"]["verdict"] == "not supported"
+    assert "committed after the drift phase ran" in numbers["report"]["h2_source"]
+    assert "figures/latency.png" in b.files and "| merged | single | 8 | 5.000 | [4.000, 6.000] | 100.0 |" in md
+    assert unmatched_numbers(md, numbers) == []
+
+
+def test_report_on_a_pulled_folder_with_a_local_copy(tmp_path, monkeypatch, capfd):
+    ctx = craft_run(tmp_path / "src")
+    run_drift(ctx)
+    dest = tmp_path / "pulled"
+    got = pull(ctx.store, f"runs/{ctx.run_id}/", dest)
+    assert got.ok and f"runs/{ctx.run_id}/drift" in got.bundles
+    copy = tmp_path / "my-report"
+    monkeypatch.setenv("LORASCOPE_REPORT_DIR", str(copy))
+    assert cli.main(["report", str(dest), "--work-dir", str(tmp_path / "work")]) == 0
+    line = [ln for ln in capfd.readouterr().err.splitlines() if 'msg="report written"' in ln]
+    assert len(line) == 1 and f" path={copy.resolve() / 'ANALYSIS_REPORT.md'} " in line[0]
+    assert (copy / "ANALYSIS_REPORT.md").read_text().startswith("# Analysis report: study `crafted`")
+    assert (copy / "figures" / "layer_drift_mean.png").read_bytes().startswith(PNG)
+    pulled = Store.open(str(dest), code_version="test")
+    assert pulled.committed(f"runs/{ctx.run_id}/report")  # committed into the pulled folder, not the source store
+    assert not ctx.committed("report")
+    # again: already committed, skipped, and the path is still logged (and the copy refreshed)
+    (copy / "ANALYSIS_REPORT.md").unlink()
+    assert cli.main(["report", str(dest), "--work-dir", str(tmp_path / "work")]) == 0
+    err = capfd.readouterr().err
+    assert "already committed, skipping" in err
+    assert f"path={copy.resolve() / 'ANALYSIS_REPORT.md'} msg=\"report written\"" in err
+    assert (copy / "ANALYSIS_REPORT.md").is_file()
+
+
+@pytest.mark.s3
+def test_drift_and_report_on_s3(tmp_path, s3_url, capfd):
+    """The same phases on an S3 store (SeaweedFS): reps and weights come through verified downloads."""
+    ctx = craft_run(tmp_path, store_url=s3_url)
+    summary = run_drift(ctx)
+    assert summary["hypotheses"]["H1b"]["verdict"] == "supported"
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    assert b.read_bytes("figures/layer_drift_mean.png").startswith(PNG)
+    assert f"path={s3_url}/runs/{ctx.run_id}/report/_attempts/{b.attempt}/ANALYSIS_REPORT.md" in capfd.readouterr().err
