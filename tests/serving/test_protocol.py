@@ -110,6 +110,12 @@ def test_overheads_and_h2(pools):
     assert h2["by_batch_size"]["1"]["holds"] and not h2["by_batch_size"]["4"]["holds"]
     assert not h2["holds"] and h2["max_overhead_pct"] == pytest.approx(87.5)
     assert protocol.h2_verdict({"1": sep["1"]}, 30.0)["holds"]
+    # the stricter verdict reads the upper CI ends: False (not None) when one is above the limit
+    made_up = {"1": {"pct": 10.0, "high": 20.0}, "4": {"pct": 20.0, "high": 45.0}}
+    assert protocol.h2_verdict(made_up, 30.0)["holds"] is True
+    assert protocol.h2_verdict(made_up, 30.0)["holds_upper_ci"] is False
+    assert protocol.h2_verdict(made_up, 50.0)["holds_upper_ci"] is True
+    assert protocol.h2_verdict({"1": {"pct": 10.0, "high": None}}, 30.0)["holds_upper_ci"] is None
 
 
 def test_switches_change_the_adapter_every_call():

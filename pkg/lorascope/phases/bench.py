@@ -437,6 +437,10 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
     }
 
 
+def _yes_no(v: bool | None) -> str:
+    return "n/a (an interval is missing)" if v is None else ("holds" if v else "does not hold")
+
+
 def summary_markdown(s: dict) -> str:
     def f(x: Any, nd: int = 3) -> str:
         return "n/a" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
@@ -472,7 +476,7 @@ def summary_markdown(s: dict) -> str:
     h2 = s["h2"]
     lines += ["", f"H2 (separate <= {h2['threshold_pct']}% over merged at every batch size): "
               f"**{'holds' if h2['holds'] else 'does not hold'}** (largest overhead {f(h2['max_overhead_pct'], 1)}%; "
-              f"with the upper CI ends: {h2['holds_upper_ci']}).", "",
+              f"judged by the upper CI ends: {_yes_no(h2['holds_upper_ci'])}).", "",
               "## Load time and memory", "", "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB |",
               "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for mode, m in s["modes"].items():

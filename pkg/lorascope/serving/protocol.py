@@ -189,7 +189,8 @@ def overheads(configs: Sequence[dict], candidate: Callable[[dict], bool], baseli
 
 def h2_verdict(separate_vs_merged: Mapping[str, dict], threshold_pct: float) -> dict:
     """H2: serving an adapter separately costs at most `threshold_pct` % latency over the merged model, at every
-    batch size. `holds` uses the point estimates; `holds_upper_ci` the upper ends of the intervals (stricter)."""
+    batch size. `holds` uses the point estimates; `holds_upper_ci` the upper ends of the intervals (stricter; None
+    when some batch size has no interval)."""
     by_batch = {bs: {"pct": o["pct"], "high": o["high"], "holds": o["pct"] <= threshold_pct}
                 for bs, o in separate_vs_merged.items()}  # fmt: skip
     highs = [o["high"] for o in separate_vs_merged.values()]
@@ -198,7 +199,8 @@ def h2_verdict(separate_vs_merged: Mapping[str, dict], threshold_pct: float) -> 
         "by_batch_size": by_batch,
         "max_overhead_pct": max((o["pct"] for o in separate_vs_merged.values()), default=None),
         "holds": bool(by_batch) and all(v["holds"] for v in by_batch.values()),
-        "holds_upper_ci": (bool(by_batch) and all(h is not None and h <= threshold_pct for h in highs)) or None,
+        # None when an interval is missing (one repeat): the stricter test cannot be made, which is not a "no"
+        "holds_upper_ci": None if not highs or any(h is None for h in highs) else all(h <= threshold_pct for h in highs),
     }
 
 
