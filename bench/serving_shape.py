@@ -33,12 +33,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TINYLLAMA_1B = {  # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json
-    "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-    "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-    "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-}  # fmt: skip
-
 
 def build_base(dest: Path, layers: int | None, dtype: str) -> Path:
     """A TinyLlama-shaped LlamaForCausalLM with seeded random weights, saved as a normal HF folder with the smoke
@@ -48,7 +42,7 @@ def build_base(dest: Path, layers: int | None, dtype: str) -> Path:
 
     from lorascope import modeling
 
-    cfg = dict(TINYLLAMA_1B, num_hidden_layers=layers or TINYLLAMA_1B["num_hidden_layers"])
+    cfg = dict(modeling.TINYLLAMA_1B_ARCH, num_hidden_layers=layers or modeling.TINYLLAMA_1B_ARCH["num_hidden_layers"])
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(getattr(torch, dtype))
     model.save_pretrained(str(dest), safe_serialization=True)

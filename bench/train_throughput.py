@@ -69,12 +69,6 @@ def batches_for(mode: str, feats: list[dict], micro_batch: int, seed: int) -> li
     return [order[i : i + micro_batch] for i in range(0, len(order) - micro_batch + 1, micro_batch)]
 
 
-TINYLLAMA_1B = {  # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json
-    "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-    "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-    "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-}  # fmt: skip
-
 # Peak dense bf16 tensor FLOP/s by device-name substring (vendor data sheets, no sparsity).
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
 
@@ -109,7 +103,7 @@ class Shape:
         else:
             from transformers import LlamaConfig
 
-            cfg = dict(TINYLLAMA_1B)
+            cfg = dict(modeling.TINYLLAMA_1B_ARCH)
             if layers:
                 cfg["num_hidden_layers"] = layers
             self.config = LlamaConfig(**cfg, num_labels=2, pad_token_id=cfg["eos_token_id"])

@@ -221,8 +221,8 @@ def test_tinyllama_lora_count_is_about_1_13m():
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                      num_attention_heads=32, num_key_value_heads=4, num_labels=2, pad_token_id=2)  # fmt: skip
+    cfg = LlamaConfig(**modeling.TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (2048, 22, 32, 4)
     assert modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 8, 2) == 1_130_496
     with torch.device("meta"):
         model = LlamaForSequenceClassification(cfg)

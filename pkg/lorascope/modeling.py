@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_LLAMA_ASSETS = ASSETS / "tiny-llama"
+# TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T's architecture (its config.json on the hub): what the
+# TinyLlama-shaped benchmarks build with random weights, and what the vLLM contract tests validate against.
+TINYLLAMA_1B_ARCH = {
+    "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+    "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}  # fmt: skip
 TINY_LLAMA_SEED = 0
 BUILTIN_MODELS = {"builtin:tiny-llama"}
 

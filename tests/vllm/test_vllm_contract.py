@@ -40,13 +40,11 @@ from tests.serving.bench_fixtures import make_adapter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN_PYTHON = REPO / ".venv" / "bin" / "python"
-# TinyLlama-1.1B-intermediate-step-1431k-3T's published architecture (config.json on the hub, unreachable here):
-# enough for vLLM to validate the reference study's engine configuration without downloading the model.
+# TinyLlama-1.1B-intermediate-step-1431k-3T's published architecture (config.json on the hub, unreachable here) as a
+# sequence-classification checkpoint: enough for vLLM to validate the reference study's engine configuration.
 TINYLLAMA_1B = {
-    "architectures": ["LlamaForSequenceClassification"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
-    "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
-    "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "torch_dtype": "bfloat16",
+    **modeling.TINYLLAMA_1B_ARCH, "architectures": ["LlamaForSequenceClassification"], "model_type": "llama",
+    "rope_theta": 10000.0, "pad_token_id": 2, "torch_dtype": "bfloat16",
     "num_labels": 2, "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
 }  # fmt: skip
 VARIANTS = {
