@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = cli.main(["bench", *common, "--index", "0"])
         if rc != 0:
             return rc
-        summary = next((folder / "store" / "runs" / run_id / "bench" / "hf" / "_attempts").glob("*/summary.md"))
-        print(summary.read_text())
+        print(store.bundle(f"runs/{run_id}/bench/hf").read_bytes("summary.md").decode())
         if args.dir:
             print(f"kept: {folder}")
     return 0

@@ -107,7 +107,8 @@ class Shape:
             if layers:
                 cfg["num_hidden_layers"] = layers
             self.config = LlamaConfig(**cfg, num_labels=2, pad_token_id=cfg["eos_token_id"])
-            self.vocab, self.bos, self.eos, self.pad = range(3, cfg["vocab_size"]), 1, 2, 2
+            self.vocab, self.bos, self.eos = range(3, cfg["vocab_size"]), cfg["bos_token_id"], cfg["eos_token_id"]
+            self.pad = self.eos  # pad = eos, as modeling.load_tokenizer sets it
 
     def build(self, device: torch.device) -> torch.nn.Module:
         torch.manual_seed(0)
