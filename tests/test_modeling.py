@@ -58,7 +58,7 @@ def test_build_tiny_llama_is_deterministic_and_loadable(tiny_dir, tmp_path):
     digest = lambda p: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
     assert digest(again) == digest(tiny_dir)
     cfg = json.loads((tiny_dir / "config.json").read_text())
-    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (64, 2, 4, 2)
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (64, 2, 2, 1)
     assert cfg["architectures"] == ["LlamaForCausalLM"]
     # the global RNG is left as it was
     torch.manual_seed(5)
