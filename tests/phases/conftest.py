@@ -58,6 +58,8 @@ TINY = {
     "seeds": [42, 7],
     "hpo": {"enabled": False, "trials": 3, "workers": 1},
     "training": {"evals_per_epoch": 2},
+    # the main venv's tests serve hf only; the vllm index runs in .venv-vllm (tests/vllm)
+    "bench": {"backends": ["hf"]},
 }
 
 

