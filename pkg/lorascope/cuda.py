@@ -19,6 +19,7 @@ from typing import Any
 from lorascope.errors import ConfigError
 
 REQUIRE_CUDA_ENV = "LORASCOPE_REQUIRE_CUDA"
+IMAGE_CUDA = "13.0"  # what the GPU images' torch (2.13.0 from PyPI) is built for, when this torch says nothing
 # CUDA major.minor of the torch build -> the minimum Linux driver branch (NVIDIA's CUDA toolkit release notes)
 MIN_DRIVER = {"13.0": "580.65.06", "12.9": "575.51.03", "12.8": "570.26", "12.6": "560.28.03", "12.4": "550.54.14"}
 GKE_HINT = (
@@ -66,6 +67,6 @@ def require_cuda(env: Mapping[str, str], phase: str, torch: Any = None) -> None:
     if problem is None:
         return
     raise ConfigError(
-        f"phase {phase} needs a GPU ({REQUIRE_CUDA_ENV}=1) but {problem}. This image's torch needs "
-        f"{required_driver(torch.version.cuda)} on the node and the GPU requested (nvidia.com/gpu: 1); {GKE_HINT}"
+        f"phase {phase} needs a GPU ({REQUIRE_CUDA_ENV}=1) but {problem}. The GPU images' torch needs "
+        f"{required_driver(torch.version.cuda or IMAGE_CUDA)} on the node and the GPU requested (nvidia.com/gpu: 1); {GKE_HINT}"
     )

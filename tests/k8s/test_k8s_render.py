@@ -279,3 +279,66 @@ def test_namespace_enforces_restricted_and_infra_is_pinned_with_its_own_labels()
 def test_bad_render_options_are_config_errors(study, opts, match):
     with pytest.raises(ConfigError, match=match):
         render.RenderOptions(**opts).resolved(study)
+
+
+# ------------------------------------------------------------------------------------------------ readiness
+def _gib(q: str) -> float:
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0}
+    return float(q[:-2]) * units[q[-2:]]
+
+
+# g2-standard-8 with the documented 200 GB boot disk, e2-standard-8 with GKE's default 100 GB (docs/cluster.md,
+# "Evictions"): what the kubelet leaves for pods, with a margin for GKE's own DaemonSets
+ALLOCATABLE = {"gpu": {"memory": 27.0, "disk": 100.0}, "cpu": {"memory": 27.0, "disk": 44.0}}
+
+
+def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(jobs):
+    """memory limit = request (and cpu): QoS Guaranteed; ephemeral request = limit, covering every disk emptyDir's
+    sizeLimit plus the writable layer, and within the node's allocatable (the kubelet never has to evict to get space
+    back, and a full emptyDir is the pod's own limit, not a node-pressure eviction)."""
+    for phase, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        res = pod["containers"][0]["resources"]
+        assert res["limits"] == res["requests"], phase  # cpu, memory, ephemeral-storage, GPU
+        vols = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+        disk = sum(_gib(v["sizeLimit"]) for v in vols.values() if v.get("medium") != "Memory")
+        shm = _gib(vols["dshm"]["sizeLimit"])
+        eph = _gib(res["requests"]["ephemeral-storage"])
+        assert disk + 2 <= eph, phase  # room for the image's writable layer and the logs
+        node = ALLOCATABLE["gpu" if phase in render.GPU_PHASES else "cpu"]
+        assert eph <= node["disk"] and _gib(res["requests"]["memory"]) <= node["memory"], phase
+        assert shm <= _gib(res["limits"]["memory"]) / 4, phase  # /dev/shm counts against the memory limit
+
+
+def test_every_job_has_a_deadline_from_its_waves(study, jobs):
+    """Pending pods count as active; without a deadline an L4 stockout leaves a Job (and the launcher) waiting for
+    days. activeDeadlineSeconds = hours per index x waves + 1 h."""
+    expected_hours = {"stage": 3, "sanity": 2, "hpo": 8 * 3 + 1, "train": 4 * 3 + 1, "extract": 1 * 4 + 1,
+                      "drift": 3, "bench": 3 + 1, "report": 2}  # fmt: skip
+    assert {p: j["spec"]["activeDeadlineSeconds"] // 3600 for p, j in jobs.items()} == expected_hours
+    one_at_a_time = render.phase_jobs(study, render.RenderOptions(parallelism=1))["train"]
+    assert one_at_a_time["spec"]["activeDeadlineSeconds"] == (4 * 18 + 1) * 3600
+
+
+def test_stage_hf_cache_is_sized_from_the_model(study, jobs):
+    """TinyLlama-1.1B's hub checkpoint is fp32: 1.1e9 x 4 bytes = 4.4 GB (4.1 GiB), more than the old 5 GiB cache
+    held once the datasets and the download's temporary files came along."""
+    vols = {v["name"]: v for v in jobs["stage"]["spec"]["template"]["spec"]["volumes"]}
+    assert vols["hf-cache"]["emptyDir"]["sizeLimit"] == "7Gi" == f"{render.model_cache_gib(study)}Gi"
+    assert 1.1e9 * 4 * 1.5 / 2**30 <= 7
+    other = {v["name"]: v for v in jobs["train"]["spec"]["template"]["spec"]["volumes"]}
+    assert other["hf-cache"]["emptyDir"]["sizeLimit"] == "5Gi"  # later phases read the model from the store
+
+    def sized(name: str) -> int:
+        return render.model_cache_gib(study.model_copy(update={"model": study.model.model_copy(update={"name": name})}))
+
+    assert sized("meta-llama/Llama-3.1-8B") == 45 and sized("EleutherAI/pythia-410m") == 3
+    assert sized("builtin:tiny-llama") == 1 and sized("org/some-model") == 20  # unknown size: the safe default
+
+
+def test_a_run_id_becomes_a_distinct_dns_name():
+    assert render.study_configmap_name("reference-67b50130") == "lorascope-study-reference-67b50130"
+    a, b = render.study_configmap_name("Run_A"), render.study_configmap_name("run-a")
+    assert (
+        a != b and re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", a) and len(render.study_configmap_name("x" * 63)) <= 63
+    )
