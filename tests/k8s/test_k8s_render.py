@@ -76,6 +76,13 @@ def test_render_command_writes_the_same_files_and_gke_fails_closed(tmp_path, cap
     assert grid["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
     # Kueue partial admission: the grid may start with fewer pods than its parallelism when fewer L4s are free
     assert grid["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"] == "1"
+    # Kueue's webhook accepts it only within [0, parallelism - 1]: absent on the one-pod Jobs
+    assert int(grid["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"]) < grid["spec"]["parallelism"]
+    [report] = load_objects(tmp_path / "gke" / "report-job.yaml")
+    assert (
+        report["spec"]["parallelism"] == 1
+        and "kueue.x-k8s.io/job-min-parallelism" not in report["metadata"]["annotations"]
+    )
     assert grid["spec"]["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
 
 

@@ -359,7 +359,8 @@ class Launcher:
             self.run_id,
             self.study.hash,
             want_image=want["spec"]["template"]["spec"]["containers"][0]["image"],
-            want_parallelism=want["spec"]["parallelism"],
+            # under Kueue, partial admission may lower a Job's parallelism: Kueue owns it, never patch it back
+            want_parallelism=None if self.opts.queue else want["spec"]["parallelism"],
         )
         if d.action == "conflict":
             raise ConfigError(f"phase {phase}: {d.why}")
