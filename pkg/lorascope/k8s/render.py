@@ -92,6 +92,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 WRITABLE_LAYER_GIB = 5
 KIND_CPU_LIMIT = "2"  # kind only: burst above the request (a laptop has no node pressure policy worth keeping)
+KIND_MEMORY = {"bench": "6Gi"}  # vLLM's CPU engine holds the study's KV cache (2 GiB by default) next to the model
 
 # Upper bound of one index's wall time on its node (L4 for GPU phases), in hours. A Job's activeDeadlineSeconds is
 # this times its waves (ceil(completions / parallelism)) plus one hour for scheduling and image pulls: a Job whose pods
@@ -251,12 +252,13 @@ def job_deadline_seconds(phase: str, completions: int, parallelism: int) -> int:
     return (INDEX_HOURS[phase] * waves + 1) * 3600
 
 
-def resources(profile: str, hf_cache_gib: int) -> tuple[dict, dict[str, str]]:
+def resources(profile: str, hf_cache_gib: int, phase: str = "") -> tuple[dict, dict[str, str]]:
     """(container resources, emptyDir sizeLimits) for a profile."""
     p = PROFILES[profile]
     vols = p["volumes"]
     disk = f"{hf_cache_gib + vols['work'] + WRITABLE_LAYER_GIB}Gi"
-    req = {"cpu": p["cpu"], "memory": p["memory"], "ephemeral-storage": disk}
+    memory = KIND_MEMORY.get(phase, p["memory"]) if profile == "kind" else p["memory"]
+    req = {"cpu": p["cpu"], "memory": memory, "ephemeral-storage": disk}
     if "gpu" in p:
         req["nvidia.com/gpu"] = p["gpu"]
     lim = dict(req)
@@ -356,7 +358,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         env_from.append({"secretRef": {"name": POSTGRES_SECRET}})  # LORASCOPE_OPTUNA_STORAGE
 
     hf_cache = model_cache_gib(study) if phase == "stage" and not kind else PROFILES[profile]["volumes"]["hf-cache"]
-    res, sizes = resources(profile, hf_cache)
+    res, sizes = resources(profile, hf_cache, phase)
     container = {
         "name": CONTAINER,
         "image": opts.image(phase),
