@@ -69,6 +69,9 @@ def test_render_command_writes_the_same_files_and_gke_fails_closed(tmp_path, cap
     assert main(gke + ["--registry", "europe-west4-docker.pkg.dev/my-proj/lorascope"]) == 2
     assert "needs --image-tag" in capsys.readouterr().err
     assert not (tmp_path / "gke").exists()
+    # the launcher refuses the same before it talks to any cluster; its default tag is the code version
+    assert main(["cluster", "run", "--study", str(STUDY), "--overlay", "gke", "--context", "none"]) == 2
+    assert "the gke overlay needs --registry" in capsys.readouterr().err
     reg = "europe-west4-docker.pkg.dev/my-proj/lorascope"
     assert main(gke + ["--registry", reg, "--image-tag", "0.1.0-g1a2b3c4d5e6f", "--spot", "--queue", "gpu"]) == 0
     [grid] = load_objects(tmp_path / "gke" / "grid-job.yaml")

@@ -52,7 +52,7 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.k8s.launcher import Launcher
 
     study = load_study(args.study)
-    opts = _render_options(args, env)
+    opts = _render_options(args, env).resolved(study)  # bad options (gke without --registry) exit 2 before any API call
     launcher = Launcher.connect(
         study,
         Path(args.study).read_text(),
