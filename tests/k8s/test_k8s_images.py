@@ -213,7 +213,8 @@ def test_makefile_has_the_cluster_targets_and_they_expand():
     assert f"for p in {' '.join(PHASE_ORDER)}; do" in r.stdout
     assert (
         f"-t lorascope/$p:{__version__}" in r.stdout
-        and f"kind load docker-image --name lorascope lorascope/stage:{__version__} lorascope/sanity:" in r.stdout
+        and f"kind load docker-image --name lorascope localhost/lorascope/stage:{__version__} localhost/lorascope/sanity:"
+        in r.stdout
     )
     assert "--target gpu" in r.stdout and "--target cpu" in r.stdout
     assert "cluster run --study jobs/smoke.yaml --overlay kind" in r.stdout and "--until train" in r.stdout

@@ -267,7 +267,7 @@ def test_until_and_phase_selection_in_the_cli():
 
 # ------------------------------------------------------------------------------------------------ readiness
 def test_a_pod_that_cannot_pull_its_image_stops_the_launcher_with_the_kubelets_message(smoke):
-    msg = 'Failed to pull image "localhost/lorascope/stage-cpu:0.1.0": not found'
+    msg = 'Failed to pull image "localhost/lorascope/stage:0.1.0-cpu": not found'
     cluster = FakeCluster({"stage": ("pending", 0, "ErrImageNeverPull", msg)})
     la, out = launcher(cluster, smoke)
     assert la.run() == EXIT_CONFIG
@@ -328,8 +328,8 @@ def test_a_rerun_with_another_parallelism_patches_and_another_image_tag_is_refus
     assert "parallelism 2 -> 1: patched" in out.getvalue()
     # a new image tag while it runs: said, refused (exit 2), nothing deleted
     cluster.jobs["lorascope-train"]["polls"] = 0
-    la3, _ = launcher(cluster, smoke, image_tag="0.1.0-gdeadbeef")
-    with pytest.raises(ConfigError, match=r"localhost/lorascope/train-cpu:0.1.0, not .*train-cpu:0.1.0-gdeadbeef"):
+    la3, _ = launcher(cluster, smoke, image_tag="0.1.0-gdeadbeef-cpu")
+    with pytest.raises(ConfigError, match=r"localhost/lorascope/train:0.1.0, not .*train:0.1.0-gdeadbeef-cpu"):
         la3.run_phase("train", timeout_s=100)
     assert ("delete", "lorascope-train") not in cluster.events
 

@@ -18,7 +18,7 @@ submits the same objects through the API, and nothing restates them (no hand-wri
 Overlays: `base` (the committed manifests/: GKE-shaped, L4, images under `registry.invalid`, which never
 resolves, so nothing in the repository points at a registry someone else could own), `gke` (your registry and tag,
 both required: exit 2 without them; optional spot L4 nodes and a Kueue queue), `kind` (no GPU, laptop-sized
-resources, the locally built CPU images, imagePullPolicy Never, MinIO).
+resources, the locally built CPU images under localhost/lorascope (tag <code tag>-cpu), imagePullPolicy Never, MinIO).
 
 Every pod: restartPolicy Never, non-root, Pod Security Standard `restricted`, /dev/shm and the HF cache and work dir
 on emptyDirs sized within the node's allocatable, credentials only from Secrets via envFrom, memory limit = request.
@@ -55,8 +55,9 @@ DEFAULT_STORE_URL = "s3://lorascope/store"
 # The committed manifests name this registry: `.invalid` is reserved (RFC 2606) and never resolves, so applying
 # them unchanged fails with a DNS error that names it, and no one else's image can ever be pulled.
 PLACEHOLDER_REGISTRY = "registry.invalid/lorascope"
-KIND_REGISTRY = "localhost/lorascope"  # kind: images built here and `kind load`ed: localhost/lorascope/<phase>-cpu
-KIND_IMAGE_SUFFIX = "-cpu"
+# kind: the images built here (the CPU variant: tag <code-version tag>-cpu) and `kind load`ed; `localhost/` is what
+# podman names a local build, and no registry anyone could push to
+KIND_REGISTRY = "localhost/lorascope"
 DEFAULT_PARALLELISM = {"base": 6, "kind": 2, "gke": 6}
 
 STUDY_CONFIGMAP_PREFIX = "lorascope-study"
@@ -121,7 +122,10 @@ def image_tag_from_code_version(code_version: str) -> str:
             f"image tag: the code version is {code_version!r}; build the images from a git checkout "
             "(LORASCOPE_CODE_VERSION) or pass --image-tag"
         )
-    return code_version.replace("+", "-")
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", code_version.strip().replace("+", "-").replace(".dirty", "-dirty"))
+    if not _TAG.match(tag):
+        raise ConfigError(f"image tag: cannot make a tag from code version {code_version!r}; pass --image-tag")
+    return tag
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,7 @@ class RenderOptions:
         return replace(self, run_id=run_id, parallelism=parallelism, registry=registry, image_tag=tag)
 
     def image(self, phase: str) -> str:
-        suffix = KIND_IMAGE_SUFFIX if self.overlay == "kind" else ""
-        return f"{self.registry}/{phase}{suffix}:{self.image_tag}"
+        return f"{self.registry}/{phase}:{self.image_tag}"
 
 
 def dns_name(text: str, max_len: int = 63) -> str:
