@@ -270,11 +270,11 @@ def test_detach_submits_one_jobset_and_status_reads_it_back(smoke_study_path):
     assert "is already running: nothing submitted" in out.getvalue()
     # `lorascope status RUN --cluster`
     text = io.StringIO()
-    assert pipeline_status(la.run_id, custom=api, batch=api, out=text) == EXIT_OK
+    assert pipeline_status(la.run_id, custom=api, batch=api, core=api, out=text) == EXIT_OK
     assert text.getvalue().startswith(f"JobSet {name}  run={la.run_id}  running")
     # it failed: status says so (exit 1); a new submit replaces it (committed indexes skip)
     api.objects[name]["status"] = {"conditions": [condition("Failed", "FailedJobs", "a job failed")]}
-    assert pipeline_status(la.run_id, custom=api, batch=api, out=io.StringIO()) == EXIT_FAILURE
+    assert pipeline_status(la.run_id, custom=api, batch=api, core=api, out=io.StringIO()) == EXIT_FAILURE
     la, out = _launcher(api, smoke_study_path)
     assert la.submit_jobset() == EXIT_OK
     assert api.events == [("create", name), ("delete", name), ("create", name)]
@@ -284,8 +284,27 @@ def test_detach_without_the_jobset_crd_and_status_of_an_unknown_run_are_config_e
     la, _ = _launcher(FakeCustom(crd_installed=False), smoke_study_path)
     with pytest.raises(ConfigError, match=r"no JobSet API \(jobset.x-k8s.io/v1alpha2\): install JobSet >= v0.12.0"):
         la.submit_jobset()
-    with pytest.raises(ConfigError, match="no JobSet lorascope/lorascope-nope for run nope"):
-        pipeline_status("nope", custom=FakeCustom(), batch=FakeCustom(), out=io.StringIO())
+    api = FakeCustom(crd_installed=False)
+    with pytest.raises(ConfigError, match="run nope: no JobSet lorascope/lorascope-nope .* and no phase Jobs"):
+        pipeline_status("nope", custom=api, batch=api, core=api, out=io.StringIO())
     from lorascope.cli import main
 
     assert EXIT_CONFIG == 2 and main(["status", "x", "--cluster", "--context", "does-not-exist"]) == 2
+
+
+def test_status_cluster_of_a_launcher_run_shows_its_phase_jobs(smoke_study_path):
+    """No JobSet (the run went through the launcher, or the cluster has no JobSet API): the run's phase Jobs."""
+    from tests.k8s.api_objects import RUN, job
+
+    api = FakeCustom(crd_installed=False)
+    api.children = [
+        job("train", completed="0-9", active=6),
+        job("stage", completions=1, completed="0", conditions=[condition("Complete")]),
+    ]
+    api.list_namespaced_pod = lambda namespace, label_selector="": type("L", (), {"items": []})()
+    out = io.StringIO()
+    assert pipeline_status(RUN, custom=api, batch=api, core=api, out=out) == EXIT_OK
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"run {RUN}: phase Jobs submitted by `lorascope cluster run` (no JobSet)"
+    assert lines[1].startswith("[stage] lorascope-stage") and "succeeded" in lines[1]
+    assert lines[2].startswith("[train] lorascope-train") and "10 succeeded" in lines[2]

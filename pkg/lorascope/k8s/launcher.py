@@ -513,27 +513,47 @@ def pipeline_status(
     context: str | None = None,
     custom: Any = None,
     batch: Any = None,
+    core: Any = None,
     out: TextIO | None = None,
 ) -> int:
-    """`lorascope status RUN --cluster`: the run's JobSet (cluster run --detach) and its phase Jobs, phase by phase.
-    Exit 0 when it succeeded or is running, 1 when it failed, 2 when there is no JobSet for the run."""
+    """`lorascope status RUN --cluster`: the run's JobSet (cluster run --detach) and its phase Jobs, phase by phase;
+    without a JobSet, the phase Jobs the launcher submitted for the run. Exit 0 when it succeeded or is running, 1
+    when it failed, 2 when the cluster has nothing of the run."""
     out = out or sys.stdout
-    if custom is None or batch is None:
+    if custom is None or batch is None or core is None:
         from kubernetes import client
 
         load_kube_config(context)
-        custom, batch = client.CustomObjectsApi(), client.BatchV1Api()
+        custom, batch, core = client.CustomObjectsApi(), client.BatchV1Api(), client.CoreV1Api()
     name = jobset.jobset_name(run_id)
     try:
         js = custom.get_namespaced_custom_object(jobset.GROUP, jobset.VERSION, namespace, jobset.PLURAL, name)
     except Exception as exc:
-        if not _not_found(exc):
+        if not _not_found(exc):  # 404: no such JobSet, or no JobSet API at all
             raise
+        js = None
+    if js is not None:
+        children = batch.list_namespaced_job(namespace, label_selector=f"{jobset.JOBSET_NAME_LABEL}={name}").items
+        view = jobset.describe(js, list(children))
+        out.write("\n".join(jobset.lines(view)) + "\n")
+        return EXIT_FAILURE if view.state == "failed" else EXIT_OK
+    selector = f"app.kubernetes.io/part-of=lorascope,lorascope.dev/part=phase,lorascope.dev/run-id={run_id}"
+    jobs = [j for j in batch.list_namespaced_job(namespace, label_selector=selector).items
+            if jobset.JOBSET_NAME_LABEL not in (j.metadata.labels or {})]  # fmt: skip
+    if not jobs:
         raise ConfigError(
-            f"no JobSet {namespace}/{name} for run {run_id} (submitted with `lorascope cluster run --detach`?); "
-            f"`lorascope cluster status --run-id {run_id}` shows Jobs the launcher submitted"
-        ) from None
-    children = batch.list_namespaced_job(namespace, label_selector=f"{jobset.JOBSET_NAME_LABEL}={name}").items
-    view = jobset.describe(js, list(children))
-    out.write("\n".join(jobset.lines(view)) + "\n")
-    return EXIT_FAILURE if view.state == "failed" else EXIT_OK
+            f"run {run_id}: no JobSet {namespace}/{name} (cluster run --detach) and no phase Jobs of the run in "
+            f"namespace {namespace}"
+        )
+    out.write(f"run {run_id}: phase Jobs submitted by `lorascope cluster run` (no JobSet)\n")
+    order = {p: i for i, p in enumerate(PHASE_ORDER)}
+    jobs.sort(key=lambda j: order.get((j.metadata.labels or {}).get("lorascope.dev/phase", ""), 99))
+    failed = False
+    for job in jobs:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
+        ).items
+        view = summarize(job, pods)
+        failed |= view.state == "failed"
+        out.write(headline(view) + "\n")
+    return EXIT_FAILURE if failed else EXIT_OK
