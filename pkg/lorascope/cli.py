@@ -117,6 +117,10 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.runner import run_phase_index
 
     phase = get_phase(args.phase)
+    if phase.gpu:  # a GPU pod without a usable CUDA: exit 2 now, naming the driver (not 1, retried on the same node)
+        from lorascope.cuda import require_cuda
+
+        require_cuda(env, args.phase)
     if getattr(args, "source", None):  # `lorascope report DIR`: a folder made by `lorascope pull`
         args.store = args.store or args.source
     store = _open_store(args.store, env)
@@ -162,6 +166,10 @@ def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.runner import load_frozen_study, status_rows
 
+    if args.cluster:
+        from lorascope.k8s.launcher import pipeline_status
+
+        return pipeline_status(args.run, namespace=args.namespace, context=args.context)
     store = _open_store(args.store, env)
     study = load_frozen_study(store, args.run)
     if study is None:
@@ -226,6 +234,9 @@ def build_parser() -> Parser:
     st = sub.add_parser("status", help="per phase and cell: committed, in progress, missing")
     st.add_argument("run")
     st.add_argument("--store")
+    st.add_argument("--cluster", action="store_true", help="the run's JobSet and its phase Jobs on the cluster")
+    st.add_argument("--namespace", default="lorascope", help="with --cluster")
+    st.add_argument("--context", help="with --cluster: kubeconfig context")
     st.set_defaults(func=cmd_status)
 
     if importlib.util.find_spec("lorascope.k8s.cli") is not None:

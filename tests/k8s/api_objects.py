@@ -107,9 +107,13 @@ def pod(
     disrupted: str | None = None,
     created: str = "2026-11-20T10:00:02Z",
     deleting: bool = False,
+    waiting: tuple[str, str] | None = None,
+    unschedulable: str | None = None,
 ) -> Any:
     """A pod of the Job. `disrupted` = the DisruptionTarget condition's reason (e.g. TerminationByKubelet on a spot
-    node shutdown, PreemptionByScheduler), which the Job's podFailurePolicy ignores."""
+    node shutdown, PreemptionByScheduler), which the Job's podFailurePolicy ignores. `waiting` = (reason, message)
+    of a container that has not started (ErrImagePull, ...); `unschedulable` = the scheduler's message of a pod no
+    node fits (PodScheduled False, reason Unschedulable; such a pod has no container statuses yet)."""
     meta: dict[str, Any] = {
         "name": name,
         "namespace": "lorascope",
@@ -135,6 +139,8 @@ def pod(
     if deleting:
         meta["deletionTimestamp"] = "2026-11-20T11:00:00Z"
     conds = [condition("PodScheduled"), condition("Initialized")]
+    if unschedulable is not None:
+        conds = [condition("PodScheduled", reason="Unschedulable", message=unschedulable, status="False")]
     if disrupted:
         conds.append(
             condition(
@@ -143,7 +149,9 @@ def pod(
                 message="Pod was terminated in response to imminent node shutdown.",
             )
         )
-    if exit_code is None:
+    if waiting is not None:
+        state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+    elif exit_code is None:
         state = {"running": {"startedAt": "2026-11-20T10:00:10Z"}}
     else:
         term = {
@@ -164,17 +172,66 @@ def pod(
             "status": {
                 "phase": phase,
                 "conditions": conds,
-                "containerStatuses": [
-                    {
-                        "name": "lorascope",
-                        "image": "lorascope/train:0.1.0",
-                        "imageID": "",
-                        "ready": exit_code is None,
-                        "restartCount": 0,
-                        "state": state,
+                **(
+                    {}
+                    if unschedulable is not None
+                    else {
+                        "containerStatuses": [
+                            {
+                                "name": "lorascope",
+                                "image": "lorascope/train:0.1.0",
+                                "imageID": "",
+                                "ready": exit_code is None and waiting is None,
+                                "restartCount": 0,
+                                "state": state,
+                            }
+                        ]
                     }
-                ],
+                ),
             },
         },
         "V1Pod",
     )
+
+
+def jobset(
+    name: str = "lorascope-reference-67b50130",
+    phases: tuple[str, ...] = ("stage", "sanity", "hpo", "train", "extract", "drift", "bench", "report"),
+    statuses: dict[str, dict] | None = None,
+    conditions: list[dict] | None = None,
+) -> dict:
+    """A JobSet as CustomObjectsApi returns it: plain JSON (no client model), with status.replicatedJobsStatus
+    (v0.12.0: name, ready, succeeded, failed, active, suspended per replicated job) and status.conditions."""
+    rjs = []
+    for i, p in enumerate(phases):
+        rj = {"name": p, "replicas": 1, "groupName": "default", "template": {"spec": {"completionMode": "Indexed"}}}
+        if i:
+            rj["dependsOn"] = [{"name": phases[i - 1], "status": "Complete"}]
+        rjs.append(rj)
+    st = [
+        {"name": p, "ready": 0, "succeeded": 0, "failed": 0, "active": 0, "suspended": 0, **(statuses or {}).get(p, {})}
+        for p in phases
+    ]
+    return {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": {
+            "name": name,
+            "namespace": "lorascope",
+            "uid": "9a9a9a9a-1111-4222-8333-944455556666",
+            "creationTimestamp": "2026-11-20T10:00:00Z",
+            "labels": {"lorascope.dev/run-id": RUN, "lorascope.dev/study-hash": HASH},
+        },
+        "spec": {"replicatedJobs": rjs, "successPolicy": {"operator": "All"}, "failurePolicy": {"maxRestarts": 0}},
+        "status": {"replicatedJobsStatus": st, "conditions": conditions or [], "restarts": 0},
+    }
+
+
+def child_job(jobset_name: str, phase: str, **kw: Any) -> Any:
+    """A child Job of a JobSet (name <jobset>-<replicatedJob>-0, the JobSet labels)."""
+    j = job(phase, **kw)
+    j.metadata.name = f"{jobset_name}-{phase}-0"
+    j.metadata.labels.update(
+        {"jobset.sigs.k8s.io/jobset-name": jobset_name, "jobset.sigs.k8s.io/replicatedjob-name": phase}
+    )
+    return j

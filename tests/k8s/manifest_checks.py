@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 # Kubernetes objects under manifests/ (kustomization files and the kind cluster config are not API objects)
 NOT_API_OBJECTS = {"kustomization.yaml", "kind-cluster.yaml"}
-PATCH_FILES = {"study-patch.yaml", "study-configmap-patch.yaml"}  # partial objects, merged by kustomize
+CUSTOM_RESOURCE_DIRS = {"jobset"}  # JobSet objects: checked against the vendored CRD schema (test_k8s_jobset.py)
 
 # PSS restricted (https://kubernetes.io/docs/concepts/security/pod-security-standards/), volume types allowed
 RESTRICTED_VOLUMES = {
@@ -30,8 +30,13 @@ def load_objects(path: Path) -> list[dict]:
     return [o for o in yaml.safe_load_all(path.read_text()) if o]
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name not in NOT_API_OBJECTS | PATCH_FILES)
+def manifest_files(custom_resources: bool = False) -> list[Path]:
+    """The committed API objects: built-in kinds, or (custom_resources=True) the JobSet files."""
+    return sorted(
+        p
+        for p in MANIFESTS.rglob("*.yaml")
+        if p.name not in NOT_API_OBJECTS and (p.parent.name in CUSTOM_RESOURCE_DIRS) == custom_resources
+    )
 
 
 def pod_templates(obj: dict) -> Iterator[dict]:
@@ -39,6 +44,9 @@ def pod_templates(obj: dict) -> Iterator[dict]:
         yield obj["spec"]["template"]["spec"]
     elif obj["kind"] == "Pod":
         yield obj["spec"]
+    elif obj["kind"] == "JobSet":
+        for rj in obj["spec"]["replicatedJobs"]:
+            yield rj["template"]["spec"]["template"]["spec"]
 
 
 def restricted_violations(pod: dict) -> list[str]:

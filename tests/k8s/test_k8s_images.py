@@ -18,6 +18,7 @@ import yaml
 from lorascope import __version__
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER
+from lorascope.study import load_study
 from tests.k8s.manifest_checks import REPO
 
 IMAGES = REPO / "images"
@@ -161,7 +162,9 @@ def test_each_images_entrypoint_runs_here():
 def test_skaffold_builds_every_image_on_its_base_with_the_manifests_tag():
     cfg = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     assert cfg["apiVersion"] == "skaffold/v4beta13" and cfg["kind"] == "Config"
-    assert cfg["build"]["tagPolicy"]["envTemplate"]["template"] == __version__ == render.RenderOptions().image_tag
+    study = load_study(REPO / "jobs" / "study.yaml")
+    tag = render.RenderOptions().resolved(study).image_tag
+    assert cfg["build"]["tagPolicy"]["envTemplate"]["template"] == __version__ == tag
     arts = {a["image"]: a for a in cfg["build"]["artifacts"]}
     assert set(arts) == {f"lorascope/{p}" for p in PHASE_ORDER} | {"lorascope/base-gpu", "lorascope/base-cpu"}
     for p in PHASE_ORDER:
@@ -173,11 +176,12 @@ def test_skaffold_builds_every_image_on_its_base_with_the_manifests_tag():
     assert arts["lorascope/base-gpu"]["docker"]["target"] == "gpu"
     profiles = {pr["name"]: pr for pr in cfg["profiles"]}
     assert set(profiles) == {"kind", "gke"}
-    assert cfg["manifests"]["kustomize"]["paths"] == ["manifests/overlays/kind"]
-    assert profiles["gke"]["manifests"]["kustomize"]["paths"] == ["manifests/overlays/gke"]
+    assert cfg["manifests"]["kustomize"]["paths"] == ["manifests/kind"]
+    # gke: the folder `make gke-render REGISTRY=...` writes (not committed: it names your registry)
+    assert profiles["gke"]["manifests"]["kustomize"]["paths"] == ["build/gke"]
+    assert "K8S_GKE_DIR ?= build/gke" in (REPO / "Makefile.k8s").read_text()
     assert profiles["kind"]["build"]["local"]["push"] is False
-    for path in [*cfg["manifests"]["kustomize"]["paths"], *profiles["gke"]["manifests"]["kustomize"]["paths"]]:
-        assert (REPO / path / "kustomization.yaml").exists()
+    assert (REPO / "manifests" / "kind" / "kustomization.yaml").exists()
 
 
 def test_makefile_has_the_cluster_targets_and_they_expand():
@@ -188,7 +192,18 @@ def test_makefile_has_the_cluster_targets_and_they_expand():
     if make is None:
         pytest.skip("make not installed")
     r = subprocess.run(
-        [make, "-n", "-f", "Makefile.k8s", "images", "kind-load", "kind-up", "grid", "report"],
+        [
+            make,
+            "-n",
+            "-f",
+            "Makefile.k8s",
+            "images",
+            "kind-load",
+            "kind-up",
+            "grid",
+            "report",
+            f"K8S_VENV={VENV_BIN.parent}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -198,11 +213,22 @@ def test_makefile_has_the_cluster_targets_and_they_expand():
     assert f"for p in {' '.join(PHASE_ORDER)}; do" in r.stdout
     assert (
         f"-t lorascope/$p:{__version__}" in r.stdout
-        and f"kind load docker-image --name lorascope lorascope/$p:{__version__}" in r.stdout
+        and f"kind load docker-image --name lorascope localhost/lorascope/stage:{__version__} localhost/lorascope/sanity:"
+        in r.stdout
     )
     assert "--target gpu" in r.stdout and "--target cpu" in r.stdout
     assert "cluster run --study jobs/smoke.yaml --overlay kind" in r.stdout and "--until train" in r.stdout
-    assert "kind create cluster --name lorascope --config manifests/overlays/kind/kind-cluster.yaml" in r.stdout
+    assert "kind create cluster --name lorascope --config manifests/kind/kind-cluster.yaml" in r.stdout
+    assert r.stdout.count("kind load docker-image") == 1  # one `kind load` for every image
+    # without the venv the targets stop with a clear message instead of tagging `lorascope/base-gpu:`
+    r = subprocess.run(
+        [make, "-n", "-f", "Makefile.k8s", "images", "K8S_VENV=/nonexistent-venv"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "/nonexistent-venv/bin/python not found: run `make install` first" in r.stderr
 
 
 _BLOCK_ML = """

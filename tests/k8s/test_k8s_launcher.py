@@ -43,7 +43,8 @@ class FakeCluster:
     def create_namespaced_job(self, namespace, body):
         assert body["metadata"]["namespace"] == namespace
         name = body["metadata"]["name"]
-        assert name not in self.jobs, "AlreadyExists"
+        if name in self.jobs:
+            raise ApiException(status=409, reason="AlreadyExists")
         self._uid += 1
         phase = body["metadata"]["labels"]["lorascope.dev/phase"]
         self.jobs[name] = {
@@ -59,18 +60,15 @@ class FakeCluster:
         self.jobs.pop(name)
         self.events.append(("delete", name))
 
+    def patch_namespaced_job(self, name, namespace, body):
+        assert set(body) == {"spec"} and set(body["spec"]) == {"parallelism"}  # the only field changed in place
+        self.jobs[name]["body"]["spec"]["parallelism"] = body["spec"]["parallelism"]
+        self.events.append(("patch", name))
+
     def list_namespaced_job(self, namespace, label_selector=""):
         return SimpleNamespace(items=[self._job_object(n) for n in self.jobs])
 
-    # ---- CoreV1Api
-    def read_namespace(self, name):
-        if name not in self.namespaces:
-            raise ApiException(status=404)
-
-    def create_namespace(self, body):
-        assert body["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-        self.namespaces.add(body["metadata"]["name"])
-
+    # ---- CoreV1Api (namespaced calls only: the fake has no read_namespace, so a cluster-scoped read would fail)
     def read_namespaced_secret(self, name, namespace):
         if name not in self.secrets:
             raise ApiException(status=404)
@@ -78,12 +76,13 @@ class FakeCluster:
     def read_namespaced_config_map(self, name, namespace):
         if name not in self.configmaps:
             raise ApiException(status=404)
+        return deserialize(self.configmaps[name], "V1ConfigMap")
 
     def create_namespaced_config_map(self, namespace, body):
-        self.configmaps[body["metadata"]["name"]] = body
-
-    def replace_namespaced_config_map(self, name, namespace, body):
-        self.configmaps[name] = body
+        assert body["immutable"] is True  # replace/patch would be refused by the API server: the launcher never tries
+        if body["metadata"]["name"] in self.configmaps:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.configmaps[body["metadata"]["name"]] = copy.deepcopy(body)
 
     def list_namespaced_pod(self, namespace, label_selector=""):
         uid = label_selector.split("=", 1)[1]
@@ -104,6 +103,13 @@ class FakeCluster:
         out = []
         for i in range(n):
             pname = f"{name}-{i}-{j['uid']}"
+            outcome = self._outcome(name)
+            if outcome != "ok" and outcome[0] == "pending":  # ("pending", index, reason, message): never starts
+                if outcome[1] == i:
+                    out.append(pod(i, pname, phase="Pending", waiting=(outcome[2], outcome[3])))
+                else:
+                    out.append(pod(i, pname, phase="Running"))
+                continue
             if j["polls"] <= 1:
                 out.append(pod(i, pname, phase="Running"))
                 continue
@@ -124,7 +130,7 @@ class FakeCluster:
         body["metadata"]["uid"] = j["uid"]
         n = body["spec"]["completions"]
         outcome = self._outcome(name)
-        if j["polls"] <= 1:
+        if j["polls"] <= 1 or (outcome != "ok" and outcome[0] == "pending"):
             body["status"] = {"active": min(n, body["spec"]["parallelism"])}
         elif outcome == "ok":
             body["status"] = {
@@ -199,7 +205,9 @@ def test_stops_at_the_first_failed_phase_with_the_pods_log_then_continues_on_the
     assert "nodeSelector" not in pod_spec and "tolerations" not in pod_spec
     assert pod_spec["containers"][0]["imagePullPolicy"] == "Never"
     assert train["spec"]["completions"] == 18 and train["spec"]["parallelism"] == 2
-    assert cluster.configmaps["lorascope-study"]["metadata"]["annotations"]["lorascope.dev/study-hash"] == study.hash
+    cm = cluster.configmaps[render.study_configmap_name(run_id)]
+    assert cm["metadata"]["labels"]["lorascope.dev/study-hash"] == study.hash and cm["immutable"] is True
+    assert pod_spec["volumes"][0]["configMap"]["name"] == cm["metadata"]["name"] == f"lorascope-study-{run_id}"
 
     # the user fixes the cause and runs the same command again
     cluster.outcomes = {}
@@ -230,7 +238,9 @@ def test_stops_at_the_first_failed_phase_with_the_pods_log_then_continues_on_the
 def test_a_missing_secret_is_a_config_error_before_anything_is_submitted(smoke):
     cluster = FakeCluster({}, secrets=("lorascope-s3",))
     la, _ = launcher(cluster, smoke)
-    with pytest.raises(ConfigError, match="lorascope-postgres is missing.*make kind-up"):
+    with pytest.raises(
+        ConfigError, match="lorascope-postgres is missing.*or namespace lorascope does not exist.*make kind-up"
+    ):
         la.run()
     assert cluster.events == []
 
@@ -243,7 +253,7 @@ def test_another_runs_active_job_is_never_killed(smoke):
     with pytest.raises(ConfigError, match="someone-else.*still running"):
         la2.run()
     assert cluster.events == [("create", "lorascope-stage")]
-    assert "lorascope-study" not in cluster.configmaps  # not replaced under the running Job
+    assert cluster.configmaps == {}  # nothing created for a run that cannot start
 
 
 def test_until_and_phase_selection_in_the_cli():
@@ -253,3 +263,88 @@ def test_until_and_phase_selection_in_the_cli():
     assert _phases("report,drift", None) == ["drift", "report"]
     with pytest.raises(ConfigError, match="unknown phase"):
         _phases("trian", None)
+
+
+# ------------------------------------------------------------------------------------------------ readiness
+def test_a_pod_that_cannot_pull_its_image_stops_the_launcher_with_the_kubelets_message(smoke):
+    msg = 'Failed to pull image "localhost/lorascope/stage:0.1.0-cpu": not found'
+    cluster = FakeCluster({"stage": ("pending", 0, "ErrImageNeverPull", msg)})
+    la, out = launcher(cluster, smoke)
+    assert la.run() == EXIT_CONFIG
+    text = out.getvalue()
+    assert f"[stage] index 0 (pod lorascope-stage-0-uid-1) cannot start: ErrImageNeverPull: {msg}" in text
+    assert "kubectl -n lorascope delete job lorascope-stage" in text
+    assert cluster.events == [("create", "lorascope-stage")]  # nothing after it
+
+
+def test_err_image_pull_gets_a_grace_period_then_stops(smoke):
+    cluster = FakeCluster({"stage": ("pending", 0, "ErrImagePull", "503 Service Unavailable")})
+    la, out = launcher(cluster, smoke)
+    now = [0.0]
+    la.clock = lambda: now[0]
+    la.sleep = lambda s: now.__setitem__(0, now[0] + 30)  # 30 s a poll
+    assert la.run() == EXIT_CONFIG
+    # waited out the grace (180 s = 6 polls) before stopping, and not much longer
+    assert 180 <= now[0] <= 210 and 7 <= cluster.jobs["lorascope-stage"]["polls"] <= 9
+    assert "cannot start: ErrImagePull: 503 Service Unavailable" in out.getvalue()
+
+
+def test_an_unschedulable_pod_is_shown_and_waited_on_not_stopped(smoke):
+    cluster = FakeCluster({"stage": ("pending", 0, "Unschedulable", "0/3 nodes are available: 3 Insufficient cpu.")})
+    la, out = launcher(cluster, smoke)
+    assert la.run_phase("stage", timeout_s=50) == 1  # gave up waiting at the timeout, the Job goes on
+    text = out.getvalue()
+    assert "Unschedulable" in text and "giving up waiting" in text
+
+
+def test_two_launchers_a_409_on_create_means_wait_on_the_other_ones_job(smoke):
+    cluster = FakeCluster({})
+    la, out = launcher(cluster, smoke)
+    real_read = cluster.read_namespaced_job
+    calls = {"n": 0}
+
+    def racing_read(name, namespace):  # our read says "no Job", then the other launcher creates it
+        calls["n"] += 1
+        if calls["n"] == 1:
+            la2, _ = launcher(cluster, smoke)
+            cluster.create_namespaced_job(namespace, la2.jobs["stage"])
+            raise ApiException(status=404)
+        return real_read(name, namespace)
+
+    cluster.read_namespaced_job = racing_read
+    assert la.run_phase("stage", timeout_s=100) == EXIT_OK
+    assert "was just created by another launcher: waiting on it" in out.getvalue()
+    assert cluster.events == [("create", "lorascope-stage")]
+
+
+def test_a_rerun_with_another_parallelism_patches_and_another_image_tag_is_refused(smoke):
+    cluster = FakeCluster({})
+    la, _ = launcher(cluster, smoke)
+    cluster.create_namespaced_job("lorascope", la.jobs["train"])  # running (first poll)
+    la2, out = launcher(cluster, smoke, parallelism=1)
+    cluster.jobs["lorascope-train"]["polls"] = 0
+    assert la2.run_phase("train", timeout_s=100) == EXIT_OK
+    assert ("patch", "lorascope-train") in cluster.events
+    assert "parallelism 2 -> 1: patched" in out.getvalue()
+    # a new image tag while it runs: said, refused (exit 2), nothing deleted
+    cluster.jobs["lorascope-train"]["polls"] = 0
+    la3, _ = launcher(cluster, smoke, image_tag="0.1.0-gdeadbeef-cpu")
+    with pytest.raises(ConfigError, match=r"localhost/lorascope/train:0.1.0, not .*train:0.1.0-gdeadbeef-cpu"):
+        la3.run_phase("train", timeout_s=100)
+    assert ("delete", "lorascope-train") not in cluster.events
+
+
+def test_one_immutable_configmap_per_run_and_a_changed_study_under_the_same_run_id_is_refused(smoke):
+    study, text = smoke
+    cluster = FakeCluster({})
+    la, _ = launcher(cluster, smoke, run_id="run-a")
+    la._apply_study([])
+    la_b, _ = launcher(cluster, smoke, run_id="run-b")
+    la_b._apply_study([])
+    assert sorted(cluster.configmaps) == ["lorascope-study-run-a", "lorascope-study-run-b"]
+    la._apply_study([])  # the same study again: fine (409 then equal data)
+    la_changed = Launcher(cluster, cluster, study, text + "\n# edited\n", render.RenderOptions(overlay="kind",
+                          run_id="run-a"), out=io.StringIO())  # fmt: skip
+    with pytest.raises(ConfigError, match="lorascope-study-run-a of run run-a holds another study text"):
+        la_changed._apply_study([])
+    assert cluster.configmaps["lorascope-study-run-a"]["data"]["study.yaml"] == text

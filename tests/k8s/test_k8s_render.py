@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lorascope.cli import main
@@ -34,29 +36,83 @@ def jobs(study):
     return {p: load_objects(MANIFESTS / render.JOB_FILES[p])[0] for p in PHASE_ORDER}
 
 
+KIND = MANIFESTS / "kind"
+
+
 def test_committed_manifests_are_the_render_output_of_jobs_study_yaml(study):
-    files = render.base_files(study, STUDY.read_text(), render.RenderOptions())
-    stale = [name for name, text in files.items() if (MANIFESTS / name).read_text() != text]
-    assert not stale, f"manifests differ from `lorascope render --study jobs/study.yaml`: {stale}; run make k8s-render"
-    smoke = load_study(SMOKE)
-    files = render.overlay_files(smoke, SMOKE.read_text(), render.RenderOptions(overlay="kind"), base_study=study)
-    kind = MANIFESTS / "overlays" / "kind"
-    stale = [name for name, text in files.items() if (kind / name).read_text() != text]
-    assert not stale, f"overlays/kind differs from `lorascope render --study jobs/smoke.yaml --overlay kind`: {stale}"
-    # the kind overlay's MinIO is the base's, copied (kustomize reads no file outside an overlay's folder)
-    assert (kind / "minio.yaml").read_text().split("\n", 2)[2] == (MANIFESTS / "minio.yaml").read_text().split("\n", 2)[
-        2
-    ]
+    """One source: every committed file under manifests/ (except the kind cluster config) is render output, and
+    nothing is committed that the render does not write (no hand-kept overlay to drift)."""
+    for folder, path, overlay in ((MANIFESTS, STUDY, "base"), (KIND, SMOKE, "kind")):
+        files = render.render_files(load_study(path), path.read_text(), render.RenderOptions(overlay=overlay))
+        stale = [name for name, text in files.items() if (folder / name).read_text() != text]
+        assert not stale, f"{folder} differs from `lorascope render --overlay {overlay}`: {stale}; run make k8s-render"
+        on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*.yaml") if KIND not in (p, *p.parents)}
+        if folder == KIND:
+            on_disk = {str(p.relative_to(KIND)) for p in KIND.rglob("*.yaml")} - {"kind-cluster.yaml"}
+        assert on_disk == set(files), on_disk ^ set(files)
 
 
-def test_render_command_writes_the_same_files(tmp_path, capsys):
+def test_render_command_writes_the_same_files_and_gke_fails_closed(tmp_path, capsys):
     assert main(["render", "--study", str(STUDY), "--out", str(tmp_path)]) == 0
-    for name in ("grid-job.yaml", "hpo-job.yaml", "study-configmap.yaml", "base/resources.yaml"):
+    for name in ("grid-job.yaml", "hpo-job.yaml", "study-configmap.yaml", "jobset/jobset.yaml", "kustomization.yaml"):
         assert (tmp_path / name).read_text() == (MANIFESTS / name).read_text()
     assert "train=18" in capsys.readouterr().out
     # a bad option is a config error (exit 2) naming it
     assert main(["render", "--study", str(STUDY), "--out", str(tmp_path), "--run-id", "Bad Run!"]) == 2
     assert "run id 'Bad Run!'" in capsys.readouterr().err
+    # gke: no registry, an upper-case placeholder, or no tag is a usage error before anything is written
+    gke = ["render", "--study", str(STUDY), "--overlay", "gke", "--out", str(tmp_path / "gke")]
+    assert main(gke + ["--image-tag", "0.1.0-gabc"]) == 2
+    assert "the gke overlay needs --registry" in capsys.readouterr().err
+    assert main(gke + ["--registry", "us-central1-docker.pkg.dev/PROJECT_ID/lorascope", "--image-tag", "t1"]) == 2
+    assert "InvalidImageName" in capsys.readouterr().err
+    assert main(gke + ["--registry", "europe-west4-docker.pkg.dev/my-proj/lorascope"]) == 2
+    assert "needs --image-tag" in capsys.readouterr().err
+    assert not (tmp_path / "gke").exists()
+    # the launcher refuses the same before it talks to any cluster; its default tag is the code version
+    assert main(["cluster", "run", "--study", str(STUDY), "--overlay", "gke", "--context", "none"]) == 2
+    assert "the gke overlay needs --registry" in capsys.readouterr().err
+    reg = "europe-west4-docker.pkg.dev/my-proj/lorascope"
+    assert main(gke + ["--registry", reg, "--image-tag", "0.1.0-g1a2b3c4d5e6f", "--spot", "--queue", "gpu"]) == 0
+    [grid] = load_objects(tmp_path / "gke" / "grid-job.yaml")
+    assert grid["spec"]["template"]["spec"]["containers"][0]["image"] == f"{reg}/train:0.1.0-g1a2b3c4d5e6f"
+    assert grid["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    # Kueue partial admission: the grid may start with fewer pods than its parallelism when fewer L4s are free
+    assert grid["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"] == "1"
+    # Kueue's webhook accepts it only within [0, parallelism - 1]: absent on the one-pod Jobs
+    assert int(grid["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"]) < grid["spec"]["parallelism"]
+    [report] = load_objects(tmp_path / "gke" / "report-job.yaml")
+    assert (
+        report["spec"]["parallelism"] == 1
+        and "kueue.x-k8s.io/job-min-parallelism" not in report["metadata"]["annotations"]
+    )
+    assert grid["spec"]["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+
+
+def test_no_lorascope_image_points_at_a_registry_we_do_not_own():
+    """base: registry.invalid (RFC 2606: never resolves); kind: localhost (images loaded into the node). Every
+    reference is lowercase and pinned, so the kubelet never reports InvalidImageName."""
+    ref = re.compile(r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    seen = 0
+    for path in manifest_files():
+        for obj in load_objects(path):
+            for pod in pod_templates(obj):
+                for c in pod["containers"]:
+                    if c["name"] != "lorascope":
+                        continue
+                    seen += 1
+                    image = c["image"]
+                    assert ref.match(image), image
+                    kind = KIND in path.parents
+                    assert image.startswith("localhost/lorascope/" if kind else "registry.invalid/lorascope/"), path
+                    assert c["imagePullPolicy"] == ("Never" if kind else "IfNotPresent")
+    assert seen == 2 * 8  # the phase Jobs of manifests/ and manifests/kind
+    # the launcher tags with the code version ('+' is not allowed in a tag); "unset" is missing, never a tag
+    assert render.image_tag_from_code_version("0.1.0+g1a2b3c4d5e6f") == "0.1.0-g1a2b3c4d5e6f"
+    assert render.image_tag_from_code_version("0.1.0+g1a2b3c4d5e6f.dirty") == "0.1.0-g1a2b3c4d5e6f-dirty"
+    for bad in ("", "unset"):
+        with pytest.raises(ConfigError, match="--image-tag"):
+            render.image_tag_from_code_version(bad)
 
 
 def test_grid_job_fans_out_the_18_cells_and_is_ready_to_apply(study, jobs):
@@ -68,6 +124,7 @@ def test_grid_job_fans_out_the_18_cells_and_is_ready_to_apply(study, jobs):
     assert grid["spec"]["parallelism"] == 6
     env = {e["name"]: e.get("value") for e in grid["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LORASCOPE_RUN_ID"] == f"reference-{study.hash[:8]}" and env["LORASCOPE_STORE"].startswith("s3://")
+    assert env["LORASCOPE_REQUIRE_CUDA"] == "1"  # no usable CUDA in this pod: exit 2, naming the driver
     assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == env["AWS_RESPONSE_CHECKSUM_VALIDATION"] == "when_required"
     # parallelism is a render option, capped at the completions
     for asked, got in ((3, 3), (100, 18)):
@@ -121,7 +178,7 @@ def test_every_job_retries_per_index_fails_fast_on_config_errors_and_ignores_pre
             assert labels["app.kubernetes.io/instance"] == labels["lorascope.dev/run-id"]
         [c] = tpl["spec"]["containers"]
         assert c["args"][:2] == ["--study", "/etc/lorascope/study.yaml"]
-        assert c["image"] == f"lorascope/{phase}:{render.__version__}"
+        assert c["image"] == f"registry.invalid/lorascope/{phase}:{render.__version__}"
 
 
 def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
@@ -132,9 +189,8 @@ def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
             assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-            # g2-standard-8: 8 vCPU, 32 GB; allocatable ~7.9 CPU / ~29 GiB
+            # g2-standard-8: 8 vCPU, 32 GB; allocatable ~7.9 CPU / ~28 GiB
             assert float(res["requests"]["cpu"]) <= 7.5 and res["requests"]["memory"] == "24Gi"
-            assert res["limits"]["memory"] == "28Gi"
         else:
             assert "nvidia.com/gpu" not in res["requests"] and "nodeSelector" not in pod and "tolerations" not in pod
     assert sorted(p for p, j in jobs.items() if j["metadata"]["labels"]["lorascope.dev/gpu"] == "true") == sorted(
@@ -152,7 +208,10 @@ def test_pods_mount_shm_caches_study_and_take_credentials_only_from_secrets(jobs
         env = {e["name"]: e for e in c["env"]}
         assert "emptyDir" in vols[mounts[env["HF_HOME"]["value"]]]
         assert "emptyDir" in vols[mounts[env["LORASCOPE_WORK_DIR"]["value"]]]
-        assert vols[mounts["/etc/lorascope"]]["configMap"]["name"] == "lorascope-study"
+        assert (
+            vols[mounts["/etc/lorascope"]]["configMap"]["name"]
+            == f"lorascope-study-{job['metadata']['labels']['lorascope.dev/run-id']}"
+        )
         assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LORASCOPE_OPTUNA_STORAGE"} & set(env)
         secrets = [s["secretRef"]["name"] for s in c["envFrom"]]
         assert secrets == (["lorascope-s3", "lorascope-postgres"] if phase == "hpo" else ["lorascope-s3"])
@@ -160,7 +219,7 @@ def test_pods_mount_shm_caches_study_and_take_credentials_only_from_secrets(jobs
 
 def test_every_pod_template_meets_restricted_and_has_requests_and_limits():
     seen = 0
-    for path in manifest_files():
+    for path in manifest_files() + manifest_files(custom_resources=True):
         for obj in load_objects(path):
             for pod in pod_templates(obj):
                 seen += 1
@@ -169,7 +228,8 @@ def test_every_pod_template_meets_restricted_and_has_requests_and_limits():
                 assert resource_violations(pod) == [], where
                 for c in pod["containers"]:
                     assert image_pinned(c["image"]), f"{where}: image {c['image']} is not pinned"
-    assert seen >= 2 * 8 + 4  # the phase Jobs twice (files and base/), PostgreSQL, MinIO and its bucket Job
+    # the phase Jobs of manifests/ and kind/, the same in both JobSets, PostgreSQL twice, MinIO and its bucket Job
+    assert seen == 2 * 8 + 2 * 8 + 2 + 2
 
 
 def test_the_restricted_checker_catches_what_admission_would_refuse(jobs):
@@ -189,14 +249,22 @@ def test_the_restricted_checker_catches_what_admission_would_refuse(jobs):
     assert image_pinned("us-central1-docker.pkg.dev/p/lorascope/train:0.1.0") and image_pinned("localhost:5000/x:1")
 
 
-def test_namespace_enforces_restricted_and_infra_is_pinned():
+def test_namespace_enforces_restricted_and_infra_is_pinned_with_its_own_labels():
     [ns] = load_objects(MANIFESTS / "namespace.yaml")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    pg = {o["kind"]: o for o in load_objects(MANIFESTS / "postgres.yaml")}
+    pg = {o["kind"]: o for o in load_objects(MANIFESTS / "infra" / "postgres.yaml")}
     assert pg["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17.6-bookworm"
     assert pg["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
     assert pg["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    minio = {(o["kind"], o["metadata"]["name"]): o for o in load_objects(MANIFESTS / "minio.yaml")}
+    for o in pg.values():  # PostgreSQL's own name and version, not lorascope's
+        labels = o["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "postgres" and labels["app.kubernetes.io/version"] == "17.6"
+        assert labels["app.kubernetes.io/part-of"] == "lorascope" and labels["lorascope.dev/part"] == "infra"
+    assert pg["Deployment"]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "postgres"
+    minio = {(o["kind"], o["metadata"]["name"]): o for o in load_objects(KIND / "infra" / "minio.yaml")}
+    for o in minio.values():
+        assert o["metadata"]["labels"]["app.kubernetes.io/name"] == "minio"
+        assert o["metadata"]["labels"]["app.kubernetes.io/version"] == "RELEASE.2025-09-07T16-13-09Z"
     image = minio[("Deployment", "minio")]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("quay.io/minio/minio:RELEASE.")
     script = minio[("Job", "minio-bucket")]["spec"]["template"]["spec"]["containers"][0]["command"][-1]
@@ -213,8 +281,75 @@ def test_namespace_enforces_restricted_and_infra_is_pinned():
         (dict(parallelism=0), "parallelism"),
         (dict(spot=True), "gke overlay only"),
         (dict(overlay="eks"), "overlay"),
+        (dict(overlay="gke", image_tag="t"), "needs --registry"),
+        (dict(overlay="gke", registry="eu.gcr.io/p/l"), "needs --image-tag"),
+        (dict(registry="us-docker.pkg.dev/PROJECT_ID/x"), "InvalidImageName"),
+        (dict(image_tag="0.1.0+g12"), "pinned"),
     ],
 )
 def test_bad_render_options_are_config_errors(study, opts, match):
     with pytest.raises(ConfigError, match=match):
         render.RenderOptions(**opts).resolved(study)
+
+
+# ------------------------------------------------------------------------------------------------ readiness
+def _gib(q: str) -> float:
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0}
+    return float(q[:-2]) * units[q[-2:]]
+
+
+# g2-standard-8 with the documented 200 GB boot disk, e2-standard-8 with GKE's default 100 GB (docs/cluster.md,
+# "Evictions"): what the kubelet leaves for pods, with a margin for GKE's own DaemonSets
+ALLOCATABLE = {"gpu": {"memory": 27.0, "disk": 100.0}, "cpu": {"memory": 27.0, "disk": 44.0}}
+
+
+def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(jobs):
+    """memory limit = request (and cpu): QoS Guaranteed; ephemeral request = limit, covering every disk emptyDir's
+    sizeLimit plus the writable layer, and within the node's allocatable (the kubelet never has to evict to get space
+    back, and a full emptyDir is the pod's own limit, not a node-pressure eviction)."""
+    for phase, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        res = pod["containers"][0]["resources"]
+        assert res["limits"] == res["requests"], phase  # cpu, memory, ephemeral-storage, GPU
+        vols = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+        disk = sum(_gib(v["sizeLimit"]) for v in vols.values() if v.get("medium") != "Memory")
+        shm = _gib(vols["dshm"]["sizeLimit"])
+        eph = _gib(res["requests"]["ephemeral-storage"])
+        assert disk + 2 <= eph, phase  # room for the image's writable layer and the logs
+        node = ALLOCATABLE["gpu" if phase in render.GPU_PHASES else "cpu"]
+        assert eph <= node["disk"] and _gib(res["requests"]["memory"]) <= node["memory"], phase
+        assert shm <= _gib(res["limits"]["memory"]) / 4, phase  # /dev/shm counts against the memory limit
+
+
+def test_every_job_has_a_deadline_from_its_waves(study, jobs):
+    """Pending pods count as active; without a deadline an L4 stockout leaves a Job (and the launcher) waiting for
+    days. activeDeadlineSeconds = hours per index x waves + 1 h."""
+    expected_hours = {"stage": 3, "sanity": 2, "hpo": 8 * 3 + 1, "train": 4 * 3 + 1, "extract": 1 * 4 + 1,
+                      "drift": 3, "bench": 3 + 1, "report": 2}  # fmt: skip
+    assert {p: j["spec"]["activeDeadlineSeconds"] // 3600 for p, j in jobs.items()} == expected_hours
+    one_at_a_time = render.phase_jobs(study, render.RenderOptions(parallelism=1))["train"]
+    assert one_at_a_time["spec"]["activeDeadlineSeconds"] == (4 * 18 + 1) * 3600
+
+
+def test_stage_hf_cache_is_sized_from_the_model(study, jobs):
+    """TinyLlama-1.1B's hub checkpoint is fp32: 1.1e9 x 4 bytes = 4.4 GB (4.1 GiB), more than the old 5 GiB cache
+    held once the datasets and the download's temporary files came along."""
+    vols = {v["name"]: v for v in jobs["stage"]["spec"]["template"]["spec"]["volumes"]}
+    assert vols["hf-cache"]["emptyDir"]["sizeLimit"] == "7Gi" == f"{render.model_cache_gib(study)}Gi"
+    assert 1.1e9 * 4 * 1.5 / 2**30 <= 7
+    other = {v["name"]: v for v in jobs["train"]["spec"]["template"]["spec"]["volumes"]}
+    assert other["hf-cache"]["emptyDir"]["sizeLimit"] == "5Gi"  # later phases read the model from the store
+
+    def sized(name: str) -> int:
+        return render.model_cache_gib(study.model_copy(update={"model": study.model.model_copy(update={"name": name})}))
+
+    assert sized("meta-llama/Llama-3.1-8B") == 45 and sized("EleutherAI/pythia-410m") == 3
+    assert sized("builtin:tiny-llama") == 1 and sized("org/some-model") == 20  # unknown size: the safe default
+
+
+def test_a_run_id_becomes_a_distinct_dns_name():
+    assert render.study_configmap_name("reference-67b50130") == "lorascope-study-reference-67b50130"
+    a, b = render.study_configmap_name("Run_A"), render.study_configmap_name("run-a")
+    assert (
+        a != b and re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", a) and len(render.study_configmap_name("x" * 63)) <= 63
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from lorascope.k8s import render
+from lorascope.k8s import infra, render
 from tests.k8s.manifest_checks import REPO, load_objects, manifest_files
 
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}
@@ -31,13 +31,19 @@ def repo_files():
 
 
 def test_secrets_in_manifests_hold_only_placeholders():
-    secrets = [o for p in manifest_files() for o in load_objects(p) if o["kind"] == "Secret"]
+    found = [(p, o) for p in manifest_files() for o in load_objects(p) if o["kind"] == "Secret"]
+    secrets = [o for _, o in found]
     assert {s["metadata"]["name"] for s in secrets} == {render.S3_SECRET, render.POSTGRES_SECRET}
+    # examples live out of the folders a user applies: not under kustomization.yaml's resources
+    assert {p.parent.name for p, _ in found} == {"examples"}
+    for folder in (REPO / "manifests", REPO / "manifests" / "kind"):
+        [k] = load_objects(folder / "kustomization.yaml")
+        assert not [r for r in k["resources"] if r.startswith(("examples/", "jobset/"))]
     for s in secrets:
         assert "data" not in s  # no base64 blobs to hide a value in
         for key, value in s["stringData"].items():
             if key in SECRET_KEYS:
-                assert value == render.PLACEHOLDER, f"{s['metadata']['name']}.{key}"
+                assert value == infra.PLACEHOLDER, f"{s['metadata']['name']}.{key}"
             assert "REPLACE_ME" in value or key not in SECRET_KEYS
     storage = next(s for s in secrets if s["metadata"]["name"] == render.POSTGRES_SECRET)["stringData"]
     assert (

@@ -198,3 +198,50 @@ def test_decisions_for_other_runs_queued_and_deleted_jobs():
     assert job_state(queued) == "suspended" and decide(queued, RUN, HASH).action == "wait"
     assert decide(job(deleting=True, active=1), RUN, HASH).action == "recreate"
     assert decide(None, RUN, HASH).action == "create"
+
+
+# ------------------------------------------------------------------------------------------------ pods that never start
+def test_waiting_reasons_and_scheduling_failures_show_in_the_table():
+    from lorascope.k8s.status import fatal_waiting, pod_waiting
+
+    stockout = (
+        "0/4 nodes are available: 1 Insufficient nvidia.com/gpu, 3 node(s) didn't match Pod's node affinity/selector."
+    )
+    pods = [
+        pod(0, "train-0-a", phase="Running"),
+        pod(
+            1,
+            "train-1-a",
+            phase="Pending",
+            waiting=("ErrImagePull", 'failed to pull "registry.invalid/x": no such host'),
+        ),
+        pod(2, "train-2-a", phase="Pending", unschedulable=stockout),
+        pod(3, "train-3-a", phase="Pending", waiting=("ContainerCreating", "")),  # normal start-up: not a reason
+    ]
+    assert pod_waiting(pods[0]) is None and pod_waiting(pods[3]) is None
+    assert pod_waiting(pods[1])[0] == "ErrImagePull"
+    assert pod_waiting(pods[2]) == ("Unschedulable", stockout)
+    view = summarize(job(completions=4, active=4), pods)
+    assert [r.waiting for r in view.rows] == ["", "ErrImagePull", "Unschedulable", ""]
+    assert [r.state for r in view.rows] == ["active"] * 4  # Pending counts as active for the Job controller too
+    lines = table(view)
+    assert "1 ErrImagePull, 1 Unschedulable" in lines[0]
+    assert lines[3].endswith("train-1-a  ErrImagePull")
+    assert "  not started: Unschedulable: 0/4 nodes are available: 1 Insufficient nvidia.com/gpu" in "\n".join(lines)
+    # Err*/Invalid* and the config errors will not heal by themselves; Unschedulable may (the autoscaler adds a node)
+    assert all(map(fatal_waiting, ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                                    "CreateContainerConfigError"]))  # fmt: skip
+    assert not fatal_waiting("Unschedulable") and not fatal_waiting("ContainerCreating")
+
+
+def test_a_changed_image_or_parallelism_on_a_running_job_is_said_not_silently_waited_on():
+    running = job(active=6)
+    same = decide(running, RUN, HASH, want_image="lorascope/train:0.1.0", want_parallelism=6)
+    assert same.action == "wait"
+    d = decide(running, RUN, HASH, want_image="lorascope/train:0.1.0", want_parallelism=3)
+    assert d.action == "patch" and "parallelism 6 -> 3" in d.why
+    d = decide(running, RUN, HASH, want_image="lorascope/train:0.1.0-gabc", want_parallelism=6)
+    assert d.action == "conflict" and "image lorascope/train:0.1.0, not lorascope/train:0.1.0-gabc" in d.why
+    # a finished Job is not affected: succeeded skips, failed is recreated with the new settings
+    done = job(completed="0-17", conditions=[condition("Complete")])
+    assert decide(done, RUN, HASH, want_image="other:1", want_parallelism=1).action == "skip"

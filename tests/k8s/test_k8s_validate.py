@@ -1,10 +1,9 @@
-"""Every manifest and every overlay's `kubectl kustomize` output passes `kubernetes-validate --strict` for Kubernetes
-1.33, and each overlay builds exactly the objects the launcher submits (render_objects for that overlay)."""
+"""Every committed manifest and every gke render passes `kubernetes-validate --strict` for Kubernetes 1.33, and
+`kubectl kustomize` of each rendered folder builds exactly the objects the launcher submits (render_objects)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -54,8 +53,8 @@ def test_every_manifest_passes_strict_validation_for_1_33():
         "postgres.yaml",
         "secret-example.yaml",
         "study-configmap.yaml",
-        "resources.yaml",
     }
+    assert len(files) == 2 * 8 + 2 * 4 + 1  # phase Jobs, namespace/study/postgres/secrets, and kind's MinIO
     r = validate(files)
     assert r.returncode == 0, r.stdout + r.stderr
     passed = [ln for ln in r.stdout.splitlines() if ln.startswith("INFO") and "passed" in ln]
@@ -73,7 +72,7 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path):
     assert r.returncode == 1 and "backoffLimitPerIndexx" in r.stdout
 
 
-# ------------------------------------------------------------------------------------------------ overlays
+# ------------------------------------------------------------------------------------------------ kubectl apply -k
 def kustomize(folder: Path) -> list[dict]:
     kubectl = _tool("kubectl")
     if kubectl is None:
@@ -95,51 +94,65 @@ def assert_same_objects(built: list[dict], expected: list[dict]) -> None:
         assert json.dumps(got[k], sort_keys=True) == json.dumps(want[k], sort_keys=True), f"{k} differs"
 
 
-def _kueue_overlay(tmp_path: Path) -> Path:
-    d = tmp_path / "gke-kueue"
-    d.mkdir()
-    (d / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                # kustomize takes only relative paths
-                "resources": [os.path.relpath(MANIFESTS / "overlays" / "gke", d)],
-                "components": [os.path.relpath(MANIFESTS / "components" / "kueue", d)],
-            }
-        )
-    )
-    return d
-
-
-OVERLAYS = {  # folder -> (study, render options the launcher would use)
-    "kind": ("smoke.yaml", dict(overlay="kind")),
-    "gke": ("study.yaml", dict(overlay="gke")),
-    "gke-spot": ("study.yaml", dict(overlay="gke", spot=True)),
-    "gke-kueue": ("study.yaml", dict(overlay="gke", queue="lorascope")),
+RENDERED = {  # folder -> (study, the options the launcher would use)
+    "manifests": (MANIFESTS, "study.yaml", dict(overlay="base")),
+    "manifests/kind": (MANIFESTS / "kind", "smoke.yaml", dict(overlay="kind")),
 }
 
 
-@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_overlay_builds_valid_objects_equal_to_what_the_launcher_submits(overlay, tmp_path):
-    folder = _kueue_overlay(tmp_path) if overlay == "gke-kueue" else MANIFESTS / "overlays" / overlay
-    objs = kustomize(folder)
-    out = tmp_path / f"{overlay}.yaml"
-    out.write_text(yaml.safe_dump_all(objs))
-    r = validate([out])
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("passed") == len(objs)
-    study_file, opts = OVERLAYS[overlay]
-    path = REPO / "jobs" / study_file
-    expected = render.render_objects(load_study(path), path.read_text(), render.RenderOptions(**opts))
+@pytest.mark.parametrize("folder", sorted(RENDERED))
+def test_kubectl_apply_k_of_a_rendered_folder_is_exactly_what_the_launcher_submits(folder):
+    path, study_file, opts = RENDERED[folder]
+    objs = kustomize(path)
+    study = REPO / "jobs" / study_file
+    expected = render.render_objects(load_study(study), study.read_text(), render.RenderOptions(**opts))
     assert_same_objects(objs, expected)
-    for o in objs:
-        for pod in pod_templates(o):
-            assert restricted_violations(pod) == [], _key(o)
 
 
-def test_kind_overlay_has_no_gpu_and_runs_the_smoke_study():
-    objs = kustomize(MANIFESTS / "overlays" / "kind")
+GKE = {  # name -> render options (gke needs a registry and a tag)
+    "gke": dict(overlay="gke", registry="europe-west4-docker.pkg.dev/my-proj/lorascope", image_tag="0.1.0-g1a2b3c"),
+    "gke-spot-kueue": dict(
+        overlay="gke",
+        registry="europe-west4-docker.pkg.dev/my-proj/lorascope",
+        image_tag="0.1.0-g1a2b3c",
+        spot=True,
+        queue="lorascope",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GKE))
+def test_gke_renders_pass_strict_validation_and_meet_restricted(name, tmp_path):
+    study = REPO / "jobs" / "study.yaml"
+    files = render.render_files(load_study(study), study.read_text(), render.RenderOptions(**GKE[name]))
+    written = render.write_files(files, tmp_path)
+    api = [p for p in written if p.name != "kustomization.yaml" and p.parent.name != "jobset"]
+    r = validate(api)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("passed") == sum(len(load_objects(p)) for p in api)
+    for p in api:
+        for o in load_objects(p):
+            for pod in pod_templates(o):
+                assert restricted_violations(pod) == [], _key(o)
+    if GKE[name].get("spot"):
+        [grid] = load_objects(tmp_path / "grid-job.yaml")
+        gpu = grid["spec"]["template"]["spec"]
+        assert gpu["nodeSelector"] == {
+            "cloud.google.com/gke-accelerator": "nvidia-l4",
+            "cloud.google.com/gke-spot": "true",
+        }
+        assert {
+            "key": "cloud.google.com/gke-spot",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        } in gpu["tolerations"]
+        [report] = load_objects(tmp_path / "report-job.yaml")
+        assert "nodeSelector" not in report["spec"]["template"]["spec"]
+
+
+def test_kind_manifests_have_no_gpu_and_run_the_smoke_study():
+    objs = kustomize(MANIFESTS / "kind")
     smoke = load_study(REPO / "jobs" / "smoke.yaml")
     jobs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Job"}
     assert "minio-bucket" in jobs and ("Deployment", "minio") in {_key(o) for o in objs}
@@ -153,23 +166,8 @@ def test_kind_overlay_has_no_gpu_and_runs_the_smoke_study():
         assert c["imagePullPolicy"] == "Never"
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["LORASCOPE_RUN_ID"] == f"smoke-{smoke.hash[:8]}" == job["metadata"]["labels"]["lorascope.dev/run-id"]
+        assert "LORASCOPE_REQUIRE_CUDA" not in env  # kind runs the GPU phases on CPU
     assert jobs["lorascope-hpo"]["spec"]["completions"] == 6 and jobs["lorascope-bench"]["spec"]["completions"] == 2
     assert jobs["lorascope-train"]["spec"]["completions"] == 18 and jobs["lorascope-train"]["spec"]["parallelism"] == 2
     cm = next(o for o in objs if o["kind"] == "ConfigMap")
     assert cm["data"]["study.yaml"] == (REPO / "jobs" / "smoke.yaml").read_text()
-
-
-def test_gke_spot_and_kueue_change_only_the_gpu_scheduling_and_the_queue_label(tmp_path):
-    spot = {_key(o): o for o in kustomize(MANIFESTS / "overlays" / "gke-spot")}
-    gpu = spot[("Job", "lorascope-train")]["spec"]["template"]["spec"]
-    assert gpu["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
-    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in gpu[
-        "tolerations"
-    ]
-    assert "nodeSelector" not in spot[("Job", "lorascope-report")]["spec"]["template"]["spec"]
-    images = {o["spec"]["template"]["spec"]["containers"][0]["image"] for o in spot.values() if o["kind"] == "Job"}
-    assert all(i.startswith("us-central1-docker.pkg.dev/PROJECT_ID/lorascope/") for i in images)
-    kueue = kustomize(_kueue_overlay(tmp_path))
-    for o in kueue:
-        if o["kind"] == "Job":
-            assert o["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lorascope"

@@ -1,11 +1,13 @@
-"""Kubernetes: the study as batch Jobs.
+"""Kubernetes: the study as batch Jobs, or as one JobSet.
 
-* `render`   -- a study and a few options -> the manifests (namespace, study ConfigMap, one Job per phase, PostgreSQL for
-                HPO, MinIO for kind), as plain dicts; `lorascope render` writes them to `manifests/`.
+* `render`   -- a study and a few options -> every object (namespace, the run's study ConfigMap, one Job per phase),
+                as plain dicts: the one source of the manifests; `lorascope render` writes them to `manifests/`.
+* `infra`    -- PostgreSQL for HPO, MinIO for kind, example Secrets; `podspec` -- shared security contexts.
+* `jobset`   -- the phases as one JobSet chained with dependsOn, and reading it back (`lorascope status RUN --cluster`).
 * `status`   -- pure functions on Job and Pod objects (the `kubernetes` client's V1Job / V1Pod): which indexes
-                succeeded, failed or run, what the launcher does next, which pod to show when a phase fails.
+                succeeded, failed, run or cannot start, what the launcher does next, which pod to show on failure.
 * `launcher` -- `lorascope cluster run|status`: applies the phase Jobs in order through the `kubernetes` client and
-                waits on each.
+                waits on each, or submits the JobSet (`--detach`).
 
 Only `launcher` imports the `kubernetes` client at call time; `render` needs nothing but PyYAML.
 """

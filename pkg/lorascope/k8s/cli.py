@@ -11,8 +11,10 @@ from lorascope.phases import PHASE_ORDER
 from lorascope.study import load_study
 
 
-def _render_options(args: argparse.Namespace):
-    from lorascope.k8s.render import RenderOptions
+def _render_options(args: argparse.Namespace, env: Mapping[str, str] | None = None):
+    """RenderOptions from the command line. The launcher (env given) tags images with the code version when no
+    --image-tag is given; `lorascope render` leaves the tag to the overlay (gke: required)."""
+    from lorascope.k8s.render import RenderOptions, image_tag_from_code_version
 
     kw = {
         "overlay": args.overlay,
@@ -22,11 +24,14 @@ def _render_options(args: argparse.Namespace):
         "spot": args.spot,
         "queue": args.queue,
         "registry": args.registry,
+        "image_tag": args.image_tag,
     }
     if args.store_url:
         kw["store_url"] = args.store_url
-    if args.image_tag:
-        kw["image_tag"] = args.image_tag
+    if env is not None and not args.image_tag:
+        from lorascope.runner import code_version
+
+        kw["image_tag"] = image_tag_from_code_version(code_version(env))
     return RenderOptions(**kw)
 
 
@@ -35,13 +40,8 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     study = load_study(args.study)
     text = Path(args.study).read_text()
-    opts = _render_options(args)
-    out = Path(args.out)
-    if args.overlay == "base":
-        files = render.base_files(study, text, opts)
-    else:  # kind: the overlay's generated patches, against the study the base was rendered from
-        files = render.overlay_files(study, text, opts, base_study=load_study(args.base_study))
-    for p in render.write_files(files, out):
+    files = render.render_files(study, text, _render_options(args))
+    for p in render.write_files(files, Path(args.out)):
         print(p)
     sizes = render.phase_sizes(study)
     print(f"# study {study.name} (hash {study.hash}): " + ", ".join(f"{p}={n}" for p, n in sizes.items()))
@@ -52,7 +52,7 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.k8s.launcher import Launcher
 
     study = load_study(args.study)
-    opts = _render_options(args)
+    opts = _render_options(args, env).resolved(study)  # bad options (gke without --registry) exit 2 before any API call
     launcher = Launcher.connect(
         study,
         Path(args.study).read_text(),
@@ -62,6 +62,8 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         env=env,
         poll_seconds=args.poll_seconds,
     )
+    if args.detach:
+        return launcher.submit_jobset()
     return launcher.run(phases=_phases(args.phases, args.until), timeout_s=args.timeout)
 
 
@@ -92,22 +94,21 @@ def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], 
     sp.add_argument("--store-url", help="s3://bucket/prefix the pods use (default: s3://lorascope/store)")
     sp.add_argument(
         "--registry",
-        help="image prefix: <registry>/<phase>:<tag> (default: lorascope; gke: Artifact Registry placeholder)",
+        help="image repository prefix: <registry>/<phase>:<tag> (gke: required, e.g. "
+        "europe-west4-docker.pkg.dev/PROJECT/lorascope; kind: localhost/lorascope)",
     )
-    sp.add_argument("--image-tag", help="image tag (default: the package version)")
+    sp.add_argument(
+        "--image-tag",
+        help="image tag (render --overlay gke: required; cluster run: the code version, 0.1.0+gSHA -> 0.1.0-gSHA)",
+    )
     sp.add_argument("--spot", action="store_true", help="gke: GPU Jobs on spot L4 nodes")
     sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit to")
 
 
 def register(subparsers) -> None:
     r = subparsers.add_parser("render", help="write the Kubernetes manifests for a study (manifests/)")
-    _render_args(r, ("base", "kind"), "base")
-    r.add_argument("--out", required=True, help="folder: manifests/ (base) or manifests/overlays/kind (kind)")
-    r.add_argument(
-        "--base-study",
-        default="jobs/study.yaml",
-        help="kind: the study the base was rendered from (its Jobs are patched)",
-    )
+    _render_args(r, ("base", "kind", "gke"), "base")
+    r.add_argument("--out", required=True, help="folder: manifests/ (base), manifests/kind (kind), yours (gke)")
     r.set_defaults(func=cmd_render)
 
     c = subparsers.add_parser("cluster", help="run the study as Kubernetes Jobs and watch them")
@@ -126,6 +127,12 @@ def register(subparsers) -> None:
     )
     cr.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="seconds to wait per phase")
     cr.add_argument("--poll-seconds", type=float, default=10.0)
+    cr.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit the whole pipeline as one JobSet (needs JobSet >= v0.12.0 on the cluster) and return; "
+        "`lorascope status RUN --cluster` shows it",
+    )
     cr.set_defaults(func=cmd_cluster_run)
 
     cs = csub.add_parser("status", help="the lorascope Jobs in a namespace and their indexes")

@@ -3,15 +3,20 @@
     lorascope cluster run --study jobs/smoke.yaml --overlay kind
     lorascope cluster run --study jobs/study.yaml --overlay gke --registry europe-west4-docker.pkg.dev/P/lorascope --spot
 
-For each phase: look at the Job of that name (status.decide), create / skip / wait / recreate it, then poll the Job
-and its pods and show a table of indexes (succeeded, failed, active, preemptions) until the Job succeeds or fails.
-At the first failed phase it prints the failing pods' last log lines and stops; run the same command again to
-continue: succeeded phases are skipped, a failed phase's Job is recreated (its committed indexes skip at once).
+For each phase: look at the Job of that name (status.decide), create / skip / wait / patch / recreate it, then poll
+the Job and its pods and show a table of indexes (succeeded, failed, active, preemptions, why a pod has not started)
+until the Job succeeds or fails. A pod whose container cannot start (InvalidImageName, ErrImageNeverPull at once;
+ErrImagePull, ImagePullBackOff, CreateContainerConfigError after a grace period) stops the launcher with exit 2 and
+the kubelet's message. At the first failed phase it prints the failing pods' last log lines and stops; run the same
+command again to continue: succeeded phases are skipped, a failed phase's Job is recreated (its committed indexes
+skip at once).
 
-The objects are the ones `render.render_objects` builds for the overlay, which a test checks equal to
-`kubectl kustomize manifests/overlays/<overlay>`, so the launcher and `kubectl apply -k` submit the same Jobs.
-The launcher needs the namespace's Secrets (and, for kind, MinIO; for HPO, PostgreSQL) to exist: `make deploy-kind`
-or docs/cluster.md.
+`--detach` submits the whole pipeline as one JobSet instead (jobset.py) and returns; the cluster runs it.
+
+The objects are the ones `render.render_objects` builds, the same that `lorascope render` writes to manifests/.
+The launcher reads and writes only namespaced objects (Jobs, Pods and their logs, ConfigMaps, the Secrets' existence,
+JobSets), so a namespace-scoped Role is enough (docs/cluster.md, "RBAC"); the namespace and its Secrets (and, for
+kind, MinIO; for HPO, PostgreSQL) must exist: `make deploy-kind` or docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
-from lorascope.k8s import render
+from lorascope.k8s import jobset, render
 from lorascope.k8s.status import (
     CONTAINER,
+    FATAL_NOW,
     FailedPod,
     JobView,
     decide,
     failed_pods,
+    fatal_waiting,
     headline,
     job_state,
     plural,
@@ -39,10 +46,15 @@ from lorascope.phases import PHASE_ORDER
 from lorascope.study import Study
 
 LOG_TAIL_LINES = 40
+START_GRACE_S = 180.0  # how long ErrImagePull / CreateContainerConfigError may last before the launcher stops
 
 
 def _not_found(exc: Exception) -> bool:
     return getattr(exc, "status", None) == 404
+
+
+def _conflict(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 409
 
 
 def unit_namer(study: Study, phase: str) -> Callable[[int], str]:
@@ -130,8 +142,9 @@ class Launcher:
         poll_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        custom: Any = None,
     ) -> None:
-        self.batch, self.core = batch, core
+        self.batch, self.core, self.custom = batch, core, custom
         self.study, self.study_text = study, study_text
         self.opts = opts.resolved(study)
         self.ns = self.opts.namespace
@@ -167,24 +180,24 @@ class Launcher:
             from lorascope.store import Store
 
             store = Store.open(store_url, code_version=code_version(env or {}))
-        return cls(client.BatchV1Api(), client.CoreV1Api(), study, study_text, opts, store=store, **kw)
+        return cls(
+            client.BatchV1Api(),
+            client.CoreV1Api(),
+            study,
+            study_text,
+            opts,
+            store=store,
+            custom=client.CustomObjectsApi(),
+            **kw,
+        )
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
 
     # -------------------------------------------------------------------------------------------- setup
-    def _ensure_namespace(self) -> None:
-        try:
-            self.core.read_namespace(self.ns)
-        except Exception as exc:
-            if not _not_found(exc):
-                raise
-            ns = next(o for o in self.objects if o["kind"] == "Namespace")
-            self.core.create_namespace(body=ns)
-            self.say(f"created namespace {self.ns} (Pod Security Standard restricted)")
-
     def _require_secret(self, name: str, why: str) -> None:
+        """The Secret exists (a namespaced read: no cluster-scoped permission needed, the namespace is not read)."""
         try:
             self.core.read_namespaced_secret(name, self.ns)
         except Exception as exc:
@@ -192,12 +205,18 @@ class Launcher:
                 raise
             hint = "make kind-up" if self.opts.overlay == "kind" else "docs/cluster.md, 'Secrets'"
             raise ConfigError(
-                f"Secret {self.ns}/{name} is missing ({why}); create it first ({hint}); "
-                f"manifests/secret-example.yaml shows its keys"
+                f"Secret {self.ns}/{name} is missing ({why}), or namespace {self.ns} does not exist; create them "
+                f"first ({hint}); manifests/examples/secret-example.yaml shows its keys"
             ) from None
 
+    def _check_prerequisites(self, phases: list[str]) -> None:
+        self._require_secret(render.S3_SECRET, "S3 keys for the store")
+        if "hpo" in phases and "hpo" in self.jobs:
+            self._require_secret(render.POSTGRES_SECRET, "the HPO workers' Optuna storage")
+
     def _apply_study(self, phases: list[str]) -> None:
-        """Create or replace the study ConfigMap, unless a Job of another study is still running on it."""
+        """Create this run's immutable study ConfigMap (its name carries the run id), or check the existing one holds
+        the same study. Other runs' ConfigMaps are never touched, so their pods keep reading their own study."""
         for phase in phases:
             job = self._read_job(phase)
             if job is not None:
@@ -207,12 +226,19 @@ class Launcher:
         cm = next(o for o in self.objects if o["kind"] == "ConfigMap")
         name = cm["metadata"]["name"]
         try:
-            self.core.read_namespaced_config_map(name, self.ns)
-            self.core.replace_namespaced_config_map(name, self.ns, body=cm)
-        except Exception as exc:
-            if not _not_found(exc):
-                raise
             self.core.create_namespaced_config_map(self.ns, body=cm)
+            self.say(f"created ConfigMap {name} (the study of run {self.run_id}, immutable)")
+            return
+        except Exception as exc:
+            if not _conflict(exc):
+                raise
+        have = self.core.read_namespaced_config_map(name, self.ns)
+        if (have.data or {}) != cm["data"]:
+            raise ConfigError(
+                f"ConfigMap {self.ns}/{name} of run {self.run_id} holds another study text than {self.study.name} "
+                f"(hash {self.study.hash}); it is immutable: use another --run-id, or delete it once no pod of that "
+                "run is left"
+            )
 
     def _read_job(self, phase: str) -> Any | None:
         try:
@@ -246,10 +272,7 @@ class Launcher:
             f"run {self.run_id}: study {self.study.name} (hash {self.study.hash}), overlay {self.opts.overlay}, "
             f"namespace {self.ns}, store {self.opts.store_url}"
         )
-        self._ensure_namespace()
-        self._require_secret(render.S3_SECRET, "S3 keys for the store")
-        if "hpo" in phases and "hpo" in self.jobs:
-            self._require_secret(render.POSTGRES_SECRET, "the HPO workers' Optuna storage")
+        self._check_prerequisites(phases)
         self._apply_study(phases)
         for phase in phases:
             if phase not in self.jobs:
@@ -271,9 +294,74 @@ class Launcher:
         )
         return EXIT_OK
 
+    # -------------------------------------------------------------------------------------------- detached
+    def submit_jobset(self) -> int:
+        """`cluster run --detach`: the whole pipeline as one JobSet; the JobSet controller starts each phase's Job when
+        the previous one completed. Submitting again: a running or finished JobSet of this run is left alone (said),
+        a failed one is replaced (committed indexes skip), another run's running JobSet is refused."""
+        if self.custom is None:
+            raise ConfigError("--detach needs the CustomObjectsApi (kubernetes client)")
+        body = jobset.pipeline_jobset(self.study, self.opts)
+        name = body["metadata"]["name"]
+        self.say(
+            f"run {self.run_id}: study {self.study.name} (hash {self.study.hash}) as JobSet {self.ns}/{name}, "
+            f"overlay {self.opts.overlay}, store {self.opts.store_url}"
+        )
+        self._check_prerequisites(list(PHASE_ORDER))
+        self._apply_study([])
+        have = self._read_jobset(name)
+        if have is not None:
+            view = jobset.describe(have)
+            if view.state == "failed":
+                self.say(f"JobSet {name} failed earlier ({view.reason}): replacing it; committed indexes skip")
+                self.custom.delete_namespaced_custom_object(
+                    jobset.GROUP, jobset.VERSION, self.ns, jobset.PLURAL, name, propagation_policy="Foreground"
+                )
+                deadline = self.clock() + 300
+                while self._read_jobset(name) is not None:
+                    if self.clock() > deadline:
+                        raise LorascopeError(f"JobSet {self.ns}/{name} was not deleted within 300s")
+                    self.sleep(min(2.0, self.poll_seconds))
+            else:
+                self.say(f"JobSet {name} is already {view.state}: nothing submitted")
+                self.say(f"watch it: lorascope status {self.run_id} --cluster --namespace {self.ns}")
+                return EXIT_OK
+        try:
+            self.custom.create_namespaced_custom_object(jobset.GROUP, jobset.VERSION, self.ns, jobset.PLURAL, body)
+        except Exception as exc:
+            if _not_found(exc):
+                raise ConfigError(
+                    f"the cluster has no JobSet API ({jobset.API_VERSION}): install JobSet >= "
+                    f"{jobset.MIN_JOBSET_RELEASE} (docs/cluster.md, 'Detached'), or run without --detach"
+                ) from None
+            if _conflict(exc):
+                self.say(f"JobSet {name} was just created by another launcher")
+                return EXIT_OK
+            raise
+        phases = [rj["name"] for rj in body["spec"]["replicatedJobs"]]
+        self.say(f"submitted JobSet {name}: {' -> '.join(phases)} (each starts when the previous one is Complete)")
+        self.say(f"watch it: lorascope status {self.run_id} --cluster --namespace {self.ns}")
+        return EXIT_OK
+
+    def _read_jobset(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(jobset.GROUP, jobset.VERSION, self.ns, jobset.PLURAL, name)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+
     def run_phase(self, phase: str, timeout_s: float) -> int:
         job = self._read_job(phase)
-        d = decide(job, self.run_id, self.study.hash)
+        want = self.jobs[phase]
+        d = decide(
+            job,
+            self.run_id,
+            self.study.hash,
+            want_image=want["spec"]["template"]["spec"]["containers"][0]["image"],
+            # under Kueue, partial admission may lower a Job's parallelism: Kueue owns it, never patch it back
+            want_parallelism=None if self.opts.queue else want["spec"]["parallelism"],
+        )
         if d.action == "conflict":
             raise ConfigError(f"phase {phase}: {d.why}")
         if d.action == "skip":
@@ -283,20 +371,40 @@ class Launcher:
             self.say(f"[{phase}] {d.why}: recreating Job {render.job_name(phase)}")
             self._delete_job(phase)
         if d.action in ("create", "recreate"):
-            self.batch.create_namespaced_job(self.ns, body=self.jobs[phase])
-            spec = self.jobs[phase]["spec"]
+            try:
+                self.batch.create_namespaced_job(self.ns, body=want)
+            except Exception as exc:
+                if not _conflict(exc):
+                    raise
+                # 409 AlreadyExists: another launcher created it between our read and our create
+                return self._created_elsewhere(phase, timeout_s)
+            spec = want["spec"]
             self.say(
                 f"[{phase}] created Job {render.job_name(phase)}: {plural(spec['completions'], 'index')}, "
-                f"parallelism {spec['parallelism']}"
+                f"parallelism {spec['parallelism']}, deadline {spec['activeDeadlineSeconds'] // 3600} h"
             )
+        elif d.action == "patch":
+            self.batch.patch_namespaced_job(
+                render.job_name(phase), self.ns, body={"spec": {"parallelism": want["spec"]["parallelism"]}}
+            )
+            self.say(f"[{phase}] Job {render.job_name(phase)} {d.why}: patched, waiting on it")
         else:
             self.say(f"[{phase}] Job {render.job_name(phase)} {d.why}: waiting on it")
+        return self.wait(phase, timeout_s)
+
+    def _created_elsewhere(self, phase: str, timeout_s: float) -> int:
+        job = self._read_job(phase)
+        d = decide(job, self.run_id, self.study.hash)
+        if d.action == "conflict":
+            raise ConfigError(f"phase {phase}: {d.why}")
+        self.say(f"[{phase}] Job {render.job_name(phase)} was just created by another launcher: waiting on it")
         return self.wait(phase, timeout_s)
 
     def wait(self, phase: str, timeout_s: float) -> int:
         display = Display(self.out)
         unit = unit_namer(self.study, phase)
         deadline = self.clock() + timeout_s
+        first_seen: dict[tuple[str, str], float] = {}  # (pod, waiting reason) -> when this launcher first saw it
         while True:
             job = self._read_job(phase)
             if job is None:
@@ -308,6 +416,10 @@ class Launcher:
                 display.final(table(view))
                 break
             display.show(table(view))
+            stuck = self._stuck(view, first_seen)
+            if stuck is not None:
+                display.final(table(view))
+                return self.report_not_started(view, stuck)
             if self.clock() > deadline:
                 self.say(f"[{phase}] still {state} after {timeout_s:.0f}s: giving up waiting (the Job goes on)")
                 return EXIT_FAILURE
@@ -315,6 +427,27 @@ class Launcher:
         if state == "succeeded":
             return EXIT_OK
         return self.report_failure(view, failed_pods(job, pods))
+
+    def _stuck(self, view: JobView, first_seen: dict[tuple[str, str], float]) -> Any | None:
+        """The first index whose pod cannot start by itself (status.FATAL_NOW at once, the rest after the grace)."""
+        now = self.clock()
+        for r in view.waiting_rows():
+            if not fatal_waiting(r.waiting):
+                continue  # Unschedulable and the like: shown, bounded by the Job's activeDeadlineSeconds
+            since = first_seen.setdefault((r.pod or "", r.waiting), now)
+            if r.waiting in FATAL_NOW or now - since >= START_GRACE_S:
+                return r
+        return None
+
+    def report_not_started(self, view: JobView, row: Any) -> int:
+        name = render.job_name(view.phase)
+        self.say(
+            f"\n[{view.phase}] index {row.index} (pod {row.pod}) cannot start: {row.waiting}: "
+            f"{row.waiting_message or '(no message)'}\n"
+            f"The Job is left as it is. Fix the cause (image reference and tag, registry access, the Secret or "
+            f"ConfigMap it names), then `kubectl -n {self.ns} delete job {name}` and run the same command again."
+        )
+        return EXIT_CONFIG
 
     def report_failure(self, view: JobView, pods: list[FailedPod]) -> int:
         self.say(
@@ -372,3 +505,55 @@ def cluster_status(
             if view.count(state):
                 out.write(f"    {state:<9} {view.indexes(state)}\n")
     return EXIT_OK
+
+
+def pipeline_status(
+    run_id: str,
+    namespace: str = "lorascope",
+    context: str | None = None,
+    custom: Any = None,
+    batch: Any = None,
+    core: Any = None,
+    out: TextIO | None = None,
+) -> int:
+    """`lorascope status RUN --cluster`: the run's JobSet (cluster run --detach) and its phase Jobs, phase by phase;
+    without a JobSet, the phase Jobs the launcher submitted for the run. Exit 0 when it succeeded or is running, 1
+    when it failed, 2 when the cluster has nothing of the run."""
+    out = out or sys.stdout
+    if custom is None or batch is None or core is None:
+        from kubernetes import client
+
+        load_kube_config(context)
+        custom, batch, core = client.CustomObjectsApi(), client.BatchV1Api(), client.CoreV1Api()
+    name = jobset.jobset_name(run_id)
+    try:
+        js = custom.get_namespaced_custom_object(jobset.GROUP, jobset.VERSION, namespace, jobset.PLURAL, name)
+    except Exception as exc:
+        if not _not_found(exc):  # 404: no such JobSet, or no JobSet API at all
+            raise
+        js = None
+    if js is not None:
+        children = batch.list_namespaced_job(namespace, label_selector=f"{jobset.JOBSET_NAME_LABEL}={name}").items
+        view = jobset.describe(js, list(children))
+        out.write("\n".join(jobset.lines(view)) + "\n")
+        return EXIT_FAILURE if view.state == "failed" else EXIT_OK
+    selector = f"app.kubernetes.io/part-of=lorascope,lorascope.dev/part=phase,lorascope.dev/run-id={run_id}"
+    jobs = [j for j in batch.list_namespaced_job(namespace, label_selector=selector).items
+            if jobset.JOBSET_NAME_LABEL not in (j.metadata.labels or {})]  # fmt: skip
+    if not jobs:
+        raise ConfigError(
+            f"run {run_id}: no JobSet {namespace}/{name} (cluster run --detach) and no phase Jobs of the run in "
+            f"namespace {namespace}"
+        )
+    out.write(f"run {run_id}: phase Jobs submitted by `lorascope cluster run` (no JobSet)\n")
+    order = {p: i for i, p in enumerate(PHASE_ORDER)}
+    jobs.sort(key=lambda j: order.get((j.metadata.labels or {}).get("lorascope.dev/phase", ""), 99))
+    failed = False
+    for job in jobs:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
+        ).items
+        view = summarize(job, pods)
+        failed |= view.state == "failed"
+        out.write(headline(view) + "\n")
+    return EXIT_FAILURE if failed else EXIT_OK

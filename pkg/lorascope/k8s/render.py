@@ -1,34 +1,36 @@
-"""Render a study into Kubernetes manifests: plain dicts, one function per object, written as YAML by `write`.
+"""Render a study into Kubernetes objects: plain dicts, one function per object. This module is the one source of the
+manifests (docs/cluster.md, "One source"): `lorascope render` writes its output as YAML, `lorascope cluster run`
+submits the same objects through the API, and nothing restates them (no hand-written kustomize patches).
 
-What is rendered (`lorascope render --study jobs/study.yaml --out manifests/` writes these files):
+`lorascope render --study S --overlay O --out DIR` writes:
 
   namespace.yaml          the namespace, Pod Security Standard `restricted` enforced
-  study-configmap.yaml    the study file, mounted read-only at /etc/lorascope/study.yaml in every phase pod
+  study-configmap.yaml    the study file as an immutable ConfigMap named after the run, mounted read-only at
+                          /etc/lorascope/study.yaml in every phase pod of that run
   <phase>-job.yaml        one Indexed Job per phase (the train phase's Job is `grid-job.yaml`), completions from the
                           phase's `size(study)`
-  postgres.yaml           PostgreSQL that the HPO workers of one task x method share an Optuna study in
-  minio.yaml              S3 for kind (MinIO, pinned; upstream is in maintenance mode), bucket made by a Job
-  secret-example.yaml     the two Secrets the Jobs read, with placeholders only (never applied by kustomize)
-  base/                   the same objects in one file + kustomization.yaml: the base the overlays build on
+  jobset/jobset.yaml      the whole pipeline as one JobSet (replicated jobs chained with dependsOn Complete)
+  infra/postgres.yaml     PostgreSQL for the shared Optuna studies (when the study runs HPO)
+  infra/minio.yaml        kind only: MinIO as the S3 store, and a Job that makes the bucket
+  examples/               the Secrets the Jobs read, with placeholders only (never applied from DIR)
+  kustomization.yaml      the list of the files above that `kubectl apply -k DIR` applies (no patches)
 
-Overlays change a few things, and the same changes are made here in Python so that the launcher (`lorascope cluster
-run`) needs no kubectl; a test checks that `kubectl kustomize manifests/overlays/<x>` equals `render_objects(...,
-overlay=x)` object by object:
-  kind  no GPU requests, node selectors or tolerations; small CPU/memory; imagePullPolicy Never; the smoke study;
-        MinIO.
-  gke   images from a registry (Artifact Registry); optional spot L4 nodes (`spot=True`) and Kueue queue (`queue=`).
+Overlays: `base` (the committed manifests/: GKE-shaped, L4, images under `registry.invalid`, which never
+resolves, so nothing in the repository points at a registry someone else could own), `gke` (your registry and tag,
+both required: exit 2 without them; optional spot L4 nodes and a Kueue queue), `kind` (no GPU, laptop-sized
+resources, the locally built CPU images under localhost/lorascope (tag <code tag>-cpu), imagePullPolicy Never, MinIO).
 
-Every pod: restartPolicy Never, non-root, Pod Security Standard `restricted` (runAsNonRoot, numeric user, no privilege
-escalation, all capabilities dropped, seccomp RuntimeDefault), /dev/shm and the HF cache and work dir on emptyDirs,
-credentials only from Secrets via envFrom. Every Job: Indexed, backoffLimitPerIndex, maxFailedIndexes, a
-podFailurePolicy that fails an index at once on the config-error exit code (2) and ignores disruptions (spot
-preemption, eviction), ttlSecondsAfterFinished. Fields used are GA in Kubernetes 1.33 (backoffLimitPerIndex GA in
-1.33, podFailurePolicy GA in 1.31).
+Every pod: restartPolicy Never, non-root, Pod Security Standard `restricted`, /dev/shm and the HF cache and work dir
+on emptyDirs sized within the node's allocatable, credentials only from Secrets via envFrom, memory limit = request.
+Every Job: Indexed, backoffLimitPerIndex, maxFailedIndexes, a podFailurePolicy that fails an index at once on the
+config-error exit code (2) and ignores disruptions, activeDeadlineSeconds from the phase's waves, and
+ttlSecondsAfterFinished. Fields used are GA in Kubernetes 1.33.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -38,7 +40,11 @@ from typing import Any
 import yaml
 
 from lorascope import __version__
+from lorascope.cuda import REQUIRE_CUDA_ENV  # set in GPU pods: no usable CUDA there is a config error (exit 2)
 from lorascope.errors import EXIT_CONFIG, ConfigError
+from lorascope.k8s import infra
+from lorascope.k8s.infra import POSTGRES_SECRET, S3_SECRET
+from lorascope.k8s.podspec import container_security, meta, pod_security
 from lorascope.phases import PHASE_ORDER
 from lorascope.study import Study
 
@@ -46,28 +52,21 @@ from lorascope.study import Study
 OVERLAYS = ("base", "kind", "gke")
 DEFAULT_NAMESPACE = "lorascope"
 DEFAULT_STORE_URL = "s3://lorascope/store"
-DEFAULT_REGISTRY = "lorascope"  # image = <registry>/<phase>:<tag>; kind loads images under this name
-GKE_REGISTRY = "us-central1-docker.pkg.dev/PROJECT_ID/lorascope"  # the gke overlay's placeholder (docs/cluster.md)
+# The committed manifests name this registry: `.invalid` is reserved (RFC 2606) and never resolves, so applying
+# them unchanged fails with a DNS error that names it, and no one else's image can ever be pulled.
+PLACEHOLDER_REGISTRY = "registry.invalid/lorascope"
+# kind: the images built here (the CPU variant: tag <code-version tag>-cpu) and `kind load`ed; `localhost/` is what
+# podman names a local build, and no registry anyone could push to
+KIND_REGISTRY = "localhost/lorascope"
 DEFAULT_PARALLELISM = {"base": 6, "kind": 2, "gke": 6}
 
-STUDY_CONFIGMAP = "lorascope-study"
+STUDY_CONFIGMAP_PREFIX = "lorascope-study"
 STUDY_DIR = "/etc/lorascope"
 STUDY_PATH = f"{STUDY_DIR}/study.yaml"
-S3_SECRET = "lorascope-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION
-POSTGRES_SECRET = "lorascope-postgres"  # POSTGRES_USER/_PASSWORD/_DB and LORASCOPE_OPTUNA_STORAGE
-POSTGRES_NAME = "lorascope-postgres"
 CONTAINER = "lorascope"
 WORK_DIR = "/work"
 HF_HOME = "/cache/hf"
-
-# Pinned third-party images (no `latest` anywhere). Docker Hub's minio/minio was removed in 2026: use quay.io.
-POSTGRES_IMAGE = "postgres:17.6-bookworm"
-MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
-MINIO_BUCKET = "lorascope"
-
 APP_UID = 10001  # the `lorascope` user baked into every image (images/base/Dockerfile)
-POSTGRES_UID = 999  # the `postgres` user of the official image
-MINIO_UID = 1000
 
 # Which phases ask for a GPU (an L4). stage downloads (CPU, network); drift and report are numpy/matplotlib.
 GPU_PHASES = frozenset({"sanity", "hpo", "train", "extract", "bench"})
@@ -78,35 +77,55 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 SPOT_SELECTOR = {"cloud.google.com/gke-spot": "true"}
 SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admission: start with fewer pods
 
-# g2-standard-8 = 8 vCPU, 32 GB, one L4 (24 GB). Allocatable is ~7.9 CPU / ~29 GiB: request 6 CPU / 24 GiB.
-# A full fine-tuning checkpoint of a 1.1B model with AdamW state is ~13 GB: give the work dir room for two
-# (boot disk of the L4 pool: 200 GB, docs/cluster.md).
-RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    "gpu": {
-        "requests": {"cpu": "6", "memory": "24Gi", "ephemeral-storage": "50Gi", "nvidia.com/gpu": "1"},
-        "limits": {"cpu": "8", "memory": "28Gi", "ephemeral-storage": "120Gi", "nvidia.com/gpu": "1"},
-    },
-    "cpu": {
-        "requests": {"cpu": "2", "memory": "12Gi", "ephemeral-storage": "20Gi"},
-        "limits": {"cpu": "4", "memory": "16Gi", "ephemeral-storage": "40Gi"},
-    },
-    # kind: a laptop. The smoke study's model is tiny.
-    "kind": {
-        "requests": {"cpu": "500m", "memory": "1Gi"},
-        "limits": {"cpu": "2", "memory": "6Gi"},
-    },
+# Resources. memory limit = request (a pod can never use memory the node did not set aside for it, so node-memory
+# pressure never picks it for eviction; past its limit it is OOM-killed: exit 137, a counted retry) and cpu limit =
+# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the emptyDirs' sizeLimits + 5Gi for the
+# image's writable layer and logs, and within the node's allocatable (docs/cluster.md, "Evictions"):
+#   g2-standard-8 (8 vCPU, 32 GB, one L4), 200 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~100 GiB disk
+#   e2-standard-8 default pool (CPU phases), 100 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~44 GiB disk
+PROFILES: dict[str, dict[str, Any]] = {
+    "gpu": {"cpu": "6", "memory": "24Gi", "gpu": "1", "volumes": {"dshm": "4Gi", "hf-cache": 5, "work": 70}},
+    "cpu": {"cpu": "2", "memory": "12Gi", "volumes": {"dshm": "1Gi", "hf-cache": 2, "work": 20}},
+    # kind: a laptop, the smoke study's tiny model
+    "kind": {"cpu": "1", "memory": "3Gi", "volumes": {"dshm": "512Mi", "hf-cache": 1, "work": 5}},
 }
-VOLUME_LIMITS = {  # emptyDir sizeLimit per volume
-    "gpu": {"dshm": "8Gi", "hf-cache": "20Gi", "work": "100Gi"},
-    "cpu": {"dshm": "1Gi", "hf-cache": "5Gi", "work": "30Gi"},
-}
+WRITABLE_LAYER_GIB = 5
+KIND_CPU_LIMIT = "2"  # kind only: burst above the request (a laptop has no node pressure policy worth keeping)
+KIND_MEMORY = {"bench": "6Gi"}  # vLLM's CPU engine holds the study's KV cache (2 GiB by default) next to the model
+
+# Upper bound of one index's wall time on its node (L4 for GPU phases), in hours. A Job's activeDeadlineSeconds is
+# this times its waves (ceil(completions / parallelism)) plus one hour for scheduling and image pulls: a Job whose pods
+# never start (an L4 stockout, a wrong image) fails with DeadlineExceeded instead of waiting for days.
+INDEX_HOURS = {"stage": 2, "sanity": 1, "hpo": 8, "train": 4, "extract": 1, "drift": 2, "bench": 3, "report": 1}
 
 BACKOFF_LIMIT_PER_INDEX = 2  # retries of an index after exit 1 (OOM, store hiccup); preemptions are not counted
 TTL_SECONDS = 7 * 24 * 3600  # finished Jobs stay a week for `lorascope cluster status` and `kubectl logs`
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# an image repository (distribution spec): lowercase path components, an optional host[:port] first
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REGISTRY = re.compile(
+    rf"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def image_tag_from_code_version(code_version: str) -> str:
+    """The image tag of a code version: `0.1.0+g1a2b3c4d5e6f` -> `0.1.0-g1a2b3c4d5e6f` ('+' is not allowed in a tag).
+    The launcher tags with it, so one run never mixes code versions across nodes that cached an older image."""
+    if not code_version or code_version.strip().lower() in ("unset", "unknown", "none"):
+        raise ConfigError(
+            f"image tag: the code version is {code_version!r}; build the images from a git checkout "
+            "(LORASCOPE_CODE_VERSION) or pass --image-tag"
+        )
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", code_version.strip().replace("+", "-").replace(".dirty", "-dirty"))
+    if not _TAG.match(tag):
+        raise ConfigError(f"image tag: cannot make a tag from code version {code_version!r}; pass --image-tag")
+    return tag
 
 
 @dataclass(frozen=True)
@@ -117,8 +136,8 @@ class RenderOptions:
     namespace: str = DEFAULT_NAMESPACE
     run_id: str | None = None  # default: <study>-<hash8>, the local runner's default
     store_url: str = DEFAULT_STORE_URL
-    registry: str | None = None  # default: `lorascope` (base, kind) or the gke placeholder
-    image_tag: str = __version__
+    registry: str | None = None  # gke: required; base: registry.invalid; kind: localhost/lorascope
+    image_tag: str | None = None  # gke: required; base and kind: the package version
     parallelism: int | None = None  # GPU Jobs' parallelism (capped at completions); default per overlay
     spot: bool = False  # gke: GPU Jobs on spot L4 nodes
     queue: str | None = None  # gke: Kueue LocalQueue name
@@ -137,16 +156,45 @@ class RenderOptions:
         run_id = self.run_id or default_run_id(study)
         if len(run_id) > 63 or not _LABEL_VALUE.match(run_id):
             raise ConfigError(f"render: run id {run_id!r} must be a valid label value (<= 63 chars, [A-Za-z0-9-_.])")
-        if self.image_tag in ("", "latest"):
-            raise ConfigError("render: image tag must be pinned (not empty, not 'latest')")
+        if self.overlay == "gke" and not self.registry:
+            raise ConfigError(
+                "render: the gke overlay needs --registry (your Artifact Registry repository, e.g. "
+                "europe-west4-docker.pkg.dev/my-project/lorascope); the images are not published anywhere"
+            )
+        registry = (self.registry or (KIND_REGISTRY if self.overlay == "kind" else PLACEHOLDER_REGISTRY)).rstrip("/")
+        if not _REGISTRY.match(registry):
+            raise ConfigError(
+                f"render: registry {registry!r} is not a valid image repository (lowercase path components, "
+                "e.g. europe-west4-docker.pkg.dev/my-project/lorascope); the kubelet would report InvalidImageName"
+            )
+        if self.overlay == "gke" and not self.image_tag:
+            raise ConfigError("render: the gke overlay needs --image-tag (the code version the images were built from)")
+        tag = self.image_tag or __version__
+        if tag == "latest" or not _TAG.match(tag):
+            raise ConfigError(f"render: image tag {tag!r} must be pinned: [A-Za-z0-9_][A-Za-z0-9_.-]*, not 'latest'")
         parallelism = self.parallelism if self.parallelism is not None else DEFAULT_PARALLELISM[self.overlay]
         if parallelism < 1:
             raise ConfigError(f"render: parallelism must be >= 1 (got {parallelism})")
-        registry = self.registry or (GKE_REGISTRY if self.overlay == "gke" else DEFAULT_REGISTRY)
-        return replace(self, run_id=run_id, parallelism=parallelism, registry=registry.rstrip("/"))
+        if self.queue is not None and not _DNS_LABEL.match(self.queue):
+            raise ConfigError(f"render: queue {self.queue!r} is not a valid LocalQueue name")
+        return replace(self, run_id=run_id, parallelism=parallelism, registry=registry, image_tag=tag)
 
     def image(self, phase: str) -> str:
         return f"{self.registry}/{phase}:{self.image_tag}"
+
+
+def dns_name(text: str, max_len: int = 63) -> str:
+    """A DNS-1123 label from a run id: lowercased, other characters to '-'; when that changed or cut the text, a
+    hash of the original is appended, so two run ids never map to one name."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "run"
+    if slug == text and len(slug) <= max_len:
+        return slug
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{slug[: max_len - 9].rstrip('-')}-{digest}"
+
+
+def study_configmap_name(run_id: str) -> str:
+    return f"{STUDY_CONFIGMAP_PREFIX}-{dns_name(run_id, 63 - len(STUDY_CONFIGMAP_PREFIX) - 1)}"
 
 
 # ---------------------------------------------------------------------------------------------------- sizes
@@ -184,6 +232,45 @@ def phase_sizes(study: Study) -> dict[str, int]:
     return {p: phase_size(study, p) for p in PHASE_ORDER}
 
 
+_PARAMS = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+
+
+def model_cache_gib(study: Study) -> int:
+    """The stage pod's HF cache: the hub download of the model in fp32 (4 bytes a parameter: hub checkpoints such as
+    TinyLlama's intermediate ones are stored in fp32 whatever dtype the study trains in) plus half for the datasets
+    and the download's temporary files. The parameter count comes from the model name (`1.1B`, `350M`); an unknown
+    size gets 20 GiB."""
+    name = study.model.name
+    if name.startswith("builtin:"):
+        return 1
+    m = _PARAMS.search(name.rsplit("/", 1)[-1])
+    if not m:
+        return 20
+    params = float(m.group(1)) * (1e9 if m.group(2) in "bB" else 1e6)
+    return max(2, math.ceil(params * 4 * 1.5 / 2**30))
+
+
+def job_deadline_seconds(phase: str, completions: int, parallelism: int) -> int:
+    waves = math.ceil(completions / max(1, parallelism))
+    return (INDEX_HOURS[phase] * waves + 1) * 3600
+
+
+def resources(profile: str, hf_cache_gib: int, phase: str = "") -> tuple[dict, dict[str, str]]:
+    """(container resources, emptyDir sizeLimits) for a profile."""
+    p = PROFILES[profile]
+    vols = p["volumes"]
+    disk = f"{hf_cache_gib + vols['work'] + WRITABLE_LAYER_GIB}Gi"
+    memory = KIND_MEMORY.get(phase, p["memory"]) if profile == "kind" else p["memory"]
+    req = {"cpu": p["cpu"], "memory": memory, "ephemeral-storage": disk}
+    if "gpu" in p:
+        req["nvidia.com/gpu"] = p["gpu"]
+    lim = dict(req)
+    if profile == "kind":
+        lim["cpu"] = KIND_CPU_LIMIT
+    sizes = {"dshm": vols["dshm"], "hf-cache": f"{hf_cache_gib}Gi", "work": f"{vols['work']}Gi"}
+    return {"requests": req, "limits": lim}, sizes
+
+
 # ---------------------------------------------------------------------------------------------------- pieces
 def _labels(component: str, part: str, instance: str = "lorascope", version: str = __version__) -> dict[str, str]:
     return {
@@ -193,36 +280,8 @@ def _labels(component: str, part: str, instance: str = "lorascope", version: str
         "app.kubernetes.io/part-of": "lorascope",
         "app.kubernetes.io/version": version,
         "app.kubernetes.io/managed-by": "lorascope",
-        "lorascope.dev/part": part,  # infra | study | phase: `kubectl apply -k ... -l lorascope.dev/part=infra`
+        "lorascope.dev/part": part,  # infra | study | phase: `kubectl apply -k DIR -l lorascope.dev/part=infra`
     }
-
-
-def pod_security(uid: int) -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "fsGroup": uid,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def container_security(uid: int) -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _meta(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
-    if annotations:
-        meta["annotations"] = annotations
-    return meta
 
 
 # ---------------------------------------------------------------------------------------------------- objects
@@ -240,15 +299,16 @@ def namespace(opts: RenderOptions) -> dict:
 
 
 def study_configmap(study: Study, study_text: str, opts: RenderOptions) -> dict:
+    """One immutable ConfigMap per run: a second run never changes what the first run's pods read."""
+    labels = _labels("study", "study", opts.run_id, opts.image_tag)
+    labels.update({"lorascope.dev/run-id": opts.run_id, "lorascope.dev/study-hash": study.hash})
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(
-            STUDY_CONFIGMAP,
-            opts.namespace,
-            _labels("study", "study", opts.run_id, opts.image_tag),
-            {"lorascope.dev/study": study.name, "lorascope.dev/study-hash": study.hash},
+        "metadata": meta(
+            study_configmap_name(opts.run_id), opts.namespace, labels, {"lorascope.dev/study": study.name}
         ),
+        "immutable": True,
         "data": {"study.yaml": study_text},
     }
 
@@ -258,7 +318,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     comes from JOB_COMPLETION_INDEX, which the CLI reads."""
     gpu = phase in GPU_PHASES
     kind = opts.overlay == "kind"
-    profile = "gpu" if gpu else "cpu"
+    profile = "kind" if kind else "gpu" if gpu else "cpu"
     parallelism = min(opts.parallelism, completions) if gpu else 1
     labels = _labels(phase, "phase", opts.run_id, opts.image_tag)
     labels.update(
@@ -270,11 +330,16 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         }
     )
     job_labels = dict(labels)
+    job_annotations = {
+        "lorascope.dev/study": study.name,
+        "lorascope.dev/description": _describe(phase, study, completions),
+    }
     if opts.queue:
         job_labels[KUEUE_LABEL] = opts.queue
+        if parallelism > 1:  # Kueue may admit the Job with fewer pods when the quota has fewer L4s free
+            job_annotations[KUEUE_MIN_PARALLELISM] = "1"
 
     env: list[dict[str, Any]] = [
-        # the run id first: kustomize's strategic merge puts a patched list item first (overlays/kind patches it)
         {"name": "LORASCOPE_RUN_ID", "value": opts.run_id},
         {"name": "LORASCOPE_STORE", "value": opts.store_url},
         {"name": "LORASCOPE_WORK_DIR", "value": WORK_DIR},
@@ -289,11 +354,14 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}},
         },
     ]
+    if gpu and not kind:  # a GPU pod without a usable CUDA exits 2 at once, naming the driver it needs
+        env.append({"name": REQUIRE_CUDA_ENV, "value": "1"})
     env_from = [{"secretRef": {"name": S3_SECRET}}]
     if phase == "hpo":
         env_from.append({"secretRef": {"name": POSTGRES_SECRET}})  # LORASCOPE_OPTUNA_STORAGE
 
-    vol = VOLUME_LIMITS[profile]
+    hf_cache = model_cache_gib(study) if phase == "stage" and not kind else PROFILES[profile]["volumes"]["hf-cache"]
+    res, sizes = resources(profile, hf_cache, phase)
     container = {
         "name": CONTAINER,
         "image": opts.image(phase),
@@ -302,7 +370,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         "args": ["--study", STUDY_PATH, "--store", "$(LORASCOPE_STORE)", "--run-id", "$(LORASCOPE_RUN_ID)"],
         "env": env,
         "envFrom": env_from,
-        "resources": copy.deepcopy(RESOURCES["kind" if kind else profile]),
+        "resources": res,
         "securityContext": container_security(APP_UID),
         "volumeMounts": [
             {"name": "study", "mountPath": STUDY_DIR, "readOnly": True},
@@ -321,11 +389,14 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         "volumes": [
             {
                 "name": "study",
-                "configMap": {"name": STUDY_CONFIGMAP, "items": [{"key": "study.yaml", "path": "study.yaml"}]},
+                "configMap": {
+                    "name": study_configmap_name(opts.run_id),
+                    "items": [{"key": "study.yaml", "path": "study.yaml"}],
+                },
             },
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": vol["dshm"]}},
-            {"name": "hf-cache", "emptyDir": {"sizeLimit": vol["hf-cache"]}},
-            {"name": "work", "emptyDir": {"sizeLimit": vol["work"]}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": sizes["dshm"]}},
+            {"name": "hf-cache", "emptyDir": {"sizeLimit": sizes["hf-cache"]}},
+            {"name": "work", "emptyDir": {"sizeLimit": sizes["work"]}},
         ],
     }
     if gpu and not kind:
@@ -338,12 +409,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(
-            job_name(phase),
-            opts.namespace,
-            job_labels,
-            {"lorascope.dev/study": study.name, "lorascope.dev/description": _describe(phase, study, completions)},
-        ),
+        "metadata": meta(job_name(phase), opts.namespace, job_labels, job_annotations),
         "spec": {
             "completionMode": "Indexed",
             "completions": completions,
@@ -351,15 +417,17 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
             # more than a third of the indexes failed: something systematic is wrong, stop spending GPU hours
             "maxFailedIndexes": completions // 3,
+            # pods that never start (no L4 free, a wrong image) or an eviction loop end here, not in days
+            "activeDeadlineSeconds": job_deadline_seconds(phase, completions, parallelism),
             "podFailurePolicy": {
                 "rules": [
-                    # exit 2 = bad config or a missing prerequisite: retrying cannot help, fail the index now
+                    # exit 2 = bad config or a missing prerequisite (no usable CUDA): retrying cannot help
                     {
                         "action": "FailIndex",
                         "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_CONFIG]},
                     },
                     # preempted (spot), evicted, node drained: not the pod's fault; the replacement resumes
-                    # from the last checkpoint in the store
+                    # from the last checkpoint in the store (bounded by activeDeadlineSeconds)
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
@@ -395,230 +463,27 @@ def _describe(phase: str, study: Study, n: int) -> str:
     return f"{phase}: {n} index(es); {units[phase]}"
 
 
-def postgres(opts: RenderOptions) -> list[dict]:
-    """PostgreSQL for the shared Optuna studies. Data on a PVC (the cluster's default StorageClass), so a restarted
-    pod keeps the trials; `kubectl delete pvc lorascope-postgres` forgets them."""
-    labels = _labels("optuna-db", "infra", version=opts.image_tag)
-    selector = {"app.kubernetes.io/name": "lorascope", "app.kubernetes.io/component": "optuna-db"}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(POSTGRES_NAME, opts.namespace, labels),
-        "spec": {"selector": selector, "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}]},
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta(POSTGRES_NAME, opts.namespace, labels),
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(POSTGRES_NAME, opts.namespace, labels),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},  # one pod on a ReadWriteOnce volume
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security(POSTGRES_UID),
-                    "containers": [
-                        {
-                            "name": "postgres",
-                            "image": POSTGRES_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "envFrom": [{"secretRef": {"name": POSTGRES_SECRET}}],
-                            "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
-                            "ports": [{"name": "postgres", "containerPort": 5432}],
-                            "readinessProbe": {
-                                "exec": {"command": ["sh", "-c", 'pg_isready -U "$POSTGRES_USER" -d "$POSTGRES_DB"']},
-                                "periodSeconds": 5,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "512Mi"},
-                                "limits": {"cpu": "1", "memory": "1Gi"},
-                            },
-                            "securityContext": container_security(POSTGRES_UID),
-                            "volumeMounts": [
-                                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
-                                {"name": "run", "mountPath": "/var/run/postgresql"},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "data", "persistentVolumeClaim": {"claimName": POSTGRES_NAME}},
-                        {"name": "run", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
-    }
-    return [service, pvc, deployment]
+# ---------------------------------------------------------------------------------------------------- everything
+def needs_postgres(study: Study) -> bool:
+    return phase_size(study, "hpo") > 0
 
 
-def minio(opts: RenderOptions) -> list[dict]:
-    """MinIO for kind: the S3 store inside the cluster. Root credentials are the lorascope-s3 Secret's keys (made
-    with random values by `make kind-up`). The bucket Job is idempotent (`mc mb --ignore-existing`)."""
-    labels = _labels("minio", "infra", version=opts.image_tag)
-    selector = {"app.kubernetes.io/name": "lorascope", "app.kubernetes.io/component": "minio"}
-    creds = [
-        {"name": "MINIO_ROOT_USER", "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": "AWS_ACCESS_KEY_ID"}}},
-        {
-            "name": "MINIO_ROOT_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": "AWS_SECRET_ACCESS_KEY"}},
-        },
-    ]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta("minio", opts.namespace, labels),
-        "spec": {"selector": selector, "ports": [{"name": "s3", "port": 9000, "targetPort": 9000}]},
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta("minio", opts.namespace, labels),
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta("minio", opts.namespace, labels),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security(MINIO_UID),
-                    "containers": [
-                        {
-                            "name": "minio",
-                            "image": MINIO_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": ["server", "/data"],
-                            "env": [*creds, {"name": "HOME", "value": "/tmp"}],
-                            "ports": [{"name": "s3", "containerPort": 9000}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/minio/health/ready", "port": 9000},
-                                "periodSeconds": 5,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "512Mi"},
-                                "limits": {"cpu": "2", "memory": "2Gi"},
-                            },
-                            "securityContext": container_security(MINIO_UID),
-                            "volumeMounts": [
-                                {"name": "data", "mountPath": "/data"},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "data", "persistentVolumeClaim": {"claimName": "minio"}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
-    }
-    bucket_script = (
-        'until mc alias set local http://minio:9000 "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD"; do sleep 2; done\n'
-        f"mc mb --ignore-existing local/{MINIO_BUCKET}\n"
-    )
-    bucket_job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _meta("minio-bucket", opts.namespace, labels),
-        "spec": {
-            "backoffLimit": 6,
-            "ttlSecondsAfterFinished": 3600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security(MINIO_UID),
-                    "containers": [
-                        {
-                            "name": "mc",
-                            "image": MINIO_IMAGE,  # the server image ships the `mc` client
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["/bin/sh", "-c", bucket_script],
-                            "env": [*creds, {"name": "HOME", "value": "/tmp"}],
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "64Mi"},
-                                "limits": {"cpu": "500m", "memory": "256Mi"},
-                            },
-                            "securityContext": container_security(MINIO_UID),
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                        }
-                    ],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
-        },
-    }
-    return [service, pvc, deployment, bucket_job]
-
-
-PLACEHOLDER = "REPLACE_ME"
-
-
-def secret_examples(opts: RenderOptions) -> list[dict]:
-    """The Secrets the Jobs read, with placeholders: copy, fill in, apply (docs/cluster.md). Never real keys."""
-    labels = _labels("credentials", "infra", version=opts.image_tag)
-    s3 = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(S3_SECRET, opts.namespace, labels),
-        "type": "Opaque",
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": PLACEHOLDER,
-            "AWS_SECRET_ACCESS_KEY": PLACEHOLDER,
-            # GCS through its S3 interface with HMAC keys; MinIO in kind: http://minio.lorascope.svc:9000
-            "AWS_ENDPOINT_URL_S3": "https://storage.googleapis.com",
-            "AWS_DEFAULT_REGION": "auto",
-        },
-    }
-    pg = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(POSTGRES_SECRET, opts.namespace, labels),
-        "type": "Opaque",
-        "stringData": {
-            "POSTGRES_USER": "optuna",
-            "POSTGRES_PASSWORD": PLACEHOLDER,
-            "POSTGRES_DB": "optuna",
-            "LORASCOPE_OPTUNA_STORAGE": f"postgresql+psycopg2://optuna:{PLACEHOLDER}@{POSTGRES_NAME}:5432/optuna",
-        },
-    }
-    return [s3, pg]
-
-
-# ---------------------------------------------------------------------------------------------------- overlays
 def render_objects(study: Study, study_text: str, opts: RenderOptions, include_infra: bool = True) -> list[dict]:
-    """What `kubectl kustomize manifests/overlays/<overlay>` yields, built in Python: namespace, PostgreSQL, the
-    study ConfigMap, the phase Jobs (in phase order), and MinIO for kind."""
+    """Every object of a run for an overlay: namespace, PostgreSQL (HPO only), the study ConfigMap, the phase Jobs
+    (in phase order), and MinIO for kind. The launcher submits these; `lorascope render` writes them."""
     opts = opts.resolved(study)
     out: list[dict] = []
     if include_infra:
         out.append(namespace(opts))
-        out += postgres(opts)
+        if needs_postgres(study):
+            out += infra.postgres(opts)
+        if opts.overlay == "kind":
+            out += infra.minio(opts)
     out.append(study_configmap(study, study_text, opts))
     for phase in PHASE_ORDER:
         n = phase_size(study, phase)
         if n > 0:
             out.append(phase_job(study, phase, opts, n))
-    if include_infra and opts.overlay == "kind":
-        out += minio(opts)
     return out
 
 
@@ -650,116 +515,59 @@ def to_yaml(objs: Iterable[dict], header: str = "") -> str:
     return header + "---\n".join(docs)
 
 
-def _header(study: Study, what: str) -> str:
-    return (
-        f"# Generated by `lorascope render` from study {study.name!r} (hash {study.hash}): {what}.\n"
-        "# Do not edit by hand: change the study or pkg/lorascope/k8s/render.py and run `make k8s-render`.\n"
-    )
+def _header(study: Study, opts: RenderOptions, what: str) -> str:
+    lines = [
+        f"# Generated by `lorascope render --overlay {opts.overlay}` from study {study.name!r} (hash {study.hash}): {what}.",
+        "# Do not edit by hand: change the study or pkg/lorascope/k8s/render.py and run `make k8s-render`.",
+    ]
+    if opts.overlay == "base" and opts.registry == PLACEHOLDER_REGISTRY:
+        lines.append(
+            f"# Images are under {PLACEHOLDER_REGISTRY} (never resolves): render your own with "
+            "`lorascope render --overlay gke --registry R --image-tag T --out DIR` and apply DIR."
+        )
+    return "\n".join(lines) + "\n"
 
 
-def base_files(study: Study, study_text: str, opts: RenderOptions) -> dict[str, str]:
-    """file name -> text, for `manifests/`."""
+def render_files(study: Study, study_text: str, opts: RenderOptions) -> dict[str, str]:
+    """file name -> text, for the folder `lorascope render --overlay O --out DIR` writes (see the module docstring)."""
+    from lorascope.k8s import jobset
+
     opts = opts.resolved(study)
-    if opts.overlay != "base":
-        raise ConfigError("base_files renders the base; use overlay_files for an overlay")
     files: dict[str, str] = {}
-    files["namespace.yaml"] = to_yaml([namespace(opts)], _header(study, "the namespace (PSS restricted)"))
+    files["namespace.yaml"] = to_yaml([namespace(opts)], _header(study, opts, "the namespace (PSS restricted)"))
     files["study-configmap.yaml"] = to_yaml(
-        [study_configmap(study, study_text, opts)], _header(study, f"the study, mounted at {STUDY_PATH}")
+        [study_configmap(study, study_text, opts)],
+        _header(study, opts, f"the study of run {opts.run_id}, immutable, mounted at {STUDY_PATH}"),
     )
-    files["postgres.yaml"] = to_yaml(postgres(opts), _header(study, "PostgreSQL for the shared Optuna studies"))
-    files["minio.yaml"] = to_yaml(
-        minio(opts), _header(study, "MinIO for kind (maintenance-mode upstream; pinned image) and its bucket")
-    )
-    files["secret-example.yaml"] = to_yaml(
-        secret_examples(opts), _header(study, "EXAMPLE Secrets with placeholders; fill in and apply by hand")
-    )
-    job_files = []
     for phase in PHASE_ORDER:
         n = phase_size(study, phase)
-        if n == 0:
-            continue
-        name = JOB_FILES[phase]
-        job_files.append(name)
-        files[name] = to_yaml([phase_job(study, phase, opts, n)], _header(study, _describe(phase, study, n)))
-    # kustomize refuses an overlay below its base's folder and any file outside a kustomization's folder, so the
-    # base that overlays/kind and overlays/gke build on is base/: the same objects in one file.
-    base_objs = [namespace(opts), *postgres(opts), study_configmap(study, study_text, opts)]
-    base_objs += [phase_job(study, p, opts, n) for p in PHASE_ORDER if (n := phase_size(study, p)) > 0]
-    files["base/resources.yaml"] = to_yaml(
-        base_objs,
+        if n > 0:
+            job = phase_job(study, phase, opts, n)
+            files[JOB_FILES[phase]] = to_yaml([job], _header(study, opts, _describe(phase, study, n)))
+    if needs_postgres(study):
+        files["infra/postgres.yaml"] = to_yaml(
+            infra.postgres(opts), _header(study, opts, "PostgreSQL for the shared Optuna studies")
+        )
+    if opts.overlay == "kind":
+        files["infra/minio.yaml"] = to_yaml(
+            infra.minio(opts), _header(study, opts, "MinIO for kind (maintenance-mode upstream; pinned) and its bucket")
+        )
+    files["examples/secret-example.yaml"] = to_yaml(
+        infra.secret_examples(opts), _header(study, opts, "EXAMPLE Secrets with placeholders; fill in, apply by hand")
+    )
+    files["jobset/jobset.yaml"] = to_yaml(
+        [jobset.pipeline_jobset(study, opts)],
+        _header(study, opts, "the whole pipeline as one JobSet (needs the JobSet controller >= v0.12.0)"),
+    )
+    applied = [n for n in files if not n.startswith(("examples/", "jobset/"))]
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": applied}
+    files["kustomization.yaml"] = to_yaml(
+        [kustomization],
         _header(
-            study,
-            f"namespace.yaml, postgres.yaml, study-configmap.yaml and {', '.join(job_files)} "
-            "in one file: the kustomize base",
+            study, opts, "the files `kubectl apply -k` applies (a list only; select with -l lorascope.dev/part=...)"
         ),
     )
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": ["resources.yaml"],
-    }
-    files["base/kustomization.yaml"] = to_yaml(
-        [kustomization], _header(study, "the base (GKE, L4); overlays/kind and overlays/gke build on it")
-    )
     return files
-
-
-def overlay_files(study: Study, study_text: str, opts: RenderOptions, base_study: Study) -> dict[str, str]:
-    """The generated part of an overlay folder (kind): patches that swap the base study for this one (the study
-    ConfigMap, each Job's run id, completions and parallelism), and a copy of minio.yaml (kustomize loads no file
-    outside an overlay's folder). The overlay's kustomization.yaml is written by hand."""
-    opts = opts.resolved(study)
-    base_opts = RenderOptions().resolved(base_study)
-    cm = study_configmap(study, study_text, opts)
-    cm_patch = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": STUDY_CONFIGMAP,
-            "namespace": opts.namespace,
-            "labels": {"app.kubernetes.io/instance": opts.run_id},
-            "annotations": cm["metadata"]["annotations"],
-        },
-        "data": cm["data"],
-    }
-    patches = []
-    for phase in PHASE_ORDER:
-        n_base, n = phase_size(base_study, phase), phase_size(study, phase)
-        if n_base == 0 and n == 0:
-            continue
-        meta = {"name": job_name(phase), "namespace": opts.namespace}
-        if n == 0:
-            patches.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "$patch": "delete"})
-            continue
-        if n_base == 0:
-            raise ConfigError(f"render: phase {phase} has no Job in the base study; an overlay cannot add one")
-        job = phase_job(study, phase, opts, n)
-        run_labels = {
-            k: job["metadata"]["labels"][k]
-            for k in ("app.kubernetes.io/instance", "lorascope.dev/run-id", "lorascope.dev/study-hash")
-        }
-        spec = {k: job["spec"][k] for k in ("completions", "parallelism", "maxFailedIndexes")}
-        base_job = phase_job(base_study, phase, base_opts, n_base)
-        spec = {k: v for k, v in spec.items() if base_job["spec"][k] != v}
-        spec["template"] = {
-            "metadata": {"labels": run_labels},
-            "spec": {"containers": [{"name": CONTAINER, "env": [{"name": "LORASCOPE_RUN_ID", "value": opts.run_id}]}]},
-        }
-        patches.append(
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": {**meta, "labels": run_labels, "annotations": job["metadata"]["annotations"]},
-                "spec": spec,
-            }
-        )
-    what = f"patches that make the {opts.overlay} overlay run this study"
-    return {
-        "study-configmap-patch.yaml": to_yaml([cm_patch], _header(study, what)),
-        "study-patch.yaml": to_yaml(patches, _header(study, what)),
-        "minio.yaml": to_yaml(minio(opts), _header(study, "a copy of manifests/minio.yaml for the kind overlay")),
-    }
 
 
 def write_files(files: dict[str, str], out: Path) -> list[Path]:

@@ -9,6 +9,11 @@ Job status fields used (batch/v1, Indexed Jobs with backoffLimitPerIndex):
 Pod fields used:
   label batch.kubernetes.io/job-completion-index    the index
   status.phase, container state `terminated`        exit code, reason, message (FallbackToLogsOnError: log tail)
+  container state `waiting`                         why a Pending pod's container does not start: ErrImagePull,
+                                                    ImagePullBackOff, InvalidImageName, ErrImageNeverPull,
+                                                    CreateContainerConfigError (a missing Secret or key), ...
+  condition PodScheduled=False, reason Unschedulable  no node fits (an L4 stockout, a quota, a taint): the message
+                                                    is the scheduler's "0/5 nodes are available: ..."
   condition DisruptionTarget=True                   preempted / evicted / node shut down: not the pod's fault; the
                                                     Jobs' podFailurePolicy ignores it and a replacement pod runs
 """
@@ -83,6 +88,34 @@ def pod_terminated(pod: Any) -> Any | None:
     return None
 
 
+# A container waiting for one of these reasons will not start by itself: the image reference is wrong, the image is
+# not on a kind node (pull policy Never), the registry refuses us, or a Secret / ConfigMap key it needs is missing.
+# InvalidImageName and ErrImageNeverPull never change; the others get a grace period (a registry hiccup recovers).
+FATAL_NOW = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+FATAL_AFTER_GRACE = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "CreateContainerError"}
+)
+
+
+def fatal_waiting(reason: str) -> bool:
+    return reason in FATAL_NOW or reason in FATAL_AFTER_GRACE or reason.startswith(("Err", "Invalid"))
+
+
+def pod_waiting(pod: Any) -> tuple[str, str] | None:
+    """(reason, message) of a pod that has not started: a waiting container (init containers first), else the
+    scheduler's Unschedulable condition. None for a pod that runs or ended."""
+    st = pod.status
+    for cs in [*(st.init_container_statuses or []), *(st.container_statuses or [])]:
+        w = cs.state.waiting if cs.state is not None else None
+        if w is not None and w.reason and w.reason not in ("ContainerCreating", "PodInitializing"):
+            return w.reason, w.message or ""
+    if st.phase == "Pending":
+        for c in st.conditions or []:
+            if c.type == "PodScheduled" and c.status == "False":
+                return c.reason or "Unschedulable", c.message or ""
+    return None
+
+
 def pod_active(pod: Any) -> bool:
     return pod.status.phase in ("Pending", "Running") and pod.metadata.deletion_timestamp is None
 
@@ -136,6 +169,8 @@ class IndexRow:
     failures: int  # pods that failed on their own (exit code != 0)
     pod: str | None  # the newest pod
     exit_code: int | None  # the newest ended pod's exit code
+    waiting: str = ""  # why the newest pod has not started: "ErrImagePull", "Unschedulable", ...
+    waiting_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,6 +192,9 @@ class JobView:
     @property
     def preempted(self) -> int:
         return sum(r.preempted for r in self.rows)
+
+    def waiting_rows(self) -> list[IndexRow]:
+        return [r for r in self.rows if r.waiting]
 
 
 def summarize(job: Any, pods: Iterable[Any], unit: Callable[[int], str] | None = None) -> JobView:
@@ -184,6 +222,7 @@ def summarize(job: Any, pods: Iterable[Any], unit: Callable[[int], str] | None =
             state = "waiting"
         ended = [p for p in ps if pod_terminated(p) is not None]
         newest_ended = ended[-1] if ended else None
+        waiting = pod_waiting(ps[-1]) if ps and state == "active" else None
         rows.append(
             IndexRow(
                 index=i,
@@ -194,6 +233,8 @@ def summarize(job: Any, pods: Iterable[Any], unit: Callable[[int], str] | None =
                 failures=sum(1 for p in ps if pod_failed(p)),
                 pod=ps[-1].metadata.name if ps else None,
                 exit_code=pod_terminated(newest_ended).exit_code if newest_ended is not None else None,
+                waiting=waiting[0] if waiting else "",
+                waiting_message=waiting[1] if waiting else "",
             )
         )
     return JobView(
@@ -254,11 +295,20 @@ def failed_pods(job: Any, pods: Iterable[Any]) -> list[FailedPod]:
 # ------------------------------------------------------------------------------------------------ decisions
 @dataclass(frozen=True)
 class Decision:
-    action: str  # create | skip | wait | recreate | conflict
+    action: str  # create | skip | wait | patch | recreate | conflict
     why: str
 
 
-def decide(job: Any | None, run_id: str, study_hash: str) -> Decision:
+def job_image(job: Any) -> str:
+    for c in job.spec.template.spec.containers or []:
+        if c.name == CONTAINER:
+            return c.image
+    return ""
+
+
+def decide(
+    job: Any | None, run_id: str, study_hash: str, want_image: str | None = None, want_parallelism: int | None = None
+) -> Decision:
     """What `lorascope cluster run` does with a phase, given the Job of that name now in the namespace (or None).
 
     * no Job                              -> create
@@ -268,6 +318,8 @@ def decide(job: Any | None, run_id: str, study_hash: str) -> Decision:
                                              is committed skips at once, so only the failed ones do work
     * another run's Job, finished         -> recreate for this run
     * another run's Job, running / queued -> conflict: refuse (exit 2) rather than kill someone's run
+    * this run's Job, running, but another image than asked (a new --image-tag) -> conflict: say so (a running
+      Job's pod template cannot change); with only another --parallelism -> patch (parallelism is mutable)
     """
     if job is None:
         return Decision("create", "no Job yet")
@@ -289,6 +341,15 @@ def decide(job: Any | None, run_id: str, study_hash: str) -> Decision:
         return Decision("skip", "succeeded earlier")
     if state == "failed":
         return Decision("recreate", f"failed earlier ({failure_reason(job)}); committed indexes will skip")
+    if want_image and job_image(job) and job_image(job) != want_image:
+        return Decision(
+            "conflict",
+            f"Job {job.metadata.name} is {state} with image {job_image(job)}, not {want_image} as asked: a running "
+            f"Job's pods cannot change image; wait for it, or delete it (kubectl delete job {job.metadata.name}) "
+            "and run again (committed indexes skip)",
+        )
+    if want_parallelism is not None and job.spec.parallelism != want_parallelism:
+        return Decision("patch", f"already {state}; parallelism {job.spec.parallelism} -> {want_parallelism}")
     return Decision("wait", f"already {state}")
 
 
@@ -302,6 +363,10 @@ def headline(view: JobView) -> str:
     ]
     if view.preempted:
         parts.append(f"{view.preempted} preempted")
+    not_started: dict[str, int] = {}
+    for r in view.waiting_rows():
+        not_started[r.waiting] = not_started.get(r.waiting, 0) + 1
+    parts += [f"{n} {reason}" for reason, n in sorted(not_started.items())]
     extra = f"  ({view.reason})" if view.reason else ""
     return (
         f"[{view.phase}] {view.name}  run={view.run_id}  {view.state}: {plural(view.completions, 'index')}: "
@@ -320,7 +385,23 @@ def table(view: JobView) -> list[str]:
     lines = [headline(view), f"  {'index':>5}  {'unit':<{width}}  {'state':<9}  tries  preempted  exit  pod"]
     for r in view.rows:
         code = "" if r.exit_code is None else str(r.exit_code)
-        lines.append(
+        line = (
             f"  {r.index:>5}  {r.unit:<{width}}  {r.state:<9}  {r.tries:>5}  {r.preempted:>9}  {code:>4}  {r.pod or ''}"
         )
+        if r.waiting:
+            line += f"  {r.waiting}"
+        lines.append(line)
+    # one line per distinct reason a pod has not started, with the kubelet's / scheduler's own words
+    seen: set[tuple[str, str]] = set()
+    for r in view.waiting_rows():
+        key = (r.waiting, r.waiting_message)
+        if key in seen:
+            continue
+        seen.add(key)
+        lines.append(f"  not started: {r.waiting}: {_short(r.waiting_message)}".rstrip(": "))
     return lines
+
+
+def _short(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,0 +1,310 @@
+"""The pipeline as one JobSet: the rendered objects validate against the JobSet CRD's own schema (v0.12.0, vendored
+in tests/k8s/data with its source), meet the JobSet webhook's rules, chain the phases with dependsOn Complete, and
+`lorascope status RUN --cluster` / `cluster run --detach` work against API-shaped JobSets."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError
+from lorascope.k8s import jobset, render
+from lorascope.k8s.launcher import Launcher, pipeline_status
+from lorascope.phases import PHASE_ORDER
+from lorascope.study import load_study
+from tests.k8s.api_objects import child_job, condition
+from tests.k8s.api_objects import jobset as api_jobset
+from tests.k8s.manifest_checks import MANIFESTS, REPO, load_objects, manifest_files
+
+CRD = json.loads((Path(__file__).parent / "data" / "jobset-v0.12.0-openapi.json").read_text())
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def strict(schema):
+    """The API server prunes unknown fields of a structural schema; `kubectl apply --validate=strict` (the default)
+    refuses them. Close every object that lists its properties, as the server's field validation does."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+VALIDATOR = jsonschema.Draft7Validator(strict(CRD["openAPIV3Schema"]))
+
+
+def errors(obj: dict) -> list[str]:
+    return sorted(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(obj))
+
+
+def webhook_errors(js: dict) -> list[str]:
+    """The JobSet validating webhook's rules that concern us (pkg/webhooks/jobset_webhook.go at v0.12.0)."""
+    bad = []
+    rjs = js["spec"]["replicatedJobs"]
+    if rjs and rjs[0].get("dependsOn"):
+        bad.append("DependsOn can't be set for the first ReplicatedJob")
+    seen: set[str] = set()
+    for rj in rjs:
+        seen.add(rj["name"])
+        for dep in rj.get("dependsOn", []):
+            if dep["name"] not in seen:
+                bad.append(f"{rj['name']} cannot depend on {dep['name']}")
+        job_name = f"{js['metadata']['name']}-{rj['name']}-{rj.get('replicas', 1) - 1}"
+        pod_name = f"{job_name}-{rj['template']['spec']['completions'] - 1}-abcde"
+        for n in (job_name, pod_name):
+            if len(n) > 63 or not DNS_1035.match(n):
+                bad.append(f"generated name {n} is not a DNS-1035 label")
+    if js["spec"].get("startupPolicy", {}).get("startupPolicyOrder") == "InOrder" and any(
+        "dependsOn" in rj for rj in rjs
+    ):
+        bad.append("StartupPolicy and DependsOn APIs are mutually exclusive")
+    return bad
+
+
+def test_the_vendored_schema_is_jobset_v0_12_0_and_has_depends_on_complete():
+    assert CRD["tag"] == "v0.12.0" and CRD["source"].endswith(
+        "/v0.12.0/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml"
+    )
+    assert (CRD["group"], CRD["version"], CRD["kind"]) == (jobset.GROUP, jobset.VERSION, "JobSet")
+    rj = CRD["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicatedJobs"]["items"]
+    dep = rj["properties"]["dependsOn"]
+    assert dep["type"] == "array" and dep["items"]["required"] == ["name", "status"]
+    assert dep["items"]["properties"]["status"]["enum"] == ["Ready", "Complete"]
+    assert dep["x-kubernetes-list-map-keys"] == ["name"]
+    status = CRD["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(status["replicatedJobsStatus"]["items"]["properties"]) >= {"name", "ready", "succeeded", "failed",
+                                                                          "active", "suspended"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(overlay="base"),
+        dict(overlay="kind"),
+        dict(
+            overlay="gke",
+            registry="europe-west4-docker.pkg.dev/p/lorascope",
+            image_tag="0.1.0-gabc",
+            spot=True,
+            queue="lorascope",
+        ),  # fmt: skip
+    ],
+)
+def test_rendered_jobsets_validate_against_the_crd_schema_and_the_webhook_rules(opts):
+    path = REPO / "jobs" / ("smoke.yaml" if opts["overlay"] == "kind" else "study.yaml")
+    study = load_study(path)
+    js = jobset.pipeline_jobset(study, render.RenderOptions(**opts))
+    assert errors(js) == [] and webhook_errors(js) == []
+    rjs = js["spec"]["replicatedJobs"]
+    assert [rj["name"] for rj in rjs] == [p for p in PHASE_ORDER if render.phase_size(study, p) > 0]
+    assert "dependsOn" not in rjs[0]
+    for prev, rj in zip(rjs, rjs[1:], strict=False):
+        assert rj["dependsOn"] == [{"name": prev["name"], "status": "Complete"}] and rj["replicas"] == 1
+    # each phase's Job is the one the launcher submits, less its TTL (the JobSet's own TTL applies)
+    jobs = render.phase_jobs(study, render.RenderOptions(**opts))
+    for rj in rjs:
+        want = {k: v for k, v in jobs[rj["name"]]["spec"].items() if k != "ttlSecondsAfterFinished"}
+        assert rj["template"]["spec"] == want
+    assert js["spec"]["failurePolicy"] == {"maxRestarts": 0} and js["spec"]["ttlSecondsAfterFinished"] > 0
+    if opts.get("queue"):  # Kueue admits the JobSet as one workload
+        assert js["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lorascope"
+        assert all("kueue.x-k8s.io/queue-name" not in rj["template"]["metadata"]["labels"] for rj in rjs)
+
+
+def test_committed_jobsets_are_the_rendered_ones_and_valid():
+    files = manifest_files(custom_resources=True)
+    assert [p.relative_to(MANIFESTS).as_posix() for p in files] == ["jobset/jobset.yaml", "kind/jobset/jobset.yaml"]
+    for p in files:
+        [js] = load_objects(p)
+        assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and errors(js) == [] and webhook_errors(js) == []
+
+
+def test_the_schema_and_the_rules_catch_what_the_api_server_would_refuse():
+    study = load_study(REPO / "jobs" / "study.yaml")
+    good = jobset.pipeline_jobset(study, render.RenderOptions())
+    bad = copy.deepcopy(good)
+    bad["spec"]["replicatedJobs"][1]["dependsOn"][0]["status"] = "Succeeded"  # not Ready|Complete
+    bad["spec"]["replicatedJobs"][2]["replicass"] = 1  # unknown field
+    bad["spec"]["replicatedJobs"][3]["template"]["spec"]["backoffLimitPerIndexx"] = 1  # deep in the Job template
+    errs = errors(bad)
+    assert len(errs) == 3, errs
+    assert any("'Succeeded' is not one of ['Ready', 'Complete']" in e for e in errs)
+    assert any("replicass" in e for e in errs) and any("backoffLimitPerIndexx" in e for e in errs)
+    long = copy.deepcopy(good)
+    long["metadata"]["name"] = "lorascope-" + "x" * 40
+    long["spec"]["replicatedJobs"][0]["dependsOn"] = [{"name": "report", "status": "Complete"}]
+    assert len(webhook_errors(long)) >= 3
+    # and the name the renderer picks stays short for any run id
+    assert len(jobset.jobset_name("r" * 63)) <= jobset.MAX_NAME and DNS_1035.match(jobset.jobset_name("9Run_X"))
+
+
+# ------------------------------------------------------------------------------------------------ reading it back
+def test_describe_a_running_pipeline_phase_by_phase():
+    name = "lorascope-reference-67b50130"
+    js = api_jobset(
+        name,
+        statuses={"stage": {"succeeded": 1}, "sanity": {"succeeded": 1}, "hpo": {"active": 1, "ready": 0}},
+    )
+    kids = [
+        child_job(name, "stage", completions=1, completed="0", conditions=[condition("Complete")]),
+        child_job(name, "sanity", completions=6, completed="0-5", conditions=[condition("Complete")]),
+        child_job(name, "hpo", completions=18, completed="0-7", active=6),
+    ]
+    view = jobset.describe(js, kids)
+    assert view.state == "running" and view.run_id == "reference-67b50130"
+    assert [(r.phase, r.state) for r in view.rows] == [
+        ("stage", "succeeded"), ("sanity", "succeeded"), ("hpo", "active"), ("train", "blocked"),
+        ("extract", "blocked"), ("drift", "blocked"), ("bench", "blocked"), ("report", "blocked"),
+    ]  # fmt: skip
+    hpo = view.rows[2]
+    assert hpo.job == f"{name}-hpo-0" and hpo.detail == "8/18 indexes succeeded, 0 failed, 6 pods active"
+    assert view.rows[3].detail == "waits for hpo to be Complete"
+
+
+def test_describe_a_failed_and_a_finished_pipeline():
+    name = "lorascope-reference-67b50130"
+    failed = api_jobset(
+        name,
+        statuses={"stage": {"succeeded": 1}, "sanity": {"failed": 1}},
+        conditions=[condition("Failed", "FailedJobs", "jobset failed due to one or more job failures")],
+    )
+    view = jobset.describe(
+        failed, [child_job(name, "sanity", completions=6, failed="3", conditions=[condition("Failed")])]
+    )
+    assert view.state == "failed" and view.reason == "FailedJobs: jobset failed due to one or more job failures"
+    assert view.rows[1].state == "failed" and "1 failed" in view.rows[1].detail
+    done = api_jobset(
+        name,
+        statuses={p: {"succeeded": 1} for p in PHASE_ORDER},
+        conditions=[condition("Completed", "AllJobsCompleted", "jobset completed successfully")],
+    )
+    view = jobset.describe(done)
+    assert view.state == "succeeded" and view.reason == "" and {r.state for r in view.rows} == {"succeeded"}
+    text = "\n".join(jobset.lines(view))
+    assert text.startswith(f"JobSet {name}  run=reference-67b50130  succeeded")
+
+
+class FakeCustom:
+    """CustomObjectsApi + BatchV1Api for JobSets: JSON dicts in, JSON dicts out, 404 / 409 like the API server."""
+
+    def __init__(self, crd_installed: bool = True) -> None:
+        self.crd = crd_installed
+        self.objects: dict[str, dict] = {}
+        self.events: list[tuple[str, str]] = []
+        self.configmaps: dict[str, dict] = {}
+        self.children: list = []
+
+    def _check(self, group, version, plural):
+        assert (group, version, plural) == (jobset.GROUP, jobset.VERSION, jobset.PLURAL)
+        if not self.crd:
+            raise ApiException(status=404, reason="Not Found")  # the resource type does not exist
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self._check(group, version, plural)
+        if name not in self.objects:
+            raise ApiException(status=404)
+        return copy.deepcopy(self.objects[name])
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self._check(group, version, plural)
+        assert errors(body) == [] and webhook_errors(body) == []  # what the API server and webhook would check
+        name = body["metadata"]["name"]
+        if name in self.objects:
+            raise ApiException(status=409)
+        self.objects[name] = {**copy.deepcopy(body), "status": {}}
+        self.events.append(("create", name))
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
+        self.objects.pop(name)
+        self.events.append(("delete", name))
+
+    # core / batch
+    def read_namespaced_secret(self, name, namespace):
+        return None
+
+    def create_namespaced_config_map(self, namespace, body):
+        self.configmaps[body["metadata"]["name"]] = body
+
+    def read_namespaced_job(self, name, namespace):
+        raise ApiException(status=404)
+
+    def list_namespaced_job(self, namespace, label_selector=""):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(items=self.children)
+
+
+def _launcher(api, smoke_study_path):
+    study = load_study(smoke_study_path)
+    out = io.StringIO()
+    la = Launcher(api, api, study, smoke_study_path.read_text(), render.RenderOptions(overlay="kind"), out=out,
+                  custom=api, sleep=lambda s: None)  # fmt: skip
+    return la, out
+
+
+def test_detach_submits_one_jobset_and_status_reads_it_back(smoke_study_path):
+    api = FakeCustom()
+    la, out = _launcher(api, smoke_study_path)
+    assert la.submit_jobset() == EXIT_OK
+    name = jobset.jobset_name(la.run_id)
+    assert api.events == [("create", name)]
+    assert "stage -> sanity -> hpo -> train -> extract -> drift -> bench -> report" in out.getvalue()
+    assert render.study_configmap_name(la.run_id) in api.configmaps
+    # submitting again while it runs: nothing new
+    la, out = _launcher(api, smoke_study_path)
+    assert la.submit_jobset() == EXIT_OK and api.events == [("create", name)]
+    assert "is already running: nothing submitted" in out.getvalue()
+    # `lorascope status RUN --cluster`
+    text = io.StringIO()
+    assert pipeline_status(la.run_id, custom=api, batch=api, core=api, out=text) == EXIT_OK
+    assert text.getvalue().startswith(f"JobSet {name}  run={la.run_id}  running")
+    # it failed: status says so (exit 1); a new submit replaces it (committed indexes skip)
+    api.objects[name]["status"] = {"conditions": [condition("Failed", "FailedJobs", "a job failed")]}
+    assert pipeline_status(la.run_id, custom=api, batch=api, core=api, out=io.StringIO()) == EXIT_FAILURE
+    la, out = _launcher(api, smoke_study_path)
+    assert la.submit_jobset() == EXIT_OK
+    assert api.events == [("create", name), ("delete", name), ("create", name)]
+
+
+def test_detach_without_the_jobset_crd_and_status_of_an_unknown_run_are_config_errors(smoke_study_path):
+    la, _ = _launcher(FakeCustom(crd_installed=False), smoke_study_path)
+    with pytest.raises(ConfigError, match=r"no JobSet API \(jobset.x-k8s.io/v1alpha2\): install JobSet >= v0.12.0"):
+        la.submit_jobset()
+    api = FakeCustom(crd_installed=False)
+    with pytest.raises(ConfigError, match="run nope: no JobSet lorascope/lorascope-nope .* and no phase Jobs"):
+        pipeline_status("nope", custom=api, batch=api, core=api, out=io.StringIO())
+    from lorascope.cli import main
+
+    assert EXIT_CONFIG == 2 and main(["status", "x", "--cluster", "--context", "does-not-exist"]) == 2
+
+
+def test_status_cluster_of_a_launcher_run_shows_its_phase_jobs(smoke_study_path):
+    """No JobSet (the run went through the launcher, or the cluster has no JobSet API): the run's phase Jobs."""
+    from tests.k8s.api_objects import RUN, job
+
+    api = FakeCustom(crd_installed=False)
+    api.children = [
+        job("train", completed="0-9", active=6),
+        job("stage", completions=1, completed="0", conditions=[condition("Complete")]),
+    ]
+    api.list_namespaced_pod = lambda namespace, label_selector="": type("L", (), {"items": []})()
+    out = io.StringIO()
+    assert pipeline_status(RUN, custom=api, batch=api, core=api, out=out) == EXIT_OK
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"run {RUN}: phase Jobs submitted by `lorascope cluster run` (no JobSet)"
+    assert lines[1].startswith("[stage] lorascope-stage") and "succeeded" in lines[1]
+    assert lines[2].startswith("[train] lorascope-train") and "10 succeeded" in lines[2]
