@@ -13,7 +13,7 @@ import yaml
 
 from lorascope import cli
 from lorascope.phases.bench import PHASE, BenchPlan
-from lorascope.serving import timing
+from lorascope.analysis import verdicts
 from tests.serving.bench_fixtures import commit_cells
 
 from .conftest import SMOKE, stage_run, write_study
@@ -99,11 +99,14 @@ def test_raw_timings_reproduce_the_summary(benched):
     for bs in (1, 4):
         sep_ms = [1e3 * np.mean(per[("separate", "single", bs)][r]) for r in (0, 1)]
         mer_ms = [1e3 * np.mean(per[("merged", "single", bs)][r]) for r in (0, 1)]
-        expected = timing.overhead_pct(sep_ms, mer_ms)["pct"]
-        assert s["overhead"]["separate_vs_merged"][str(bs)]["pct"] == pytest.approx(expected)
-        assert s["h2"]["by_batch_size"][str(bs)]["holds"] == (expected <= 30.0)
-    assert s["h2"]["threshold_pct"] == 30.0 and s["h2"]["holds"] == all(
-        v["holds"] for v in s["h2"]["by_batch_size"].values())
+        expected = verdicts.h2(sep_ms, mer_ms, 30.0)  # the one H2 estimator and rule, from the raw timings
+        assert s["overhead"]["separate_vs_merged"][str(bs)]["pct"] == pytest.approx(expected["pct"])
+        assert s["h2"]["by"][f"batch {bs}"]["verdict"] == expected["verdict"]
+        assert s["h2"]["by"][f"batch {bs}"]["pct"] == pytest.approx(expected["pct"])
+    assert s["h2"]["limit_pct"] == 30.0 and s["h2"]["verdict"] == verdicts.combine(s["h2"]["by"])
+    for c in s["configs"]:  # latency and throughput intervals are on the log scale: never below 0
+        assert 0 < c["mean_batch_ms_ci"]["low"] <= c["mean_batch_ms_ci"]["high"]
+        assert 0 < c["throughput_rps"]["low"] <= c["throughput_rps"]["high"]
 
 
 def test_raw_requests_are_served_by_their_own_adapter(benched):
@@ -192,4 +195,4 @@ def test_bench_serves_cells_trained_by_the_train_phase(tmp_path):
     vt = c["vs_train_predictions"]
     assert vt["requests"] == sum(x["timed_requests"] for x in s["configs"])
     assert vt["argmax_agreement"] == 1.0 and vt["max_prob_diff"] < 1e-4
-    assert len(s["configs"]) == 14 and s["h2"]["by_batch_size"].keys() == {"1", "4"}
+    assert len(s["configs"]) == 14 and s["h2"]["by"].keys() == {"batch 1", "batch 4"}

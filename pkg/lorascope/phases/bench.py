@@ -206,7 +206,7 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     summary = summarize(ctx.study, plan, runs, modes, switches, correctness, settings, device, dtype_name,
                         time.perf_counter() - t_start)
     _commit(ctx, backend, runs, switches, summary)
-    log("committed", seconds=round(time.perf_counter() - t_start, 1), h2_holds=summary["h2"]["holds"],
+    log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"))
 
 
@@ -385,20 +385,25 @@ def _train_predictions(cell_dirs: dict[str, Path]) -> dict[str, dict[int, dict]]
 # ------------------------------------------------------------------------------------------------ summary
 def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: dict, correctness: dict,
               settings: Any, device: Any, dtype_name: str, seconds: float) -> dict:
+    from lorascope.analysis import verdicts
     from lorascope.serving import hf_backend, protocol, timing
 
     conf = settings.confidence
     configs = [protocol.config_summary(r, conf) for r in runs]
+    for c in configs:  # intervals of positive quantities on the log scale (analysis.verdicts), never below 0
+        c["mean_batch_ms_ci"] = verdicts.positive_interval(c["mean_batch_ms_per_repeat"], conf)
+        c["throughput_rps"] = verdicts.positive_interval([c["timed_requests"] / (b * c["timed_batches"] / 1e3)
+                                                          for b in c["mean_batch_ms_per_repeat"]], conf)  # fmt: skip
     for sw in switches.values():
         sw["latency_ms"] = timing.latency_stats(sw["seconds"])
     is_ = lambda mode, order=None: (lambda c: c["mode"] == mode and (order is None or c["order"] == order))  # noqa: E731
-    overhead: dict[str, Any] = {"separate_vs_merged": protocol.overheads(configs, is_("separate"), is_("merged"), conf),
-                                "full_vs_merged": protocol.overheads(configs, is_("full"), is_("merged"), conf)}
+    overhead: dict[str, Any] = {"separate_vs_merged": verdicts.overheads(configs, is_("separate"), is_("merged")),
+                                "full_vs_merged": verdicts.overheads(configs, is_("full"), is_("merged"))}
     for mode in plan.modes:
         if mode.startswith("multi-"):
             for order in plan.orders(mode):
-                overhead[f"{mode}/{order}_vs_separate"] = protocol.overheads(configs, is_(mode, order), is_("separate"), conf)
-                overhead[f"{mode}/{order}_vs_merged"] = protocol.overheads(configs, is_(mode, order), is_("merged"), conf)
+                overhead[f"{mode}/{order}_vs_separate"] = verdicts.overheads(configs, is_(mode, order), is_("separate"))
+                overhead[f"{mode}/{order}_vs_merged"] = verdicts.overheads(configs, is_(mode, order), is_("merged"))
     import torch
 
     if plan.backend == "vllm":
@@ -431,14 +436,10 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
         "switch": {k: {"latency_ms": v["latency_ms"], "what": "PEFT set_adapter to another task's adapter"}
                    for k, v in switches.items()},  # fmt: skip
         "overhead": overhead,
-        "h2": protocol.h2_verdict(overhead["separate_vs_merged"], study.hypotheses.h2_max_overhead_pct),
+        "h2": verdicts.h2_summary(configs, study.hypotheses.h2_max_overhead_pct),  # the rule drift and report use
         "correctness": correctness,
         "seconds": seconds,
     }
-
-
-def _yes_no(v: bool | None) -> str:
-    return "n/a (an interval is missing)" if v is None else ("holds" if v else "does not hold")
 
 
 def summary_markdown(s: dict) -> str:
@@ -471,12 +472,15 @@ def summary_markdown(s: dict) -> str:
         cells = []
         for b in s["protocol"]["batch_sizes"]:
             o = by_bs.get(str(b))
-            cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['low'], 1)}, {f(o['high'], 1)}]")
+            cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     h2 = s["h2"]
-    lines += ["", f"H2 (separate <= {h2['threshold_pct']}% over merged at every batch size): "
-              f"**{'holds' if h2['holds'] else 'does not hold'}** (largest overhead {f(h2['max_overhead_pct'], 1)}%; "
-              f"judged by the upper CI ends: {_yes_no(h2['holds_upper_ci'])}).", "",
+    lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [90% interval: "
+              "one-sided 95% t bounds on the log scale].", "",
+              f"H2 (separate <= {h2['limit_pct']:g}% over merged at every batch size): **{h2['verdict']}** (largest "
+              f"overhead {f(h2['max_overhead_pct'], 1)}%). Rule: {h2['rule']}.", ""]
+    lines += [f"- {k}: {v['verdict']}: {v['evidence']}" for k, v in h2["by"].items()]
+    lines += ["",
               "## Load time and memory", "", "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB |",
               "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for mode, m in s["modes"].items():
@@ -529,7 +533,7 @@ def _commit(ctx: PhaseContext, backend: str, runs: list, switches: dict, summary
             mode, order = key.split("/")
             for i, s in enumerate(sw["seconds"]):
                 f.write(json.dumps({"backend": backend, "mode": mode, "order": order, "switch": i, "seconds": s}) + "\n")
-    meta = {"backend": backend, "h2_holds": summary["h2"]["holds"], "device": summary["device"], "dtype": summary["dtype"]}
+    meta = {"backend": backend, "h2": summary["h2"]["verdict"], "device": summary["device"], "dtype": summary["dtype"]}
     with ctx.writer("bench", backend, phase="bench", meta=meta) as w:
         for name in ("requests.jsonl", "batches.jsonl", "switches.jsonl"):
             w.add_file(name, work / name)
