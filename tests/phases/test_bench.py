@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from lorascope import cli
-from lorascope.phases.bench import PHASE, BenchPlan
 from lorascope.analysis import verdicts
+from lorascope.phases.bench import PHASE, BenchPlan
 from tests.serving.bench_fixtures import commit_cells
 
 from .conftest import SMOKE, stage_run, write_study

@@ -5,7 +5,9 @@ PEFT (0.21, `peft.tuners.lora.model.LoraModel._create_and_replace`) picks a modu
 `peft.utils.other.get_pattern_key`: the FIRST key of `rank_pattern` / `alpha_pattern` (in the config's order) for
 which `re.match(rf"(.*\\.)?({key})$", module_key)` matches, i.e. the key is a regular expression that must match the
 whole module name or a suffix starting after a dot. `pattern_key` restates that rule (a test checks it against
-PEFT's function); it is the only copy in this package.
+PEFT's function); it is the only copy in this package. PEFT saves adapter_config.json with `sort_keys=True`, so the
+order that decides when an adapter is read back (by PEFT or here) is the file's sorted one; `adapter_deltas` checks
+the resulting rank against the factors' shapes.
 """
 
 from __future__ import annotations
