@@ -125,7 +125,7 @@ def test_raw_requests_are_served_by_their_own_adapter(benched):
     last = [r for r in rows if r["repeat"] == 1]
     assert all(len(r["logits"]) == 2 and r["pred"] == int(np.argmax(r["logits"])) for r in last)
     md = bundle.read_bytes("summary.md").decode()
-    assert "H2 (separate <= 30.0% over merged" in md and "| multi-3 | random | 4 |" in md
+    assert f"H2 (separate <= 30% over merged at every batch size): **{s['h2']['verdict']}**" in md and "| multi-3 | random | 4 |" in md
 
 
 def test_committed_bundle_is_skipped(benched, capfd):
