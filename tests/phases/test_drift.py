@@ -298,6 +298,8 @@ def test_a_lora_cell_that_did_not_learn_makes_h1b_not_assessable(tmp_path):
     assert s["results"]["mrpc"]["methods"]["lora"]["learning"]["1337"]["learned"] is False
     assert s["results"]["mrpc"]["methods"]["lora"]["learned"] is False
     assert s["hypotheses"]["H1b"]["verdict"] != "supported"
+    layers = s["results"]["mrpc"]["comparisons"]["lora"]["layers"]
+    assert {v["verdict"] for v in layers.values() if v["in_mean"]} == {"not assessable"}  # per layer too
 
 
 def test_full_drift_within_its_noise_floor_is_indistinguishable(tmp_path):

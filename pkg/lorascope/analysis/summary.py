@@ -284,15 +284,16 @@ def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: 
     fl, ll = methods[full]["layers"][primary][PRIMARY_MEASURE], methods[lora]["layers"][primary][PRIMARY_MEASURE]
     index = {(r["method"], int(r["seed"]), int(r["layer_index"])): float(r["drift_" + PRIMARY_MEASURE])
              for r in rows if r["task"] == task and r["pooling"] == primary}  # fmt: skip
+    learn_gate = [] if methods[full]["learned"] and methods[lora]["learned"] else ["a cell did not learn its task"]
     per_layer = {}
     for li, label in enumerate(labels):
         ft = {c.seed: index[(c.method, c.seed, li)] for c in cells if c.method == full}
         lo = {c.seed: index[(c.method, c.seed, li)] for c in cells if c.method == lora}
         floor_gate = [f"full fine-tuning's drift {fl['mean'][li]:.4f} is within its seed noise floor {fl['noise_floor'][li]:.4f}"] \
             if vd.within_floor(fl["mean"][li], fl["noise_floor"][li]) else []  # fmt: skip
-        v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, indistinguishable=floor_gate)
+        v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=learn_gate, indistinguishable=floor_gate)
         if li not in used[(task, primary)]:  # an entry left out of the means is not judged either
-            v["verdict"] = vd.NOT_COMPARED
+            v.update(verdict=vd.NOT_COMPARED, lo=None, hi=None)
         per_layer[label] = {"verdict": v["verdict"], "estimate_pct": v["estimate_pct"], "lo": v["lo"], "hi": v["hi"],
                             "ft_mean": fl["mean"][li], "lora_mean": ll["mean"][li], "ft_floor": fl["noise_floor"][li],
                             "lora_floor": ll["noise_floor"][li], "in_mean": li in used[(task, primary)],
