@@ -218,10 +218,10 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
     ex = f"{example_se_pp:.2f}" if example_se_pp is not None else "n/a"
     ev += (f", 90% interval [{lo:.2f}, {hi:.2f}] (SE over seeds {math.sqrt(vf + vl):.2f}, over examples {ex}) vs "
            f"margin {margin_pp:g}; seed gaps " + ", ".join(f"{g:+.1f}" for g in seed_gaps.values()))  # fmt: skip
+    if example_se_pp is None:  # the interval lacks a component: too narrow to decide either way
+        return _v(INCONCLUSIVE, ev + "; validation sampling error unknown (no per-example predictions)", **out)
     if lo > margin_pp:
         return _v(NOT_SUPPORTED, ev, **out)
-    if example_se_pp is None:
-        return _v(INCONCLUSIVE, ev + "; validation sampling error unknown (no per-example predictions)", **out)
     worst = max(seed_gaps.values(), default=math.inf)
     if hi <= margin_pp and worst <= margin_pp:
         return _v(SUPPORTED, ev, **out)

@@ -45,6 +45,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     from lorascope.analysis.lora import adapter_deltas
     from lorascope.log import progress
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE, units
+    from lorascope.reporting import provenance
 
     study, log = ctx.study, ctx.log
     if ctx.committed("drift"):
@@ -112,7 +113,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     out["hypotheses"]["H2"] = summary.h2_hypothesis(study, bench)
     out["bench"] = summary.bench_section(bench)
     out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS)
-    out["provenance"] = provenance_section(ctx, reps_bundles)
+    out["provenance"] = provenance.analysis_provenance(ctx, reps_bundles)
     t_s = time.perf_counter() - t_s
     out["timings"] = {"representations_seconds": t_reps, "weights_seconds": t_w, "statistics_seconds": t_s,
                       "total_seconds": time.perf_counter() - t0}  # fmt: skip
@@ -141,32 +142,6 @@ def check_reps(task: str, reps: dict[str, tensorio.RepsFile]) -> None:
         if r.labels != base.labels or r.shape != base.shape:
             raise LorascopeError(f"task {task}: reps/{name}/{task} has layers {r.labels} / shape {r.shape}, the base "
                                  f"{base.labels} / {base.shape}")  # fmt: skip
-
-
-def provenance_section(ctx: PhaseContext, reps_bundles: dict[tuple[str, str], Any]) -> dict:
-    from lorascope.reporting import provenance
-
-    metas = [b.meta for b in reps_bundles.values()]
-    stage_meta = ctx.require("stage").meta
-    hw = [m.get("hardware") or {} for m in metas]
-    return {
-        "run_id": ctx.run_id, "study": ctx.study.name, "study_hash": ctx.study.hash, "model": ctx.study.model.name,
-        "model_revision": ctx.study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
-        "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": ctx.store.code_version,
-        "builtin_model": ctx.study.model.name.startswith("builtin:"),
-        "synthetic_data": ctx.study.data.source == "local" and ctx.study.data.path == "builtin",
-        "extract": {
-            "bundles": len(metas),
-            "code_versions": sorted({b.commit.get("code_version", "?") for b in reps_bundles.values()}),
-            "devices": sorted({str(m.get("device")) for m in metas}),
-            "gpu_names": sorted({h.get("gpu_name") for h in hw if h.get("gpu_name")}),
-            "cpu_models": sorted({str(h.get("cpu_model")) for h in hw if h.get("cpu_model")}),
-            "cpu_cores_usable": sorted({int(h["cpu_cores_usable"]) for h in hw if h.get("cpu_cores_usable")}),
-            "forward_seconds_total": float(sum(m.get("forward_seconds") or 0.0 for m in metas)),
-            "versions": metas[0].get("versions") if metas else {},
-        },
-        "drift": {"hardware": provenance.hardware(), "versions": provenance.package_versions()},
-    }  # fmt: skip
 
 
 PHASE = Phase(
