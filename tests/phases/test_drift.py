@@ -312,15 +312,18 @@ def test_full_drift_within_its_noise_floor_is_indistinguishable(tmp_path):
 
 
 def test_verdicts_follow_the_study_thresholds(tmp_path):
-    # LoRA 10 pp below full FT, and a reduction threshold above 100%: both not supported
-    metrics = {"full": [0.90, 0.91, 0.90], "lora": [0.80, 0.81, 0.80]}
+    # LoRA 20 pp below full FT (on 64 examples the validation error alone is ~5 pp), and a reduction threshold above
+    # 100%: both not supported
+    metrics = {"full": [0.90, 0.91, 0.90], "lora": [0.70, 0.71, 0.70]}
     ctx = craft_run(tmp_path, lora="mixed", full="moved", metrics=metrics,
                     hypotheses={"h1a_max_gap_pp": 3.0, "h1b_min_reduction_pct": 101.0})  # fmt: skip
     h = run_drift(ctx)["hypotheses"]
     assert h["H1a"]["verdict"] == "not supported"
     assert all(v["verdict"] == "not supported" for v in h["H1a"]["by"].values())
     assert h["H1b"]["verdict"] == "not supported"
-    assert "threshold 101%" in h["H1b"]["by"]["mrpc"]["evidence"]
+    assert h["H1b"]["by"]["rte"]["verdict"] == "not supported" and "threshold 101%" in h["H1b"]["by"]["rte"]["evidence"]
+    # MRPC is scored by F1: 70% accuracy on balanced labels is F1 ~0.71, against the 0.667 of always answering 1
+    assert h["H1b"]["by"]["mrpc"]["verdict"] == "not assessable" and "majority baseline 66.7" in h["H1b"]["by"]["mrpc"]["evidence"]
 
 
 def test_h2_from_a_committed_bench_bundle(tmp_path):

@@ -17,8 +17,8 @@ Vocabulary (per task, batch size or layer, and overall):
                      its CKA is undefined
 
 Units of replication: training seeds for H1a and H1b (3 per method in the studies), fresh-load repeats for H2.
-The printed interval of every verdict is [lower, upper] one-sided (1 - ALPHA) bounds, i.e. a two-sided
-(1 - 2 ALPHA) = 90% interval.
+The printed interval of every verdict is [lower, upper] one-sided (1 - ALPHA) = 97.5% bounds, i.e. a two-sided
+(1 - 2 ALPHA) = 95% interval: "supported" means the whole 95% interval is on the claimed side.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-ALPHA = 0.05  # one-sided level of every bound a verdict uses
+ALPHA = 0.025  # one-sided level of every bound a verdict uses: the two ends of a two-sided 95% interval
+LEARN_ALPHA = 0.05  # one-sided level of the learning gate's bootstrap bound
 POWER = 0.80  # target power of the "seeds needed" statement
 N_MAX = 1000  # the seeds-needed search stops here
 LEARN_MARGIN = 0.10  # a cell learned: it closes >= 10% of the way from its majority baseline to a perfect score ...
-BOOTSTRAP = 2000  # ... and its gain is above 0 at the one-sided 95% bootstrap bound over validation examples
+BOOTSTRAP = 2000  # ... and its gain is above 0 at the one-sided 95% bootstrap bound (LEARN_ALPHA) over examples
 
+_IV = f"{100 * (1 - 2 * ALPHA):g}%"  # the printed interval of a verdict
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 INDISTINGUISHABLE, NOT_ASSESSABLE, NOT_MEASURED = "indistinguishable", "not assessable", "not measured"
 NOT_COMPARED = "not compared"  # a per-layer entry left out of the means (by construction or undefined CKA)
@@ -43,16 +45,16 @@ NOT_COMPARED = "not compared"  # a per-layer entry left out of the means (by con
 RULES = {
     "H1a": "per task: gap = mean(full) - mean(LoRA) in pp over seeds; its standard error combines the seed spread "
            "(Welch) and the validation sampling error (paired bootstrap over examples); supported iff the one-sided "
-           "95% upper bound <= margin and every seed's own gap (paired by seed) <= margin; not supported iff the "
-           "one-sided 95% lower bound > margin; not assessable if a full cell did not learn; else inconclusive",
+           "97.5% upper bound <= margin and every seed's own gap (paired by seed) <= margin; not supported iff the "
+           "one-sided 97.5% lower bound > margin; not assessable if a full cell did not learn; else inconclusive",
     "H1b": "per task: reduction = 100 (FT - LoRA) / FT of each seed's layer-mean drift (paired by seed); supported iff "
-           "the one-sided 95% t lower bound over seeds >= threshold and every seed's reduction >= threshold; not "
-           "supported iff the one-sided 95% t upper bound < threshold; not assessable if any cell of either method "
+           "the one-sided 97.5% t lower bound over seeds >= threshold and every seed's reduction >= threshold; not "
+           "supported iff the one-sided 97.5% t upper bound < threshold; not assessable if any cell of either method "
            "did not learn; indistinguishable if full fine-tuning's drift is within its seed noise floor; else "
            "inconclusive. The CI over examples is for these trained models only and does not enter the verdict",
     "H2": "per backend, regime and batch size: overhead = exp(mean over repeats of log(separate / merged)) - 1, paired "
-          "by repeat; supported iff the one-sided 95% t upper bound (log scale) <= limit and every repeat's overhead "
-          "<= limit; not supported iff the one-sided 95% lower bound > limit; one repeat or zero variance: "
+          "by repeat; supported iff the one-sided 97.5% t upper bound (log scale) <= limit and every repeat's overhead "
+          "<= limit; not supported iff the one-sided 97.5% lower bound > limit; one repeat or zero variance: "
           "inconclusive",
     "overall": "not supported if any part is; supported if every part is; not assessable / indistinguishable if every "
                "part is; else inconclusive",
@@ -158,7 +160,7 @@ def example_bootstrap(labels: np.ndarray, preds: Mapping[str, np.ndarray], metri
             "boot": {c: v[1:] for c, v in vals.items()}, "boot_baseline": base[1:]}  # fmt: skip
 
 
-def learning_gate(value: float, baseline: float, boot_gain: np.ndarray | None, alpha: float = ALPHA,
+def learning_gate(value: float, baseline: float, boot_gain: np.ndarray | None, alpha: float = LEARN_ALPHA,
                   margin: float = LEARN_MARGIN) -> dict:  # fmt: skip
     """Did a cell learn its task? Its metric must beat the majority baseline by at least `margin` x (1 - baseline)
     (a tenth of the headroom: 5 pp at a 50% baseline) AND the gain over the baseline must be above 0 at the
@@ -216,7 +218,7 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
     needed = seeds_needed(margin_pp - gap, sv, ve, lambda n: 2 * (n - 1), alpha)
     out.update(lo=lo, hi=hi, df=df, needed_seeds=needed)
     ex = f"{example_se_pp:.2f}" if example_se_pp is not None else "n/a"
-    ev += (f", 90% interval [{lo:.2f}, {hi:.2f}] (SE over seeds {math.sqrt(vf + vl):.2f}, over examples {ex}) vs "
+    ev += (f", {_IV} interval [{lo:.2f}, {hi:.2f}] (SE over seeds {math.sqrt(vf + vl):.2f}, over examples {ex}) vs "
            f"margin {margin_pp:g}; seed gaps " + ", ".join(f"{g:+.1f}" for g in seed_gaps.values()))  # fmt: skip
     if example_se_pp is None:  # the interval lacks a component: too narrow to decide either way
         return _v(INCONCLUSIVE, ev + "; validation sampling error unknown (no per-example predictions)", **out)
@@ -252,7 +254,7 @@ def h1b(ft: Mapping[Any, float], lora: Mapping[Any, float], min_pct: float, *, g
         return _v(INCONCLUSIVE, ev + "; no seed-to-seed variation: no interval can be estimated", **out)
     needed = seeds_needed(b["mean"] - min_pct, b["sd"] ** 2, 0.0, alpha=alpha)
     out["needed_seeds"] = needed
-    ev += f", 90% interval over seeds [{b['lo']:.1f}, {b['hi']:.1f}] vs threshold {min_pct:g}%"
+    ev += f", {_IV} interval over seeds [{b['lo']:.1f}, {b['hi']:.1f}] vs threshold {min_pct:g}%"
     if b["hi"] < min_pct:
         return _v(NOT_SUPPORTED, ev, **out)
     if b["lo"] >= min_pct and min(red.values()) >= min_pct:
@@ -296,7 +298,7 @@ def h2(separate_ms: Sequence[float], merged_ms: Sequence[float], limit_pct: floa
         return _v(INCONCLUSIVE, ev + ", a single repeat: no interval)", **out)
     if out["lo"] is None:
         return _v(INCONCLUSIVE, ev + ", zero variance: no interval)", **out)
-    ev += f", 90% interval [{out['lo']:.1f}, {out['hi']:.1f}]) vs limit {limit_pct:g}%"
+    ev += f", {_IV} interval [{out['lo']:.1f}, {out['hi']:.1f}]) vs limit {limit_pct:g}%"
     if out["lo"] > limit_pct:
         return _v(NOT_SUPPORTED, ev, **out)
     if out["hi"] <= limit_pct and max(out["per_repeat_pct"]) <= limit_pct:

@@ -475,8 +475,8 @@ def summary_markdown(s: dict) -> str:
             cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     h2 = s["h2"]
-    lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [90% interval: "
-              "one-sided 95% t bounds on the log scale].", "",
+    lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [95% interval: "
+              "one-sided 97.5% t bounds on the log scale].", "",
               f"H2 (separate <= {h2['limit_pct']:g}% over merged at every batch size): **{h2['verdict']}** (largest "
               f"overhead {f(h2['max_overhead_pct'], 1)}%). Rule: {h2['rule']}.", ""]
     lines += [f"- {k}: {v['verdict']}: {v['evidence']}" for k, v in h2["by"].items()]
