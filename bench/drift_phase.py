@@ -118,7 +118,8 @@ def commit_inputs(ctx: PhaseContext, scratch: Path, layers: int, n: int, d: int)
 def weights_estimate() -> None:
     """One module of each kind at TinyLlama's shapes through the phase's weight code, and the implied total."""
     from lorascope.analysis import weights as wt
-    from lorascope.phases.drift import INTRUDER_EPS, INTRUDER_K, lora_module_summary
+    from lorascope.analysis.lora import lora_module_summary
+    from lorascope.phases.drift import INTRUDER_EPS, INTRUDER_K
 
     rng = np.random.default_rng(0)
     per = {}

@@ -43,7 +43,7 @@ def write_study(folder: Path, args: argparse.Namespace) -> Path:
 def ratio(o: dict | None) -> str:
     if not o:
         return "n/a"
-    lo, hi = o.get("low"), o.get("high")
+    lo, hi = o.get("lo"), o.get("hi")
     ci = f" [{1 + lo / 100:.3f}, {1 + hi / 100:.3f}]" if lo is not None and hi is not None else ""
     return f"{1 + o['pct'] / 100:.3f}x{ci}"
 
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ratio(o['full_vs_merged'].get(str(bs)))} | {ms[('merged', bs)]:.3f} | {ms[('separate', bs)]:.3f} |")
     for backend, s in summaries.items():
         loads = ", ".join(f"{k} {m['load_seconds']:.2f} s" for k, m in s["modes"].items())
-        print(f"\n{backend}: load/engine start-up per mode: {loads}; H2 ({s['h2']['threshold_pct']}%): "
-              f"{'holds' if s['h2']['holds'] else 'does not hold'} (largest overhead {s['h2']['max_overhead_pct']:.1f}%)")
+        print(f"\n{backend}: load/engine start-up per mode: {loads}; H2 ({s['h2']['limit_pct']:g}%): "
+              f"{s['h2']['verdict']} (largest overhead {s['h2']['max_overhead_pct']:.1f}%)")
         vh = s["correctness"].get("vllm_vs_hf")
         if vh:
             print(f"{backend}: vLLM vs HF: ok={vh['ok']}, argmax agreement {vh['argmax_agreement']:.4f}, "

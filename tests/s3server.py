@@ -49,7 +49,10 @@ class S3Server:
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
             "s3.port.grpc", "metricsPort")}
         cmd = [_weed(), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-               f"-s3.port={self.port}", f"-s3.config={cfg}", "-master.volumeSizeLimitMB=256", "-volume.max=0"]
+               f"-s3.port={self.port}", f"-s3.config={cfg}", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+               # SeaweedFS 4.x also opens an Iceberg catalog (8181) and a Lance namespace (9101) on fixed ports: off,
+               # so two servers on one machine (parallel test runs) do not collide
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
         cmd += [f"-{k}={v}" for k, v in ports.items()]
         self.log = open(self.root / "weed.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

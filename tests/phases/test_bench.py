@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from lorascope import cli
+from lorascope.analysis import verdicts
 from lorascope.phases.bench import PHASE, BenchPlan
-from lorascope.serving import timing
 from tests.serving.bench_fixtures import commit_cells
 
 from .conftest import SMOKE, stage_run, write_study
@@ -99,11 +99,14 @@ def test_raw_timings_reproduce_the_summary(benched):
     for bs in (1, 4):
         sep_ms = [1e3 * np.mean(per[("separate", "single", bs)][r]) for r in (0, 1)]
         mer_ms = [1e3 * np.mean(per[("merged", "single", bs)][r]) for r in (0, 1)]
-        expected = timing.overhead_pct(sep_ms, mer_ms)["pct"]
-        assert s["overhead"]["separate_vs_merged"][str(bs)]["pct"] == pytest.approx(expected)
-        assert s["h2"]["by_batch_size"][str(bs)]["holds"] == (expected <= 30.0)
-    assert s["h2"]["threshold_pct"] == 30.0 and s["h2"]["holds"] == all(
-        v["holds"] for v in s["h2"]["by_batch_size"].values())
+        expected = verdicts.h2(sep_ms, mer_ms, 30.0)  # the one H2 estimator and rule, from the raw timings
+        assert s["overhead"]["separate_vs_merged"][str(bs)]["pct"] == pytest.approx(expected["pct"])
+        assert s["h2"]["by"][f"eager batch {bs}"]["verdict"] == expected["verdict"]
+        assert s["h2"]["by"][f"eager batch {bs}"]["pct"] == pytest.approx(expected["pct"])
+    assert s["h2"]["limit_pct"] == 30.0 and s["h2"]["verdict"] == verdicts.combine(s["h2"]["by"])
+    for c in s["configs"]:  # latency and throughput intervals are on the log scale: never below 0
+        assert 0 < c["mean_batch_ms_ci"]["low"] <= c["mean_batch_ms_ci"]["high"]
+        assert 0 < c["throughput_rps"]["low"] <= c["throughput_rps"]["high"]
 
 
 def test_raw_requests_are_served_by_their_own_adapter(benched):
@@ -122,7 +125,8 @@ def test_raw_requests_are_served_by_their_own_adapter(benched):
     last = [r for r in rows if r["repeat"] == 1]
     assert all(len(r["logits"]) == 2 and r["pred"] == int(np.argmax(r["logits"])) for r in last)
     md = bundle.read_bytes("summary.md").decode()
-    assert "H2 in regime `eager` (separate <= 30.0% over merged" in md and "| eager | multi-3 | random | 4 |" in md
+    assert (f"H2 (separate <= 30% over merged at every batch size, in every regime timed): **{s['h2']['verdict']}**" in md
+            and "| eager | multi-3 | random | 4 |" in md)
 
 
 def test_committed_bundle_is_skipped(benched, capfd):
@@ -192,4 +196,4 @@ def test_bench_serves_cells_trained_by_the_train_phase(tmp_path):
     vt = c["vs_train_predictions"]
     assert vt["requests"] == sum(x["timed_requests"] for x in s["configs"])
     assert vt["argmax_agreement"] == 1.0 and vt["max_prob_diff"] < 1e-4
-    assert len(s["configs"]) == 14 and s["h2"]["by_batch_size"].keys() == {"1", "4"}
+    assert len(s["configs"]) == 14 and s["h2"]["by"].keys() == {"eager batch 1", "eager batch 4"}

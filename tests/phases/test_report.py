@@ -125,9 +125,13 @@ def test_bench_committed_after_drift_is_used_for_h2(tmp_path):
     b = ctx.require("report")
     numbers, md = b.read_json("summary.json"), b.read_bytes(report_phase.REPORT_FILE).decode()
     h2 = numbers["hypotheses"]["H2"]
-    assert h2["verdict"] == "not supported" and h2["by"]["batch 1"]["verdict"] == "not supported"
+    assert h2["verdict"] == "not supported" and h2["by"]["hf batch 1"]["verdict"] == "not supported"
     assert "committed after the drift phase ran" in numbers["report"]["h2_source"]
-    assert "figures/latency.png" in b.files and "| merged | single | 8 | 5.000 | [4.000, 6.000] | 100.0 |" in md
+    assert "figures/latency.png" in b.files and "| eager | merged | single | 8 | 5.000 [5.000, 5.000] | 100.0 |" in md
+    # the report says what the bench phase's own summary says, part by part
+    bench = ctx.require("bench", "hf").read_json("summary.json")["h2"]
+    assert {k.removeprefix("hf "): v["verdict"] for k, v in h2["by"].items()} == {k: v["verdict"] for k, v in bench["by"].items()}
+    assert f"| | hf batch 1 | not supported | {h2['by']['hf batch 1']['evidence']} |" in md
     assert unmatched_numbers(md, numbers) == []
 
 
@@ -159,9 +163,9 @@ def test_report_on_a_pulled_folder_with_a_local_copy(tmp_path, monkeypatch, capf
 @pytest.mark.s3
 def test_drift_and_report_on_s3(tmp_path, s3_url, capfd):
     """The same phases on an S3 store (SeaweedFS): reps and weights come through verified downloads."""
-    ctx = craft_run(tmp_path, store_url=s3_url)
+    ctx = craft_run(tmp_path, lora="mixed", full="moved", store_url=s3_url)  # full drift well above its noise floor
     summary = run_drift(ctx)
-    assert summary["hypotheses"]["H1b"]["verdict"] == "supported"
+    assert summary["hypotheses"]["H1b"]["verdict"] == "supported", summary["hypotheses"]["H1b"]["by"]
     run_phase_index(ctx, "report", 0)
     b = ctx.require("report")
     assert b.read_bytes("figures/layer_drift_mean.png").startswith(PNG)

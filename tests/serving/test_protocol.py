@@ -96,26 +96,24 @@ def test_raw_rows_carry_every_timed_request(pools):
     assert len([b for b in batches if b["kind"] == "harness"]) == 3
 
 
-def test_overheads_and_h2(pools):
+def test_overheads_and_h2_from_config_summaries(pools):
+    """The bench's summaries feed the one H2 rule (analysis.verdicts): overheads per batch size within a regime."""
+    from lorascope.analysis import verdicts
+
     configs = []
     for mode, ms in (("merged", 2.0), ("separate", 2.5), ("full", 2.0)):
         for bs in (1, 4):
             server = ScriptedServer(mode, ms * (1.5 if (mode == "separate" and bs == 4) else 1.0))
             configs.append(protocol.config_summary(_run(server, pools, mode, "single", ["mrpc"], bs, SETTINGS), 0.95))
-    sep = protocol.overheads(configs, lambda c: c["mode"] == "separate", lambda c: c["mode"] == "merged", 0.95)
+    assert {c["regime"] for c in configs} == {"eager"}
+    sep = verdicts.overheads(configs, lambda c: c["mode"] == "separate", lambda c: c["mode"] == "merged")
     assert sep["1"]["pct"] == pytest.approx(25.0) and sep["4"]["pct"] == pytest.approx(87.5)
-    full = protocol.overheads(configs, lambda c: c["mode"] == "full", lambda c: c["mode"] == "merged", 0.95)
+    full = verdicts.overheads(configs, lambda c: c["mode"] == "full", lambda c: c["mode"] == "merged")
     assert full["1"]["pct"] == pytest.approx(0.0)
-    h2 = protocol.h2_verdict(sep, 30.0)
-    assert h2["by_batch_size"]["1"]["holds"] and not h2["by_batch_size"]["4"]["holds"]
-    assert not h2["holds"] and h2["max_overhead_pct"] == pytest.approx(87.5)
-    assert protocol.h2_verdict({"1": sep["1"]}, 30.0)["holds"]
-    # the stricter verdict reads the upper CI ends: False (not None) when one is above the limit
-    made_up = {"1": {"pct": 10.0, "high": 20.0}, "4": {"pct": 20.0, "high": 45.0}}
-    assert protocol.h2_verdict(made_up, 30.0)["holds"] is True
-    assert protocol.h2_verdict(made_up, 30.0)["holds_upper_ci"] is False
-    assert protocol.h2_verdict(made_up, 50.0)["holds_upper_ci"] is True
-    assert protocol.h2_verdict({"1": {"pct": 10.0, "high": None}}, 30.0)["holds_upper_ci"] is None
+    h2 = verdicts.h2_summary(configs, 30.0)
+    assert set(h2["by"]) == {"eager batch 1", "eager batch 4"} and h2["max_overhead_pct"] == pytest.approx(87.5)
+    # scripted latencies repeat exactly: zero variance carries no evidence either way
+    assert all(p["verdict"] == "inconclusive" for p in h2["by"].values()) and h2["verdict"] == "inconclusive"
 
 
 def test_switches_change_the_adapter_every_call():

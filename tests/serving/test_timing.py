@@ -35,15 +35,6 @@ def test_t_interval_matches_the_student_t_formula():
     assert one["mean"] == 5.0 and one["low"] is None and one["high"] is None
 
 
-def test_overhead_pct_pairs_repeats():
-    o = timing.overhead_pct([1.2, 2.4], [1.0, 2.0])
-    assert o["pct"] == pytest.approx(20.0)
-    assert o["per_repeat_pct"] == [pytest.approx(20.0), pytest.approx(20.0)]
-    assert o["low"] == pytest.approx(20.0) and o["high"] == pytest.approx(20.0)  # no spread between repeats
-    with pytest.raises(ValueError):
-        timing.overhead_pct([1.0], [1.0, 2.0])
-
-
 def test_time_batches_syncs_around_each_batch_and_reads_the_clock_after_sync():
     events: list[str] = []
     ticks = iter(range(0, 10**9, 1000))  # each clock read advances 1000 ns

@@ -44,7 +44,8 @@ def test_bench_phase_vllm_index_commits_with_correctness(tmp_path):
     for name in ("separate", "multi", "merged", "full"):
         assert vh[name]["requests"] > 0 and vh[name]["argmax_mismatches"] == 0, name
     assert set(s["overhead"]["separate_vs_merged"]) == {"1", "4"}
-    assert s["h2"]["regime"] == "eager" and isinstance(s["h2"]["holds"], bool)
+    assert s["h2"]["verdict"] in ("supported", "not supported", "inconclusive")
+    assert set(s["h2"]["by"]) == {"eager batch 1", "eager batch 4"}
     if s["platform"] == "cpu":
         assert all(m.get("gpu_allocated_after_load_bytes") is None for m in s["modes"].values())
         assert all(m["rss_after_load_bytes"] > 0 and m["kv_cache_memory_bytes"] == KV for m in s["modes"].values())

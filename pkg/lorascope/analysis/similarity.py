@@ -37,6 +37,7 @@ import numpy as np
 __all__ = [
     "CachedGram",
     "GramCache",
+    "SubsetDebiasedCKA",
     "center_gram",
     "centered_cosine",
     "cka_cached",
@@ -436,3 +437,61 @@ def pairwise_drift(
         cxy = xy - mux[:, i] - mux[:, j] + mumu
         row["centered_cosine"] = float(np.mean(cxy / np.sqrt(cxx * cyy)))
     return rows
+
+
+class SubsetDebiasedCKA:
+    """Debiased CKA of two cached representations on many example subsets at once, closed form.
+
+    The subsets are `n_resamples` sorted index sets of size m drawn without replacement exactly as
+    `stats.subsample_bootstrap_ci(..., seed)` draws them (so its stat_fn can look the values up). For a subset S the
+    unbiased HSIC (Song et al. 2012) needs tr(K~_S L~_S), 1^T K~_S 1, 1^T L~_S 1 and 1^T K~_S L~_S 1, where K~_S is the
+    centred Gram restricted to S with its diagonal zeroed. HSIC_u is unchanged by re-centring a Gram (K + a1^T + 1a^T +
+    c11^T), so restricting the full-sample centred Gram `CachedGram.kt` is enough; with s the 0/1 indicator of S:
+        1^T K~_S 1 = s^T K s,   1^T K~_S L~_S 1 = sum_i s_i (K s)_i (L s)_i,   tr(K~_S L~_S) = s^T (K o L) s.
+    All subsets at once are matrix products with the n x R indicator matrix: O(n^2 R) per model and per pair, against
+    O(R m^2) fancy-indexing copies for `CachedGram.subset` (which it equals: tests/phases/test_drift.py)."""
+
+    def __init__(self, n: int, m: int, n_resamples: int, seed: int) -> None:
+        if not 4 <= m < n:
+            raise ValueError(f"need 4 <= m < n (got m={m}, n={n})")
+        rng = np.random.default_rng(seed)
+        self.n, self.m, self.n_resamples, self.seed = n, m, n_resamples, seed
+        self.index_sets = [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(n_resamples)]
+        self.S = np.zeros((n, n_resamples))
+        for r, idx in enumerate(self.index_sets):
+            self.S[idx, r] = 1.0
+
+    def _core(self, tr_kl: np.ndarray, sum_k: np.ndarray, sum_l: np.ndarray, rk_rl: np.ndarray) -> np.ndarray:
+        m = self.m  # m (m - 3) HSIC_u; the factor cancels in CKA
+        return tr_kl + sum_k * sum_l / ((m - 1) * (m - 2)) - 2.0 * rk_rl / (m - 2)
+
+    def prepare(self, gram: CachedGram) -> dict[str, np.ndarray]:
+        """Per-representation terms: K s for every subset, 1^T K~_S 1, and the self HSIC_u."""
+        S = self.S
+        KS = gram.kt @ S
+        total = np.einsum("ir,ir->r", S, KS)
+        self_tr = np.einsum("ir,ir->r", S, (gram.kt * gram.kt) @ S)
+        self_u = self._core(self_tr, total, total, np.einsum("ir,ir,ir->r", S, KS, KS))
+        return {"KS": KS, "total": total, "self_u": self_u, "kt": gram.kt}
+
+    def cka(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.ndarray:
+        """Debiased CKA of a and b on each subset, shape (n_resamples,)."""
+        S = self.S
+        tr = np.einsum("ir,ir->r", S, (a["kt"] * b["kt"]) @ S)
+        u = self._core(tr, a["total"], b["total"], np.einsum("ir,ir,ir->r", S, a["KS"], b["KS"]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((a["self_u"] > 0) & (b["self_u"] > 0), u / np.sqrt(a["self_u"] * b["self_u"]), np.nan)
+
+    def lookup(self, full_value: float, values: np.ndarray):
+        """stat_fn for `stats.subsample_bootstrap_ci`: the full-sample value for arange(n), else the precomputed value
+        of that index set (KeyError if the CI function ever draws other sets: the values would not belong to them)."""
+        table = {idx.tobytes(): float(v) for idx, v in zip(self.index_sets, values, strict=True)}
+        everything = np.arange(self.n).tobytes()
+
+        def stat_fn(idx: np.ndarray) -> float:
+            key = np.asarray(idx, dtype=np.int64).tobytes()
+            if key == everything:
+                return float(full_value)
+            return table[key]
+
+        return stat_fn

@@ -16,7 +16,7 @@ Design notes
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats as _st
@@ -32,9 +32,6 @@ __all__ = [
     "sign_flip_floor",
     "sign_flip_pvalue",
     "subsample_bootstrap_ci",
-    "verdict_h1a",
-    "verdict_h1b",
-    "verdict_h2",
 ]
 
 _ALTERNATIVES = ("two-sided", "greater", "less")
@@ -245,109 +242,3 @@ def noise_floor(seed_pair_drifts) -> dict:
     out = seed_summary(v)
     out["max"] = float(v.max()) if v.size else float("nan")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Hypothesis verdicts.  Each returns {hypothesis, verdict, evidence}; verdict is 'supported'
-# only when the whole confidence interval is on the right side of the threshold.
-# ---------------------------------------------------------------------------------------------
-
-
-def _verdict(hypothesis: str, verdict: str, evidence: str) -> dict:
-    return {"hypothesis": hypothesis, "verdict": verdict, "evidence": evidence}
-
-
-def _mean_ci(v: np.ndarray, alpha: float) -> tuple[float, float, float]:
-    """Mean and t-interval (nan bounds for n < 2)."""
-    mean = float(v.mean())
-    if v.size < 2:
-        return mean, float("nan"), float("nan")
-    half = _st.t.ppf(1 - alpha / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return mean, mean - half, mean + half
-
-
-def verdict_h1a(
-    lora_metric,
-    full_metric,
-    max_gap_pp: float = 3.0,
-    *,
-    scale: float = 100.0,
-    alpha: float = 0.05,
-) -> dict:
-    """H1a (non-inferiority): LoRA's task metric is within ``max_gap_pp`` points of full FT.
-
-    ``lora_metric``/``full_metric``: per-seed values (or a single value each), multiplied by
-    ``scale`` to get percent (default: accuracies in [0, 1]; pass scale=1 for percentages).
-    gap = mean(full) - mean(lora) in pp, with a Welch (1 - alpha) CI.
-      supported      CI upper bound <= max_gap_pp
-      not supported  CI lower bound  > max_gap_pp
-      inconclusive   otherwise, or no CI (fewer than 2 seeds per side) -- the point estimate
-                     is still reported in the evidence.
-    """
-    h = f"H1a: LoRA task metric within {max_gap_pp:g} pp of full fine-tuning"
-    lo_, fu_ = _vec(lora_metric), _vec(full_metric)
-    if scale == 100.0 and (np.any(np.abs(lo_) > 1) or np.any(np.abs(fu_) > 1)):
-        raise ValueError("metrics look like percentages; pass scale=1.0")
-    lo_, fu_ = lo_ * scale, fu_ * scale
-    if np.any(np.isnan(lo_)) or np.any(np.isnan(fu_)) or not lo_.size or not fu_.size:
-        return _verdict(h, "inconclusive", "missing metric values")
-    gap = float(fu_.mean() - lo_.mean())
-    base = f"full {fu_.mean():.2f} (n={fu_.size}), LoRA {lo_.mean():.2f} (n={lo_.size}); gap full-LoRA = {gap:+.2f} pp"
-    if lo_.size < 2 or fu_.size < 2:
-        return _verdict(h, "inconclusive", base + "; fewer than 2 seeds per method, no CI")
-    if np.ptp(fu_) == 0 and np.ptp(lo_) == 0:
-        lo = hi = gap  # no seed variation on either side: the interval collapses to the gap
-    else:
-        ci = _st.ttest_ind(fu_, lo_, equal_var=False).confidence_interval(1 - alpha)
-        lo, hi = float(ci.low), float(ci.high)
-    ev = base + f", {100 * (1 - alpha):g}% CI [{lo:.2f}, {hi:.2f}] vs margin {max_gap_pp:g}"
-    if hi <= max_gap_pp:
-        return _verdict(h, "supported", ev)
-    if lo > max_gap_pp:
-        return _verdict(h, "not supported", ev)
-    return _verdict(h, "inconclusive", ev + " (CI straddles the margin)")
-
-
-def verdict_h1b(reduction_pct: float, ci: Sequence[float], min_pct: float = 20.0) -> dict:
-    """H1b: LoRA reduces representation drift by at least ``min_pct`` % relative to full FT.
-
-    supported if CI lower bound >= min_pct; not supported if CI upper bound < min_pct;
-    inconclusive otherwise (or with nan inputs).
-    """
-    h = f"H1b: LoRA drift at least {min_pct:g}% below full fine-tuning"
-    lo, hi = (float(x) for x in ci)
-    ev = f"reduction {reduction_pct:.1f}% [CI {lo:.1f}, {hi:.1f}] vs threshold {min_pct:g}%"
-    if not all(np.isfinite([reduction_pct, lo, hi])):
-        return _verdict(h, "inconclusive", ev + " (non-finite input)")
-    if lo > hi:
-        raise ValueError("ci must be (lower, upper)")
-    if lo >= min_pct:
-        return _verdict(h, "supported", ev)
-    if hi < min_pct:
-        return _verdict(h, "not supported", ev)
-    return _verdict(h, "inconclusive", ev + " (CI straddles the threshold)")
-
-
-def verdict_h2(overhead_pct, max_pct: float = 30.0, *, alpha: float = 0.05) -> dict:
-    """H2: overhead is at most ``max_pct`` %.
-
-    ``overhead_pct``: one measurement or repeated measurements.  With >= 2 values a t-interval
-    of the mean is used: supported if its upper bound <= max_pct, not supported if its lower
-    bound > max_pct, else inconclusive.  A single value is compared directly (evidence says
-    so); nan -> inconclusive.
-    """
-    h = f"H2: overhead at most {max_pct:g}%"
-    v = _vec(overhead_pct)
-    if not v.size or np.any(~np.isfinite(v)):
-        return _verdict(h, "inconclusive", "missing or non-finite overhead")
-    mean, lo, hi = _mean_ci(v, alpha)
-    if v.size == 1:
-        ev = f"overhead {mean:.1f}% (single measurement, no CI) vs limit {max_pct:g}%"
-        lo = hi = mean
-    else:
-        ev = f"overhead {mean:.1f}% (n={v.size}, {100 * (1 - alpha):g}% CI [{lo:.1f}, {hi:.1f}]) vs limit {max_pct:g}%"
-    if hi <= max_pct:
-        return _verdict(h, "supported", ev)
-    if lo > max_pct:
-        return _verdict(h, "not supported", ev)
-    return _verdict(h, "inconclusive", ev + " (CI straddles the limit)")

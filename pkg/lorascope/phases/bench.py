@@ -243,9 +243,8 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     summary = summarize(ctx.study, plan, runs, modes, switches, correctness, settings, device, dtype_name,
                         time.perf_counter() - t_start, platform_name=build.platform, skipped=skipped)
     _commit(ctx, backend, runs, switches, summary)
-    log("committed", seconds=round(time.perf_counter() - t_start, 1), h2_holds=summary["h2"]["holds"],
-        h2_regime=summary["h2"].get("regime"), multi_ok=(correctness["multi_vs_single"] or {}).get("ok"),
-        merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
+    log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
+        multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
         vs_hf_ok=(correctness.get("vllm_vs_hf") or {}).get("ok"))
 
 
@@ -493,36 +492,39 @@ def _train_predictions(cell_dirs: dict[str, Path]) -> dict[str, dict[int, dict]]
 
 
 # ------------------------------------------------------------------------------------------------ summary
-def regime_overheads(configs: list[dict], plan: BenchPlan, regime: str, conf: float) -> dict[str, Any]:
-    """Overheads between modes timed in one execution regime (never across regimes)."""
-    from lorascope.serving import protocol
+def regime_overheads(configs: list[dict], plan: BenchPlan, regime: str) -> dict[str, Any]:
+    """Overheads between modes timed in one execution regime (never across regimes), by `verdicts.overheads`."""
+    from lorascope.analysis import verdicts
 
     def is_(mode: str, order: str | None = None):
         return lambda c: c["regime"] == regime and c["mode"] == mode and (order is None or c["order"] == order)
 
-    overhead: dict[str, Any] = {"separate_vs_merged": protocol.overheads(configs, is_("separate"), is_("merged"), conf),
-                                "full_vs_merged": protocol.overheads(configs, is_("full"), is_("merged"), conf)}
+    overhead: dict[str, Any] = {"separate_vs_merged": verdicts.overheads(configs, is_("separate"), is_("merged")),
+                                "full_vs_merged": verdicts.overheads(configs, is_("full"), is_("merged"))}
     for mode in plan.modes:
         if mode.startswith("multi-"):
             for order in plan.orders(mode):
-                overhead[f"{mode}/{order}_vs_separate"] = protocol.overheads(configs, is_(mode, order), is_("separate"), conf)
-                overhead[f"{mode}/{order}_vs_merged"] = protocol.overheads(configs, is_(mode, order), is_("merged"), conf)
+                overhead[f"{mode}/{order}_vs_separate"] = verdicts.overheads(configs, is_(mode, order), is_("separate"))
+                overhead[f"{mode}/{order}_vs_merged"] = verdicts.overheads(configs, is_(mode, order), is_("merged"))
     return overhead
 
 
 def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: dict, correctness: dict,
               settings: Any, device: Any, dtype_name: str, seconds: float, platform_name: str = "torch",
               skipped: list[str] | None = None) -> dict:
+    from lorascope.analysis import verdicts
     from lorascope.serving import hf_backend, protocol, timing
 
     conf = settings.confidence
     configs = [protocol.config_summary(r, conf) for r in runs]
+    for c in configs:  # intervals of positive quantities on the log scale (analysis.verdicts), never below 0
+        c["mean_batch_ms_ci"] = verdicts.positive_interval(c["mean_batch_ms_per_repeat"], conf)
+        c["throughput_rps"] = verdicts.positive_interval([c["timed_requests"] / (b * c["timed_batches"] / 1e3)
+                                                          for b in c["mean_batch_ms_per_repeat"]], conf)  # fmt: skip
     for sw in switches.values():
         sw["latency_ms"] = timing.latency_stats(sw["seconds"])
-    limit = study.hypotheses.h2_max_overhead_pct
-    by_regime = {r: regime_overheads(configs, plan, r, conf) for r in plan.regimes}
-    h2_by_regime = {r: {**protocol.h2_verdict(o["separate_vs_merged"], limit), "regime": r} for r, o in by_regime.items()}
-    # H2 for this backend: the first listed regime in which separate and merged were both timed
+    by_regime = {r: regime_overheads(configs, plan, r) for r in plan.regimes}
+    # `overhead`: the first listed regime in which separate and merged were both timed (all regimes: overhead_by_regime)
     primary = next((r for r in plan.regimes if by_regime[r]["separate_vs_merged"]), plan.regimes[0])
     overhead = by_regime[primary]
     import torch
@@ -562,15 +564,11 @@ def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: 
                    for k, v in switches.items()},  # fmt: skip
         "overhead": overhead,
         "overhead_by_regime": by_regime,
-        "h2": h2_by_regime[primary],
-        "h2_by_regime": h2_by_regime,
+        # the rule drift and report use: every (regime, batch size) of this backend is a part of H2
+        "h2": verdicts.h2_summary(configs, study.hypotheses.h2_max_overhead_pct),
         "correctness": correctness,
         "seconds": seconds,
     }
-
-
-def _yes_no(v: bool | None) -> str:
-    return "n/a (an interval is missing)" if v is None else ("holds" if v else "does not hold")
 
 
 def summary_markdown(s: dict) -> str:
@@ -586,7 +584,7 @@ def summary_markdown(s: dict) -> str:
              f"{s['protocol']['warmup_batches']} warm-up batches, {s['protocol']['repeats']} repeats, "
              f"{int(100 * s['protocol']['confidence'])}% t-intervals over repeat means. GPU memory: {s['gpu_memory']}. "
              f"Platform `{s.get('platform', 'n/a')}`; execution regimes {', '.join(s.get('regimes', ['eager']))} (every "
-             f"overhead compares modes of one regime; H2 from `{s.get('regime_primary', 'eager')}`). "
+             f"overhead compares modes of one regime; H2 takes every regime in which separate and merged were both timed). "
              f"Total {s['seconds']:.1f} s.", ""]
     if s.get("regimes_skipped"):
         lines += [f"Not possible on this platform, so not timed: {', '.join(s['regimes_skipped'])}.", ""]
@@ -610,16 +608,14 @@ def summary_markdown(s: dict) -> str:
             cells = []
             for b in s["protocol"]["batch_sizes"]:
                 o = by_bs.get(str(b))
-                cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['low'], 1)}, {f(o['high'], 1)}]")
+                cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]")
             lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for h2 in (s.get("h2_by_regime") or {"eager": s["h2"]}).values():
-        if not h2["by_batch_size"]:
-            lines.append(f"H2 in regime `{h2.get('regime')}`: not measured (separate and merged were not both timed).")
-            continue
-        lines.append(f"H2 in regime `{h2.get('regime', 'eager')}` (separate <= {h2['threshold_pct']}% over merged at every "
-                     f"batch size): **{'holds' if h2['holds'] else 'does not hold'}** (largest overhead "
-                     f"{f(h2['max_overhead_pct'], 1)}%; judged by the upper CI ends: {_yes_no(h2['holds_upper_ci'])}).")
+    h2 = s["h2"]
+    lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [95% interval: "
+              "one-sided 97.5% t bounds on the log scale].", "",
+              f"H2 (separate <= {h2['limit_pct']:g}% over merged at every batch size, in every regime timed): "
+              f"**{h2['verdict']}** (largest overhead {f(h2['max_overhead_pct'], 1)}%). Rule: {h2['rule']}.", ""]
+    lines += [f"- {k}: {v['verdict']}: {v['evidence']}" for k, v in h2["by"].items()]
     lines += ["", "## Load time and memory", "",
               "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB | KV cache MiB |",
               "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -683,7 +679,7 @@ def _commit(ctx: PhaseContext, backend: str, runs: list, switches: dict, summary
             mode, order = key.split("/")
             for i, s in enumerate(sw["seconds"]):
                 f.write(json.dumps({"backend": backend, "mode": mode, "order": order, "switch": i, "seconds": s}) + "\n")
-    meta = {"backend": backend, "h2_holds": summary["h2"]["holds"], "device": summary["device"], "dtype": summary["dtype"]}
+    meta = {"backend": backend, "h2": summary["h2"]["verdict"], "device": summary["device"], "dtype": summary["dtype"]}
     with ctx.writer("bench", backend, phase="bench", meta=meta) as w:
         for name in ("requests.jsonl", "batches.jsonl", "switches.jsonl"):
             w.add_file(name, work / name)

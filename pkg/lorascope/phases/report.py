@@ -25,20 +25,22 @@ REPORT_FILE = "ANALYSIS_REPORT.md"
 
 
 def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str, Any]:
-    """The drift summary, with H2 and the bench section from the committed bench bundles when they differ from what
-    the drift phase saw, and the report's own provenance."""
-    from lorascope.phases import drift
+    """The drift summary, with H2 and the bench section re-evaluated (`analysis.summary.h2_hypothesis`, the function
+    the drift phase used) when the committed bench bundles differ from what the drift phase saw, and the report's
+    own provenance."""
+    from lorascope.analysis import summary
     from lorascope.reporting import provenance
 
     numbers = copy.deepcopy(drift_summary)
-    bench = drift.committed_bench(ctx)
-    seen = (numbers["hypotheses"].get("H2") or {}).get("source") or {}
-    h2_source = f"drift phase ({seen.get('bundle')} attempt {seen.get('attempt')})" if seen else "drift phase (no bench bundle then)"
-    current = drift.h2_hypothesis(ctx.study, bench)
-    if bench and (current.get("source") or {}).get("attempt") != seen.get("attempt"):
-        numbers["hypotheses"]["H2"] = drift.json_safe(current)
-        numbers["bench"] = drift.json_safe(drift.bench_section(bench))
-        h2_source = f"report phase: {current['source']['bundle']} attempt {current['source']['attempt']}, committed after the drift phase ran"
+    bench = summary.committed_bench(ctx)
+    seen = (numbers["hypotheses"].get("H2") or {}).get("source")
+    describe = lambda src: ", ".join(f"{v['bundle']} attempt {v['attempt']}" for v in src.values())  # noqa: E731
+    h2_source = f"drift phase ({describe(seen)})" if seen else "drift phase (no bench bundle then)"
+    current = summary.h2_hypothesis(ctx.study, bench)
+    if bench and current.get("source") != seen:
+        numbers["hypotheses"]["H2"] = summary.json_safe(current)
+        numbers["bench"] = summary.json_safe(summary.bench_section(bench))
+        h2_source = f"report phase: {describe(current['source'])}, committed after the drift phase ran"
     numbers["report"] = {
         "code_version": ctx.store.code_version,
         "versions": provenance.package_versions(("lorascope", "numpy", "scipy", "matplotlib")),

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 120
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-MARKERS = ["o", "s", "^", "D", "v", "P"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
 
 
 def _nan(x: Any) -> float:
@@ -136,27 +136,46 @@ def weight_spectra(summary: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _series_name(c: dict, several_regimes: bool) -> str:
+    name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({c['order']})"
+    return f"{name} [{c['regime']}]" if several_regimes and c.get("regime") else name
+
+
 def latency(bench: dict, path: Path) -> Path:
-    """Mean batch latency vs batch size per serving mode (and request order), with the CI over repeats."""
+    """Mean batch latency vs batch size per serving mode (and request order, and execution regime where a backend ran
+    several), one panel per backend on a shared y axis, with the CI over repeats. Every series has its own
+    colour-marker pair, the same in every panel."""
     backends = list(bench)
-    fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 4), squeeze=False, sharey=True)
+    names: list[str] = []
+    for backend in backends:
+        for c in bench[backend]["configs"]:
+            name = _series_name(c, several_regimes=len(bench[backend].get("regimes") or ["eager"]) > 1)
+            if name not in names:
+                names.append(name)
+    palette = plt.get_cmap("tab10").colors
     for bi, backend in enumerate(backends):
         ax = axes[0][bi]
+        b = bench[backend]
         series: dict[str, list[dict]] = {}
-        for c in bench[backend]["configs"]:
-            name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({c['order']})"
-            series.setdefault(name, []).append(c)
-        for si, (name, cs) in enumerate(series.items()):
+        for c in b["configs"]:
+            series.setdefault(_series_name(c, several_regimes=len(b.get("regimes") or ["eager"]) > 1), []).append(c)
+        for name, cs in series.items():
+            si = names.index(name)
             cs = sorted(cs, key=lambda c: c["batch_size"])
             xs = [c["batch_size"] for c in cs]
             ys = [_nan(c["mean_batch_ms"]) for c in cs]
             lo = [max(0.0, y - _nan(c["low"])) if c["low"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
             hi = [max(0.0, _nan(c["high"]) - y) if c["high"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker=MARKERS[si % len(MARKERS)], color=COLORS[si % len(COLORS)], label=name, capsize=3)
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker=MARKERS[si % len(MARKERS)], color=palette[si % len(palette)],
+                        label=name, capsize=3)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
-        ax.set_ylabel("mean batch latency (ms)")
-        ax.set_title(f"{backend} on {bench[backend].get('device_name') or bench[backend].get('device')}", fontsize=9)
+        if bi == 0:
+            ax.set_ylabel("mean batch latency (ms)")
+        regimes = ", ".join(b.get("regimes") or ["eager"])
+        ax.set_title(f"{backend}: {b.get('platform') or b.get('device')} ({b.get('device_name')}), {b.get('dtype')}, {regimes}",
+                     fontsize=9)  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)

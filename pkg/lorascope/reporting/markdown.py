@@ -65,6 +65,8 @@ def hypothesis_table(n: dict) -> list[str]:
             continue
         overall_ev = h.get("rule") or h.get("evidence", "")
         lines.append(f"| {h['hypothesis']} | overall | {_verdict(h['verdict'])} | {overall_ev} |")
+        for backend, v in (h.get("by_backend") or {}).items():  # H2: one verdict per serving backend
+            lines.append(f"| | backend {backend} | {_verdict(v['verdict'])} | {v['evidence']} |")
         for scope, part in (h.get("by") or {}).items():
             lines.append(f"| | {scope} | {part['verdict']} | {part['evidence']} |")
     return lines
@@ -73,23 +75,33 @@ def hypothesis_table(n: dict) -> list[str]:
 def seeds_section(n: dict) -> list[str]:
     s = n["settings"]
     k = s["n_seeds"]
+    iv = f(s["verdict_interval_pct"], 0)
     return [
         f"## What {k} seeds can and cannot show",
         "",
-        f"- The unit of replication is the training seed: {k} per method and task. Seed-level tests pair the methods by "
-        "seed.",
+        f"- The unit of replication is the training seed: {k} per method and task. A verdict says **supported** only "
+        f"when a one-sided {f(s['verdict_bound_pct'], 0)}% bound over seeds clears the threshold AND "
+        f"every seed lies on the claimed side of it (the {iv}% intervals in the table are those two one-sided bounds). "
+        f"With {k} seeds that often reads **inconclusive**: the honest answer. Each such verdict says how many seeds "
+        f"would give {f(s['power_target_pct'], 0)}% power if the observed mean and spread were the truth.",
+        "- H1a's interval adds the validation sampling error (a paired bootstrap over the validation examples, "
+        f"{s['example_bootstrap']} resamples, the same for every cell) to the seed spread: more seeds cannot shrink that "
+        "part.",
+        "- Gates: a cell **learned** its task when its metric beats the majority baseline (the best constant predictor) "
+        f"by at least {f(s['learn_margin_pct_of_headroom'], 0)}% of the headroom to a perfect score and the gain's "
+        "one-sided bootstrap bound is above 0. H1b for a task with a cell that did not learn is **not assessable** (low "
+        "drift of a model that did not move says nothing about preservation); H1a is not assessable when a full "
+        "fine-tuning cell did not learn. Drift from the base that is not above the seed noise floor (the drift between "
+        "two seeds of the same method) is **indistinguishable** from retraining noise; H1b is indistinguishable when "
+        "full fine-tuning's drift is.",
         f"- An exact sign-flip (permutation) test on {k} paired differences cannot give p below "
         f"{f(s['sign_flip_floor_two_sided'], 3)} two-sided ({f(s['sign_flip_floor_one_sided'], 3)} one-sided), however "
-        "large the effect: a sign-flip p at that floor means every seed agreed in sign, not weak evidence. Nothing here "
-        "is significant at 0.05 by that test, by construction.",
-        f"- The paired t-test can go lower only by assuming the {k} differences are normal; it is reported with Cohen's "
-        "d_z and Holm's correction across tasks, and should be read as descriptive.",
-        f"- The {f(s['ci_level_pct'], 0)}% intervals of the drift reduction resample EXAMPLES (subsets of half the "
-        "examples drawn without replacement, so the debiased estimator stays unbiased). They say how much the reduction "
-        "would move with other examples for these trained models, not with other training seeds; seed-to-seed spread "
-        "is the SD column and the seed noise floor.",
-        "- The seed noise floor is the drift between two seeds of the same method: drift from the base below that floor "
-        "is indistinguishable from retraining noise.",
+        "large the effect: a sign-flip p at that floor means every seed agreed in sign, not weak evidence. The paired "
+        "t-tests, d_z and Holm's correction across tasks are descriptive.",
+        f"- The {f(s['ci_level_pct'], 0)}% intervals of the drift reduction over EXAMPLES (subsets of half the examples "
+        "drawn without replacement, so the debiased estimator stays unbiased) are for these trained models: they say "
+        "how much the reduction would move with other examples, not with other training seeds, and no verdict rests on "
+        "them.",
         "- Debiased CKA (unbiased HSIC, Song et al. 2012) is the primary measure: at n examples < d features the plain "
         "(biased) linear CKA of unrelated representations is far from 0, so 1 - CKA_linear understates drift. Both are "
         "shown.",
@@ -97,30 +109,60 @@ def seeds_section(n: dict) -> list[str]:
     ]
 
 
+def _layers_note(n: dict) -> str:
+    parts = []
+    for task in n["tasks"]:
+        res = n["results"][task]
+        for pooling, why in (res.get("layers_excluded") or {}).items():
+            parts.append(f"{task} ({pooling}): " + "; ".join(f"{label}: {reason}" for label, reason in why.items()))
+    used = {", ".join(v) for t in n["tasks"] for v in n["results"][t]["layers_in_mean"].values()}
+    out = "Entries in every mean over layers: " + " / ".join(sorted(used)) + "."
+    return out + (" Left out: " + "; ".join(parts) + "." if parts else "")
+
+
 def results_table(n: dict) -> list[str]:
     s = n["settings"]
     p, m = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
     lines = [
-        f"Drift = 1 - CKA against the base model, mean over the {s['layers']} hidden-state entries, then mean ± SD over "
-        f"seeds ({p} pooling). Metric: the task's selection metric on the validation split.",
+        f"Drift = 1 - CKA against the base model, mean over the hidden-state entries in the mean, then mean ± SD over "
+        f"seeds ({p} pooling). Metric: the task's selection metric on the validation split; learned: cells that beat "
+        "the majority baseline (see the gates above). A drift marked (≤ floor) is within its seed noise floor.",
         "",
-        "| task | method | n examples | metric | metric mean ± SD | accuracy mean ± SD | drift (debiased) | "
-        "drift (linear) | seed noise floor (debiased) | cosine | centred cosine |",
-        "|---|---|---:|---|---|---|---|---|---|---|---|",
+        _layers_note(n),
+        "",
+        "| task | method | n examples | metric | metric mean ± SD | majority baseline | learned | accuracy mean ± SD | "
+        "drift (debiased) | drift (linear) | seed noise floor (debiased) | cosine | centred cosine |",
+        "|---|---|---:|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task in n["tasks"]:
         res = n["results"][task]
         for method, e in res["methods"].items():
+            learned = [seed for seed, g in e["learning"].items() if g["learned"] is True]
+            mark = " (≤ floor)" if e["within_floor"][p][m] else ""
             lines.append(
-                f"| {task} | {method} | {res['n_examples']} | {res['metric_name']} | {msd(e['metric'])} | {msd(e['accuracy'])} | "
-                f"{msd(e['drift'][p][m])} | {msd(e['drift'][p]['linear'])} | {f(e['noise_floor'][p][m]['mean'])} | "
+                f"| {task} | {method} | {res['n_examples']} | {res['metric_name']} | {msd(e['metric'])} | "
+                f"{f(res.get('majority_baseline'))} | {len(learned)} of {len(e['learning'])} | {msd(e['accuracy'])} | "
+                f"{msd(e['drift'][p][m])}{mark} | {msd(e['drift'][p]['linear'])} | {f(e['noise_floor'][p][m]['mean'])} | "
                 f"{msd(e['cosine'][p]['cosine'])} | {msd(e['cosine'][p]['centered_cosine'])} |"
             )
-    excluded = [f"{task} ({pooling}): {', '.join(labels)}" for task in n["tasks"]
-                for pooling, labels in (n["results"][task].get("layers_excluded") or {}).items()]  # fmt: skip
-    if excluded:
-        lines += ["", "Left out of every mean over layers, because CKA is undefined there (a constant representation, "
-                  "e.g. the last token's embedding when every example ends with the same token): " + "; ".join(excluded) + "."]  # fmt: skip
+    return lines
+
+
+def layer_table(n: dict) -> list[str]:
+    """Per-layer H1b: every hidden-state entry with its drifts, floors and the same seed-level rule."""
+    s = n["settings"]
+    lines = [f"H1b's rule on each hidden-state entry ({s['primary_pooling']} pooling, debiased): drift mean over seeds, "
+             f"seed noise floor, mean of the per-seed reductions and its {f(s['verdict_interval_pct'], 0)}% interval over "
+             "seeds. Nothing hides in the mean.", "",
+             "| task | LoRA method | layer | in mean | FT drift | FT floor | LoRA drift | LoRA floor | reduction % | interval | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in n["tasks"]:
+        for lm, comp in n["results"][task]["comparisons"].items():
+            for label, v in (comp.get("layers") or {}).items():
+                iv = f"[{f(v['lo'], 1)}, {f(v['hi'], 1)}]" if v.get("lo") is not None else "n/a"
+                lines.append(f"| {task} | {lm} | {label} | {'yes' if v['in_mean'] else 'no'} | {f(v['ft_mean'])} | "
+                             f"{f(v['ft_floor'])} | {f(v['lora_mean'])} | {f(v['lora_floor'])} | {f(v['estimate_pct'], 1)} | "
+                             f"{iv} | {v['verdict']} |")  # fmt: skip
     return lines
 
 
@@ -128,10 +170,11 @@ def comparison_table(n: dict) -> list[str]:
     s = n["settings"]
     primary = (s["primary_pooling"], s["primary_measure"].removeprefix("cka_"))
     lines = [
-        f"FT vs LoRA mean drift, paired by seed; reduction % = 100 (FT - LoRA) / FT. The CI (primary measure only) is "
-        f"over examples: {s['resamples']} subsets without replacement. Holm adjusts across the {len(n['tasks'])} tasks.",
+        f"FT vs LoRA mean drift, paired by seed; reduction % = 100 (FT - LoRA) / FT of the seed means (descriptive: the "
+        f"H1b verdict uses the per-seed reductions). The CI (primary measure only) is over examples, for these trained "
+        f"models: {s['resamples']} subsets without replacement. Holm adjusts across the {len(n['tasks'])} tasks.",
         "",
-        "| task | LoRA method | pooling | measure | FT drift | LoRA drift | reduction % | CI over examples | t (df) | "
+        "| task | LoRA method | pooling | measure | FT drift | LoRA drift | reduction % | CI over examples (these models) | t (df) | "
         "p (t) | Holm p (t) | sign-flip p (floor) | Holm p (sign-flip) | d_z |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -181,16 +224,40 @@ def weights_table(n: dict) -> list[str]:
 def bench_tables(n: dict) -> list[str]:
     if not n.get("bench"):
         return ["No bench bundle was committed when this report was written: latency and H2 are not measured."]
+    backends = list(n["bench"])
     lines = []
     for backend, b in n["bench"].items():
-        lines += [f"Backend `{backend}` on {b.get('device_name') or b.get('device')} ({b.get('dtype')}); mean batch "
-                  "latency with the CI over repeats.", "", "| mode | order | batch | mean batch ms | CI | req/s |",
-                  "|---|---|---:|---|---|---|"]  # fmt: skip
+        skipped = f"; not possible on this platform: {', '.join(b['regimes_skipped'])}" if b.get("regimes_skipped") else ""
+        lines.append(f"- `{backend}` on {b.get('device_name') or b.get('device')} (platform `{b.get('platform') or 'n/a'}`, "
+                     f"{b.get('dtype')}), execution regimes {', '.join(b.get('regimes') or ['eager'])}{skipped}; H2 for "
+                     f"this backend: {_verdict(b.get('h2_verdict') or 'not measured')}")
+    lines += ["", "Mean batch latency (ms) per backend, side by side on the same requests, with the "
+              f"{f(n['bench'][backends[0]]['confidence_pct'], 0)}% CI over repeat means on the log scale (never below 0). "
+              "Each row is one execution regime: overheads and H2 only compare modes of one backend in one regime.", "",
+              "| regime | mode | order | batch | " + " | ".join(f"{b} ms [CI] | {b} req/s" for b in backends) + " |",
+              "|---|---|---|---:|" + "---|---:|" * len(backends)]
+    rows: dict[tuple, dict[str, dict]] = {}
+    for backend, b in n["bench"].items():
         for c in b["configs"]:
-            ci = f"[{f(c['low'], 3)}, {f(c['high'], 3)}]" if c.get("low") is not None else "n/a"
-            lines.append(f"| {c['mode']} | {c['order']} | {c['batch_size']} | {f(c['mean_batch_ms'], 3)} | {ci} | "
-                         f"{f(c.get('throughput_rps'), 1)} |")  # fmt: skip
-        lines.append("")
+            rows.setdefault((c.get("regime") or "eager", c["mode"], c["order"], c["batch_size"]), {})[backend] = c
+    for (regime, mode, order, bs), by in rows.items():
+        cells = []
+        for backend in backends:
+            c = by.get(backend)
+            if c is None:
+                cells.append("n/a | n/a")
+                continue
+            ci = f" [{f(c['low'], 3)}, {f(c['high'], 3)}]" if c.get("low") is not None else ""
+            cells.append(f"{f(c['mean_batch_ms'], 3)}{ci} | {f(c.get('throughput_rps'), 1)}")
+        lines.append(f"| {regime} | {mode} | {order} | {bs} | " + " | ".join(cells) + " |")
+    lines += ["", "Correctness per backend (class probabilities; vllm_vs_hf: vLLM's answer against HF transformers + PEFT "
+              "for the same request):", "", "| backend | check | requests | argmax mismatches | max prob diff | ok |",
+              "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for backend, b in n["bench"].items():
+        for r in b.get("correctness") or []:
+            lines.append(f"| {backend} | {r['check']} | {r['requests']} | {r['argmax_mismatches']} | {r['max_prob_diff']:.2e} | "
+                         f"{r['ok']} |")
+    lines.append("")
     return lines
 
 
@@ -227,6 +294,7 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += seeds_section(n)
     out += ["## Task metric and drift per method", ""] + results_table(n) + [""]
     out += ["## Drift reduction: LoRA vs full fine-tuning", ""] + comparison_table(n) + [""]
+    out += ["## Drift reduction per layer", ""] + layer_table(n) + [""]
     out += ["## Weight space", ""] + weights_table(n) + [""]
     out += ["## Serving latency", ""] + bench_tables(n) + [""]
     out += ["## Figures", ""]

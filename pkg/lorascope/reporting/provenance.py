@@ -65,3 +65,29 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def analysis_provenance(ctx: Any, reps_bundles: dict[tuple[str, str], Any]) -> dict:
+    """The drift summary's provenance: run, study, model and data identity, the extract bundles' code versions,
+    devices, hardware and package versions, and the drift phase's own hardware and versions."""
+    metas = [b.meta for b in reps_bundles.values()]
+    stage_meta = ctx.require("stage").meta
+    hw = [m.get("hardware") or {} for m in metas]
+    return {
+        "run_id": ctx.run_id, "study": ctx.study.name, "study_hash": ctx.study.hash, "model": ctx.study.model.name,
+        "model_revision": ctx.study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
+        "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": ctx.store.code_version,
+        "builtin_model": ctx.study.model.name.startswith("builtin:"),
+        "synthetic_data": ctx.study.data.source == "local" and ctx.study.data.path == "builtin",
+        "extract": {
+            "bundles": len(metas),
+            "code_versions": sorted({b.commit.get("code_version", "?") for b in reps_bundles.values()}),
+            "devices": sorted({str(m.get("device")) for m in metas}),
+            "gpu_names": sorted({h.get("gpu_name") for h in hw if h.get("gpu_name")}),
+            "cpu_models": sorted({str(h.get("cpu_model")) for h in hw if h.get("cpu_model")}),
+            "cpu_cores_usable": sorted({int(h["cpu_cores_usable"]) for h in hw if h.get("cpu_cores_usable")}),
+            "forward_seconds_total": float(sum(m.get("forward_seconds") or 0.0 for m in metas)),
+            "versions": metas[0].get("versions") if metas else {},
+        },
+        "drift": {"hardware": hardware(), "versions": package_versions()},
+    }  # fmt: skip

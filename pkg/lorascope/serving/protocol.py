@@ -178,37 +178,6 @@ def config_summary(run: ConfigRun, confidence: float) -> dict:
     }
 
 
-def overheads(configs: Sequence[dict], candidate: Callable[[dict], bool], baseline: Callable[[dict], bool],
-              confidence: float) -> dict[str, dict]:
-    """Per batch size: overhead in % of the candidate's mean batch latency over the baseline's (timing.overhead_pct)."""
-    out = {}
-    for c in configs:
-        if not candidate(c):
-            continue
-        base = [b for b in configs if baseline(b) and b["batch_size"] == c["batch_size"]]
-        if base:
-            out[str(c["batch_size"])] = timing.overhead_pct(c["mean_batch_ms_per_repeat"],
-                                                            base[0]["mean_batch_ms_per_repeat"], confidence)
-    return out
-
-
-def h2_verdict(separate_vs_merged: Mapping[str, dict], threshold_pct: float) -> dict:
-    """H2: serving an adapter separately costs at most `threshold_pct` % latency over the merged model, at every
-    batch size. `holds` uses the point estimates; `holds_upper_ci` the upper ends of the intervals (stricter; None
-    when some batch size has no interval)."""
-    by_batch = {bs: {"pct": o["pct"], "high": o["high"], "holds": o["pct"] <= threshold_pct}
-                for bs, o in separate_vs_merged.items()}  # fmt: skip
-    highs = [o["high"] for o in separate_vs_merged.values()]
-    return {
-        "threshold_pct": threshold_pct,
-        "by_batch_size": by_batch,
-        "max_overhead_pct": max((o["pct"] for o in separate_vs_merged.values()), default=None),
-        "holds": bool(by_batch) and all(v["holds"] for v in by_batch.values()),
-        # None when an interval is missing (one repeat): the stricter test cannot be made, which is not a "no"
-        "holds_upper_ci": None if not highs or any(h is None for h in highs) else all(h <= threshold_pct for h in highs),
-    }
-
-
 # ------------------------------------------------------------------------------------------------ correctness
 def softmax(x: np.ndarray) -> np.ndarray:
     z = np.asarray(x, dtype=np.float64)

@@ -81,23 +81,3 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, f
         return {"mean": mean, "low": None, "high": None, "half_width": None, "n": 1, "confidence": confidence}
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * a.std(ddof=1) / math.sqrt(n))
     return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": n, "confidence": confidence}
-
-
-def overhead_pct(candidate: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Overhead of `candidate` over `baseline` in percent, from per-repeat mean latencies.
-
-    The point estimate is 100 * (mean(candidate) / mean(baseline) - 1). The interval is a t-interval over the
-    per-repeat ratios (repeat r of the candidate against repeat r of the baseline, run under the same conditions)."""
-    c = np.asarray(candidate, dtype=np.float64)
-    b = np.asarray(baseline, dtype=np.float64)
-    if c.size != b.size or c.size == 0:
-        raise ValueError(f"overhead_pct: need the same number of repeats (got {c.size} and {b.size})")
-    ratios = 100.0 * (c / b - 1.0)
-    ci = t_interval(ratios.tolist(), confidence)
-    return {
-        "pct": float(100.0 * (c.mean() / b.mean() - 1.0)),
-        "low": ci["low"],
-        "high": ci["high"],
-        "per_repeat_pct": ratios.tolist(),
-        "confidence": confidence,
-    }

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -123,14 +122,11 @@ def engine_kwargs(model_dir: str | Path, tokenizer_dir: str | Path, dtype: str, 
 
 def weights_bytes(model_dir: Path, dtype: str) -> int:
     """Bytes the checkpoint's tensors take in `dtype` (from the safetensors headers; nothing is loaded)."""
+    from lorascope import tensorio
+
     total = 0
     for f in sorted(Path(model_dir).glob("*.safetensors")):
-        raw = f.read_bytes()[:8]
-        n = int.from_bytes(raw, "little")
-        with open(f, "rb") as fh:
-            fh.seek(8)
-            header = json.loads(fh.read(n))
-        for k, v in header.items():
+        for k, v in tensorio.header(f).items():
             if k == "__metadata__":
                 continue
             numel = int(np.prod(v["shape"])) if v["shape"] else 1

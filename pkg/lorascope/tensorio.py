@@ -1,0 +1,153 @@
+"""Reading what the phases wrote: safetensors tensors (numpy, no torch), adapter folders, predictions, CSV rows.
+
+One place for the file formats the analysis reads, so the drift phase and the serving backends parse a safetensors
+header the same way:
+
+    header(path)               the JSON header of a .safetensors file (name -> dtype, shape, data_offsets)
+    RepsFile(folder)           a `reps/<model>/<task>/` bundle, one hidden-state entry at a time (memory-mapped)
+    TensorFolder(folder, stem) a HF model or adapter folder (single file or sharded index), one tensor at a time
+    read_adapter(folder)       a PEFT LoRA adapter: its config and {module key: (B, A)}
+    read_predictions(folder)   a cell's `predictions.jsonl` as label and prediction arrays in idx order
+    csv_bytes / iter_rows      the drift bundle's CSVs at full float64 precision, and back
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorascope.errors import ConfigError, LorascopeError
+
+
+def header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file: 8 bytes little-endian length, then that many bytes of JSON."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+def header_size(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
+
+
+def read_bf16(path: Path, name: str) -> np.ndarray:
+    """A bf16 tensor of a safetensors file as float32 (bf16 is the top half of a float32: shift the bits up)."""
+    info = header(path)[name]
+    begin, end = info["data_offsets"]
+    raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=header_size(path) + begin)
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+
+
+class RepsFile:
+    """One `reps/<model>/<task>/` bundle, read lazily a layer at a time (safetensors.numpy slices, memory-mapped)."""
+
+    def __init__(self, folder: Path, reps_file: str = "reps.safetensors", layers_file: str = "layers.json") -> None:
+        from safetensors import safe_open
+
+        self.folder = folder
+        self.layers = json.loads((folder / layers_file).read_text())
+        self._file = safe_open(str(folder / reps_file), framework="np")
+        self.idx = np.asarray(self._file.get_tensor("idx"), dtype=np.int64)
+        self.labels: list[str] = list(self.layers["labels"])
+        self.shape = tuple(self._file.get_slice("mean").get_shape())
+
+    def layer(self, pooling: str, index: int) -> np.ndarray:
+        """float32 (n, d) states of one hidden-state entry."""
+        return np.ascontiguousarray(self._file.get_slice(pooling)[index])
+
+
+class TensorFolder:
+    """Tensors of a HF folder or adapter (`*.safetensors`, sharded via `*.safetensors.index.json` too), read one at a
+    time as float64 numpy. safetensors.numpy reads F32/F16/F64; bf16 (numpy has no bfloat16) is widened to float32
+    bit-exactly from the file's header and raw bytes."""
+
+    def __init__(self, folder: Path, stem: str) -> None:
+        self.folder = folder
+        self.files: dict[str, Path] = {}
+        index = folder / f"{stem}.safetensors.index.json"
+        single = folder / f"{stem}.safetensors"
+        if index.is_file():
+            for name, file in json.loads(index.read_text())["weight_map"].items():
+                self.files[name] = folder / file
+        elif single.is_file():
+            self.files = dict.fromkeys((k for k in header(single) if k != "__metadata__"), single)
+        else:
+            raise ConfigError(f"{folder}: no {stem}.safetensors (or sharded index) to read weights from")
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(header(self.files[name])[name]["shape"])
+
+    def get(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        path = self.files[name]
+        with safe_open(str(path), framework="np") as f:
+            dtype = f.get_slice(name).get_dtype()
+            if dtype != "BF16":
+                return np.asarray(f.get_tensor(name), dtype=np.float64)
+        return read_bf16(path, name).astype(np.float64)
+
+
+def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(adapter_config.json, {module key: (B, A)}) of a PEFT LoRA adapter folder. The module key is the name PEFT
+    matched when it built the adapter (`model.layers.0.self_attn.q_proj`: the saved name without `base_model.model.`
+    and without `.lora_A.weight`), which is what `analysis.lora.lora_scale` matches rank/alpha patterns against."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    tensors = TensorFolder(folder, "adapter_model")
+    out = {}
+    for name in tensors.names():
+        if ".lora_A." not in name:
+            continue
+        key = name.split(".lora_A.")[0].removeprefix("base_model.model.")
+        out[key] = (tensors.get(name.replace(".lora_A.", ".lora_B.")), tensors.get(name))
+    if not out:
+        raise ConfigError(f"{folder}: adapter has no lora_A/lora_B tensors")
+    return config, out
+
+
+def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
+    """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as int arrays sorted by
+    idx, or None when the cell has none."""
+    path = folder / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise LorascopeError(f"{path}: no predictions")
+    rows.sort(key=lambda r: int(r["idx"]))
+    return {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "label", "pred")}
+
+
+def csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
+    """CSV with every float at full precision (Python's repr: shortest round-trip form of the float64)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="raise", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(float(v)) if isinstance(v, float | np.floating) else v) for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+def iter_rows(data: bytes) -> Iterator[dict]:
+    """Rows of one of the drift bundle's CSVs, numbers parsed back (floats at full precision)."""
+    for r in csv.DictReader(io.StringIO(data.decode())):
+        out: dict[str, Any] = {}
+        for k, v in r.items():
+            try:
+                out[k] = int(v)
+            except ValueError:
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    out[k] = v
+        yield out
