@@ -80,7 +80,7 @@ def seeds_section(n: dict) -> list[str]:
         f"## What {k} seeds can and cannot show",
         "",
         f"- The unit of replication is the training seed: {k} per method and task. A verdict says **supported** only "
-        f"when a one-sided {f(s['verdict_bound_pct'], 0)}% bound over seeds clears the threshold AND "
+        f"when a one-sided {f(s['verdict_bound_pct'], 1)}% bound over seeds clears the threshold AND "
         f"every seed lies on the claimed side of it (the {iv}% intervals in the table are those two one-sided bounds). "
         f"With {k} seeds that often reads **inconclusive**: the honest answer. Each such verdict says how many seeds "
         f"would give {f(s['power_target_pct'], 0)}% power if the observed mean and spread were the truth.",
