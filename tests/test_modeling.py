@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,35 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
             torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="cells/rte-lora-s42 is not committed"):
         modeling.load_cell_model(ctx, "rte-lora-s42", "cpu", torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ load report
+def test_expected_load_report_is_silenced_and_a_real_mismatch_is_not(tiny_dir, tmp_path):
+    """Loading the causal-LM checkpoint as a classifier always reports lm_head UNEXPECTED and score MISSING: not
+    printed. A checkpoint with another unexpected tensor still gets transformers' full report."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    hf = logging.getLogger("transformers")  # transformers' own handler may write to a stream pytest replaced
+    hf.addHandler(handler)
+    try:
+        modeling.load_classifier(tiny_dir, 2, torch.float32, "cpu")
+        assert not any("LOAD REPORT" in m for m in seen)
+        odd = tmp_path / "odd"
+        shutil.copytree(tiny_dir, odd)
+        weights = load_file(str(odd / "model.safetensors"))
+        weights["model.bogus_extra.weight"] = torch.zeros(3)
+        save_file(weights, str(odd / "model.safetensors"), metadata={"format": "pt"})
+        modeling.load_classifier(odd, 2, torch.float32, "cpu")
+    finally:
+        hf.removeHandler(handler)
+    reports = [m for m in seen if "LOAD REPORT" in m]
+    assert len(reports) == 1 and "model.bogus_extra.weight" in reports[0] and "lm_head.weight" in reports[0]

@@ -21,9 +21,13 @@ through `load_classifier`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +178,47 @@ def _pad_id(config: Any) -> int:
     return int(pad)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _ExpectedLoadReport(logging.Filter):
+    """Drops transformers' LOAD REPORT when it lists only what loading a causal-LM checkpoint as a classifier always
+    reports (the LM head `lm_head.*` UNEXPECTED, the new `score.*` head MISSING). A report with any other key or status
+    (a real mismatch) passes through unchanged."""
+
+    EXPECTED = {("UNEXPECTED", "lm_head."), ("MISSING", "score.")}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = _ANSI.sub("", record.getMessage())
+        if "LOAD REPORT" not in msg:
+            return True
+        rows = [[c.strip() for c in line.split("|")] for line in msg.splitlines() if line.count("|") >= 2]
+        rows = [r for r in rows if r[0] and r[0] != "Key" and not set(r[0]) <= {"-", "+"}]
+        return not rows or not all(any(r[1] == st and r[0].startswith(pre) for st, pre in self.EXPECTED) for r in rows)
+
+
+@contextlib.contextmanager
+def expected_load_report_silenced() -> Iterator[None]:
+    """Around `from_pretrained` of a classifier: the expected load report is not printed, anything else is; HF's
+    weight-loading progress bars only on a terminal (a pod's log gets no carriage-return bars)."""
+    from transformers.utils import logging as hf_logging
+
+    filt = _ExpectedLoadReport()
+    targets = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in targets:
+        lg.addFilter(filt)
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg in targets:
+            lg.removeFilter(filt)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, device: torch.device | str):
     """`AutoModelForSequenceClassification.from_pretrained(model_dir)`, pad id set to the eos id explicitly, and
     classification at the last attended token. A causal-LM checkpoint gets a freshly initialised `score` head
@@ -185,9 +230,10 @@ def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, 
         raise ConfigError(f"model folder {model_dir} has no config.json")
     config = AutoConfig.from_pretrained(str(model_dir))
     pad_id = _pad_id(config)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=num_labels, pad_token_id=pad_id, dtype=dtype
-    )
+    with expected_load_report_silenced():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), num_labels=num_labels, pad_token_id=pad_id, dtype=dtype
+        )
     model.config.pad_token_id = pad_id
     use_last_attended_pooling(model)
     return model.to(device)

@@ -150,6 +150,8 @@ class VllmServer:
         from vllm import LLM, PoolingParams
         from vllm.lora.request import LoRARequest
 
+        quiet_info_logs()
+
         from lorascope.serving.hf_backend import process_rss_bytes
 
         self.mode = mode
@@ -268,6 +270,16 @@ class VllmServer:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = self._omp
+
+
+def quiet_info_logs() -> None:
+    """vLLM logs ~40 INFO lines per engine start (config, KV layout, loading); the bench starts a dozen engines. Keep
+    its warnings and errors, drop the INFO chatter, unless VLLM_LOGGING_LEVEL asked for DEBUG."""
+    import logging
+
+    lg = logging.getLogger("vllm")
+    if lg.getEffectiveLevel() >= logging.INFO:
+        lg.setLevel(logging.WARNING)
 
 
 def versions() -> dict[str, str]:
