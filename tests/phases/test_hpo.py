@@ -66,6 +66,16 @@ def _two_workers(run, tmp_path, **env: str) -> None:
         assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
 
 
+def _committed_study_name(run) -> str:
+    return run.store.bundle(run.key("hpo", "mrpc-lora")).read_json("best_params.json")["study_name"]
+
+
+def test_study_name_is_bound_to_the_code_version():
+    a = hpo.study_name("smoke-1234", "mrpc", "lora", "0.1.0+gabc")
+    assert a == hpo.study_name("smoke-1234", "mrpc", "lora", "0.1.0+gabc") and a.startswith("lorascope-smoke-1234-mrpc-lora-c")
+    assert a != hpo.study_name("smoke-1234", "mrpc", "lora", "0.1.0+gdef")  # other code: another study, no stale trials
+
+
 def test_two_worker_processes_share_a_journal_file(make_run, tmp_path):
     run = make_run(
         **LORA_ONLY, tasks=[{"name": "mrpc", "max_length": 64, "train_samples": 96, "hpo_train_samples": 48}]
@@ -73,7 +83,7 @@ def test_two_worker_processes_share_a_journal_file(make_run, tmp_path):
     assert hpo.PHASE.size(run.study) == 2 and hpo.PHASE.bundles(run.study) == ["hpo/mrpc-lora"]
     _two_workers(run, tmp_path)
     journal = run.work_dir / run.run_id / "hpo" / "mrpc-lora.journal"
-    study = optuna.load_study(study_name=hpo.study_name(run.run_id, "mrpc", "lora"),
+    study = optuna.load_study(study_name=_committed_study_name(run),
                               storage=JournalStorage(JournalFileBackend(str(journal))))  # fmt: skip
     workers = _check_committed(run, study, target=5)
     assert workers == {"0", "1"}  # both processes trained trials
@@ -85,7 +95,7 @@ def test_two_worker_processes_share_a_postgres_study(make_run, tmp_path, pg_url)
         **LORA_ONLY, tasks=[{"name": "mrpc", "max_length": 64, "train_samples": 96, "hpo_train_samples": 48}]
     )
     _two_workers(run, tmp_path, LORASCOPE_OPTUNA_STORAGE=pg_url)
-    study = optuna.load_study(study_name=hpo.study_name(run.run_id, "mrpc", "lora"), storage=pg_url)
+    study = optuna.load_study(study_name=_committed_study_name(run), storage=pg_url)
     assert _check_committed(run, study, target=5) == {"0", "1"}
     assert not list((run.work_dir / run.run_id).glob("hpo/*.journal"))  # the database, not a file, held the study
     assert (

@@ -71,8 +71,14 @@ def slot(study: Study, index: int) -> tuple[str, str, int]:
     return task, method, index % study.hpo.workers
 
 
-def study_name(run_id: str, task: str, method: str) -> str:
-    return f"lorascope-{run_id}-{task}-{method}"
+def study_name(run_id: str, task: str, method: str, code_version: str) -> str:
+    """The Optuna study of one task x method in one run AND one code version: trials made by other code (a journal
+    or database left from before an upgrade) are never silently reused, since they live in another study. The
+    version itself is kept as the study's user attribute `code_version`."""
+    import hashlib
+
+    code = hashlib.sha256(code_version.encode()).hexdigest()[:8]
+    return f"lorascope-{run_id}-{task}-{method}-c{code}"
 
 
 def sampler_seed(study: Study, task: str, method: str, worker: int) -> int:
@@ -145,13 +151,14 @@ def open_study(ctx: PhaseContext, task: str, method: str, worker: int) -> tuple[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, kind = open_storage(ctx, task, method)
     study = optuna.create_study(
-        study_name=study_name(ctx.run_id, task, method),
+        study_name=study_name(ctx.run_id, task, method, ctx.store.code_version),
         storage=storage,
         sampler=make_sampler(ctx.study, task, method, worker),
         pruner=make_pruner(ctx.study),
         direction="maximize",
         load_if_exists=True,
     )
+    study.set_user_attr("code_version", ctx.store.code_version)
     return study, kind
 
 
@@ -368,7 +375,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     if kind == "journal" and cfg.hpo.workers > 1:
         log("note: workers share a journal file only on one machine or a shared volume; "
             "pods need LORASCOPE_OPTUNA_STORAGE (PostgreSQL)")  # fmt: skip
-    log("study open", study=study.study_name, storage=kind, target=cfg.hpo.trials,
+    log("study open", study=study.study_name, code_version=ctx.store.code_version, storage=kind, target=cfg.hpo.trials,
         sampler_seed=sampler_seed(cfg, task, method, worker))  # fmt: skip
     objective = Objective(ctx, task, method)
     if not run_worker(study, cfg.hpo.trials, worker, objective, log):
