@@ -83,6 +83,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     set_seed(cell.seed)
     model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
     model = modeling.apply_method(model, method, params)
+    for peft_config in getattr(model, "peft_config", {}).values():  # not this machine's staging path
+        peft_config.base_model_name_or_path = study.model.name
     trainable, total = modeling.trainable_parameters(model)
 
     # resume from the store, then train
@@ -90,6 +92,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     resume = training.restore_checkpoint(ctx, cell.name, output_dir)
     if resume is not None:
         log(f"resume from step={resume.name.rsplit('-', 1)[1]}", checkpoint=str(resume))
+    if ctx.committed("cells", cell.name):  # another writer (a second pod) committed while this one prepared
+        log("committed by another writer meanwhile, skipping", bundle=f"cells/{cell.name}")
+        return
     sync = training.StoreCheckpoints(ctx, cell.name, keep=2)
     plan = training.Plan.from_params(params, seed=cell.seed)
     result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
