@@ -99,8 +99,10 @@ def code_version(env: Mapping[str, str]) -> str:
 def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
     phase = get_phase(phase_name)
     check_index(phase, ctx.study, index)
-    if not ctx.store.writable:
-        pending = [rel for rel in phase.bundles(ctx.study) if not ctx.committed(rel)]
+    if not ctx.store.writable:  # a read-only store serves a phase that only skips; refuse one that must write, now
+        bundles = phase.bundles(ctx.study)
+        mine = [bundles[index]] if len(bundles) == phase.size(ctx.study) else bundles  # index i commits bundles[i]
+        pending = [rel for rel in mine if not ctx.committed(rel)]
         if pending:
             raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} still has bundles to commit "
                              f"({', '.join(pending[:3])}{', ...' if len(pending) > 3 else ''}): give a writable store")  # fmt: skip
