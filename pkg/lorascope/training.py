@@ -548,9 +548,10 @@ def fit(
         raise
     except Exception as exc:
         if _disk_full(exc, output_dir):
+            said = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
             raise LorascopeError(f"training: cannot write a checkpoint under {output_dir}: no space left on device "
                                  f"({shutil.disk_usage(output_dir).free // 2**20} MiB free; the work dir, "
-                                 "--work-dir / LORASCOPE_WORK_DIR, needs room for two checkpoints)") from None  # fmt: skip
+                                 f"--work-dir / LORASCOPE_WORK_DIR, needs room for two checkpoints) [{said}]") from None  # fmt: skip
         raise
     seconds = time.perf_counter() - t0
     tokens = int(trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0))
@@ -583,7 +584,7 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     try:
-        return shutil.disk_usage(folder).free < 16 * 2**20 and "write" in str(exc).lower()
+        return shutil.disk_usage(folder).free < 16 * 2**20  # torch.save reports a full disk as "unexpected pos"
     except OSError:
         return False
 

@@ -41,15 +41,18 @@ def lorascope(*args: str, env: dict[str, str] | None = None, timeout: float = 30
 
 
 def error_lines(stderr: str) -> list[str]:
-    """stderr without the log lines lorascope writes (`ts=...`): what a failure says to a person."""
-    return [x for x in stderr.splitlines() if x.strip() and not x.startswith("ts=")]
+    """The lines of stderr that report an error (`error: ...`)."""
+    return [x for x in stderr.splitlines() if x.startswith("error:")]
 
 
 def assert_one_line(proc: subprocess.CompletedProcess, rc: int, *needles: str) -> str:
+    """The failure is one `error:` line, the last thing written, with no traceback (library progress bars and
+    lorascope's own log lines may come before it)."""
     lines = error_lines(proc.stderr)
     assert proc.returncode == rc, (proc.returncode, proc.stderr[-3000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]

@@ -25,6 +25,7 @@ best_step; resumed_from_step.
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -83,8 +84,6 @@ def run(ctx: PhaseContext, index: int) -> None:
     set_seed(cell.seed)
     model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
     model = modeling.apply_method(model, method, params)
-    for peft_config in getattr(model, "peft_config", {}).values():  # not this machine's staging path
-        peft_config.base_model_name_or_path = study.model.name
     trainable, total = modeling.trainable_parameters(model)
 
     # resume from the store, then train
@@ -145,6 +144,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     shutil.rmtree(saved / "model", ignore_errors=True)
     folder = saved / ("adapter" if method.kind == "lora" else "model")
     result.model.save_pretrained(str(folder))
+    if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = study.model.name
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
     ) as w:
