@@ -40,7 +40,7 @@ class S3Server:
 
     def start(self) -> None:
         data = self.root / "data"
-        data.mkdir(parents=True)
+        data.mkdir(parents=True, exist_ok=True)  # a restart keeps the data
         cfg = self.root / "s3.json"
         cfg.write_text(json.dumps({"identities": [{
             "name": "lorascope", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
@@ -49,9 +49,9 @@ class S3Server:
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
             "s3.port.grpc", "metricsPort")}
         cmd = [_weed(), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-               f"-s3.port={self.port}", f"-s3.config={cfg}", "-master.volumeSizeLimitMB=256", "-volume.max=0"]
+               f"-s3.port={self.port}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256", "-volume.max=0"]
         cmd += [f"-{k}={v}" for k, v in ports.items()]
-        self.log = open(self.root / "weed.log", "wb")
+        self.log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         client = self.client()
         deadline = time.time() + 60
