@@ -34,7 +34,8 @@ class Parser(argparse.ArgumentParser):
 
 def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
     """The settings lorascope itself reads: LORASCOPE_* and the Job index. AWS_* are read by boto3."""
-    return {k: v for k, v in env.items() if k.startswith("LORASCOPE_") or k == "JOB_COMPLETION_INDEX"}
+    return {k: v for k, v in env.items()
+            if (k.startswith("LORASCOPE_") and k != "LORASCOPE_PARENT_PID") or k == "JOB_COMPLETION_INDEX"}  # fmt: skip
 
 
 def _work_dir(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
@@ -136,6 +137,11 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # run_phase_index refuses, before any work, a phase that would have to write into it
     store = _open_store(args.store, env, write=False if getattr(args, "source", None) else _open_for_writing(args.store, env))
     study, run_id = _study_and_run(args, store, env)
+    if args.phase == "stage":  # the first pod of a run on a cluster: the checks `lorascope run` makes up front
+        from lorascope.preflight import check_study
+
+        for note in check_study(study, source=f"run {run_id} study", env=env):
+            print(f"note: {note}", file=sys.stderr)
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
     raw_index = args.index if args.index is not None else env.get("JOB_COMPLETION_INDEX")
     if raw_index is None:

@@ -61,4 +61,6 @@ def test_an_outage_longer_than_the_budget_is_one_line_naming_it(own_server, s3_r
                               timeout=120)  # fmt: skip
     finally:
         own_server.start()
-    assert_one_line(proc, 1, "cannot reach the S3 endpoint", "gave up after 4 s of retries", "LORASCOPE_S3_RETRY_SECONDS")
+    assert_one_line(
+        proc, 1, "cannot reach the S3 endpoint", "gave up after 4 s of retries", "LORASCOPE_S3_RETRY_SECONDS"
+    )

@@ -127,5 +127,7 @@ def test_full_store_during_a_checkpoint_upload_is_one_line(tmp_path, small_disk)
     proc = subprocess.run([sys.executable, "-m", "lorascope.cli", "train", "--store", str(disk), "--run-id",
                            run.run_id, "--index", "0", "--work-dir", str(tmp_path / "work")], env=cli_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert_one_line(proc, 1, f"store file://{disk}", "/checkpoints/mrpc-full-s42/checkpoint-", "No space left on device")
+    assert_one_line(
+        proc, 1, f"store file://{disk}", "/checkpoints/mrpc-full-s42/checkpoint-", "No space left on device"
+    )
     assert not Store.open(str(disk), code_version="t").committed(run.key("cells", "mrpc-full-s42"))
