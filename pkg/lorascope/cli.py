@@ -140,7 +140,7 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.phase == "stage":  # the first pod of a run on a cluster: the checks `lorascope run` makes up front
         from lorascope.preflight import check_study
 
-        for note in check_study(study, source=f"run {run_id} study", env=env):
+        for note in check_study(study, env=env):
             print(f"note: {note}", file=sys.stderr)
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
     raw_index = args.index if args.index is not None else env.get("JOB_COMPLETION_INDEX")

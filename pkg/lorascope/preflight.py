@@ -100,7 +100,7 @@ def check_target_modules(study: Study, modules: dict[str, str]) -> None:
                                   f"cannot adapt (layers it can: {adaptable})")  # fmt: skip
 
 
-def check_study(study: Study, source: str = "<study>", env: Mapping[str, str] | None = None) -> list[str]:
+def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
     """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
     what could not be checked here."""
     from lorascope import data
@@ -121,5 +121,5 @@ def check_study(study: Study, source: str = "<study>", env: Mapping[str, str] | 
         if any(isinstance(m, LoraMethod) for m in study.methods):
             check_target_modules(study, module_names(config))
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
     return notes

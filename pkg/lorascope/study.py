@@ -330,8 +330,8 @@ class Study(Strict):
                 where = f"training.defaults.{m.name}" + ("" if not self.hpo.enabled else f" or hpo.spaces.{m.name}")
                 raise ValueError(f"method {m.name!r}: no value for {missing}: give them in {where}")
         if "bench" in self.model_fields_set and self.bench.seed not in self.seeds:
-            raise ValueError(f"@bench.seed: {self.bench.seed} is not one of seeds {list(self.seeds)} (the bench serves "
-                             "the cells trained with that seed)")  # fmt: skip
+            raise ValueError(f"@bench.seed: {self.bench.seed} is not one of the study's seeds {list(self.seeds)}; the bench "
+                             "serves the cells trained with that seed")  # fmt: skip
 
     # ---- grid ---------------------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
