@@ -89,7 +89,11 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (SIGKILL after 5 s); `crash`: SIGKILL at once, as a node failure would."""
+        if self.proc and self.proc.poll() is None and crash:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             try:
