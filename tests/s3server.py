@@ -40,7 +40,7 @@ class S3Server:
 
     def start(self) -> None:
         data = self.root / "data"
-        data.mkdir(parents=True)
+        data.mkdir(parents=True, exist_ok=True)  # a restart keeps the data
         cfg = self.root / "s3.json"
         cfg.write_text(json.dumps({"identities": [{
             "name": "lorascope", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
@@ -54,7 +54,7 @@ class S3Server:
                # so two servers on one machine (parallel test runs) do not collide
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         cmd += [f"-{k}={v}" for k, v in ports.items()]
-        self.log = open(self.root / "weed.log", "wb")
+        self.log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         client = self.client()
         deadline = time.time() + 60
@@ -92,7 +92,11 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (SIGKILL after 5 s); `crash`: SIGKILL at once, as a node failure would."""
+        if self.proc and self.proc.poll() is None and crash:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             try:

@@ -223,11 +223,13 @@ def test_unreachable_endpoint_fails_fast_with_one_line(monkeypatch, capsys, tmp_
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("LORASCOPE_S3_RETRY_SECONDS", "3")  # the default (60 s) outlasts a server restart
     t0 = time.perf_counter()
     rc = cli.main(["status", "anyrun", "--store", "s3://b/p"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "cannot reach the S3 endpoint" in err and len(err.splitlines()) == 1
-    assert time.perf_counter() - t0 < 30  # bounded retries, not a hang
+    assert "gave up after 3 s of retries; LORASCOPE_S3_RETRY_SECONDS" in err
+    assert 3 <= time.perf_counter() - t0 < 30  # bounded retries, not a hang
 
 
 def test_store_urls_are_parsed_strictly():

@@ -34,7 +34,8 @@ class Parser(argparse.ArgumentParser):
 
 def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
     """The settings lorascope itself reads: LORASCOPE_* and the Job index. AWS_* are read by boto3."""
-    return {k: v for k, v in env.items() if k.startswith("LORASCOPE_") or k == "JOB_COMPLETION_INDEX"}
+    return {k: v for k, v in env.items()
+            if (k.startswith("LORASCOPE_") and k != "LORASCOPE_PARENT_PID") or k == "JOB_COMPLETION_INDEX"}  # fmt: skip
 
 
 def _work_dir(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
@@ -44,13 +45,15 @@ def _work_dir(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
     return p
 
 
-def _open_store(url: str | None, env: Mapping[str, str], workers: int = DEFAULT_WORKERS) -> Store:
+def _open_store(url: str | None, env: Mapping[str, str], workers: int = DEFAULT_WORKERS, write: bool = True) -> Store:
+    """`write=False` for commands that only read (status, pull from it, a phase that may only skip): the store must
+    exist, is never created, and may be read-only."""
     from lorascope.runner import code_version
 
     url = url or env.get("LORASCOPE_STORE")
     if not url:
         raise UsageError("no store: pass --store (a folder, file:///path or s3://bucket/prefix) or set LORASCOPE_STORE")
-    return Store.open(url, code_version=code_version(env), workers=workers)
+    return Store.open(url, code_version=code_version(env), workers=workers, write=write, env=env)
 
 
 def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str]) -> tuple[Study, str]:
@@ -76,10 +79,15 @@ def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str
 
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from lorascope.preflight import check_study
+
     study = load_study(args.study_file)
+    notes = check_study(study, source=args.study_file, env=env)
     cells = study.cells()
     print(f"{args.study_file}: ok  study={study.name} hash={study.hash} cells={len(cells)} "
           f"tasks={[t.name for t in study.tasks]} methods={[m.name for m in study.methods]} seeds={study.seeds}")
+    for note in notes:
+        print(f"note: {note}")
     return EXIT_OK
 
 
@@ -100,8 +108,12 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1 (got {args.jobs})")
+    from lorascope.preflight import check_study
+
     study = load_study(args.study)  # validate before touching anything
     phases = resolve_phases(args.phases)
+    for note in check_study(study, source=args.study, env=env):  # the model-config checks, before any work
+        print(f"note: {note}", file=sys.stderr)
     store = _open_store(args.store or env.get("LORASCOPE_STORE") or "store", env)
     study, run_id = _study_and_run(args, store, env)
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
@@ -122,9 +134,18 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         require_cuda(env, args.phase)
     if getattr(args, "source", None):  # `lorascope report DIR`: a folder made by `lorascope pull`
+        if "://" not in args.source and not Path(args.source).is_dir():
+            raise UsageError(f"report: folder {args.source!r} does not exist (give a folder made by `lorascope pull`)")
         args.store = args.store or args.source
-    store = _open_store(args.store, env)
+    # opened for reading: a read-only store works for a phase whose bundles are all committed (it only skips);
+    # run_phase_index refuses, before any work, a phase that would have to write into it
+    store = _open_store(args.store, env, write=False if getattr(args, "source", None) else _open_for_writing(args.store, env))
     study, run_id = _study_and_run(args, store, env)
+    if args.phase == "stage":  # the first pod of a run on a cluster: the checks `lorascope run` makes up front
+        from lorascope.preflight import check_study
+
+        for note in check_study(study, env=env):
+            print(f"note: {note}", file=sys.stderr)
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
     raw_index = args.index if args.index is not None else env.get("JOB_COMPLETION_INDEX")
     if raw_index is None:
@@ -139,10 +160,20 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _open_for_writing(url: str | None, env: Mapping[str, str]) -> bool:
+    """True (open for writing, creating the folder) unless the store is an existing folder: then it is opened as it
+    is, read-only allowed, so a phase that only skips works on a read-only store."""
+    url = url or env.get("LORASCOPE_STORE") or ""
+    if url.startswith("s3://"):
+        return True
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return not (path and Path(path).expanduser().is_dir())
+
+
 def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.runner import expected_bundles, load_frozen_study
 
-    store = _open_store(args.store, env, workers=args.workers)
+    store = _open_store(args.store, env, workers=args.workers, write=False)
     study = load_frozen_study(store, args.run)
     if study is None:
         raise UsageError(f"run {args.run!r} not found in {store.url} (no runs/{args.run}/study.yaml)")
@@ -156,6 +187,8 @@ def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"MISSING FILE (listed in a commit, not in the store): {k}")
     for k in report.corrupt:
         print(f"CORRUPT (sha256 or size differs from its commit): {k}")
+    for k in report.kept:
+        print(f"kept the earlier pulled copy of {k} (its files still verify)")
     if not report.ok:
         print(f"error: {len(report.corrupt)} corrupt and {len(report.missing_files)} missing files; "
               "their bundles were not marked committed in the pulled folder", file=sys.stderr)
@@ -170,7 +203,7 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from lorascope.k8s.launcher import pipeline_status
 
         return pipeline_status(args.run, namespace=args.namespace, context=args.context)
-    store = _open_store(args.store, env)
+    store = _open_store(args.store, env, write=False)
     study = load_frozen_study(store, args.run)
     if study is None:
         raise UsageError(f"run {args.run!r} not found in {store.url} (no runs/{args.run}/study.yaml)")
@@ -246,8 +279,39 @@ def build_parser() -> Parser:
     return p
 
 
+def die_with_parent(env: Mapping[str, str]) -> None:
+    """A child of `lorascope run --jobs N` (LORASCOPE_PARENT_PID set) must not outlive it: on Linux the kernel sends
+    SIGTERM when the parent dies (PR_SET_PDEATHSIG), elsewhere a thread polls the parent pid. Even `kill -9` of the
+    parent then stops the children before they train on or commit."""
+    raw = env.get("LORASCOPE_PARENT_PID")
+    if not raw or not raw.isdigit():
+        return
+    parent = int(raw)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG = 1
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(EXIT_FAILURE)
+                return
+        except (OSError, AttributeError):
+            pass
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(EXIT_FAILURE)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
+    die_with_parent(env)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args, env)
@@ -262,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only file system, permissions: one line naming the file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}:{where} ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception:
         traceback.print_exc()
         return EXIT_FAILURE

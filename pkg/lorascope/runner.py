@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError
+from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
 from lorascope.log import Logger
 from lorascope.phases import PHASE_ORDER, PhaseContext, available_phases, check_index, get_phase
 from lorascope.store import Store
@@ -99,6 +99,13 @@ def code_version(env: Mapping[str, str]) -> str:
 def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
     phase = get_phase(phase_name)
     check_index(phase, ctx.study, index)
+    if not ctx.store.writable:  # a read-only store serves a phase that only skips; refuse one that must write, now
+        bundles = phase.bundles(ctx.study)
+        mine = [bundles[index]] if len(bundles) == phase.size(ctx.study) else bundles  # index i commits bundles[i]
+        pending = [rel for rel in mine if not ctx.committed(rel)]
+        if pending:
+            raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} still has bundles to commit "
+                             f"({', '.join(pending[:3])}{', ...' if len(pending) > 3 else ''}): give a writable store")  # fmt: skip
     log = ctx.log.bind(phase=phase_name, unit=phase.unit(ctx.study, index), index=index)
     t0 = time.perf_counter()
     log("start")
@@ -144,6 +151,7 @@ class LocalRun:
         for k, v in self.ctx.env.items():
             if k.startswith("LORASCOPE_") and k != "LORASCOPE_TORCH_THREADS":
                 env[k] = v
+        env["LORASCOPE_PARENT_PID"] = str(os.getpid())  # the children stop when this process dies, even by kill -9
         cmd = [
             python, "-m", "lorascope.cli", name,
             "--study", str(self.study_path), "--store", self.store_url,

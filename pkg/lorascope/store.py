@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,18 +99,37 @@ class Backend(ABC):
         return True
 
     @abstractmethod
-    def check(self) -> None:
-        """Fail fast with one clear StoreError if the store cannot be used."""
+    def check(self, write: bool = True) -> None:
+        """Fail fast with one clear StoreError if the store cannot be used (for writing, unless `write` is false)."""
 
     def local_path(self, key: str) -> Path | None:
         """A path on this machine holding the object, where the backend has one (file stores)."""
         return None
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is process-wide and racy)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class FileBackend(Backend):
+    """A folder. Files are written to a temporary name and renamed into place (atomic), with the mode an ordinary
+    file gets under the umask (0644 / 0664 on shared volumes), not mkstemp's 0600. An OS error (disk full, read-only
+    file system, permission) becomes one StoreError naming the store and the key."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = f"file://{self.root}"
+        self.file_mode = 0o666 & ~_umask()
+        self.writable = True
 
     def _path(self, key: str) -> Path:
         p = (self.root / key).resolve()
@@ -117,7 +137,17 @@ class FileBackend(Backend):
             raise StoreError(f"key {key!r} escapes the store root {self.root}")
         return p
 
-    def check(self) -> None:
+    def check(self, write: bool = True) -> None:
+        """`write`: create the folder if needed and require it writable. Read-only use (status, pull from it, a
+        phase that only skips) needs an existing readable folder; a read-only one is fine, and any write into it
+        then fails with one line."""
+        if not write:
+            if not self.root.is_dir():
+                raise StoreError(f"store {self.url}: folder does not exist")
+            if not os.access(self.root, os.R_OK | os.X_OK):
+                raise StoreError(f"store {self.url}: folder is not readable")
+            self.writable = os.access(self.root, os.W_OK)
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -125,36 +155,55 @@ class FileBackend(Backend):
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"store {self.url}: folder is not writable")
 
-    def _atomic_write(self, dest: Path, writer) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-" + dest.name)
+    def _os_error(self, exc: OSError, key: str, what: str = "write") -> StoreError:
+        return StoreError(f"store {self.url}: cannot {what} {key}: {exc.strerror or exc}")
+
+    def _atomic_write(self, key: str, writer) -> None:
+        dest = self._path(key)
+        tmp = None
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-" + dest.name)
             with os.fdopen(fd, "wb") as f:
                 writer(f)
+                os.fchmod(f.fileno(), self.file_mode)
             os.replace(tmp, dest)
+        except OSError as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            raise self._os_error(exc, key) from None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
             raise
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._atomic_write(self._path(key), lambda f: f.write(data))
+        self._atomic_write(key, lambda f: f.write(data))
 
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as src:
-            self._atomic_write(self._path(key), lambda f: shutil.copyfileobj(src, f, _CHUNK))
+            self._atomic_write(key, lambda f: shutil.copyfileobj(src, f, _CHUNK))
 
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{self.url}/{key} not found") from None
+        except OSError as exc:
+            raise self._os_error(exc, key, "read") from None
 
     def get_file(self, key: str, path: Path, size: int | None = None) -> None:
+        """Copy to a temporary name next to `path`, then rename: `path` is never left half written."""
         src = self._path(key)
         if not src.is_file():
             raise NotFound(f"{self.url}/{key} not found")
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, path)
+        tmp = path.with_name(".tmp-" + path.name)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -177,9 +226,23 @@ class FileBackend(Backend):
         return sorted(out, key=lambda o: o.key)
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete the objects, then the folders they leave empty (up to, not including, the store root)."""
         objs = self.list(prefix)
-        for o in objs:
-            self._path(o.key).unlink(missing_ok=True)
+        parents: set[Path] = set()
+        try:
+            for o in objs:
+                p = self._path(o.key)
+                p.unlink(missing_ok=True)
+                parents.add(p.parent)
+        except OSError as exc:
+            raise self._os_error(exc, prefix, "delete") from None
+        for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
+            while d != self.root and self.root in d.parents:
+                try:
+                    d.rmdir()  # only succeeds when empty
+                except OSError:
+                    break
+                d = d.parent
         return len(objs)
 
     def local_path(self, key: str) -> Path | None:
@@ -190,10 +253,13 @@ class FileBackend(Backend):
 class S3Backend(Backend):
     """S3 through boto3. Endpoint, keys and region come from the standard AWS_* variables (boto3 reads them);
     path-style addressing and `when_required` checksums so MinIO, SeaweedFS and AWS all work. Transient errors
-    (5xx, throttling, dropped connections) are retried by botocore's standard mode with bounded exponential
-    backoff (`max_attempts`); anything else becomes one StoreError line."""
+    (5xx, throttling, dropped connections, an endpoint that refuses connections while it restarts) are retried by
+    botocore's standard mode and then, around each whole call, until `retry_seconds` have passed (default
+    DEFAULT_S3_RETRY_SECONDS, `LORASCOPE_S3_RETRY_SECONDS`): longer than an S3 server restart. Anything else, or a
+    transient error that outlasts the budget, becomes one StoreError line."""
 
-    def __init__(self, bucket: str, prefix: str = "", max_attempts: int = 5, workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(self, bucket: str, prefix: str = "", max_attempts: int = 3, workers: int = DEFAULT_WORKERS,
+                 retry_seconds: float = 0.0, endpoint: str | None = None) -> None:  # fmt: skip
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -211,8 +277,9 @@ class S3Backend(Backend):
             read_timeout=60,
         )
         session = boto3.session.Session()
-        self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS default"
-        self.client = session.client("s3", config=config)
+        self.endpoint = endpoint or "AWS default"
+        self.retry_seconds = float(retry_seconds)
+        self.client = session.client("s3", config=config, **({"endpoint_url": endpoint} if endpoint else {}))
         self.transfer = TransferConfig(
             multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=8
         )
@@ -247,15 +314,40 @@ class S3Backend(Backend):
             return StoreError(f"{where}: {what}: S3 error {code or status}: {exc}")
         return StoreError(f"{where}: {what}: {type(exc).__name__}: {exc}")
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except StoreError:
-            raise
-        except Exception as exc:  # botocore raises many types; translate all of them to one line
-            raise self._error(exc, what) from None
+    @staticmethod
+    def _transient(exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
 
-    def check(self) -> None:
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable")
+        names = {t.__name__ for t in type(exc).__mro__}
+        return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
+                             "ResponseStreamingError", "IncompleteReadError", "ConnectionError"})  # fmt: skip
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """fn(*args) with transient errors retried (backoff 1, 2, 4 s, capped at 5 s) until `retry_seconds` have
+        passed; the error after that names the budget and the setting."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 1.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except StoreError:
+                raise
+            except Exception as exc:  # botocore raises many types; translate all of them to one line
+                if self._transient(exc) and time.monotonic() + delay <= deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                err = self._error(exc, what)
+                if self._transient(exc):
+                    err = StoreError(f"{err} (gave up after {self.retry_seconds:g} s of retries; "
+                                     "LORASCOPE_S3_RETRY_SECONDS sets how long)")  # fmt: skip
+                raise err from None
+
+    def check(self, write: bool = True) -> None:
         self._call("bucket", self.client.head_bucket, Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -265,8 +357,7 @@ class S3Backend(Backend):
         self._call(key, self.client.upload_file, str(path), self.bucket, self._key(key), Config=self.transfer)
 
     def get_bytes(self, key: str) -> bytes:
-        resp = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return self._call(key, resp["Body"].read)
+        return self._call(key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
 
     def get_file(self, key: str, path: Path, size: int | None = None) -> None:
         """Objects known to be small stream through one GET (a TransferManager per call costs more than the
@@ -275,9 +366,9 @@ class S3Backend(Backend):
         tmp = path.with_name(".tmp-" + path.name)
         try:
             if size is not None and size < self.transfer.multipart_threshold:
-                resp = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
 
                 def stream() -> None:
+                    resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
                     with open(tmp, "wb") as f:
                         for chunk in resp["Body"].iter_chunks(_CHUNK):
                             f.write(chunk)
@@ -317,10 +408,37 @@ class S3Backend(Backend):
         return len(objs)
 
 
-def open_backend(url: str, workers: int = DEFAULT_WORKERS) -> Backend:
-    """`/path`, `./rel`, `file:///path` or `s3://bucket/prefix`."""
+DEFAULT_S3_RETRY_SECONDS = 60.0
+
+
+def s3_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """What S3Backend takes from the environment (the CLI reads it once): the endpoint (AWS_ENDPOINT_URL_S3, else
+    AWS_ENDPOINT_URL), which must be a URL with a scheme, and LORASCOPE_S3_RETRY_SECONDS."""
+    out: dict[str, Any] = {"retry_seconds": DEFAULT_S3_RETRY_SECONDS, "endpoint": None}
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = (env.get(var) or "").strip()
+        if value:
+            if not re.match(r"^https?://[^/\s]+", value):
+                raise ConfigError(f"{var}={value!r} is not a URL: it needs the scheme, e.g. http://{value}")
+            out["endpoint"] = value
+            break
+    raw = env.get("LORASCOPE_S3_RETRY_SECONDS")
+    if raw:
+        try:
+            out["retry_seconds"] = float(raw)
+            assert out["retry_seconds"] >= 0
+        except (ValueError, AssertionError):
+            raise ConfigError(f"LORASCOPE_S3_RETRY_SECONDS={raw!r} must be a number of seconds >= 0") from None
+    return out
+
+
+def open_backend(url: str, workers: int = DEFAULT_WORKERS, env: Mapping[str, str] | None = None) -> Backend:
+    """`/path`, `./rel`, `file:///path` or `s3://bucket/prefix`. `env`: where S3 settings come from (default:
+    os.environ, for library callers; the CLI passes the environment it read once)."""
     if not url:
         raise ConfigError("--store is empty: give a folder, file:///path or s3://bucket/prefix")
+    if re.match(r"^(s3|file|gs|https?)//", url, re.IGNORECASE):  # "s3//bucket": a URL missing its colon
+        raise ConfigError(f"--store {url!r} looks like a mistyped URL (write s3://bucket/prefix or file:///abs/path)")
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else url
@@ -330,7 +448,7 @@ def open_backend(url: str, workers: int = DEFAULT_WORKERS) -> Backend:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigError(f"--store {url!r}: s3 URLs are s3://bucket/prefix")
-        return S3Backend(parsed.netloc, parsed.path, workers=workers)
+        return S3Backend(parsed.netloc, parsed.path, workers=workers, **s3_settings(os.environ if env is None else env))
     raise ConfigError(f"--store {url!r}: unknown scheme {parsed.scheme!r} (use a path, file:// or s3://)")
 
 
@@ -396,19 +514,93 @@ class Bundle:
             corrupt = [r for r in pool.map(one, self.files.values()) if r]
         return sorted(corrupt)
 
+    def verify_folder(self, folder: Path, cache_root: Path | None) -> list[str]:
+        """Check that `folder` holds exactly what the commit lists (size and sha256 of every file); returns the files
+        that differ or are missing. Each file is hashed once per attempt: the fact is cached under
+        `cache_root/verified/` keyed by the file's (size, mtime_ns, inode, ctime_ns), so a file rewritten or changed
+        in place (any write moves mtime/ctime) is hashed again, and an untouched one costs one stat."""
+        stamp_file = cache_root / "verified" / self.key / f"{self.attempt}.json" if cache_root is not None else None
+        known: dict[str, list] = {}
+        if stamp_file is not None:
+            try:
+                known = json.loads(stamp_file.read_text())
+            except (OSError, ValueError):
+                known = {}
+        bad: list[str] = []
+        todo: list[tuple[FileEntry, Path, list]] = []
+        for entry in self.files.values():
+            target = folder / entry.path
+            try:
+                st = target.stat()
+            except OSError:
+                bad.append(entry.path)
+                continue
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256]
+            if st.st_size != entry.size:
+                bad.append(entry.path)
+            elif known.get(entry.path) != stamp:
+                todo.append((entry, target, stamp))
+
+        def check(job: tuple[FileEntry, Path, list]) -> tuple[str, bool, list | None]:
+            entry, target, stamp = job
+            ok = sha256_file(target) == entry.sha256
+            st = target.stat()
+            unchanged = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256] == stamp
+            return entry.path, ok, stamp if ok and unchanged else None  # changed while hashing: do not cache
+
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+                for rel, ok, stamp in pool.map(check, todo):
+                    if not ok:
+                        bad.append(rel)
+                    elif stamp is not None:
+                        known[rel] = stamp
+            if stamp_file is not None and not bad:
+                self._write_stamps(stamp_file, known)
+        return sorted(bad)
+
+    @staticmethod
+    def _write_stamps(stamp_file: Path, known: dict[str, list]) -> None:
+        try:
+            stamp_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamp_file.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{stamp_file.name}")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, stamp_file)
+        except OSError:
+            pass  # a cache that cannot be written only costs a re-hash next time
+
+    def _record_verified(self, folder: Path, cache_root: Path) -> None:
+        """Stamps for files just verified by a download, without hashing them again."""
+        known = {}
+        for entry in self.files.values():
+            st = (folder / entry.path).stat()
+            known[entry.path] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256]
+        self._write_stamps(cache_root / "verified" / self.key / f"{self.attempt}.json", known)
+
     def local_dir(self, cache_root: Path) -> Path:
-        """A local folder with the bundle's files: the attempt folder itself on a file store, a verified
-        download (cached per attempt) otherwise. Raises IntegrityError on a checksum mismatch."""
+        """A local folder with the bundle's files, verified against the commit: the attempt folder itself on a
+        file store, a verified download (cached per attempt) otherwise. Raises IntegrityError naming the files
+        whose size or sha256 differs from the commit, so a damaged file never reaches a computation."""
         local = self.store.backend.local_path(f"{self.key}/{ATTEMPTS_DIR}/{self.attempt}")
         if local is not None:
+            bad = self.verify_folder(local, cache_root)
+            if bad:
+                raise IntegrityError(f"bundle {self.key} in {self.store.url}: {len(bad)} file(s) differ from the "
+                                     f"commit (size or sha256, or missing): {bad[:5]}")  # fmt: skip
             return local
+        if isinstance(self.store.backend, FileBackend):
+            raise IntegrityError(f"bundle {self.key} in {self.store.url}: the attempt folder {self.attempt} of its "
+                                 "commit is missing")  # fmt: skip
         dest = cache_root / self.key / self.attempt
         done = dest / ".complete"
-        if not done.exists():
-            corrupt = self.download(dest, verify=True, workers=self.store.workers)
-            if corrupt:
-                raise IntegrityError(f"bundle {self.key}: checksum mismatch in {corrupt}")
-            done.write_text(self.attempt)
+        if done.exists() and not self.verify_folder(dest, cache_root):
+            return dest
+        done.unlink(missing_ok=True)
+        corrupt = self.download(dest, verify=True, workers=self.store.workers)
+        if corrupt:
+            raise IntegrityError(f"bundle {self.key} in {self.store.url}: checksum mismatch in {corrupt}")
+        self._record_verified(dest, cache_root)
+        done.write_text(self.attempt)
         return dest
 
 
@@ -517,11 +709,17 @@ class Store:
         self.workers = workers
 
     @classmethod
-    def open(cls, url: str, code_version: str = "unknown", workers: int = DEFAULT_WORKERS, check: bool = True) -> Store:
-        backend = open_backend(url, workers=workers)
+    def open(cls, url: str, code_version: str = "unknown", workers: int = DEFAULT_WORKERS, check: bool = True,
+             write: bool = True, env: Mapping[str, str] | None = None) -> Store:  # fmt: skip
+        """`write=False` for read-only use: a file store must then exist (it is not created) and may be read-only."""
+        backend = open_backend(url, workers=workers, env=env)
         if check:
-            backend.check()
+            backend.check(write=write)
         return cls(backend, code_version, workers)
+
+    @property
+    def writable(self) -> bool:
+        return getattr(self.backend, "writable", True)
 
     @property
     def url(self) -> str:
@@ -576,6 +774,7 @@ class PullReport:
     corrupt: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     missing_bundles: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # bundles with bad downloads whose earlier pulled copy is whole
     seconds: float = 0.0
 
     @property
@@ -586,10 +785,25 @@ class PullReport:
 def pull(store: Store, prefix: str, dest: Path, expected: Iterable[str] = (), workers: int = DEFAULT_WORKERS) -> PullReport:
     """Download every committed bundle under `prefix` into `dest` with the same keys (so `dest` is itself a
     file store), verifying every checksum. Plain objects directly under `prefix` (study.yaml) come too.
-    `expected` lists bundle keys the caller expects; those without a commit are reported missing."""
+    `expected` lists bundle keys the caller expects; those without a commit are reported missing.
+
+    Safe over an earlier pull: each file lands under a temporary name and replaces the old copy only once its sha256
+    matches, so a corrupt download never destroys a good earlier copy. A bundle whose files did not all arrive gets
+    no commit in `dest`; an earlier commit there stays only if it names the same attempt and its files still
+    verify, otherwise it is removed, so `dest` never shows a bundle it cannot serve. When `dest` cannot be written
+    (read-only, full) the pull stops with one StoreError and removes what it created."""
     t0 = time.perf_counter()
     dest = Path(dest)
     report = PullReport(dest=dest)
+    created: list[Path] = []  # files this pull created (not replaced): removed again if the pull fails
+    made_dest = not dest.exists()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        probe = dest / f".tmp-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"pull: cannot write into {dest}: {exc.strerror or exc}") from None
     bundles = store.bundles(prefix)
     report.bundles = [b.key for b in bundles]
     have = set(report.bundles)
@@ -607,35 +821,73 @@ def pull(store: Store, prefix: str, dest: Path, expected: Iterable[str] = (), wo
     def one(job: tuple[Bundle | None, str, FileEntry | None]) -> tuple[str, str, int]:
         _bundle, key, entry = job
         target = dest / key
+        tmp = target.with_name(f".tmp-pull-{uuid.uuid4().hex[:8]}-{target.name}")
+        existed = target.exists()
         try:
-            store.backend.get_file(key, target, size=entry.size if entry else None)
+            store.backend.get_file(key, tmp, size=entry.size if entry else None)
         except NotFound:
             return ("missing", key, 0)
-        size = target.stat().st_size
-        if entry is not None and (size != entry.size or sha256_file(target) != entry.sha256):
-            target.unlink()
-            return ("corrupt", key, size)
-        return ("ok", key, size)
+        try:
+            size = tmp.stat().st_size
+            if entry is not None and (size != entry.size or sha256_file(tmp) != entry.sha256):
+                return ("corrupt", key, size)
+            os.replace(tmp, target)
+            if not existed:
+                created.append(target)
+            return ("ok", key, size)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for status, key, size in pool.map(one, jobs):
-            if status == "ok":
-                report.files += 1
-                report.bytes += size
-            elif status == "corrupt":
-                report.corrupt.append(key)
-            else:
-                report.missing_files.append(key)
-    # commits last, and only for bundles whose files all arrived intact, so `dest` never shows a bad bundle
-    bad = set(report.corrupt) | set(report.missing_files)
-    for b in bundles:
-        if not any(k.startswith(b.key + "/") for k in bad):
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for status, key, size in pool.map(one, jobs):
+                if status == "ok":
+                    report.files += 1
+                    report.bytes += size
+                elif status == "corrupt":
+                    report.corrupt.append(key)
+                else:
+                    report.missing_files.append(key)
+        # commits last, and only for bundles whose files all arrived intact, so `dest` never shows a bad bundle
+        bad = set(report.corrupt) | set(report.missing_files)
+        local = Store(FileBackend(dest), store.code_version, workers)
+        for b in bundles:
             target = dest / b.key / COMMIT_NAME
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(b.commit, indent=2))
+            if not any(k.startswith(b.key + "/") for k in bad):
+                existed = target.exists()
+                local.backend.put_bytes(f"{b.key}/{COMMIT_NAME}", json.dumps(b.commit, indent=2).encode())
+                if not existed:
+                    created.append(target)
+                continue
+            old = local.bundle(b.key) if target.exists() else None
+            if old is not None and old.attempt == b.attempt and not old.verify_folder(dest / b.key / ATTEMPTS_DIR / b.attempt, None):
+                report.kept.append(b.key)  # the earlier pull's copy is whole: keep serving it
+            else:
+                target.unlink(missing_ok=True)
+    except OSError as exc:
+        _remove_created(created, dest, made_dest)
+        raise StoreError(f"pull: cannot write into {dest}: {exc.strerror or exc} "
+                         "(the files this pull had written were removed)") from None  # fmt: skip
+    except StoreError as exc:
+        _remove_created(created, dest, made_dest)
+        raise StoreError(f"{exc} (pull stopped; the files it had written were removed)") from None
     report.corrupt.sort()
     report.missing_files.sort()
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _remove_created(created: list[Path], dest: Path, made_dest: bool) -> None:
+    """Remove files a failed pull created, their temporary siblings, and the folders left empty."""
+    for p in created:
+        p.unlink(missing_ok=True)
+    for dirpath, _dirs, files in os.walk(dest, topdown=False):
+        for name in files:
+            if name.startswith(".tmp-"):
+                (Path(dirpath) / name).unlink(missing_ok=True)
+        d = Path(dirpath)
+        if d != dest or made_dest:
+            try:
+                d.rmdir()
+            except OSError:
+                pass

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,8 +30,57 @@ GLUE_TASKS: dict[str, dict[str, Any]] = {
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # names end up in store keys, cell names and Kubernetes labels
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type lists bool itself (pydantic's lax mode would read `true` as 1 for an int field)."""
+    if annotation is bool:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _admits_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_bool(a) for a in typing.get_args(annotation))
+    return annotation is Any
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        """`trials: true` is a typo, not 1: a boolean is accepted only where the field is a boolean (pydantic's lax
+        mode would read it as 1 for an int field)."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                f = cls.model_fields.get(name) if isinstance(name, str) else None
+                if f is not None and isinstance(value, bool) and not _admits_bool(f.annotation):
+                    raise ValueError(f"@{name}: expected a number, got the boolean {value}")
+        return data
+
+
+# a training seed seeds Python, numpy (which needs 0 <= seed < 2**32) and torch
+SeedValue = Annotated[int, Field(strict=True, ge=0, lt=2**32)]
+
+# What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
+# HPO's pick): one rule, used by the study validator and by training.resolve_params.
+PARAM_RULES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "effective_batch": (lambda v: float(v).is_integer() and v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: v > 0, "> 0"),
+    "lora_alpha": (lambda v: v > 0, "> 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+REQUIRED_PARAMS = ("learning_rate", "effective_batch", "epochs")
+
+
+def param_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not a valid `name`, or None when it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{name}={value!r} must be a number"
+    rule, expected = PARAM_RULES[name]
+    return None if rule(value) else f"{name}={value!r} must be {expected}"
 
 
 class ModelConfig(Strict):
@@ -235,7 +286,7 @@ class Study(Strict):
     data: DataConfig = DataConfig()
     tasks: list[TaskConfig] = Field(min_length=1)
     methods: list[Method] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[SeedValue] = Field(min_length=1)
     hpo: HpoConfig = HpoConfig()
     training: TrainingConfig = TrainingConfig()
     sanity: SanityConfig = SanityConfig()
@@ -262,7 +313,37 @@ class Study(Strict):
             missing = method_names - set(self.hpo.spaces)
             if missing:
                 raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for {sorted(missing)}")
+        self._check_hyperparameters()
         return self
+
+    def _check_hyperparameters(self) -> None:
+        """Every value in training.defaults and every end of an hpo.spaces range (or choice) obeys PARAM_RULES, and
+        each method gets the required parameters from somewhere: found here, not after stage, sanity and HPO."""
+        for m in self.methods:
+            defaults = self.training.defaults.get(m.name, {})
+            unknown = sorted(set(defaults) - HPO_PARAMS)
+            if unknown:
+                raise ValueError(f"@training.defaults.{m.name}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
+            for name, value in defaults.items():
+                if problem := param_problem(name, value):
+                    raise ValueError(f"@training.defaults.{m.name}.{name}: {problem}")
+            searched: set[str] = set()
+            if self.hpo.enabled:
+                for name, space in self.hpo.spaces.get(m.name, {}).items():
+                    searched.add(name)
+                    ends = space.choices if space.type == "categorical" else [space.low, space.high]
+                    for value in ends or []:
+                        if space.type == "int" or name == "effective_batch" and space.type != "categorical":
+                            value = int(value) if float(value).is_integer() else value
+                        if problem := param_problem(name, value):
+                            raise ValueError(f"@hpo.spaces.{m.name}.{name}: {problem} (every value the search can pick)")
+            missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in searched]
+            if missing:
+                where = f"training.defaults.{m.name}" + ("" if not self.hpo.enabled else f" or hpo.spaces.{m.name}")
+                raise ValueError(f"method {m.name!r}: no value for {missing}: give them in {where}")
+        if "bench" in self.model_fields_set and self.bench.seed not in self.seeds:
+            raise ValueError(f"@bench.seed: {self.bench.seed} is not one of the study's seeds {list(self.seeds)}; the bench "
+                             "serves the cells trained with that seed")  # fmt: skip
 
     # ---- grid ---------------------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -311,7 +392,13 @@ class Study(Strict):
 def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith("@") and ": " in msg:  # a validator naming the field below its own level
+            sub, msg = msg[1:].split(": ", 1)
+            path = f"{path}.{sub}" if path else sub
+        path = path or "(top level)"
+        e = {**e, "msg": msg}
         got = e.get("input")
         got_text = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{source}: field {path}: {e['msg']}{got_text}")

@@ -47,16 +47,15 @@ from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from lorascope import data
-from lorascope.errors import ConfigError, IntegrityError
+from lorascope.errors import ConfigError, IntegrityError, LorascopeError
 from lorascope.log import Logger
-from lorascope.study import GLUE_TASKS, HPO_PARAMS, TaskConfig
+from lorascope.study import GLUE_TASKS, HPO_PARAMS, REQUIRED_PARAMS, TaskConfig, param_problem
 
 if TYPE_CHECKING:
     from lorascope.phases import PhaseContext
     from lorascope.study import Study, TrainingConfig
 
 CHECKPOINT_PREFIX = "checkpoint"
-REQUIRED_PARAMS = ("learning_rate", "effective_batch", "epochs")
 
 
 # ------------------------------------------------------------------------------------------------ seeds, params
@@ -90,21 +89,9 @@ def resolve_params(study: Study, method_name: str, chosen: Mapping[str, Any] | N
     if method.kind == "lora":
         params["lora_alpha"] = float(merged.get("lora_alpha", method.alpha))
         params["lora_dropout"] = float(merged.get("lora_dropout", method.dropout))
-    checks = [
-        ("learning_rate", params["learning_rate"] > 0, "> 0"),
-        ("warmup_ratio", 0 <= params["warmup_ratio"] < 1, "in [0, 1)"),
-        ("weight_decay", params["weight_decay"] >= 0, ">= 0"),
-        ("effective_batch", params["effective_batch"] >= 1, ">= 1"),
-        ("epochs", params["epochs"] > 0, "> 0"),
-    ]
-    if method.kind == "lora":
-        checks += [
-            ("lora_alpha", params["lora_alpha"] > 0, "> 0"),
-            ("lora_dropout", 0 <= params["lora_dropout"] < 1, "in [0, 1)"),
-        ]
-    for name, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"method {method_name!r}: {name}={params[name]!r} must be {expected}")
+    for name, value in params.items():  # the same rules the study validator applies (study.PARAM_RULES)
+        if problem := param_problem(name, value):
+            raise ConfigError(f"method {method_name!r}: {problem}")
     return params
 
 
@@ -555,7 +542,17 @@ def fit(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except LorascopeError:
+        raise
+    except Exception as exc:
+        if _disk_full(exc, output_dir):
+            said = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+            raise LorascopeError(f"training: cannot write a checkpoint under {output_dir}: no space left on device "
+                                 f"({shutil.disk_usage(output_dir).free // 2**20} MiB free; the work dir, "
+                                 f"--work-dir / LORASCOPE_WORK_DIR, needs room for two checkpoints) [{said}]") from None  # fmt: skip
+        raise
     seconds = time.perf_counter() - t0
     tokens = int(trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0))
     return FitResult(
@@ -569,6 +566,27 @@ def fit(
         schedule=s,
         log_history=trainer.state.log_history,
     )
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failure while training was a full disk: ENOSPC anywhere in the chain, the message torch or safetensors
+    write for it, or a folder with almost no space left."""
+    import errno
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # the chain, bounded
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen)
+        if "No space left" in text or "StorageFull" in text or "os error 28" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20  # torch.save reports a full disk as "unexpected pos"
+    except OSError:
+        return False
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -653,33 +671,42 @@ def prune_checkpoints(ctx: PhaseContext, cell: str, keep: int, best_step: int | 
 
 
 def restore_checkpoint(ctx: PhaseContext, cell: str, output_dir: Path) -> Path | None:
-    """Download the latest committed checkpoint of `cell` (and the best one it refers to) into a fresh
-    `output_dir`; returns the folder to resume from, or None when the store has no checkpoint."""
+    """Download the latest intact committed checkpoint of `cell` (and the best one it refers to) into a fresh
+    `output_dir`; returns the folder to resume from, or None when the store has no usable checkpoint. A checkpoint
+    whose files fail their checksum (or whose trainer_state.json is unreadable) is skipped with a log line and the
+    next older one is tried, so one damaged upload costs one checkpoint interval, not the cell."""
     bundles = committed_checkpoints(ctx, cell)
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
-    if not bundles:
-        return None
-    step, latest = next(reversed(bundles.items()))
 
     def fetch(bundle: Any, dest: Path) -> None:
         corrupt = bundle.download(dest, verify=True, workers=ctx.store.workers)
         if corrupt:
             raise IntegrityError(f"checkpoint {bundle.key}: checksum mismatch in {corrupt}")
 
-    dest = output_dir / f"{CHECKPOINT_PREFIX}-{step}"
-    fetch(latest, dest)
-    state_file = dest / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    best = state.get("best_global_step")
-    best_dir = output_dir / f"{CHECKPOINT_PREFIX}-{best}" if best else None
-    if best and best != step:
-        if best in bundles:
-            fetch(bundles[best], best_dir)
-        else:
-            ctx.log("best checkpoint missing from the store; the last one will be kept", best_step=best)
-            best_dir = None
-    # the recorded path is the old machine's; point it at the local copy (the Trainer ignores a missing path)
-    state["best_model_checkpoint"] = str(best_dir) if best_dir else None
-    state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    return dest
+    for step in sorted(bundles, reverse=True):
+        dest = output_dir / f"{CHECKPOINT_PREFIX}-{step}"
+        try:
+            fetch(bundles[step], dest)
+            state_file = dest / "trainer_state.json"
+            state = json.loads(state_file.read_text())
+        except (IntegrityError, OSError, ValueError) as exc:
+            ctx.log("checkpoint unusable, trying the previous one", step=step, error=str(exc)[:200])
+            shutil.rmtree(dest, ignore_errors=True)
+            continue
+        best = state.get("best_global_step")
+        best_dir = output_dir / f"{CHECKPOINT_PREFIX}-{best}" if best else None
+        if best and best != step:
+            try:
+                if best not in bundles:
+                    raise IntegrityError("not in the store")
+                fetch(bundles[best], best_dir)
+            except IntegrityError as exc:
+                ctx.log("best checkpoint unusable; the last one will be kept", best_step=best, error=str(exc)[:200])
+                shutil.rmtree(best_dir, ignore_errors=True)
+                best_dir = None
+        # the recorded path is the old machine's; point it at the local copy (the Trainer ignores a missing path)
+        state["best_model_checkpoint"] = str(best_dir) if best_dir else None
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        return dest
+    return None

@@ -149,9 +149,11 @@ def _study_file(tmp_path, **update) -> str:
 BAD = {
     "multi-3 with 2 tasks": ({"tasks": [{"name": "mrpc"}, {"name": "sst2"}]}, "mode 'multi-3' serves 3 task adapters"),
     "no LoRA method": ({"methods": [{"name": "full", "kind": "full"}], "hpo": {"enabled": False, "spaces": {}},
-                        "training": {"defaults": {"full": {"learning_rate": 1e-3}}}}, "needs LoRA adapters"),
+                        "training": {"defaults": {"full": {"learning_rate": 1e-3, "effective_batch": 8, "epochs": 1}}}},
+                       "needs LoRA adapters"),
     "no full method": ({"methods": [{"name": "lora", "kind": "lora"}], "hpo": {"enabled": False, "spaces": {}},
-                        "training": {"defaults": {"lora": {"learning_rate": 1e-3}}}}, "mode 'full' needs a full"),
+                        "training": {"defaults": {"lora": {"learning_rate": 1e-3, "effective_batch": 8, "epochs": 1}}}},
+                       "mode 'full' needs a full"),
     "batch size 0": ({"bench": {"batch_sizes": [1, 0]}}, "field bench.batch_sizes.1"),
     "seed not trained": ({"bench": {"seed": 5}}, "bench.seed: 5 is not one of the study's seeds"),
 }  # fmt: skip

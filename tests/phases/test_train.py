@@ -67,6 +67,8 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
     with safe_open(str(ctx.local(lora) / "adapter" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # the head travels with the adapter
+    adapter_config = json.loads(lora.read_bytes("adapter/adapter_config.json"))
+    assert adapter_config["base_model_name_or_path"] == "builtin:tiny-llama"  # the study's model, not a local path
 
     for cell, kind in (("mrpc-full-s42", "full"), ("mrpc-lora-s42", "lora")):
         m = _metrics(run, cell)
@@ -152,6 +154,53 @@ def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeyp
     got = _metrics(run, "mrpc-lora-s42")
     assert got["resumed_from_step"] == steps[-1]
     _same_results(got, resume_reference, atol=1e-6)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_run, monkeypatch, resume_reference):
+    """The newest checkpoint in the store is damaged after its commit: the rerun resumes from the intact one before
+    it and still ends with the uninterrupted run's numbers (before: every retry failed the checksum)."""
+    run = make_run(**RESUME_STUDY)
+    sync = training.StoreCheckpoints.on_save
+
+    def on_save_then_crash(self, args, state, control, **kwargs):
+        sync(self, args, state, control, **kwargs)
+        if state.epoch > 1:
+            raise Preempted(f"preempted after step {state.global_step}")
+
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
+    with pytest.raises(Preempted):
+        run.phase("train", 2)
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+    ctx = run.ctx()
+    checkpoints = training.committed_checkpoints(ctx, "mrpc-lora-s42")
+    steps = sorted(checkpoints)
+    assert len(steps) >= 2
+    latest = checkpoints[steps[-1]]
+    damaged = run.store.backend.local_path(latest.object_key("adapter_model.safetensors"))
+    with open(damaged, "r+b") as f:
+        f.seek(-50, os.SEEK_END)
+        f.write(b"\0" * 8)
+    run.phase("train", 2)
+    got = _metrics(run, "mrpc-lora-s42")
+    assert got["resumed_from_step"] == steps[-2]
+    _same_results(got, resume_reference, atol=1e-6)
+
+
+def test_a_cell_committed_by_another_writer_meanwhile_is_not_trained_again(make_run, monkeypatch):
+    """Two pods for one index: the second finds the cell committed after it loaded data and model (the first
+    committed while it prepared), and skips instead of training it again."""
+    run = make_run()
+    restore = training.restore_checkpoint
+
+    def other_writer_commits_first(ctx, cell, output_dir):
+        with ctx.writer("cells", cell, phase="train") as w:
+            w.add_json("metrics.json", {"by": "the other writer"})
+        return restore(ctx, cell, output_dir)
+
+    monkeypatch.setattr(training, "restore_checkpoint", other_writer_commits_first)
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("trained a cell that was already committed"))
+    run.phase("train", 0)
+    assert _metrics(run, "mrpc-full-s42") == {"by": "the other writer"}
 
 
 def test_interrupted_after_training_ended_trains_no_further(make_run, monkeypatch, trained):

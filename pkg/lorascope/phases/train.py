@@ -25,6 +25,7 @@ best_step; resumed_from_step.
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -90,6 +91,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     resume = training.restore_checkpoint(ctx, cell.name, output_dir)
     if resume is not None:
         log(f"resume from step={resume.name.rsplit('-', 1)[1]}", checkpoint=str(resume))
+    if ctx.committed("cells", cell.name):  # another writer (a second pod) committed while this one prepared
+        log("committed by another writer meanwhile, skipping", bundle=f"cells/{cell.name}")
+        return
     sync = training.StoreCheckpoints(ctx, cell.name, keep=2)
     plan = training.Plan.from_params(params, seed=cell.seed)
     result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
@@ -140,6 +144,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     shutil.rmtree(saved / "model", ignore_errors=True)
     folder = saved / ("adapter" if method.kind == "lora" else "model")
     result.model.save_pretrained(str(folder))
+    if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = study.model.name
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
     ) as w:

@@ -1,0 +1,125 @@
+"""Checks of a study against the world it names, before any work: the data folder, the model name, and the model's
+config (max positions, the modules LoRA would adapt). `load_study` checks the study on its own; this module adds
+what needs the model config, so `lorascope validate` and `lorascope run` refuse such a study at once (exit 2, the
+field path named) instead of after stage, sanity and HPO.
+
+The model config comes from the package (builtin models), the model folder (local), or the local HF cache / the hub
+(config.json only). When it cannot be had (a hub id, offline, not cached) the model checks are skipped with a note,
+and the stage phase makes them once it has fetched the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lorascope.errors import ConfigError
+from lorascope.study import LoraMethod, Study
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# what PEFT's LoRA can wrap (peft.tuners.lora.model: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D)
+LORA_LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
+
+
+def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] | None, str]:
+    """(config.json as a dict, where it came from), or (None, why not). Raises ConfigError for a bad model.name."""
+    from lorascope import modeling
+
+    name, revision = study.model.name, study.model.revision
+    kind = modeling.model_source(name)  # unknown builtin, missing folder, folder without config.json
+    if kind == "builtin":
+        folder = ASSETS / name.split(":", 1)[1]
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text()), f"package asset {folder.name}"
+        return None, f"builtin model {name!r} ships no config.json in assets/"
+    if kind == "local":
+        path = Path(name).expanduser() / "config.json"
+        try:
+            return json.loads(path.read_text()), str(path)
+        except ValueError as exc:
+            raise ConfigError(f"model.name {name!r}: {path} is not valid JSON ({exc})") from None
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cached = try_to_load_from_cache(repo_id=name, filename="config.json", revision=revision)
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text()), "local HF cache"
+    if env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None, f"model {name!r}@{revision} is not in the local HF cache and HF_HUB_OFFLINE is set"
+    try:
+        path = hf_hub_download(repo_id=name, filename="config.json", revision=revision)
+    except RevisionNotFoundError:
+        raise ConfigError(f"model.revision {revision!r}: no such revision of {name!r} on the hub") from None
+    except GatedRepoError:
+        raise ConfigError(f"model.name {name!r} is gated: accept its license and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"model.name {name!r}: no such model on the hub (and no such local folder)") from None
+    except EntryNotFoundError:
+        raise ConfigError(f"model.name {name!r}: the hub repo has no config.json (not a transformers model)") from None
+    except (LocalEntryNotFoundError, OSError) as exc:
+        return None, f"the hub is unreachable for {name!r} ({type(exc).__name__})"
+    return json.loads(Path(path).read_text()), "hub"
+
+
+def module_names(config: dict[str, Any]) -> dict[str, str]:
+    """Module name -> class name of the sequence classifier the train phase builds, instantiated on the meta device
+    (no weights, no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    return {n: type(m).__name__ for n, m in model.named_modules() if n}
+
+
+def check_target_modules(study: Study, modules: dict[str, str]) -> None:
+    """PEFT's rule for a list of target_modules: an entry matches a module whose name equals it or ends in
+    '.<entry>'. Every entry must match at least one module, of a type LoRA can wrap."""
+    adaptable = sorted({n.rsplit(".", 1)[-1] for n, t in modules.items() if t in LORA_LAYER_TYPES and n != "score"})
+    for i, m in enumerate(study.methods):
+        if not isinstance(m, LoraMethod):
+            continue
+        for target in m.target_modules:
+            hits = [n for n in modules if n == target or n.endswith("." + target)]
+            if not hits:
+                raise ConfigError(f"field methods.{i}.target_modules: {target!r} is not a module of {study.model.name!r} "
+                                  f"(layers LoRA can adapt: {adaptable})")  # fmt: skip
+            wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
+            if wrong:
+                raise ConfigError(f"field methods.{i}.target_modules: {target!r} names {wrong} layers, which LoRA "
+                                  f"cannot adapt (layers it can: {adaptable})")  # fmt: skip
+
+
+def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
+    """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
+    what could not be checked here."""
+    from lorascope import data
+
+    env = os.environ if env is None else env
+    notes: list[str] = []
+    try:
+        data.check_source(study)
+        config, origin = model_config(study, env)
+        if config is None:
+            notes.append(f"model checks skipped ({origin}); the stage phase makes them after fetching the model")
+            return notes
+        limit = config.get("max_position_embeddings")
+        for i, task in enumerate(study.tasks):
+            if isinstance(limit, int) and task.max_length > limit:
+                raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
+                                  f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
+        if any(isinstance(m, LoraMethod) for m in study.methods):
+            check_target_modules(study, module_names(config))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    return notes
