@@ -68,4 +68,5 @@ bench-store: install
 clean:
 	rm -rf $(DEMO_STORE) .pytest_cache
 
+-include Makefile.images
 -include Makefile.k8s
