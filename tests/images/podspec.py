@@ -31,7 +31,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # pod-spec and container fields that are translated, or that do not change what the process sees on one machine
 POD_FIELDS = {"restartPolicy", "automountServiceAccountToken", "securityContext", "containers", "volumes",

@@ -364,3 +364,30 @@ def test_status_and_phase_sizes_need_no_ml_stack():
     r = subprocess.run([sys.executable, "-c", code, str(REPO / "jobs" / "smoke.yaml")], capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_gpu_images_stamp_follows_the_image_inputs_not_the_code(tmp_path, monkeypatch):
+    """CI builds the CUDA images when this stamp differs from images/gpu-images.stamp (make ci-gpu-images)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_images_stamp", REPO / "tools" / "gpu_images_stamp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shutil.copytree(IMAGES, tmp_path / "images", ignore=shutil.ignore_patterns("*.whl"))
+    for name in ("constraints.txt", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    monkeypatch.setattr(mod, "STAMP", tmp_path / "images" / "gpu-images.stamp")
+    first = mod.stamp()
+    assert mod.main(["--write"]) == 0 and mod.main(["--check"]) == 0
+    (tmp_path / "pkg" / "new.py").write_text("x = 1\n")  # code: same stamp
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('markers = [', 'markers = [\n  "new: a new marker",'))
+    assert mod.stamp() == first
+    lock = tmp_path / "images" / "base" / "requirements-ml.lock"  # a dependency: new stamp
+    lock.write_text(lock.read_text() + "\n")
+    assert mod.stamp() != first and mod.main(["--check"]) == 1
+    lock.write_text(lock.read_text()[:-1])
+    pyproject.write_text(pyproject.read_text().replace('"scipy>=1.13",', '"scipy>=1.14",'))
+    assert mod.stamp() != first
