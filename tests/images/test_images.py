@@ -114,17 +114,21 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
     study = load_study(SMOKE)
     opts = render.RenderOptions(overlay="kind", image_tag="t-cpu", store_url="s3://b/store")
     job = render.phase_jobs(study, opts)["train"]
+    [study_cm] = [v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     cluster = Cluster(secrets={render.S3_SECRET: {"AWS_ACCESS_KEY_ID": "k"}},
-                      configmaps={render.STUDY_CONFIGMAP: {"study.yaml": "x"}})  # fmt: skip
+                      configmaps={study_cm: {"study.yaml": "x"}})  # fmt: skip
     pod = pod_argv(job, 7, cluster, tmp_path)
     argv = pod.argv
     assert argv[argv.index("--user") + 1] == f"{render.APP_UID}:{render.APP_UID}"
     assert argv[argv.index("--group-add") + 1] == str(render.APP_UID)
     assert "JOB_COMPLETION_INDEX=7" in argv and "AWS_ACCESS_KEY_ID=k" in argv
     assert "LORASCOPE_TORCH_THREADS=1" in argv  # requests.cpu 500m, rounded up as the kubelet does
-    assert argv[-7:] == ["lorascope/train:t-cpu", "--study", render.STUDY_PATH, "--store", "s3://b/store",
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith("lorascope/train:t-cpu") and "--pull=never" in argv
+    assert argv[-7:] == [image, "--study", render.STUDY_PATH, "--store", "s3://b/store",
                          "--run-id", render.RenderOptions().resolved(study).run_id]  # fmt: skip
     assert (tmp_path / pod.name / "work").stat().st_gid == render.APP_UID
+    assert (tmp_path / pod.name / "study" / "study.yaml").read_text() == "x"
     job["spec"]["template"]["spec"]["hostNetwork"] = True
     with pytest.raises(Untranslatable, match="hostNetwork"):
         pod_argv(job, 0, cluster, tmp_path)
