@@ -13,6 +13,9 @@ import pytest
 
 from lorascope.phases import PHASE_ORDER
 
+# the name make images gives the images (Makefile.images IMAGE_REPO): localhost/ works with podman and docker alike
+IMAGE_REPO = os.environ.get("LORASCOPE_IMAGE_REPO", "localhost/lorascope")
+
 
 @pytest.fixture(scope="session")
 def engine() -> str:
@@ -28,7 +31,7 @@ def image_tag(engine) -> str:
     if not tag:
         _missing("LORASCOPE_IMAGE_TAG not set: run `make test-images` (it builds the images and sets it)")
     for phase in PHASE_ORDER:
-        ref = f"lorascope/{phase}:{tag}"
+        ref = f"{IMAGE_REPO}/{phase}:{tag}"
         if subprocess.run([engine, "image", "exists", ref], capture_output=True).returncode != 0:
             pytest.fail(f"image {ref} not built (make images IMAGE_VARIANT=cpu)")
     return tag

@@ -22,6 +22,7 @@ import pytest
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER
 from lorascope.study import load_study
+from tests.images.conftest import IMAGE_REPO
 from tests.images.podspec import Cluster, Untranslatable, pod_argv, run_pod
 from tests.s3server import S3Server
 
@@ -69,7 +70,7 @@ def is_standin(engine: str, image: str) -> bool:
 @pytest.mark.images
 @pytest.mark.parametrize("phase", PHASE_ORDER)
 def test_each_image_prints_the_code_version_its_build_was_given(engine, image_tag, built_code_version, phase):
-    image = f"lorascope/{phase}:{image_tag}"
+    image = f"{IMAGE_REPO}/{phase}:{image_tag}"
     base = ["--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=none"]
     helped = _run([engine, "run", *base, image, "--help"])
     assert helped.returncode == 0, helped.stderr
@@ -85,7 +86,7 @@ def test_each_image_prints_the_code_version_its_build_was_given(engine, image_ta
 @pytest.mark.images
 @pytest.mark.parametrize("phase", SLIM_PHASES)
 def test_slim_images_have_no_torch_and_their_commands_do_not_need_it(engine, image_tag, phase):
-    image = f"lorascope/{phase}:{image_tag}"
+    image = f"{IMAGE_REPO}/{phase}:{image_tag}"
     base = ["--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=none", "--entrypoint"]
     no_torch = _run([engine, "run", *base, "python", image, "-c", "import torch"])
     assert no_torch.returncode == 1 and "No module named 'torch'" in no_torch.stderr
@@ -105,7 +106,7 @@ def test_slim_images_have_no_torch_and_their_commands_do_not_need_it(engine, ima
 @pytest.mark.images
 def test_the_bench_image_has_the_pinned_c_compiler(engine, image_tag):
     r = _run([engine, "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "cc",
-              f"lorascope/bench:{image_tag}", "--version"])  # fmt: skip
+              f"{IMAGE_REPO}/bench:{image_tag}", "--version"])  # fmt: skip
     assert r.returncode == 0 and r.stdout.startswith("cc (Debian 12.2.0-14"), r.stdout + r.stderr
 
 
@@ -203,7 +204,7 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     status_argv = [engine, "run", "--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=host",
                    *sum((["--env", f"{k}={v}"] for k, v in cluster.secrets[render.S3_SECRET].items()), []),
                    "--env", "AWS_REQUEST_CHECKSUM_CALCULATION=when_required",
-                   "--entrypoint", "lorascope", f"lorascope/report:{image_tag}",
+                   "--entrypoint", "lorascope", f"{IMAGE_REPO}/report:{image_tag}",
                    "status", run_id, "--store", f"s3://{bucket}/store"]  # fmt: skip
     status = _run(status_argv)
     assert status.returncode == 0, status.stderr[-2000:]
@@ -229,7 +230,7 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     assert reports, "lorascope report wrote no ANALYSIS_REPORT.md into the pulled folder"
 
     standin = " (Python base: LOCAL STAND-IN, tools/standin-python-image.sh)" if is_standin(
-        engine, f"lorascope/report:{image_tag}") else ""  # fmt: skip
+        engine, f"{IMAGE_REPO}/report:{image_tag}") else ""  # fmt: skip
     print(f"\nimages {image_tag}{standin}: smoke study in {sum(j['spec']['completions'] for j in jobs)} containers "
           f"{containers_s:.1f} s {per_phase}; host run {host_s:.1f} s; {len(on_host)} drift CSVs byte-identical; "
           f"report {reports[-1].relative_to(pulled)}")  # fmt: skip

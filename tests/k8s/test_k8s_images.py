@@ -289,13 +289,13 @@ def test_make_images_tags_with_the_code_version_and_selects_the_torch_variant():
     tag = image_tag(version)
     cuda = _make_n("images", ENGINE="podman")
     assert f"--build-arg LORASCOPE_CODE_VERSION={version}" in cuda
-    assert f"--target ml --build-arg TORCH=cuda -t lorascope/base-ml:{tag} ." in cuda
-    assert f"--target slim -t lorascope/base-slim:{tag} ." in cuda
-    assert f"--build-arg VLLM=yes -t lorascope/bench:{tag} ." in cuda
-    assert f"-t lorascope/$p:{tag} ." in cuda and "for p in stage sanity hpo train extract drift report; do" in cuda
+    assert f"--target ml --build-arg TORCH=cuda -t localhost/lorascope/base-ml:{tag} ." in cuda
+    assert f"--target slim -t localhost/lorascope/base-slim:{tag} ." in cuda
+    assert f"--build-arg VLLM=yes -t localhost/lorascope/bench:{tag} ." in cuda
+    assert f"-t localhost/lorascope/$p:{tag} ." in cuda and "for p in stage sanity hpo train extract drift report; do" in cuda
     cpu = _make_n("images", ENGINE="podman", IMAGE_VARIANT="cpu")
-    assert f"--target ml --build-arg TORCH=cpu -t lorascope/base-ml:{tag}-cpu ." in cpu
-    assert f"--build-arg VLLM=no -t lorascope/bench:{tag}-cpu ." in cpu
+    assert f"--target ml --build-arg TORCH=cpu -t localhost/lorascope/base-ml:{tag}-cpu ." in cpu
+    assert f"--build-arg VLLM=no -t localhost/lorascope/bench:{tag}-cpu ." in cpu
 
 
 def test_image_tag_is_the_code_version_and_placeholders_are_refused():
@@ -326,7 +326,7 @@ def test_makefile_has_the_cluster_targets_and_they_expand():
     targets = set(re.findall(r"^([a-z][a-z0-9-]*):", text, flags=re.M))
     assert {"kind-up", "kind-load", "deploy-kind", "grid", "report", "kind-down"} <= targets
     out = _make_n("kind-load", "kind-up", "grid", "report")
-    assert f"kind load docker-image --name lorascope lorascope/$p:{kind_tag}" in out
+    assert f"kind load docker-image --name lorascope localhost/lorascope/$p:{kind_tag}" in out
     assert "cluster run --study jobs/smoke.yaml --overlay kind" in out and "--until train" in out
     assert f"--image-tag {kind_tag}" in out
     assert "kind create cluster --name lorascope --config manifests/overlays/kind/kind-cluster.yaml" in out
