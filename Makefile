@@ -59,13 +59,13 @@ install-system:
 install-all: install install-vllm install-system
 
 test: install-all
-	@$(MAKE) --no-print-directory test-main test-vllm
+	@$(MAKE) --no-print-directory test-main test-vllm test-images
 
 test-main:
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm -m "not slow and not s3 and not postgres"
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images -m "not slow and not s3 and not postgres"
 
 test-vllm: install-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm
@@ -87,4 +87,5 @@ bench-serving: install install-vllm
 clean:
 	rm -rf $(DEMO_STORE) .pytest_cache
 
+-include Makefile.images
 -include Makefile.k8s

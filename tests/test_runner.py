@@ -81,3 +81,16 @@ def test_parallel_jobs_run_each_index_in_its_own_process(tmp_path, smoke_study_p
     """--jobs N spawns `python -m lorascope.cli <phase> --index i`: a usage error in every child is exit 2."""
     rc = cli.main(["run", "--study", str(smoke_study_path), "--store", str(tmp_path / "s"), "--jobs", "0"])
     assert rc == 2
+
+
+def test_an_unwritable_work_dir_is_a_config_error_naming_it(fake_phases, tmp_path, smoke_study_path, capsys):
+    """A pod whose work volume is not writable exits 2 (the Job fails the index) with the path, not a raw
+    PermissionError and exit 1 (which the Job retries)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    work = blocker / "work"  # mkdir fails even for root
+    rc = cli.main(["train", "--study", str(smoke_study_path), "--store", str(tmp_path / "s"), "--run-id", "r",
+                   "--work-dir", str(work), "--index", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"work dir {work}" in err and "not writable" in err
+    assert fake_phases == []

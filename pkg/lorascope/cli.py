@@ -41,7 +41,18 @@ def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
 def _work_dir(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
     raw = args.work_dir or env.get("LORASCOPE_WORK_DIR") or str(Path.home() / ".cache" / "lorascope" / "work")
     p = Path(raw).expanduser()
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        # a pod whose work-dir volume is not writable for its user: a config error (exit 2, the Job fails the index
+        # at once), not a crash that is retried
+        raise ConfigError(
+            f"work dir {p} (--work-dir / LORASCOPE_WORK_DIR) is not writable by uid {os.getuid()}: {exc.strerror}; "
+            "mount a writable volume there (the manifests use an emptyDir with fsGroup)"
+        ) from None
     return p
 
 
@@ -224,8 +235,21 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def build_parser() -> Parser:
-    p = Parser(prog="lorascope", description="LoRA vs full fine-tuning: representation drift and serving cost.")
+def version_line(env: Mapping[str, str]) -> str:
+    """`lorascope --version`: the package version and the code version (the one stamped into every commit; in an
+    image, the LORASCOPE_CODE_VERSION its build was given)."""
+    from lorascope import __version__
+    from lorascope.runner import code_version
+
+    return f"lorascope {__version__} (code {code_version(env)})"
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> Parser:
+    version = version_line(env or {})
+    p = Parser(
+        prog="lorascope", description="LoRA vs full fine-tuning: representation drift and serving cost.", epilog=version
+    )
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     v = sub.add_parser("validate", help="validate a study file (exit 2 naming the bad field)")
@@ -250,7 +274,7 @@ def build_parser() -> Parser:
     r.set_defaults(func=cmd_run)
 
     for name in PHASE_ORDER:
-        sp = sub.add_parser(name, help=f"run the {name} phase for one index (Kubernetes entrypoint)")
+        sp = sub.add_parser(name, help=f"run the {name} phase for one index (Kubernetes entrypoint)", epilog=version)
         common(sp)
         sp.add_argument("--index", type=int, help="index (env JOB_COMPLETION_INDEX; default: every index in turn)")
         if name == "report":
@@ -313,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     die_with_parent(env)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(env).parse_args(argv)
         return args.func(args, env)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

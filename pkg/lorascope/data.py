@@ -26,12 +26,11 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
 from lorascope.errors import ConfigError, LorascopeError
 from lorascope.study import GLUE_TASKS
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
     from lorascope.phases import PhaseContext
@@ -235,6 +234,8 @@ def collate(features: list[dict], pad_id: int, pad_to: int | None = None) -> dic
     """Right-pad a batch to its longest member (dynamic padding) or to `pad_to`. Returns int64 `input_ids`,
     `attention_mask` and, when every feature has one, `labels` (the keys a classifier's forward takes; `idx`
     stays with the caller)."""
+    import torch  # here, not at the top: the slim images import this module (status, stage sizes) without torch
+
     if not features:
         raise ValueError("collate: empty batch")
     longest = max(len(f["input_ids"]) for f in features)

@@ -72,12 +72,17 @@ def resolve_phases(spec: str | None) -> list[str]:
     return [p for p in PHASE_ORDER if p in names]
 
 
+MISSING_CODE_VERSIONS = ("", "unset", "unknown")  # placeholders a build may leave behind: never stamped into a commit
+
+
 def code_version(env: Mapping[str, str]) -> str:
-    """LORASCOPE_CODE_VERSION (baked into images) or the git commit of this checkout, else the package version."""
+    """LORASCOPE_CODE_VERSION (baked into images) or the git commit of this checkout, else the package version.
+    An empty or placeholder value ("unset") counts as missing."""
     from lorascope import __version__
 
-    if env.get("LORASCOPE_CODE_VERSION"):
-        return env["LORASCOPE_CODE_VERSION"]
+    baked = env.get("LORASCOPE_CODE_VERSION", "").strip()
+    if baked not in MISSING_CODE_VERSIONS:
+        return baked
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -94,6 +99,20 @@ def code_version(env: Mapping[str, str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return __version__
+
+
+def image_tag(version: str) -> str:
+    """The image tag for a code version: `0.1.0+g1a2b3c4d5e6f` -> `0.1.0-g1a2b3c4d5e6f` (a tag allows only
+    [A-Za-z0-9_.-], at most 128 characters). One tag per commit, so a grid never mixes code versions across nodes."""
+    import re
+
+    if version.strip() in MISSING_CODE_VERSIONS:
+        raise ConfigError(f"image tag: code version {version!r} is a placeholder, not a version; build from a git "
+                          "checkout (LORASCOPE_CODE_VERSION) or pass --image-tag")
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", version.replace("+", "-").replace(".dirty", "-dirty"))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise ConfigError(f"image tag: cannot make a tag from code version {version!r}; pass --image-tag")
+    return tag
 
 
 def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:

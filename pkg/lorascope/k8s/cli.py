@@ -14,7 +14,7 @@ from lorascope.study import load_study
 def _render_options(args: argparse.Namespace, env: Mapping[str, str] | None = None):
     """RenderOptions from the command line. The launcher (env given) tags images with the code version when no
     --image-tag is given; `lorascope render` leaves the tag to the overlay (gke: required)."""
-    from lorascope.k8s.render import RenderOptions, image_tag_from_code_version
+    from lorascope.k8s.render import RenderOptions
 
     kw = {
         "overlay": args.overlay,
@@ -29,9 +29,10 @@ def _render_options(args: argparse.Namespace, env: Mapping[str, str] | None = No
     if args.store_url:
         kw["store_url"] = args.store_url
     if env is not None and not args.image_tag:
-        from lorascope.runner import code_version
+        from lorascope.runner import code_version, image_tag
 
-        kw["image_tag"] = image_tag_from_code_version(code_version(env))
+        # kind runs the CPU-torch variant of this commit's images (make images IMAGE_VARIANT=cpu tags them <tag>-cpu)
+        kw["image_tag"] = image_tag(code_version(env)) + ("-cpu" if args.overlay == "kind" else "")
     return RenderOptions(**kw)
 
 

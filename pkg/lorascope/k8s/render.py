@@ -114,20 +114,6 @@ _REGISTRY = re.compile(
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-def image_tag_from_code_version(code_version: str) -> str:
-    """The image tag of a code version: `0.1.0+g1a2b3c4d5e6f` -> `0.1.0-g1a2b3c4d5e6f` ('+' is not allowed in a tag).
-    The launcher tags with it, so one run never mixes code versions across nodes that cached an older image."""
-    if not code_version or code_version.strip().lower() in ("unset", "unknown", "none"):
-        raise ConfigError(
-            f"image tag: the code version is {code_version!r}; build the images from a git checkout "
-            "(LORASCOPE_CODE_VERSION) or pass --image-tag"
-        )
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", code_version.strip().replace("+", "-").replace(".dirty", "-dirty"))
-    if not _TAG.match(tag):
-        raise ConfigError(f"image tag: cannot make a tag from code version {code_version!r}; pass --image-tag")
-    return tag
-
-
 @dataclass(frozen=True)
 class RenderOptions:
     """Everything the manifests depend on besides the study. `None` means: the overlay's default."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 
-from lorascope import data, modeling
 from lorascope.phases import Phase, PhaseContext
 from lorascope.study import Study
 
 
 def run(ctx: PhaseContext, index: int) -> None:
+    from lorascope import data, modeling  # torch: imported when the phase runs, not when its size is asked
+
     study = ctx.study
     if ctx.committed("stage"):
         ctx.log("already committed, skipping", bundle="stage")

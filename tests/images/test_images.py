@@ -1,0 +1,236 @@
+"""The images as the pods run them: every phase image prints the code version its build was given, the slim images
+work without torch, and the whole smoke study runs inside the kind overlay's images, one container per phase and
+index, each started from the pod template lorascope renders for the kind overlay (tests/images/podspec.py translates
+it), against SeaweedFS and PostgreSQL on the host through the same variables the Secrets carry. The run is then
+pulled and reported on the host and compared with a host run of the same study: the drift CSVs are byte-identical.
+
+Host networking: the containers reach the servers on 127.0.0.1 (`--network=host`; the servers bind 127.0.0.1 only),
+where a pod would reach the cluster's MinIO and PostgreSQL Services. Pods run one at a time (the machine has 2 cores);
+a Job's parallelism only changes the order of independent indexes. Where the Python base is the local stand-in
+(tools/standin-python-image.sh), the test says so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lorascope.k8s import render
+from lorascope.phases import PHASE_ORDER
+from lorascope.study import load_study
+from tests.images.conftest import IMAGE_REPO
+from tests.images.podspec import Cluster, Untranslatable, pod_argv, run_pod
+from tests.s3server import S3Server
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "jobs" / "smoke.yaml"
+SLIM_PHASES = ("drift", "report")
+
+
+def _run(argv: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+# Variables of this machine that change numerics and that no pod has: CI sets OPENBLAS_CORETYPE=Haswell (and an L2
+# size), which makes numpy's OpenBLAS use other kernels than the ones it picks for this CPU inside a container --
+# drift CSVs then differ in the last digit (measured: 537 of the weight cells, relative 1e-16). The host run gets the
+# pods' environment: these are dropped, so both sides let OpenBLAS detect the same CPU.
+NOT_IN_PODS = ("AWS_", "LORASCOPE_", "OPENBLAS_", "GOTO_", "MKL_", "OMP_", "NVPL_")
+
+
+def host_env(**extra: str) -> dict[str, str]:
+    """The host's lorascope with the pods' environment: this checkout's package, offline, one thread (as the kind
+    pods: requests.cpu 500m -> 1), none of this machine's BLAS overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_IN_PODS)}
+    env.update(
+        PYTHONPATH=str(REPO / "pkg") + os.pathsep + env.get("PYTHONPATH", ""),
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+        LORASCOPE_TORCH_THREADS="1", OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def lorascope_host(*args: str, env: dict[str, str], timeout: float = 1800) -> subprocess.CompletedProcess:
+    r = _run([sys.executable, "-m", "lorascope.cli", *args], timeout=timeout, env=env, cwd=REPO)
+    assert r.returncode == 0, f"lorascope {' '.join(args)}: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def is_standin(engine: str, image: str) -> bool:
+    r = _run([engine, "image", "inspect", "--format", '{{index .Labels "org.lorascope.standin"}}', image])
+    return r.stdout.strip() == "yes"
+
+
+# ------------------------------------------------------------------------------------------------ versions
+@pytest.mark.images
+@pytest.mark.parametrize("phase", PHASE_ORDER)
+def test_each_image_prints_the_code_version_its_build_was_given(engine, image_tag, built_code_version, phase):
+    image = f"{IMAGE_REPO}/{phase}:{image_tag}"
+    base = ["--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=none"]
+    helped = _run([engine, "run", *base, image, "--help"])
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith(f"usage: lorascope {phase}")
+    line = f"lorascope 0.1.0 (code {built_code_version})"
+    assert helped.stdout.rstrip().endswith(line), helped.stdout[-300:]
+    version = _run([engine, "run", *base, "--entrypoint", "lorascope", image, "--version"])
+    assert version.returncode == 0 and version.stdout.strip() == line, version.stdout + version.stderr
+    label = _run([engine, "image", "inspect", "--format", '{{index .Labels "org.opencontainers.image.version"}}', image])
+    assert label.stdout.strip() == built_code_version
+
+
+@pytest.mark.images
+@pytest.mark.parametrize("phase", SLIM_PHASES)
+def test_slim_images_have_no_torch_and_their_commands_do_not_need_it(engine, image_tag, phase):
+    image = f"{IMAGE_REPO}/{phase}:{image_tag}"
+    base = ["--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=none", "--entrypoint"]
+    no_torch = _run([engine, "run", *base, "python", image, "-c", "import torch"])
+    assert no_torch.returncode == 1 and "No module named 'torch'" in no_torch.stderr
+    # every phase's size and bundle names (what `lorascope status` and rendering ask) load without torch
+    code = ("from lorascope.phases import PHASE_ORDER, get_phase; from lorascope.study import load_study; "
+            "from lorascope.runner import expected_bundles; s = load_study('/study/smoke.yaml'); "
+            "print([get_phase(p).size(s) for p in PHASE_ORDER], len(expected_bundles(s, 'r')))")  # fmt: skip
+    r = _run([engine, "run", *base, "python", "--volume", f"{SMOKE.parent}:/study:ro", image, "-c", code])
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = load_study(SMOKE)
+    from lorascope.runner import expected_bundles
+
+    sizes = [render.phase_size(study, p) for p in PHASE_ORDER]
+    assert r.stdout.strip() == f"{sizes} {len(expected_bundles(study, 'r'))}"
+
+
+@pytest.mark.images
+def test_the_bench_image_has_the_pinned_c_compiler(engine, image_tag):
+    r = _run([engine, "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "cc",
+              f"{IMAGE_REPO}/bench:{image_tag}", "--version"])  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("cc (Debian 12.2.0-14"), r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ translation
+def test_translation_refuses_what_it_does_not_translate(tmp_path):
+    study = load_study(SMOKE)
+    opts = render.RenderOptions(overlay="kind", image_tag="t-cpu", store_url="s3://b/store")
+    job = render.phase_jobs(study, opts)["train"]
+    [study_cm] = [v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    cluster = Cluster(secrets={render.S3_SECRET: {"AWS_ACCESS_KEY_ID": "k"}},
+                      configmaps={study_cm: {"study.yaml": "x"}})  # fmt: skip
+    pod = pod_argv(job, 7, cluster, tmp_path)
+    argv = pod.argv
+    assert argv[argv.index("--user") + 1] == f"{render.APP_UID}:{render.APP_UID}"
+    assert argv[argv.index("--group-add") + 1] == str(render.APP_UID)
+    assert "JOB_COMPLETION_INDEX=7" in argv and "AWS_ACCESS_KEY_ID=k" in argv
+    assert "LORASCOPE_TORCH_THREADS=1" in argv  # requests.cpu 500m, rounded up as the kubelet does
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith("lorascope/train:t-cpu") and "--pull=never" in argv
+    assert argv[-7:] == [image, "--study", render.STUDY_PATH, "--store", "s3://b/store",
+                         "--run-id", render.RenderOptions().resolved(study).run_id]  # fmt: skip
+    assert (tmp_path / pod.name / "work").stat().st_gid == render.APP_UID
+    assert (tmp_path / pod.name / "study" / "study.yaml").read_text() == "x"
+    job["spec"]["template"]["spec"]["hostNetwork"] = True
+    with pytest.raises(Untranslatable, match="hostNetwork"):
+        pod_argv(job, 0, cluster, tmp_path)
+    del job["spec"]["template"]["spec"]["hostNetwork"]
+    with pytest.raises(Untranslatable, match="lorascope-postgres"):
+        pod_argv(render.phase_jobs(study, opts)["hpo"], 0, cluster, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ the smoke study
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    from tests.phases.conftest import PostgresServer, postgres_bindir
+
+    s3 = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    s3.start()
+    bindir = postgres_bindir()
+    if bindir is None:
+        s3.stop()
+        pytest.fail("PostgreSQL server binaries not found (initdb, postgres): apt-get install -y postgresql")
+    pg = PostgresServer(bindir)
+    pg.start()
+    yield s3, pg
+    pg.stop()
+    s3.stop()
+
+
+@pytest.mark.images
+@pytest.mark.timeout(5400)
+def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, image_tag, servers, tmp_path):
+    s3, pg = servers
+    bucket = s3.new_bucket()
+    study = load_study(SMOKE)
+    opts = render.RenderOptions(overlay="kind", image_tag=image_tag, store_url=f"s3://{bucket}/store")
+    objects = render.render_objects(study, SMOKE.read_text(), opts, include_infra=False)
+    [configmap] = [o for o in objects if o["kind"] == "ConfigMap"]
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    assert [j["metadata"]["labels"]["lorascope.dev/phase"] for j in jobs] == list(PHASE_ORDER)
+    run_id = opts.resolved(study).run_id
+    cluster = Cluster(
+        # the keys `make kind-secrets` puts into the kind Secrets; the endpoints are the host's servers
+        secrets={
+            render.S3_SECRET: {k: v for k, v in s3.env().items() if k in
+                               ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")},
+            render.POSTGRES_SECRET: {"POSTGRES_USER": pg.USER, "POSTGRES_PASSWORD": "", "POSTGRES_DB": "optuna",
+                                     "LORASCOPE_OPTUNA_STORAGE": pg.new_database()},
+        },
+        configmaps={configmap["metadata"]["name"]: configmap["data"]},
+    )  # fmt: skip
+
+    pods_dir, logs = tmp_path / "pods", tmp_path / "logs"
+    logs.mkdir()
+    t0 = time.perf_counter()
+    per_phase: dict[str, float] = {}
+    for job in jobs:
+        phase = job["metadata"]["labels"]["lorascope.dev/phase"]
+        t_phase = time.perf_counter()
+        for index in range(job["spec"]["completions"]):
+            pod = pod_argv(job, index, cluster, pods_dir, engine=engine)
+            log = logs / f"{pod.name}.log"
+            r = run_pod(pod, timeout=1200, log_path=log)
+            assert r.returncode == 0, f"pod {pod.name} exited {r.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+            assert not pod.oversized(), f"pod {pod.name} would be evicted: {pod.oversized()}"
+        per_phase[phase] = round(time.perf_counter() - t_phase, 1)
+    containers_s = time.perf_counter() - t0
+
+    # pull and report on the host, through the variables the Secret carries
+    pulled = tmp_path / "pulled"
+    s3_env = host_env(**s3.env())
+    lorascope_host("pull", run_id, "--store", f"s3://{bucket}/store", "--to", str(pulled), env=s3_env)
+    lorascope_host("report", str(pulled), "--work-dir", str(tmp_path / "work-report"), env=host_env())
+    # `lorascope status` in the slim report image, against the store the pods wrote (no torch there)
+    status_argv = [engine, "run", "--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=host",
+                   *sum((["--env", f"{k}={v}"] for k, v in cluster.secrets[render.S3_SECRET].items()), []),
+                   "--env", "AWS_REQUEST_CHECKSUM_CALCULATION=when_required",
+                   "--entrypoint", "lorascope", f"{IMAGE_REPO}/report:{image_tag}",
+                   "status", run_id, "--store", f"s3://{bucket}/store"]  # fmt: skip
+    status = _run(status_argv)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "[train] 18/18 committed" in status.stdout and "[report] 1/1 committed" in status.stdout
+
+    # the same study on the host, in one process
+    host_store = tmp_path / "host-store"
+    t1 = time.perf_counter()
+    lorascope_host("run", "--study", str(SMOKE), "--store", str(host_store), "--jobs", "1",
+                   "--work-dir", str(tmp_path / "work-host"), env=host_env())  # fmt: skip
+    host_s = time.perf_counter() - t1
+
+    def drift_csvs(root: Path) -> dict[str, bytes]:
+        found = {p.name: p.read_bytes() for p in (root / "runs" / run_id / "drift").rglob("*.csv")}
+        assert found, f"no drift CSVs under {root}"
+        return found
+
+    in_containers, on_host = drift_csvs(pulled), drift_csvs(host_store)
+    assert sorted(in_containers) == sorted(on_host)
+    differing = [name for name in on_host if in_containers[name] != on_host[name]]
+    assert not differing, f"drift CSVs differ between the container run and the host run: {differing}"
+    reports = sorted(pulled.glob(f"runs/{run_id}/report/**/ANALYSIS_REPORT.md"))
+    assert reports, "lorascope report wrote no ANALYSIS_REPORT.md into the pulled folder"
+
+    standin = " (Python base: LOCAL STAND-IN, tools/standin-python-image.sh)" if is_standin(
+        engine, f"{IMAGE_REPO}/report:{image_tag}") else ""  # fmt: skip
+    print(f"\nimages {image_tag}{standin}: smoke study in {sum(j['spec']['completions'] for j in jobs)} containers "
+          f"{containers_s:.1f} s {per_phase}; host run {host_s:.1f} s; {len(on_host)} drift CSVs byte-identical; "
+          f"report {reports[-1].relative_to(pulled)}")  # fmt: skip
