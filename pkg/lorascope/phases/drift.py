@@ -740,7 +740,8 @@ def provenance_section(ctx: PhaseContext, reps_bundles: Mapping[tuple[str, str],
         "model_revision": ctx.study.model.revision,
         "model_commit": (stage.meta.get("model") or {}).get("commit_sha"),
         "dataset_fingerprint": stage.meta.get("dataset_fingerprint"),
-        "builtin_model": ctx.study.model.name.startswith("builtin:"),
+        "builtin_model": ctx.study.model.name == "builtin:tiny-llama",  # the random smoke model (not smollm2-135m)
+        "model_variant": (stage.meta.get("model") or {}).get("variant"),  # e.g. a quantised model's provenance
         "synthetic_data": ctx.study.data.source == "local" and ctx.study.data.path == "builtin",
         "code_version": ctx.store.code_version,
         "extract": {
