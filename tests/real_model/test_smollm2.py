@@ -198,3 +198,23 @@ def test_bos_is_excluded_from_pooling_because_of_massive_activations(real_traine
     assert np.linalg.norm(included, axis=1).mean() > 3 * np.linalg.norm(excluded, axis=1).mean()
     assert mean_pairwise_cosine(included) > 0.99 > mean_pairwise_cosine(excluded)
     assert sim.linear_cka(included, excluded) < 0.6  # including BOS changes which examples look alike
+
+
+# ------------------------------------------------------------------------------------------------ cheap checks
+def test_model_source_needs_gguf_before_anything_is_fetched(monkeypatch):
+    from lorascope.errors import ConfigError
+
+    assert modeling.model_source("builtin:smollm2-135m") == "builtin"
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # as if the real-model extra were not installed
+    with pytest.raises(ConfigError, match=r"builtin:smollm2-135m.*gguf==0\.19\.0"):
+        modeling.model_source("builtin:smollm2-135m")
+
+
+def test_report_banner_names_the_quantised_model_not_the_random_one():
+    from lorascope.reporting import markdown
+
+    p = {"model": "builtin:smollm2-135m", "builtin_model": False, "synthetic_data": True,
+         "model_variant": smollm2.PROVENANCE["variant"]}  # fmt: skip
+    text = "\n".join(markdown.banner({"provenance": p}))
+    assert "Instruct variant, Q4_1-quantised (embeddings Q8_0)" in text and "synthetic data" in text
+    assert "MEAN NOTHING" not in text
