@@ -19,7 +19,9 @@ from lorascope.errors import LorascopeError
 from lorascope.phases import extract
 from tests.real_model.conftest import N_EXTRACT, STEPS
 
-pytestmark = pytest.mark.real_model
+# the session fixture (conversion, 8 training steps of a 135M model, 3 extractions) runs inside the first test that
+# uses it: ~6 min on a loaded 2-core machine, so more than the suite's default 600 s timeout per test
+pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1500)]
 
 # model.safetensors after conversion with the pinned transformers 5.23.0 + gguf 0.19.0 (two conversions are
 # bit-identical). A change means the conversion (or a pinned version) changed what the study's base model is.
