@@ -220,3 +220,15 @@ def test_report_banner_names_the_quantised_model_not_the_random_one():
     text = "\n".join(markdown.banner({"provenance": p}))
     assert "Instruct variant, Q4_1-quantised (embeddings Q8_0)" in text and "synthetic data" in text
     assert "MEAN NOTHING" not in text
+
+
+def test_real_mini_study_is_the_smoke_grid_on_smollm2():
+    from lorascope.study import load_study
+    from tests.real_model.staging import REAL_MINI, REPO
+
+    real, smoke = load_study(REAL_MINI), load_study(REPO / "jobs" / "smoke.yaml")
+    assert real.model.name == "builtin:smollm2-135m" and real.model.dtype == "float32"
+    assert [c.name for c in real.cells()] == [c.name for c in smoke.cells()] and len(real.cells()) == 18
+    assert not real.hpo.enabled and set(real.training.defaults) == {"full", "lora"}
+    for method in ("full", "lora"):  # the smoke study's rates are unstable on a pretrained model
+        assert real.training.defaults[method]["learning_rate"] < smoke.training.defaults[method]["learning_rate"] / 2
