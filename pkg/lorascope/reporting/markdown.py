@@ -51,7 +51,9 @@ def banner(n: dict) -> list[str]:
             "about LoRA, full fine-tuning or any real model.",
             "",
         ]
-    elif p.get("synthetic_data"):
+    if p.get("model_variant"):
+        lines += [f"> **Model:** `{p['model']}`: {p['model_variant']}.", ""]
+    if not p.get("builtin_model") and p.get("synthetic_data"):
         lines += ["> **WARNING: synthetic data.** The tasks are the synthetic GLUE-format fixtures shipped with the "
                   "package, not GLUE: no conclusion about GLUE follows.", ""]  # fmt: skip
     return lines
