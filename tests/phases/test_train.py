@@ -69,6 +69,9 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # the head travels with the adapter
     adapter_config = json.loads(lora.read_bytes("adapter/adapter_config.json"))
     assert adapter_config["base_model_name_or_path"] == "builtin:tiny-llama"  # the study's model, not a local path
+    # committed cells leave no local scratch behind (checkpoints, the saved copy): only the verified store copy counts
+    train_scratch = run.work_dir / run.run_id / "train"
+    assert not [p.name for p in train_scratch.glob("mrpc-*")] if train_scratch.exists() else True
 
     for cell, kind in (("mrpc-full-s42", "full"), ("mrpc-lora-s42", "lora")):
         m = _metrics(run, cell)

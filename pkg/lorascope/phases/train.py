@@ -155,6 +155,10 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_json("metrics.json", metrics)
         w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
     ctx.store.backend.delete_prefix(ctx.key("checkpoints", cell.name) + "/")
+    # the local scratch (Trainer checkpoints, the saved copy) is in the commit or superseded by it: a full FT cell of
+    # a 135M model leaves ~3 GB here, a grid of them fills a laptop's disk
+    shutil.rmtree(output_dir, ignore_errors=True)
+    shutil.rmtree(saved, ignore_errors=True)
     log("committed", bundle=f"cells/{cell.name}", validation_accuracy=val_eval.accuracy, validation_f1=val_eval.f1)
 
 
