@@ -70,7 +70,7 @@ install-system:
 install-all: install install-vllm install-system install-real-model
 
 test: install-all
-	@$(MAKE) --no-print-directory test-main test-vllm test-real-model test-images
+	@$(MAKE) --no-print-directory test-main test-vllm test-real-model test-images ci-gpu-images
 
 test-main:
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model
