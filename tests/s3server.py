@@ -15,6 +15,7 @@ from pathlib import Path
 
 ACCESS_KEY = "lorascope-test"
 SECRET_KEY = "lorascope-test-secret"
+MAX_VOLUMES = 1000
 
 
 def free_port() -> int:
@@ -48,14 +49,23 @@ class S3Server:
         ports = {k: free_port() for k in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
             "s3.port.grpc", "metricsPort")}
+        # Every bucket is a SeaweedFS collection, and each new collection grows 7 volumes by default. With
+        # `-volume.max=0` the volume limit is free disk / volume size, so on a machine with less free disk the
+        # suite's ~60 buckets ran out of volumes and PutObject failed with InternalError (CI, stop 9). So: a fixed
+        # limit that does not depend on the disk, and one volume per new collection (master.toml, read from the
+        # working directory). Volumes are not preallocated, so an empty one costs a few bytes.
+        (self.root / "master.toml").write_text(
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\n")
         cmd = [_weed(), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-               f"-s3.port={self.port}", f"-s3.config={cfg}", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+               f"-s3.port={self.port}", f"-s3.config={cfg}", "-master.volumeSizeLimitMB=256",
+               f"-volume.max={MAX_VOLUMES}",
                # SeaweedFS 4.x also opens an Iceberg catalog (8181) and a Lance namespace (9101) on fixed ports: off,
                # so two servers on one machine (parallel test runs) do not collide
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         cmd += [f"-{k}={v}" for k, v in ports.items()]
         self.log = open(self.root / "weed.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.root)
         client = self.client()
         deadline = time.time() + 60
         while True:
