@@ -248,3 +248,28 @@ def test_bundles_ignore_folders_without_commit(store: Store):
     assert [b.key for b in store.bundles("runs/r/")] == ["runs/r/cells/whole"]
     rec = json.loads(store.backend.get_bytes(f"runs/r/cells/whole/{COMMIT_NAME}"))
     assert rec["files"][0]["path"] == "w.bin"
+
+
+def test_retry_budget_is_spent_to_the_deadline_then_one_line(monkeypatch):
+    """The retries around a call last the whole budget (the last wait is cut to the deadline and one more attempt is
+    made there), so "gave up after N s" is true; before, a backoff step that would overshoot ended the retries early
+    (a 3 s budget gave up at 2.5 s and the fail-fast test flaked)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from lorascope.store import S3Backend
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    backend = S3Backend("b", "p", retry_seconds=2.5, endpoint="http://127.0.0.1:9")
+    calls: list[float] = []
+
+    def down():
+        calls.append(time.monotonic())
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match="gave up after 2.5 s of retries"):
+        backend._call("k", down)
+    assert 2.5 <= time.monotonic() - t0 < 4
+    assert len(calls) == 3 and calls[-1] - t0 >= 2.5  # at 0, 1 and 2.5 s (the 2 s wait cut to 1.5 s)

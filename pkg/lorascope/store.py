@@ -327,8 +327,9 @@ class S3Backend(Backend):
                              "ResponseStreamingError", "IncompleteReadError", "ConnectionError"})  # fmt: skip
 
     def _call(self, what: str, fn, *args, **kwargs):
-        """fn(*args) with transient errors retried (backoff 1, 2, 4 s, capped at 5 s) until `retry_seconds` have
-        passed; the error after that names the budget and the setting."""
+        """fn(*args) with transient errors retried (backoff 1, 2, 4 s, capped at 5 s, the last wait cut to the
+        deadline) until `retry_seconds` have passed, so the last attempt is made at the deadline, not a backoff step
+        before it; the error after that names the budget and the setting."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 1.0
         while True:
@@ -337,8 +338,9 @@ class S3Backend(Backend):
             except StoreError:
                 raise
             except Exception as exc:  # botocore raises many types; translate all of them to one line
-                if self._transient(exc) and time.monotonic() + delay <= deadline:
-                    time.sleep(delay)
+                remaining = deadline - time.monotonic()
+                if self._transient(exc) and remaining > 0:
+                    time.sleep(min(delay, remaining))
                     delay = min(delay * 2, 5.0)
                     continue
                 err = self._error(exc, what)
