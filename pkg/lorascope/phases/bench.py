@@ -13,7 +13,8 @@ Recipe
      repeat, vllm runs one engine per mode (`schedule`);
   5. correctness: every multi-adapter request against the same request served alone by a single-adapter model, and
      merged against separate;
-  6. commit raw timings (`requests.jsonl`, `batches.jsonl`, `switches.jsonl`), `summary.json` and `summary.md`.
+  6. commit raw timings (`requests.jsonl`, `batches.jsonl`, `switches.jsonl`), `summary.json` (`serving.summary`)
+     and `summary.md` (`reporting.bench_markdown`).
 
 Modes (see `lorascope.serving`): `full` serves the served task's full cell; `merged` and `separate` its LoRA cell;
 `multi-k` the LoRA cells of the study's first k tasks, requests interleaved round-robin (`rr`) and at random
@@ -183,6 +184,7 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
 
     from lorascope import data, modeling
     from lorascope.serving import protocol, workload
+    from lorascope.serving import summary as bench_summary
 
     t_start = time.perf_counter()
     backend = plan.backend
@@ -240,8 +242,9 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     runs = list(runs.values())
 
     correctness = check_correctness(build, runs, pools, dtype_name, cell_dirs)
-    summary = summarize(ctx.study, plan, runs, modes, switches, correctness, settings, device, dtype_name,
-                        time.perf_counter() - t_start, platform_name=build.platform, skipped=skipped)
+    summary = bench_summary.summarize(ctx.study, plan, runs, modes, switches, correctness, settings,
+                                      machine(device, backend), dtype_name, time.perf_counter() - t_start,
+                                      platform_name=build.platform, skipped=skipped)  # fmt: skip
     _commit(ctx, backend, runs, switches, summary)
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
@@ -491,178 +494,21 @@ def _train_predictions(cell_dirs: dict[str, Path]) -> dict[str, dict[int, dict]]
     return out
 
 
-# ------------------------------------------------------------------------------------------------ summary
-def regime_overheads(configs: list[dict], plan: BenchPlan, regime: str) -> dict[str, Any]:
-    """Overheads between modes timed in one execution regime (never across regimes), by `verdicts.overheads`."""
-    from lorascope.analysis import verdicts
-
-    def is_(mode: str, order: str | None = None):
-        return lambda c: c["regime"] == regime and c["mode"] == mode and (order is None or c["order"] == order)
-
-    overhead: dict[str, Any] = {"separate_vs_merged": verdicts.overheads(configs, is_("separate"), is_("merged")),
-                                "full_vs_merged": verdicts.overheads(configs, is_("full"), is_("merged"))}
-    for mode in plan.modes:
-        if mode.startswith("multi-"):
-            for order in plan.orders(mode):
-                overhead[f"{mode}/{order}_vs_separate"] = verdicts.overheads(configs, is_(mode, order), is_("separate"))
-                overhead[f"{mode}/{order}_vs_merged"] = verdicts.overheads(configs, is_(mode, order), is_("merged"))
-    return overhead
-
-
-def summarize(study: Study, plan: BenchPlan, runs: list, modes: dict, switches: dict, correctness: dict,
-              settings: Any, device: Any, dtype_name: str, seconds: float, platform_name: str = "torch",
-              skipped: list[str] | None = None) -> dict:
-    from lorascope.analysis import verdicts
-    from lorascope.serving import hf_backend, protocol, timing
-
-    conf = settings.confidence
-    configs = [protocol.config_summary(r, conf) for r in runs]
-    for c in configs:  # intervals of positive quantities on the log scale (analysis.verdicts), never below 0
-        c["mean_batch_ms_ci"] = verdicts.positive_interval(c["mean_batch_ms_per_repeat"], conf)
-        c["throughput_rps"] = verdicts.positive_interval([c["timed_requests"] / (b * c["timed_batches"] / 1e3)
-                                                          for b in c["mean_batch_ms_per_repeat"]], conf)  # fmt: skip
-    for sw in switches.values():
-        sw["latency_ms"] = timing.latency_stats(sw["seconds"])
-    by_regime = {r: regime_overheads(configs, plan, r) for r in plan.regimes}
-    # `overhead`: the first listed regime in which separate and merged were both timed (all regimes: overhead_by_regime)
-    primary = next((r for r in plan.regimes if by_regime[r]["separate_vs_merged"]), plan.regimes[0])
-    overhead = by_regime[primary]
+# ------------------------------------------------------------------------------------------------ the commit
+def machine(device: Any, backend: str) -> dict[str, Any]:
+    """The facts of this process that the summary records: device, its name, torch threads, package versions."""
     import torch
 
-    if plan.backend == "vllm":
-        from lorascope.serving import vllm_backend
-
-        versions = vllm_backend.versions()
+    if backend == "vllm":
+        from lorascope.serving.vllm_backend import versions
     else:
-        versions = hf_backend.versions()
-    return {
-        "backend": plan.backend,
-        "study": study.name,
-        "study_hash": study.hash,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "dtype": dtype_name,
-        "platform": platform_name,
-        "regimes": plan.regimes,
-        "regime_primary": primary,
-        "regimes_skipped": skipped or [],
-        "versions": versions,
-        "gpu_memory": "measured (torch.cuda.max_memory_allocated)" if device.type == "cuda" else "n/a on CPU: see weights_bytes and rss_bytes",
-        "protocol": {
-            "served_task": plan.served_task, "tasks": plan.tasks, "adapter_tasks": plan.adapter_tasks, "seed": plan.seed,
-            "modes": plan.modes, "batch_sizes": plan.batch_sizes, "warmup_batches": settings.warmup_batches,
-            "requests": settings.requests, "repeats": settings.repeats, "confidence": conf,
-            "orders": {m: plan.orders(m) for m in plan.modes},
-            "clock": "time.perf_counter_ns between synchronized reads (cuda synchronize on GPU)",
-            "timed_region": "pad token ids, copy to device, forward, logits back to host",
-            "multi_adapter_batching": "mixed batches: one adapter per row (PEFT adapter_names / vLLM per-prompt LoRARequest)",
-        },  # fmt: skip
-        "modes": modes,
-        "configs": configs,
-        "switch": {k: {"latency_ms": v["latency_ms"], "what": "PEFT set_adapter to another task's adapter"}
-                   for k, v in switches.items()},  # fmt: skip
-        "overhead": overhead,
-        "overhead_by_regime": by_regime,
-        # the rule drift and report use: every (regime, batch size) of this backend is a part of H2
-        "h2": verdicts.h2_summary(configs, study.hypotheses.h2_max_overhead_pct),
-        "correctness": correctness,
-        "seconds": seconds,
-    }
-
-
-def summary_markdown(s: dict) -> str:
-    def f(x: Any, nd: int = 3) -> str:
-        return "n/a" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
-
-    def mb(x: Any) -> str:
-        return "n/a" if x is None else f"{x / 2**20:.1f}"
-
-    lines = [f"# bench: backend `{s['backend']}` on {s['device']} ({s['device_name']}), {s['dtype']}", "",
-             f"Study `{s['study']}` ({s['study_hash']}); served task `{s['protocol']['served_task']}`, cells of seed "
-             f"{s['protocol']['seed']}; {s['protocol']['requests']} timed requests per configuration and repeat, "
-             f"{s['protocol']['warmup_batches']} warm-up batches, {s['protocol']['repeats']} repeats, "
-             f"{int(100 * s['protocol']['confidence'])}% t-intervals over repeat means. GPU memory: {s['gpu_memory']}. "
-             f"Platform `{s.get('platform', 'n/a')}`; execution regimes {', '.join(s.get('regimes', ['eager']))} (every "
-             f"overhead compares modes of one regime; H2 takes every regime in which separate and merged were both timed). "
-             f"Total {s['seconds']:.1f} s.", ""]
-    if s.get("regimes_skipped"):
-        lines += [f"Not possible on this platform, so not timed: {', '.join(s['regimes_skipped'])}.", ""]
-    lines += ["## Latency and throughput", "",
-              "| regime | mode | order | batch | batch ms mean [CI] | p50 | p95 | p99 | ms/request | req/s [CI] | tokens/s | harness ms (% of mean) | GPU peak MiB |",
-              "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]  # fmt: skip
-    for c in s["configs"]:
-        lb, ci, rps = c["latency_batch_ms"], c["mean_batch_ms_ci"], c["throughput_rps"]
-        lines.append(
-            f"| {c.get('regime', 'eager')} | {c['mode']} | {c['order']} | {c['batch_size']} | {f(lb['mean'])} [{f(ci['low'])}, {f(ci['high'])}] | "
-            f"{f(lb['p50'])} | {f(lb['p95'])} | {f(lb['p99'])} | {f(c['latency_request_ms']['mean'])} | "
-            f"{f(rps['mean'], 1)} [{f(rps['low'], 1)}, {f(rps['high'], 1)}] | {f(c['throughput_tokens_per_s']['mean'], 0)} | "
-            f"{f(c['harness_overhead_ms']['mean'], 4)} ({f(c['harness_overhead_pct_of_mean'], 2)}%) | {mb(c['gpu_peak_allocated_bytes'])} |")
-    lines += ["", "## Overhead against merged (H2: separate vs merged), within one regime", "",
-              "| regime | comparison | " + " | ".join(f"batch {b}" for b in s["protocol"]["batch_sizes"]) + " |",
-              "|---|---|" + "---|" * len(s["protocol"]["batch_sizes"])]
-    for regime, overhead in (s.get("overhead_by_regime") or {"eager": s["overhead"]}).items():
-        for name, by_bs in overhead.items():
-            if not by_bs:
-                continue
-            cells = []
-            for b in s["protocol"]["batch_sizes"]:
-                o = by_bs.get(str(b))
-                cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]")
-            lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
-    h2 = s["h2"]
-    lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [95% interval: "
-              "one-sided 97.5% t bounds on the log scale].", "",
-              f"H2 (separate <= {h2['limit_pct']:g}% over merged at every batch size, in every regime timed): "
-              f"**{h2['verdict']}** (largest overhead {f(h2['max_overhead_pct'], 1)}%). Rule: {h2['rule']}.", ""]
-    lines += [f"- {k}: {v['verdict']}: {v['evidence']}" for k, v in h2["by"].items()]
-    lines += ["", "## Load time and memory", "",
-              "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB | KV cache MiB |",
-              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for mode, m in s["modes"].items():
-        extra = f" (+ merge {m['merge_seconds']:.2f} s)" if m.get("merge_seconds") is not None else ""
-        lines.append(f"| {mode} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
-                     f"{mb(m.get('gpu_allocated_after_load_bytes'))} | {mb(m.get('rss_after_load_bytes'))} | "
-                     f"{mb(m.get('kv_cache_memory_bytes'))} |")
-    if s["switch"]:
-        lines += ["", "## Adapter switching (on its own)", "", "| multi mode / order | switches | mean ms | p50 | p95 | p99 |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for k, v in s["switch"].items():
-            st = v["latency_ms"]
-            lines.append(f"| {k} | {st['n']} | {f(st['mean'], 4)} | {f(st['p50'], 4)} | {f(st['p95'], 4)} | {f(st['p99'], 4)} |")
-    for mode, m in s["modes"].items():
-        if m.get("adapter_first_use"):
-            reps = m["adapter_first_use"]
-            lines += ["", f"Adapter first use ({mode}, mean of {len(reps)} loads): " + "; ".join(
-                f"{t}: cold {sum(r[t]['cold_ms'] for r in reps) / len(reps):.2f} ms, "
-                f"warm {sum(r[t]['warm_ms'] for r in reps) / len(reps):.2f} ms" for t in reps[0])]
-    c = s["correctness"]
-    lines += ["", f"## Correctness ({c['dtype']}, probability tolerance {c['tolerance_prob']})", "",
-              f"Reference: {c['reference']}.", "",
-              "| check | requests | argmax mismatches | ties within tol. | max prob diff | max logit diff | ok |",
-              "|---|---:|---:|---:|---:|---:|---|"]
-    for name in ("multi_vs_single", "merged_vs_separate", "separate_batched_vs_single"):
-        r = c.get(name)
-        if r:
-            lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['argmax_ties_within_tolerance']} | "
-                         f"{r['max_prob_diff']:.2e} | {r['max_logit_diff']:.2e} | {r['ok']} |")
-    vh = c.get("vllm_vs_hf")
-    if vh:
-        lines += ["", f"vLLM against HF ({vh['reference']}): **{'ok' if vh['ok'] else 'NOT ok'}**", "",
-                  "| modes | requests | argmax mismatches | max prob diff | max logit diff | ok |", "|---|---:|---:|---:|---:|---|"]
-        for name in ("separate", "multi", "merged", "full"):
-            r = vh.get(name)
-            if r:
-                lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['max_prob_diff']:.2e} | "
-                             f"{r['max_logit_diff']:.2e} | {r['ok']} |")
-    vt = c.get("vs_train_predictions") or {}
-    if vt.get("requests"):
-        lines += ["", f"Against the train phase's predictions.jsonl: {vt['requests']} requests, argmax agreement "
-                  f"{vt['argmax_agreement']:.4f}, max prob diff {vt['max_prob_diff']:.2e}."]
-    return "\n".join(lines) + "\n"
+        from lorascope.serving.hf_backend import versions
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "torch_threads": torch.get_num_threads(), "versions": versions()}
 
 
 def _commit(ctx: PhaseContext, backend: str, runs: list, switches: dict, summary: dict) -> None:
+    from lorascope.reporting import bench_markdown
     from lorascope.serving import protocol
 
     work = ctx.scratch("bench", backend, "out")
@@ -684,7 +530,7 @@ def _commit(ctx: PhaseContext, backend: str, runs: list, switches: dict, summary
         for name in ("requests.jsonl", "batches.jsonl", "switches.jsonl"):
             w.add_file(name, work / name)
         w.add_json("summary.json", summary)
-        w.add_bytes("summary.md", summary_markdown(summary).encode())
+        w.add_bytes("summary.md", bench_markdown.summary_markdown(summary).encode())
 
 
 PHASE = Phase(

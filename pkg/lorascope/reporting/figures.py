@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, Agg backend, PNG). Each function takes the report's numbers (the drift bundle's
-summary.json, plus the bench section) and writes one file; none computes a new statistic."""
+summary.json, plus the bench section) and writes one file; none computes a new statistic. `draw_*` build the figure
+without writing it (the tests read styles, axes and legend boxes from it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lorascope.reporting.bench_markdown import device_words, stack_name  # noqa: E402
+
 DPI = 120
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 # Series styles: 10 colours (tab10) and 9 markers. 9 and 10 share no factor, so (colour, marker) of series i repeats
@@ -19,8 +22,6 @@ SERIES_COLORS = list(plt.get_cmap("tab10").colors)
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h"]
 TICK_FONT = 8  # the smallest font on any figure
 MAX_LAYER_TICKS = 12  # layer axes label at most this many layers (every k-th), so labels never overlap
-BACKEND_NAMES = {"hf": "Hugging Face transformers + PEFT", "vllm": "vLLM"}
-PLATFORM_NAMES = {"torch": "on PyTorch", "cpu": "CPU build", "cuda": "CUDA build"}
 
 
 def _nan(x: Any) -> float:
@@ -184,16 +185,8 @@ def _series_name(c: dict, several_regimes: bool) -> str:
 def backend_title(b: dict, backend: str) -> str:
     """What a latency panel measured, in words: the serving stack and its build, then the device, dtype and
     execution regimes, e.g. "vLLM, CPU build" / "on CPU (x86_64), float32, eager execution"."""
-    stack = BACKEND_NAMES.get(backend, backend)
-    platform = b.get("platform")
-    if platform:
-        build = PLATFORM_NAMES.get(platform, f"platform {platform}")
-        stack += f" {build}" if build.startswith("on ") else f", {build}"
-    device = str(b.get("device") or "unknown device")
-    name = b.get("device_name")
-    where = f"CPU ({name})" if device == "cpu" else f"GPU {name} ({device})" if device.startswith("cuda") else device
     regimes = ", ".join(b.get("regimes") or ["eager"])
-    return f"{stack}\non {where}, {b.get('dtype')}, {regimes} execution"
+    return f"{stack_name(backend, b.get('platform'))}\non {device_words(b)}, {b.get('dtype')}, {regimes} execution"
 
 
 def latency(bench: dict, path: Path) -> Path:
