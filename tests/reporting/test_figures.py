@@ -76,6 +76,8 @@ def test_latency_titles_spell_out_backend_and_platform():
     gpu = {"device": "cuda:0", "device_name": "NVIDIA L4", "dtype": "bfloat16", "platform": "cuda", "regimes": ["eager", "compiled"]}
     assert figures.backend_title(gpu, "vllm") == "vLLM, CUDA build\non GPU NVIDIA L4 (cuda:0), bfloat16, eager, compiled execution"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4", "8", "16"]
+    # latency intervals are on the log scale (never below 0): so is the axis, labelled in plain milliseconds
+    assert all(ax.get_yscale() == "log" for ax in fig.axes) and "log scale" in fig.axes[0].get_ylabel()
 
 
 def test_latency_legend_is_outside_every_panel():

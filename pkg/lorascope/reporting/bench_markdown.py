@@ -40,7 +40,7 @@ def summary_markdown(s: dict) -> str:
              f"Study `{s['study']}` ({s['study_hash']}); served task `{s['protocol']['served_task']}`, cells of seed "
              f"{s['protocol']['seed']}; {s['protocol']['requests']} timed requests per configuration and repeat, "
              f"{s['protocol']['warmup_batches']} warm-up batches, {s['protocol']['repeats']} repeats, "
-             f"{int(100 * s['protocol']['confidence'])}% t-intervals over repeat means. GPU memory: {s['gpu_memory']}. "
+             f"{int(100 * s['protocol']['confidence'])}% t-intervals over repeat means on the log scale (never below 0). GPU memory: {s['gpu_memory']}. "
              f"Platform `{s.get('platform', 'n/a')}`; execution regimes {', '.join(s.get('regimes', ['eager']))} (every "
              f"overhead compares modes of one regime; H2 takes every regime in which separate and merged were both timed). "
              f"Total {s['seconds']:.1f} s.", ""]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -222,13 +223,17 @@ def draw_latency(bench: dict):
             hi = [max(0.0, _nan(c["high"]) - y) if c["high"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
             handles[name] = ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, color=color, label=name, capsize=3)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # the intervals are on the log scale (verdicts.positive_interval): symmetric here
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         sizes = sorted({c["batch_size"] for c in b["configs"]})
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
         ax.set_xlabel("batch size (requests)", fontsize=9)
         ax.tick_params(labelsize=TICK_FONT)
         if bi == 0:
-            ax.set_ylabel("mean batch latency (ms)", fontsize=9)
+            ax.set_ylabel("mean batch latency (ms, log scale)", fontsize=9)
         ax.set_title(backend_title(b, backend), fontsize=9)
         ax.grid(alpha=0.3)
     fig.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles], loc="outside right upper",
