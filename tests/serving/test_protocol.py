@@ -44,13 +44,6 @@ class ScriptedServer:
         self.switched.append(task)
 
 
-@pytest.fixture
-def pools():
-    feats = [{"idx": i, "input_ids": [1] + [5] * (1 + i % 4), "attention_mask": [1] * (2 + i % 4), "labels": i % 2}
-             for i in range(30)]  # fmt: skip
-    return {t: workload.make_pool(t, feats, 0) for t in ("mrpc", "sst2", "rte")}
-
-
 def _run(server, pools, mode, order, tasks, bs, settings):
     run = protocol.new_config(mode, order, bs, tasks, pools, settings)
     for r in range(settings.repeats):
