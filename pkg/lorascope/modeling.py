@@ -437,27 +437,21 @@ def _copy_model_files(src: Path, dest: Path) -> None:
 
 def _hub_snapshot(name: str, revision: str, weights: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
+    from lorascope import hub
     from lorascope.errors import LorascopeError
 
     patterns = [*MODEL_FILE_PATTERNS, *([weights] if weights else [])]
     try:
         return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=patterns))
-    except RevisionNotFoundError:
-        raise ConfigError(f"model.revision {revision!r}: no such revision of {name!r} on the hub") from None
-    except GatedRepoError:
-        raise ConfigError(f"model.name {name!r} is gated: accept its license and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise ConfigError(f"model.name {name!r}: no such model on the hub (and no such local folder)") from None
-    except LocalEntryNotFoundError as exc:
-        raise LorascopeError(f"model {name!r}@{revision}: not in the local HF cache and the hub is unreachable or "
-                             f"disabled (HF_HUB_OFFLINE): {exc}") from None  # fmt: skip
+    except OSError as exc:  # every hub error (HTTP errors and LocalEntryNotFoundError are OSErrors)
+        err = hub.study_error(exc, name, revision)
+        if err is not None:
+            raise err from None
+        if hub.unreachable(exc):
+            raise LorascopeError(f"model {name!r}@{revision}: not in the local HF cache and the hub is unreachable or "
+                                 f"disabled (HF_HUB_OFFLINE): {exc}") from None  # fmt: skip
+        raise
 
 
 def pick_device(env: Mapping[str, str]) -> torch.device:

@@ -42,13 +42,8 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
         except ValueError as exc:
             raise ConfigError(f"model.name {name!r}: {path} is not valid JSON ({exc})") from None
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+
+    from lorascope import hub
 
     cached = try_to_load_from_cache(repo_id=name, filename="config.json", revision=revision)
     if isinstance(cached, str):
@@ -57,15 +52,10 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
         return None, f"model {name!r}@{revision} is not in the local HF cache and HF_HUB_OFFLINE is set"
     try:
         path = hf_hub_download(repo_id=name, filename="config.json", revision=revision)
-    except RevisionNotFoundError:
-        raise ConfigError(f"model.revision {revision!r}: no such revision of {name!r} on the hub") from None
-    except GatedRepoError:
-        raise ConfigError(f"model.name {name!r} is gated: accept its license and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise ConfigError(f"model.name {name!r}: no such model on the hub (and no such local folder)") from None
-    except EntryNotFoundError:
-        raise ConfigError(f"model.name {name!r}: the hub repo has no config.json (not a transformers model)") from None
-    except (LocalEntryNotFoundError, OSError) as exc:
+    except OSError as exc:  # every hub error (HTTP errors and LocalEntryNotFoundError are OSErrors)
+        err = hub.study_error(exc, name, revision, "config.json")
+        if err is not None:
+            raise err from None
         return None, f"the hub is unreachable for {name!r} ({type(exc).__name__})"
     return json.loads(Path(path).read_text()), "hub"
 

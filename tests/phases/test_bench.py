@@ -125,6 +125,7 @@ def test_raw_requests_are_served_by_their_own_adapter(benched):
     last = [r for r in rows if r["repeat"] == 1]
     assert all(len(r["logits"]) == 2 and r["pred"] == int(np.argmax(r["logits"])) for r in last)
     md = bundle.read_bytes("summary.md").decode()
+    assert md.startswith(f"# bench: Hugging Face transformers + PEFT on PyTorch on CPU ({s['device_name']}), float32\n")
     assert (f"H2 (separate <= 30% over merged at every batch size, in every regime timed): **{s['h2']['verdict']}**" in md
             and "| eager | multi-3 | random | 4 |" in md)
 

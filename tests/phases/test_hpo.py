@@ -208,3 +208,30 @@ def test_committed_study_is_skipped(make_run):
     run.phase("hpo", 1)
     assert ctx.bundle("hpo", "mrpc-lora").commit == before
     assert not (run.work_dir / run.run_id / "hpo").exists()  # no study was opened
+
+
+def test_a_code_change_opens_a_new_study_and_says_so(make_run):
+    """A journal left by other code (same run, task and method) holds trials; the current code opens its own study,
+    starts with no trials, and the log names the older study, its code version and its trial count."""
+    run = make_run(**LORA_ONLY)
+    ctx = run.ctx()
+    storage, kind = hpo.open_storage(ctx, "mrpc", "lora")
+    assert kind == "journal"
+    old_name = hpo.study_name(ctx.run_id, "mrpc", "lora", "0.0.1+gold")
+    old = optuna.create_study(study_name=old_name, storage=storage, direction="maximize")
+    old.set_user_attr("code_version", "0.0.1+gold")
+    space = {"learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
+    for v in (0.5, 0.9):
+        old.add_trial(create_trial(value=v, params={"learning_rate": 5e-3}, distributions=space))
+    optuna.create_study(study_name=hpo.study_name(ctx.run_id, "sst2", "lora", "0.0.1+gold"), storage=storage)  # another task
+    lines: list[tuple[str, dict]] = []
+    study, _ = hpo.open_study(ctx, "mrpc", "lora", 0, log=lambda msg, **kv: lines.append((msg, kv)))
+    assert ctx.store.code_version != "0.0.1+gold"
+    assert study.study_name == hpo.study_name(ctx.run_id, "mrpc", "lora", ctx.store.code_version) != old_name
+    assert study.trials == [] and study.user_attrs["code_version"] == ctx.store.code_version  # no stale trial reused
+    assert [(m.split(":")[0], kv["old_study"], kv["old_code_version"], kv["old_trials"]) for m, kv in lines] == [
+        ("an older study of other code is in the storage", old_name, "0.0.1+gold", 2)]
+    # the same code again reopens its own study (the older one is still there, still named)
+    lines.clear()
+    again, _ = hpo.open_study(ctx, "mrpc", "lora", 0, log=lambda msg, **kv: lines.append((msg, kv)))
+    assert again.study_name == study.study_name and [kv["old_study"] for _, kv in lines] == [old_name]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lorascope.analysis import verdicts
 from lorascope.log import Logger
 from lorascope.serving import protocol, workload
 
@@ -43,13 +44,6 @@ class ScriptedServer:
         self.switched.append(task)
 
 
-@pytest.fixture
-def pools():
-    feats = [{"idx": i, "input_ids": [1] + [5] * (1 + i % 4), "attention_mask": [1] * (2 + i % 4), "labels": i % 2}
-             for i in range(30)]  # fmt: skip
-    return {t: workload.make_pool(t, feats, 0) for t in ("mrpc", "sst2", "rte")}
-
-
 def _run(server, pools, mode, order, tasks, bs, settings):
     run = protocol.new_config(mode, order, bs, tasks, pools, settings)
     for r in range(settings.repeats):
@@ -77,6 +71,27 @@ def test_repeats_warmup_and_summary_values(pools):
     assert s["throughput_tokens_per_s"]["mean"] == pytest.approx(tokens / 0.024)
     assert s["mean_batch_ms_ci"]["low"] == pytest.approx(8.0) and s["harness_overhead_pct_of_mean"] == 0
     assert s["gpu_peak_allocated_bytes"] is None and s["rss_bytes"] == 123
+
+
+def test_summary_intervals_are_the_log_scale_ones_computed_once(pools):
+    """Every interval over repeats in a config summary is `verdicts.positive_interval` (log scale, never below 0):
+    the summary is the only place that computes them, nobody overwrites them later."""
+    server = ScriptedServer("separate", ms_per_request=2.0)
+    run = _run(server, pools, "separate", "single", ["mrpc"], 4, SETTINGS)
+    run.seconds = [[0.001, 0.001, 0.001], [0.004, 0.005, 0.006], [0.060, 0.001, 0.002]]  # a wide spread over repeats
+    s = protocol.config_summary(run, 0.95)
+    ms = [1e3 * float(np.mean(r)) for r in run.seconds]
+    assert s["mean_batch_ms_per_repeat"] == pytest.approx(ms)
+    assert s["mean_batch_ms_ci"] == verdicts.positive_interval(ms, 0.95)
+    assert s["throughput_rps"] == verdicts.positive_interval([12 / sum(r) for r in run.seconds], 0.95)
+    tokens = sum(q.tokens for b in run.batches for q in b)
+    assert s["throughput_tokens_per_s"] == verdicts.positive_interval([tokens / sum(r) for r in run.seconds], 0.95)
+    for key in ("mean_batch_ms_ci", "throughput_rps", "throughput_tokens_per_s"):
+        assert s[key]["scale"] == "log" and 0 < s[key]["low"] < s[key]["geo_mean"] < s[key]["high"]
+    # a linear t-interval of these means would reach below zero: mean - t * sd / sqrt(3)
+    from scipy import stats
+
+    assert np.mean(ms) - stats.t.ppf(0.975, 2) * np.std(ms, ddof=1) / np.sqrt(3) < 0
 
 
 def test_raw_rows_carry_every_timed_request(pools):

@@ -1,12 +1,9 @@
-"""serving.timing: the clock loop, latency statistics, t-intervals and overhead percentages."""
+"""serving.timing: the clock loop, latency statistics."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from scipy import stats
 
 from lorascope.serving import timing
 
@@ -23,16 +20,6 @@ def test_latency_stats_are_numpy_percentiles_in_milliseconds():
     assert s["std"] == pytest.approx(np.std(a, ddof=1))
     with pytest.raises(ValueError):
         timing.latency_stats([])
-
-
-def test_t_interval_matches_the_student_t_formula():
-    ci = timing.t_interval([1.0, 2.0, 3.0])
-    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
-    assert ci["mean"] == pytest.approx(2.0)
-    assert ci["half_width"] == pytest.approx(half)
-    assert (ci["low"], ci["high"]) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
-    one = timing.t_interval([5.0])
-    assert one["mean"] == 5.0 and one["low"] is None and one["high"] is None
 
 
 def test_time_batches_syncs_around_each_batch_and_reads_the_clock_after_sync():

@@ -1,7 +1,8 @@
 """hpo: per task x method, Optuna TPE over the study's search space, shared by several workers.
 
 Indexes: task x method x `hpo.workers` (task-major, then method, then worker). The workers of one task x method
-share one Optuna study (named `lorascope-<run>-<task>-<method>`) through a storage:
+share one Optuna study (named `lorascope-<run>-<task>-<method>-c<sha256(code version)[:8]>`: other code never reuses
+its trials, and the log names any older study of other code the storage holds) through a storage:
   * `LORASCOPE_OPTUNA_STORAGE` (the CLI reads it; PostgreSQL on a cluster: `postgresql+psycopg2://...`), else
     `hpo.storage` from the study, else a journal file `<work-dir>/<run>/hpo/<task>-<method>.journal` (the local
     default; processes on one machine share it through its file lock). A value without `://`, or `journal://PATH`,
@@ -77,8 +78,12 @@ def study_name(run_id: str, task: str, method: str, code_version: str) -> str:
     version itself is kept as the study's user attribute `code_version`."""
     import hashlib
 
-    code = hashlib.sha256(code_version.encode()).hexdigest()[:8]
-    return f"lorascope-{run_id}-{task}-{method}-c{code}"
+    return study_prefix(run_id, task, method) + hashlib.sha256(code_version.encode()).hexdigest()[:8]
+
+
+def study_prefix(run_id: str, task: str, method: str) -> str:
+    """The study name up to the code version's hash: the studies of one task x method under every code version."""
+    return f"lorascope-{run_id}-{task}-{method}-c"
 
 
 def sampler_seed(study: Study, task: str, method: str, worker: int) -> int:
@@ -145,13 +150,20 @@ def make_pruner(study: Study) -> optuna.pruners.BasePruner:
     return MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps, interval_steps=1)
 
 
-def open_study(ctx: PhaseContext, task: str, method: str, worker: int) -> tuple[optuna.Study, str]:
+def open_study(ctx: PhaseContext, task: str, method: str, worker: int, log=None) -> tuple[optuna.Study, str]:
+    """(the Optuna study of this task x method and code version, storage kind). With `log`, says which studies of
+    the same run, task and method made by other code the storage also holds: their trials are not reused."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, kind = open_storage(ctx, task, method)
+    name = study_name(ctx.run_id, task, method, ctx.store.code_version)
+    if log is not None:
+        for old in other_code_studies(storage, ctx.run_id, task, method, name):
+            log("an older study of other code is in the storage: its trials are not reused, this code starts afresh",
+                old_study=old["study"], old_code_version=old["code_version"], old_trials=old["trials"], study=name)  # fmt: skip
     study = optuna.create_study(
-        study_name=study_name(ctx.run_id, task, method, ctx.store.code_version),
+        study_name=name,
         storage=storage,
         sampler=make_sampler(ctx.study, task, method, worker),
         pruner=make_pruner(ctx.study),
@@ -160,6 +172,17 @@ def open_study(ctx: PhaseContext, task: str, method: str, worker: int) -> tuple[
     )
     study.set_user_attr("code_version", ctx.store.code_version)
     return study, kind
+
+
+def other_code_studies(storage: Any, run_id: str, task: str, method: str, current: str) -> list[dict[str, Any]]:
+    """Studies in `storage` of this run, task and method made by another code version than `current`'s: name, the
+    code version they recorded, and their trial count."""
+    import optuna
+
+    prefix = study_prefix(run_id, task, method)
+    return [{"study": s.study_name, "code_version": s.user_attrs.get("code_version", "unknown"), "trials": s.n_trials}
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+            if s.study_name.startswith(prefix) and s.study_name != current]  # fmt: skip
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +394,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     training.check_training(cfg, device)
     training.configure_torch(ctx.env)
 
-    study, kind = open_study(ctx, task, method, worker)
+    study, kind = open_study(ctx, task, method, worker, log)
     if kind == "journal" and cfg.hpo.workers > 1:
         log("note: workers share a journal file only on one machine or a shared volume; "
             "pods need LORASCOPE_OPTUNA_STORAGE (PostgreSQL)")  # fmt: skip

@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, Agg backend, PNG). Each function takes the report's numbers (the drift bundle's
-summary.json, plus the bench section) and writes one file; none computes a new statistic."""
+summary.json, plus the bench section) and writes one file; none computes a new statistic. `draw_*` build the figure
+without writing it (the tests read styles, axes and legend boxes from it)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lorascope.reporting.bench_markdown import device_words, stack_name  # noqa: E402
+
 DPI = 120
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
+# Series styles: 10 colours (tab10) and 9 markers. 9 and 10 share no factor, so (colour, marker) of series i repeats
+# only after 90 series; the first 9 series differ in both.
+SERIES_COLORS = list(plt.get_cmap("tab10").colors)
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h"]
+TICK_FONT = 8  # the smallest font on any figure
+MAX_LAYER_TICKS = 12  # layer axes label at most this many layers (every k-th), so labels never overlap
 
 
 def _nan(x: Any) -> float:
@@ -25,6 +34,11 @@ def _method_colors(summary: dict) -> dict[str, str]:
     return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
 
 
+def series_style(i: int) -> tuple[tuple[float, ...], str]:
+    """(colour, marker) of the i-th series of a figure: distinct for every i < 90 (see SERIES_COLORS)."""
+    return SERIES_COLORS[i % len(SERIES_COLORS)], MARKERS[i % len(MARKERS)]
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
@@ -33,14 +47,23 @@ def _save(fig, path: Path) -> Path:
 
 
 def layer_drift(summary: dict, pooling: str, path: Path) -> Path:
+    return _save(draw_layer_drift(summary, pooling), path)
+
+
+def draw_layer_drift(summary: dict, pooling: str):
     """Per task (columns) and measure (rows): drift vs layer, mean over seeds, band min..max over seeds, and the seed
-    noise floor (dashed) of each method."""
+    noise floor (dashed) of each method. Every panel shares one y axis (the same quantity, 1 - CKA) and the x axis
+    (layers), so panels compare at a glance; layer labels only on the bottom row, one legend for the figure."""
     tasks = summary["tasks"]
     labels = summary["labels"]
     colors = _method_colors(summary)
     measures = summary["settings"]["measures"][::-1]  # debiased (primary) on top
-    fig, axes = plt.subplots(len(measures), len(tasks), figsize=(4.2 * len(tasks), 3.2 * len(measures)), squeeze=False)
+    fig, axes = plt.subplots(len(measures), len(tasks), figsize=(4.2 * len(tasks), 3.0 * len(measures) + 0.8),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")  # fmt: skip
     x = list(range(len(labels)))
+    step = -(-len(labels) // MAX_LAYER_TICKS)
+    ticks = x[::step]
+    ticks = ticks if ticks[-1] == x[-1] else [*ticks[:-1], x[-1]] if x[-1] - ticks[-1] < step else [*ticks, x[-1]]
     for col, task in enumerate(tasks):
         for row, measure in enumerate(measures):
             ax = axes[row][col]
@@ -48,16 +71,22 @@ def layer_drift(summary: dict, pooling: str, path: Path) -> Path:
                 st = entry["layers"][pooling][measure]
                 c = colors[method]
                 ax.plot(x, [_nan(v) for v in st["mean"]], color=c, marker="o", ms=3, label=f"{method} (mean of seeds)")
-                ax.fill_between(x, [_nan(v) for v in st["min"]], [_nan(v) for v in st["max"]], color=c, alpha=0.2, lw=0)
+                ax.fill_between(x, [_nan(v) for v in st["min"]], [_nan(v) for v in st["max"]], color=c, alpha=0.2, lw=0,
+                                label=f"{method} min..max over seeds")  # fmt: skip
                 ax.plot(x, [_nan(v) for v in st["noise_floor"]], color=c, ls="--", lw=1, label=f"{method} seed noise floor")
-            ax.set_title(f"{task}: {measure} CKA drift ({pooling})", fontsize=9)
-            ax.set_xticks(x)
-            ax.set_xticklabels([_short(lb) for lb in labels], rotation=90, fontsize=6)
-            ax.set_ylabel("drift = 1 - CKA", fontsize=8)
+            ax.set_title(f"{task}: {measure} CKA drift ({pooling} pooling)", fontsize=9)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([_short(labels[i]) for i in ticks], fontsize=TICK_FONT)
+            ax.tick_params(axis="y", labelsize=TICK_FONT)
+            if col == 0:
+                ax.set_ylabel("drift = 1 - CKA", fontsize=9)
+            if row == len(measures) - 1:
+                ax.set_xlabel("layer (emb: embedding output, norm: after the final norm)", fontsize=TICK_FONT)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Layer-wise drift from the base model (band: min..max over seeds)", fontsize=10)
-    return _save(fig, path)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), fontsize=TICK_FONT)
+    fig.suptitle("Layer-wise drift from the base model (mean of seeds, band: min..max over seeds)", fontsize=10)
+    return fig
 
 
 def _short(label: str) -> str:
@@ -111,12 +140,17 @@ def drift_reduction(summary: dict, path: Path) -> Path:
 
 
 def weight_spectra(summary: dict, path: Path) -> Path:
-    """Mean (SD over modules and seeds) of the update's stable rank, effective rank, r90 and intruder count."""
+    return _save(draw_weight_spectra(summary), path)
+
+
+def draw_weight_spectra(summary: dict):
+    """Mean (SD over modules and seeds) of the update's stable rank, effective rank, r90 and intruder count. The
+    legend sits below the panels, outside every axes, so it never covers a bar."""
     keys = [("stable_rank", "stable rank"), ("effective_rank", "effective rank"), ("r90", "r90"), ("n_intruders", "intruders (k=10)")]
     colors = _method_colors(summary)
     tasks = [t for t in summary["tasks"] if t in summary["weights"]]
     methods = list(dict.fromkeys(m for t in tasks for m in summary["weights"][t]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.8), squeeze=False, layout="constrained")
     width = 0.8 / max(1, len(methods))
     for ai, (key, title) in enumerate(keys):
         ax = axes[0][ai]
@@ -131,29 +165,49 @@ def weight_spectra(summary: dict, path: Path) -> Path:
         ax.set_xticklabels(tasks)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Weight update spectra per module (mean, SD over modules and seeds)", fontsize=10)
-    return _save(fig, path)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=TICK_FONT)
+    title = "Weight update spectra per module (mean, SD over modules and seeds)"
+    if any(m.endswith("(other linears)") for m in methods):
+        title += "\nplain method names: the LoRA target modules; \"(other linears)\": every other decoder linear"
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+ORDER_NAMES = {"rr": "round-robin", "random": "random"}
 
 
 def _series_name(c: dict, several_regimes: bool) -> str:
-    name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({c['order']})"
+    order = ORDER_NAMES.get(c["order"], c["order"])
+    name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({order})"
     return f"{name} [{c['regime']}]" if several_regimes and c.get("regime") else name
 
 
+def backend_title(b: dict, backend: str) -> str:
+    """What a latency panel measured, in words: the serving stack and its build, then the device, dtype and
+    execution regimes, e.g. "vLLM, CPU build" / "on CPU (x86_64), float32, eager execution"."""
+    regimes = ", ".join(b.get("regimes") or ["eager"])
+    return f"{stack_name(backend, b.get('platform'))}\non {device_words(b)}, {b.get('dtype')}, {regimes} execution"
+
+
 def latency(bench: dict, path: Path) -> Path:
+    return _save(draw_latency(bench), path)
+
+
+def draw_latency(bench: dict):
     """Mean batch latency vs batch size per serving mode (and request order, and execution regime where a backend ran
     several), one panel per backend on a shared y axis, with the CI over repeats. Every series has its own
-    colour-marker pair, the same in every panel."""
+    colour-marker pair (`series_style`), the same in every panel; one legend, right of the panels."""
     backends = list(bench)
-    fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5.0 * len(backends) + 1.8, 4.2), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
     names: list[str] = []
     for backend in backends:
         for c in bench[backend]["configs"]:
             name = _series_name(c, several_regimes=len(bench[backend].get("regimes") or ["eager"]) > 1)
             if name not in names:
                 names.append(name)
-    palette = plt.get_cmap("tab10").colors
+    handles: dict[str, Any] = {}
     for bi, backend in enumerate(backends):
         ax = axes[0][bi]
         b = bench[backend]
@@ -161,21 +215,29 @@ def latency(bench: dict, path: Path) -> Path:
         for c in b["configs"]:
             series.setdefault(_series_name(c, several_regimes=len(b.get("regimes") or ["eager"]) > 1), []).append(c)
         for name, cs in series.items():
-            si = names.index(name)
+            color, marker = series_style(names.index(name))
             cs = sorted(cs, key=lambda c: c["batch_size"])
             xs = [c["batch_size"] for c in cs]
             ys = [_nan(c["mean_batch_ms"]) for c in cs]
             lo = [max(0.0, y - _nan(c["low"])) if c["low"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
             hi = [max(0.0, _nan(c["high"]) - y) if c["high"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker=MARKERS[si % len(MARKERS)], color=palette[si % len(palette)],
-                        label=name, capsize=3)  # fmt: skip
+            handles[name] = ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, color=color, label=name, capsize=3)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
+        ax.set_yscale("log")  # the intervals are on the log scale (verdicts.positive_interval): symmetric here
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        sizes = sorted({c["batch_size"] for c in b["configs"]})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size (requests)", fontsize=9)
+        ax.tick_params(labelsize=TICK_FONT)
         if bi == 0:
-            ax.set_ylabel("mean batch latency (ms)")
-        regimes = ", ".join(b.get("regimes") or ["eager"])
-        ax.set_title(f"{backend}: {b.get('platform') or b.get('device')} ({b.get('device_name')}), {b.get('dtype')}, {regimes}",
-                     fontsize=9)  # fmt: skip
+            ax.set_ylabel("mean batch latency (ms, log scale)", fontsize=9)
+        ax.set_title(backend_title(b, backend), fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+    fig.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles], loc="outside right upper",
+               fontsize=TICK_FONT, title="serving mode (request order)", title_fontsize=TICK_FONT)  # fmt: skip
+    pct = {f"{bench[b].get('confidence_pct', 95):g}%" for b in backends}
+    fig.suptitle(f"Batch latency by serving mode (mean of repeats, {'/'.join(sorted(pct))} CI over repeats)", fontsize=10)
+    return fig

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lorascope.reporting.bench_markdown import device_words, stack_name
+
 FIGURES = {
     "layer_drift": "Layer-wise drift per task (both methods, band = min..max over seeds, dashed = seed noise floor)",
     "metric_vs_drift": "Task metric against mean drift, one point per cell",
@@ -230,9 +232,9 @@ def bench_tables(n: dict) -> list[str]:
     lines = []
     for backend, b in n["bench"].items():
         skipped = f"; not possible on this platform: {', '.join(b['regimes_skipped'])}" if b.get("regimes_skipped") else ""
-        lines.append(f"- `{backend}` on {b.get('device_name') or b.get('device')} (platform `{b.get('platform') or 'n/a'}`, "
-                     f"{b.get('dtype')}), execution regimes {', '.join(b.get('regimes') or ['eager'])}{skipped}; H2 for "
-                     f"this backend: {_verdict(b.get('h2_verdict') or 'not measured')}")
+        lines.append(f"- `{backend}`: {stack_name(backend, b.get('platform'))} on {device_words(b)}, {b.get('dtype')}, "
+                     f"execution regimes {', '.join(b.get('regimes') or ['eager'])}{skipped}; H2 for "
+                     f"this backend: {_verdict(b.get('h2_verdict') or 'not measured')}")  # fmt: skip
     lines += ["", "Mean batch latency (ms) per backend, side by side on the same requests, with the "
               f"{f(n['bench'][backends[0]]['confidence_pct'], 0)}% CI over repeat means on the log scale (never below 0). "
               "Each row is one execution regime: overheads and H2 only compare modes of one backend in one regime.", "",

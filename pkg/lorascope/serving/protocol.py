@@ -9,8 +9,8 @@ overhead). The caller runs the repeats repeat-major (repeat 1 of every mode, the
 of the machine spreads over all modes instead of landing on one. Multi-adapter modes also time `switch(task)`
 (making another adapter the active one) on its own.
 
-`summarize` turns the raw timings into the summary the report reads (latency percentiles, throughput, CIs over
-repeats, separate-vs-merged overhead per batch size).
+`config_summary` turns one configuration's raw timings into its summary (latency percentiles, throughput, intervals
+over repeats); `serving.summary.summarize` builds a backend's whole summary.json from those.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lorascope.analysis import verdicts
 from lorascope.log import Logger
 from lorascope.serving import timing, workload
 from lorascope.serving.workload import Request
@@ -146,6 +147,9 @@ def request_rows(backend: str, run: ConfigRun) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ summary
 def config_summary(run: ConfigRun, confidence: float) -> dict:
+    """One configuration's latency percentiles (per batch and per request, over every repeat), its per-repeat means,
+    throughput, harness overhead and memory, with `verdicts.positive_interval` over repeats for the mean batch
+    latency and both throughputs."""
     per_batch = [s for rep in run.seconds for s in rep]
     per_request = [s / len(b) for rep in run.seconds for b, s in zip(run.batches, rep, strict=True)]
     n_req = sum(len(b) for b in run.batches)
@@ -168,9 +172,10 @@ def config_summary(run: ConfigRun, confidence: float) -> dict:
         "latency_batch_ms": batch_stats,
         "latency_request_ms": timing.latency_stats(per_request),
         "mean_batch_ms_per_repeat": rep_mean_ms,
-        "mean_batch_ms_ci": timing.t_interval(rep_mean_ms, confidence),
-        "throughput_rps": timing.t_interval(rep_rps, confidence),
-        "throughput_tokens_per_s": timing.t_interval(rep_tps, confidence),
+        # intervals of positive quantities on the log scale (analysis.verdicts), never below 0
+        "mean_batch_ms_ci": verdicts.positive_interval(rep_mean_ms, confidence),
+        "throughput_rps": verdicts.positive_interval(rep_rps, confidence),
+        "throughput_tokens_per_s": verdicts.positive_interval(rep_tps, confidence),
         "harness_overhead_ms": harness,
         "harness_overhead_pct_of_mean": 100.0 * harness["mean"] / batch_stats["mean"],
         "gpu_peak_allocated_bytes": max(gpu_peaks) if all(g is not None for g in gpu_peaks) else None,

@@ -1,4 +1,5 @@
-"""Timing for the deployment benchmark: one clock loop, latency statistics, the t-interval over repeats.
+"""Timing for the deployment benchmark: one clock loop and latency statistics (intervals over repeats:
+`analysis.verdicts.positive_interval`).
 
 Pure Python + numpy/scipy (no torch import): the caller passes `sync`, which is `torch.cuda.synchronize` on a GPU
 and a no-op on CPU, so the clock is read only after every queued kernel has finished.
@@ -6,12 +7,10 @@ and a no-op on CPU, so the clock is read only after every queued kernel has fini
     timed = time_batches(batches, serve, sync)        # seconds per batch, results kept for correctness checks
     overhead = time_batches(batches, noop, sync)      # the same loop around a no-op: the harness's own cost
     latency_stats([t.seconds for t in timed])         # mean, p50, p95, p99 in milliseconds
-    t_interval([mean_repeat_1, mean_repeat_2, ...])   # CI of the mean over repeat means (Student t)
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -64,20 +63,3 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float | int]:
         out[f"p{p}"] = float(np.percentile(a, p))
     out.update({"min": float(a.min()), "max": float(a.max()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0})
     return out
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | int | None]:
-    """Confidence interval of the mean of `values` (one value per repeat): mean +- t_{n-1} * s / sqrt(n).
-
-    With a single repeat there is no spread to estimate: low/high are None."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=np.float64)
-    n = int(a.size)
-    if n == 0:
-        raise ValueError("t_interval: no values")
-    mean = float(a.mean())
-    if n == 1:
-        return {"mean": mean, "low": None, "high": None, "half_width": None, "n": 1, "confidence": confidence}
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1) * a.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": n, "confidence": confidence}
