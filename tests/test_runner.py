@@ -8,12 +8,11 @@ import pytest
 
 from lorascope import cli
 from lorascope.errors import ConfigError
-from lorascope.phases import PHASE_ORDER, get_phase
+from lorascope.phases import PHASE_ORDER, get_phase, select_phases
 from lorascope.runner import (
     default_run_id,
     freeze_study,
     load_frozen_study,
-    resolve_phases,
     run_phase_index,
     status_rows,
 )
@@ -41,7 +40,7 @@ def test_run_executes_phases_in_order_and_skips_committed_cells(fake_phases, tmp
 
 def test_unknown_or_unimplemented_phase_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="unknown phase 'bogus'"):
-        resolve_phases("stage,bogus")
+        select_phases("stage,bogus")
     import lorascope.phases as phases
 
     monkeypatch.setattr(phases, "PHASE_ORDER", [*phases.PHASE_ORDER, "future"])

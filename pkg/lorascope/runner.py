@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
 from lorascope.log import Logger
-from lorascope.phases import Phase, PhaseContext, available_phases, get_phase, select_phases
+from lorascope.phases import Phase, PhaseContext, available_phases, get_phase
 from lorascope.store import Store
 from lorascope.study import Study, parse_study
 from lorascope.threads import THREADS_ENV, child_env, threads_per_job
@@ -57,11 +57,6 @@ def load_frozen_study(store: Store, run_id: str) -> Study | None:
 
 def find_runs(store: Store) -> list[str]:
     return sorted({o.key.split("/")[1] for o in store.backend.list("runs/") if o.key.endswith("/" + FROZEN_STUDY) and o.key.count("/") == 2})
-
-
-def resolve_phases(spec: str | None) -> list[str]:
-    """`a,b` -> the named phases in pipeline order; None -> every implemented phase (lorascope.phases.select_phases)."""
-    return select_phases(spec)
 
 
 MISSING_CODE_VERSIONS = ("", "unset", "unknown")  # placeholders a build may leave behind: never stamped into a commit

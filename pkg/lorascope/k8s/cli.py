@@ -65,17 +65,13 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     )
     if args.detach:
         return launcher.submit_jobset()
-    return launcher.run(phases=_phases(args.phases, args.until), timeout_s=args.timeout)
+    return launcher.run(phases=select_phases(args.phases, args.until), timeout_s=args.timeout)
 
 
 def cmd_cluster_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.k8s.launcher import cluster_status
 
     return cluster_status(namespace=args.namespace, context=args.context, run_id=args.run_id)
-
-
-def _phases(spec: str | None, until: str | None) -> list[str]:
-    return select_phases(spec, until)
 
 
 def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], default_overlay: str | None) -> None:

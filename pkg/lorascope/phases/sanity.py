@@ -22,18 +22,11 @@ from lorascope.phases import PhaseContext
 from lorascope.threads import configure_threads
 
 
-def _task_method(study, index: int) -> tuple[str, str]:
-    pairs = study.task_methods()
-    if not 0 <= index < len(pairs):
-        raise ConfigError(f"sanity: index {index} is outside 0..{len(pairs) - 1} (task x method)")
-    return pairs[index]
-
-
 def run(ctx: PhaseContext, index: int) -> None:
     study = ctx.study
-    task, method_name = _task_method(study, index)
+    task, method_name = study.task_methods()[index]  # the runner checked the index (Phase.index); unit = task-method
     name = f"{task}-{method_name}"
-    log = ctx.log.bind(unit=name)
+    log = ctx.log
     method = study.method(method_name)
     lr = study.sanity.learning_rate.get(method_name, study.sanity.learning_rate.get(method.kind))
     if lr is None:
