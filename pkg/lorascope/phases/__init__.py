@@ -9,9 +9,11 @@ the manifests (k8s/render) and the launcher all read these facts here; none of t
 A phase module `lorascope/phases/<name>.py` holds only what the phase does:
   * `run(ctx, index)`  -> do the one thing for that index and commit its bundle. The runner skips (and says so) an
                           index whose bundle is already committed, before `run` is called or the module imported
-  * `when_committed(ctx, index, bundle)` (optional) -> what a skipped index still does (report: deliver the report)
-  * `interpreter(study, i, env)` (optional) -> the Python that must run index i when it is not this one (the bench
-                          phase's vllm index runs in the vLLM environment, .venv-vllm); None = this process
+  * `when_committed(ctx, index, bundle)` (optional, listed in the Phase's `hooks`) -> what a skipped index still
+                          does (report: deliver the committed report)
+  * `interpreter(study, i, env)` (optional, listed in `hooks`) -> the Python that must run index i when it is not
+                          this one (the bench phase's vllm index runs in the vLLM environment, .venv-vllm); None =
+                          this process
 Modules are imported only when the phase runs, so `lorascope status`, `render` or `drift` never import torch.
 """
 
@@ -97,6 +99,7 @@ class Phase:
     reads: tuple[str, ...] = ()  # bundle keys (patterns) it reads, or where its inputs come from
     writes: tuple[str, ...] = ()  # bundle keys (patterns) it commits
     requires: tuple[str, ...] = ()  # phases whose bundles must be committed first
+    hooks: tuple[str, ...] = ()  # the optional functions its module defines: when_committed, interpreter
     run_fn: Callable[[PhaseContext, int], Any] | None = None  # default: `run` of lorascope.phases.<name>
 
     # -------------------------------------------------------------------- derived facts
@@ -149,16 +152,12 @@ class Phase:
 
     def when_committed(self, ctx: PhaseContext, i: int, bundle: Bundle) -> None:
         """What an index whose bundle is committed still does (most phases: nothing)."""
-        hook = None if self.run_fn else getattr(self.module(), "when_committed", None)
-        if hook is not None:
-            hook(ctx, i, bundle)
+        if "when_committed" in self.hooks:  # no import of the module otherwise: a skip loads no phase code
+            self.module().when_committed(ctx, i, bundle)
 
     def interpreter(self, study: Study, i: int, env: Mapping[str, str]) -> str | None:
         """The Python that must run index i when it is not this one; None = this process."""
-        if self.run_fn:
-            return None
-        fn = getattr(self.module(), "interpreter", None)
-        return fn(study, i, env) if fn else None
+        return self.module().interpreter(study, i, env) if "interpreter" in self.hooks else None
 
 
 # ------------------------------------------------------------------------------------------------ the indexes
@@ -255,6 +254,7 @@ PHASES: dict[str, Phase] = {
             reads=("stage", "cells/<task>-<method>-s<bench.seed>"),
             writes=("bench/<backend>",),
             requires=("stage", "train"),
+            hooks=("interpreter",),  # the vllm index runs in the vLLM environment
         ),
         Phase(
             "report",
@@ -265,6 +265,7 @@ PHASES: dict[str, Phase] = {
             reads=("drift", "stage (provenance)"),
             writes=("report",),
             requires=("drift",),
+            hooks=("when_committed",),  # a committed report is still delivered (LORASCOPE_REPORT_DIR)
         ),
     )
 }
