@@ -132,3 +132,25 @@ def test_cluster_subcommand_usage_errors_exit_2(capsys):
     """The cluster subparsers are of the main Parser class (taken from their parent, not imported): exit 2."""
     assert cli.main(["cluster", "run", "--study", str(SMOKE), "--overlay", "nope"]) == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_validate_without_torch_checks_the_file_and_says_what_it_skipped(tmp_path):
+    """`validate` builds the model on the meta device for its LoRA target_modules check (torch + transformers); where
+    torch is not installed it still checks the file, and says that the model checks were skipped."""
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in {'torch', 'transformers', 'peft'}:\n"
+            "            raise ImportError(name + ' is not installed here')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import importlib.util\n"
+            "importlib.util.find_spec = (lambda f: lambda n, *a: None if n == 'torch' else f(n, *a))(importlib.util.find_spec)\n"
+            "from lorascope.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    ok = subprocess.run([sys.executable, "-c", code, "validate", str(SMOKE)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "ok  study=smoke" in ok.stdout and "model checks skipped (torch is not installed here)" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("seeds:", "seedz:", 1))
+    r = subprocess.run([sys.executable, "-c", code, "validate", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "seed" in r.stderr, r.stderr[-2000:]
