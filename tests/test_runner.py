@@ -210,3 +210,16 @@ def test_a_read_only_store_refuses_only_an_index_that_must_write(tmp_path, monke
     with pytest.raises(StoreError, match="read-only, and phase bench index 1 still has to commit bench/vllm"):
         run_phase_index(ctx_ro, "bench", 1)
     assert calls == []
+
+
+def test_parallel_run_starts_no_process_for_committed_indexes(fake_phases, tmp_path, smoke_study_path, monkeypatch):
+    """`lorascope run --jobs N` again: every index is committed, each is skipped in the parent, none is spawned."""
+    from lorascope.runner import LocalRun
+
+    args = ["run", "--study", str(smoke_study_path), "--store", str(tmp_path / "s"), "--phases", "train",
+            "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    assert cli.main(args) == 0 and len(fake_phases) == 18
+    fake_phases.clear()
+    monkeypatch.setattr(LocalRun, "_subprocess", lambda *a, **k: pytest.fail("spawned a committed index"))
+    assert cli.main([*args, "--jobs", "2"]) == 0
+    assert fake_phases == []

@@ -148,10 +148,11 @@ class LocalRun:
             n = phase.size(self.ctx.study)
             self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
             t0 = time.perf_counter()
-            # an index that must run in another interpreter (bench's vllm) is skipped here when committed: no spawn
-            elsewhere = {i: py for i in range(n) if not self.ctx.committed(phase.bundle(self.ctx.study, i))
-                         and (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}  # fmt: skip
-            here = [i for i in range(n) if i not in elsewhere]
+            # committed indexes are skipped here, in this process: no child process is started for them
+            done = [i for i in range(n) if skip_committed(self.ctx, phase, i)]
+            todo = [i for i in range(n) if i not in done]
+            elsewhere = {i: py for i in todo if (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
+            here = [i for i in todo if i not in elsewhere]
             if self.jobs <= 1 or len(here) <= 1:
                 for i in here:
                     run_phase_index(self.ctx, name, i)

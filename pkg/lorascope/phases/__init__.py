@@ -298,7 +298,3 @@ def select_phases(spec: str | None, until: str | None = None, option: str = "--p
             raise ConfigError(f"--until: unknown phase {until!r}; phases are {', '.join(PHASE_ORDER)}")
         names = [p for p in names if PHASE_ORDER.index(p) <= PHASE_ORDER.index(until)]
     return [p for p in PHASE_ORDER if p in names]
-
-
-def check_index(phase: Phase, study: Study, index: int) -> None:
-    phase.index(study, index)
