@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
 from lorascope.log import Logger
-from lorascope.phases import PHASE_ORDER, PhaseContext, available_phases, get_phase
+from lorascope.phases import PHASE_ORDER, PHASES, PhaseContext, available_phases, get_phase, select_phases
 from lorascope.store import DEFAULT_WORKERS, Store, pull
 from lorascope.study import Study, load_study
 
@@ -115,14 +115,14 @@ def cmd_grid(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from lorascope.runner import LocalRun, resolve_phases
+    from lorascope.runner import LocalRun
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1 (got {args.jobs})")
     from lorascope.preflight import check_study
 
     study = load_study(args.study)  # validate before touching anything
-    phases = resolve_phases(args.phases)
+    phases = select_phases(args.phases)
     for note in check_study(study, source=args.study, env=env):  # the model-config checks, before any work
         print(f"note: {note}", file=sys.stderr)
     store = _open_store(args.store or env.get("LORASCOPE_STORE") or "store", env)
@@ -273,8 +273,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
     r.add_argument("--jobs", type=int, default=1, help="indexes of a phase run in parallel processes")
     r.set_defaults(func=cmd_run)
 
-    for name in PHASE_ORDER:
-        sp = sub.add_parser(name, help=f"run the {name} phase for one index (Kubernetes entrypoint)", epilog=version)
+    for name, phase in PHASES.items():  # each subcommand's help is its Phase's description, reads, writes, needs
+        sp = sub.add_parser(name, help=phase.description, description=phase.help_text(), epilog=version,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         common(sp)
         sp.add_argument("--index", type=int, help="index (env JOB_COMPLETION_INDEX; default: every index in turn)")
         if name == "report":

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
 from lorascope.log import Logger
-from lorascope.phases import PHASE_ORDER, PhaseContext, available_phases, check_index, get_phase
+from lorascope.phases import Phase, PhaseContext, available_phases, get_phase
 from lorascope.store import Store
 from lorascope.study import Study, parse_study
+from lorascope.threads import THREADS_ENV, child_env, threads_per_job
 
 FROZEN_STUDY = "study.yaml"
 
@@ -56,20 +57,6 @@ def load_frozen_study(store: Store, run_id: str) -> Study | None:
 
 def find_runs(store: Store) -> list[str]:
     return sorted({o.key.split("/")[1] for o in store.backend.list("runs/") if o.key.endswith("/" + FROZEN_STUDY) and o.key.count("/") == 2})
-
-
-def resolve_phases(spec: str | None) -> list[str]:
-    """`a,b` -> the named phases in pipeline order; None -> every implemented phase. Unknown or not-yet-implemented
-    phases are a ConfigError, never a silent skip."""
-    if not spec:
-        return available_phases()
-    names = [p.strip() for p in spec.split(",") if p.strip()]
-    unknown = [n for n in names if n not in PHASE_ORDER]
-    if unknown:
-        raise ConfigError(f"unknown phase {unknown[0]!r}; phases are {', '.join(PHASE_ORDER)}")
-    for n in names:
-        get_phase(n)  # raises ConfigError for unknown or unimplemented
-    return [p for p in PHASE_ORDER if p in names]
 
 
 MISSING_CODE_VERSIONS = ("", "unset", "unknown")  # placeholders a build may leave behind: never stamped into a commit
@@ -116,20 +103,34 @@ def image_tag(version: str) -> str:
 
 
 def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
+    """One index of one phase: `lorascope run` and `lorascope <phase> --index i` (a pod) both come here. An index
+    whose bundle (Phase.bundle) is committed is skipped before the phase's module is imported: the commit protocol's
+    idempotence lives here once, not in every phase."""
     phase = get_phase(phase_name)
-    check_index(phase, ctx.study, index)
+    ix = phase.index(ctx.study, index)  # ConfigError naming the range
+    log = ctx.log.bind(phase=phase_name, unit=ix.unit, index=index)
+    if skip_committed(ctx, phase, index, log):
+        return
     if not ctx.store.writable:  # a read-only store serves a phase that only skips; refuse one that must write, now
-        bundles = phase.bundles(ctx.study)
-        mine = [bundles[index]] if len(bundles) == phase.size(ctx.study) else bundles  # index i commits bundles[i]
-        pending = [rel for rel in mine if not ctx.committed(rel)]
-        if pending:
-            raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} still has bundles to commit "
-                             f"({', '.join(pending[:3])}{', ...' if len(pending) > 3 else ''}): give a writable store")  # fmt: skip
-    log = ctx.log.bind(phase=phase_name, unit=phase.unit(ctx.study, index), index=index)
+        raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} index {index} still has to "
+                         f"commit {ix.bundle}: give a writable store")  # fmt: skip
     t0 = time.perf_counter()
     log("start")
     phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
     log("done", seconds=round(time.perf_counter() - t0, 2))
+
+
+def skip_committed(ctx: PhaseContext, phase: Phase, index: int, log=None) -> bool:
+    """True (and says so) when index's bundle is committed; the phase's `when_committed` still runs (report: deliver
+    the committed report)."""
+    rel = phase.bundle(ctx.study, index)
+    bundle = ctx.bundle(rel)
+    if bundle is None:
+        return False
+    log = log or ctx.log.bind(phase=phase.name, unit=phase.unit(ctx.study, index), index=index)
+    log("already committed, skipping", bundle=rel)
+    phase.when_committed(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index, bundle)
+    return True
 
 
 @dataclass
@@ -147,8 +148,11 @@ class LocalRun:
             n = phase.size(self.ctx.study)
             self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
             t0 = time.perf_counter()
-            elsewhere = {i: py for i in range(n) if phase.interpreter and (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
-            here = [i for i in range(n) if i not in elsewhere]
+            # committed indexes are skipped here, in this process: no child process is started for them
+            done = [i for i in range(n) if skip_committed(self.ctx, phase, i)]
+            todo = [i for i in range(n) if i not in done]
+            elsewhere = {i: py for i in todo if (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
+            here = [i for i in todo if i not in elsewhere]
             if self.jobs <= 1 or len(here) <= 1:
                 for i in here:
                     run_phase_index(self.ctx, name, i)
@@ -160,15 +164,15 @@ class LocalRun:
             self.ctx.log("phase done", phase=name, seconds=round(time.perf_counter() - t0, 1))
 
     def _threads(self, jobs: int) -> int:
-        return int(self.ctx.env.get("LORASCOPE_TORCH_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+        return threads_per_job(self.ctx.env, jobs)
 
     def _subprocess(self, name: str, i: int, python: str, threads: int) -> int:
         """`<python> -m lorascope.cli <phase> --index i`, as a pod would run it; its exit code."""
         env = dict(os.environ)
-        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LORASCOPE_TORCH_THREADS": str(threads)})
+        env.update(child_env(threads))
         env["LORASCOPE_CODE_VERSION"] = self.ctx.store.code_version
         for k, v in self.ctx.env.items():
-            if k.startswith("LORASCOPE_") and k != "LORASCOPE_TORCH_THREADS":
+            if k.startswith("LORASCOPE_") and k != THREADS_ENV:
                 env[k] = v
         env["LORASCOPE_PARENT_PID"] = str(os.getpid())  # the children stop when this process dies, even by kill -9
         cmd = [

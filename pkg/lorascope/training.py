@@ -131,16 +131,6 @@ def check_training(study: Study, device: torch.device) -> None:
     optimizer_name(study.training, device)
 
 
-def configure_torch(env: Mapping[str, str]) -> None:
-    """Thread count from LORASCOPE_TORCH_THREADS (the local runner sets it when it runs indexes in parallel)."""
-    raw = env.get("LORASCOPE_TORCH_THREADS")
-    if raw:
-        try:
-            torch.set_num_threads(max(1, int(raw)))
-        except ValueError:
-            raise ConfigError(f"LORASCOPE_TORCH_THREADS={raw!r} is not an integer") from None
-
-
 # ------------------------------------------------------------------------------------------------ metrics, eval
 def classification_metrics(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray) -> dict[str, float]:
     """Accuracy and binary F1 with class 1 positive: F1 = 2TP / (2TP + FP + FN), 0 when there is no positive at

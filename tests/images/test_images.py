@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lorascope.k8s import render
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
 from tests.images.conftest import IMAGE_REPO
 from tests.images.podspec import Cluster, Untranslatable, pod_argv, run_pod
@@ -99,7 +99,7 @@ def test_slim_images_have_no_torch_and_their_commands_do_not_need_it(engine, ima
     study = load_study(SMOKE)
     from lorascope.runner import expected_bundles
 
-    sizes = [render.phase_size(study, p) for p in PHASE_ORDER]
+    sizes = [get_phase(p).size(study) for p in PHASE_ORDER]
     assert r.stdout.strip() == f"{sizes} {len(expected_bundles(study, 'r'))}"
 
 

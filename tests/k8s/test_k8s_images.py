@@ -18,7 +18,7 @@ import yaml
 
 from lorascope import __version__
 from lorascope.k8s import render
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from tests.k8s.manifest_checks import REPO
 
 IMAGES = REPO / "images"
@@ -92,7 +92,7 @@ def test_phase_image_is_its_base_plus_a_non_root_entrypoint(phase):
     assert users[-1] == "10001:10001" == f"{render.APP_UID}:{render.APP_UID}"
     assert not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]  # nothing but metadata on top of the base
     # the phases that ask for a GPU in the manifests are on the ML base
-    if phase in render.GPU_PHASES:
+    if get_phase(phase).gpu:
         assert phase not in CPU_BASE_PHASES
 
 

@@ -257,7 +257,7 @@ def test_another_runs_active_job_is_never_killed(smoke):
 
 
 def test_until_and_phase_selection_in_the_cli():
-    from lorascope.k8s.cli import _phases
+    from lorascope.phases import select_phases as _phases
 
     assert _phases(None, "train") == ["stage", "sanity", "hpo", "train"]
     assert _phases("report,drift", None) == ["drift", "report"]

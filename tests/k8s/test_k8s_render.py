@@ -9,7 +9,7 @@ import pytest
 from lorascope.cli import main
 from lorascope.errors import ConfigError
 from lorascope.k8s import render
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
 from tests.k8s.manifest_checks import (
     MANIFESTS,
@@ -137,24 +137,22 @@ def test_grid_job_fans_out_the_18_cells_and_is_ready_to_apply(study, jobs):
 def test_completions_follow_the_phase_sizes(study, jobs):
     smoke = load_study(SMOKE)
     expected = {"stage": 1, "sanity": 6, "hpo": 18, "train": 18, "extract": 21, "drift": 1, "bench": 2, "report": 1}
-    assert {p: render.fallback_size(study, p) for p in PHASE_ORDER} == expected
+    assert {p: get_phase(p).size(study) for p in PHASE_ORDER} == expected
     assert {p: j["spec"]["completions"] for p, j in jobs.items()} == expected
     # the smoke study: 1 HPO worker, 2 bench backends (hf, vllm)
-    assert render.fallback_size(smoke, "hpo") == 6 and render.fallback_size(smoke, "bench") == 2
+    assert get_phase("hpo").size(smoke) == 6 and get_phase("bench").size(smoke) == 2
 
 
-@pytest.mark.parametrize("phase", PHASE_ORDER)
-def test_phase_module_sizes_agree_with_the_render_rules(phase, study):
-    """render falls back to the study rules when a phase module cannot import (no torch); both must agree."""
-    from lorascope.phases import get_phase
-
-    try:
-        module_phase = get_phase(phase)
-    except (ConfigError, ImportError) as exc:
-        pytest.skip(f"phase {phase} not importable here: {exc}")
-    for s in (study, load_study(SMOKE)):
-        assert module_phase.size(s) == render.fallback_size(s, phase)
-    assert module_phase.gpu == (phase in render.GPU_PHASES), f"Phase.gpu of {phase} disagrees with the manifests"
+def test_job_descriptions_and_gpu_labels_come_from_phase(jobs, study):
+    """render restates no phase fact: each Job's description and GPU label are its Phase's."""
+    for phase, job in jobs.items():
+        p = get_phase(phase)
+        meta = job["metadata"]
+        assert meta["annotations"]["lorascope.dev/description"] == p.describe(study)
+        assert meta["labels"]["lorascope.dev/gpu"] == ("true" if p.gpu else "false")
+    assert jobs["hpo"]["metadata"]["annotations"]["lorascope.dev/description"] == (
+        "hpo: 18 index(es); one index per task x method x worker (3 workers share an Optuna study)"
+    )
 
 
 def test_every_job_retries_per_index_fails_fast_on_config_errors_and_ignores_preemption(jobs):
@@ -196,7 +194,7 @@ def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
         else:
             assert "nvidia.com/gpu" not in res["requests"] and "nodeSelector" not in pod and "tolerations" not in pod
     assert sorted(p for p, j in jobs.items() if j["metadata"]["labels"]["lorascope.dev/gpu"] == "true") == sorted(
-        render.GPU_PHASES
+        p for p in PHASE_ORDER if get_phase(p).gpu
     )
 
 
@@ -318,7 +316,7 @@ def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(
         shm = _gib(vols["dshm"]["sizeLimit"])
         eph = _gib(res["requests"]["ephemeral-storage"])
         assert disk + 2 <= eph, phase  # room for the image's writable layer and the logs
-        node = ALLOCATABLE["gpu" if phase in render.GPU_PHASES else "cpu"]
+        node = ALLOCATABLE["gpu" if get_phase(phase).gpu else "cpu"]
         assert eph <= node["disk"] and _gib(res["requests"]["memory"]) <= node["memory"], phase
         assert shm <= _gib(res["limits"]["memory"]) / 4, phase  # /dev/shm counts against the memory limit
 

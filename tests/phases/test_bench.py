@@ -13,7 +13,8 @@ import yaml
 
 from lorascope import cli
 from lorascope.analysis import verdicts
-from lorascope.phases.bench import PHASE, BenchPlan
+from lorascope.phases import get_phase
+from lorascope.phases.bench import BenchPlan
 from tests.serving.bench_fixtures import commit_cells
 
 from .conftest import SMOKE, stage_run, write_study
@@ -47,6 +48,7 @@ def test_phase_shape():
     from lorascope.study import load_study
 
     study = load_study(SMOKE.parent / "study.yaml")
+    PHASE = get_phase("bench")
     assert PHASE.size(study) == 2 and PHASE.bundles(study) == ["bench/hf", "bench/vllm"]
     assert [PHASE.unit(study, i) for i in range(2)] == ["hf", "vllm"] and PHASE.gpu
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 from lorascope import data, modeling
-from lorascope.phases import extract
+from lorascope.phases import extract, get_phase
 from lorascope.runner import run_phase_index
 from tests.phases.conftest import Run, write_study
 from tests.serving.bench_fixtures import commit_cells, commit_stage
@@ -31,7 +31,7 @@ def extracted(tmp_path_factory):
     ctx = run.ctx()
     base_dir = commit_stage(ctx, folder)
     commit_cells(ctx, folder, base_dir, CELLS)
-    for i in range(extract.PHASE.size(ctx.study)):
+    for i in range(get_phase("extract").size(ctx.study)):
         run_phase_index(ctx, "extract", i)
     return ctx, base_dir
 
@@ -44,8 +44,8 @@ def _reps(ctx, model: str, task: str = "mrpc") -> tuple[dict[str, np.ndarray], d
 def test_units_and_bundles(extracted):
     ctx, _ = extracted
     assert extract.units(ctx.study) == [("base", "mrpc"), *[(c, "mrpc") for c in CELLS]]
-    assert [extract.PHASE.unit(ctx.study, i) for i in range(2)] == ["base/mrpc", "mrpc-full-s42/mrpc"]
-    assert all(ctx.committed(b) for b in extract.PHASE.bundles(ctx.study))
+    assert [get_phase("extract").unit(ctx.study, i) for i in range(2)] == ["base/mrpc", "mrpc-full-s42/mrpc"]
+    assert all(ctx.committed(b) for b in get_phase("extract").bundles(ctx.study))
 
 
 def test_extraction_set_is_a_fixed_subset_with_identical_ids_for_every_model(extracted):

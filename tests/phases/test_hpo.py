@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from lorascope.log import Logger
-from lorascope.phases import hpo
+from lorascope.phases import get_phase, hpo
 
 HPO = {
     "enabled": True,
@@ -80,7 +80,7 @@ def test_two_worker_processes_share_a_journal_file(make_run, tmp_path):
     run = make_run(
         **LORA_ONLY, tasks=[{"name": "mrpc", "max_length": 64, "train_samples": 96, "hpo_train_samples": 48}]
     )
-    assert hpo.PHASE.size(run.study) == 2 and hpo.PHASE.bundles(run.study) == ["hpo/mrpc-lora"]
+    assert get_phase("hpo").size(run.study) == 2 and get_phase("hpo").bundles(run.study) == ["hpo/mrpc-lora"]
     _two_workers(run, tmp_path)
     journal = run.work_dir / run.run_id / "hpo" / "mrpc-lora.journal"
     study = optuna.load_study(study_name=_committed_study_name(run),
@@ -189,7 +189,7 @@ def test_sampler_arguments_are_pinned_and_seeds_stable(make_run):
 
 def test_disabled_hpo_has_no_indexes(make_run):
     run = make_run()  # TINY: hpo.enabled false
-    assert hpo.PHASE.size(run.study) == 0 and hpo.PHASE.bundles(run.study) == []
+    assert get_phase("hpo").size(run.study) == 0 and get_phase("hpo").bundles(run.study) == []
 
 
 def test_bad_index_is_a_config_error_before_any_model_loads(make_run):

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from lorascope.errors import LorascopeError
-from lorascope.phases.sanity import PHASE, baseline_metrics
+from lorascope.phases import get_phase
+from lorascope.phases.sanity import baseline_metrics
 from lorascope.training import classification_metrics
+
+PHASE = get_phase("sanity")
 
 
 def test_overfits_and_commits_baselines(make_run):

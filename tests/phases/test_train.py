@@ -14,9 +14,11 @@ import torch
 from safetensors import safe_open
 
 from lorascope import modeling, training
-from lorascope.phases.train import PHASE
+from lorascope.phases import get_phase
 
 from .conftest import stage_run, write_study
+
+PHASE = get_phase("train")
 
 REQUIRED_METRICS = {"validation", "dev", "train_seconds", "tokens_per_second", "peak_memory_bytes", "trainable_params",
                     "total_params", "params", "best_step", "cell", "task", "method", "seed"}  # fmt: skip

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
-from lorascope.errors import EXIT_OK, ConfigError
-from lorascope.phases import PHASE_ORDER
+from lorascope.errors import EXIT_OK
+from lorascope.phases import PHASE_ORDER, get_phase, select_phases
 from lorascope.study import load_study
 
 
@@ -44,7 +44,7 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     files = render.render_files(study, text, _render_options(args))
     for p in render.write_files(files, Path(args.out)):
         print(p)
-    sizes = render.phase_sizes(study)
+    sizes = {p: get_phase(p).size(study) for p in PHASE_ORDER}
     print(f"# study {study.name} (hash {study.hash}): " + ", ".join(f"{p}={n}" for p, n in sizes.items()))
     return EXIT_OK
 
@@ -65,25 +65,13 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     )
     if args.detach:
         return launcher.submit_jobset()
-    return launcher.run(phases=_phases(args.phases, args.until), timeout_s=args.timeout)
+    return launcher.run(phases=select_phases(args.phases, args.until), timeout_s=args.timeout)
 
 
 def cmd_cluster_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lorascope.k8s.launcher import cluster_status
 
     return cluster_status(namespace=args.namespace, context=args.context, run_id=args.run_id)
-
-
-def _phases(spec: str | None, until: str | None) -> list[str]:
-    names = [p.strip() for p in spec.split(",") if p.strip()] if spec else list(PHASE_ORDER)
-    unknown = [p for p in names if p not in PHASE_ORDER]
-    if unknown:
-        raise ConfigError(f"--phases: unknown phase(s) {unknown}; phases are {', '.join(PHASE_ORDER)}")
-    if until:
-        if until not in PHASE_ORDER:
-            raise ConfigError(f"--until: unknown phase {until!r}; phases are {', '.join(PHASE_ORDER)}")
-        names = [p for p in names if PHASE_ORDER.index(p) <= PHASE_ORDER.index(until)]
-    return [p for p in PHASE_ORDER if p in names]
 
 
 def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], default_overlay: str | None) -> None:
@@ -113,9 +101,9 @@ def register(subparsers) -> None:
     r.set_defaults(func=cmd_render)
 
     c = subparsers.add_parser("cluster", help="run the study as Kubernetes Jobs and watch them")
-    from lorascope.cli import Parser  # usage errors raise ConfigError (exit 2) like every other command
-
-    csub = c.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
+    # the main parser's class (lorascope.cli.Parser: usage errors raise ConfigError, exit 2), without importing
+    # lorascope.cli, which imports this module
+    csub = c.add_subparsers(dest="cluster_command", required=True, parser_class=type(c))
     cr = csub.add_parser("run", help="apply the phase Jobs in order, wait on each; run again to continue")
     _render_args(cr, ("kind", "gke"), None)
     cr.add_argument("--phases", help=f"comma list from {','.join(PHASE_ORDER)} (default: all)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorascope.k8s import render
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
 
 GROUP = "jobset.x-k8s.io"
@@ -44,7 +44,7 @@ def pipeline_jobset(study: Study, opts: render.RenderOptions) -> dict:
     opts = opts.resolved(study)
     replicated: list[dict[str, Any]] = []
     for phase in PHASE_ORDER:
-        n = render.phase_size(study, phase)
+        n = get_phase(phase).size(study)
         if n == 0:
             continue
         job = render.phase_job(study, phase, opts, n)

@@ -42,7 +42,7 @@ from lorascope.k8s.status import (
     summarize,
     table,
 )
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
 
 LOG_TAIL_LINES = 40
@@ -58,27 +58,14 @@ def _conflict(exc: Exception) -> bool:
 
 
 def unit_namer(study: Study, phase: str) -> Callable[[int], str]:
-    """Index -> a short name (the phase's own `unit`, or the cell name for train when the phase cannot import)."""
-    from lorascope.phases import get_phase
-
-    try:
-        p = get_phase(phase)
-        return lambda i: str(p.unit(study, i))
-    except (ConfigError, ImportError):
-        if phase == "train":
-            cells = study.cells()
-            return lambda i: cells[i].name if i < len(cells) else str(i)
-        return lambda i: ""
+    """Index -> its unit (lorascope.phases: the same names the pods log); "" past the study's indexes."""
+    units = [ix.unit for ix in get_phase(phase).indexes(study)]
+    return lambda i: units[i] if 0 <= i < len(units) else ""
 
 
 def phase_committed(store: Any, run_id: str, phase: str, study: Study) -> bool:
-    """Every bundle the phase makes is committed in the store (needs the phase module for its bundle list)."""
-    from lorascope.phases import get_phase
-
-    try:
-        keys = get_phase(phase).bundles(study)
-    except (ConfigError, ImportError):
-        return False
+    """Every bundle the phase makes is committed in the store."""
+    keys = get_phase(phase).bundles(study)
     return bool(keys) and all(store.committed(f"runs/{run_id}/{k}") for k in keys)
 
 

@@ -45,7 +45,7 @@ from lorascope.errors import EXIT_CONFIG, ConfigError
 from lorascope.k8s import infra
 from lorascope.k8s.infra import POSTGRES_SECRET, S3_SECRET
 from lorascope.k8s.podspec import container_security, meta, pod_security
-from lorascope.phases import PHASE_ORDER
+from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
 
 # ---------------------------------------------------------------------------------------------------- constants
@@ -68,8 +68,6 @@ WORK_DIR = "/work"
 HF_HOME = "/cache/hf"
 APP_UID = 10001  # the `lorascope` user baked into every image (images/base/Dockerfile)
 
-# Which phases ask for a GPU (an L4). stage downloads (CPU, network); drift and report are numpy/matplotlib.
-GPU_PHASES = frozenset({"sanity", "hpo", "train", "extract", "bench"})
 JOB_FILES = {p: ("grid-job.yaml" if p == "train" else f"{p}-job.yaml") for p in PHASE_ORDER}
 
 L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
@@ -183,41 +181,6 @@ def study_configmap_name(run_id: str) -> str:
     return f"{STUDY_CONFIGMAP_PREFIX}-{dns_name(run_id, 63 - len(STUDY_CONFIGMAP_PREFIX) - 1)}"
 
 
-# ---------------------------------------------------------------------------------------------------- sizes
-def fallback_size(study: Study, phase: str) -> int:
-    """The number of indexes of a phase, from the study alone (the same rules the phase modules implement)."""
-    n_tm = len(study.tasks) * len(study.methods)
-    rules = {
-        "stage": 1,
-        "sanity": n_tm,
-        "hpo": n_tm * study.hpo.workers if study.hpo.enabled else 0,
-        "train": len(study.cells()),
-        "extract": len(study.tasks) + len(study.cells()),  # the base model per task, then every cell
-        "drift": 1,
-        "bench": len(study.bench.backends),
-        "report": 1,
-    }
-    return rules[phase]
-
-
-def phase_size(study: Study, phase: str) -> int:
-    """`get_phase(phase).size(study)` when the phase module imports here; else `fallback_size`.
-
-    Rendering must work on a machine without torch (a laptop with `pip install lorascope[k8s]`), where a phase
-    module that imports torch at the top cannot load; tests/k8s checks the two agree wherever both exist."""
-    from lorascope.phases import get_phase
-
-    try:
-        phase_obj = get_phase(phase)
-    except (ConfigError, ImportError):
-        return fallback_size(study, phase)
-    return int(phase_obj.size(study))
-
-
-def phase_sizes(study: Study) -> dict[str, int]:
-    return {p: phase_size(study, p) for p in PHASE_ORDER}
-
-
 _PARAMS = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
 
 
@@ -302,7 +265,7 @@ def study_configmap(study: Study, study_text: str, opts: RenderOptions) -> dict:
 def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -> dict:
     """The Indexed Job of one phase. Pods run `lorascope <phase> --study ... --store ... --run-id ...`; the index
     comes from JOB_COMPLETION_INDEX, which the CLI reads."""
-    gpu = phase in GPU_PHASES
+    gpu = get_phase(phase).gpu  # which phases ask for a GPU (an L4): lorascope.phases, the one source
     kind = opts.overlay == "kind"
     profile = "kind" if kind else "gpu" if gpu else "cpu"
     parallelism = min(opts.parallelism, completions) if gpu else 1
@@ -318,7 +281,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     job_labels = dict(labels)
     job_annotations = {
         "lorascope.dev/study": study.name,
-        "lorascope.dev/description": _describe(phase, study, completions),
+        "lorascope.dev/description": get_phase(phase).describe(study, completions),
     }
     if opts.queue:
         job_labels[KUEUE_LABEL] = opts.queue
@@ -435,23 +398,9 @@ def job_name(phase: str) -> str:
     return f"lorascope-{phase}"
 
 
-def _describe(phase: str, study: Study, n: int) -> str:
-    units = {
-        "stage": "download model and data into the store",
-        "sanity": "one index per task x method: overfit a few examples",
-        "hpo": f"one index per task x method x worker ({study.hpo.workers} workers share an Optuna study)",
-        "train": "one index per grid cell (task-major, then method, then seed)",
-        "extract": "one index per task (base model) then one per cell",
-        "drift": "CKA drift from the extracted representations",
-        "bench": "one index per serving backend",
-        "report": "tables, figures and tests",
-    }
-    return f"{phase}: {n} index(es); {units[phase]}"
-
-
 # ---------------------------------------------------------------------------------------------------- everything
 def needs_postgres(study: Study) -> bool:
-    return phase_size(study, "hpo") > 0
+    return get_phase("hpo").size(study) > 0
 
 
 def render_objects(study: Study, study_text: str, opts: RenderOptions, include_infra: bool = True) -> list[dict]:
@@ -467,7 +416,7 @@ def render_objects(study: Study, study_text: str, opts: RenderOptions, include_i
             out += infra.minio(opts)
     out.append(study_configmap(study, study_text, opts))
     for phase in PHASE_ORDER:
-        n = phase_size(study, phase)
+        n = get_phase(phase).size(study)
         if n > 0:
             out.append(phase_job(study, phase, opts, n))
     return out
@@ -526,10 +475,10 @@ def render_files(study: Study, study_text: str, opts: RenderOptions) -> dict[str
         _header(study, opts, f"the study of run {opts.run_id}, immutable, mounted at {STUDY_PATH}"),
     )
     for phase in PHASE_ORDER:
-        n = phase_size(study, phase)
+        n = get_phase(phase).size(study)
         if n > 0:
             job = phase_job(study, phase, opts, n)
-            files[JOB_FILES[phase]] = to_yaml([job], _header(study, opts, _describe(phase, study, n)))
+            files[JOB_FILES[phase]] = to_yaml([job], _header(study, opts, get_phase(phase).describe(study, n)))
     if needs_postgres(study):
         files["infra/postgres.yaml"] = to_yaml(
             infra.postgres(opts), _header(study, opts, "PostgreSQL for the shared Optuna studies")

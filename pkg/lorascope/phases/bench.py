@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
-from lorascope.phases import Phase, PhaseContext
+from lorascope.phases import PhaseContext
 from lorascope.serving import MODES, multi_count
 from lorascope.study import GLUE_TASKS, FullMethod, LoraMethod, Study
+from lorascope.threads import configure_threads, kept_threads
 
 BACKENDS = ("hf", "vllm")
 
@@ -160,21 +161,13 @@ def interpreter(study: Study, index: int, env: Mapping[str, str]) -> str | None:
 def run(ctx: PhaseContext, index: int) -> None:
     backend = ctx.study.bench.backends[index]
     log = ctx.log.bind(backend=backend)
-    if ctx.committed("bench", backend):
-        log("already committed, skipping")
-        return
     plan = BenchPlan(ctx.study, backend)
     check_backend(backend)
     ctx.require("stage", why="run the stage phase first")
     cells = {c: ctx.require("cells", c, why="the bench serves this cell; run the train phase for it first") for c in plan.cells}
 
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
+    with kept_threads():  # the local runner may run later phases in this process
         measure(ctx, plan, cells, log)
-    finally:
-        torch.set_num_threads(threads)  # the local runner may run later phases in this process
 
 
 def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
@@ -188,7 +181,10 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     t_start = time.perf_counter()
     backend = plan.backend
     device = modeling.pick_device(ctx.env)
-    configure_threads(ctx.env, device)
+    # LORASCOPE_TORCH_THREADS when set; otherwise one intra-op thread on CPU. The smoke model is far too small to gain
+    # from intra-op parallelism, and on a shared machine spinning OpenMP threads turn a 2 ms batch into a 50 ms one at
+    # random, which would time the neighbours instead of the model.
+    configure_threads(ctx.env, default=1 if device.type == "cpu" else None)
     dtype_name = resolve_dtype(ctx.study, device)
     dtype = getattr(torch, dtype_name)
     base_dir = modeling.base_model_dir(ctx)
@@ -261,20 +257,6 @@ def schedule(backend: str, modes: list[str], repeats: int) -> list[tuple[str, li
     return [(mode, list(range(repeats))) for mode in modes]
 
 
-def configure_threads(env: dict, device: Any) -> None:
-    """`LORASCOPE_TORCH_THREADS` when set; otherwise one intra-op thread on CPU. The smoke model is far too small to
-    gain from intra-op parallelism, and on a shared machine spinning OpenMP threads turn a 2 ms batch into a 50 ms
-    one at random, which would time the neighbours instead of the model."""
-    import torch
-
-    from lorascope import training
-
-    if env.get("LORASCOPE_TORCH_THREADS"):
-        training.configure_torch(env)
-    elif device.type == "cpu":
-        torch.set_num_threads(1)
-
-
 def resolve_dtype(study: Study, device: Any) -> str:
     """`bench.dtype`, where `auto` is the model's dtype on a GPU and float32 on CPU (half-precision matmuls on a
     CPU are emulated and would time the emulation)."""
@@ -320,15 +302,3 @@ def _commit(ctx: PhaseContext, backend: str, runs: list, switches: dict, summary
             w.add_file(name, work / name)
         w.add_json("summary.json", summary)
         w.add_bytes("summary.md", bench_markdown.summary_markdown(summary).encode())
-
-
-PHASE = Phase(
-    name="bench",
-    size=lambda study: len(study.bench.backends),
-    bundles=lambda study: [f"bench/{b}" for b in study.bench.backends],
-    run=run,
-    unit=lambda study, i: study.bench.backends[i],
-    gpu=True,
-    description="serving latency, throughput and memory: full vs merged vs separate vs multi-adapter (H2)",
-    interpreter=interpreter,
-)

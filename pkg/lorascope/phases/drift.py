@@ -31,7 +31,7 @@ import numpy as np
 
 from lorascope import tensorio
 from lorascope.errors import ConfigError, LorascopeError
-from lorascope.phases import Phase, PhaseContext
+from lorascope.phases import PhaseContext
 
 RESAMPLES = 200  # example subsets for the CI of the drift reduction over examples
 INTRUDER_K, INTRUDER_EPS = 10, 0.5  # PEFT's intruder utility defaults (Shuttleworth et al. 2024)
@@ -44,13 +44,11 @@ def run(ctx: PhaseContext, index: int) -> None:
     from lorascope.analysis import representations, similarity, summary, weights
     from lorascope.analysis.lora import adapter_deltas
     from lorascope.log import progress
-    from lorascope.phases.extract import LAYERS_FILE, REPS_FILE, units
+    from lorascope.phases import extract_units as units
+    from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
     from lorascope.reporting import provenance
 
     study, log = ctx.study, ctx.log
-    if ctx.committed("drift"):
-        log("already committed, skipping", bundle="drift")
-        return
 
     # 1. inputs: everything must be committed before any work starts
     missing = [f"reps/{m}/{t}" for m, t in units(study) if not ctx.committed("reps", m, t)]
@@ -142,14 +140,3 @@ def check_reps(task: str, reps: dict[str, tensorio.RepsFile]) -> None:
         if r.labels != base.labels or r.shape != base.shape:
             raise LorascopeError(f"task {task}: reps/{name}/{task} has layers {r.labels} / shape {r.shape}, the base "
                                  f"{base.labels} / {base.shape}")  # fmt: skip
-
-
-PHASE = Phase(
-    name="drift",
-    size=lambda study: 1,
-    bundles=lambda study: ["drift"],
-    run=run,
-    unit=lambda study, i: "drift",
-    gpu=False,
-    description="CKA drift (linear, debiased), cosines, seed noise floor, weight spectra, statistics and verdicts",
-)

@@ -35,30 +35,24 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from lorascope.errors import ConfigError
-from lorascope.phases import Phase, PhaseContext
+from lorascope.phases import BASE, PhaseContext, get_phase
+from lorascope.phases import extract_units as units
 from lorascope.study import GLUE_TASKS, Study
+from lorascope.threads import configure_threads
 
 if TYPE_CHECKING:
     import torch
 
-BASE = "base"
 REPS_FILE = "reps.safetensors"
 LAYERS_FILE = "layers.json"
 POOLINGS = ("mean", "last")
 
 
 # ------------------------------------------------------------------------------------------------ indexes
-def units(study: Study) -> list[tuple[str, str]]:
-    """(model, task) per index: the base model on every task first, then every cell on its own task."""
-    return [(BASE, t.name) for t in study.tasks] + [(c.name, c.task) for c in study.cells()]
-
-
 def unit(study: Study, index: int) -> tuple[str, str]:
-    all_units = units(study)
-    if not 0 <= index < len(all_units):
-        raise ConfigError(f"extract: index {index} is outside 0..{len(all_units) - 1}")
-    return all_units[index]
+    """index -> (model, task) (the order is the phase's, lorascope.phases.extract_units)."""
+    get_phase("extract").index(study, index)  # ConfigError naming the range
+    return units(study)[index]
 
 
 def layer_labels(n_entries: int) -> list[str]:
@@ -122,19 +116,6 @@ def pooled_states(
     return mean_out, last_out
 
 
-def configure_threads(env: Any) -> None:
-    """torch threads from LORASCOPE_TORCH_THREADS (what `training.configure_torch` does, without importing the
-    training module: its Trainer imports cost ~10 s per extract process, more than a smoke-size extraction)."""
-    import torch
-
-    raw = env.get("LORASCOPE_TORCH_THREADS")
-    if raw:
-        try:
-            torch.set_num_threads(max(1, int(raw)))
-        except ValueError:
-            raise ConfigError(f"LORASCOPE_TORCH_THREADS={raw!r} is not an integer") from None
-
-
 def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
     """(model, tokenizer) in float32 eval mode: the base classifier, or a cell via `modeling.load_cell_model`."""
     import torch
@@ -156,9 +137,6 @@ def run(ctx: PhaseContext, index: int) -> None:
     study = ctx.study
     model_name, task_name = unit(study, index)
     log = ctx.log.bind(model=model_name, task=task_name)
-    if ctx.committed("reps", model_name, task_name):
-        log("already committed, skipping", bundle=f"reps/{model_name}/{task_name}")
-        return
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
     if model_name != BASE:
         ctx.require("cells", model_name, why="run the train phase for this cell first")
@@ -170,7 +148,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     from lorascope import data, modeling
     from lorascope.reporting import provenance
 
-    configure_threads(ctx.env)
+    configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
     device = modeling.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
@@ -216,14 +194,3 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_file(LAYERS_FILE, out / LAYERS_FILE)
     log("committed", bundle=f"reps/{model_name}/{task_name}", n=len(ids), layers=len(labels),
         seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"])  # fmt: skip
-
-
-PHASE = Phase(
-    name="extract",
-    size=lambda study: len(units(study)),
-    bundles=lambda study: [f"reps/{m}/{t}" for m, t in units(study)],
-    run=run,
-    unit=lambda study, i: "/".join(unit(study, i)),
-    gpu=True,
-    description="hidden states of every layer (masked mean and last token) for the base model on each task, then each cell",
-)

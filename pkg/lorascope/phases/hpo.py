@@ -52,8 +52,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from lorascope.errors import ConfigError, LorascopeError
-from lorascope.phases import Phase, PhaseContext
+from lorascope.errors import LorascopeError
+from lorascope.phases import PhaseContext, get_phase, hpo_slots
+from lorascope.threads import configure_threads
 
 if TYPE_CHECKING:
     import optuna
@@ -63,13 +64,9 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------------------------ indexes
 def slot(study: Study, index: int) -> tuple[str, str, int]:
-    """index -> (task, method, worker)."""
-    pairs = study.task_methods()
-    n = len(pairs) * study.hpo.workers if study.hpo.enabled else 0
-    if not 0 <= index < n:
-        raise ConfigError(f"hpo: index {index} is outside 0..{n - 1} (task x method x hpo.workers = {n} indexes)")
-    task, method = pairs[index // study.hpo.workers]
-    return task, method, index % study.hpo.workers
+    """index -> (task, method, worker) (the order is the phase's, lorascope.phases.hpo_slots)."""
+    get_phase("hpo").index(study, index)  # ConfigError naming the range
+    return hpo_slots(study)[index]
 
 
 def study_name(run_id: str, task: str, method: str, code_version: str) -> str:
@@ -380,9 +377,6 @@ def run(ctx: PhaseContext, index: int) -> None:
     task, method, worker = slot(cfg, index)
     name = f"{task}-{method}"
     log = ctx.log.bind(unit=name, worker=worker)
-    if ctx.committed("hpo", name):
-        log("already committed, skipping", bundle=f"hpo/{name}")
-        return
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
     from lorascope import modeling, training
 
@@ -392,7 +386,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     )
     device = modeling.pick_device(ctx.env)
     training.check_training(cfg, device)
-    training.configure_torch(ctx.env)
+    configure_threads(ctx.env)
 
     study, kind = open_study(ctx, task, method, worker, log)
     if kind == "journal" and cfg.hpo.workers > 1:
@@ -414,27 +408,3 @@ def run(ctx: PhaseContext, index: int) -> None:
         best_value=best["value"],
         counts=json.dumps(best["counts"]),
     )
-
-
-def _size(study: Study) -> int:
-    return len(study.task_methods()) * study.hpo.workers if study.hpo.enabled else 0
-
-
-def _bundles(study: Study) -> list[str]:
-    return [f"hpo/{t}-{m}" for t, m in study.task_methods()] if study.hpo.enabled else []
-
-
-def _unit(study: Study, index: int) -> str:
-    task, method, worker = slot(study, index)
-    return f"{task}-{method}/w{worker}"
-
-
-PHASE = Phase(
-    name="hpo",
-    size=_size,
-    bundles=_bundles,
-    run=run,
-    unit=_unit,
-    gpu=True,
-    description="per task x method: Optuna TPE over the study's space, workers share one study; best params + trials",
-)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lorascope.phases import Phase, PhaseContext
+from lorascope.phases import PhaseContext
 
 REPORT_FILE = "ANALYSIS_REPORT.md"
 
@@ -77,11 +77,6 @@ def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]
 
 def run(ctx: PhaseContext, index: int) -> None:
     log = ctx.log
-    if ctx.committed("report"):
-        log("already committed, skipping", bundle="report")
-        bundle = ctx.require("report")
-        log("report written", path=_deliver(ctx, bundle, ctx.local(bundle)))
-        return
     drift_bundle = ctx.require("drift", why="run the drift phase first")
     t0 = time.perf_counter()
 
@@ -104,6 +99,11 @@ def run(ctx: PhaseContext, index: int) -> None:
         seconds=round(time.perf_counter() - t0, 2), **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
 
 
+def when_committed(ctx: PhaseContext, index: int, bundle: Any) -> None:
+    """The report is committed: the runner skipped the phase; deliver the committed report (LORASCOPE_REPORT_DIR)."""
+    ctx.log("report written", path=_deliver(ctx, bundle, ctx.local(bundle)))
+
+
 def _deliver(ctx: PhaseContext, bundle: Any, folder: Path) -> str:
     """Copy the report and its figures from `folder` to LORASCOPE_REPORT_DIR when set; return where the report is:
     that copy, else the committed file (a local path on a file store, its URL on S3)."""
@@ -118,14 +118,3 @@ def _deliver(ctx: PhaseContext, bundle: Any, folder: Path) -> str:
     key = bundle.object_key(REPORT_FILE)
     local = ctx.store.backend.local_path(key)
     return str(local) if local is not None else f"{ctx.store.url}/{key}"
-
-
-PHASE = Phase(
-    name="report",
-    size=lambda study: 1,
-    bundles=lambda study: ["report"],
-    run=run,
-    unit=lambda study, i: "report",
-    gpu=False,
-    description="ANALYSIS_REPORT.md with figures, hypotheses and provenance, from the drift (and bench) bundles",
-)

@@ -18,24 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 from lorascope.errors import ConfigError, LorascopeError
-from lorascope.phases import Phase, PhaseContext
-
-
-def _task_method(study, index: int) -> tuple[str, str]:
-    pairs = study.task_methods()
-    if not 0 <= index < len(pairs):
-        raise ConfigError(f"sanity: index {index} is outside 0..{len(pairs) - 1} (task x method)")
-    return pairs[index]
+from lorascope.phases import PhaseContext
+from lorascope.threads import configure_threads
 
 
 def run(ctx: PhaseContext, index: int) -> None:
     study = ctx.study
-    task, method_name = _task_method(study, index)
+    task, method_name = study.task_methods()[index]  # the runner checked the index (Phase.index); unit = task-method
     name = f"{task}-{method_name}"
-    log = ctx.log.bind(unit=name)
-    if ctx.committed("sanity", name):
-        log("already committed, skipping", bundle=f"sanity/{name}")
-        return
+    log = ctx.log
     method = study.method(method_name)
     lr = study.sanity.learning_rate.get(method_name, study.sanity.learning_rate.get(method.kind))
     if lr is None:
@@ -50,7 +41,7 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     device = modeling.pick_device(ctx.env)
     training.check_training(study, device)
-    training.configure_torch(ctx.env)
+    configure_threads(ctx.env)
     train_rows = data.load_split(ctx, task, "train")
     validation = data.load_split(ctx, task, "validation")
     examples = train_rows[: study.sanity.examples]
@@ -151,27 +142,3 @@ def baseline_metrics(train_labels: list[int], eval_labels: list[int], num_labels
             "draw": {"seed": seed, **classification_metrics(y, draw)},
         },
     }
-
-
-def _size(study) -> int:
-    return len(study.task_methods())
-
-
-def _bundles(study) -> list[str]:
-    return [f"sanity/{t}-{m}" for t, m in study.task_methods()]
-
-
-def _unit(study, index: int) -> str:
-    t, m = _task_method(study, index)
-    return f"{t}-{m}"
-
-
-PHASE = Phase(
-    name="sanity",
-    size=_size,
-    bundles=_bundles,
-    run=run,
-    unit=_unit,
-    gpu=True,
-    description="per task x method: overfit a few examples below a loss target; majority and random baselines",
-)

@@ -16,18 +16,13 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from lorascope.phases import Phase, PhaseContext
-from lorascope.study import Study
+from lorascope.phases import PhaseContext
 
 
 def run(ctx: PhaseContext, index: int) -> None:
     from lorascope import data, modeling  # torch: imported when the phase runs, not when its size is asked
 
     study = ctx.study
-    if ctx.committed("stage"):
-        ctx.log("already committed, skipping", bundle="stage")
-        return
-
     # 1. cheap checks first: a bad model name or data path fails here, before anything is fetched or loaded
     modeling.model_source(study.model.name)
     data.check_source(study)
@@ -74,18 +69,3 @@ def wheel_dir(ctx: PhaseContext) -> Path:
 
     raw = ctx.env.get("LORASCOPE_WHEEL_DIR")
     return Path(raw).expanduser() if raw else smollm2.default_wheel_dir()
-
-
-def _bundles(study: Study) -> list[str]:
-    return ["stage"]
-
-
-PHASE = Phase(
-    name="stage",
-    size=lambda study: 1,
-    bundles=_bundles,
-    run=run,
-    unit=lambda study, i: "stage",
-    gpu=False,
-    description="fetch the base model (pinned revision) and GLUE once; commit model/ and data/<task>/{train,dev,validation}",
-)

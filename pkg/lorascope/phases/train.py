@@ -30,7 +30,8 @@ import shutil
 from typing import Any
 
 from lorascope.errors import ConfigError
-from lorascope.phases import Phase, PhaseContext
+from lorascope.phases import PhaseContext
+from lorascope.threads import configure_threads
 
 
 def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str, Any], str]:
@@ -53,9 +54,6 @@ def run(ctx: PhaseContext, index: int) -> None:
     study = ctx.study
     cell = study.cell(index)
     log = ctx.log.bind(cell=cell.name)
-    if ctx.committed("cells", cell.name):
-        log("already committed, skipping", bundle=f"cells/{cell.name}")
-        return
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
     params, source = hyperparameters(ctx, cell.task, cell.method)
 
@@ -66,7 +64,7 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     device = modeling.pick_device(ctx.env)
     training.check_training(study, device)
-    training.configure_torch(ctx.env)
+    configure_threads(ctx.env)
     task = study.task(cell.task)
     method = study.method(cell.method)
     log("params", source=source, **params)
@@ -166,14 +164,3 @@ def _jsonl(row: dict) -> str:
     import json
 
     return json.dumps(row, sort_keys=True) + "\n"
-
-
-PHASE = Phase(
-    name="train",
-    size=lambda study: len(study.cells()),
-    bundles=lambda study: [f"cells/{c.name}" for c in study.cells()],
-    run=run,
-    unit=lambda study, i: study.cell(i).name,
-    gpu=True,
-    description="one grid cell per index: fine-tune (full or LoRA) with the chosen params, resumable from checkpoints",
-)
