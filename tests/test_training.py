@@ -74,7 +74,7 @@ def test_resolve_params_fills_defaults_and_rejects_gaps(smoke):
 
 def test_adamw_8bit_without_bitsandbytes_is_a_config_error(smoke, monkeypatch):
     cfg = smoke.training.model_copy(update={"optimizer": "adamw_8bit"})
-    monkeypatch.setattr(training.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(training.hparams.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="adamw_8bit.*bitsandbytes is not installed"):
         training.optimizer_name(cfg, torch.device("cpu"))
     fused = smoke.training.model_copy(update={"optimizer": "adamw_torch_fused"})
