@@ -6,8 +6,8 @@ One module per job:
   * `evaluation`  the one evaluation of both methods (`evaluate`, `evaluate_features`, `classification_metrics`)
   * `fit`         the Trainer: build it from a `Plan`, train (resuming from a checkpoint folder), return `FitResult`
   * `checkpoints` Trainer checkpoints: local folders (state, weights) and their sync with the store
-  * `history`     the training history of a run (history.json of a cell bundle) from the Trainer's log history
 
+The training history a cell keeps (history.json) is built by `lorascope.history` (no torch: the report reads it).
 The names below are the package's interface (`from lorascope import training; training.fit(...)`).
 """
 

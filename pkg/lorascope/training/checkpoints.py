@@ -5,7 +5,7 @@ In the store a checkpoint is the committed bundle `checkpoints/<cell>/checkpoint
 invisible). `StoreCheckpoints` uploads each one as the Trainer writes it and prunes older ones (the last `keep` and
 the best stay); `restore_checkpoint` brings the latest intact one (and the best one it refers to) back for a resume.
 The train phase deletes a cell's checkpoints once the cell is committed; the training history they hold
-(trainer_state.json's log_history) is kept in the cell bundle's history.json (`training.history`).
+(trainer_state.json's log_history) is kept in the cell bundle's history.json (`lorascope.history`).
 """
 
 from __future__ import annotations

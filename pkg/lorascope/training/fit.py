@@ -138,7 +138,7 @@ def training_arguments(
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         logging_strategy="steps",
         logging_steps=plan.logging_steps or s["eval_steps"],
-        report_to="none",
+        report_to=list(training.report_to),  # the study's trackers ("none" by default)
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=device.type == "cuda",
