@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from importlib import metadata
 
 import pytest
 import torch
@@ -80,6 +81,9 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
     assert {"model/config.json", "model/model.safetensors", "metrics.json", "predictions.jsonl"} <= set(full.files)
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(lora.files)
     assert not any(f.startswith("model/") for f in lora.files)
+    for bundle in (full, lora):  # the environment that trained the cell
+        packages = bundle.commit["environment"]["packages"]
+        assert packages["torch"] == metadata.version("torch") and packages["peft"] == metadata.version("peft")
     with safe_open(str(ctx.local(lora) / "adapter" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # the head travels with the adapter
