@@ -335,3 +335,17 @@ def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
     done = run.run_cli("train", 99)
     assert done.returncode == 2 and "index 99 is outside" in done.stderr
     assert PHASE.size(run.study) == 4
+
+
+def test_the_report_draws_the_trained_cells_history(trained, tmp_path):
+    """The history.json the train phase wrote is what the report's curves read: a figure for the task, with the two
+    trained cells (seed 42 of each method) and the other two seeds listed as missing (not trained here)."""
+    from lorascope.reporting import curves
+
+    ctx = trained.ctx()
+    found, missing = curves.cell_histories(ctx)
+    assert sorted(found) == ["mrpc-full-s42", "mrpc-lora-s42"]
+    assert missing == {"mrpc-full-s7": "cell not committed", "mrpc-lora-s7": "cell not committed"}
+    figs = curves.figures(trained.study, found, tmp_path)
+    assert [rel for _caption, rel in figs] == ["figures/training_curves_mrpc.png"]
+    assert (tmp_path / figs[0][1]).read_bytes().startswith(b"\x89PNG") and (tmp_path / figs[0][1]).stat().st_size > 20_000
