@@ -1,21 +1,23 @@
-"""How a model trains (`fit`), whatever the method (full or LoRA) and whoever calls it (sanity, hpo, train):
-* HF `Trainer` (`ClassifierTrainer`): bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
-  (`training.precision`); activation (gradient) checkpointing as a study option; AdamW (`adamw_torch_fused` on
-  CUDA, `adamw_torch` on CPU, `adamw_8bit` when bitsandbytes is installed); cosine schedule with a linear
-  warmup over `warmup_ratio` of the steps; weight decay; gradient clipping at `training.max_grad_norm` (0.3).
-* Effective batch = micro-batch x gradient accumulation (`hparams.batch_layout`). The loss is the mean
-  cross-entropy over the whole effective batch (summed per micro-batch, divided by the examples in the
-  accumulated batch), so a short last micro-batch is weighted correctly.
-* Dynamic padding (each batch right-padded to its longest member) with length-grouped batches
-  (`SeededLengthGroupedSampler`: HF's grouping, but its permutation comes from (data seed, epoch) only, not from
-  the global RNG, so a run resumed in any epoch replays the same batches).
-* `training.evals_per_epoch` dev evaluations per epoch; each one writes a checkpoint; early stopping
-  (`training.early_stopping_patience`) and the final model are chosen on dev loss (`load_best_model_at_end`).
-* Deterministic on CPU for a seed: the caller seeds before building the model (`transformers.set_seed`), the
-  Trainer runs with `full_determinism` on CPU (deterministic torch algorithms), and the data order depends only
-  on the seed. On CUDA, determinism is not forced (it costs speed); results match to float tolerance.
-* `training.report_to` goes to the Trainer as is (TensorBoard, MLflow, W&B, ...); lorascope's own record of the
-  run is the log history `fit` returns (`FitResult.log_history`, kept as history.json by the train phase).
+"""Fit: build the HF Trainer from a `Plan`, train (resuming from a checkpoint folder), return `FitResult`.
+
+How a model trains (`fit`), whatever the method (full or LoRA) and whoever calls it (sanity, hpo, train):
+  * HF `Trainer` (`ClassifierTrainer`): bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
+    (`training.precision`); activation (gradient) checkpointing as a study option; AdamW (`adamw_torch_fused` on
+    CUDA, `adamw_torch` on CPU, `adamw_8bit` when bitsandbytes is installed); cosine schedule with a linear
+    warmup over `warmup_ratio` of the steps; weight decay; gradient clipping at `training.max_grad_norm` (0.3).
+  * Effective batch = micro-batch x gradient accumulation (`hparams.batch_layout`). The loss is the mean
+    cross-entropy over the whole effective batch (summed per micro-batch, divided by the examples in the
+    accumulated batch), so a short last micro-batch is weighted correctly.
+  * Dynamic padding (each batch right-padded to its longest member) with length-grouped batches
+    (`SeededLengthGroupedSampler`: HF's grouping, but its permutation comes from (data seed, epoch) only, not from
+    the global RNG, so a run resumed in any epoch replays the same batches).
+  * `training.evals_per_epoch` dev evaluations per epoch; each one writes a checkpoint; early stopping
+    (`training.early_stopping_patience`) and the final model are chosen on dev loss (`load_best_model_at_end`).
+  * Deterministic on CPU for a seed: the caller seeds before building the model (`transformers.set_seed`), the
+    Trainer runs with `full_determinism` on CPU (deterministic torch algorithms), and the data order depends only
+    on the seed. On CUDA, determinism is not forced (it costs speed); results match to float tolerance.
+  * `training.report_to` goes to the Trainer as is (TensorBoard, MLflow, W&B, ...); lorascope's own record of the
+    run is the log history `fit` returns (`FitResult.log_history`, kept as history.json by the train phase).
 """
 
 from __future__ import annotations
