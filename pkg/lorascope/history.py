@@ -47,7 +47,9 @@ def split_log_history(log_history: Iterable[Mapping[str, Any]]) -> tuple[list[di
         step = int(entry["step"])
         base = {"step": step, "epoch": _number(entry.get("epoch"))}
         if "eval_loss" in entry:
-            evals[step] = {**base, **{out: _number(entry.get(key)) for key, out in EVAL_KEYS.items()}}
+            row = {**base, **{out: _number(entry.get(key)) for key, out in EVAL_KEYS.items()}}
+            row["n"] = int(row["n"]) if row["n"] is not None else None  # the Trainer logs every metric as a float
+            evals[step] = row
         elif "loss" in entry:
             train[step] = {**base, **{out: _number(entry.get(key)) for key, out in TRAIN_KEYS.items()}}
     return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
