@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from lorascope import cli
-from lorascope.errors import IntegrityError, StoreError
+from lorascope import cli, environment
+from lorascope.environment import PIP_FREEZE_FILE
+from lorascope.errors import ConfigError, IntegrityError, StoreError
 from lorascope.store import ATTEMPTS_DIR, COMMIT_NAME, Store, open_backend, pull
 
 
@@ -273,3 +276,44 @@ def test_retry_budget_is_spent_to_the_deadline_then_one_line(monkeypatch):
         backend._call("k", down)
     assert 2.5 <= time.monotonic() - t0 < 4
     assert len(calls) == 3 and calls[-1] - t0 >= 2.5  # at 0, 1 and 2.5 s (the 2 s wait cut to 1.5 s)
+
+
+# ------------------------------------------------------------------------------------------------ environment
+def test_every_commit_records_python_and_package_versions_without_a_freeze(store: Store):
+    b = _write_bundle(store, "runs/r/cells/env", {"w.bin": b"x"})
+    record = json.loads(store.backend.get_bytes(f"runs/r/cells/env/{COMMIT_NAME}"))
+    env = record["environment"]
+    assert env == b.commit["environment"]
+    assert env["python"] == platform.python_version() and env["pip_freeze"] is None
+    for name in ("lorascope", "numpy", "torch", "transformers", "peft", "datasets"):  # all in the test venv
+        assert env["packages"][name] == metadata.version(name), name
+    assert "vllm" not in env["packages"]  # not installed in the main venv: left out, not "not installed"
+    assert set(b.files) == {"w.bin"}  # no freeze, no extra file
+
+
+def test_the_images_pip_freeze_travels_with_every_bundle_and_is_verified(tmp_path: Path, store_url: str):
+    freeze = tmp_path / "pip-freeze.txt"
+    freeze.write_text("lorascope @ file:///src\nnumpy==2.3.5\ntorch==2.13.0\n")
+    store = Store.open(store_url, code_version="test", pip_freeze=freeze)
+    # a bundle that already holds a file of that name (a downloaded folder re-added) commits this process's copy
+    b = _write_bundle(store, "runs/r/cells/frozen", {"w.bin": b"y", PIP_FREEZE_FILE: b"stale freeze of another image"})
+    rec = b.commit["environment"]["pip_freeze"]
+    assert rec == {"file": PIP_FREEZE_FILE, "sha256": hashlib.sha256(freeze.read_bytes()).hexdigest(),
+                   "source": str(freeze)}  # fmt: skip
+    assert set(b.files) == {"w.bin", PIP_FREEZE_FILE}
+    assert b.read_bytes(PIP_FREEZE_FILE) == freeze.read_bytes()  # read verifies the sha256 in the file list
+    report = pull(store, "runs/r", tmp_path / "pulled")
+    assert report.ok and (tmp_path / "pulled" / b.key / ATTEMPTS_DIR / b.attempt / PIP_FREEZE_FILE).read_bytes() == (
+        freeze.read_bytes())  # fmt: skip
+
+
+def test_pip_freeze_path_from_the_environment(tmp_path: Path, monkeypatch):
+    freeze = tmp_path / "f.txt"
+    freeze.write_text("x==1\n")
+    assert environment.pip_freeze_path({"LORASCOPE_PIP_FREEZE": str(freeze)}) == freeze
+    with pytest.raises(ConfigError, match=r"LORASCOPE_PIP_FREEZE='/nope/f.txt': no such file"):
+        environment.pip_freeze_path({"LORASCOPE_PIP_FREEZE": "/nope/f.txt"})
+    monkeypatch.setattr(environment, "PIP_FREEZE_PATH", tmp_path / "absent.txt")
+    assert environment.pip_freeze_path({}) is None  # outside an image: no freeze, the versions still recorded
+    monkeypatch.setattr(environment, "PIP_FREEZE_PATH", freeze)
+    assert environment.pip_freeze_path({}) == freeze  # inside an image: the file the Dockerfile wrote

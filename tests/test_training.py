@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import TrainerCallback, set_seed
 
 from lorascope import data, modeling, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
-from lorascope.study import load_study
+from lorascope.study import REPORT_TO_INTEGRATIONS, load_study, parse_study
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "jobs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_resolve_params_fills_defaults_and_rejects_gaps(smoke):
 
 def test_adamw_8bit_without_bitsandbytes_is_a_config_error(smoke, monkeypatch):
     cfg = smoke.training.model_copy(update={"optimizer": "adamw_8bit"})
-    monkeypatch.setattr(training.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(training.hparams.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="adamw_8bit.*bitsandbytes is not installed"):
         training.optimizer_name(cfg, torch.device("cpu"))
     fused = smoke.training.model_copy(update={"optimizer": "adamw_torch_fused"})
@@ -194,3 +196,32 @@ def test_early_stopping_on_dev_loss_and_best_model_at_the_end(tiny, smoke, tmp_p
     evals = [e["step"] for e in result.log_history if "eval_loss" in e]
     assert evals == [4, 8, 12]  # first evaluation sets the best, two more without improvement stop training
     assert result.global_step == 12 and result.best_step == 4
+
+
+def test_report_to_reaches_the_training_arguments_and_stays_out_of_the_hash(smoke, tmp_path):
+    """`training.report_to` (a string is one integration) is what the Trainer gets; the default reports nowhere; the
+    study hash (the run id) does not change with it."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["training"]["report_to"] = "tensorboard"
+    study = parse_study(yaml.safe_dump(raw), "with-tensorboard.yaml")
+    assert study.training.report_to == ["tensorboard"] and smoke.training.report_to == ["none"]
+    assert study.hash == smoke.hash
+    plan = training.Plan(learning_rate=1e-3, effective_batch=8, epochs=1)
+
+    def report_to(cfg):
+        return training.training_arguments(cfg, plan, tmp_path, torch.device("cpu"), n_train=16).report_to
+
+    assert report_to(study.training) == ["tensorboard"]
+    raw["training"]["report_to"] = ["mlflow", "wandb"]
+    assert report_to(parse_study(yaml.safe_dump(raw), "two.yaml").training) == ["mlflow", "wandb"]
+    assert report_to(smoke.training) == []  # "none": the Trainer's empty list
+    with pytest.raises(ConfigError, match=r"bad.yaml: field training.report_to: unknown integration\(s\) \['tensorf"):
+        raw["training"]["report_to"] = ["tensorflow"]
+        parse_study(yaml.safe_dump(raw), "bad.yaml")
+
+
+def test_report_to_names_are_the_installed_transformers_integrations():
+    """The study validates report_to without importing transformers; its list must be the Trainer's."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    assert REPORT_TO_INTEGRATIONS == set(INTEGRATION_TO_CALLBACK)

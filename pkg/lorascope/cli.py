@@ -59,12 +59,14 @@ def _work_dir(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
 def _open_store(url: str | None, env: Mapping[str, str], workers: int = DEFAULT_WORKERS, write: bool = True) -> Store:
     """`write=False` for commands that only read (status, pull from it, a phase that may only skip): the store must
     exist, is never created, and may be read-only."""
+    from lorascope.environment import pip_freeze_path
     from lorascope.runner import code_version
 
     url = url or env.get("LORASCOPE_STORE")
     if not url:
         raise UsageError("no store: pass --store (a folder, file:///path or s3://bucket/prefix) or set LORASCOPE_STORE")
-    return Store.open(url, code_version=code_version(env), workers=workers, write=write, env=env)
+    return Store.open(url, code_version=code_version(env), workers=workers, write=write, env=env,
+                      pip_freeze=pip_freeze_path(env))  # fmt: skip
 
 
 def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str]) -> tuple[Study, str]:

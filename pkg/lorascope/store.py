@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lorascope.environment import PIP_FREEZE_FILE, Environment
 from lorascope.errors import ConfigError, IntegrityError, StoreError
 
 COMMIT_NAME = "_COMMIT.json"
@@ -670,6 +671,12 @@ class BundleWriter:
         self._wait_uploads()
         if not self.entries:
             raise StoreError(f"bundle {self.key}: refusing to commit an empty bundle")
+        environment = self.store.environment
+        if environment.pip_freeze is not None:  # after the other uploads: this copy is the one the commit names
+            self.store.backend.put_bytes(self._object_key(PIP_FREEZE_FILE), environment.pip_freeze)
+            self.entries[PIP_FREEZE_FILE] = FileEntry(
+                PIP_FREEZE_FILE, len(environment.pip_freeze), hashlib.sha256(environment.pip_freeze).hexdigest()
+            )
         record = {
             "format": COMMIT_FORMAT,
             "bundle": self.key,
@@ -680,6 +687,7 @@ class BundleWriter:
             "host": socket.gethostname(),
             "started_at": self.started_at,
             "committed_at": _now(),
+            "environment": environment.record(),  # python, package versions, the image's pip freeze
             "files": [vars(e) for e in sorted(self.entries.values(), key=lambda e: e.path)],
             "meta": self.meta,
         }
@@ -703,21 +711,32 @@ class BundleWriter:
 
 
 class Store:
-    """Bundles over a backend. `code_version` is stamped into every commit."""
+    """Bundles over a backend. `code_version` and the environment (python, package versions, the image's pip freeze
+    read from `pip_freeze`: lorascope.environment) are stamped into every commit."""
 
-    def __init__(self, backend: Backend, code_version: str = "unknown", workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(self, backend: Backend, code_version: str = "unknown", workers: int = DEFAULT_WORKERS,
+                 pip_freeze: Path | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.code_version = code_version
         self.workers = workers
+        self.pip_freeze = pip_freeze
+        self._environment: Environment | None = None
+
+    @property
+    def environment(self) -> Environment:
+        """Read once per store, at the first commit (package metadata only: no imports)."""
+        if self._environment is None:
+            self._environment = Environment.current(self.pip_freeze)
+        return self._environment
 
     @classmethod
     def open(cls, url: str, code_version: str = "unknown", workers: int = DEFAULT_WORKERS, check: bool = True,
-             write: bool = True, env: Mapping[str, str] | None = None) -> Store:  # fmt: skip
+             write: bool = True, env: Mapping[str, str] | None = None, pip_freeze: Path | None = None) -> Store:  # fmt: skip
         """`write=False` for read-only use: a file store must then exist (it is not created) and may be read-only."""
         backend = open_backend(url, workers=workers, env=env)
         if check:
             backend.check(write=write)
-        return cls(backend, code_version, workers)
+        return cls(backend, code_version, workers, pip_freeze=pip_freeze)
 
     @property
     def writable(self) -> bool:

@@ -208,6 +208,14 @@ class SanityConfig(Strict):
     learning_rate: dict[str, float] = Field(default_factory=lambda: {"full": 1e-4, "lora": 3e-3})
 
 
+# the Trainer's `report_to` integrations (transformers 5.x `integrations.integration_utils.INTEGRATION_TO_CALLBACK`;
+# a test compares this list with the installed transformers, so the study can be checked without importing it)
+REPORT_TO_INTEGRATIONS = frozenset({
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow", "neptune",
+    "swanlab", "tensorboard", "trackio", "wandb",
+})  # fmt: skip
+
+
 class TrainingConfig(Strict):
     micro_batch: int = Field(8, ge=1, description="per-device batch: a memory knob, not a hyperparameter")
     eval_batch: int = Field(32, ge=1)
@@ -223,6 +231,32 @@ class TrainingConfig(Strict):
     defaults: dict[str, dict[str, float | int]] = Field(
         default_factory=dict, description="method name -> hyperparameters used when HPO is off"
     )
+    report_to: list[str] = Field(
+        default_factory=lambda: ["none"],
+        description="the Trainer's `report_to` (its experiment trackers: tensorboard, mlflow, wandb, ...), passed "
+        "through as is; 'none' (the default) reports nowhere. Not part of the study hash: it changes where the "
+        "Trainer reports, not what it computes. The history lorascope keeps (history.json) does not depend on it.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `report_to: tensorboard` is one integration
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_integrations(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in REPORT_TO_INTEGRATIONS and v != "none"]
+        if unknown:
+            raise ValueError(
+                f"unknown integration(s) {unknown}; expected 'none' or a list of "
+                f"{', '.join(sorted(REPORT_TO_INTEGRATIONS))}"
+            )
+        if not value:
+            raise ValueError("an empty list; use 'none' to report nowhere")
+        if "none" in value and len(value) > 1:
+            raise ValueError(f"'none' cannot be combined with {[v for v in value if v != 'none']}")
+        return value
 
 
 class ExtractionConfig(Strict):
@@ -379,11 +413,15 @@ class Study(Strict):
 
     # ---- identity -----------------------------------------------------------------------------------------
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
+        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id)."""
+        dump = self.model_dump(mode="json")
+        dump["training"].pop("report_to", None)
+        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     @property
     def hash(self) -> str:
-        """sha256 of the validated study (defaults filled in), first 16 hex digits."""
+        """sha256 of `canonical_json`, first 16 hex digits."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -11,7 +11,10 @@ a Job's parallelism only changes the order of independent indexes. Where the Pyt
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -199,6 +202,18 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     pulled = tmp_path / "pulled"
     s3_env = host_env(**s3.env())
     lorascope_host("pull", run_id, "--store", f"s3://{bucket}/store", "--to", str(pulled), env=s3_env)
+    # every commit a pod wrote records its image: package versions and the build's pip freeze (a copy in the bundle)
+    commits = sorted((pulled / "runs" / run_id).rglob("_COMMIT.json"))
+    assert commits
+    for path in commits:
+        record = json.loads(path.read_text())
+        freeze, packages = record["environment"]["pip_freeze"], record["environment"]["packages"]
+        assert freeze and freeze["source"] == "/usr/local/share/lorascope/pip-freeze.txt", path
+        copy = path.parent / "_attempts" / record["attempt"] / freeze["file"]
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == freeze["sha256"], path
+        assert re.search(r"^lorascope( @ |==)", copy.read_text(), re.MULTILINE), path
+        slim = record["phase"] in ("drift", "report")
+        assert ("torch" in packages) is not slim and packages["lorascope"] == "0.1.0", (path, packages)
     lorascope_host("report", str(pulled), "--work-dir", str(tmp_path / "work-report"), env=host_env())
     # `lorascope status` in the slim report image, against the store the pods wrote (no torch there)
     status_argv = [engine, "run", "--rm", "--pull=never", "--read-only", "--user", "10001:10001", "--network=host",

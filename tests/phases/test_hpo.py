@@ -8,6 +8,7 @@ import io
 import random
 import threading
 import time
+from importlib import metadata
 
 import optuna
 import pytest
@@ -41,6 +42,7 @@ def _check_committed(run, study: optuna.Study, target: int) -> dict:
     assert len(complete) == target
     bundle = run.store.bundle(run.key("hpo", "mrpc-lora"))
     assert bundle is not None, "no worker committed the hpo bundle"
+    assert bundle.commit["environment"]["packages"]["optuna"] == metadata.version("optuna")  # what ran the search
     rows = list(csv.DictReader(io.StringIO(bundle.read_bytes("trials.csv").decode())))
     assert sum(r["state"] == "COMPLETE" for r in rows) == target
     assert {r["number"] for r in rows} == {str(t.number) for t in study.trials}

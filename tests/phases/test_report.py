@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 
+import numpy as np
 import pytest
 
 from lorascope import cli
@@ -107,6 +108,60 @@ def test_figures(reported):
         data = bundle.read_bytes(p)
         assert data.startswith(PNG) and len(data) > 10_000
         assert f"]({p})" in md
+
+
+def test_a_run_without_history_says_the_curves_are_missing(reported):
+    """Cells committed before history.json existed (the crafted cells have none): no curve figure, and the report
+    says why instead of failing."""
+    _ctx, _s, md, numbers, bundle = reported
+    tc = numbers["report"]["training_curves"]
+    assert tc["cells"] == 12 and tc["cells_with_history"] == 0 and len(tc["missing"]) == 12
+    assert "**Training curves missing**: none of the 12 cells has a history.json" in md
+    assert not [p for p in bundle.files if "training_curves" in p]
+
+
+def _history(cell, steps: int, resumed: int | None = None) -> dict:
+    """A plausible history.json: loss falling from ln 2 with seed-dependent speed, dev metric rising."""
+    rng = np.random.default_rng(cell.seed)
+    speed = 20 + cell.seed % 17 + (15 if cell.method == "full" else 0)
+    train = [{"step": s, "epoch": s / 40, "loss": 0.69 * np.exp(-s / speed) + 0.05 * rng.random() + 0.1,
+              "learning_rate": 1e-3 * (1 - s / steps), "grad_norm": 1.0 + rng.random()} for s in range(8, steps + 1, 8)]
+    evals = [{"step": s, "epoch": s / 40, "loss": 0.69 * np.exp(-s / (1.5 * speed)) + 0.2 + 0.03 * rng.random(),
+              "accuracy": 0.5 + 0.3 * (1 - np.exp(-s / speed)), "f1": 0.6 + 0.25 * (1 - np.exp(-s / speed)) + 0.02 * rng.random(),
+              "n": 60} for s in range(8, steps + 1, 8)]  # fmt: skip
+    best = min(evals, key=lambda r: r["loss"])["step"]
+    return {"format": 1, "cell": cell.name, "task": cell.task, "method": cell.method, "seed": cell.seed,
+            "selection_metric": "f1" if cell.task == "mrpc" else "accuracy", "steps_per_epoch": 40, "max_steps": steps,
+            "eval_steps": 8, "logging_steps": 8, "global_step": steps, "best_step": best, "resumed_from_step": resumed,
+            "train": train, "eval": evals}  # fmt: skip
+
+
+def test_training_curves_from_the_cells_history(tmp_path):
+    """Cells with history.json (one left without, one resumed): one figure per task, the text says which cells."""
+    ctx = craft_run(tmp_path)
+    run_drift(ctx)
+    cells = ctx.study.cells()
+    for i, cell in enumerate(cells):
+        if i == 1:
+            continue  # an old bundle, committed without history.json
+        old = ctx.bundle("cells", cell.name)
+        folder = ctx.local(old)
+        with ctx.writer("cells", cell.name, phase="train") as w:  # the same files, plus the history
+            w.add_dir(folder)
+            w.add_json("history.json", _history(cell, 120 if cell.method == "full" else 80, resumed=48 if i == 2 else None))
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    numbers, md = b.read_json("summary.json"), b.read_bytes(report_phase.REPORT_FILE).decode()
+    tc = numbers["report"]["training_curves"]
+    assert (tc["cells"], tc["cells_with_history"]) == (12, 11)
+    assert tc["missing"] == {cells[1].name: "no history.json (committed before lorascope kept training curves)"}
+    assert "from the history.json of 11 of 12 cells" in md and f"No curves for: `{cells[1].name}` (no history.json" in md
+    for task in ("mrpc", "rte"):
+        rel = f"figures/training_curves_{task}.png"
+        data = b.read_bytes(rel)
+        assert data.startswith(PNG) and len(data) > 30_000 and f"]({rel})" in md
+    assert unmatched_numbers(md, numbers) == []
+    (tmp_path / "curves_mrpc.png").write_bytes(b.read_bytes("figures/training_curves_mrpc.png"))  # to look at
 
 
 def test_banner_only_for_the_builtin_model(reported):

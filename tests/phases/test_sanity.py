@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ def test_overfits_and_commits_baselines(make_run):
     assert PHASE.size(run.study) == 2 and PHASE.bundles(run.study) == ["sanity/mrpc-full", "sanity/mrpc-lora"]
     ctx = run.phase("sanity", 1)  # mrpc-lora
     report = ctx.bundle("sanity", "mrpc-lora").read_json("sanity.json")
+    packages = ctx.bundle("sanity", "mrpc-lora").commit["environment"]["packages"]
+    assert (packages["torch"], packages["peft"]) == (metadata.version("torch"), metadata.version("peft"))
     over = report["overfit"]
     assert over["final_loss"] < run.study.sanity.target_loss == over["target_loss"]
     assert 1 <= over["steps"] <= run.study.sanity.max_steps and len(over["losses"]) == over["steps"]

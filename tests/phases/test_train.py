@@ -8,12 +8,14 @@ import os
 import re
 import signal
 import time
+from importlib import metadata
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from lorascope import modeling, training
+from lorascope.history import check_history
 from lorascope.phases import get_phase
 
 from .conftest import stage_run, write_study
@@ -37,6 +39,21 @@ def _metrics(run, cell: str) -> dict:
 def _predictions(run, cell: str) -> list[dict]:
     raw = run.store.bundle(run.key("cells", cell)).read_bytes("predictions.jsonl").decode()
     return [json.loads(x) for x in raw.splitlines()]
+
+
+def _history(run, cell: str) -> dict:
+    return run.store.bundle(run.key("cells", cell)).read_json("history.json")
+
+
+def _same_history(a: dict, b: dict, atol: float = 0.0) -> None:
+    """Every logged step and evaluation of `b` is in `a` with the same numbers (a resumed run's history is complete)."""
+    for part in ("train", "eval"):
+        assert [r["step"] for r in a[part]] == [r["step"] for r in b[part]], part
+        for got, want in zip(a[part], b[part], strict=True):
+            assert set(got) == set(want)
+            for k, v in want.items():
+                assert got[k] == pytest.approx(v, abs=atol, rel=1e-6), (part, got["step"], k)
+    assert (a["global_step"], a["best_step"]) == (b["global_step"], b["best_step"])
 
 
 def _same_results(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -66,6 +83,9 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
     assert {"model/config.json", "model/model.safetensors", "metrics.json", "predictions.jsonl"} <= set(full.files)
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(lora.files)
     assert not any(f.startswith("model/") for f in lora.files)
+    for bundle in (full, lora):  # the environment that trained the cell
+        packages = bundle.commit["environment"]["packages"]
+        assert packages["torch"] == metadata.version("torch") and packages["peft"] == metadata.version("peft")
     with safe_open(str(ctx.local(lora) / "adapter" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # the head travels with the adapter
@@ -91,6 +111,26 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
             assert m["trainable_params"] < m["total_params"] / 10
         else:
             assert m["trainable_params"] == m["total_params"]
+        h = _history(run, cell)
+        check_history(h)
+        assert (h["cell"], h["method"], h["seed"], h["selection_metric"]) == (cell, kind, 42, "f1")
+        assert (h["global_step"], h["best_step"], h["max_steps"]) == (m["global_step"], m["best_step"], m["max_steps"])
+        every = h["logging_steps"]
+        assert every == h["eval_steps"] >= 1
+        # one train row per logging step up to the last step, one eval row per evaluation (and the final step)
+        assert [r["step"] for r in h["train"]][: m["global_step"] // every] == [
+            every * (i + 1) for i in range(m["global_step"] // every)
+        ]
+        assert {r["step"] for r in h["eval"]} <= {r["step"] for r in h["train"]} | {m["global_step"]}
+        assert h["eval"][-1]["step"] == m["global_step"] and len(h["eval"]) >= 2
+        for r in h["train"]:
+            assert r["loss"] > 0 and r["grad_norm"] > 0 and r["learning_rate"] >= 0 and 0 < r["epoch"] <= 2
+        for r in h["eval"]:
+            assert r["n"] == 60 and isinstance(r["n"], int) and 0 <= r["accuracy"] <= 1 and 0 <= r["f1"] <= 1 and r["loss"] > 0
+        # the best step is the evaluation with the lowest dev loss (early stopping and the best model select on it)
+        assert min(h["eval"], key=lambda r: (r["loss"], r["step"]))["step"] == m["best_step"]
+        best = next(r for r in h["eval"] if r["step"] == m["best_step"])
+        assert best["loss"] == pytest.approx(m["dev"]["loss"], abs=1e-5)  # the committed model is the best one
         preds = _predictions(run, cell)
         assert len(preds) == 200 and set(preds[0]) == {"idx", "label", "pred", "logits"}
         # the saved model, loaded the way later phases load it, reproduces the reported numbers
@@ -125,19 +165,25 @@ def test_a_committed_cell_is_skipped_in_under_five_seconds(trained):
 
 
 @pytest.fixture(scope="module")
-def resume_reference(tmp_path_factory):
+def resume_reference_run(tmp_path_factory):
     """mrpc-lora-s42 of RESUME_STUDY trained without interruption (file store, this process)."""
     folder = tmp_path_factory.mktemp("reference")
     run = stage_run(write_study(folder, **RESUME_STUDY), str(folder / "store"), folder / "work")
     run.phase("train", 2)
-    return _metrics(run, "mrpc-lora-s42")
+    return run
+
+
+@pytest.fixture(scope="module")
+def resume_reference(resume_reference_run):
+    return _metrics(resume_reference_run, "mrpc-lora-s42")
 
 
 class Preempted(Exception):
     pass
 
 
-def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeypatch, resume_reference):
+def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeypatch, resume_reference,
+                                                               resume_reference_run):  # fmt: skip
     """Crash right after a checkpoint of the second epoch reached the store; the next run resumes from it (same
     batches, RNG, optimizer, early-stopping state, best checkpoint) and ends with the uninterrupted run's numbers."""
     run = make_run(**RESUME_STUDY)
@@ -159,6 +205,11 @@ def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeyp
     got = _metrics(run, "mrpc-lora-s42")
     assert got["resumed_from_step"] == steps[-1]
     _same_results(got, resume_reference, atol=1e-6)
+    # the history spans both processes: the steps before the crash (from the checkpoint) and after the resume
+    history = _history(run, "mrpc-lora-s42")
+    assert history["resumed_from_step"] == steps[-1]
+    assert history["train"][0]["step"] < steps[-1] < history["train"][-1]["step"]
+    _same_history(history, _history(resume_reference_run, "mrpc-lora-s42"), atol=1e-6)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_run, monkeypatch, resume_reference):
@@ -228,6 +279,7 @@ def test_interrupted_after_training_ended_trains_no_further(make_run, monkeypatc
     got, want = _metrics(run, "mrpc-lora-s42"), _metrics(trained, "mrpc-lora-s42")
     assert got["resumed_from_step"] == want["global_step"] and got["train_tokens"] == 0
     _same_results(got, want, atol=1e-6)
+    _same_history(_history(run, "mrpc-lora-s42"), _history(trained, "mrpc-lora-s42"), atol=1e-6)
 
 
 @pytest.mark.s3
@@ -285,3 +337,17 @@ def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
     done = run.run_cli("train", 99)
     assert done.returncode == 2 and "index 99 is outside" in done.stderr
     assert PHASE.size(run.study) == 4
+
+
+def test_the_report_draws_the_trained_cells_history(trained, tmp_path):
+    """The history.json the train phase wrote is what the report's curves read: a figure for the task, with the two
+    trained cells (seed 42 of each method) and the other two seeds listed as missing (not trained here)."""
+    from lorascope.reporting import curves
+
+    ctx = trained.ctx()
+    found, missing = curves.cell_histories(ctx)
+    assert sorted(found) == ["mrpc-full-s42", "mrpc-lora-s42"]
+    assert missing == {"mrpc-full-s7": "cell not committed", "mrpc-lora-s7": "cell not committed"}
+    figs = curves.figures(trained.study, found, tmp_path)
+    assert [rel for _caption, rel in figs] == ["figures/training_curves_mrpc.png"]
+    assert (tmp_path / figs[0][1]).read_bytes().startswith(b"\x89PNG") and (tmp_path / figs[0][1]).stat().st_size > 20_000

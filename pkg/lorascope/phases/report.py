@@ -1,4 +1,5 @@
-"""report: ANALYSIS_REPORT.md and PNG figures from the drift bundle (and the bench bundles), CPU only, no torch.
+"""report: ANALYSIS_REPORT.md and PNG figures from the drift bundle (and the bench bundles, and the cells' training
+histories for the training curves), CPU only, no torch.
 
 Bundle `report/`: `ANALYSIS_REPORT.md`, `figures/*.png`, and `summary.json`: the exact numbers the report prints
 (the drift bundle's summary.json, with H2 and the latency section re-read from the bench bundle when one was
@@ -82,13 +83,15 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     import json
 
-    from lorascope.reporting import markdown
+    from lorascope.reporting import curves, markdown
 
     numbers = report_numbers(ctx, drift_bundle.read_json("summary.json"))
+    histories, no_history = curves.cell_histories(ctx)  # the cells' history.json: training curves
+    numbers["report"]["training_curves"] = curves.availability(ctx.study, histories, no_history)
     out = ctx.scratch("report")
     shutil.rmtree(out)
     out.mkdir(parents=True)
-    figs = make_figures(numbers, out)
+    figs = make_figures(numbers, out) + curves.figures(ctx.study, histories, out)
     (out / REPORT_FILE).write_text(markdown.render(numbers, figs))
     (out / "summary.json").write_text(json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     verdicts = {k: v["verdict"] for k, v in numbers["hypotheses"].items()}

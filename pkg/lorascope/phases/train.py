@@ -14,7 +14,9 @@ Recipe:
      and older ones are deleted (the last 2 and the best stay);
   6. evaluate the best model on dev and validation with the shared `training.evaluate`;
   7. commit `cells/<cell>/`: `adapter/` (PEFT adapter incl. the score head) or `model/` (safetensors), `metrics.json`,
-     `predictions.jsonl` (validation). The checkpoints of a committed cell are deleted.
+     `predictions.jsonl` (validation), `history.json` (the training curves: loss, learning rate, grad norm per
+     logging step and dev metrics per evaluation, complete across resumes; `lorascope.history`). The checkpoints of a
+     committed cell are deleted.
 
 metrics.json: validation and dev {accuracy, f1, loss, n}; train_seconds (wall clock of training, with evaluations and
 checkpoint uploads, of this process: a resumed run counts only its own part); tokens_per_second (non-pad training
@@ -30,6 +32,7 @@ import shutil
 from typing import Any
 
 from lorascope.errors import ConfigError
+from lorascope.history import HISTORY_FILE, build_history
 from lorascope.phases import PhaseContext
 from lorascope.threads import configure_threads
 
@@ -137,6 +140,10 @@ def run(ctx: PhaseContext, index: int) -> None:
         "bf16": bf16,
         "torch_threads": torch.get_num_threads(),
     }
+    history = build_history(result.log_history, schedule=result.schedule, global_step=result.global_step,
+                            logging_steps=plan.logging_steps or result.schedule["eval_steps"], best_step=result.best_step,
+                            resumed_from_step=result.resumed_from_step, cell=cell.name, task=cell.task,
+                            method=cell.method, seed=cell.seed, selection_metric=task.selection_metric)  # fmt: skip
     saved = ctx.scratch("train", cell.name + "-final")
     shutil.rmtree(saved / "adapter", ignore_errors=True)
     shutil.rmtree(saved / "model", ignore_errors=True)
@@ -151,6 +158,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     ) as w:
         w.add_dir(folder, prefix=folder.name)
         w.add_json("metrics.json", metrics)
+        w.add_json(HISTORY_FILE, history)
         w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
     ctx.store.backend.delete_prefix(ctx.key("checkpoints", cell.name) + "/")
     # the local scratch (Trainer checkpoints, the saved copy) is in the commit or superseded by it: a full FT cell of

@@ -289,6 +289,21 @@ def provenance(n: dict) -> list[str]:
     return lines
 
 
+def training_curves_note(n: dict) -> list[str]:
+    """Which cells' training histories the curve figures draw, and which cells have none (and why)."""
+    tc = (n.get("report") or {}).get("training_curves")
+    if tc is None:
+        return ["Training curves were not collected for this report."]
+    if not tc["cells_with_history"]:
+        return [f"**Training curves missing**: none of the {tc['cells']} cells has a history.json (cells committed "
+                "before lorascope kept the Trainer's log history; retraining a cell records it)."]  # fmt: skip
+    lines = [f"Loss and dev metric against the optimizer step, from the history.json of {tc['cells_with_history']} of "
+             f"{tc['cells']} cells (figures below, one per task; seeds overlaid)."]  # fmt: skip
+    if tc["missing"]:
+        lines += ["", "No curves for: " + "; ".join(f"`{cell}` ({why})" for cell, why in tc["missing"].items()) + "."]
+    return lines
+
+
 def render(n: dict, figures: list[tuple[str, str]]) -> str:
     """The whole report. `figures`: (caption, relative path of the PNG) in display order."""
     p = n["provenance"]
@@ -301,6 +316,7 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += ["## Drift reduction per layer", ""] + layer_table(n) + [""]
     out += ["## Weight space", ""] + weights_table(n) + [""]
     out += ["## Serving latency", ""] + bench_tables(n) + [""]
+    out += ["## Training curves", ""] + training_curves_note(n) + [""]
     out += ["## Figures", ""]
     for title, path in figures:
         out += [f"### {title}", "", f"![{title}]({path})", ""]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from lorascope import environment
 
 PACKAGES = ("lorascope", "numpy", "scipy", "safetensors", "matplotlib", "torch", "transformers", "peft")
 
@@ -57,14 +58,9 @@ def hardware(**extra: Any) -> dict[str, Any]:
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    """Installed versions (from package metadata: nothing is imported); 'not installed' where absent."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """Installed versions (from package metadata: nothing is imported); 'not installed' where absent. (Every commit
+    also records its environment: lorascope.environment.)"""
+    return environment.package_versions(names, missing="not installed")
 
 
 def analysis_provenance(ctx: Any, reps_bundles: dict[tuple[str, str], Any]) -> dict:
