@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
-from lorascope.log import Logger
+from lorascope.log import Logger, route_transformers_logs
 from lorascope.phases import PHASE_ORDER, PhaseContext, available_phases, check_index, get_phase
 from lorascope.store import Store
 from lorascope.study import Study, parse_study
@@ -126,9 +126,14 @@ def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
             raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} still has bundles to commit "
                              f"({', '.join(pending[:3])}{', ...' if len(pending) > 3 else ''}): give a writable store")  # fmt: skip
     log = ctx.log.bind(phase=phase_name, unit=phase.unit(ctx.study, index), index=index)
+    route_transformers_logs()  # transformers' warnings as logfmt lines too (a no-op where it is not installed)
     t0 = time.perf_counter()
     log("start")
-    phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
+    try:
+        phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
+    except BaseException as exc:
+        log.error("failed", seconds=round(time.perf_counter() - t0, 2), error=type(exc).__name__)
+        raise
     log("done", seconds=round(time.perf_counter() - t0, 2))
 
 

@@ -229,7 +229,7 @@ class Objective:
         chosen = suggest(trial, self.study.hpo.spaces[self.method.name])
         params = training.resolve_params(self.study, self.method.name, chosen)
         trial.set_user_attr("params", params)
-        log("trial start", trial=trial.number, **params)
+        log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
         model = modeling.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
