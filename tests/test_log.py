@@ -39,7 +39,7 @@ def configured(capsys):
 
 
 def test_nasty_values_stay_on_one_line_and_parse_back_exactly():
-    line = format_line({"ts": "12:00:00", **NASTY, "msg": "event with = and \"quotes\""})
+    line = format_line({"ts": "12:00:00", **NASTY, "msg": 'event with = and "quotes"'})
     assert "\n" not in line and "\r" not in line
     parsed = parse_logfmt(line)
     assert parsed == {"ts": "12:00:00", **NASTY, "msg": 'event with = and "quotes"'}

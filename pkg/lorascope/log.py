@@ -86,7 +86,7 @@ def parse_logfmt(line: str) -> dict[str, str]:
             continue
         m = _KEY.match(line, i)
         if not m:
-            raise ValueError(f"not logfmt at column {i}: {line[i:i + 40]!r}")
+            raise ValueError(f"not logfmt at column {i}: {line[i : i + 40]!r}")
         key = m.group()[:-1]
         i = m.end()
         if i < n and line[i] == '"':
@@ -210,8 +210,9 @@ def level_from(verbose: int = 0, quiet: int = 0, level: str | None = None, env: 
     return name
 
 
-def configure_logging(level: str = DEFAULT_LEVEL, *, environ: MutableMapping[str, str] | None = None,
-                      tty: bool | None = None) -> None:
+def configure_logging(
+    level: str = DEFAULT_LEVEL, *, environ: MutableMapping[str, str] | None = None, tty: bool | None = None
+) -> None:
     """The one configuration point: every record as logfmt on stderr, lorascope's at `level`, the libraries' at
     WARNING (or `level` if quieter), Python warnings captured (each shown once, level=warning).
 
@@ -332,8 +333,9 @@ log = Logger()  # `from lorascope.log import log; log("event", key=value)`, `log
 
 
 # ------------------------------------------------------------------------------------------------ long loops
-def progress(items: Iterable[T], total: int | None, desc: str, logger: Logger, every: int = 10,
-             tty: bool | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], total: int | None, desc: str, logger: Logger, every: int = 10, tty: bool | None = None
+) -> Iterator[T]:
     """Yield items; on a terminal a tqdm bar, otherwise (a pod, a file) `desc done=i total=n seconds=s` every `every`
     items; always one closing `<desc> done` line."""
     interactive = sys.stderr.isatty() if tty is None else tty
@@ -358,4 +360,3 @@ def progress(items: Iterable[T], total: int | None, desc: str, logger: Logger, e
         if bar is not None:
             bar.close()
     logger(desc + " done", done=i, total=total, seconds=round(time.perf_counter() - start, 1))
-
