@@ -234,3 +234,14 @@ def test_stage_and_sanity_off_a_terminal_print_only_logfmt_lines(tmp_path):
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert q.returncode == 0 and q.stderr == "", q.stderr
+
+
+def test_a_line_logged_during_a_bar_is_written_above_it(configured):
+    for i in progress(range(3), 3, "modules", Logger(), tty=True):
+        if i == 1:
+            Logger().warning("in the middle", item=i)
+    err = configured.readouterr().err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("ts=")]
+    assert [parse_logfmt(x)["msg"] for x in lines] == ["in the middle", "modules done"]
+    at = err.index("ts=")
+    assert err[at - 1] in "\r\n" and "modules:" in err[:at]  # the bar was cleared first, not written over

@@ -192,6 +192,19 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = _bars[-1] if _bars else None
+        if bar is None:
+            super().emit(record)
+            return
+        try:  # a line while a progress bar is drawn: above the bar, which is redrawn below it
+            bar.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+_bars: list[Any] = []  # the progress bars being drawn now (a terminal only)
+
 
 # ------------------------------------------------------------------------------------------------ configuration
 def level_from(verbose: int = 0, quiet: int = 0, level: str | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -345,6 +358,7 @@ def progress(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+            _bars.append(bar)
         except ImportError:  # tqdm comes with the HF stack; without it, the plain lines
             bar = None
     start = time.perf_counter()
@@ -359,4 +373,5 @@ def progress(
     finally:
         if bar is not None:
             bar.close()
+            _bars.remove(bar)
     logger(desc + " done", done=i, total=total, seconds=round(time.perf_counter() - start, 1))
