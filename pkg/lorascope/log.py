@@ -274,8 +274,7 @@ def route_transformers_logs() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    hf_logging.set_verbosity_warning()
+    hf_logging.enable_propagation()  # its level stays transformers' own (WARNING, or TRANSFORMERS_VERBOSITY)
 
 
 _seen_warnings: set[tuple[str, str, str, int]] = set()

@@ -149,6 +149,8 @@ def open_study(ctx: PhaseContext, task: str, method: str, worker: int) -> tuple[
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()  # its warnings as lorascope's logfmt lines (logger=optuna...)
+    optuna.logging.enable_propagation()
     storage, kind = open_storage(ctx, task, method)
     study = optuna.create_study(
         study_name=study_name(ctx.run_id, task, method, ctx.store.code_version),
