@@ -270,7 +270,7 @@ def fail_own_stale_trials(study: optuna.Study, worker: int, log) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("worker") == worker:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            log("stale trial of this worker marked FAIL", trial=t.number)
+            log.warning("stale trial of this worker marked FAIL", trial=t.number)
 
 
 def run_worker(study: optuna.Study, target: int, worker: int, objective, log) -> bool:
