@@ -245,3 +245,14 @@ def test_a_line_logged_during_a_bar_is_written_above_it(configured):
     assert [parse_logfmt(x)["msg"] for x in lines] == ["in the middle", "modules done"]
     at = err.index("ts=")
     assert err[at - 1] in "\r\n" and "modules:" in err[:at]  # the bar was cleared first, not written over
+
+
+def test_at_error_level_python_warnings_are_not_shown():
+    r = _python(
+        "import warnings\n"
+        "from lorascope.log import configure_logging, log\n"
+        "configure_logging('error')\n"
+        "warnings.warn('a warning', UserWarning)\n"
+        "log.error('an error')\n"
+    )
+    assert r.returncode == 0 and [parse_logfmt(x)["msg"] for x in r.stderr.splitlines()] == ["an error"], r.stderr

@@ -2,7 +2,7 @@
 
 The call API is small and unchanged: `log(event, **fields)`, `Logger(**context)` with `.bind(**more)`, levels as
 `log.debug/info/warning/error(...)` or a `level=` keyword, and `progress(...)` for long loops. Underneath it is
-`logging`: records go to the `lorascope` logger (or `lorascope.<name>`), and one handler on the root logger writes
+`logging`: records go to the `lorascope` logger, and one handler on the root logger writes
 every record, lorascope's own and the libraries' (transformers, vLLM, Python warnings), as one logfmt line on stderr.
 
 `configure_logging(level)` is the one place that sets it up; the CLI calls it with `-v` / `-q` / `--log-level`
@@ -287,11 +287,14 @@ def _showwarning(message, category, filename, lineno, file=None, line=None) -> N
     if key in _seen_warnings:
         return
     _seen_warnings.add(key)
-    record = logging.getLogger("py.warnings").makeRecord(
+    lg = logging.getLogger("py.warnings")
+    if not lg.isEnabledFor(logging.WARNING):  # -qq
+        return
+    record = lg.makeRecord(
         "py.warnings", logging.WARNING, str(filename), int(lineno or 0), "%s", (text,), None
     )
     setattr(record, _FIELDS, {"category": category.__name__, "where": f"{filename}:{lineno}"})
-    logging.getLogger("py.warnings").handle(record)
+    lg.handle(record)
 
 
 def capture_warnings() -> None:
