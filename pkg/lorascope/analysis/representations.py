@@ -74,7 +74,7 @@ def representation_drift(task: str, cells: Sequence[Any], reps: Mapping[str, Any
             defined = all(math.isfinite(r["cka_linear"]) and math.isfinite(r["cka_debiased"]) for r in rows[-len(cells):])
             if not defined:
                 log("CKA undefined at this layer (constant representation): left out of the layer means", task=task,
-                    pooling=pooling, layer=label)  # fmt: skip
+                    pooling=pooling, layer=label, level="warning")  # fmt: skip
             if resampler is not None and pooling == primary and defined:
                 base_terms = resampler.prepare(cache["base"])
                 for c in cells:

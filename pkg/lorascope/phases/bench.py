@@ -220,7 +220,7 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
         info["load_seconds_per_repeat"].append(server.load_seconds)
         if "weights_bytes" not in info:
             info.update(server.memory())
-        log("loaded", regime=regime, mode=mode, repeats=",".join(map(str, repeats)), seconds=round(server.load_seconds, 3))
+        log.debug("loaded", regime=regime, mode=mode, repeats=",".join(map(str, repeats)), seconds=round(server.load_seconds, 3))
         if backend == "vllm" and server.tasks:
             info.setdefault("adapter_first_use", []).append(server.first_use(pools))
         for r in repeats:

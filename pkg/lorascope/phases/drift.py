@@ -97,7 +97,7 @@ def run(ctx: PhaseContext, index: int) -> None:
             updates[name] = ("full", tensorio.TensorFolder(cell_dirs[name] / "model", "model"))
     wrows, with_extra = weights.update_rows(
         base, cells, updates, summary.lora_targets(study), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
-        progress=lambda it, n: progress(it, n, "weight modules", log, every=max(1, n // 10)))
+        progress=lambda it, n: progress(it, n, "weight modules", log, every=max(1, n // 4)))
     t_w = time.perf_counter() - t_w
     log("weights done", modules=len(wrows), seconds=round(t_w, 2))
 

@@ -153,6 +153,8 @@ def open_study(ctx: PhaseContext, task: str, method: str, worker: int, log=None)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()  # its warnings as lorascope's logfmt lines (logger=optuna...)
+    optuna.logging.enable_propagation()
     storage, kind = open_storage(ctx, task, method)
     name = study_name(ctx.run_id, task, method, ctx.store.code_version)
     if log is not None:
@@ -249,7 +251,7 @@ class Objective:
         chosen = suggest(trial, self.study.hpo.spaces[self.method.name])
         params = training.resolve_params(self.study, self.method.name, chosen)
         trial.set_user_attr("params", params)
-        log("trial start", trial=trial.number, **params)
+        log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
         model = modeling.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
@@ -288,7 +290,7 @@ def fail_own_stale_trials(study: optuna.Study, worker: int, log) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("worker") == worker:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            log("stale trial of this worker marked FAIL", trial=t.number)
+            log.warning("stale trial of this worker marked FAIL", trial=t.number)
 
 
 def run_worker(study: optuna.Study, target: int, worker: int, objective, log) -> bool:

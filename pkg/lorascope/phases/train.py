@@ -105,7 +105,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     bf16 = training.use_bf16(study.training, device)
     dev_eval = training.evaluate(result.model, tokenizer, dev_rows, task, study.training.eval_batch, bf16=bf16)
     val_eval = training.evaluate(result.model, tokenizer, validation_rows, task, study.training.eval_batch, bf16=bf16)
-    log("evaluated", best_step=result.best_step, dev_loss=dev_eval.loss, validation_accuracy=val_eval.accuracy,
+    log.debug("evaluated", best_step=result.best_step, dev_loss=dev_eval.loss, validation_accuracy=val_eval.accuracy,
         validation_f1=val_eval.f1, validation_loss=val_eval.loss)  # fmt: skip
 
     metrics = {

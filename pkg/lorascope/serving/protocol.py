@@ -82,7 +82,7 @@ def run_repeat(server: Any, run: ConfigRun, log: Logger, harness: bool = False,
     run.logits = [np.asarray(t.result, dtype=np.float32) for t in results]
     if harness:
         run.harness_seconds = [t.seconds for t in timing.time_batches(run.batches, timing.noop, server.sync, clock)]
-    log("timed", regime=run.regime, mode=run.mode, order=run.order, batch_size=run.batch_size, repeat=len(run.seconds) - 1,
+    log.debug("timed", regime=run.regime, mode=run.mode, order=run.order, batch_size=run.batch_size, repeat=len(run.seconds) - 1,
         mean_batch_ms=round(1e3 * float(np.mean(run.seconds[-1])), 3))
 
 

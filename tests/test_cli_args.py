@@ -1,0 +1,46 @@
+"""The CLI's own conventions: help text on every argument of the non-phase commands, and the global log flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from lorascope import cli
+
+COMMANDS = ("validate", "grid", "run", "pull", "status")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", (None, *COMMANDS))
+def test_every_argument_has_help(command):
+    parser = cli.build_parser({})
+    if command:
+        parser = _subparsers(parser)[command]
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]
+    assert actions
+    missing = [a.option_strings[0] if a.option_strings else a.dest for a in actions if not (a.help or "").strip()]
+    assert not missing, f"lorascope {command or ''}: arguments without help: {missing}"
+
+
+def test_log_flags_set_the_level_for_this_process_and_its_children(monkeypatch, smoke_study_path, capsys):
+    monkeypatch.delenv("LORASCOPE_LOG_LEVEL", raising=False)
+    assert cli.main(["--log-level", "WARNING", "grid", str(smoke_study_path)]) == 0
+    assert os.environ["LORASCOPE_LOG_LEVEL"] == "warning"  # `run --jobs N` children and the vLLM index inherit it
+    assert cli.main(["-v", "grid", str(smoke_study_path)]) == 0
+    assert os.environ["LORASCOPE_LOG_LEVEL"] == "debug"
+    assert "18 cells" in capsys.readouterr().out
+    cli.configure_logging("info")
+
+
+def test_a_bad_log_level_from_the_environment_exits_2_naming_it(monkeypatch, smoke_study_path, capsys):
+    monkeypatch.setenv("LORASCOPE_LOG_LEVEL", "chatty")
+    assert cli.main(["grid", str(smoke_study_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'chatty'" in err and "LORASCOPE_LOG_LEVEL" in err
+    assert cli.main(["--log-level", "info", "grid", str(smoke_study_path)]) == 0  # the flag wins over the env
