@@ -231,8 +231,8 @@ def test_a_code_change_opens_a_new_study_and_says_so(make_run):
     assert ctx.store.code_version != "0.0.1+gold"
     assert study.study_name == hpo.study_name(ctx.run_id, "mrpc", "lora", ctx.store.code_version) != old_name
     assert study.trials == [] and study.user_attrs["code_version"] == ctx.store.code_version  # no stale trial reused
-    assert [(m.split(":")[0], kv["old_study"], kv["old_code_version"], kv["old_trials"]) for m, kv in lines] == [
-        ("an older study of other code is in the storage", old_name, "0.0.1+gold", 2)]
+    assert [(m.split(":")[0], kv["level"], kv["older_studies"], kv["old_study"], kv["old_code_version"], kv["old_trials"])
+            for m, kv in lines] == [("an older study of other code is in the storage", "warning", 1, old_name, "0.0.1+gold", 2)]  # fmt: skip
     # the same code again reopens its own study (the older one is still there, still named)
     lines.clear()
     again, _ = hpo.open_study(ctx, "mrpc", "lora", 0, log=lambda msg, **kv: lines.append((msg, kv)))

@@ -157,10 +157,11 @@ def open_study(ctx: PhaseContext, task: str, method: str, worker: int, log=None)
     optuna.logging.enable_propagation()
     storage, kind = open_storage(ctx, task, method)
     name = study_name(ctx.run_id, task, method, ctx.store.code_version)
-    if log is not None:
-        for old in other_code_studies(storage, ctx.run_id, task, method, name):
-            log("an older study of other code is in the storage: its trials are not reused, this code starts afresh",
-                old_study=old["study"], old_code_version=old["code_version"], old_trials=old["trials"], study=name)  # fmt: skip
+    if log is not None and (older := other_code_studies(storage, ctx.run_id, task, method, name)):
+        # one line however many: old_study/old_code_version name the newest (studies list in creation order), old_trials counts all
+        log("an older study of other code is in the storage: its trials are not reused, this code starts afresh",
+            level="warning", older_studies=len(older), old_study=older[-1]["study"],
+            old_code_version=older[-1]["code_version"], old_trials=sum(o["trials"] for o in older), study=name)  # fmt: skip
     study = optuna.create_study(
         study_name=name,
         storage=storage,
