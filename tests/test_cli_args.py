@@ -44,3 +44,16 @@ def test_a_bad_log_level_from_the_environment_exits_2_naming_it(monkeypatch, smo
     err = capsys.readouterr().err
     assert "'chatty'" in err and "LORASCOPE_LOG_LEVEL" in err
     assert cli.main(["--log-level", "info", "grid", str(smoke_study_path)]) == 0  # the flag wins over the env
+
+
+@pytest.mark.parametrize("argv, level", [
+    (["grid", "{study}", "-v"], "debug"),
+    (["grid", "{study}", "-qq"], "error"),
+    (["grid", "{study}", "--log-level", "warning"], "warning"),
+    (["-q", "grid", "{study}", "-v"], "debug"),  # both given: -v wins over -q, wherever each stands
+])  # fmt: skip
+def test_log_flags_work_after_the_subcommand_too(monkeypatch, smoke_study_path, argv, level):
+    monkeypatch.delenv("LORASCOPE_LOG_LEVEL", raising=False)
+    assert cli.main([a.format(study=smoke_study_path) for a in argv]) == 0
+    assert os.environ["LORASCOPE_LOG_LEVEL"] == level
+    cli.configure_logging("info")

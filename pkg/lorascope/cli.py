@@ -252,12 +252,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
         prog="lorascope", description="LoRA vs full fine-tuning: representation drift and serving cost.", epilog=version
     )
     p.add_argument("--version", action="version", version=version)
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log debug lines too (per-step training, per-configuration timings)")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="log warnings and errors only (-qq: errors only)")
-    p.add_argument("--log-level", choices=list(LEVELS), type=str.lower,
-                   help=f"log level (env {ENV_LEVEL}; default info); wins over -v and -q")
+    add_log_flags(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     v = sub.add_parser("validate", help="validate a study file (exit 2 naming the bad field)")
@@ -310,7 +305,21 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
         from lorascope.k8s import cli as k8s_cli
 
         k8s_cli.register(sub)
+    for sp in sub.choices.values():  # `lorascope run -v` works as `lorascope -v run` does
+        add_log_flags(sp, top=False)
     return p
+
+
+def add_log_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """-v/-q/--log-level on the top-level parser (defaults) and on every subcommand; a subcommand's copies default to
+    SUPPRESS, so they set the value only when given after the subcommand."""
+    dflt = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-v", "--verbose", action="count", **({"default": 0} if top else dflt),
+                   help="log debug lines too (per-step training, per-configuration timings)")
+    p.add_argument("-q", "--quiet", action="count", **({"default": 0} if top else dflt),
+                   help="log warnings and errors only (-qq: errors only)")
+    p.add_argument("--log-level", choices=list(LEVELS), type=str.lower, **dflt,
+                   help=f"log level (env {ENV_LEVEL}; default info); wins over -v and -q")
 
 
 def die_with_parent(env: Mapping[str, str]) -> None:
