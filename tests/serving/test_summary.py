@@ -76,7 +76,8 @@ def _cpu_vllm_summary(pools, correctness: dict | None = None) -> tuple[dict, lis
             runs.append(run)
     modes = {("full" if r == "compiled" else f"full [{r}]"): {"mode": "full", "regime": r, "cells": ["mrpc-full-s42"],
                                                              "load_seconds": 30.0 if r == "compiled" else 1.5,
-                                                             "weights_bytes": 1}
+                                                             "weights_bytes": 1,
+                                                             "compilation": "DYNAMO_TRACE_ONCE/inductor" if r == "compiled" else "NONE"}
              for r in ("compiled", "eager")}  # fmt: skip
     s = bench_summary.summarize(study, plan, runs, modes, {}, correctness or {}, SETTINGS, MACHINE, "float32", 1.0,
                                 platform_name="cpu", skipped=["separate [compiled]"])  # fmt: skip
@@ -117,7 +118,7 @@ def test_markdown_names_the_regime_of_every_row(pools):
                    "vllm_vs_hf": vh}  # fmt: skip
     s, _ = _cpu_vllm_summary(pools, correctness)
     md = bench_markdown.summary_markdown(s)
-    assert "| compiled | full | mrpc-full-s42 | 30.000 |" in md and "| eager | full | mrpc-full-s42 | 1.500 |" in md
+    assert "| compiled (DYNAMO_TRACE_ONCE/inductor) | full | mrpc-full-s42 | 30.000 |" in md and "| eager | full | mrpc-full-s42 | 1.500 |" in md
     assert "| merged | compiled vs eager | -25.0% [" in md and "| full | compiled vs eager | -25.0% [" in md
     assert f"| regime_vs_eager | {agree['requests']} | 0 | 0 | 0.00e+00 |" in md
     assert "| merged [compiled] | 4 | 0 | 3.00e-07 |" in md

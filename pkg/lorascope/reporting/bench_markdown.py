@@ -90,7 +90,8 @@ def summary_markdown(s: dict) -> str:
               "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for mode, m in s["modes"].items():
         extra = f" (+ merge {m['merge_seconds']:.2f} s)" if m.get("merge_seconds") is not None else ""
-        lines.append(f"| {m.get('regime', 'eager')} | {m.get('mode', mode)} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
+        regime = m.get("regime", "eager") + (f" ({m['compilation']})" if m.get("compilation") not in (None, "NONE") else "")
+        lines.append(f"| {regime} | {m.get('mode', mode)} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
                      f"{mb(m.get('gpu_allocated_after_load_bytes'))} | {mb(m.get('rss_after_load_bytes'))} | "
                      f"{mb(m.get('kv_cache_memory_bytes'))} |")
     if s["switch"]:
