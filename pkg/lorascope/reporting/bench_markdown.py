@@ -78,7 +78,7 @@ def summary_markdown(s: dict) -> str:
                      for b in s["protocol"]["batch_sizes"]]  # fmt: skip
             lines.append(f"| {mode} | {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
         lines += ["", "Negative: the other regime is faster than eager (geometric mean over repeats of the latency ratio "
-                  "- 1, paired by repeat index; the two engines ran one after the other)."]
+                  "- 1, paired by repeat index; the regimes ran one after the other, not interleaved)."]
     h2 = s["h2"]
     lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [95% interval: "
               "one-sided 97.5% t bounds on the log scale].", "",

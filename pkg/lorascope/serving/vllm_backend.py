@@ -21,7 +21,7 @@
   (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `torch.cuda.max_memory_allocated` (GPU) and the RSS (CPU) see it.
   Prefix caching is off: the benchmark repeats identical requests and must not time cache hits.
 * Execution regime. `eager` (`enforce_eager=True`: no torch.compile, no CUDA graphs) or `compiled` (vLLM's default
-  compilation; CUDA graphs on GPU; on CPU one Dynamo trace compiled by inductor, C++ built with the system's gcc).
+  compilation; CUDA graphs on GPU; on CPU one Dynamo trace compiled by inductor, C++ built with the system's g++).
   vLLM's CPU platform forces eager for any engine with LoRA enabled, so on CPU only `full` and `merged` can run
   compiled; `regime_possible` says which, and the bench times every mode of one regime under that regime only, so
   separate and merged are never compared across regimes. Each engine records what vLLM made of it (`compilation`,
