@@ -123,3 +123,19 @@ def test_markdown_names_the_regime_of_every_row(pools):
     assert f"| regime_vs_eager | {agree['requests']} | 0 | 0 | 0.00e+00 |" in md
     assert "| merged [compiled] | 4 | 0 | 3.00e-07 |" in md
     assert "Not possible on this platform, so not timed: separate [compiled]." in md
+
+
+def test_report_bench_section_names_regimes_and_shows_compiled_vs_eager(pools):
+    """The report's bench lines (analysis.summary.bench_section -> reporting.markdown.bench_tables): the regimes, the
+    configurations not possible on the platform, compiled/eager per mode, regime rows in the latency table."""
+    from lorascope.analysis.summary import bench_section
+    from lorascope.reporting.markdown import bench_tables
+
+    s, _ = _cpu_vllm_summary(pools)
+    lines = bench_tables({"bench": bench_section({"vllm": {"summary": s, "bundle": "bench/vllm", "attempt": "a"}})})
+    text = "\n".join(lines)
+    assert "execution regimes compiled, eager; not possible on this platform: separate [compiled]" in text
+    assert "  - `vllm` merged, compiled vs eager (latency; negative = faster): batch 1 -25.0% [" in text
+    assert "batch 4 -25.0%" in text and "`vllm` full, compiled vs eager" in text
+    assert any(ln.startswith("| compiled | merged | single | 4 |") for ln in lines)
+    assert not any(ln.startswith("| compiled | separate |") for ln in lines)

@@ -410,6 +410,7 @@ def bench_section(bench: Mapping[str, Mapping[str, Any]]) -> dict:
         out[backend] = {"device": s.get("device"), "device_name": s.get("device_name"), "dtype": s.get("dtype"),
                         "platform": s.get("platform"), "regimes": s.get("regimes") or ["eager"],
                         "regimes_skipped": s.get("regimes_skipped") or [],
+                        "regime_vs_eager": s.get("regime_vs_eager") or {},
                         "confidence": conf, "confidence_pct": 100 * conf, "configs": configs, "bundle": b["bundle"], "attempt": b["attempt"],
                         "h2_verdict": (s.get("h2") or {}).get("verdict"),
                         "correctness": correctness_rows(s.get("correctness") or {})}  # fmt: skip
