@@ -153,3 +153,40 @@ def test_compare_counts_mismatches_and_ties():
     bad = protocol.compare([flipped], ref, 1e-4)
     assert bad["argmax_mismatches"] == 1 and bad["argmax_ties_within_tolerance"] == 1 and not bad["ok"]
     assert bad["max_logit_diff"] == pytest.approx(2.0) and bad["worst"]["idx"] == 0
+
+
+class ShiftedServer(ScriptedServer):
+    """Answers like ScriptedServer, with `shift` added to one request's first logit (a compiled kernel gone wrong)."""
+
+    def __init__(self, mode: str, ms: float, shift: float, idx: int) -> None:
+        super().__init__(mode, ms)
+        self.shift, self.idx = shift, idx
+
+    def serve(self, batch):
+        out = super().serve(batch)
+        for i, q in enumerate(batch):
+            if q.idx == self.idx:
+                out[i, 0] += self.shift
+        return out
+
+
+def _regime_run(server, pools, mode, bs, regime):
+    run = protocol.new_config(mode, "single", bs, ["mrpc"], pools, SETTINGS, regime=regime)
+    for r in range(SETTINGS.repeats):
+        protocol.run_repeat(server, run, Logger(), harness=r == SETTINGS.repeats - 1, clock=server.clock)
+    return run
+
+
+def test_regimes_agree_compares_each_mode_with_itself_eager(pools):
+    eager = [_regime_run(ScriptedServer(m, 2.0), pools, m, bs, "eager") for m in ("merged", "separate") for bs in (1, 4)]
+    assert protocol.regimes_agree(eager, 1e-4) is None  # one regime: nothing to compare
+    same = [_regime_run(ScriptedServer("merged", 1.0), pools, "merged", bs, "compiled") for bs in (1, 4)]
+    r = protocol.regimes_agree(eager + same, 1e-4)
+    assert r["ok"] and set(r["modes"]) == {"merged"} and r["max_prob_diff"] == 0.0
+    assert r["requests"] == sum(len(b) for run in same for b in run.batches)
+    idx = same[0].batches[0][0].idx  # one request of the compiled runs answered differently
+    off = [_regime_run(ShiftedServer("merged", 1.0, shift=-2 * idx - 5.0, idx=idx), pools, "merged", bs, "compiled")
+           for bs in (1, 4)]  # fmt: skip
+    bad = protocol.regimes_agree(eager + off, 1e-4)
+    assert not bad["ok"] and bad["argmax_mismatches"] >= 1 and bad["modes"]["merged"]["worst"]["idx"] == idx
+    assert bad["modes"]["merged"]["worst"]["regime"] == "compiled"

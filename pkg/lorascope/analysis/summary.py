@@ -410,6 +410,7 @@ def bench_section(bench: Mapping[str, Mapping[str, Any]]) -> dict:
         out[backend] = {"device": s.get("device"), "device_name": s.get("device_name"), "dtype": s.get("dtype"),
                         "platform": s.get("platform"), "regimes": s.get("regimes") or ["eager"],
                         "regimes_skipped": s.get("regimes_skipped") or [],
+                        "regime_vs_eager": s.get("regime_vs_eager") or {},
                         "confidence": conf, "confidence_pct": 100 * conf, "configs": configs, "bundle": b["bundle"], "attempt": b["attempt"],
                         "h2_verdict": (s.get("h2") or {}).get("verdict"),
                         "correctness": correctness_rows(s.get("correctness") or {})}  # fmt: skip
@@ -420,13 +421,15 @@ def correctness_rows(c: Mapping[str, Any]) -> list[dict]:
     """The bench's correctness checks as rows (check, requests, argmax mismatches, max prob diff, ok): within the
     backend (multi-adapter vs single, merged vs separate) and, for vllm, against HF per mode kind."""
     rows = []
-    for name in ("multi_vs_single", "merged_vs_separate", "separate_batched_vs_single"):
+    for name in ("multi_vs_single", "merged_vs_separate", "separate_batched_vs_single", "regime_vs_eager"):
         r = c.get(name)
         if r:
             rows.append({"check": name, "requests": r["requests"], "argmax_mismatches": r["argmax_mismatches"],
                          "max_prob_diff": r["max_prob_diff"], "ok": r["ok"]})  # fmt: skip
-    for kind in ("separate", "multi", "merged", "full"):
-        r = (c.get("vllm_vs_hf") or {}).get(kind)
+    vh = c.get("vllm_vs_hf") or {}
+    pairs = [(kind, vh.get(kind)) for kind in ("separate", "multi", "merged", "full")]
+    pairs += [(f"{kind} [{regime}]", r) for regime, by in (vh.get("by_regime") or {}).items() for kind, r in by.items()]
+    for kind, r in pairs:
         if r:
             rows.append({"check": f"vllm_vs_hf {kind}", "requests": r["requests"], "argmax_mismatches": r["argmax_mismatches"],
                          "max_prob_diff": r["max_prob_diff"], "ok": r["ok"]})  # fmt: skip

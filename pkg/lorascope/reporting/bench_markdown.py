@@ -68,6 +68,17 @@ def summary_markdown(s: dict) -> str:
                 o = by_bs.get(str(b))
                 cells.append("" if o is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]")
             lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
+    if s.get("regime_vs_eager"):
+        lines += ["", "## The same mode in another regime against eager (what the regime costs; not part of H2)", "",
+                  "| mode | comparison | " + " | ".join(f"batch {b}" for b in s["protocol"]["batch_sizes"]) + " |",
+                  "|---|---|" + "---|" * len(s["protocol"]["batch_sizes"])]
+        for key, by_bs in s["regime_vs_eager"].items():
+            mode, name = key.rsplit(" ", 1)
+            cells = ["" if (o := by_bs.get(str(b))) is None else f"{o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]"
+                     for b in s["protocol"]["batch_sizes"]]  # fmt: skip
+            lines.append(f"| {mode} | {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+        lines += ["", "Negative: the other regime is faster than eager (geometric mean over repeats of the latency ratio "
+                  "- 1, paired by repeat index; the regimes ran one after the other, not interleaved)."]
     h2 = s["h2"]
     lines += ["", "Overheads: geometric mean over repeats of separate/merged (paired by repeat) - 1, [95% interval: "
               "one-sided 97.5% t bounds on the log scale].", "",
@@ -75,11 +86,12 @@ def summary_markdown(s: dict) -> str:
               f"**{h2['verdict']}** (largest overhead {f(h2['max_overhead_pct'], 1)}%). Rule: {h2['rule']}.", ""]
     lines += [f"- {k}: {v['verdict']}: {v['evidence']}" for k, v in h2["by"].items()]
     lines += ["", "## Load time and memory", "",
-              "| mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB | KV cache MiB |",
-              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| regime | mode | cells | load s (mean of repeats) | weights MiB | GPU after load MiB | RSS after load MiB | KV cache MiB |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for mode, m in s["modes"].items():
         extra = f" (+ merge {m['merge_seconds']:.2f} s)" if m.get("merge_seconds") is not None else ""
-        lines.append(f"| {mode} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
+        regime = m.get("regime", "eager") + (f" ({m['compilation']})" if m.get("compilation") not in (None, "NONE") else "")
+        lines.append(f"| {regime} | {m.get('mode', mode)} | {', '.join(m['cells'])} | {m['load_seconds']:.3f}{extra} | {mb(m['weights_bytes'])} | "
                      f"{mb(m.get('gpu_allocated_after_load_bytes'))} | {mb(m.get('rss_after_load_bytes'))} | "
                      f"{mb(m.get('kv_cache_memory_bytes'))} |")
     if s["switch"]:
@@ -99,7 +111,7 @@ def summary_markdown(s: dict) -> str:
               f"Reference: {c['reference']}.", "",
               "| check | requests | argmax mismatches | ties within tol. | max prob diff | max logit diff | ok |",
               "|---|---:|---:|---:|---:|---:|---|"]
-    for name in ("multi_vs_single", "merged_vs_separate", "separate_batched_vs_single"):
+    for name in ("multi_vs_single", "merged_vs_separate", "separate_batched_vs_single", "regime_vs_eager"):
         r = c.get(name)
         if r:
             lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['argmax_ties_within_tolerance']} | "
@@ -108,8 +120,10 @@ def summary_markdown(s: dict) -> str:
     if vh:
         lines += ["", f"vLLM against HF ({vh['reference']}): **{'ok' if vh['ok'] else 'NOT ok'}**", "",
                   "| modes | requests | argmax mismatches | max prob diff | max logit diff | ok |", "|---|---:|---:|---:|---:|---|"]
-        for name in ("separate", "multi", "merged", "full"):
-            r = vh.get(name)
+        rows = [(name, vh.get(name)) for name in ("separate", "multi", "merged", "full")]
+        for regime, by in (vh.get("by_regime") or {}).items():  # several regimes: each one on its own as well
+            rows += [(f"{name} [{regime}]", r) for name, r in by.items()]
+        for name, r in rows:
             if r:
                 lines.append(f"| {name} | {r['requests']} | {r['argmax_mismatches']} | {r['max_prob_diff']:.2e} | "
                              f"{r['max_logit_diff']:.2e} | {r['ok']} |")

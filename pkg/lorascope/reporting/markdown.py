@@ -235,6 +235,10 @@ def bench_tables(n: dict) -> list[str]:
         lines.append(f"- `{backend}`: {stack_name(backend, b.get('platform'))} on {device_words(b)}, {b.get('dtype')}, "
                      f"execution regimes {', '.join(b.get('regimes') or ['eager'])}{skipped}; H2 for "
                      f"this backend: {_verdict(b.get('h2_verdict') or 'not measured')}")  # fmt: skip
+        for key, by_bs in (b.get("regime_vs_eager") or {}).items():  # the same mode in two regimes, not part of H2
+            mode, name = key.rsplit(" ", 1)
+            parts = [f"batch {bs} {o['pct']:+.1f}% [{f(o['lo'], 1)}, {f(o['hi'], 1)}]" for bs, o in sorted(by_bs.items(), key=lambda kv: int(kv[0]))]
+            lines.append(f"  - `{backend}` {mode}, {name.replace('_', ' ')} (latency; negative = faster): " + ", ".join(parts))
     lines += ["", "Mean batch latency (ms) per backend, side by side on the same requests, with the "
               f"{f(n['bench'][backends[0]]['confidence_pct'], 0)}% CI over repeat means on the log scale (never below 0). "
               "Each row is one execution regime: overheads and H2 only compare modes of one backend in one regime.", "",

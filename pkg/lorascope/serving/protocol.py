@@ -221,6 +221,28 @@ def compare(runs: Sequence[ConfigRun], reference: Mapping[tuple[str, int], np.nd
             "ok": n > 0 and mismatches == 0 and max_prob <= tolerance, "worst": worst}  # fmt: skip
 
 
+def regimes_agree(runs: Sequence[ConfigRun], tolerance: float) -> dict | None:
+    """Every request a mode answered in a regime other than eager (vLLM `compiled`) against the same request answered
+    by the same mode eager (last repeat's logits; every regime serves the same batches at a batch size), per mode with
+    `compare`'s fields, and `ok` for all. None when no mode ran in two regimes."""
+    out: dict[str, Any] = {}
+    for mode in dict.fromkeys(r.mode for r in runs if r.regime != "eager"):
+        ref = {(q.task, q.idx): np.asarray(row, dtype=np.float64)
+               for r in runs if r.regime == "eager" and r.mode == mode
+               for batch, logits in zip(r.batches, r.logits, strict=True) for q, row in zip(batch, logits, strict=True)}  # fmt: skip
+        if ref:
+            out[mode] = compare([r for r in runs if r.regime != "eager" and r.mode == mode], ref, tolerance)
+    if not out:
+        return None
+    return {"reference": "the same request answered by the same mode in the eager regime", "tolerance": tolerance,
+            "modes": out, "ok": all(v["ok"] for v in out.values()),
+            "requests": sum(v["requests"] for v in out.values()),
+            "argmax_mismatches": sum(v["argmax_mismatches"] for v in out.values()),
+            "argmax_ties_within_tolerance": sum(v["argmax_ties_within_tolerance"] for v in out.values()),
+            "max_prob_diff": max(v["max_prob_diff"] for v in out.values()),
+            "max_logit_diff": max(v["max_logit_diff"] for v in out.values())}  # fmt: skip
+
+
 def versus_training(runs: Sequence[ConfigRun], predictions: Mapping[str, Mapping[int, dict]],
                     cell_of: Callable[[ConfigRun, str], str | None]) -> dict:
     """Served predictions against the train phase's own `predictions.jsonl` of the same cell (informational: the

@@ -196,6 +196,8 @@ def check_correctness(build: Build, runs: list, pools: dict, dtype_name: str, ce
         "multi_vs_single": check(lambda m: m.startswith("multi-")),
         "merged_vs_separate": check(lambda m: m == "merged"),
         "separate_batched_vs_single": check(lambda m: m == "separate"),
+        # a mode timed in two regimes (vLLM compiled and eager) answers every request the same in both
+        "regime_vs_eager": protocol.regimes_agree(runs, tol),
         "vs_train_predictions": protocol.versus_training(runs, _train_predictions(cell_dirs),
                                                          lambda run, task: _cell_for(build.plan, run.mode, task)),
     }
@@ -207,15 +209,22 @@ def check_correctness(build: Build, runs: list, pools: dict, dtype_name: str, ce
 def vllm_vs_hf(build: Build, runs: list, tol: float) -> dict:
     """Every request vLLM served, against the same request through HF transformers + PEFT in this process (each
     alone, batch size 1): adapter modes against base + that task's adapter, `merged` against the merged checkpoint,
-    `full` against the full cell. One comparison per mode kind (all regimes), and `ok` for all of them."""
+    `full` against the full cell. One comparison per mode kind (all regimes), `by_regime` the same per execution
+    regime where several were timed, and `ok` for all of them."""
     groups = {"separate": lambda m: m == "separate", "multi": lambda m: m.startswith("multi-"),
               "merged": lambda m: m == "merged", "full": lambda m: m == "full"}  # fmt: skip
     refs = build.hf_reference(runs)
-    out: dict[str, Any] = {"reference": "HF transformers + PEFT, each request alone, same dtype and device", "tolerance": tol}
-    for name, select in groups.items():
-        chosen = [r for r in runs if select(r.mode)]
-        out[name] = protocol.compare(chosen, refs["full" if name == "full" else "merged" if name == "merged" else "adapters"],
-                                     tol) if chosen else None  # fmt: skip
+    ref_of = {"separate": refs["adapters"], "multi": refs["adapters"], "merged": refs["merged"], "full": refs["full"]}
+
+    def by_kind(chosen: list) -> dict[str, Any]:
+        return {name: protocol.compare(sel, ref_of[name], tol) if (sel := [r for r in chosen if select(r.mode)]) else None
+                for name, select in groups.items()}  # fmt: skip
+
+    out: dict[str, Any] = {"reference": "HF transformers + PEFT, each request alone, same dtype and device", "tolerance": tol,
+                           **by_kind(runs)}  # fmt: skip
+    regimes = list(dict.fromkeys(r.regime for r in runs))
+    if len(regimes) > 1:
+        out["by_regime"] = {rg: {k: v for k, v in by_kind([r for r in runs if r.regime == rg]).items() if v} for rg in regimes}
     done = [v for k, v in out.items() if k in groups and v]
     out["ok"] = bool(done) and all(v["ok"] for v in done)
     out["max_prob_diff"] = max((v["max_prob_diff"] for v in done), default=None)

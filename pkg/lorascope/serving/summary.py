@@ -4,6 +4,9 @@
   per configuration   `protocol.config_summary`: latency percentiles, throughput, and intervals over repeats
   overheads           `regime_overheads`: separate / full / multi-k against merged (and multi-k against separate),
                       per batch size, only between modes of one execution regime (`verdicts.overheads`)
+  across regimes      `versus_eager`: each mode timed in another regime (vLLM `compiled`) against the same mode eager,
+                      per batch size: what compilation buys, the one comparison that crosses regimes (same mode,
+                      same requests)
   H2                  `verdicts.h2_summary` over every (regime, batch size): the one rule drift and report also use
 """
 
@@ -42,6 +45,29 @@ def regime_overheads(configs: Sequence[dict], modes: Sequence[str], orders: Mapp
                 overhead[f"{mode}/{order}_vs_separate"] = verdicts.overheads(configs, is_(mode, order), is_("separate"))
                 overhead[f"{mode}/{order}_vs_merged"] = verdicts.overheads(configs, is_(mode, order), is_("merged"))
     return overhead
+
+
+def versus_eager(configs: Sequence[dict], regimes: Sequence[str], modes: Sequence[str],
+                 orders: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """`verdicts.overheads` of each mode (and request order) timed in a regime other than eager against the same mode
+    and order timed eager, per batch size; keys "<mode>[/<order>] <regime>_vs_eager". A negative pct: that regime is
+    faster. Only modes timed in both regimes appear (on vLLM's CPU platform: full and merged)."""
+    if "eager" not in regimes:
+        return {}
+
+    def is_(regime: str, mode: str, order: str):
+        return lambda c: c["regime"] == regime and c["mode"] == mode and c["order"] == order
+
+    out: dict[str, Any] = {}
+    for regime in regimes:
+        if regime == "eager":
+            continue
+        for mode in modes:
+            for order in orders[mode]:
+                by = verdicts.overheads(configs, is_(regime, mode, order), is_("eager", mode, order))
+                if by:
+                    out[f"{mode if order == 'single' else f'{mode}/{order}'} {regime}_vs_eager"] = by
+    return out
 
 
 def summarize(study: Study, plan: BenchPlan, runs: Sequence[protocol.ConfigRun], modes: dict, switches: dict,
@@ -83,6 +109,8 @@ def summarize(study: Study, plan: BenchPlan, runs: Sequence[protocol.ConfigRun],
         "switch": switch,
         "overhead": by_regime[primary],
         "overhead_by_regime": by_regime,
+        # the same mode in two regimes (compiled against eager): not a deployment comparison, what the regime costs
+        "regime_vs_eager": versus_eager(configs, plan.regimes, plan.modes, orders),
         # the rule drift and report use: every (regime, batch size) of this backend is a part of H2
         "h2": verdicts.h2_summary(configs, study.hypotheses.h2_max_overhead_pct),
         "correctness": correctness,

@@ -21,9 +21,11 @@
   (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `torch.cuda.max_memory_allocated` (GPU) and the RSS (CPU) see it.
   Prefix caching is off: the benchmark repeats identical requests and must not time cache hits.
 * Execution regime. `eager` (`enforce_eager=True`: no torch.compile, no CUDA graphs) or `compiled` (vLLM's default
-  compilation; CUDA graphs on GPU). vLLM's CPU platform forces eager for any engine with LoRA enabled, so on CPU only
-  `full` and `merged` can run compiled; `regime_possible` says which, and the bench times every mode of one regime
-  under that regime only, so separate and merged are never compared across regimes.
+  compilation; CUDA graphs on GPU; on CPU one Dynamo trace compiled by inductor, C++ built with the system's g++).
+  vLLM's CPU platform forces eager for any engine with LoRA enabled, so on CPU only `full` and `merged` can run
+  compiled; `regime_possible` says which, and the bench times every mode of one regime under that regime only, so
+  separate and merged are never compared across regimes. Each engine records what vLLM made of it (`compilation`,
+  from its final config); a compiled engine that came out eager is an error, not a mislabelled row.
 * Threads. On CPU the engine's forward runs on this process's torch threads. vLLM's CPU worker replaces
   `torch.set_num_threads` with a stub once its worker starts (and lowers the count to 1 unless OMP_NUM_THREADS is
   set), so `VllmServer` sets the count the bench chose before the engine starts, tells vLLM to keep it, and puts the
@@ -136,6 +138,15 @@ def weights_bytes(model_dir: Path, dtype: str) -> int:
     return total
 
 
+def compilation_of(llm: Any) -> str:
+    """What vLLM made of the regime, from the engine's final config: "NONE" (eager), else the compilation mode and
+    backend, e.g. "DYNAMO_TRACE_ONCE/inductor" (vLLM's CPU platform, compiled; with VLLM_CPU_CI_ENV set vLLM swaps
+    inductor for "eager" and this says so) or "VLLM_COMPILE/inductor" (CUDA)."""
+    cc = llm.llm_engine.vllm_config.compilation_config
+    mode = getattr(cc.mode, "name", str(cc.mode))
+    return mode if mode == "NONE" else f"{mode}/{cc.backend or 'inductor'}"
+
+
 class VllmServer:
     backend = BACKEND
     # In-process engines share vLLM's process-wide distributed state: tearing it down while another engine of this
@@ -176,6 +187,11 @@ class VllmServer:
         self.sync()
         self.load_seconds = time.perf_counter() - t0
         self.threads = torch.get_num_threads()
+        self.compilation = compilation_of(self.llm)
+        if self.regime == "compiled" and self.compilation == "NONE":
+            self.close()
+            raise RuntimeError(f"vLLM ran the {mode} engine eagerly although the compiled regime was asked for "
+                               f"(platform {self.platform}): vllm_backend.regime_possible is out of date for this vLLM")
         self.lora = {t: LoRARequest(lora_name=t, lora_int_id=i + 1, lora_path=str(p)) for i, (t, p) in enumerate(adapters.items())}
         self.params = PoolingParams(use_activation=False)  # raw logits, like the hf backend
         self._memory = {
@@ -188,6 +204,7 @@ class VllmServer:
             "kv_cache_where": "GPU memory" if self.cuda else "host RAM (vLLM CPU platform)",
             "platform": self.platform,
             "regime": self.regime,
+            "compilation": self.compilation,
             "torch_threads": self.threads,
         }
 
