@@ -125,6 +125,10 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
     argv = pod.argv
     assert argv[argv.index("--user") + 1] == f"{render.APP_UID}:{render.APP_UID}"
     assert argv[argv.index("--group-add") + 1] == str(render.APP_UID)
+    # a read-only root as the kubelet makes it: podman's own tmpfs on /tmp would hide a missing /tmp emptyDir
+    assert "--read-only" in argv and "--read-only-tmpfs=false" in argv
+    tmp_mounts = [a for a in argv if a.endswith((":/tmp:rw", f":{render.HOME_DIR}:rw"))]
+    assert len(tmp_mounts) == 2, tmp_mounts
     assert "JOB_COMPLETION_INDEX=7" in argv and "AWS_ACCESS_KEY_ID=k" in argv
     assert "LORASCOPE_TORCH_THREADS=1" in argv  # requests.cpu 500m, rounded up as the kubelet does
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
