@@ -5,6 +5,9 @@ manylinux x86_64, resolved against PyPI with constraints.txt:
                                       nvidia-*, cuda-bindings, triton, sympy, ... (the GPU base's first layer)
   images/base/requirements-ml.lock    lorascope[ml]'s dependencies minus the torch lock (both ML bases)
   images/base/requirements-core.lock  lorascope's core dependencies (the slim base: drift, report)
+  images/base/build-backend.lock      pyproject's [build-system] requires (exact pins): the build backend every image
+                                      installs lorascope with (`--no-build-isolation`), instead of whatever setuptools
+                                      pip's build isolation would download unpinned
   images/bench/requirements-bench.lock  vllm==0.32.0 with transformers 5.19.0 / numpy 2.3.5 on top of the GPU base:
                                       only the packages the base does not already have at that version
 
@@ -73,6 +76,15 @@ def project_requirements(extra: str | None) -> list[str]:
     return reqs
 
 
+def build_requirements() -> list[str]:
+    """pyproject's [build-system] requires; each must be an exact pin (a lock of a range would change on re-lock)."""
+    reqs = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    loose = [r for r in reqs if not re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", r)]
+    if loose:
+        raise SystemExit(f"lock: pyproject.toml [build-system] requires {loose}: pin them exactly (name==version)")
+    return reqs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index-url", default="https://pypi.org/simple")
@@ -86,6 +98,7 @@ def main() -> int:
     torch = resolve([TORCH], constraints, args.index_url)
     ml = resolve([TORCH, *project_requirements("ml")], constraints, args.index_url)
     core = resolve(project_requirements(None), constraints, args.index_url)
+    backend = resolve(build_requirements(), constraints, args.index_url)
     for name, pin in torch.items():
         if ml.get(name) != pin:
             raise SystemExit(f"lock: {name} resolves to {ml.get(name)} with lorascope[ml] but {pin} with torch alone")
@@ -102,6 +115,7 @@ def main() -> int:
         REPO / "images/base/torch-cuda.lock": lock_text(torch, f"{TORCH} (CUDA build from PyPI) and its dependencies"),
         REPO / "images/base/requirements-ml.lock": lock_text(ml_rest, "lorascope[ml]'s dependencies minus torch-cuda.lock"),
         REPO / "images/base/requirements-core.lock": lock_text(core, "lorascope's core dependencies (slim base)"),
+        REPO / "images/base/build-backend.lock": lock_text(backend, "pyproject's build backend ([build-system] requires)"),
         REPO / "images/bench/requirements-bench.lock": lock_text(
             bench_extra, f"{' '.join(VLLM)}: what the bench image adds to (or changes in) the GPU base"
         ),

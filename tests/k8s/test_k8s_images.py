@@ -136,7 +136,7 @@ def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_versio
         arg_at = kinds.index("ARG")
         assert lock_at < code_at < arg_at, stage  # deps, then code, then the code version
         assert text_of[arg_at] == "LORASCOPE_CODE_VERSION" and "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in text_of
-        assert "pip install --no-cache-dir --no-deps /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
+        assert "--no-build-isolation --check-build-dependencies /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
     # nothing before the torch layers depends on the code or its version
     first = _stage(ins, "python")
     assert not [r for i, r in first if i in ("COPY", "ARG")] and "LORASCOPE_CODE_VERSION" not in str(first)
@@ -192,6 +192,35 @@ def test_the_gpu_locks_pin_cuda_torch_and_agree_with_constraints():
             assert version == pins[name], f"{name}: lock {version} != constraints.txt {pins[name]}"
     assert {"transformers", "peft", "optuna", "datasets", "psycopg2-binary"} <= set(ml)
     assert {"numpy", "scipy", "boto3", "matplotlib", "pydantic"} <= set(core) and "torch" not in core
+
+
+def test_every_image_builds_lorascope_with_the_pinned_hash_locked_backend_and_no_build_isolation():
+    """pip's build isolation would download setuptools from PyPI, unpinned and unhashed, at every build: the backend is
+    pyproject's exact pin, installed from images/base/build-backend.lock with hashes, and the install of /src uses it
+    (--no-build-isolation) and checks it against the pin (--check-build-dependencies)."""
+    import tomllib
+
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert requires and all(re.fullmatch(r"[a-z0-9-]+==[0-9.]+", r) for r in requires), requires
+    backend = _lock("base/build-backend.lock")
+    assert backend == dict(r.split("==") for r in requires)
+    # torch's lock installs the same setuptools into the ML images: one version of the backend everywhere
+    assert _lock("base/torch-cuda.lock")["setuptools"] == backend["setuptools"]
+    builds = 0
+    for name in ("base", "bench"):
+        runs = [rest for i, rest in instructions(dockerfile(name)) if i == "RUN"]
+        for run in runs:
+            if re.search(r"pip install [^&]*/src(\s|$)", run):
+                builds += 1
+                steps = [s.strip() for s in run.split("&&")]
+                fetch = "pip install --no-cache-dir --no-deps --require-hashes --target /tmp/build-backend -r /src/build-backend.lock"
+                assert steps[0] == fetch, run
+                assert steps[1] == ("PYTHONPATH=/tmp/build-backend pip install --no-cache-dir --no-deps "
+                                    "--no-build-isolation --check-build-dependencies /src"), run  # fmt: skip
+                assert steps[-1].startswith("rm -rf") and "/tmp/build-backend" in steps[-1], run
+        copies = [rest for i, rest in instructions(dockerfile(name)) if i == "COPY" and "pyproject.toml" in rest]
+        assert copies and all("images/base/build-backend.lock" in c for c in copies), name
+    assert builds == 3  # base-ml, base-slim, bench
 
 
 def test_no_latest_tag_anywhere_in_images_manifests_or_skaffold():
