@@ -348,7 +348,7 @@ ALLOCATABLE = {"gpu": {"memory": 27.0, "disk": 100.0}, "cpu": {"memory": 27.0, "
 
 def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(jobs):
     """memory limit = request (and cpu): QoS Guaranteed; ephemeral request = limit, covering every disk emptyDir's
-    sizeLimit plus the writable layer, and within the node's allocatable (the kubelet never has to evict to get space
+    sizeLimit plus the logs (the root filesystem is read-only), and within the node's allocatable (the kubelet never has to evict to get space
     back, and a full emptyDir is the pod's own limit, not a node-pressure eviction)."""
     for phase, job in jobs.items():
         pod = job["spec"]["template"]["spec"]
@@ -358,7 +358,7 @@ def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(
         disk = sum(_gib(v["sizeLimit"]) for v in vols.values() if v.get("medium") != "Memory")
         shm = _gib(vols["dshm"]["sizeLimit"])
         eph = _gib(res["requests"]["ephemeral-storage"])
-        assert disk + 2 <= eph, phase  # room for the image's writable layer and the logs
+        assert disk + 2 <= eph, phase  # room for the logs
         node = ALLOCATABLE["gpu" if get_phase(phase).gpu else "cpu"]
         assert eph <= node["disk"] and _gib(res["requests"]["memory"]) <= node["memory"], phase
         assert shm <= _gib(res["limits"]["memory"]) / 4, phase  # /dev/shm counts against the memory limit

@@ -91,8 +91,9 @@ KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admissio
 
 # Resources. memory limit = request (a pod can never use memory the node did not set aside for it, so node-memory
 # pressure never picks it for eviction; past its limit it is OOM-killed: exit 137, a counted retry) and cpu limit =
-# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the emptyDirs' sizeLimits + 5Gi for the
-# image's writable layer and logs, and within the node's allocatable (docs/cluster.md, "Evictions"):
+# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the disk emptyDirs' sizeLimits + LOGS_GIB
+# (the root filesystem is read-only: the image's writable layer takes nothing), and within the node's allocatable
+# (docs/cluster.md, "Evictions"):
 #   g2-standard-8 (8 vCPU, 32 GB, one L4), 200 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~100 GiB disk
 #   e2-standard-8 default pool (CPU phases), 100 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~44 GiB disk
 # The disk emptyDirs' sizes in GiB (hf-cache: stage's from the model); tmp and home came out of what was the writable
