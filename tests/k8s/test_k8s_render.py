@@ -232,6 +232,49 @@ def test_every_pod_template_meets_restricted_and_has_requests_and_limits():
     assert seen == 2 * 8 + 2 * 8 + 2 + 2
 
 
+def dockerfile_env(path) -> dict[str, str]:
+    """The ENV instructions of a Dockerfile (`ENV K=V \\` continued over lines), name -> value."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            out.update(kv.split("=", 1) for kv in line[4:].split() if "=" in kv)
+    return out
+
+
+def test_every_container_has_a_read_only_root_and_every_path_a_phase_writes_is_a_writable_emptydir():
+    """readOnlyRootFilesystem everywhere; in the phase pods every directory the images point a writer at (their ENV's
+    absolute paths: HOME, HF_HOME, the work dir, MPLCONFIGDIR, XDG_CACHE_HOME) and /tmp lie on a writable emptyDir."""
+    image_env = {}
+    for dockerfile in sorted((REPO / "images").glob("*/Dockerfile")):
+        image_env.update(dockerfile_env(dockerfile))
+    # read, never written: the stage image's model wheel is baked in (lorascope downloads only into an empty folder)
+    read_only = {"LORASCOPE_WHEEL_DIR"}
+    paths = {k: v for k, v in image_env.items() if v.startswith("/") and k not in read_only}
+    assert {"HOME", "HF_HOME", "LORASCOPE_WORK_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"} <= set(paths), image_env
+    seen = 0
+    for path in manifest_files() + manifest_files(custom_resources=True):
+        for obj in load_objects(path):
+            for pod in pod_templates(obj):
+                vols = {v["name"]: v for v in pod.get("volumes", [])}
+                for c in pod["containers"]:
+                    where = f"{path.relative_to(REPO)} {obj['metadata']['name']}/{c['name']}"
+                    assert c["securityContext"].get("readOnlyRootFilesystem") is True, where
+                    seen += 1
+                    if c["name"] != render.CONTAINER:
+                        continue
+                    writable = [m["mountPath"] for m in c["volumeMounts"]
+                                if not m.get("readOnly") and "emptyDir" in vols[m["name"]]]  # fmt: skip
+                    assert sorted(writable) == sorted(render.WRITABLE_MOUNTS.values()), where
+                    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+                    wanted = {**paths, **{k: v for k, v in env.items() if k in paths}, "TMPDIR": "/tmp"}
+                    for name, target in wanted.items():
+                        assert any(target == m or target.startswith(m.rstrip("/") + "/") for m in writable), (
+                            f"{where}: {name}={target} is on the read-only root filesystem"
+                        )
+    assert seen == 2 * 8 + 2 * 8 + 2 + 2
+
+
 def test_the_restricted_checker_catches_what_admission_would_refuse(jobs):
     import copy
 
@@ -305,7 +348,7 @@ ALLOCATABLE = {"gpu": {"memory": 27.0, "disk": 100.0}, "cpu": {"memory": 27.0, "
 
 def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(jobs):
     """memory limit = request (and cpu): QoS Guaranteed; ephemeral request = limit, covering every disk emptyDir's
-    sizeLimit plus the writable layer, and within the node's allocatable (the kubelet never has to evict to get space
+    sizeLimit plus the logs (the root filesystem is read-only), and within the node's allocatable (the kubelet never has to evict to get space
     back, and a full emptyDir is the pod's own limit, not a node-pressure eviction)."""
     for phase, job in jobs.items():
         pod = job["spec"]["template"]["spec"]
@@ -315,7 +358,7 @@ def test_phase_pods_cannot_be_picked_by_node_pressure_eviction_and_fit_the_node(
         disk = sum(_gib(v["sizeLimit"]) for v in vols.values() if v.get("medium") != "Memory")
         shm = _gib(vols["dshm"]["sizeLimit"])
         eph = _gib(res["requests"]["ephemeral-storage"])
-        assert disk + 2 <= eph, phase  # room for the image's writable layer and the logs
+        assert disk + 2 <= eph, phase  # room for the logs
         node = ALLOCATABLE["gpu" if get_phase(phase).gpu else "cpu"]
         assert eph <= node["disk"] and _gib(res["requests"]["memory"]) <= node["memory"], phase
         assert shm <= _gib(res["limits"]["memory"]) / 4, phase  # /dev/shm counts against the memory limit

@@ -16,9 +16,12 @@ def pod_security(uid: int) -> dict[str, Any]:
 
 
 def container_security(uid: int) -> dict[str, Any]:
+    """`restricted`, and a read-only root filesystem: whatever a container writes goes to a volume its pod declares
+    (phase pods: render.WRITABLE_MOUNTS; PostgreSQL: its data, /var/run/postgresql and /tmp; MinIO: /data, /tmp)."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "runAsUser": uid,
         "runAsGroup": uid,

@@ -20,8 +20,8 @@ resolves, so nothing in the repository points at a registry someone else could o
 both required: exit 2 without them; optional spot L4 nodes and a Kueue queue), `kind` (no GPU, laptop-sized
 resources, the locally built CPU images under localhost/lorascope (tag <code tag>-cpu), imagePullPolicy Never, MinIO).
 
-Every pod: restartPolicy Never, non-root, Pod Security Standard `restricted`, /dev/shm and the HF cache and work dir
-on emptyDirs sized within the node's allocatable, credentials only from Secrets via envFrom, memory limit = request.
+Every pod: restartPolicy Never, non-root, Pod Security Standard `restricted`, a read-only root filesystem with
+/dev/shm, the HF cache, the work dir, /tmp and HOME on emptyDirs sized within the node's allocatable, credentials only from Secrets via envFrom, memory limit = request.
 Every Job: Indexed, backoffLimitPerIndex, maxFailedIndexes, a podFailurePolicy that fails an index at once on the
 config-error exit code (2) and ignores disruptions, activeDeadlineSeconds from the phase's waves, and
 ttlSecondsAfterFinished. Fields used are GA in Kubernetes 1.33.
@@ -67,6 +67,18 @@ CONTAINER = "lorascope"
 WORK_DIR = "/work"
 HF_HOME = "/cache/hf"
 APP_UID = 10001  # the `lorascope` user baked into every image (images/base/Dockerfile)
+HOME_DIR = "/home/lorascope"  # its home (images/base/Dockerfile: HOME)
+TMP_DIR = "/tmp"
+# The root filesystem is read-only in every pod (readOnlyRootFilesystem): every path a phase writes outside the store
+# is an emptyDir. name -> mount path; the sizes are in PROFILES. What writes where (docs/cluster.md, "Read-only root"):
+#   work      LORASCOPE_WORK_DIR, and under it the image's XDG_CACHE_HOME=/work/.cache (vLLM's compile cache, torch
+#             kernels and hub) and MPLCONFIGDIR=/work/.cache/matplotlib
+#   hf-cache  HF_HOME: hub downloads, datasets
+#   tmp       Python's tempfile, torch inductor's cache (/tmp/torchinductor_<user>), vLLM's RPC sockets
+#   home      HOME: what still writes under ~ (Triton's ~/.triton cache, vLLM's ~/.config/vllm usage stats, the
+#             NVIDIA driver's ~/.nv compute cache)
+#   dshm      /dev/shm (memory): torch's shared-memory tensors
+WRITABLE_MOUNTS = {"dshm": "/dev/shm", "hf-cache": HF_HOME, "work": WORK_DIR, "tmp": TMP_DIR, "home": HOME_DIR}
 
 JOB_FILES = {p: ("grid-job.yaml" if p == "train" else f"{p}-job.yaml") for p in PHASE_ORDER}
 
@@ -79,17 +91,21 @@ KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admissio
 
 # Resources. memory limit = request (a pod can never use memory the node did not set aside for it, so node-memory
 # pressure never picks it for eviction; past its limit it is OOM-killed: exit 137, a counted retry) and cpu limit =
-# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the emptyDirs' sizeLimits + 5Gi for the
-# image's writable layer and logs, and within the node's allocatable (docs/cluster.md, "Evictions"):
+# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the disk emptyDirs' sizeLimits + LOGS_GIB
+# (the root filesystem is read-only: the image's writable layer takes nothing), and within the node's allocatable
+# (docs/cluster.md, "Evictions"):
 #   g2-standard-8 (8 vCPU, 32 GB, one L4), 200 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~100 GiB disk
 #   e2-standard-8 default pool (CPU phases), 100 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~44 GiB disk
+# The disk emptyDirs' sizes in GiB (hf-cache: stage's from the model); tmp and home came out of what was the writable
+# layer's 5 GiB before the root filesystem was read-only, so the ephemeral-storage totals did not change.
 PROFILES: dict[str, dict[str, Any]] = {
-    "gpu": {"cpu": "6", "memory": "24Gi", "gpu": "1", "volumes": {"dshm": "4Gi", "hf-cache": 5, "work": 70}},
-    "cpu": {"cpu": "2", "memory": "12Gi", "volumes": {"dshm": "1Gi", "hf-cache": 2, "work": 20}},
+    "gpu": {"cpu": "6", "memory": "24Gi", "gpu": "1",
+            "volumes": {"dshm": "4Gi", "hf-cache": 5, "work": 70, "tmp": 2, "home": 1}},
+    "cpu": {"cpu": "2", "memory": "12Gi", "volumes": {"dshm": "1Gi", "hf-cache": 2, "work": 20, "tmp": 2, "home": 1}},
     # kind: a laptop, the smoke study's tiny model
-    "kind": {"cpu": "1", "memory": "3Gi", "volumes": {"dshm": "512Mi", "hf-cache": 1, "work": 5}},
-}
-WRITABLE_LAYER_GIB = 5
+    "kind": {"cpu": "1", "memory": "3Gi", "volumes": {"dshm": "512Mi", "hf-cache": 1, "work": 5, "tmp": 2, "home": 1}},
+}  # fmt: skip
+LOGS_GIB = 2  # the container's logs (the kubelet counts them against ephemeral-storage); the root FS takes no writes
 KIND_CPU_LIMIT = "2"  # kind only: burst above the request (a laptop has no node pressure policy worth keeping)
 KIND_MEMORY = {"bench": "6Gi"}  # vLLM's CPU engine holds the study's KV cache (2 GiB by default) next to the model
 
@@ -208,7 +224,7 @@ def resources(profile: str, hf_cache_gib: int, phase: str = "") -> tuple[dict, d
     """(container resources, emptyDir sizeLimits) for a profile."""
     p = PROFILES[profile]
     vols = p["volumes"]
-    disk = f"{hf_cache_gib + vols['work'] + WRITABLE_LAYER_GIB}Gi"
+    disk = f"{hf_cache_gib + vols['work'] + vols['tmp'] + vols['home'] + LOGS_GIB}Gi"
     memory = KIND_MEMORY.get(phase, p["memory"]) if profile == "kind" else p["memory"]
     req = {"cpu": p["cpu"], "memory": memory, "ephemeral-storage": disk}
     if "gpu" in p:
@@ -216,7 +232,8 @@ def resources(profile: str, hf_cache_gib: int, phase: str = "") -> tuple[dict, d
     lim = dict(req)
     if profile == "kind":
         lim["cpu"] = KIND_CPU_LIMIT
-    sizes = {"dshm": vols["dshm"], "hf-cache": f"{hf_cache_gib}Gi", "work": f"{vols['work']}Gi"}
+    sizes = {"dshm": vols["dshm"], "hf-cache": f"{hf_cache_gib}Gi"}
+    sizes.update({name: f"{vols[name]}Gi" for name in ("work", "tmp", "home")})
     return {"requests": req, "limits": lim}, sizes
 
 
@@ -293,6 +310,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         {"name": "LORASCOPE_STORE", "value": opts.store_url},
         {"name": "LORASCOPE_WORK_DIR", "value": WORK_DIR},
         {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "HOME", "value": HOME_DIR},  # the image's, restated: the home emptyDir is mounted there
         # S3 servers other than AWS (MinIO, GCS interop, SeaweedFS) reject boto3's default CRC checksums
         {"name": "AWS_REQUEST_CHECKSUM_CALCULATION", "value": "when_required"},
         {"name": "AWS_RESPONSE_CHECKSUM_VALIDATION", "value": "when_required"},
@@ -323,9 +341,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         "securityContext": container_security(APP_UID),
         "volumeMounts": [
             {"name": "study", "mountPath": STUDY_DIR, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "hf-cache", "mountPath": HF_HOME},
-            {"name": "work", "mountPath": WORK_DIR},
+            *({"name": name, "mountPath": path} for name, path in WRITABLE_MOUNTS.items()),
         ],
         # a failed pod's last log lines land in its status: `lorascope cluster run` shows them
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -344,8 +360,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
                 },
             },
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": sizes["dshm"]}},
-            {"name": "hf-cache", "emptyDir": {"sizeLimit": sizes["hf-cache"]}},
-            {"name": "work", "emptyDir": {"sizeLimit": sizes["work"]}},
+            *({"name": name, "emptyDir": {"sizeLimit": sizes[name]}} for name in WRITABLE_MOUNTS if name != "dshm"),
         ],
     }
     if gpu and not kind:
