@@ -114,6 +114,7 @@ def test_the_bench_image_has_the_pinned_c_compiler(engine, image_tag):
 
 
 # ------------------------------------------------------------------------------------------------ translation
+@pytest.mark.images  # it needs no image, but test-main ignores tests/images: without the marker it ran nowhere
 def test_translation_refuses_what_it_does_not_translate(tmp_path):
     study = load_study(SMOKE)
     opts = render.RenderOptions(overlay="kind", image_tag="t-cpu", store_url="s3://b/store")
