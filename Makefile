@@ -62,9 +62,9 @@ $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR): $(VLLM_LOCK)
 
 install-vllm: $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR)
 
-## install-system: Debian packages the tests need (PostgreSQL), only when missing; one line and exit 2 without root/apt
+## install-system: Debian packages the tests need (PostgreSQL, g++), only when missing; one line and exit 2 without root/apt
 install-system:
-	@tools/system-deps.sh postgresql
+	@tools/system-deps.sh postgresql g++
 
 ## install-all: everything `make test` needs
 install-all: install install-vllm install-system install-real-model

@@ -2,6 +2,7 @@
 # Debian packages the tests need, installed only when missing (idempotent): `tools/system-deps.sh PKG...` where PKG is
 # one of the names below. Without root or apt it installs nothing and stops with one line saying what to install.
 #   postgresql  the HPO shared-storage test starts its own server on 127.0.0.1 (needs initdb/postgres binaries)
+#   g++         vLLM's compiled regime on CPU: torch inductor builds its generated C++ with it (tests/vllm)
 set -euo pipefail
 need=()
 for pkg in "$@"; do
