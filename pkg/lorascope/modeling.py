@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lorascope.phases import PhaseContext
-    from lorascope.study import FullMethod, LoraMethod
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_LLAMA_ASSETS = ASSETS / "tiny-llama"
@@ -118,7 +117,9 @@ class LastAttendedPooling:
         if attention_mask is None:
             index = torch.full((batch,), seq - 1, device=hidden.device, dtype=torch.int64)
         else:
-            index = last_token_index(attention_mask).to(hidden.device)
+            # a mask longer than the sequence covers cached positions before it (PEFT's prefix tuning prepends
+            # num_virtual_tokens ones for its virtual key/values): the sequence's own columns are the last `seq`
+            index = last_token_index(attention_mask[:, -seq:]).to(hidden.device)
         pooled_logits = self.score(hidden[torch.arange(batch, device=hidden.device), index])
         loss = None
         if labels is not None:
@@ -246,24 +247,118 @@ def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, 
     return model.to(device)
 
 
-def apply_method(model, method: FullMethod | LoraMethod, overrides: Mapping[str, Any] | None = None):
-    """`full`: the model unchanged, every parameter trains. `lora`: PEFT LoRA on `method.target_modules` (alpha and
-    dropout from `overrides["lora_alpha"/"lora_dropout"]` when HPO chose them), the `score` head trainable and saved
-    with the adapter (PEFT's SEQ_CLS task adds it to modules_to_save)."""
+LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}  # -> init_lora_weights
+
+
+def peft_target_names(model, exact: list[str]) -> list[str]:
+    """What PEFT gets as `target_modules` for the exact module names `families.resolve_targets` chose: the short
+    names (`q_proj`) when they select exactly those modules (so an adapter of `[q_proj, v_proj]` is written as
+    before, which vLLM and older readers expect), else the exact names."""
+    short = sorted({n.rsplit(".", 1)[-1] for n in exact})
+    from lorascope import families
+
+    inside = {n for n, _, _, _ in families.block_modules(model)}
+    same = {n for n in inside if n.rsplit(".", 1)[-1] in short}
+    return short if same == set(exact) else list(exact)
+
+
+def method_targets(model, targets: list[str], field_path: str) -> list[str]:
+    from lorascope import families
+
+    return peft_target_names(model, families.resolve_targets(model, targets, field_path))
+
+
+def frozen_except(model, names: set[str]) -> None:
+    """requires_grad on exactly the parameters named in `names`."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+
+
+def top_layers_parameters(model, k: int, field_path: str) -> set[str]:
+    """The last `k` blocks and everything after them (Llama: the final norm; every family: the classifier head);
+    the embeddings and the first n - k blocks stay frozen."""
+    from lorascope import families
+
+    groups = families.parameter_groups(model)
+    n = families.num_blocks(model)
+    if k > n:
+        raise ConfigError(f"{field_path}: k={k} but the model has {n} blocks (k must be at most {n})")
+    early = {p for i in range(n - k) for p in groups.get(f"block:{i}", [])}
+    return {name for name, _ in model.named_parameters() if name not in early and name not in groups["embeddings"]}
+
+
+def bitfit_parameters(model, train: list[str], field_path: str) -> set[str]:
+    """The bias terms and/or the norm parameters (`train`), plus the classifier head. A model without bias terms
+    outside its head (Llama, Mistral, Gemma) asked for `bias` is a ConfigError: there is nothing to tune."""
+    from lorascope import families
+
+    fam = families.family_of(model)
+    groups = families.parameter_groups(model)
+    head = set(groups["head"])
+    chosen = set(head)
+    for group in train:
+        names = [n for n in groups[group] if n not in head]
+        if not names:
+            what = "bias terms" if group == "bias" else "norm parameters"
+            hint = " (norm-only tuning: the RMSNorm gains): use `train: [norm]`" if group == "bias" else ""
+            raise ConfigError(f"{field_path}: {group!r}, but this {fam.name} model ({model.config.model_type}) has no "
+                              f"{what} outside its head{hint}")  # fmt: skip
+        chosen.update(names)
+    return chosen
+
+
+def apply_method(model, method: Any, overrides: Mapping[str, Any] | None = None, field_path: str | None = None):
+    """Set up `model` (a loaded classifier) for `method`; the classifier head trains under every method.
+
+    full        every parameter trains
+    lora        PEFT `LoraConfig` on `target_modules` (roles/groups/literals resolved by families.resolve_targets),
+                alpha and dropout from `overrides["lora_alpha"/"lora_dropout"]` when HPO chose them, `use_dora`,
+                `use_rslora`, `init_lora_weights` from `init`
+    ia3         PEFT `IA3Config` on `target_modules`, `feedforward_modules` (a subset of them) scaled at their input
+    prefix      PEFT `PrefixTuningConfig(num_virtual_tokens)`
+    top_layers  requires_grad on the last k blocks and what follows them (`top_layers_parameters`)
+    bitfit      requires_grad on the bias and/or norm parameters (`bitfit_parameters`)
+    PEFT methods get the head through the SEQ_CLS task (PEFT adds `score`/`classifier` to modules_to_save)."""
     overrides = dict(overrides or {})
+    where = field_path or f"methods.{method.name}"
     if method.kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    if method.kind == "top_layers":
+        frozen_except(model, top_layers_parameters(model, method.k, f"{where}.k"))
+        return model
+    if method.kind == "bitfit":
+        frozen_except(model, bitfit_parameters(model, list(method.train), f"{where}.train"))
+        return model
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=method.r,
-        lora_alpha=float(overrides.get("lora_alpha", method.alpha)),
-        lora_dropout=float(overrides.get("lora_dropout", method.dropout)),
-        target_modules=list(method.target_modules),
-    )
+    if method.kind == "lora":
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=method.r,
+            lora_alpha=float(overrides.get("lora_alpha", method.alpha)),
+            lora_dropout=float(overrides.get("lora_dropout", method.dropout)),
+            target_modules=method_targets(model, list(method.target_modules), f"{where}.target_modules"),
+            use_dora=method.use_dora,
+            use_rslora=method.use_rslora,
+            init_lora_weights=LORA_INITS[method.init],
+        )
+    elif method.kind == "ia3":
+        from lorascope import families
+
+        targets = families.resolve_targets(model, list(method.target_modules), f"{where}.target_modules")
+        ff = families.resolve_targets(model, list(method.feedforward_modules), f"{where}.feedforward_modules")
+        outside = sorted(set(ff) - set(targets))
+        if outside:
+            raise ConfigError(f"{where}.feedforward_modules: {outside[:3]} are not among target_modules (IA3 scales a "
+                              "feed-forward module's input, so it must be a target too)")  # fmt: skip
+        config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=peft_target_names(model, targets),
+                           feedforward_modules=peft_target_names(model, ff) if ff else [])  # fmt: skip
+    elif method.kind == "prefix":
+        config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=method.num_virtual_tokens)
+    else:
+        raise ConfigError(f"{where}: unknown method kind {method.kind!r}")
     return get_peft_model(model, config)
 
 
@@ -275,6 +370,66 @@ def trainable_parameters(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def trainable_bytes(model) -> int:
+    """Bytes of the trainable parameters in their dtype (what an optimizer state scales with)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes on disk of every file under `folder`."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def save_cell_artifact(model, method: Any, folder: Path, initial_adapter: Path | None = None) -> Path:
+    """Save what a cell keeps: `adapter/` for a PEFT method, `model/` otherwise, into `folder`/<that>. A PiSSA/OLoRA
+    adapter is converted (PEFT's `path_initial_model_for_weight_conversion`, from the initial adapter saved by
+    `save_initial_adapter` before training) into a plain LoRA delta that applies to the untouched base."""
+    out = Path(folder) / ("adapter" if method.adapter else "model")
+    shutil.rmtree(out, ignore_errors=True)
+    if getattr(method, "converts_init", False):
+        if initial_adapter is None or not (initial_adapter / "adapter_config.json").is_file():
+            raise ConfigError(f"method {method.name!r} (init {method.init}): the initial adapter was not saved before "
+                              "training, so the trained adapter cannot be converted for the original base")  # fmt: skip
+        model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(initial_adapter))
+        _restore_modules_to_save(model, out)
+    else:
+        model.save_pretrained(str(out))
+    return out
+
+
+def _restore_modules_to_save(model, out: Path) -> None:
+    """PEFT 0.21.2's conversion (`LoraModel.subtract_mutated_init`) returns only the lora_A/lora_B tensors, so the
+    converted file lacks the modules_to_save copies (the trained classifier head): put them back, as the plain
+    save writes them (same keys, from PEFT's `get_peft_model_state_dict`)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = out / "adapter_model.safetensors"
+    converted = load_file(str(path))
+    extra = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()
+             if "lora_" not in k and k not in converted}  # fmt: skip
+    if extra:
+        save_file({**converted, **extra}, str(path), metadata={"format": "pt"})
+
+
+def save_initial_adapter(model, method: Any, folder: Path) -> Path | None:
+    """For PiSSA/OLoRA: the adapter as initialised (A0, B0), saved before any training step, with
+    `init_lora_weights=True` in its config as PEFT's conversion requires (loading it must not decompose W again).
+    None for every other method."""
+    if not getattr(method, "converts_init", False):
+        return None
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        config.init_lora_weights = init
+    return folder
 
 
 def module_shapes(config: Any) -> dict[str, tuple[int, int]]:

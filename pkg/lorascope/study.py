@@ -14,7 +14,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -126,20 +126,216 @@ class TaskConfig(Strict):
 
 
 class FullMethod(Strict):
+    """Full fine-tuning: every parameter trains; the cell saves `model/`."""
+
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "full"
     kind: Literal["full"] = "full"
+    adapter: ClassVar[bool] = False
+    vllm_servable: ClassVar[bool] = False
+
+
+# Target lists name modules by role (q k v o gate up down), group (attention, mlp), `all-linear`, or a module's own
+# name (PEFT's suffix rule); lorascope.families.resolve_targets turns them into the exact names of a loaded model.
+# A bare string is a one-entry list (`target_modules: all-linear`).
+Targets = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
 
 class LoraMethod(Strict):
+    """LoRA through PEFT (`LoraConfig`): rank `r`, `alpha`, `dropout` on `target_modules`; PEFT's variants DoRA
+    (`use_dora`: magnitude + direction), rsLoRA (`use_rslora`: scale alpha/sqrt(r) instead of alpha/r) and the
+    initialisation `init` (`default`: A Kaiming-uniform, B = 0; `gaussian`: A Gaussian; `pissa`/`olora`: the adapter
+    starts from the principal singular vectors / a QR of W0, and W0 is replaced by the residual; the saved adapter is
+    converted to a plain LoRA delta of rank 2r that applies to the untouched base, PEFT's
+    `path_initial_model_for_weight_conversion`)."""
+
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "lora"
     kind: Literal["lora"] = "lora"
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    target_modules: Targets = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    use_dora: bool = False
+    use_rslora: bool = False
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    adapter: ClassVar[bool] = True
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets_list(cls, v: Any) -> Any:
+        return _one_or_list(v)
+
+    @property
+    def vllm_servable(self) -> bool:
+        """Plain LoRA only: vLLM's LoRA layers compute scale B A with scale alpha / r; DoRA's magnitude vector and
+        rsLoRA's scale are not what they serve, and a converted PiSSA/OLoRA adapter has rank 2r (kept out until the
+        bench's max_lora_rank accounts for it)."""
+        return not self.use_dora and not self.use_rslora and self.init in ("default", "gaussian")
+
+    @property
+    def converts_init(self) -> bool:
+        """Whether the init mutates the base weights (PiSSA, OLoRA): the adapter is saved converted."""
+        return self.init in ("pissa", "olora")
 
 
-Method = Annotated[FullMethod | LoraMethod, Field(discriminator="kind")]
+class Ia3Method(Strict):
+    """IA3 through PEFT (`IA3Config`): learned vectors rescaling the outputs of `target_modules` and, for the
+    `feedforward_modules` among them, the inputs. Defaults: k, v and down, with down as the feed-forward module
+    (the IA3 paper's setting, PEFT's default mapping for Llama)."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "ia3"
+    kind: Literal["ia3"] = "ia3"
+    target_modules: Targets = Field(default_factory=lambda: ["k", "v", "down"])
+    feedforward_modules: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["down"])
+    adapter: ClassVar[bool] = True
+    vllm_servable: ClassVar[bool] = False
+
+    @field_validator("target_modules", "feedforward_modules", mode="before")
+    @classmethod
+    def _targets_list(cls, v: Any) -> Any:
+        return _one_or_list(v)
+
+
+class TopLayersMethod(Strict):
+    """Fine-tune the last `k` blocks and the classifier head; everything else (embeddings, earlier blocks, the final
+    norm) stays frozen. The cell saves `model/`."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "top-layers"
+    kind: Literal["top_layers"] = "top_layers"
+    k: int = Field(1, ge=1)
+    adapter: ClassVar[bool] = False
+    vllm_servable: ClassVar[bool] = False
+
+
+class BitFitMethod(Strict):
+    """BitFit-style tuning: only the parameter groups in `train` (`bias`: every bias term, Ben Zaken et al. 2022;
+    `norm`: the norms' weights and biases) plus the classifier head. Llama has no bias terms at all, so on Llama
+    `train: [bias]` is an error and `train: [norm]` is norm-only tuning (the RMSNorm gains). The cell saves
+    `model/`."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "bitfit"
+    kind: Literal["bitfit"] = "bitfit"
+    train: list[Literal["bias", "norm"]] = Field(default_factory=lambda: ["bias"], min_length=1)
+    adapter: ClassVar[bool] = False
+    vllm_servable: ClassVar[bool] = False
+
+    @field_validator("train")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each group at most once, got {v}")
+        return v
+
+
+class PrefixMethod(Strict):
+    """Prefix tuning through PEFT (`PrefixTuningConfig`): `num_virtual_tokens` learned key/value pairs prepended in
+    every attention layer; the classifier head trains too. The cell saves `adapter/`."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "prefix"
+    kind: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, ge=1)
+    adapter: ClassVar[bool] = True
+    vllm_servable: ClassVar[bool] = False
+
+
+AnyMethod = FullMethod | LoraMethod | Ia3Method | TopLayersMethod | BitFitMethod | PrefixMethod
+Method = Annotated[AnyMethod, Field(discriminator="kind")]
+METHOD_CLASSES: dict[str, type[Strict]] = {
+    "full": FullMethod, "lora": LoraMethod, "ia3": Ia3Method, "top_layers": TopLayersMethod, "bitfit": BitFitMethod,
+    "prefix": PrefixMethod,
+}  # fmt: skip
+METHOD_KINDS = tuple(METHOD_CLASSES)
+LORA_ONLY_PARAMS = ("lora_alpha", "lora_dropout")
+# fields added after studies were first run: left out of the study hash while they hold their default, so an
+# existing study keeps its hash and run id (canonical_json)
+_HASH_NEUTRAL_DEFAULTS = {"lora": {"use_dora": False, "use_rslora": False, "init": "default"}}
+
+
+# ---- sweeps --------------------------------------------------------------------------------------------------
+def _list_field(cls: type[Strict], name: str) -> bool:
+    ann = cls.model_fields[name].annotation
+    while typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    return typing.get_origin(ann) is list
+
+
+def _name_part(axis: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, list):
+        value = "".join(str(v) for v in value)
+    return str(value).replace(".", "p")
+
+
+def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
+    """A `sweep:` entry of `methods` as plain method entries.
+
+    `spec` holds `kind`, a `name` template and the method's fields. A field is an axis when its value lists
+    alternatives: for a scalar field (r, alpha, dropout, k, init, use_dora, ...) a list of values; for a list field
+    (target_modules, feedforward_modules, train) a list of lists, or for any field a mapping {label: value}. Every
+    other field is fixed. The entries are the product of the axes in the order they are written, the first axis
+    outermost, each axis's values in their order. The name template names every axis as `{field}`, replaced by the
+    value (a mapping axis: its label; a list value: its entries joined; `.` in a number becomes `p`)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"@{where}: expected a mapping (kind, name template, fields and axes), got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in METHOD_CLASSES:
+        raise ValueError(f"@{where}.kind: expected one of {list(METHOD_KINDS)}, got {kind!r}")
+    cls = METHOD_CLASSES[kind]
+    template = spec.get("name")
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"@{where}.name: a sweep needs a name template naming each axis, e.g. 'lora-r{{r}}'")
+    unknown = sorted(set(spec) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"@{where}: unknown field(s) {unknown} for kind {kind!r}; its fields are {sorted(cls.model_fields)}")
+    axes: list[tuple[str, list[tuple[str, Any]]]] = []
+    fixed: dict[str, Any] = {}
+    for field_name, value in spec.items():
+        if field_name in ("name", "kind"):
+            continue
+        if isinstance(value, dict):
+            values = [(str(label), v) for label, v in value.items()]
+        elif isinstance(value, list) and (not _list_field(cls, field_name) or all(isinstance(v, list) for v in value) and value):
+            values = [(_name_part(field_name, v), v) for v in value]
+        else:
+            fixed[field_name] = value
+            continue
+        if not values:
+            raise ValueError(f"@{where}.{field_name}: an axis with no values")
+        labels = [label for label, _ in values]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"@{where}.{field_name}: the axis's values give repeated name parts {labels}")
+        axes.append((field_name, values))
+    if not axes:
+        raise ValueError(f"@{where}: no axis (a field with a list of alternatives or a mapping); write a plain entry")
+    missing = [a for a, _ in axes if "{" + a + "}" not in template]
+    if missing:
+        raise ValueError(f"@{where}.name: the template {template!r} does not name the axis(es) {missing} "
+                         f"(write {{{missing[0]}}} in it), so the entries would share names")  # fmt: skip
+    out: list[dict[str, Any]] = [{}]
+    for field_name, values in axes:
+        out = [{**e, field_name: (label, v)} for e in out for label, v in values]
+    entries = []
+    for combo in out:
+        name = template
+        for field_name, (label, _) in combo.items():
+            name = name.replace("{" + field_name + "}", label)
+        entry = {"kind": kind, "name": name, **fixed, **{f: v for f, (_, v) in combo.items()}}
+        try:
+            cls.model_validate(entry)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            path = ".".join(str(p) for p in e["loc"]) or "(entry)"
+            msg = e["msg"].removeprefix("Value error, ")
+            raise ValueError(f"@{where}.{path}: entry {name!r}: {msg} (got {e.get('input')!r})") from None
+        entries.append(entry)
+    return entries
+
 
 HPO_PARAMS = {
     "learning_rate",
@@ -280,6 +476,8 @@ class BenchConfig(Strict):
     requests: int = Field(200, ge=1, description="timed requests per configuration and repeat")
     repeats: int = Field(3, ge=1)
     seed: int = Field(42, description="which training seed's cells are served")
+    method: str | None = Field(None, description="the LoRA method served (its name; a vLLM-servable one); null = the "
+                               "study's first vLLM-servable method")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=1)
     vllm_regimes: list[Literal["eager", "compiled"]] = Field(
@@ -329,6 +527,22 @@ class Study(Strict):
     bench: BenchConfig = BenchConfig()
     hypotheses: HypothesesConfig = HypothesesConfig()
 
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _expand_sweeps(cls, methods: Any) -> Any:
+        """`- sweep: {...}` entries become their plain method entries, in place (`expand_sweep`)."""
+        if not isinstance(methods, list):
+            return methods
+        out: list[Any] = []
+        for i, entry in enumerate(methods):
+            if isinstance(entry, dict) and "sweep" in entry:
+                if len(entry) != 1:
+                    raise ValueError(f"@{i}: a sweep entry holds only `sweep:` (got also {sorted(set(entry) - {'sweep'})})")
+                out += expand_sweep(entry["sweep"], f"{i}.sweep")
+            else:
+                out.append(entry)
+        return out
+
     @model_validator(mode="after")
     def _unique_and_consistent(self) -> Study:
         for label, names in (
@@ -340,41 +554,98 @@ class Study(Strict):
             if dupes:
                 raise ValueError(f"{label}: duplicate entries {dupes}")
         method_names = {m.name for m in self.methods}
+        kinds = {m.kind for m in self.methods}
         for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults)):
-            unknown = set(mapping) - method_names
+            unknown = set(mapping) - method_names - kinds
             if unknown:
-                raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; the study's methods are {sorted(method_names)}")
-        if self.hpo.enabled:
-            missing = method_names - set(self.hpo.spaces)
-            if missing:
-                raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for {sorted(missing)}")
+                raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; keys are a method's name or kind: the "
+                                 f"study's methods are {sorted(method_names)}, their kinds {sorted(kinds)}")  # fmt: skip
+        for m in self.methods:
+            if self.hpo.enabled and self.space_key(m) is None:
+                raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for method {m.name!r} "
+                                 f"(nor its kind {m.kind!r})")  # fmt: skip
+            if self.sanity_key(m) is None:
+                raise ValueError(f"@sanity.learning_rate: no entry for method {m.name!r} (nor its kind {m.kind!r})")
         self._check_hyperparameters()
+        self._check_bench_method()
         return self
+
+    # ---- per-method settings: the method's name first, then its kind ------------------------------------------
+    @staticmethod
+    def _lookup(mapping: dict[str, Any], method: Any) -> str | None:
+        return method.name if method.name in mapping else method.kind if method.kind in mapping else None
+
+    def defaults_key(self, method: Any) -> str | None:
+        """The `training.defaults` key that serves `method`: its name, else its kind, else None."""
+        return self._lookup(self.training.defaults, method)
+
+    def space_key(self, method: Any) -> str | None:
+        """The `hpo.spaces` key that serves `method`: its name, else its kind, else None."""
+        return self._lookup(self.hpo.spaces, method)
+
+    def sanity_key(self, method: Any) -> str | None:
+        return self._lookup(self.sanity.learning_rate, method)
+
+    def defaults_for(self, method: Any) -> dict[str, float | int]:
+        key = self.defaults_key(method)
+        return dict(self.training.defaults[key]) if key is not None else {}
+
+    def space_for(self, method: Any) -> dict[str, ParamSpace]:
+        key = self.space_key(method)
+        return dict(self.hpo.spaces[key]) if key is not None else {}
+
+    def bench_method(self) -> LoraMethod | None:
+        """The LoRA method the bench serves: `bench.method`, else the first vLLM-servable method (None: none)."""
+        if self.bench.method is not None:
+            return self.method(self.bench.method)  # type: ignore[return-value]
+        return next((m for m in self.methods if m.vllm_servable), None)  # type: ignore[return-value]
+
+    def _check_bench_method(self) -> None:
+        name = self.bench.method
+        if name is None:
+            return
+        names = [m.name for m in self.methods]
+        if name not in names:
+            raise ValueError(f"@bench.method: {name!r} is not one of the study's methods {names}")
+        m = self.methods[names.index(name)]
+        if not m.vllm_servable:
+            servable = [x.name for x in self.methods if x.vllm_servable]
+            raise ValueError(f"@bench.method: {name!r} (kind {m.kind}) is not a vLLM-servable method (plain LoRA: no "
+                             f"DoRA, rsLoRA or PiSSA/OLoRA init); servable here: {servable or 'none'}")  # fmt: skip
 
     def _check_hyperparameters(self) -> None:
         """Every value in training.defaults and every end of an hpo.spaces range (or choice) obeys PARAM_RULES, and
         each method gets the required parameters from somewhere: found here, not after stage, sanity and HPO."""
         for m in self.methods:
-            defaults = self.training.defaults.get(m.name, {})
+            dkey = self.defaults_key(m)
+            defaults = self.defaults_for(m)
             unknown = sorted(set(defaults) - HPO_PARAMS)
             if unknown:
-                raise ValueError(f"@training.defaults.{m.name}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
+                raise ValueError(f"@training.defaults.{dkey}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
             for name, value in defaults.items():
                 if problem := param_problem(name, value):
-                    raise ValueError(f"@training.defaults.{m.name}.{name}: {problem}")
+                    raise ValueError(f"@training.defaults.{dkey}.{name}: {problem}")
+            skey = self.space_key(m)
+            space = self.space_for(m) if self.hpo.enabled else {}
+            if m.kind != "lora":
+                for section, key, given in (("training.defaults", dkey, defaults), ("hpo.spaces", skey, space)):
+                    lora_only = [p for p in LORA_ONLY_PARAMS if p in given]
+                    if lora_only:
+                        raise ValueError(f"@{section}.{key}: {lora_only} apply to LoRA only, and method {m.name!r} is of "
+                                         f"kind {m.kind!r} (key {key!r} serves it: its name or kind)")  # fmt: skip
             searched: set[str] = set()
-            if self.hpo.enabled:
-                for name, space in self.hpo.spaces.get(m.name, {}).items():
-                    searched.add(name)
-                    ends = space.choices if space.type == "categorical" else [space.low, space.high]
-                    for value in ends or []:
-                        if space.type == "int" or name == "effective_batch" and space.type != "categorical":
-                            value = int(value) if float(value).is_integer() else value
-                        if problem := param_problem(name, value):
-                            raise ValueError(f"@hpo.spaces.{m.name}.{name}: {problem} (every value the search can pick)")
+            for name, sp in space.items():
+                searched.add(name)
+                ends = sp.choices if sp.type == "categorical" else [sp.low, sp.high]
+                for value in ends or []:
+                    if sp.type == "int" or name == "effective_batch" and sp.type != "categorical":
+                        value = int(value) if float(value).is_integer() else value
+                    if problem := param_problem(name, value):
+                        raise ValueError(f"@hpo.spaces.{skey}.{name}: {problem} (every value the search can pick)")
             missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in searched]
             if missing:
-                where = f"training.defaults.{m.name}" + ("" if not self.hpo.enabled else f" or hpo.spaces.{m.name}")
+                where = f"training.defaults.{m.name} (or .{m.kind})" + (
+                    "" if not self.hpo.enabled else f" or hpo.spaces.{m.name} (or .{m.kind})")
                 raise ValueError(f"method {m.name!r}: no value for {missing}: give them in {where}")
         if "bench" in self.model_fields_set and self.bench.seed not in self.seeds:
             raise ValueError(f"@bench.seed: {self.bench.seed} is not one of the study's seeds {list(self.seeds)}; the bench "
@@ -402,7 +673,7 @@ class Study(Strict):
                 return t
         raise ConfigError(f"unknown task {name!r}; the study's tasks are {[t.name for t in self.tasks]}")
 
-    def method(self, name: str) -> FullMethod | LoraMethod:
+    def method(self, name: str) -> AnyMethod:
         for m in self.methods:
             if m.name == name:
                 return m
@@ -417,6 +688,12 @@ class Study(Strict):
         reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id)."""
         dump = self.model_dump(mode="json")
         dump["training"].pop("report_to", None)
+        for m in dump["methods"]:
+            for key, default in _HASH_NEUTRAL_DEFAULTS.get(m["kind"], {}).items():
+                if m.get(key) == default:
+                    m.pop(key)
+        if dump["bench"].get("method") is None:
+            dump["bench"].pop("method", None)
         return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -433,13 +710,14 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if msg.startswith("@") and ": " in msg:  # a validator naming the field below its own level
+        sub_path_given = msg.startswith("@") and ": " in msg  # the validator's message says what it got
+        if sub_path_given:  # a validator naming the field below its own level
             sub, msg = msg[1:].split(": ", 1)
             path = f"{path}.{sub}" if path else sub
         path = path or "(top level)"
         e = {**e, "msg": msg}
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        got_text = "" if isinstance(got, dict) or sub_path_given else f" (got {got!r})"
         lines.append(f"{source}: field {path}: {e['msg']}{got_text}")
     return "\n".join(lines)
 

@@ -186,7 +186,7 @@ def other_code_studies(storage: Any, run_id: str, task: str, method: str, curren
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    """Draw every parameter of the study's search space (`hpo.spaces[method]`)."""
+    """Draw every parameter of the study's search space (`hpo.spaces` under the method's name, else its kind: `Study.space_for`)."""
     out: dict[str, Any] = {}
     for name, p in space.items():
         if p.type == "float":
@@ -249,7 +249,7 @@ class Objective:
 
         from lorascope import modeling, training
 
-        chosen = suggest(trial, self.study.hpo.spaces[self.method.name])
+        chosen = suggest(trial, self.study.space_for(self.method))
         params = training.resolve_params(self.study, self.method.name, chosen)
         trial.set_user_attr("params", params)
         log.debug("trial start", trial=trial.number, **params)
@@ -383,7 +383,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
     from lorascope import modeling, training
 
-    space = cfg.hpo.spaces[method]
+    space = cfg.space_for(cfg.method(method))
     training.resolve_params(
         cfg, method, {k: (p.low if p.type != "categorical" else p.choices[0]) for k, p in space.items()}
     )

@@ -28,7 +28,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     name = f"{task}-{method_name}"
     log = ctx.log
     method = study.method(method_name)
-    lr = study.sanity.learning_rate.get(method_name, study.sanity.learning_rate.get(method.kind))
+    key = study.sanity_key(method)
+    lr = study.sanity.learning_rate[key] if key is not None else None
     if lr is None:
         raise ConfigError(
             f"sanity.learning_rate has no entry for method {method_name!r} (nor its kind {method.kind!r})"

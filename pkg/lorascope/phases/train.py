@@ -13,7 +13,8 @@ Recipe:
   5. train with `training.fit` (seed = the cell's seed); every checkpoint is committed to the store as it is written
      and older ones are deleted (the last 2 and the best stay);
   6. evaluate the best model on dev and validation with the shared `training.evaluate`;
-  7. commit `cells/<cell>/`: `adapter/` (PEFT adapter incl. the score head) or `model/` (safetensors), `metrics.json`,
+  7. commit `cells/<cell>/`: `adapter/` (a PEFT method's adapter incl. the score head; PiSSA/OLoRA converted to a plain
+     LoRA delta on the untouched base) or `model/` (full, top_layers, bitfit: safetensors), `metrics.json`,
      `predictions.jsonl` (validation), `history.json` (the training curves: loss, learning rate, grad norm per
      logging step and dev metrics per evaluation, complete across resumes; `lorascope.history`). The checkpoints of a
      committed cell are deleted.
@@ -21,7 +22,8 @@ Recipe:
 metrics.json: validation and dev {accuracy, f1, loss, n}; train_seconds (wall clock of training, with evaluations and
 checkpoint uploads, of this process: a resumed run counts only its own part); tokens_per_second (non-pad training
 tokens / time in optimizer steps); peak_memory_bytes with peak_memory_kind (`cuda_max_memory_allocated`, or
-`process_peak_rss` on CPU); trainable_params / total_params; params (the hyperparameters and the batch layout);
+`process_peak_rss` on CPU); trainable_params / total_params; trainable_bytes (trainable params x their dtype size);
+artifact_bytes (bytes on disk of the saved adapter/ or model/ folder); method_kind; params (the hyperparameters and the batch layout);
 best_step; resumed_from_step.
 """
 
@@ -84,8 +86,13 @@ def run(ctx: PhaseContext, index: int) -> None:
     # model (seeded: the score head and LoRA's A matrices are random)
     set_seed(cell.seed)
     model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
-    model = modeling.apply_method(model, method, params)
+    model = modeling.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
     trainable, total = modeling.trainable_parameters(model)
+    trainable_bytes = modeling.trainable_bytes(model)
+    saved = ctx.scratch("train", cell.name + "-final")
+    # PiSSA/OLoRA: the adapter as initialised, before any step (a resumed run rebuilds the same one: the SVD / QR of
+    # the base is deterministic), for the conversion at the end
+    initial_adapter = modeling.save_initial_adapter(model, method, saved / "initial_adapter")
 
     # resume from the store, then train
     output_dir = ctx.scratch("train", cell.name)
@@ -126,6 +133,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         "peak_memory_kind": memory_kind,
         "trainable_params": trainable,
         "total_params": total,
+        "trainable_bytes": trainable_bytes,
         "params": {
             **params,
             "micro_batch": result.schedule["micro_batch"],
@@ -144,11 +152,8 @@ def run(ctx: PhaseContext, index: int) -> None:
                             logging_steps=plan.logging_steps or result.schedule["eval_steps"], best_step=result.best_step,
                             resumed_from_step=result.resumed_from_step, cell=cell.name, task=cell.task,
                             method=cell.method, seed=cell.seed, selection_metric=task.selection_metric)  # fmt: skip
-    saved = ctx.scratch("train", cell.name + "-final")
-    shutil.rmtree(saved / "adapter", ignore_errors=True)
-    shutil.rmtree(saved / "model", ignore_errors=True)
-    folder = saved / ("adapter" if method.kind == "lora" else "model")
-    result.model.save_pretrained(str(folder))
+    folder = modeling.save_cell_artifact(result.model, method, saved, initial_adapter)
+    metrics["artifact_bytes"] = modeling.folder_bytes(folder)
     if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = study.model.name

@@ -1,6 +1,6 @@
 """Hyperparameter resolution: what one training run is, before any model or Trainer exists.
 
-  * `resolve_params`: HPO's pick over `training.defaults[method]` (LoRA alpha/dropout falling back to the method's
+  * `resolve_params`: HPO's pick over `training.defaults[method name, else kind]` (LoRA alpha/dropout falling back to the method's
     own config), validated by the study's PARAM_RULES.
   * `Plan` (one run beyond the model and the data) and `schedule` (micro-batch, accumulation, steps per epoch,
     total steps and the evaluation interval, counted the way the Trainer counts them).
@@ -39,15 +39,17 @@ def resolve_params(study: Study, method_name: str, chosen: Mapping[str, Any] | N
     """The hyperparameters of one run: `chosen` (HPO's pick) over `training.defaults[method]`, LoRA alpha/dropout
     falling back to the method's own config. Raises ConfigError naming what is missing or out of range."""
     method = study.method(method_name)
-    merged = {**study.training.defaults.get(method_name, {}), **dict(chosen or {})}
+    key = study.defaults_key(method) or method_name
+    merged = {**study.defaults_for(method), **dict(chosen or {})}
     unknown = sorted(set(merged) - HPO_PARAMS)
     if unknown:
         raise ConfigError(f"method {method_name!r}: unknown hyperparameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
     missing = [k for k in REQUIRED_PARAMS if k not in merged]
     if missing:
         raise ConfigError(
-            f"method {method_name!r}: no value for {missing}: give them in training.defaults.{method_name} "
-            f"(used when hpo.enabled is false, and for parameters hpo.spaces.{method_name} does not search)"
+            f"method {method_name!r}: no value for {missing}: give them in training.defaults.{key} "
+            f"(the method's name or kind {method.kind!r}; used when hpo.enabled is false, and for parameters "
+            "hpo.spaces does not search)"
         )
     params: dict[str, Any] = {
         "learning_rate": float(merged["learning_rate"]),
@@ -56,6 +58,9 @@ def resolve_params(study: Study, method_name: str, chosen: Mapping[str, Any] | N
         "effective_batch": int(merged["effective_batch"]),
         "epochs": int(merged["epochs"]) if float(merged["epochs"]).is_integer() else float(merged["epochs"]),
     }
+    lora_only = [k for k in ("lora_alpha", "lora_dropout") if k in merged]
+    if method.kind != "lora" and lora_only:
+        raise ConfigError(f"method {method_name!r}: {lora_only} apply to LoRA only (this method's kind is {method.kind!r})")
     if method.kind == "lora":
         params["lora_alpha"] = float(merged.get("lora_alpha", method.alpha))
         params["lora_dropout"] = float(merged.get("lora_dropout", method.dropout))

@@ -1,0 +1,195 @@
+"""Every method kind on the tiny Llama: set up by `modeling.apply_method`, trained a few steps by `training.fit`, saved as
+the train phase saves it (`adapter/` or `model/`), reloaded through `modeling.load_cell_model` and evaluated with the
+shared `training.evaluate`: the reloaded model gives the trained model's logits. Plus what trains under each method,
+prefix tuning's classification position, PiSSA/OLoRA conversion onto the untouched base, and the config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import set_seed
+
+from lorascope import data, families, modeling, training
+from lorascope.errors import ConfigError
+from lorascope.log import Logger
+from lorascope.phases import PhaseContext, stage
+from lorascope.store import Store
+from lorascope.study import (BitFitMethod, FullMethod, Ia3Method, LoraMethod, PrefixMethod, TopLayersMethod,
+                             load_study)  # fmt: skip
+
+REPO = Path(__file__).resolve().parents[1]
+
+METHODS = {
+    "full": FullMethod(),
+    "lora": LoraMethod(r=4, dropout=0.0, target_modules=["q", "v"]),
+    "dora": LoraMethod(name="dora", r=4, dropout=0.0, use_dora=True),
+    "rslora": LoraMethod(name="rslora", r=4, dropout=0.0, use_rslora=True, target_modules="all-linear"),
+    "pissa": LoraMethod(name="pissa", r=4, dropout=0.0, init="pissa"),
+    "olora": LoraMethod(name="olora", r=4, dropout=0.0, init="olora", target_modules=["attention"]),
+    "ia3": Ia3Method(),
+    "prefix": PrefixMethod(num_virtual_tokens=3),
+    "top-layers": TopLayersMethod(k=1),
+    "bitfit": BitFitMethod(train=["norm"]),
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("methods")
+    study = load_study(REPO / "jobs" / "smoke.yaml")
+    ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
+    stage.run(ctx, 0)
+    base_dir = modeling.base_model_dir(ctx)
+    tok = modeling.load_tokenizer(base_dir)
+    splits, _ = data.prepare_task(study, "mrpc")
+    return ctx, base_dir, tok, splits, tmp
+
+
+def _classifier(base_dir, seed=0):
+    set_seed(seed)
+    return modeling.load_classifier(base_dir, 2, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_trains_saves_reloads_and_evaluates_the_same(env, name):
+    ctx, base_dir, tok, splits, tmp = env
+    method = METHODS[name]
+    model = modeling.apply_method(_classifier(base_dir), method, {})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = tmp / f"cell-{name}"
+    initial = modeling.save_initial_adapter(model, method, out / "initial_adapter")
+    assert (initial is not None) == (name in ("pissa", "olora"))
+    features = data.encode(tok, "mrpc", splits["train"][:32], 64)
+    plan = training.Plan(learning_rate=2e-2, effective_batch=8, epochs=1, seed=0, max_steps=3, evaluate=False,
+                         lr_scheduler="constant")  # fmt: skip
+    result = training.fit(model, features, None, training=ctx.study.training, plan=plan, pad_id=tok.pad_token_id,
+                          output_dir=tmp / f"fit-{name}", device=torch.device("cpu"), log=Logger())  # fmt: skip
+    trained = result.model
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed, "training changed nothing"
+    assert all(p.requires_grad for n, p in trained.named_parameters() if n in changed)  # frozen stayed frozen
+    folder = modeling.save_cell_artifact(trained, method, out, initial)
+    assert folder.name == ("adapter" if method.adapter else "model")
+    assert modeling.folder_bytes(folder) > 0
+    with ctx.writer("cells", f"mrpc-{name}-s42", phase="train") as w:
+        w.add_dir(folder, prefix=folder.name)
+    rows = splits["validation"][:24]
+    ref = training.evaluate(trained, tok, rows, "mrpc", batch_size=8)
+    reloaded, _ = modeling.load_cell_model(ctx, f"mrpc-{name}-s42", "cpu", torch.float32)
+    got = training.evaluate(reloaded, tok, rows, "mrpc", batch_size=8)
+    atol = 1e-4 if name in ("pissa", "olora") else 1e-5  # the converted delta is A B - A0 B0 in float32
+    np.testing.assert_allclose([p["logits"] for p in got.predictions], [p["logits"] for p in ref.predictions], atol=atol)
+    assert got.accuracy == ref.accuracy and got.loss == pytest.approx(ref.loss, abs=1e-4)
+
+
+def test_what_trains_under_each_method(env):
+    _, base_dir, _, _, _ = env
+    base = _classifier(base_dir)
+    groups = families.parameter_groups(base)
+    n = families.num_blocks(base)
+    params = dict(base.named_parameters())
+    head = sum(params[p].numel() for p in groups["head"])
+    assert head == base.config.hidden_size * 2
+    counts = {k: modeling.trainable_parameters(modeling.apply_method(_classifier(base_dir), m, {}))[0]
+              for k, m in METHODS.items()}  # fmt: skip
+    assert counts["full"] == sum(p.numel() for p in params.values())
+    norm = sum(params[p].numel() for p in groups["norm"])
+    assert counts["bitfit"] == norm + head
+    last = sum(params[p].numel() for p in groups[f"block:{n - 1}"])
+    assert counts["top-layers"] == last + params["model.norm.weight"].numel() + head  # last block, final norm, head
+    cfg = base.config
+    assert counts["lora"] == modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 4, 2)
+    # DoRA adds one magnitude per output feature of each adapted module
+    kv = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    assert counts["dora"] == counts["lora"] + n * (cfg.hidden_size + kv)
+    # IA3: one vector per module: k, v scale their outputs, down (feed-forward) its input
+    assert counts["ia3"] == n * (kv + kv + cfg.intermediate_size) + head
+    # prefix: a key and a value vector per virtual token and layer
+    assert counts["prefix"] == 3 * n * 2 * kv + head or counts["prefix"] == 3 * n * 2 * cfg.hidden_size + head
+
+
+def test_prefix_tuning_classifies_at_the_last_real_token(env):
+    """PEFT prepends num_virtual_tokens ones to the attention mask; pooling reads the sequence's own columns, so a
+    padded row gives the logits it gives alone (unpadded, no mask to shift)."""
+    _, base_dir, tok, _, _ = env
+    model = modeling.apply_method(_classifier(base_dir), PrefixMethod(num_virtual_tokens=4), {})
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.normal_(0, 1.0)  # a prefix that matters
+    model.eval()
+    texts = ["a short one", "a much longer sentence with many more words in it than the other"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        padded = model(**batch).logits
+        for i, t in enumerate(texts):
+            alone = model(**tok([t], return_tensors="pt")).logits
+            torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=0)
+        no_prefix = model.get_base_model()(**batch).logits
+    assert not torch.allclose(padded, no_prefix, atol=1e-3)  # the prefix is used
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_converted_pissa_adapter_applies_to_the_untouched_base(env, init):
+    """PiSSA/OLoRA rewrite W0 as a residual. The converted adapter (PEFT's conversion: rank 2r) on the original base
+    reproduces the trained model's logits, its config no longer asks PEFT to decompose W0 on load, and its factors
+    give the true update: W0 + scale B' A' = the trained model's effective weight. The plain save's B A is not the
+    update (it is relative to the residual), which is why drift reads only converted adapters."""
+    _, base_dir, tok, splits, tmp = env
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    method = LoraMethod(name=init, r=4, dropout=0.0, init=init)
+    model = modeling.apply_method(_classifier(base_dir), method, {})
+    initial = modeling.save_initial_adapter(model, method, tmp / f"conv-{init}" / "initial_adapter")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.05)  # "training"
+    model.eval()
+    batch = data.collate(data.encode(tok, "mrpc", splits["validation"][:6], 64), tok.pad_token_id)
+    with torch.no_grad():
+        trained = model(**batch).logits
+    folder = modeling.save_cell_artifact(model, method, tmp / f"conv-{init}", initial)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True  # [A | A0], [B | -B0]; no decomposition on load
+    with torch.no_grad():
+        converted = PeftModel.from_pretrained(_classifier(base_dir, seed=9), str(folder)).eval()(**batch).logits
+    torch.testing.assert_close(converted, trained, atol=1e-4, rtol=0)
+    # the factors: the update of one module, against the merged trained weight
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    W0 = dict(_classifier(base_dir).named_parameters())["model.layers.0.self_attn.q_proj.weight"].detach()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        W_eff = layer.base_layer.weight + layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    f = load_file(str(folder / "adapter_model.safetensors"))
+    scale = config["lora_alpha"] / config["r"]
+    torch.testing.assert_close(W0 + scale * f[key + ".lora_B.weight"] @ f[key + ".lora_A.weight"], W_eff, atol=1e-5, rtol=0)
+    model.save_pretrained(str(tmp / f"conv-{init}" / "plain"))
+    p = load_file(str(tmp / f"conv-{init}" / "plain" / "adapter_model.safetensors"))
+    plain_delta = (method.alpha / method.r) * p[key + ".lora_B.weight"] @ p[key + ".lora_A.weight"]
+    assert not torch.allclose(W0 + plain_delta, W_eff, atol=1e-3)
+
+
+def test_bad_method_configs_name_the_field(env):
+    _, base_dir, _, _, _ = env
+    cases = [
+        (BitFitMethod(), "methods.3.train: 'bias', but this llama model .* no bias terms .*train: \\[norm\\]"),
+        (TopLayersMethod(k=99), "methods.3.k: k=99 but the model has 2 blocks"),
+        (LoraMethod(target_modules=["query"]), "methods.3.target_modules: 'query' matches no module"),
+        (Ia3Method(target_modules=["k", "v"], feedforward_modules=["down"]), "methods.3.feedforward_modules: .* not among"),
+        (LoraMethod(target_modules=["gatee"]), "methods.3.target_modules: 'gatee'"),
+    ]
+    for method, pattern in cases:
+        with pytest.raises(ConfigError, match=pattern):
+            modeling.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
+
+
+def test_adapter_and_servable_flags():
+    assert [m.adapter for m in METHODS.values()] == [False, True, True, True, True, True, True, True, False, False]
+    assert [k for k, m in METHODS.items() if m.vllm_servable] == ["lora"]
