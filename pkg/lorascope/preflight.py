@@ -1,5 +1,5 @@
 """Checks of a study against the world it names, before any work: the data folder, the model name, and the model's
-config (max positions, the modules LoRA would adapt). `load_study` checks the study on its own; this module adds
+config (max positions, the modules and parameter groups each method names). `load_study` checks the study on its own; this module adds
 what needs the model config, so `lorascope validate` and `lorascope run` refuse such a study at once (exit 2, the
 field path named) instead of after stage, sanity and HPO.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
-from lorascope.study import LoraMethod, Study
+from lorascope.study import Study
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # what PEFT's LoRA can wrap (peft.tuners.lora.model: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D)
@@ -61,34 +61,45 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
     return json.loads(Path(path).read_text()), "hub"
 
 
-def module_names(config: dict[str, Any]) -> dict[str, str]:
-    """Module name -> class name of the sequence classifier the train phase builds, instantiated on the meta device
-    (no weights, no memory)."""
+def meta_classifier(config: dict[str, Any]):
+    """The sequence classifier the train phase builds, instantiated on the meta device (no weights, no memory)."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cfg = AutoConfig.for_model(**config)
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(cfg)
-    return {n: type(m).__name__ for n, m in model.named_modules() if n}
+        return AutoModelForSequenceClassification.from_config(cfg)
 
 
-def check_target_modules(study: Study, modules: dict[str, str]) -> None:
-    """PEFT's rule for a list of target_modules: an entry matches a module whose name equals it or ends in
-    '.<entry>'. Every entry must match at least one module, of a type LoRA can wrap."""
-    adaptable = sorted({n.rsplit(".", 1)[-1] for n, t in modules.items() if t in LORA_LAYER_TYPES and n != "score"})
+def module_names(config: dict[str, Any]) -> dict[str, str]:
+    """Module name -> class name of the sequence classifier the train phase builds (on the meta device)."""
+    return {n: type(m).__name__ for n, m in meta_classifier(config).named_modules() if n}
+
+
+def check_methods(study: Study, model: Any) -> None:
+    """What each method names must exist in the model: LoRA and IA3 targets (roles, groups, all-linear, literal
+    names: `families.resolve_targets`, of a type LoRA can wrap), IA3's feed-forward modules among its targets,
+    BitFit's parameter groups (Llama has no bias terms), top_layers' k against the block count. The same functions
+    `modeling.apply_method` runs, on a meta-device model, with the field path `methods.<i>...`."""
+    from lorascope import families, modeling
+
+    modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
     for i, m in enumerate(study.methods):
-        if not isinstance(m, LoraMethod):
-            continue
-        for target in m.target_modules:
-            hits = [n for n in modules if n == target or n.endswith("." + target)]
-            if not hits:
-                raise ConfigError(f"field methods.{i}.target_modules: {target!r} is not a module of {study.model.name!r} "
-                                  f"(layers LoRA can adapt: {adaptable})")  # fmt: skip
-            wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
+        where = f"field methods.{i}"
+        if m.kind in ("lora", "ia3"):
+            exact = families.resolve_targets(model, list(m.target_modules), f"{where}.target_modules")
+            wrong = sorted({modules[n] for n in exact if modules[n] not in LORA_LAYER_TYPES})
             if wrong:
-                raise ConfigError(f"field methods.{i}.target_modules: {target!r} names {wrong} layers, which LoRA "
-                                  f"cannot adapt (layers it can: {adaptable})")  # fmt: skip
+                raise ConfigError(f"{where}.target_modules: names {wrong} layers, which {m.kind} cannot adapt")
+            if m.kind == "ia3" and m.feedforward_modules:
+                ff = families.resolve_targets(model, list(m.feedforward_modules), f"{where}.feedforward_modules")
+                if set(ff) - set(exact):
+                    raise ConfigError(f"{where}.feedforward_modules: {sorted(set(ff) - set(exact))[:3]} are not among "
+                                      "target_modules (IA3 scales a feed-forward module's input, so it must be a target)")  # fmt: skip
+        elif m.kind == "bitfit":
+            modeling.bitfit_parameters(model, list(m.train), f"{where}.train")
+        elif m.kind == "top_layers":
+            modeling.top_layers_parameters(model, m.k, f"{where}.k")
 
 
 def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
@@ -112,8 +123,8 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
             if isinstance(limit, int) and task.max_length > limit:
                 raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
                                   f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
-        if any(isinstance(m, LoraMethod) for m in study.methods):
-            check_target_modules(study, module_names(config))
+        if any(m.kind in ("lora", "ia3", "bitfit", "top_layers") for m in study.methods):
+            check_methods(study, meta_classifier(config))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
     return notes

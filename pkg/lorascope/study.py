@@ -560,10 +560,12 @@ class Study(Strict):
             if unknown:
                 raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; keys are a method's name or kind: the "
                                  f"study's methods are {sorted(method_names)}, their kinds {sorted(kinds)}")  # fmt: skip
+        if self.hpo.enabled:
+            missing = sorted({m.name for m in self.methods if self.space_key(m) is None})
+            if missing:
+                raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for {missing} (a key is a "
+                                 "method's name or its kind)")  # fmt: skip
         for m in self.methods:
-            if self.hpo.enabled and self.space_key(m) is None:
-                raise ValueError(f"hpo.enabled is true but hpo.spaces has no search space for method {m.name!r} "
-                                 f"(nor its kind {m.kind!r})")  # fmt: skip
             if self.sanity_key(m) is None:
                 raise ValueError(f"@sanity.learning_rate: no entry for method {m.name!r} (nor its kind {m.kind!r})")
         self._check_hyperparameters()

@@ -351,3 +351,42 @@ def test_the_report_draws_the_trained_cells_history(trained, tmp_path):
     figs = curves.figures(trained.study, found, tmp_path)
     assert [rel for _caption, rel in figs] == ["figures/training_curves_mrpc.png"]
     assert (tmp_path / figs[0][1]).read_bytes().startswith(b"\x89PNG") and (tmp_path / figs[0][1]).stat().st_size > 20_000
+
+
+IA3_STUDY = {
+    "tasks": [{"name": "mrpc", "max_length": 64, "train_samples": 160}],
+    "methods": [{"name": "ia3", "kind": "ia3"}],
+    "training": {"evals_per_epoch": 4, "early_stopping_patience": 20,
+                 "defaults": {"ia3": {"learning_rate": 2.0e-2, "warmup_ratio": 0.1, "effective_batch": 8, "epochs": 2}}},
+    "sanity": {"learning_rate": {"ia3": 3.0e-2}},
+}  # fmt: skip
+
+
+def test_an_ia3_cell_resumes_from_its_store_checkpoint_to_the_uninterrupted_result(make_run, monkeypatch):
+    """A non-LoRA PEFT method: the IA3 vectors and the head come back from the checkpoint (load_checkpoint_weights
+    through PEFT's set_peft_model_state_dict), and the resumed cell equals the uninterrupted one."""
+    reference = make_run(**IA3_STUDY)
+    reference.phase("train", 0)
+    want = _metrics(reference, "mrpc-ia3-s42")
+    assert want["method_kind"] == "ia3" and want["artifact_bytes"] > 0
+    assert want["trainable_bytes"] == 4 * want["trainable_params"]  # float32
+    run = make_run(**IA3_STUDY)
+    sync = training.StoreCheckpoints.on_save
+
+    def on_save_then_crash(self, args, state, control, **kwargs):
+        sync(self, args, state, control, **kwargs)
+        if state.epoch > 1:
+            raise Preempted(f"preempted after step {state.global_step}")
+
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
+    with pytest.raises(Preempted):
+        run.phase("train", 0)
+    monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+    steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-ia3-s42"))
+    assert steps and steps[-1] > 20  # 20 steps per epoch: the crash came in the second epoch
+    run.phase("train", 0)
+    got = _metrics(run, "mrpc-ia3-s42")
+    assert got["resumed_from_step"] == steps[-1]
+    _same_results(got, want, atol=1e-6)
+    files = run.store.bundle(run.key("cells", "mrpc-ia3-s42")).files
+    assert "adapter/adapter_config.json" in files and not any(f.startswith("model/") for f in files)
