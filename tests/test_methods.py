@@ -193,3 +193,66 @@ def test_bad_method_configs_name_the_field(env):
 def test_adapter_and_servable_flags():
     assert [m.adapter for m in METHODS.values()] == [False, True, True, True, True, True, True, True, False, False]
     assert [k for k, m in METHODS.items() if m.vllm_servable] == ["lora"]
+
+
+@pytest.mark.parametrize("name", ["dora", "ia3", "rslora"])
+def test_drift_reads_the_update_peft_applies(env, name, tmp_path):
+    """analysis.lora's numpy formulas (DoRA's W', IA3's scaled W0, rsLoRA's scale) give the weight PEFT merges into the
+    base (`merge_and_unload`), for every adapted module, from the saved adapter folder drift reads."""
+    _, base_dir, _, _, _ = env
+    from lorascope import tensorio
+    from lorascope.analysis import lora
+    from lorascope.phases.drift import weight_updates
+
+    method = METHODS[name]
+    model = modeling.apply_method(_classifier(base_dir), method, {})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if any(t in n for t in ("lora_", "ia3_l")):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    merged = {n: p.detach().numpy() for n, p in model.merge_and_unload().named_parameters()}
+    base = tensorio.TensorFolder(base_dir, "model")
+
+    class Study:  # what weight_updates asks of the study
+        def method(self, _):
+            return method
+
+    class Cell:
+        method = name
+
+    updates, skipped, sources = weight_updates(Study(), {"c": Cell()}, {"c": tmp_path}, base)
+    kind, u = updates["c"]
+    assert not skipped and sources[method.name].startswith(("dora_weight", "ia3_weight", "lora_factors"))
+    names = sorted(u)
+    assert names and all(n in merged for n in names)
+    for n in names:
+        W_ft = base.get(n) + u[n][2] * u[n][0] @ u[n][1] if kind == "lora" else u.get(n)
+        np.testing.assert_allclose(W_ft, merged[n], atol=1e-5)
+    if kind == "lora":
+        assert u[names[0]][2] == pytest.approx(method.alpha / np.sqrt(method.r))  # rsLoRA's scale
+
+
+def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks(env, tmp_path):
+    _, base_dir, _, _, _ = env
+    from lorascope import tensorio
+    from lorascope.phases.drift import weight_updates
+
+    base = tensorio.TensorFolder(base_dir, "model")
+    top = modeling.apply_method(_classifier(base_dir), METHODS["top-layers"], {})
+    with torch.no_grad():
+        top.model.layers[1].mlp.up_proj.weight.mul_(1.1)
+    top.save_pretrained(str(tmp_path / "top" / "model"))
+    ms = {"top": METHODS["top-layers"], "bit": METHODS["bitfit"], "pre": METHODS["prefix"]}
+
+    class Study:
+        def method(self, n):
+            return ms[n]
+
+    cells = {n: type("C", (), {"method": n})() for n in ms}
+    updates, skipped, _ = weight_updates(Study(), cells, {"top": tmp_path / "top", "bit": None, "pre": None}, base)
+    assert set(updates) == {"top"} and set(skipped) == {"bitfit", "prefix"}
+    kind, u = updates["top"]
+    assert kind == "dense" and all(n.startswith("model.layers.1.") for n in u) and len(list(u)) == 7
+    np.testing.assert_allclose(u.get("model.layers.1.mlp.up_proj.weight"),
+                               1.1 * base.get("model.layers.1.mlp.up_proj.weight"), rtol=1e-6)

@@ -115,6 +115,16 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[np.ndarr
     return config, out
 
 
+def read_adapter_vectors(folder: Path, marker: str) -> dict[str, np.ndarray]:
+    """{module key: vector} of the adapter tensors whose name holds `marker` (`.lora_magnitude_vector` for DoRA,
+    `.ia3_l` for IA3), keyed like `read_adapter` (the saved name up to the marker, without `base_model.model.`)."""
+    tensors = TensorFolder(folder, "adapter_model")
+    out = {n.split(marker)[0].removeprefix("base_model.model."): tensors.get(n) for n in tensors.names() if marker in n}
+    if not out:
+        raise ConfigError(f"{folder}: adapter has no {marker.strip('.')} tensors")
+    return out
+
+
 def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as int arrays sorted by
     idx, or None when the cell has none."""

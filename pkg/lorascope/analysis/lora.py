@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pattern_key", "lora_scale", "adapter_deltas", "lora_module_summary"]
+__all__ = ["pattern_key", "lora_scale", "adapter_deltas", "lora_module_summary", "dora_weight", "ia3_weight",
+           "DenseUpdates", "dora_updates", "ia3_updates"]
 
 
 def pattern_key(pattern_keys: Iterable[str], module_key: str) -> str | None:
@@ -35,7 +36,7 @@ def lora_scale(config: Mapping[str, Any], module_key: str) -> tuple[int, float]:
     """(rank, scale) of one adapted module from adapter_config.json: alpha / r, or alpha / sqrt(r) with rsLoRA, r and
     alpha taken from `rank_pattern` / `alpha_pattern` by PEFT's rule (`pattern_key`)."""
     if config.get("use_dora"):
-        raise ValueError("DoRA adapters are not supported (their update is not scale * B @ A)")
+        raise ValueError("a DoRA adapter's update is not scale * B @ A (see dora_weight)")
     ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     rk, ak = pattern_key(ranks, module_key), pattern_key(alphas, module_key)
     r = int(ranks[rk]) if rk is not None else int(config["r"])
@@ -79,3 +80,74 @@ def lora_module_summary(name: str, W0: np.ndarray, B: np.ndarray, A: np.ndarray,
         "stable_rank": wt.stable_rank(core), "effective_rank": wt.effective_rank(core), "r90": wt.r90(core),
         "n_intruders": n_intr, "intruder_max_cos": cos.tolist(), "k": int(k), "eps": float(eps),
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ DoRA, IA3
+def dora_weight(W0: np.ndarray, B: np.ndarray, A: np.ndarray, scale: float, magnitude: np.ndarray) -> np.ndarray:
+    """The weight a DoRA layer computes with (Liu et al. 2024; PEFT 0.21 `tuners.lora.dora.DoraLinearLayer`):
+    V = W0 + scale B A, W' = diag(m / ||V||_row) V, the norm of each output row over the input features
+    (`get_weight_norm`: `torch.linalg.norm(W0 + scaling * lora_weight, dim=1)`; forward: `mag_norm_scale =
+    magnitude / weight_norm`, result = mag_norm_scale * (W0 x + scale B A x)). The update is W' - W0, not scale B A."""
+    V = W0.astype(np.float64) + scale * (B.astype(np.float64) @ A.astype(np.float64))
+    norm = np.linalg.norm(V, axis=1)
+    return (magnitude.astype(np.float64) / norm)[:, None] * V
+
+
+def ia3_weight(W0: np.ndarray, vector: np.ndarray, feedforward: bool) -> np.ndarray:
+    """The weight an IA3 layer computes with (Liu et al. 2022; PEFT 0.21 `tuners.ia3.layer.Linear.forward`): a
+    feed-forward module scales its input, `W0 (l * x)` = W0 diag(l) (`ia3_l` of shape 1 x in); any other scales its
+    output, `l * (W0 x)` = diag(l) W0 (`ia3_l` of shape out x 1). On a biased layer the output scaling scales the
+    bias too (a vector, which weights.csv's matrix measures leave out; Llama has no biases)."""
+    v = vector.astype(np.float64).reshape(-1)
+    W = W0.astype(np.float64)
+    return W * v[None, :] if feedforward else v[:, None] * W
+
+
+class DenseUpdates:
+    """{weight name: W_ft} computed on demand from an adapter, for `weights.update_rows` (kind "dense": the modules
+    listed here only, their `module_summary` of W_ft - W0). `source` names how W_ft was computed."""
+
+    def __init__(self, source: str, names: list[str], make) -> None:
+        self.source, self._names, self._make = source, sorted(names), make
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._make(name)
+
+
+def dora_updates(config: Mapping[str, Any], factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                 magnitudes: Mapping[str, np.ndarray], base) -> DenseUpdates:  # fmt: skip
+    """A DoRA adapter's modules as W' (`dora_weight`); scale per module as for plain LoRA (`lora_scale` without the
+    DoRA refusal: the scale of B A inside V is PEFT's usual alpha / r or alpha / sqrt(r))."""
+    plain = {**config, "use_dora": False}
+    missing = sorted(set(factors) - set(magnitudes))
+    if missing:
+        raise ValueError(f"DoRA adapter without a magnitude vector for {missing[:3]}")
+
+    def make(name: str) -> np.ndarray:
+        key = name.removesuffix(".weight")
+        B, A = factors[key]
+        r, scale = lora_scale(plain, key)
+        if A.shape[0] != r:
+            raise ValueError(f"{key}: adapter config gives rank {r}, A has {A.shape}")
+        return dora_weight(base.get(name), B, A, scale, magnitudes[key])
+
+    return DenseUpdates("dora_weight", [k + ".weight" for k in factors], make)
+
+
+def ia3_updates(config: Mapping[str, Any], vectors: Mapping[str, np.ndarray], base) -> DenseUpdates:
+    """An IA3 adapter's modules as W' (`ia3_weight`); a module is feed-forward when PEFT's rule matches it against
+    `feedforward_modules` (an entry equal to the module name or a suffix after a dot)."""
+    ff = config.get("feedforward_modules") or []
+    ff = [ff] if isinstance(ff, str) else list(ff)
+
+    def is_ff(key: str) -> bool:
+        return any(key == f or key.endswith("." + f) for f in ff)
+
+    def make(name: str) -> np.ndarray:
+        key = name.removesuffix(".weight")
+        return ia3_weight(base.get(name), vectors[key], is_ff(key))
+
+    return DenseUpdates("ia3_weight", [k + ".weight" for k in vectors], make)

@@ -217,7 +217,8 @@ def module_parts(name: str) -> tuple[int | None, str]:
 def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int) -> tuple[list[str], dict[str, list[str]], bool]:
     """(every module analysed, per cell the modules analysed for it, whether full cells got the extra linears).
 
-    `base`: the base weights (`names()`, `shape(name)`); `updates`: {cell: ("lora", {weight name: (B, A, scale)}) or
+    `base`: the base weights (`names()`, `shape(name)`); `updates`: {cell: ("lora", {weight name: (B, A, scale)}),
+    ("dense", the fine-tuned weights of exactly the modules it lists: DoRA, IA3, top_layers; `lora.DenseUpdates`) or
     ("full", the cell's weights)}. LoRA cells: the modules their adapter adapts. Full cells: the LoRA target modules
     (`targets`), and every other decoder linear when their total size over all full cells is at most
     `extra_max_elements`."""
@@ -227,7 +228,8 @@ def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int)
     extra = [n for n in linears if n not in adapted]
     n_full = sum(kind == "full" for kind, _ in updates.values())
     with_extra = bool(extra) and n_full * sum(int(np.prod(base.shape(n))) for n in extra) <= extra_max_elements
-    per_cell = {c: sorted(u) if kind == "lora" else adapted + (extra if with_extra else []) for c, (kind, u) in updates.items()}
+    per_cell = {c: sorted(u) if kind in ("lora", "dense") else adapted + (extra if with_extra else [])
+                for c, (kind, u) in updates.items()}  # fmt: skip
     modules = [n for n in linears if any(n in v for v in per_cell.values())]
     return modules, per_cell, with_extra
 
@@ -256,7 +258,7 @@ def update_rows(base, cells: dict, updates: dict, targets: set[str], k: int, eps
                 s = module_summary(module, W0, u.get(module), k, eps, base_basis=basis)
             rows.append({"task": cell.task, "method": cell.method, "seed": cell.seed, "cell": cname, "block": block,
                          "module": short, "name": module, "rows": s["shape"][0], "cols": s["shape"][1],
-                         "source": "lora_factors" if kind == "lora" else "full_delta",
+                         "source": {"lora": "lora_factors", "dense": getattr(u, "source", "dense")}.get(kind, "full_delta"),
                          **{key: s[key] for key in ("delta_fro", "delta_rel", "delta_spec", "stable_rank", "effective_rank",
                                                     "r90", "n_intruders", "k", "eps")},
                          "intruder_max_cos": ";".join(repr(float(c)) for c in s["intruder_max_cos"])})  # fmt: skip

@@ -11,7 +11,9 @@ Recipe
      noise floor) -> `noise_floor.csv`; the debiased CKA on example subsets (`similarity.SubsetDebiasedCKA`) for
      the CI over examples;
   3. weights, one module at a time (`analysis.weights.update_rows`): the update of every adapted module (full:
-     W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns, `analysis.lora`) -> `weights.csv`;
+     W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns; DoRA and IA3: the layer's effective weight from
+     PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its blocks' linears) -> `weights.csv`; BitFit and
+     prefix tuning move no weight matrix: no rows, the reason in summary.json's settings.weights_skipped;
   4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
      -> `summary.json`;
@@ -42,7 +44,6 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 def run(ctx: PhaseContext, index: int) -> None:
     from lorascope.analysis import representations, similarity, summary, weights
-    from lorascope.analysis.lora import adapter_deltas
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
@@ -86,17 +87,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     t_w = time.perf_counter()
     base = tensorio.TensorFolder(ctx.local(stage) / "model", "model")
     cells = {c.name: c for c in study.cells()}
-    updates: dict[str, tuple[str, Any]] = {}
-    for name, c in cells.items():
-        if study.method(c.method).kind == "lora":
-            try:
-                updates[name] = ("lora", adapter_deltas(*tensorio.read_adapter(cell_dirs[name] / "adapter")))
-            except ValueError as e:
-                raise ConfigError(f"cells/{name}/adapter: {e}") from None
-        else:
-            updates[name] = ("full", tensorio.TensorFolder(cell_dirs[name] / "model", "model"))
+    updates, skipped, sources = weight_updates(study, cells, cell_dirs, base)
+    cells = {n: c for n, c in cells.items() if n in updates}
     wrows, with_extra = weights.update_rows(
-        base, cells, updates, summary.lora_targets(study), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
+        base, cells, updates, full_cell_targets(study, updates), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
         progress=lambda it, n: progress(it, n, "weight modules", log, every=max(1, n // 4)))
     t_w = time.perf_counter() - t_w
     log("weights done", modules=len(wrows), seconds=round(t_w, 2))
@@ -110,7 +104,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     bench = summary.committed_bench(ctx)
     out["hypotheses"]["H2"] = summary.h2_hypothesis(study, bench)
     out["bench"] = summary.bench_section(bench)
-    out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS)
+    out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS,
+                           weights_source=sources, weights_skipped=skipped)
     out["provenance"] = provenance.analysis_provenance(ctx, reps_bundles)
     t_s = time.perf_counter() - t_s
     out["timings"] = {"representations_seconds": t_reps, "weights_seconds": t_w, "statistics_seconds": t_s,
@@ -128,6 +123,74 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
     log("committed", bundle="drift", seconds=round(time.perf_counter() - t0, 2),
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
+
+
+# how each method kind's weight update is read (weights.csv `source`), or why it has no rows
+WEIGHT_SOURCES = {
+    "full": "full_delta: W_ft - W0 from the cell's model/",
+    "lora": "lora_factors: scale B A from the adapter (rsLoRA: alpha/sqrt(r); PiSSA/OLoRA: the converted rank-2r "
+            "adapter, a plain LoRA delta on the untouched base)",
+    "dora": "dora_weight: W' - W0 with W' = diag(m / ||W0 + scale B A||_row) (W0 + scale B A), PEFT's DoRA",
+    "ia3": "ia3_weight: W' - W0 with W' = diag(l) W0 (output scaling) or W0 diag(l) (feed-forward: input scaling)",
+    "top_layers": "top_layers_delta: W_ft - W0 of the linears of the trained blocks, from the cell's model/",
+}
+WEIGHT_SKIPPED = {
+    "bitfit": "BitFit changes only bias / norm vectors (and the head): no linear weight matrix moves, so there is no "
+              "matrix update to measure",
+    "prefix": "prefix tuning learns virtual key/value vectors and leaves every weight matrix as it is",
+}  # fmt: skip
+
+
+def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str, tuple[str, Any]], dict, dict]:
+    """({cell: (kind, update)} for `weights.update_rows`, {method: why it has no weight rows}, {method: how its
+    update is read}). Never a guess: a method whose update this cannot compute exactly is skipped with its reason."""
+    from lorascope.analysis import lora, weights
+
+    updates: dict[str, tuple[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    linears = [n for n in base.names() if n.endswith(".weight") and weights.module_parts(n)[0] is not None
+               and weights.module_parts(n)[1] in weights.LINEAR_NAMES]  # fmt: skip
+    n_blocks = 1 + max((weights.module_parts(n)[0] for n in linears), default=-1)
+    for name, c in cells.items():
+        m = study.method(c.method)
+        folder = cell_dirs[name]
+        try:
+            if m.kind == "lora" and not m.use_dora:
+                updates[name] = ("lora", lora.adapter_deltas(*tensorio.read_adapter(folder / "adapter")))
+                sources[m.name] = WEIGHT_SOURCES["lora"]
+            elif m.kind == "lora":
+                config, factors = tensorio.read_adapter(folder / "adapter")
+                mags = tensorio.read_adapter_vectors(folder / "adapter", ".lora_magnitude_vector")
+                updates[name] = ("dense", lora.dora_updates(config, factors, mags, base))
+                sources[m.name] = WEIGHT_SOURCES["dora"]
+            elif m.kind == "ia3":
+                config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+                vectors = tensorio.read_adapter_vectors(folder / "adapter", ".ia3_l")
+                updates[name] = ("dense", lora.ia3_updates(config, vectors, base))
+                sources[m.name] = WEIGHT_SOURCES["ia3"]
+            elif m.kind == "top_layers":
+                cell_model = tensorio.TensorFolder(folder / "model", "model")
+                trained = [n for n in linears if weights.module_parts(n)[0] >= n_blocks - m.k]
+                updates[name] = ("dense", lora.DenseUpdates("top_layers_delta", trained, cell_model.get))
+                sources[m.name] = WEIGHT_SOURCES["top_layers"]
+            elif m.kind == "full":
+                updates[name] = ("full", tensorio.TensorFolder(folder / "model", "model"))
+                sources[m.name] = WEIGHT_SOURCES["full"]
+            else:
+                skipped[m.name] = WEIGHT_SKIPPED[m.kind]
+        except ValueError as e:
+            raise ConfigError(f"cells/{name}: {e}") from None
+    return updates, skipped, sources
+
+
+def full_cell_targets(study, updates: dict) -> set[str]:
+    """The linears a full cell is compared on: the short names (`q_proj`) the study's LoRA cells adapted, read from
+    their adapters (the study may name them by role: `q`), else `summary.lora_targets`."""
+    from lorascope.analysis import summary, weights
+
+    found = {weights.module_parts(n)[1] for kind, u in updates.values() if kind == "lora" for n in u}
+    return found or set(summary.lora_targets(study))
 
 
 def check_reps(task: str, reps: dict[str, tensorio.RepsFile]) -> None:
