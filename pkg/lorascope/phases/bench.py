@@ -66,9 +66,10 @@ class BenchPlan:
         self.seed = b.seed
         self.tasks = [t.name for t in study.tasks]
         self.served_task = self.tasks[0]
-        lora = [m for m in study.methods if isinstance(m, LoraMethod)]
+        # the LoRA method served: bench.method, else the first vLLM-servable one (plain LoRA; the study validator
+        # refuses a bench.method that is not servable)
         full = [m for m in study.methods if isinstance(m, FullMethod)]
-        self.lora: LoraMethod | None = lora[0] if lora else None
+        self.lora: LoraMethod | None = study.bench_method()
         self.full: FullMethod | None = full[0] if full else None
         for mode in self.modes:
             k = multi_count(mode)
@@ -76,8 +77,9 @@ class BenchPlan:
                 raise ConfigError("bench.modes: mode 'full' needs a full fine-tuning method (kind: full) in methods; "
                                   f"the study has {[m.name for m in study.methods]}")
             if mode != "full" and self.lora is None:
-                raise ConfigError(f"bench.modes: mode {mode!r} needs LoRA adapters but the study has no LoRA method "
-                                  f"(kind: lora) in methods {[m.name for m in study.methods]}")
+                raise ConfigError(f"bench.modes: mode {mode!r} needs LoRA adapters but the study has no vLLM-servable "
+                                  f"LoRA method (kind: lora without DoRA, rsLoRA or PiSSA/OLoRA init; bench.method "
+                                  f"names one) in methods {[m.name for m in study.methods]}")
             if mode.startswith("multi-") and k > len(self.tasks):
                 raise ConfigError(f"bench.modes: mode {mode!r} serves {k} task adapters at once but the study has "
                                   f"{len(self.tasks)} task(s) {self.tasks}; drop the mode or add tasks")
