@@ -103,3 +103,7 @@ clean:
 
 -include Makefile.images
 -include Makefile.k8s
+
+# every method kind + a LoRA rank sweep on the tiny offline Llama (jobs/smoke-methods.yaml), all phases, ~2 min on 2 cores
+demo-methods: install
+	LORASCOPE_TORCH_THREADS=1 $(PY) -m lorascope.cli run --study jobs/smoke-methods.yaml --store demo-store --work-dir .work-demo-methods

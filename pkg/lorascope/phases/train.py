@@ -153,11 +153,11 @@ def run(ctx: PhaseContext, index: int) -> None:
                             resumed_from_step=result.resumed_from_step, cell=cell.name, task=cell.task,
                             method=cell.method, seed=cell.seed, selection_metric=task.selection_metric)  # fmt: skip
     folder = modeling.save_cell_artifact(result.model, method, saved, initial_adapter)
-    metrics["artifact_bytes"] = modeling.folder_bytes(folder)
     if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = study.model.name
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    metrics["artifact_bytes"] = modeling.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
     ) as w:

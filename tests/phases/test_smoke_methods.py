@@ -1,0 +1,118 @@
+"""jobs/smoke-methods.yaml end to end with the local runner (stage, sanity, train, extract, drift, bench hf, report) into
+a temporary store: every method's cells commit the right artifact with the trainable parameters the method means,
+the shared evaluation's metrics, a reload that reproduces the committed predictions, drift rows (or the named reason
+for none) and the report. About 100 s on 2 cores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lorascope import cli, modeling, training
+from lorascope.log import Logger
+from lorascope.phases import PhaseContext
+from lorascope.runner import default_run_id
+from lorascope.store import Store
+from lorascope.study import load_study
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY = REPO / "jobs" / "smoke-methods.yaml"
+
+
+def expected_trainable(method, cfg) -> int:
+    """Trainable parameters of each method on a Llama, from its config (hidden h, intermediate i, n blocks, KV width)."""
+    h, i, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    q = cfg["num_attention_heads"] * cfg["head_dim"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    shapes = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, i), "up": (h, i), "down": (i, h)}
+    head = h * 2
+    block = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h  # 4 attention + 3 MLP projections, 2 RMSNorms
+    if method.kind == "full":
+        return cfg["vocab_size"] * h + n * block + h + head
+    if method.kind == "lora":
+        roles = list(shapes) if method.target_modules == ["all-linear"] else method.target_modules
+        count = n * sum(method.r * sum(shapes[r]) for r in roles)
+        if method.use_dora:
+            count += n * sum(shapes[r][1] for r in roles)  # one magnitude per output feature
+        return count + head
+    if method.kind == "ia3":
+        return n * (kv + kv + i) + head  # k and v outputs, down's input
+    if method.kind == "top_layers":
+        return method.k * block + h + head  # the last k blocks, the final norm, the head
+    if method.kind == "bitfit":
+        return (2 * n + 1) * h + head  # train [norm]: every RMSNorm gain
+    if method.kind == "prefix":
+        return method.num_virtual_tokens * n * 2 * kv + head
+    raise AssertionError(method.kind)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke-methods")
+    store = str(tmp / "store")
+    rc = cli.main(["run", "--study", str(STUDY), "--store", store, "--work-dir", str(tmp / "work"), "--jobs", "1"])
+    assert rc == 0
+    study = load_study(STUDY)
+    ctx = PhaseContext(study, Store.open(store), default_run_id(study), tmp / "read", {"LORASCOPE_TORCH_THREADS": "1"},
+                       Logger())  # fmt: skip
+    return study, ctx
+
+
+def test_every_cell_commits_its_methods_artifact_and_parameters(run):
+    study, ctx = run
+    cfg = json.loads((modeling.base_model_dir(ctx) / "config.json").read_text())
+    for cell in study.cells():
+        method = study.method(cell.method)
+        bundle = ctx.require("cells", cell.name)
+        files = bundle.files
+        artifact = "adapter" if method.adapter else "model"
+        assert any(f.startswith(artifact + "/") for f in files), (cell.name, artifact)
+        assert not any(f.startswith(("model/" if method.adapter else "adapter/")) for f in files), cell.name
+        m = json.loads((ctx.local(bundle) / "metrics.json").read_text())
+        assert m["method_kind"] == method.kind
+        assert m["trainable_params"] == expected_trainable(method, cfg), cell.name
+        assert m["trainable_bytes"] == 4 * m["trainable_params"]  # float32
+        assert m["artifact_bytes"] == sum(p.stat().st_size for p in (ctx.local(bundle) / artifact).rglob("*") if p.is_file())
+        assert set(m["validation"]) >= {"accuracy", "f1", "loss", "n"} and m["validation"]["n"] == 128
+        if method.kind == "lora" and method.init == "pissa":
+            config = json.loads((ctx.local(bundle) / "adapter" / "adapter_config.json").read_text())
+            assert config["r"] == 2 * method.r and config["init_lora_weights"] is True  # converted
+
+
+def test_a_reloaded_cell_reproduces_its_committed_predictions(run):
+    study, ctx = run
+    from lorascope import data
+
+    rows = data.load_split(ctx, "sst2", "validation")
+    for method in study.methods:
+        name = f"sst2-{method.name}-s42"
+        committed = [json.loads(line) for line in (ctx.local(ctx.require("cells", name)) / "predictions.jsonl").read_text().splitlines()]
+        model, tok = modeling.load_cell_model(ctx, name, "cpu", torch.float32)
+        got = training.evaluate(model, tok, rows, study.task("sst2"), batch_size=64)
+        by_idx = {p["idx"]: p for p in committed}
+        np.testing.assert_allclose([p["logits"] for p in got.predictions],
+                                   [by_idx[p["idx"]]["logits"] for p in got.predictions], atol=1e-4, err_msg=name)  # fmt: skip
+
+
+def test_drift_has_every_method_and_says_why_some_have_no_weight_rows(run):
+    study, ctx = run
+    drift = ctx.local(ctx.require("drift"))
+    summary = json.loads((drift / "summary.json").read_text())
+    methods = summary["results"]["sst2"]["methods"]
+    assert list(methods) == [m.name for m in study.methods]
+    assert set(summary["settings"]["weights_skipped"]) == {"norm-only", "prefix"}
+    rows = list(csv.DictReader(io.StringIO((drift / "weights.csv").read_text())))
+    sources = {r["method"]: r["source"] for r in rows}
+    assert sources["dora"] == "dora_weight" and sources["ia3"] == "ia3_weight" and sources["top1"] == "top_layers_delta"
+    assert sources["pissa"] == "lora_factors" and sources["full"] == "full_delta"
+    assert {r["block"] for r in rows if r["method"] == "top1"} == {"1"}  # only the trained block
+    assert not {"norm-only", "prefix"} & set(sources)
+    assert ctx.committed("report")
