@@ -26,6 +26,7 @@ REAL_MODEL_CACHE ?= $(HOME)/.cache/lorascope/work/models
 help:
 	@echo "make install      create $(VENV) with pinned versions (CPU torch where no GPU)"
 	@echo "make demo         set up what the demo needs (both venvs), run every phase of jobs/smoke.yaml offline into ./$(DEMO_STORE)"
+	@echo "make demo-methods every method kind + a LoRA rank sweep (jobs/smoke-methods.yaml) on the tiny Llama, hf bench only"
 	@echo "make test         set up everything the tests need (venvs, Debian packages), then run every test"
 	@echo "make test-fast    the main venv's tests without the slow end-to-end ones (no set-up beyond make install)"
 	@echo "make install-vllm create $(VLLM_VENV) with the vLLM build for this machine ($(VLLM_FLAVOUR): $(VLLM_LOCK))"
@@ -106,4 +107,5 @@ clean:
 
 # every method kind + a LoRA rank sweep on the tiny offline Llama (jobs/smoke-methods.yaml), all phases, ~2 min on 2 cores
 demo-methods: install
-	LORASCOPE_TORCH_THREADS=1 $(PY) -m lorascope.cli run --study jobs/smoke-methods.yaml --store demo-store --work-dir .work-demo-methods
+	LORASCOPE_TORCH_THREADS=1 $(VENV)/bin/lorascope run --study jobs/smoke-methods.yaml --store $(DEMO_STORE) --jobs 1
+	@echo "report: $$(ls -d $(DEMO_STORE)/runs/smoke-methods-*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"

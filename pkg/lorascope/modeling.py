@@ -58,6 +58,10 @@ BUILTIN_MODELS = {"builtin:tiny-llama", SMOLLM2}
 # get_peft_model / PeftModel.from_pretrained (the two versions' skew, harmless). Exactly that message is ignored.
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
                         module=r"transformers\.modeling_utils$")
+# PEFT warns at every get_peft_model with init pissa/olora that the base weights change and advises converting the
+# adapter: the train phase does exactly that (save_cell_artifact), so this one message is expected.
+warnings.filterwarnings("ignore", message=r"(PiSSA|OLoRA) changes the base weights of the model", category=UserWarning,
+                        module=r"peft\.peft_model$")
 
 
 # ------------------------------------------------------------------------------------------------ pooling

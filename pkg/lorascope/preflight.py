@@ -88,9 +88,15 @@ def check_methods(study: Study, model: Any) -> None:
         where = f"field methods.{i}"
         if m.kind in ("lora", "ia3"):
             exact = families.resolve_targets(model, list(m.target_modules), f"{where}.target_modules")
-            wrong = sorted({modules[n] for n in exact if modules[n] not in LORA_LAYER_TYPES})
-            if wrong:
-                raise ConfigError(f"{where}.target_modules: names {wrong} layers, which {m.kind} cannot adapt")
+            for target in m.target_modules:
+                hits = families.resolve_targets(model, [target], f"{where}.target_modules")
+                wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
+                if wrong:
+                    head = set(families.family_of(model).head)
+                    adaptable = sorted({n.rsplit(".", 1)[-1] for n, t in modules.items()
+                                        if t in LORA_LAYER_TYPES and n.split(".")[0] not in head})  # fmt: skip
+                    raise ConfigError(f"{where}.target_modules: {target!r} names {wrong} layers, which {m.kind} cannot "
+                                      f"adapt (layers it can: {adaptable})")  # fmt: skip
             if m.kind == "ia3" and m.feedforward_modules:
                 ff = families.resolve_targets(model, list(m.feedforward_modules), f"{where}.feedforward_modules")
                 if set(ff) - set(exact):
