@@ -17,8 +17,15 @@ from lorascope.errors import ConfigError
 from lorascope.log import Logger
 from lorascope.phases import PhaseContext, stage
 from lorascope.store import Store
-from lorascope.study import (BitFitMethod, FullMethod, Ia3Method, LoraMethod, PrefixMethod, TopLayersMethod,
-                             load_study)  # fmt: skip
+from lorascope.study import (
+    BitFitMethod,
+    FullMethod,
+    Ia3Method,
+    LoraMethod,
+    PrefixMethod,
+    TopLayersMethod,
+    load_study,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,7 +208,6 @@ def test_drift_reads_the_update_peft_applies(env, name, tmp_path):
     base (`merge_and_unload`), for every adapted module, from the saved adapter folder drift reads."""
     _, base_dir, _, _, _ = env
     from lorascope import tensorio
-    from lorascope.analysis import lora
     from lorascope.phases.drift import weight_updates
 
     method = METHODS[name]

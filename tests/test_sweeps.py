@@ -158,3 +158,17 @@ def test_grid_and_render_follow_a_sweep_study(tmp_path, capsys):
     assert cli.main(["render", "--study", str(path), "--overlay", "kind", "--out", str(tmp_path)]) == 0
     grid = yaml.safe_load((tmp_path / "grid-job.yaml").read_text())
     assert grid["spec"]["completions"] == len(s.cells())
+
+
+def test_the_bench_plan_serves_bench_method_or_the_first_servable_lora():
+    from lorascope.phases.bench import BenchPlan
+
+    methods = [{"name": "full", "kind": "full"}, {"name": "dora", "kind": "lora", "use_dora": True},
+               {"name": "plain", "kind": "lora"}, {"name": "other", "kind": "lora", "r": 4}]  # fmt: skip
+    plan = BenchPlan(parse(study(methods, bench={"modes": ["full", "merged", "separate"]})), "hf")
+    assert plan.lora.name == "plain" and plan.cells == ["mrpc-full-s42", "mrpc-plain-s42"]
+    plan = BenchPlan(parse(study(methods, bench={"modes": ["merged"], "method": "other"})), "hf")
+    assert plan.cells == ["mrpc-other-s42"]
+    only_dora = [{"name": "full", "kind": "full"}, {"name": "dora", "kind": "lora", "use_dora": True}]
+    with pytest.raises(ConfigError, match=r"bench.modes: mode 'merged' needs LoRA adapters but the study has no vLLM-servable"):
+        BenchPlan(parse(study(only_dora, bench={"modes": ["full", "merged"]})), "hf")

@@ -1,4 +1,5 @@
-"""Models: the base classifier, the two fine-tuning methods, and pooling.
+"""Models: the base classifier, the fine-tuning methods (`apply_method`: full, LoRA and its variants, IA3, prefix
+tuning, top-k layers, BitFit), saving a cell's artifact, and pooling.
 
 The classifier is `AutoModelForSequenceClassification.from_pretrained(dir)` for the hub model and the tiny smoke
 model alike. One thing is changed after loading: where it reads the sequence.
@@ -634,7 +635,8 @@ def pick_device(env: Mapping[str, str]) -> torch.device:
 
 
 __all__ = [
-    "apply_method", "base_model_dir", "build_tiny_llama", "last_token_index", "load_cell_model", "load_classifier",
-    "load_tokenizer", "lora_parameter_count", "masked_mean", "pick_device", "trainable_parameters",
-    "use_last_attended_pooling",
+    "apply_method", "base_model_dir", "bitfit_parameters", "build_tiny_llama", "folder_bytes", "last_token_index",
+    "load_cell_model", "load_classifier", "load_tokenizer", "lora_parameter_count", "masked_mean", "method_targets",
+    "peft_target_names", "pick_device", "save_cell_artifact", "save_initial_adapter", "top_layers_parameters",
+    "trainable_bytes", "trainable_parameters", "use_last_attended_pooling",
 ]  # fmt: skip
