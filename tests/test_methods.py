@@ -197,6 +197,21 @@ def test_bad_method_configs_name_the_field(env):
             modeling.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
 
 
+def test_ia3_feedforward_defaults_to_the_down_targets(env):
+    _, base_dir, _, _, _ = env
+    model = _classifier(base_dir)
+    assert modeling.ia3_targets(model, Ia3Method(target_modules=["q", "v"]), "m")[1] == []
+    targets, ff = modeling.ia3_targets(model, Ia3Method(target_modules=["v", "mlp"]), "m")
+    assert ff == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"] and set(ff) < set(targets)
+    peft = modeling.apply_method(_classifier(base_dir), Ia3Method(), {})
+    assert set(peft.peft_config["default"].feedforward_modules) == {"down_proj"}
+
+
+def test_dora_with_a_converted_init_is_refused():
+    with pytest.raises(ValueError, match="init: 'pissa' with use_dora"):
+        LoraMethod(use_dora=True, init="pissa")
+
+
 def test_adapter_and_servable_flags():
     assert [m.adapter for m in METHODS.values()] == [False, True, True, True, True, True, True, True, False, False]
     assert [k for k, m in METHODS.items() if m.vllm_servable] == ["lora"]
@@ -262,3 +277,4 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     assert kind == "dense" and all(n.startswith("model.layers.1.") for n in u) and len(list(u)) == 7
     np.testing.assert_allclose(u.get("model.layers.1.mlp.up_proj.weight"),
                                1.1 * base.get("model.layers.1.mlp.up_proj.weight"), rtol=1e-6)
+

@@ -312,6 +312,23 @@ def bitfit_parameters(model, train: list[str], field_path: str) -> set[str]:
     return chosen
 
 
+def ia3_targets(model, method: Any, where: str) -> tuple[list[str], list[str]]:
+    """(exact target names, exact feed-forward names) of an IA3 method: `feedforward_modules` null = the targets that
+    are the down projection; given, each must be among the targets (IA3 scales its input instead of its output)."""
+    from lorascope import families
+
+    targets = families.resolve_targets(model, list(method.target_modules), f"{where}.target_modules")
+    if method.feedforward_modules is None:
+        down = set(families.resolve_targets(model, ["down"], f"{where}.feedforward_modules"))
+        return targets, [t for t in targets if t in down]
+    ff = families.resolve_targets(model, list(method.feedforward_modules), f"{where}.feedforward_modules")
+    outside = sorted(set(ff) - set(targets))
+    if outside:
+        raise ConfigError(f"{where}.feedforward_modules: {outside[:3]} are not among target_modules (IA3 scales a "
+                          "feed-forward module's input, so it must be a target too)")  # fmt: skip
+    return targets, ff
+
+
 def apply_method(model, method: Any, overrides: Mapping[str, Any] | None = None, field_path: str | None = None):
     """Set up `model` (a loaded classifier) for `method`; the classifier head trains under every method.
 
@@ -350,14 +367,8 @@ def apply_method(model, method: Any, overrides: Mapping[str, Any] | None = None,
             init_lora_weights=LORA_INITS[method.init],
         )
     elif method.kind == "ia3":
-        from lorascope import families
-
-        targets = families.resolve_targets(model, list(method.target_modules), f"{where}.target_modules")
-        ff = families.resolve_targets(model, list(method.feedforward_modules), f"{where}.feedforward_modules")
-        outside = sorted(set(ff) - set(targets))
-        if outside:
-            raise ConfigError(f"{where}.feedforward_modules: {outside[:3]} are not among target_modules (IA3 scales a "
-                              "feed-forward module's input, so it must be a target too)")  # fmt: skip
+        targets, ff = ia3_targets(model, method, where)
+        # roles select a module in every block, so both lists come out as short names (PEFT checks ff <= targets)
         config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=peft_target_names(model, targets),
                            feedforward_modules=peft_target_names(model, ff) if ff else [])  # fmt: skip
     elif method.kind == "prefix":

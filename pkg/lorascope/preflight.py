@@ -87,7 +87,6 @@ def check_methods(study: Study, model: Any) -> None:
     for i, m in enumerate(study.methods):
         where = f"field methods.{i}"
         if m.kind in ("lora", "ia3"):
-            exact = families.resolve_targets(model, list(m.target_modules), f"{where}.target_modules")
             for target in m.target_modules:
                 hits = families.resolve_targets(model, [target], f"{where}.target_modules")
                 wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
@@ -97,11 +96,8 @@ def check_methods(study: Study, model: Any) -> None:
                                         if t in LORA_LAYER_TYPES and n.split(".")[0] not in head})  # fmt: skip
                     raise ConfigError(f"{where}.target_modules: {target!r} names {wrong} layers, which {m.kind} cannot "
                                       f"adapt (layers it can: {adaptable})")  # fmt: skip
-            if m.kind == "ia3" and m.feedforward_modules:
-                ff = families.resolve_targets(model, list(m.feedforward_modules), f"{where}.feedforward_modules")
-                if set(ff) - set(exact):
-                    raise ConfigError(f"{where}.feedforward_modules: {sorted(set(ff) - set(exact))[:3]} are not among "
-                                      "target_modules (IA3 scales a feed-forward module's input, so it must be a target)")  # fmt: skip
+            if m.kind == "ia3":
+                modeling.ia3_targets(model, m, where)
         elif m.kind == "bitfit":
             modeling.bitfit_parameters(model, list(m.train), f"{where}.train")
         elif m.kind == "top_layers":

@@ -168,6 +168,13 @@ class LoraMethod(Strict):
     def _targets_list(cls, v: Any) -> Any:
         return _one_or_list(v)
 
+    @model_validator(mode="after")
+    def _dora_not_converted(self) -> LoraMethod:
+        if self.use_dora and self.init in ("pissa", "olora"):
+            raise ValueError(f"@init: {self.init!r} with use_dora: a PiSSA/OLoRA adapter is saved converted to a plain "
+                             "LoRA delta (A B - A0 B0), which does not hold DoRA's magnitude; use one or the other")  # fmt: skip
+        return self
+
     @property
     def vllm_servable(self) -> bool:
         """Plain LoRA only: vLLM's LoRA layers compute scale B A with scale alpha / r; DoRA's magnitude vector and
@@ -184,12 +191,13 @@ class LoraMethod(Strict):
 class Ia3Method(Strict):
     """IA3 through PEFT (`IA3Config`): learned vectors rescaling the outputs of `target_modules` and, for the
     `feedforward_modules` among them, the inputs. Defaults: k, v and down, with down as the feed-forward module
-    (the IA3 paper's setting, PEFT's default mapping for Llama)."""
+    (the IA3 paper's setting, PEFT's default mapping for Llama). `feedforward_modules: null` (the default) = the
+    targets that are the MLP's down projection."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "ia3"
     kind: Literal["ia3"] = "ia3"
     target_modules: Targets = Field(default_factory=lambda: ["k", "v", "down"])
-    feedforward_modules: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["down"])
+    feedforward_modules: list[Annotated[str, Field(min_length=1)]] | None = None
     adapter: ClassVar[bool] = True
     vllm_servable: ClassVar[bool] = False
 
