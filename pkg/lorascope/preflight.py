@@ -96,6 +96,10 @@ def check_family(study: Study, family: Any) -> None:
     (`<s>`/`[CLS]`), `last` the decoders'. `first` on a decoder is the BOS state, which causal attention makes the same
     for every input (a constant representation, CKA undefined): refused. `last` on an encoder is allowed: its final
     `</s>` attends to the whole input, so it is a real (if unused by the head) representation."""
+    if family.encoder and "vllm" in study.bench.backends:
+        raise ConfigError(f"field bench.backends: the vllm bench serves decoders only (vLLM's classify pooling reads "
+                          f"the last token of a causal LM with LoRA adapters); {family.name} is an encoder: use "
+                          "backends [hf] (the hf bench serves encoders through the same code as decoders)")  # fmt: skip
     if not family.encoder and "first" in study.extraction.pooling:
         raise ConfigError(f"field extraction.pooling: 'first' is for encoders; on a decoder ({family.name}) the first "
                           "token is BOS, whose state is the same for every input; use 'last' (where the decoder "

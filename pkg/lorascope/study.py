@@ -120,6 +120,10 @@ class TaskConfig(Strict):
     train_samples: int | None = Field(None, ge=1, description="cap on train (after the dev split); null = all")
     hpo_train_samples: int | None = Field(None, ge=1, description="cap on the HPO training subset; null = all")
     eval_samples: int | None = Field(None, ge=1, description="cap on the reported split; null = all")
+    defaults: dict[str, dict[str, float | int]] = Field(
+        default_factory=dict, description="method name -> hyperparameters for this task only, over training.defaults "
+        "(a paper's per-task learning rates and epochs); HPO's pick still wins over both",
+    )
 
     @property
     def selection_metric(self) -> str:
@@ -346,7 +350,8 @@ class Study(Strict):
             if dupes:
                 raise ValueError(f"{label}: duplicate entries {dupes}")
         method_names = {m.name for m in self.methods}
-        for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults)):
+        per_task = [(f"tasks.{i}.defaults", t.defaults) for i, t in enumerate(self.tasks)]
+        for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults), *per_task):
             unknown = set(mapping) - method_names
             if unknown:
                 raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; the study's methods are {sorted(method_names)}")
@@ -362,12 +367,15 @@ class Study(Strict):
         each method gets the required parameters from somewhere: found here, not after stage, sanity and HPO."""
         for m in self.methods:
             defaults = self.training.defaults.get(m.name, {})
-            unknown = sorted(set(defaults) - HPO_PARAMS)
-            if unknown:
-                raise ValueError(f"@training.defaults.{m.name}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
-            for name, value in defaults.items():
-                if problem := param_problem(name, value):
-                    raise ValueError(f"@training.defaults.{m.name}.{name}: {problem}")
+            sources = [(f"training.defaults.{m.name}", defaults)]
+            sources += [(f"tasks.{i}.defaults.{m.name}", t.defaults[m.name]) for i, t in enumerate(self.tasks) if m.name in t.defaults]
+            for where, values in sources:
+                unknown = sorted(set(values) - HPO_PARAMS)
+                if unknown:
+                    raise ValueError(f"@{where}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
+                for name, value in values.items():
+                    if problem := param_problem(name, value):
+                        raise ValueError(f"@{where}.{name}: {problem}")
             searched: set[str] = set()
             if self.hpo.enabled:
                 for name, space in self.hpo.spaces.get(m.name, {}).items():
@@ -378,10 +386,13 @@ class Study(Strict):
                             value = int(value) if float(value).is_integer() else value
                         if problem := param_problem(name, value):
                             raise ValueError(f"@hpo.spaces.{m.name}.{name}: {problem} (every value the search can pick)")
-            missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in searched]
-            if missing:
-                where = f"training.defaults.{m.name}" + ("" if not self.hpo.enabled else f" or hpo.spaces.{m.name}")
-                raise ValueError(f"method {m.name!r}: no value for {missing}: give them in {where}")
+            for t in self.tasks:  # every cell of the method needs each required parameter from somewhere
+                missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in t.defaults.get(m.name, {})
+                           and k not in searched]  # fmt: skip
+                if missing:
+                    where = f"training.defaults.{m.name}" + ("" if not self.hpo.enabled else f" or hpo.spaces.{m.name}")
+                    raise ValueError(f"method {m.name!r}: no value for {missing} (task {t.name}): give them in {where} "
+                                     f"or tasks[{t.name}].defaults.{m.name}")  # fmt: skip
         if "bench" in self.model_fields_set and self.bench.seed not in self.seeds:
             raise ValueError(f"@bench.seed: {self.bench.seed} is not one of the study's seeds {list(self.seeds)}; the bench "
                              "serves the cells trained with that seed")  # fmt: skip
