@@ -36,7 +36,7 @@ def _sha(folder: Path) -> str:
 def built(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("families")
-    return {name: modeling.build_tiny(f"builtin:{name}", root / name) for name in ("tiny-roberta", "tiny-qwen2")}
+    return {name: modeling.build_tiny(f"builtin:{name}", root / name) for name in ("tiny-roberta", "tiny-qwen2", "tiny-phi3")}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,8 @@ def test_tiny_builtins_are_deterministic_and_of_their_family(built, tmp_path):
     assert modeling.model_family(built["tiny-roberta"]).name == "roberta" and modeling.model_family(built["tiny-roberta"]).encoder
     assert modeling.model_family(built["tiny-qwen2"]).name == "llama" and not modeling.model_family(built["tiny-qwen2"]).encoder
     fps = {n: modeling.builtin_fingerprint(n) for n in modeling.TINY_BUILTINS}
-    assert len(set(fps.values())) == 3 and fps["builtin:tiny-llama"] == modeling.tiny_llama_fingerprint()
+    assert modeling.model_family(built["tiny-phi3"]).name == "phi3"
+    assert len(set(fps.values())) == 4 and fps["builtin:tiny-llama"] == modeling.tiny_llama_fingerprint()
     cfg = json.loads((built["tiny-roberta"] / "config.json").read_text())
     assert cfg["architectures"] == ["RobertaForMaskedLM"]  # the hub roberta-base's checkpoint shape
     with pytest.raises(ConfigError, match="unknown builtin"):
@@ -187,7 +188,7 @@ def test_decoder_of_another_family_keeps_the_decoder_format(built):
 
 
 # ------------------------------------------------------------------------------------------------ train, save, reload
-@pytest.mark.parametrize("name", ["tiny-roberta", "tiny-qwen2"])
+@pytest.mark.parametrize("name", ["tiny-roberta", "tiny-qwen2", "tiny-phi3"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_train_save_reload_evaluate(built, smoke_roberta, name, method, tmp_path):
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -234,6 +235,9 @@ def test_roles_resolve_to_each_familys_modules(built):
     dec = modeling.load_classifier(built["tiny-qwen2"], 2, torch.float32, "cpu")
     assert families.resolve_targets(dec, ["q", "v"]) == [
         f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]  # fmt: skip
+    phi = modeling.load_classifier(built["tiny-phi3"], 2, torch.float32, "cpu")
+    assert isinstance(phi, modeling.LastAttendedPooling)
+    assert families.resolve_targets(phi, ["q", "v"]) == [f"model.layers.{i}.self_attn.qkv_proj" for i in (0, 1)]  # fused
 
 
 # ------------------------------------------------------------------------------------------------ extraction
@@ -318,3 +322,33 @@ def test_lora_paper_roberta_validates_and_lists_18_cells():
     assert (full["learning_rate"], full["effective_batch"], full["epochs"]) == (2e-5, 16, 10)
     assert study.training.lr_scheduler == "linear" and study.extraction.pooling == ["mean", "first"]
     assert study.bench.backends == ["hf"]
+
+
+def test_task_defaults_are_validated_like_training_defaults():
+    import yaml
+
+    from lorascope.study import parse_study
+
+    base = yaml.safe_load(SMOKE_ROBERTA.read_text())
+
+    def with_tasks(**over):
+        d = json.loads(json.dumps(base))
+        d["tasks"][0].update(over)
+        return yaml.safe_dump(d)
+
+    with pytest.raises(ConfigError, match=r"tasks.0.defaults: unknown method\(s\) \['dora'\]"):
+        parse_study(with_tasks(defaults={"dora": {"epochs": 1}}))
+    with pytest.raises(ConfigError, match=r"tasks.0.defaults.lora.warmup_ratio: warmup_ratio=1.5 must be in \[0, 1\)"):
+        parse_study(with_tasks(defaults={"lora": {"warmup_ratio": 1.5}}))
+    with pytest.raises(ConfigError, match=r"tasks.0.defaults.lora: unknown parameter\(s\) \['lr'\]"):
+        parse_study(with_tasks(defaults={"lora": {"lr": 1.0}}))
+    # a required parameter may come from the task alone, but then every task must give it
+    d = json.loads(json.dumps(base))
+    d["training"]["defaults"]["lora"].pop("epochs")
+    d["tasks"][0]["defaults"] = {"lora": {"epochs": 3}}
+    with pytest.raises(ConfigError, match=r"method 'lora': no value for \['epochs'\] \(task mrpc\)"):
+        parse_study(yaml.safe_dump(d))
+    d["tasks"][1]["defaults"] = {"lora": {"epochs": 5}}
+    study = parse_study(yaml.safe_dump(d))
+    assert [training.resolve_params(study, "lora", task=t)["epochs"] for t in ("sst2", "mrpc")] == [3, 5]
+    assert training.resolve_params(study, "lora", {"epochs": 7}, task="sst2")["epochs"] == 7  # HPO's pick wins

@@ -211,6 +211,7 @@ WEIGHT_COLUMNS = ["task", "method", "seed", "cell", "block", "module", "name", "
 BLOCK_LISTS = ("layers", "layer")
 # an encoder's block linears, by their path inside the block (RoBERTa/BERT: `output.dense` and
 # `attention.output.dense` are two modules, so the short name is the path, not the last part)
+FUSED_LINEARS = ("qkv_proj", "gate_up_proj")  # Phi-3's fused projections (q, k, v in one; gate and up in one)
 ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                    "intermediate.dense", "output.dense")  # fmt: skip
 
@@ -239,7 +240,7 @@ def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int)
     (`targets`), and every other decoder linear when their total size over all full cells is at most
     `extra_max_elements`."""
     linears = [n for n in base.names() if n.endswith(".weight") and module_parts(n)[0] is not None
-               and module_parts(n)[1] in (*LINEAR_NAMES, *ENCODER_LINEARS)]  # fmt: skip
+               and module_parts(n)[1] in (*LINEAR_NAMES, *FUSED_LINEARS, *ENCODER_LINEARS)]  # fmt: skip
     adapted = [n for n in linears if _targeted(module_parts(n)[1], targets)]
     extra = [n for n in linears if n not in adapted]
     n_full = sum(kind == "full" for kind, _ in updates.values())
