@@ -352,3 +352,16 @@ def test_task_defaults_are_validated_like_training_defaults():
     study = parse_study(yaml.safe_dump(d))
     assert [training.resolve_params(study, "lora", task=t)["epochs"] for t in ("sst2", "mrpc")] == [3, 5]
     assert training.resolve_params(study, "lora", {"epochs": 7}, task="sst2")["epochs"] == 7  # HPO's pick wins
+
+
+def test_cli_validates_and_lists_the_paper_grid_offline(capsys, monkeypatch):
+    from lorascope import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["validate", str(PAPER)]) == 0
+    out = capsys.readouterr()
+    assert "cells=18" in out.out and "model checks skipped" in out.out + out.err
+    assert cli.main(["grid", str(PAPER)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["0", "mrpc", "full", "0", "mrpc-full-s0"]
+    assert lines[18].split() == ["17", "rte", "lora", "2", "rte-lora-s2"] and "18 cells" in lines[19]

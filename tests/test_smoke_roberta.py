@@ -14,6 +14,8 @@ import pytest
 from lorascope import cli
 from lorascope.study import load_study
 
+pytestmark = pytest.mark.slow  # about a minute: runs in `make test` (test-main), not in test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "jobs" / "smoke-roberta.yaml"
 

@@ -431,9 +431,13 @@ class Study(Strict):
     # ---- identity -----------------------------------------------------------------------------------------
     def canonical_json(self) -> str:
         """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
-        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id)."""
+        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id) and without empty
+        `tasks[].defaults` (added later: a study that sets none keeps the hash it had before the field existed)."""
         dump = self.model_dump(mode="json")
         dump["training"].pop("report_to", None)
+        for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
+            if not task.get("defaults"):
+                task.pop("defaults", None)
         return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     @property
