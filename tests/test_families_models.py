@@ -290,6 +290,16 @@ def test_preflight_refuses_an_unsupported_local_model(tmp_path, smoke_roberta):
         preflight.check_study(study, env={})
 
 
+def test_bert_style_segment_embeddings_are_refused(tmp_path, smoke_roberta):
+    cfg = {**json.loads((ROBERTA_ASSETS / "config.json").read_text()), "model_type": "bert", "type_vocab_size": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    study = smoke_roberta.model_copy(update={"model": smoke_roberta.model.model_copy(update={"name": str(tmp_path)})})
+    with pytest.raises(ConfigError, match=r"field model.name: .*type_vocab_size 2 needs token_type_ids"):
+        preflight.check_study(study, env={})
+    with pytest.raises(ConfigError, match=r"type_vocab_size 2 needs token_type_ids"):
+        modeling.load_classifier(tmp_path, 2, torch.float32, "cpu")
+
+
 def test_preflight_roberta_positions_hold_512_tokens(tmp_path, smoke_roberta):
     cfg = json.loads((ROBERTA_ASSETS / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(cfg))

@@ -195,6 +195,18 @@ def model_family(model_dir: str | Path):
     return _family(config)
 
 
+def check_encoder_config(config: Mapping[str, Any], where: str) -> None:
+    """What lorascope's encoder path needs of a config.json: no segment embeddings in use (`type_vocab_size` 1, as
+    RoBERTa). BERT's pairs need `token_type_ids` (segment B = 1), which lorascope's batches do not carry (every
+    batch is input_ids + attention_mask, for training, evaluation, extraction and the bench alike): refused rather
+    than trained silently with every token in segment 0."""
+    types = config.get("type_vocab_size")
+    if isinstance(types, int) and types > 1:
+        raise ConfigError(f"{where}: {config.get('model_type')} with type_vocab_size {types} needs token_type_ids for "
+                          "sentence pairs, which lorascope does not pass; encoders like RoBERTa (type_vocab_size 1) "
+                          "are supported")  # fmt: skip
+
+
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     """The model's tokenizer, right padding. Decoders: pad = eos (the pad id never matters: the classifier reads
     the last attended token from the mask). Encoders: the tokenizer's own pad token, which must be the config's
@@ -206,6 +218,7 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     tok.padding_side = "right"
     if family.encoder:
         config = json.loads((Path(model_dir) / "config.json").read_text())
+        check_encoder_config(config, f"model in {model_dir}")
         if tok.pad_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
             raise ConfigError(f"encoder tokenizer in {model_dir} needs pad, cls and sep tokens (has pad={tok.pad_token!r}, "
                               f"cls={tok.cls_token!r}, sep={tok.sep_token!r})")  # fmt: skip
@@ -283,6 +296,7 @@ def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, 
     family = model_family(model_dir)  # ConfigError for an unsupported model_type, naming the supported ones
     config = AutoConfig.from_pretrained(str(model_dir))
     if family.encoder:
+        check_encoder_config(config.to_dict(), f"model in {model_dir}")
         if getattr(config, "pad_token_id", None) is None:
             raise ConfigError(f"encoder config in {model_dir} ({config.model_type}) has no pad_token_id")
         with expected_load_report_silenced():

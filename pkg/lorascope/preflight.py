@@ -122,6 +122,7 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
         if config is None:
             notes.append(f"model checks skipped ({origin}); the stage phase makes them after fetching the model")
             return notes
+        from lorascope import modeling
         from lorascope.families import family_of
 
         try:
@@ -129,6 +130,8 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
         except ConfigError as exc:
             raise ConfigError(f"field model.name: {study.model.name!r}: {exc}") from None
         check_family(study, family)
+        if family.encoder:
+            modeling.check_encoder_config(config, f"field model.name: {study.model.name!r}")
         limit = config.get("max_position_embeddings")
         if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta"):
             limit -= int(config.get("pad_token_id") or 0) + 1  # position ids start after padding_idx: 514 hold 512
