@@ -115,4 +115,5 @@ def test_bench_and_report(run):
     report = _attempt(path, "report") / "ANALYSIS_REPORT.md"
     text = report.read_text()
     assert "smoke-roberta" in text and "first pooling" in text
+    assert "THESE NUMBERS MEAN NOTHING ABOUT ANY REAL MODEL" in text and "`builtin:tiny-roberta`" in text
     assert list((report.parent / "figures").glob("*.png"))
