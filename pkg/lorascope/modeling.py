@@ -1,7 +1,9 @@
 """Models: the base classifier, the two fine-tuning methods, and pooling.
 
 The classifier is `AutoModelForSequenceClassification.from_pretrained(dir)` for the hub model and the tiny smoke
-model alike. One thing is changed after loading: where it reads the sequence.
+models alike, loaded by family (`lorascope.families`, docs/families.md). Encoders (RoBERTa) keep their own head,
+which reads the first token, and their own pad token. For decoders one thing is changed after loading: where the
+classifier reads the sequence.
 
 Where transformers 5.23 pools. `GenericForSequenceClassification.forward` (the Llama classifier) takes the rightmost
 token whose id differs from `config.pad_token_id`. With pad = eos and pairs written `BOS s1 EOS s2`, that is the end
