@@ -55,6 +55,14 @@ def test_stage_records_the_encoder_family(run):
     assert '"family": "roberta"' in meta and '"encoder": true' in meta
 
 
+def test_sanity_overfits_every_task_and_method(run):
+    study, path = run
+    for task, method in study.task_methods():
+        result = json.loads((_attempt(path, f"sanity/{task}-{method}") / "sanity.json").read_text())
+        assert result["overfit"]["final_loss"] < study.sanity.target_loss
+        assert result["overfit"]["train_examples_accuracy"] == 1.0
+
+
 def test_every_cell_trained_and_evaluated(run):
     study, path = run
     assert len(study.cells()) == 8
@@ -83,6 +91,10 @@ def test_reps_hold_the_first_token_pooling(run):
     assert layers["labels"] == ["embeddings", "layer_1", "layer_2"] and layers["family"] == "roberta"
     assert np.ptp(t["first"][0], axis=0).max() < 1e-5  # <s> embedding: the same for every input
     assert np.ptp(t["first"][2], axis=0).max() > 1e-2  # after the blocks it depends on the input
+    # the same token ids for the base and every fine-tuned model (the base tokenizer, the same template)
+    tokens = {json.loads((path / "reps" / m / t / "_COMMIT.json").read_text())["meta"]["tokens"]
+              for t in ("sst2",) for m in ["base", *(c.name for c in study.cells() if c.task == t)]}  # fmt: skip
+    assert len(tokens) == 1
     cell = load_file(str(_attempt(path, "reps/sst2-full-s42/sst2") / "reps.safetensors"))
     assert np.array_equal(cell["idx"], t["idx"]) and np.abs(cell["first"][2] - t["first"][2]).max() > 1e-2
 
