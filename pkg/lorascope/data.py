@@ -13,9 +13,17 @@ Caps: `tasks[].train_samples` and `tasks[].eval_samples` are applied by the stag
 committed train/validation files are already capped), so every later phase sees the same examples.
 `hpo_train_samples` is applied by the hpo phase on top of the staged train split.
 
-Token ids: a single sentence is `BOS s`; a pair is `BOS s1 EOS s2` built from ids (no "[SEP]" string, no
+Token ids, decoders: a single sentence is `BOS s`; a pair is `BOS s1 EOS s2` built from ids (no "[SEP]" string, no
 tokenizer-added specials), truncated longest-first to `max_length`. No trailing EOS: the classifier reads the last
 attended token, which is then the last token of the text.
+
+Token ids, encoders (RoBERTa, BERT: `lorascope.families`): the tokenizer's own templates, which are what the model
+was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
+`[CLS] s1 [SEP] s2 [SEP]`. The tokenizer is called on the text pair with `truncation="longest_first"` and
+`max_length`: the longer segment loses tokens first so both segments and every special token fit (the decoders'
+rule), and its post-processor adds the specials (a hub tokenizer's template is used as is); the classifier reads the
+first token. Either way the ids depend on the tokenizer and the text only, so base and fine-tuned models
+see identical tokens.
 """
 
 from __future__ import annotations
@@ -208,9 +216,42 @@ def truncate_pair(len1: int, len2: int, budget: int) -> tuple[int, int]:
     return len1, len2
 
 
+def is_encoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` is an encoder's (modeling.load_tokenizer marks them: `lorascope_encoder`)."""
+    return bool(getattr(tokenizer, "lorascope_encoder", False))
+
+
+def special_counts(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(specials around one sentence, specials around a pair) that the tokenizer's templates add (RoBERTa 2 and 4)."""
+    return tokenizer.num_special_tokens_to_add(pair=False), tokenizer.num_special_tokens_to_add(pair=True)
+
+
+def encode_encoder(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
+    """Token ids for an encoder classifier through the tokenizer's own single/pair template (its post-processor adds
+    the specials), longest-first truncation of the texts so that the whole sequence, specials included, fits in
+    `max_length` and both segments keep at least one token."""
+    cols = columns(task)
+    single, pair = special_counts(tokenizer)
+    n_special = single if len(cols) == 1 else pair
+    if n_special == 0:
+        raise ConfigError("encoder tokenizer adds no special tokens: it has no template for the first-token classifier")
+    if max_length < n_special + len(cols):
+        raise ConfigError(f"max_length {max_length} is too short for {task} (the template alone takes {n_special} tokens)")
+    if not examples:
+        return []
+    texts = [[str(e[c]) for e in examples] for c in cols]
+    enc = tokenizer(*texts, truncation="longest_first", max_length=max_length)
+    return [{"idx": int(e["idx"]), "input_ids": [int(i) for i in ids], "attention_mask": [1] * len(ids), "labels": int(e["label"])}
+            for e, ids in zip(examples, enc["input_ids"], strict=True)]  # fmt: skip
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
-    """Token ids for a classifier: `BOS s` or `BOS s1 EOS s2` (ids put together here; the tokenizer adds no
-    specials), truncated to `max_length`. Returns {"idx", "input_ids", "attention_mask", "labels"} per example."""
+    """Token ids for a classifier. Decoders: `BOS s` or `BOS s1 EOS s2` (ids put together here; the tokenizer adds
+    no specials), truncated to `max_length`. Encoders (a tokenizer from `modeling.load_tokenizer` of an encoder):
+    `encode_encoder`, the tokenizer's own templates. Returns {"idx", "input_ids", "attention_mask", "labels"} per
+    example."""
+    if is_encoder_tokenizer(tokenizer):
+        return encode_encoder(tokenizer, task, examples, max_length)
     cols = columns(task)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:

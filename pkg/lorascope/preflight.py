@@ -32,8 +32,8 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
     name, revision = study.model.name, study.model.revision
     kind = modeling.model_source(name)  # unknown builtin, missing folder, folder without config.json
     if kind == "builtin":
-        folder = ASSETS / name.split(":", 1)[1]
-        if (folder / "config.json").is_file():
+        folder = modeling.builtin_config_dir(name)
+        if folder is not None and (folder / "config.json").is_file():
             return json.loads((folder / "config.json").read_text()), f"package asset {folder.name}"
         return None, f"builtin model {name!r} ships no config.json in assets/"
     if kind == "local":
@@ -104,6 +104,21 @@ def check_methods(study: Study, model: Any) -> None:
             modeling.top_layers_parameters(model, m.k, f"{where}.k")
 
 
+def check_family(study: Study, family: Any) -> None:
+    """What the model family allows (docs/families.md): pooling `first` is the encoders' classification position
+    (`<s>`/`[CLS]`), `last` the decoders'. `first` on a decoder is the BOS state, which causal attention makes the same
+    for every input (a constant representation, CKA undefined): refused. `last` on an encoder is allowed: its final
+    `</s>` attends to the whole input, so it is a real (if unused by the head) representation."""
+    if family.encoder and "vllm" in study.bench.backends:
+        raise ConfigError(f"field bench.backends: the vllm bench serves decoders only (vLLM's classify pooling reads "
+                          f"the last token of a causal LM with LoRA adapters); {family.name} is an encoder: use "
+                          "backends [hf] (the hf bench serves encoders through the same code as decoders)")  # fmt: skip
+    if not family.encoder and "first" in study.extraction.pooling:
+        raise ConfigError(f"field extraction.pooling: 'first' is for encoders; on a decoder ({family.name}) the first "
+                          "token is BOS, whose state is the same for every input; use 'last' (where the decoder "
+                          "classifies) and/or 'mean'")  # fmt: skip
+
+
 def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
     """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
     what could not be checked here."""
@@ -120,7 +135,19 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
         if config is None:
             notes.append(f"model checks skipped ({origin}); the stage phase makes them after fetching the model")
             return notes
+        from lorascope import modeling
+        from lorascope.families import family_of
+
+        try:
+            family = family_of(config)  # an unsupported architecture: ConfigError naming the supported model types
+        except ConfigError as exc:
+            raise ConfigError(f"field model.name: {study.model.name!r}: {exc}") from None
+        check_family(study, family)
+        if family.encoder:
+            modeling.check_encoder_config(config, f"field model.name: {study.model.name!r}")
         limit = config.get("max_position_embeddings")
+        if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta"):
+            limit -= int(config.get("pad_token_id") or 0) + 1  # position ids start after padding_idx: 514 hold 512
         for i, task in enumerate(study.tasks):
             if isinstance(limit, int) and task.max_length > limit:
                 raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "

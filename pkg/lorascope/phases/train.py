@@ -42,7 +42,7 @@ from lorascope.threads import configure_threads
 def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str, Any], str]:
     """(params, source): HPO's committed best params, or the study defaults when HPO is off."""
     study = ctx.study
-    chosen, source = None, "training.defaults"
+    chosen, source = None, "training.defaults" + (f" + tasks.{task}.defaults" if method in study.task(task).defaults else "")
     if study.hpo.enabled:
         bundle = ctx.bundle("hpo", f"{task}-{method}")
         if bundle is None:
@@ -52,7 +52,7 @@ def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str
         chosen, source = best["params"], f"hpo/{task}-{method} trial {best.get('trial')}"
     from lorascope.training import resolve_params  # imports torch and transformers: after the cheap checks
 
-    return resolve_params(study, method, chosen), source
+    return resolve_params(study, method, chosen, task=task), source
 
 
 def run(ctx: PhaseContext, index: int) -> None:

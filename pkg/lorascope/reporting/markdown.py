@@ -45,9 +45,10 @@ def banner(n: dict) -> list[str]:
     p = n["provenance"]
     lines = []
     if p.get("builtin_model"):
+        llama = p["model"] == "builtin:tiny-llama"
         lines += [
-            "> **WARNING: THESE NUMBERS MEAN NOTHING ABOUT TINYLLAMA.** This is the smoke study: the model is "
-            f"`{p['model']}`, a tiny randomly initialised Llama built by the package"
+            f"> **WARNING: THESE NUMBERS MEAN NOTHING ABOUT {'TINYLLAMA' if llama else 'ANY REAL MODEL'}.** This is a smoke "
+            f"study: the model is `{p['model']}`, a tiny randomly initialised {'Llama' if llama else 'model'} built by the package"
             + (", trained on the synthetic GLUE-format fixtures shipped with it (not GLUE's text)" if p.get("synthetic_data") else "")
             + ". The report checks that the pipeline runs end to end and that its arithmetic is right; it says nothing "
             "about LoRA, full fine-tuning or any real model.",

@@ -73,7 +73,8 @@ def analysis_provenance(ctx: Any, reps_bundles: dict[tuple[str, str], Any]) -> d
         "run_id": ctx.run_id, "study": ctx.study.name, "study_hash": ctx.study.hash, "model": ctx.study.model.name,
         "model_revision": ctx.study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
         "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": ctx.store.code_version,
-        "builtin_model": ctx.study.model.name == "builtin:tiny-llama",  # the random smoke model (not smollm2-135m)
+        # a random tiny builtin (tiny-llama, tiny-qwen2, tiny-phi3, tiny-roberta: modeling.TINY_BUILTINS), not smollm2-135m
+        "builtin_model": ctx.study.model.name.startswith("builtin:tiny-"),
         "model_variant": (stage_meta.get("model") or {}).get("variant"),  # e.g. a quantised model's provenance
         "synthetic_data": ctx.study.data.source == "local" and ctx.study.data.path == "builtin",
         "extract": {

@@ -35,12 +35,17 @@ def stable_seed(*parts: Any) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def resolve_params(study: Study, method_name: str, chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The hyperparameters of one run: `chosen` (HPO's pick) over `training.defaults[method]`, LoRA alpha/dropout
-    falling back to the method's own config. Raises ConfigError naming what is missing or out of range."""
+def resolve_params(
+    study: Study, method_name: str, chosen: Mapping[str, Any] | None = None, task: str | None = None
+) -> dict[str, Any]:
+    """The hyperparameters of one run: `chosen` (HPO's pick) over the task's own `tasks[].defaults[method]` (when
+    `task` is given) over `training.defaults[method]`, LoRA alpha/dropout falling back to the method's own config.
+    Raises ConfigError naming what is missing or out of range."""
     method = study.method(method_name)
     key = study.defaults_key(method) or method_name
-    merged = {**study.defaults_for(method), **dict(chosen or {})}
+    task_defaults = study.task(task).defaults if task is not None else {}
+    per_task = dict(task_defaults.get(method.name, task_defaults.get(method.kind, {})))  # name, then kind
+    merged = {**study.defaults_for(method), **per_task, **dict(chosen or {})}
     unknown = sorted(set(merged) - HPO_PARAMS)
     if unknown:
         raise ConfigError(f"method {method_name!r}: unknown hyperparameter(s) {unknown}; known: {sorted(HPO_PARAMS)}")
