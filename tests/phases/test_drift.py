@@ -213,7 +213,7 @@ def test_rotated_reps_have_no_drift_and_noise_has_debiased_cka_near_zero(rotated
         assert r["cka_linear"] > r["cka_debiased"] + 0.1
         assert r["drift_debiased"] == pytest.approx(1.0 - r["cka_debiased"], abs=1e-15)
     comp = summary["results"]["mrpc"]["comparisons"]["lora"]["mean"]["debiased"]
-    assert comp["lora_mean"] == pytest.approx(0.0, abs=1e-10)
+    assert comp["method_mean"] == pytest.approx(0.0, abs=1e-10)
     assert comp["reduction_pct"] == pytest.approx(100.0, abs=1e-6)
     ci = summary["results"]["mrpc"]["comparisons"]["lora"]["reduction_ci"]
     assert ci["lo"] <= comp["reduction_pct"] + 1e-9 and ci["hi"] >= comp["reduction_pct"] - 1e-9
@@ -249,7 +249,7 @@ def test_statistics_follow_analysis_stats(rotated_vs_noise):
         assert c["sign_flip_p"] == pytest.approx(0.25)  # 3 seeds, all LoRA < FT: exactly the two-sided floor
         assert c["sign_flip_floor"] == 0.25
         assert c["paired_t"]["df"] == 2
-        assert np.mean(c["diffs"]) == pytest.approx(c["ft_mean"] - c["lora_mean"])
+        assert np.mean(c["diffs"]) == pytest.approx(c["ft_mean"] - c["method_mean"])
         assert c["cohens_dz"] == pytest.approx(stats.cohens_dz(np.array(c["diffs"]), np.zeros(3)))
     holm = stats.holm([c["paired_t"]["p"] for c in comps])
     assert [c["holm_p_t"] for c in comps] == pytest.approx(list(holm))

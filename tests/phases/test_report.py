@@ -20,7 +20,7 @@ from tests.phases.test_drift import commit_bench, craft_run, run_drift
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NUMBER = re.compile(r"(?<![\w.\-/])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
-FORMULAS = ("1 - CKA", "100 (FT - LoRA)", "Song et al. 2012")  # formula constants and a citation, not results
+FORMULAS = ("1 - CKA", "100 (FT - method)", "Song et al. 2012")  # formula constants and a citation, not results
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_the_check_catches_a_number_not_in_the_summary(reported):
     _ctx, _s, md, numbers, _ = reported
     s = numbers["settings"]
     comp = numbers["results"]["mrpc"]["comparisons"]["lora"][s["primary_pooling"]]["debiased"]
-    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
+    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['method_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
     assert printed in md
     assert unmatched_numbers(md.replace(printed, "| 0.123456 | 9.87 | 55.5 |"), numbers) == ["0.123456", "9.87", "55.5"]
 

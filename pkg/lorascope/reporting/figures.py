@@ -123,7 +123,7 @@ def drift_reduction(summary: dict, path: Path) -> Path:
             c = comp[s["primary_pooling"]][s["primary_measure"].removeprefix("cka_")]
             ci = comp.get("reduction_ci") or {}
             v = _nan(c["reduction_pct"])
-            names.append(task if len(s["lora_methods"]) == 1 else f"{task}/{lm}")
+            names.append(task if len(s.get("compared_methods", s.get("lora_methods", []))) == 1 else f"{task}/{lm}")
             vals.append(v)
             los.append(max(0.0, v - _nan(ci.get("lo"))) if ci else 0.0)  # the interval need not be centred on v
             his.append(max(0.0, _nan(ci.get("hi")) - v) if ci else 0.0)
@@ -131,8 +131,8 @@ def drift_reduction(summary: dict, path: Path) -> Path:
     ax.bar(names, vals, color=COLORS[0], yerr=[los, his], capsize=6)
     ax.axhline(s["h1b_min_reduction_pct"], color="k", ls="--", lw=1, label=f"H1b threshold {s['h1b_min_reduction_pct']:g}%")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_ylabel("drift reduction % = 100 (FT - LoRA) / FT")
-    ax.set_title(f"LoRA vs full FT drift reduction ({s['primary_measure']}, {s['primary_pooling']} pooling), "
+    ax.set_ylabel("drift reduction % = 100 (FT - method) / FT")
+    ax.set_title(f"Drift reduction vs full FT ({s['primary_measure']}, {s['primary_pooling']} pooling), "
                  f"{s['ci_level_pct']:g}% CI over examples", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")

@@ -41,6 +41,17 @@ def _verdict(v: str) -> str:
     return f"**{v}**"
 
 
+def method_value(entry: dict, key: str) -> Any:
+    """A compared method's field of a comparison: `method_<key>`, or `lora_<key>` in summaries written before
+    methods other than LoRA were compared (format 2)."""
+    return entry.get(f"method_{key}", entry.get(f"lora_{key}"))
+
+
+def compared_methods(n: dict) -> list[str]:
+    s = n["settings"]
+    return s.get("compared_methods", s.get("lora_methods", []))
+
+
 def banner(n: dict) -> list[str]:
     p = n["provenance"]
     lines = []
@@ -68,9 +79,13 @@ def hypothesis_table(n: dict) -> list[str]:
         if not h:
             continue
         overall_ev = h.get("rule") or h.get("evidence", "")
+        if h.get("no_reference"):
+            overall_ev = h["no_reference"]
         lines.append(f"| {h['hypothesis']} | overall | {_verdict(h['verdict'])} | {overall_ev} |")
         for backend, v in (h.get("by_backend") or {}).items():  # H2: one verdict per serving backend
             lines.append(f"| | backend {backend} | {_verdict(v['verdict'])} | {v['evidence']} |")
+        for method, v in (h.get("by_method") or {}).items():  # H1a/H1b: one verdict per (reference, method) pair
+            lines.append(f"| | pair {method} | {_verdict(v['verdict'])} | {v['evidence']} |")
         for scope, part in (h.get("by") or {}).items():
             lines.append(f"| | {scope} | {part['verdict']} | {part['evidence']} |")
     return lines
@@ -158,15 +173,21 @@ def layer_table(n: dict) -> list[str]:
     lines = [f"H1b's rule on each hidden-state entry ({s['primary_pooling']} pooling, debiased): drift mean over seeds, "
              f"seed noise floor, mean of the per-seed reductions and its {f(s['verdict_interval_pct'], 0)}% interval over "
              "seeds. Nothing hides in the mean.", "",
-             "| task | LoRA method | layer | in mean | FT drift | FT floor | LoRA drift | LoRA floor | reduction % | interval | verdict |",
+             "| task | method | layer | in mean | FT drift | FT floor | method drift | method floor | reduction % | interval | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    frozen = False
     for task in n["tasks"]:
         for lm, comp in n["results"][task]["comparisons"].items():
             for label, v in (comp.get("layers") or {}).items():
                 iv = f"[{f(v['lo'], 1)}, {f(v['hi'], 1)}]" if v.get("lo") is not None else "n/a"
+                mark = " (frozen by construction)" if v.get("frozen_by_construction") else ""
+                frozen = frozen or bool(mark)
                 lines.append(f"| {task} | {lm} | {label} | {'yes' if v['in_mean'] else 'no'} | {f(v['ft_mean'])} | "
-                             f"{f(v['ft_floor'])} | {f(v['lora_mean'])} | {f(v['lora_floor'])} | {f(v['estimate_pct'], 1)} | "
-                             f"{iv} | {v['verdict']} |")  # fmt: skip
+                             f"{f(v['ft_floor'])} | {f(method_value(v, 'mean'))} | {f(method_value(v, 'floor'))} | "
+                             f"{f(v['estimate_pct'], 1)} | {iv} | {v['verdict']}{mark} |")  # fmt: skip
+    if frozen:
+        lines += ["", "(frozen by construction): a block a top-k-layers method does not train, so its output is the "
+                  "base model's exactly (drift 0). Such entries stay in the means: that is the method's property."]  # fmt: skip
     return lines
 
 
@@ -174,11 +195,12 @@ def comparison_table(n: dict) -> list[str]:
     s = n["settings"]
     primary = (s["primary_pooling"], s["primary_measure"].removeprefix("cka_"))
     lines = [
-        f"FT vs LoRA mean drift, paired by seed; reduction % = 100 (FT - LoRA) / FT of the seed means (descriptive: the "
+        f"Full fine-tuning (the reference, FT) vs each compared method: mean drift, paired by seed; reduction % = "
+        f"100 (FT - method) / FT of the seed means (descriptive: the "
         f"H1b verdict uses the per-seed reductions). The CI (primary measure only) is over examples, for these trained "
         f"models: {s['resamples']} subsets without replacement. Holm adjusts across the {len(n['tasks'])} tasks.",
         "",
-        "| task | LoRA method | pooling | measure | FT drift | LoRA drift | reduction % | CI over examples (these models) | t (df) | "
+        "| task | method | pooling | measure | FT drift | method drift | reduction % | CI over examples (these models) | t (df) | "
         "p (t) | Holm p (t) | sign-flip p (floor) | Holm p (sign-flip) | d_z |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -191,10 +213,69 @@ def comparison_table(n: dict) -> list[str]:
                 ci_txt = f"[{f(ci['lo'], 1)}, {f(ci['hi'], 1)}]" if ci else "n/a"
                 t = c["paired_t"]
                 lines.append(
-                    f"| {task} | {lm} | {p} | {m} | {f(c['ft_mean'])} | {f(c['lora_mean'])} | {f(c['reduction_pct'], 1)} | "
+                    f"| {task} | {lm} | {p} | {m} | {f(c['ft_mean'])} | {f(method_value(c, 'mean'))} | {f(c['reduction_pct'], 1)} | "
                     f"{ci_txt} | {f(t['t'], 2)} ({t['df']}) | {pv(t['p'])} | {pv(c.get('holm_p_t'))} | "
                     f"{pv(c['sign_flip_p'])} ({f(c['sign_flip_floor'], 3)}) | {pv(c.get('holm_p_sign_flip'))} | {f(c['cohens_dz'], 2)} |"
                 )
+    return lines
+
+
+def pairs_table(n: dict) -> list[str]:
+    """One row per (reference, compared method) pair and task: the H1a and H1b verdicts of `hypotheses` (the same
+    rule for every pair), the gap and the mean reduction, then the pair's overall verdicts."""
+    s = n["settings"]
+    if s.get("no_reference"):
+        return [f"No verdicts per method pair: {s['no_reference']}."]
+    pairs = n.get("pairs") or {}
+    if not pairs:
+        return ["No method is compared with the reference."]
+    lines = [f"Every method against the reference `{s.get('reference_method') or s.get('full_method')}` (the study's "
+             "first full fine-tuning method), by the H1a and H1b rules above: gap = reference - method (pp, task "
+             "metric), reduction = mean over seeds of the per-seed drift reductions (%).", "",
+             "| method | kind | task | gap (pp) | H1a | reduction % | H1b |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, pv_ in pairs.items():
+        for task, t in pv_["tasks"].items():
+            lines.append(f"| {method} | {pv_['kind']} | {task} | {f(t['gap_pp'], 2)} | {t['H1a']} | "
+                         f"{f(t['reduction_pct'], 1)} | {t['H1b']} |")  # fmt: skip
+        lines.append(f"| {method} | {pv_['kind']} | all tasks | | {_verdict(pv_['H1a'])} | | {_verdict(pv_['H1b'])} |")
+    return lines
+
+
+COST_COLUMNS = (("trainable_params", "trainable params", 0), ("trainable_pct", "% of model", 3),
+                ("trainable_mib", "trainable MiB", 3), ("artifact_mib", "artifact on disk MiB", 3),
+                ("tokens_per_second", "train tokens/s", 1), ("peak_memory_mib", "peak memory MiB", 1),
+                ("train_seconds", "train s", 1))  # fmt: skip
+
+
+def _cost_cell(st: dict, nd: int) -> str:
+    if st.get("mean") is None:
+        return "n/a"
+    if st["min"] is not None and abs(st["max"] - st["min"]) > 1e-9 * max(1.0, abs(st["mean"])):
+        return f"{f(st['mean'], nd)} ({f(st['min'], nd)}..{f(st['max'], nd)})"
+    return f(st["mean"], nd)
+
+
+def costs_table(n: dict) -> list[str]:
+    """Per method (mean over seeds and tasks; min..max when the cells differ), then per task for the fields that
+    differ between tasks. n/a: the cells' metrics.json predate the field."""
+    costs = (n.get("costs") or {}).get("methods") or {}
+    if not costs:
+        return ["No cost fields (the drift summary predates them)."]
+    head = "| method | kind | cells | " + " | ".join(c[1] for c in COST_COLUMNS) + " | memory measured as |"
+    lines = ["From each cell's metrics.json: trainable parameters, trainable bytes (trainable params x dtype size), the "
+             "saved adapter/ or model/ folder on disk, training tokens per second, peak memory and training time. Mean "
+             "over seeds and tasks, (min..max) when the cells differ; n/a: the cells' metrics.json lack the field.", "",
+             head, "|---|---|---:|" + "---:|" * len(COST_COLUMNS) + "---|"]  # fmt: skip
+    for method, c in costs.items():
+        cells = " | ".join(_cost_cell(c["all"][k], nd) for k, _, nd in COST_COLUMNS)
+        lines.append(f"| {method} | {c['kind']} | {c['cells']} | {cells} | {', '.join(c['peak_memory_kind']) or 'n/a'} |")
+    varying = [(m, c) for m, c in costs.items() if c["varies_by_task"] and len(c["by_task"]) > 1]
+    if varying:
+        lines += ["", "Per task (mean over seeds):", "", "| method | task | " + " | ".join(c[1] for c in COST_COLUMNS) + " |",
+                  "|---|---|" + "---:|" * len(COST_COLUMNS)]  # fmt: skip
+        for method, c in varying:
+            for task, st in c["by_task"].items():
+                lines.append(f"| {method} | {task} | " + " | ".join(_cost_cell(st[k], nd) for k, _, nd in COST_COLUMNS) + " |")
     return lines
 
 
@@ -316,7 +397,9 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += ["## Hypotheses", ""] + hypothesis_table(n) + [""]
     out += seeds_section(n)
     out += ["## Task metric and drift per method", ""] + results_table(n) + [""]
-    out += ["## Drift reduction: LoRA vs full fine-tuning", ""] + comparison_table(n) + [""]
+    out += ["## Verdicts per method pair", ""] + pairs_table(n) + [""]
+    out += ["## Cost per method", ""] + costs_table(n) + [""]
+    out += ["## Drift reduction: each method vs full fine-tuning", ""] + comparison_table(n) + [""]
     out += ["## Drift reduction per layer", ""] + layer_table(n) + [""]
     out += ["## Weight space", ""] + weights_table(n) + [""]
     out += ["## Serving latency", ""] + bench_tables(n) + [""]
