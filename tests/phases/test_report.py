@@ -72,8 +72,10 @@ def test_every_number_in_the_report_comes_from_the_summary(reported):
     _ctx, drift_summary, md, numbers, _ = reported
     assert unmatched_numbers(md, numbers) == []
     assert len(NUMBER.findall(md.split("## Provenance")[0])) > 100  # the check did look at numbers
-    # the report's numbers are the drift bundle's summary (no bench here), plus the report's own provenance
-    assert {k: v for k, v in numbers.items() if k != "report"} == drift_summary
+    # the report's numbers are the drift bundle's summary (no bench here), plus the report's own provenance, the
+    # Pareto section and the published reference numbers (none in this study) it derives
+    assert {k: v for k, v in numbers.items() if k not in ("report", "pareto", "published")} == drift_summary
+    assert numbers["published"] is None and set(numbers["pareto"]["drift"]) == {"mrpc", "rte"}
 
 
 def test_the_check_catches_a_number_not_in_the_summary(reported):
@@ -103,7 +105,7 @@ def test_figures(reported):
     _ctx, _s, md, numbers, bundle = reported
     pngs = sorted(p for p in bundle.files if p.endswith(".png"))
     assert pngs == ["figures/drift_reduction.png", "figures/layer_drift_last.png", "figures/layer_drift_mean.png",
-                    "figures/metric_vs_drift.png", "figures/weights.png"]  # fmt: skip
+                    "figures/metric_vs_drift.png", "figures/pareto.png", "figures/weights.png"]  # fmt: skip
     for p in pngs:
         data = bundle.read_bytes(p)
         assert data.startswith(PNG) and len(data) > 10_000

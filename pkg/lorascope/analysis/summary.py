@@ -588,3 +588,34 @@ def weight_summary(wrows: list[dict], targets: set[str]) -> dict:
         entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
         out.setdefault(task, {})[method] = entry
     return out
+
+
+def published_section(study: Any, summary: Mapping[str, Any]) -> dict | None:
+    """The study's published reference numbers (`report.reference`) next to ours, like with like: each published
+    number is compared with our mean over seeds of the SAME metric (the task's selection metric, or accuracy, which
+    every method entry holds); a published metric we do not summarise (F1 on a task selected by accuracy) gets no
+    number of ours. {"source", "tasks": {task: {"metric", "selection_metric", "methods": {method: {"value" (0..1),
+    "value_pct", "ours_pct", "ours_sd_pct", "diff_pp" (ours - published), "same_metric"}}}}}; None without a
+    reference section."""
+    ref = getattr(getattr(study, "report", None), "reference", None)
+    if ref is None:
+        return None
+    tasks: dict[str, Any] = {}
+    for task, by_method in ref.values.items():
+        res = summary["results"].get(task)
+        if res is None:
+            continue
+        metric = ref.metric_of(task)
+        field = "metric" if metric == res["metric_name"] else "accuracy" if metric == "accuracy" else None
+        methods = {}
+        for method, value in by_method.items():
+            e = res["methods"].get(method)
+            ours = e[field] if e is not None and field is not None else None
+            mean = ours.get("mean") if ours else None
+            ok = mean is not None and math.isfinite(mean)
+            methods[method] = {"value": value / 100.0, "value_pct": value, "same_metric": metric == res["metric_name"],
+                               "ours_pct": 100.0 * mean if ok else None,
+                               "ours_sd_pct": 100.0 * ours["sd"] if ok and ours.get("sd") is not None and math.isfinite(ours["sd"]) else None,
+                               "diff_pp": 100.0 * mean - value if ok else None}  # fmt: skip
+        tasks[task] = {"metric": metric, "selection_metric": res["metric_name"], "methods": methods}
+    return {"source": ref.source, "tasks": tasks}

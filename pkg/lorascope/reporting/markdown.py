@@ -12,6 +12,7 @@ from lorascope.reporting.bench_markdown import device_words, stack_name
 FIGURES = {
     "layer_drift": "Layer-wise drift per task (both methods, band = min..max over seeds, dashed = seed noise floor)",
     "metric_vs_drift": "Task metric against mean drift, one point per cell",
+    "pareto": "Task metric against drift (and forgetting) per method, with the Pareto front",
     "drift_reduction": "Drift reduction with its confidence interval over examples",
     "weights": "Weight-space summary of the updates",
     "latency": "Serving latency by mode and batch size",
@@ -279,6 +280,46 @@ def costs_table(n: dict) -> list[str]:
     return lines
 
 
+def pareto_lines(n: dict) -> list[str]:
+    """The Pareto front's members per task and axis (analysis.pareto), with each member's metric and x."""
+    par = n.get("pareto")
+    if not par:
+        return ["No Pareto section (the report numbers predate it)."]
+    lines = ["A method is on the front when no other method has a higher-or-equal task metric AND a lower-or-equal "
+             "drift (or forgetting), one of them strictly; equal points are both on it. Mean over seeds."]  # fmt: skip
+    if par.get("sweeps"):
+        lines += ["", "Sweeps (joined in the figure in size order): " + "; ".join(
+            f"{sw['label']}: {', '.join(sw['methods'])}" for sw in par["sweeps"]) + "."]  # fmt: skip
+    lines += ["", "| axis | task | front (lowest x first) | metric | x |", "|---|---|---|---|---|"]
+    for axis in ("drift", "forgetting"):
+        for task, part in (par.get(axis) or {}).items():
+            front = part["front"]
+            lines.append(f"| {axis} | {task} | {', '.join(front) or 'none'} | "
+                         f"{', '.join(f(part['points'][m]['metric']) for m in front) or 'n/a'} | "
+                         f"{', '.join(f(part['points'][m]['x']) for m in front) or 'n/a'} |")  # fmt: skip
+    if not par.get("forgetting"):
+        lines += ["", "No forgetting values in the drift summary (forgetting is measured for decoder models only), so "
+                  "no forgetting front."]  # fmt: skip
+    return lines
+
+
+def published_table(n: dict) -> list[str]:
+    """The study's published reference numbers next to ours, the same metric on both sides (percent)."""
+    pub = n.get("published")
+    if not pub:
+        return []
+    lines = [f"Published numbers: {pub['source']}. Each is compared with our mean ± SD over seeds of the same metric "
+             "(the published metric column); our selection metric is named where it differs. In percent.", "",
+             "| task | method | published metric | our selection metric | published | ours (same metric) | ours - published (pp) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task, t in pub["tasks"].items():
+        for method, v in t["methods"].items():
+            ours = "n/a" if v["ours_pct"] is None else f"{f(v['ours_pct'], 1)} ± {f(v['ours_sd_pct'], 1)}"
+            lines.append(f"| {task} | {method} | {t['metric']} | {t['selection_metric']} | {f(v['value_pct'], 1)} | {ours} | "
+                         f"{f(v['diff_pp'], 1)} |")  # fmt: skip
+    return lines + [""]
+
+
 def weights_table(n: dict) -> list[str]:
     s = n["settings"]
     if not n["weights"]:
@@ -396,7 +437,8 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += banner(n)
     out += ["## Hypotheses", ""] + hypothesis_table(n) + [""]
     out += seeds_section(n)
-    out += ["## Task metric and drift per method", ""] + results_table(n) + [""]
+    out += ["## Task metric and drift per method", ""] + results_table(n) + [""] + published_table(n)
+    out += ["## Accuracy vs drift: Pareto front", ""] + pareto_lines(n) + [""]
     out += ["## Verdicts per method pair", ""] + pairs_table(n) + [""]
     out += ["## Cost per method", ""] + costs_table(n) + [""]
     out += ["## Drift reduction: each method vs full fine-tuning", ""] + comparison_table(n) + [""]
