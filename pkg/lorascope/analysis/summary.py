@@ -59,7 +59,8 @@ def task_cells(study: Any, task: str) -> list[Any]:
 
 def _targets(m: Any) -> list[str]:
     """The module names / roles a method adapts (LoRA, IA3: target_modules, plus IA3's feedforward_modules)."""
-    return [*(getattr(m, "target_modules", None) or []), *(getattr(m, "feedforward_modules", None) or [])]
+    both = [*(getattr(m, "target_modules", None) or []), *(getattr(m, "feedforward_modules", None) or [])]
+    return list(dict.fromkeys(both))  # IA3's feedforward_modules are a subset of its target_modules
 
 
 def lora_targets(study: Any) -> set[str]:

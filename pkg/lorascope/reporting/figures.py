@@ -232,9 +232,10 @@ def draw_pareto(numbers: dict):
                 ax.set_ylabel("validation metric (task's metric)", fontsize=9)
             ax.tick_params(labelsize=TICK_FONT)
             ax.grid(alpha=0.3)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=TICK_FONT,
-               ncol=1 if len(handles) <= 18 else 2)  # fmt: skip
-    fig.suptitle("Task metric vs drift" + (" and forgetting" if len(rows) > 1 else "") + " per method (mean of seeds, "
+    order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]  # methods first
+    fig.legend([handles[k] for k in order], order, loc="outside right center", fontsize=TICK_FONT,
+               ncol=1 if len(order) <= 18 else 2)  # fmt: skip
+    fig.suptitle("Task metric vs drift" + (" and forgetting" if len(rows) > 1 else "") + " per method\n(mean of seeds, "
                  "bars: seed range; dashed: Pareto front, higher metric and lower x)", fontsize=10)  # fmt: skip
     return fig
 
