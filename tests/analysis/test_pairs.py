@@ -75,7 +75,7 @@ def inputs(st, changes_embeddings=("full",), frozen=None):
     for m in st.methods:
         for t in st.tasks:
             for a, b in ((42, 1337), (42, 2024), (1337, 2024)):
-                for li, label in enumerate(LABELS):
+                for li in range(len(LABELS)):
                     d = 0.01 if li else 0.0
                     noise.append({"task": t.name, "pooling": "mean", "method": m.name, "seed_a": a, "seed_b": b,
                                   "layer_index": li, "drift_linear": d, "drift_debiased": d})  # fmt: skip
