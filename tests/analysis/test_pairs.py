@@ -193,3 +193,13 @@ def test_lora_targets_for_any_kind():
     assert sm.lora_targets(study([FULL, IA3])) >= {"k_proj", "v_proj", "down_proj", "key", "value"}
     assert sm.lora_targets(study([FULL, TOP, BITFIT])) >= {"q_proj", "v_proj"}  # LoraMethod's default roles
     assert "k_proj" not in sm.lora_targets(study([FULL, TOP, BITFIT]))
+
+
+def test_encoder_of_reads_the_stage_config(tmp_path):
+    import json
+
+    cfg = tmp_path / "config.json"
+    for model_type, expected in (("roberta", True), ("llama", False), ("gpt2", None)):
+        cfg.write_text(json.dumps({"model_type": model_type}))
+        assert sm.encoder_of(cfg) is expected
+    assert sm.encoder_of(tmp_path / "missing.json") is None

@@ -85,6 +85,21 @@ def lora_targets(study: Any) -> set[str]:
     return out
 
 
+def encoder_of(config_json: Any) -> bool | None:
+    """Whether the base model is an encoder (`families.Family.encoder`), from its config.json (a path); None when
+    the file is missing or its model_type is not a known family (then nothing is excluded on that ground)."""
+    import json
+    from pathlib import Path
+
+    from lorascope import families
+    from lorascope.errors import ConfigError
+
+    try:
+        return families.family_of(json.loads(Path(config_json).read_text())).encoder
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
 def json_safe(x: Any) -> Any:
     """JSON-safe: non-finite floats -> None, numpy scalars -> Python, recursively."""
     if isinstance(x, dict):
