@@ -118,6 +118,12 @@ def commit_cell(ctx: PhaseContext, tmp: Path, cell, base: dict[str, np.ndarray],
     tp, fp, fn = int(((preds == 1) & (labels == 1)).sum()), int(((preds == 1) & (labels == 0)).sum()), int(((preds == 0) & (labels == 1)).sum())
     metrics = {"cell": cell.name, "task": cell.task, "method": cell.method, "seed": cell.seed,
                "validation": {"accuracy": float((preds == labels).mean()), "f1": 2 * tp / (2 * tp + fp + fn), "loss": 0.5, "n": N}}  # fmt: skip
+    # the cost fields the train phase writes (analysis/costs.py), plausible and distinct per cell
+    trainable = 20_000 if method.kind == "full" else 64 * method.r * BLOCKS
+    metrics.update(method_kind=method.kind, trainable_params=trainable, total_params=20_000, trainable_bytes=4 * trainable,
+                   artifact_bytes=4 * trainable + 512, tokens_per_second=1000.0 + 10 * cell.index,
+                   peak_memory_bytes=(300 + cell.index) * 2**20, peak_memory_kind="process_peak_rss",
+                   train_seconds=5.0 + cell.index)  # fmt: skip
     rows = "".join(json.dumps({"idx": i, "label": int(y), "pred": int(p), "logits": [0.0, float(p)]}) + "\n"
                    for i, (y, p) in enumerate(zip(labels, preds, strict=True)))  # fmt: skip
     with ctx.writer("cells", cell.name, phase="train") as w:

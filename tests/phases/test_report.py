@@ -227,3 +227,47 @@ def test_drift_and_report_on_s3(tmp_path, s3_url, capfd):
     b = ctx.require("report")
     assert b.read_bytes("figures/layer_drift_mean.png").startswith(PNG)
     assert f"path={s3_url}/runs/{ctx.run_id}/report/_attempts/{b.attempt}/ANALYSIS_REPORT.md" in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def several(tmp_path_factory):
+    """Four methods (two LoRA ranks of one sweep, another target set) and published reference numbers."""
+    folder = tmp_path_factory.mktemp("report") / uuid.uuid4().hex[:6]
+    methods = [{"name": "full", "kind": "full"},
+               {"name": "lora", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+               {"name": "lora-r4", "kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+               {"name": "lora-q", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}]  # fmt: skip
+    defaults = {m["name"]: {"learning_rate": 1e-3, "effective_batch": 8, "epochs": 1} for m in methods}
+    reference = {"source": "Hu et al. 2021 (LoRA), Table 2, RoBERTa-base", "metric": "accuracy",
+                 "values": {"mrpc": {"full": 90.2, "lora": 89.7}, "rte": {"full": 78.7, "lora": 86.6}}}  # fmt: skip
+    metrics = {"full": [0.81, 0.80, 0.81], "lora": [0.80, 0.81, 0.80], "lora-r4": [0.80, 0.80, 0.81], "lora-q": [0.60, 0.61, 0.60]}
+    ctx = craft_run(folder, lora="mixed", full="moved", metrics=metrics, methods=methods,
+                    training={"defaults": defaults}, report={"reference": reference})  # fmt: skip
+    drift_summary = run_drift(ctx)
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    return drift_summary, b.read_bytes(report_phase.REPORT_FILE).decode(), b.read_json("summary.json"), b
+
+
+def test_a_report_over_several_methods(several):
+    drift_summary, md, numbers, bundle = several
+    assert unmatched_numbers(md, numbers) == []  # the pair, cost, Pareto and published tables too
+    assert "figures/pareto.png" in bundle.files and "](figures/pareto.png)" in md
+    assert numbers["settings"]["compared_methods"] == ["lora", "lora-r4", "lora-q"]
+    for m in ("lora", "lora-r4", "lora-q"):
+        p = numbers["pairs"][m]
+        assert f"| {m} | lora | all tasks | | **{p['H1a']}** | | **{p['H1b']}** |" in md
+        assert f"| | pair {m} | **{numbers['hypotheses']['H1a']['by_method'][m]['verdict']}** |" in md
+    assert numbers["pairs"]["lora-q"]["H1a"] == "not supported"  # 20 pp below full: the same H1a rule fails it
+    assert numbers["pairs"]["lora"]["H1a"] == "supported"
+    assert numbers["pareto"]["sweeps"] == [{"label": "lora r sweep (target_modules=q_proj+v_proj)", "knob": "r",
+                                            "methods": ["lora", "lora-r4"]}]  # fmt: skip
+    # costs: LoRA r=2 on 2 blocks: 256 trainable of 20000
+    c = numbers["costs"]["methods"]["lora"]["all"]
+    assert c["trainable_params"]["mean"] == 256 and c["trainable_pct"]["mean"] == pytest.approx(1.28)
+    assert "| lora | lora | 6 | 256 | 1.280 |" in md
+    # published: MRPC accuracy (not our F1) compared with our MRPC accuracy
+    pub = numbers["published"]["tasks"]["mrpc"]["methods"]["full"]
+    ours = numbers["results"]["mrpc"]["methods"]["full"]["accuracy"]["mean"]
+    assert pub["ours_pct"] == pytest.approx(100 * ours) and not pub["same_metric"]
+    assert f"| mrpc | full | accuracy | f1 | 90.2 | {markdown.f(100 * ours, 1)} ±" in md
