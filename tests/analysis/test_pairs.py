@@ -102,7 +102,7 @@ def test_every_method_is_a_pair_with_the_reference(five):
     assert set(s["hypotheses"]["H1a"]["by"]) == {"rte/lora", "rte/ia3", "rte/top1", "rte/bitfit"}
     assert set(s["pairs"]) == {"lora", "ia3", "top1", "bitfit"}
     assert s["pairs"]["ia3"]["kind"] == "ia3" and s["pairs"]["ia3"]["reference"] == "full"
-    assert s["hypotheses"]["H1a"]["hypothesis"].startswith("H1a: each compared method task metric within 3 pp")
+    assert s["hypotheses"]["H1a"]["hypothesis"].startswith("H1a: each compared method's task metric within 3 pp")
     # one verdict per pair, combined over tasks; the pair table reads the hypotheses (no second rule)
     for m in ("lora", "ia3", "top1", "bitfit"):
         assert s["pairs"][m]["H1a"] == s["hypotheses"]["H1a"]["by_method"][m]["verdict"]

@@ -423,9 +423,9 @@ def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) ->
 # ------------------------------------------------------------------------------------------------ hypotheses
 def compared_words(study: Any) -> str:
     """How the hypotheses name the compared methods: "LoRA" when every one is a LoRA method (the seed study), else
-    "each compared method"."""
+    "each compared method's"."""
     _, compared = method_roles(study)
-    return "LoRA" if compared and all(m.kind == "lora" for m in compared) else "each compared method"
+    return "LoRA" if compared and all(m.kind == "lora" for m in compared) else "each compared method's"
 
 
 def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:

@@ -31,7 +31,9 @@ def _nan(x: Any) -> float:
 
 def _method_colors(summary: dict) -> dict[str, str]:
     methods = list(dict.fromkeys(m for t in summary["tasks"] for m in summary["results"][t]["methods"]))
-    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+    if len(methods) <= len(COLORS):
+        return {m: COLORS[i] for i, m in enumerate(methods)}
+    return {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}  # a sweep: 20 distinct colours
 
 
 def series_style(i: int) -> tuple[tuple[float, ...], str]:
