@@ -84,3 +84,25 @@ def test_markdown_lists_the_front_and_the_sweeps():
     assert "lora r sweep (target_modules=q+v): lora-r1, lora-r2, lora-r4" in md
     assert "no forgetting front" not in md
     assert "no forgetting front" in "\n".join(markdown.pareto_lines(_numbers(2)))
+
+
+def test_forgetting_table_prints_the_summary_values():
+    from tests.phases.test_report import unmatched_numbers
+
+    n = _numbers(3, forgetting=True)
+    n["settings"]["measures"] = ["linear", "debiased"]
+    for task in n["tasks"]:
+        for m, e in n["results"][task]["methods"].items():
+            vals = e["drift"]["mean"]["debiased"]["values"]
+            e["drift"]["mean"]["debiased"].update(mean=float(np.mean(list(vals.values()))), sd=0.0141)
+            fg = n["forgetting"][task][m]
+            fg.update(mean=float(np.mean(list(fg["values"].values()))), lo=0.001, hi=0.5, base_loss=3.638)
+    n["forgetting"].update(unit="nats per token", interval="two-sided 95% t-interval over seeds",
+                           drift_correlation={"all": {"n": 12, "spearman_rho": 0.913, "pearson_r": 0.871, "note": "cells, not seeds"},
+                                              "by_task": {"rte": {"n": 2, "spearman_rho": None, "why_none": "2 cells"}}})  # fmt: skip
+    md = "\n".join(markdown.forgetting_table(n))
+    assert unmatched_numbers(md, n) == []
+    assert "| rte | full | 0.3100 | [0.0010, 0.5000] | 3.6380 |" in md
+    assert "- drift vs forgetting, all cells: Spearman rho 0.913, Pearson r 0.871 over 12 cells" in md
+    assert "- drift vs forgetting, rte: no correlation (2 cells)" in md
+    assert "decoder models only" in "\n".join(markdown.forgetting_table(_numbers(2)))

@@ -28,7 +28,7 @@ from lorascope.analysis import stats
 from lorascope.analysis import verdicts as vd
 from lorascope.analysis.costs import cost_table
 
-SUMMARY_FORMAT = 2
+SUMMARY_FORMAT = 3  # 3: comparisons say method_* (format 2: lora_*), pairs, costs, frozen_by_construction
 MEASURES = ("linear", "debiased")
 PRIMARY_MEASURE = "debiased"
 CI_ALPHA = 0.05

@@ -320,6 +320,37 @@ def published_table(n: dict) -> list[str]:
     return lines + [""]
 
 
+def forgetting_table(n: dict) -> list[str]:
+    """Forgetting per task and method (the drift summary's `forgetting` section, analysis/forgetting.py, when the
+    model is a decoder), next to the method's primary drift, and the drift-forgetting correlation over cells: is
+    drift a proxy for forgetting?"""
+    fg = n.get("forgetting")
+    if not fg:
+        return ["No forgetting values: forgetting is measured for decoder models only (it needs the base model's causal "
+                "LM head), or the drift summary predates it."]  # fmt: skip
+    s = n["settings"]
+    p, m = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
+    lines = ["Forgetting = the base model's language-model loss on held-out text through the fine-tuned backbone minus "
+             f"the base model's own ({fg.get('unit') or 'nats per token'}; 0 = nothing forgotten), mean over seeds with "
+             f"its {fg.get('interval') or 'interval over seeds'}, next to the primary drift.", "",
+             "| task | method | forgetting | interval | base loss | drift (debiased) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for task in n["tasks"]:
+        for method, v in (fg.get(task) or {}).items():
+            e = n["results"][task]["methods"].get(method)
+            drift = msd(e["drift"][p][m]) if e else "n/a"
+            iv = f"[{f(v.get('lo'))}, {f(v.get('hi'))}]" if v.get("lo") is not None else "n/a"
+            lines.append(f"| {task} | {method} | {f(v.get('mean'))} | {iv} | {f(v.get('base_loss'))} | {drift} |")
+    corr = fg.get("drift_correlation") or {}
+    items = []
+    for scope, c in [("all cells", corr.get("all")), *((t, c) for t, c in (corr.get("by_task") or {}).items())]:
+        if not c:
+            continue
+        what = (f"Spearman rho {f(c['spearman_rho'], 3)}, Pearson r {f(c.get('pearson_r'), 3)} over {c['n']} cells"
+                if c.get("spearman_rho") is not None else f"no correlation ({c.get('why_none', 'n/a')})")  # fmt: skip
+        items.append(f"- drift vs forgetting, {scope}: {what}")
+    note = (corr.get("all") or {}).get("note")
+    return lines + ([""] + items if items else []) + (["", note] if note and items else [])
+
 def weights_table(n: dict) -> list[str]:
     s = n["settings"]
     if not n["weights"]:
@@ -439,6 +470,7 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += seeds_section(n)
     out += ["## Task metric and drift per method", ""] + results_table(n) + [""] + published_table(n)
     out += ["## Accuracy vs drift: Pareto front", ""] + pareto_lines(n) + [""]
+    out += ["## Forgetting", ""] + forgetting_table(n) + [""]
     out += ["## Verdicts per method pair", ""] + pairs_table(n) + [""]
     out += ["## Cost per method", ""] + costs_table(n) + [""]
     out += ["## Drift reduction: each method vs full fine-tuning", ""] + comparison_table(n) + [""]
