@@ -271,3 +271,32 @@ def test_a_report_over_several_methods(several):
     ours = numbers["results"]["mrpc"]["methods"]["full"]["accuracy"]["mean"]
     assert pub["ours_pct"] == pytest.approx(100 * ours) and not pub["same_metric"]
     assert f"| mrpc | full | accuracy | f1 | 90.2 | {markdown.f(100 * ours, 1)} ±" in md
+
+
+def test_a_format_2_summary_still_renders(reported):
+    """A drift bundle written before methods other than LoRA were compared (lora_* keys, no pairs, costs, Pareto):
+    the report reads it."""
+    import copy
+
+    _ctx, _s, _md, numbers, _ = reported
+    old = copy.deepcopy(numbers)
+    for key in ("pairs", "costs", "pareto", "published", "frozen_by_construction"):
+        old.pop(key)
+    for key in ("reference_method", "compared_methods", "method_kinds", "no_reference"):
+        old["settings"].pop(key)
+    for task in old["tasks"]:
+        for comp in old["results"][task]["comparisons"].values():
+            for by in (comp[p] for p in old["settings"]["poolings"]):
+                for c in by.values():
+                    c["lora_mean"] = c.pop("method_mean")
+            for v in comp["layers"].values():
+                for k in ("mean", "floor", "within_floor"):
+                    v[f"lora_{k}"] = v.pop(f"method_{k}")
+                v.pop("frozen_by_construction")
+    md = markdown.render(old, [])
+    comp = old["results"]["mrpc"]["comparisons"]["lora"][old["settings"]["primary_pooling"]]["debiased"]
+    assert f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |" in md
+    layer = old["results"]["rte"]["comparisons"]["lora"]["layers"]["layer_1"]
+    assert f"| {markdown.f(layer['lora_mean'])} | {markdown.f(layer['lora_floor'])} |" in md
+    assert "No table per pair: the drift summary predates it" in md and "No cost fields" in md
+    assert "No Pareto section" in md

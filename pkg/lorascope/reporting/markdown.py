@@ -227,7 +227,9 @@ def pairs_table(n: dict) -> list[str]:
     s = n["settings"]
     if s.get("no_reference"):
         return [f"No verdicts per method pair: {s['no_reference']}."]
-    pairs = n.get("pairs") or {}
+    if "pairs" not in n:
+        return ["No table per pair: the drift summary predates it (the hypothesis table above has the verdicts)."]
+    pairs = n["pairs"]
     if not pairs:
         return ["No method is compared with the reference."]
     lines = [f"Every method against the reference `{s.get('reference_method') or s.get('full_method')}` (the study's "
