@@ -161,6 +161,9 @@ def test_bitfit_on_an_encoder_changes_the_embedding_output():
     assert s["results"]["rte"]["layers_in_mean"]["mean"] == LABELS  # nothing left out
     assert sm.unchangeable_entries(st, LABELS, encoder=None) == {}  # architecture unknown: no exclusion without a reason
     assert 0 in sm.unchangeable_entries(st, LABELS, encoder=False)
+    r4 = method("lora-r4", "lora", r=4, target_modules=["q_proj", "v_proj"])
+    why = sm.unchangeable_entries(study([FULL, LORA, r4, TOP]), LABELS)[0]
+    assert why.startswith("lora, lora-r4 (lora on q_proj, v_proj); top1 (top_layers) cannot change the embedding output")
     lora_embed = method("lora-emb", "lora", r=4, target_modules=["q_proj", "embed_tokens"])
     assert sm.unchangeable_entries(study([FULL, lora_embed]), LABELS) == {}
 

@@ -137,7 +137,10 @@ def unchangeable_entries(study: Any, labels: list[str], encoder: bool | None = N
     if labels and labels[0] == EMBEDDINGS:
         fixed = [m for m in compared if not changes_embedding_output(m, encoder)]
         if fixed:
-            what = "; ".join(f"{m.name} ({m.kind}" + (f" on {', '.join(_targets(m))})" if _targets(m) else ")") for m in fixed)
+            groups: dict[str, list[str]] = {}  # methods of one kind on the same targets share one description
+            for m in fixed:
+                groups.setdefault(f"{m.kind}" + (f" on {', '.join(_targets(m))}" if _targets(m) else ""), []).append(m.name)
+            what = "; ".join(f"{', '.join(names)} ({desc})" for desc, names in groups.items())
             out[0] = (f"{what} cannot change the embedding output: it is the base model's by construction "
                       "(drift exactly 0)")  # fmt: skip
     return out

@@ -191,6 +191,8 @@ def draw_pareto(numbers: dict):
     tasks = numbers["tasks"]
     methods = list(dict.fromkeys(m for t in tasks for m in numbers["results"][t]["methods"]))
     style = {m: series_style(i) for i, m in enumerate(methods)}
+    if len(methods) > len(SERIES_COLORS):  # a sweep: 20 colours, so no two methods share colour and marker soon
+        style = {m: (plt.get_cmap("tab20")(i % 20), MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
     published = (numbers.get("published") or {}).get("tasks") or {}
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.6 * len(tasks) + 2.2, 3.8 * len(rows) + 0.4),
                              squeeze=False, layout="constrained")  # fmt: skip
