@@ -518,6 +518,42 @@ class HypothesesConfig(Strict):
     h2_max_overhead_pct: float = 30.0
 
 
+class PublishedReference(Strict):
+    """Published numbers to show next to ours (the report's reference line), e.g. the LoRA paper's RoBERTa-base GLUE
+    rows. `values`: {task: {method: number}} in PERCENT (0..100, as papers print them: 94.8, not 0.948), for study
+    tasks and study methods; `metric`: which metric each published number is, one for every task or per task
+    ({mrpc: accuracy}: the LoRA paper reports MRPC accuracy, while our MRPC selection metric is F1; the report
+    compares like with like). `source`: where the numbers come from (paper, table, model)."""
+
+    source: str = Field(min_length=1)
+    metric: Literal["accuracy", "f1"] | dict[str, Literal["accuracy", "f1"]] = "accuracy"
+    values: dict[str, dict[str, float]] = Field(min_length=1)
+
+    def metric_of(self, task: str) -> str:
+        return self.metric if isinstance(self.metric, str) else self.metric.get(task, "accuracy")
+
+    @model_validator(mode="after")
+    def _percent(self) -> PublishedReference:
+        for task, by_method in self.values.items():
+            for method, v in by_method.items():
+                if not 0 <= v <= 100:
+                    raise ValueError(f"@values.{task}.{method}: {v!r} must be a percentage in [0, 100]")
+        flat = [v for by in self.values.values() for v in by.values()]
+        if flat and all(v <= 1 for v in flat):
+            raise ValueError(f"@values: every value is <= 1 ({flat}); give percentages as the paper prints them (94.8, not 0.948)")
+        if isinstance(self.metric, dict):
+            missing = sorted(set(self.values) - set(self.metric))
+            if missing:
+                raise ValueError(f"@metric: no metric for task(s) {missing} of values (give one metric for all, or one per task)")
+        return self
+
+
+class ReportConfig(Strict):
+    """The report phase's extras: `reference`, published numbers shown next to ours (PublishedReference)."""
+
+    reference: PublishedReference | None = None
+
+
 class Cell(Strict):
     index: int
     task: str
@@ -544,6 +580,7 @@ class Study(Strict):
     extraction: ExtractionConfig = ExtractionConfig()
     bench: BenchConfig = BenchConfig()
     hypotheses: HypothesesConfig = HypothesesConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -589,6 +626,7 @@ class Study(Strict):
                 raise ValueError(f"@sanity.learning_rate: no entry for method {m.name!r} (nor its kind {m.kind!r})")
         self._check_hyperparameters()
         self._check_bench_method()
+        self._check_report()
         return self
 
     # ---- per-method settings: the method's name first, then its kind ------------------------------------------
@@ -633,6 +671,22 @@ class Study(Strict):
             servable = [x.name for x in self.methods if x.vllm_servable]
             raise ValueError(f"@bench.method: {name!r} (kind {m.kind}) is not a vLLM-servable method (plain LoRA: no "
                              f"DoRA, rsLoRA or PiSSA/OLoRA init); servable here: {servable or 'none'}")  # fmt: skip
+
+    def _check_report(self) -> None:
+        """report.reference names study tasks and study methods only."""
+        ref = self.report.reference
+        if ref is None:
+            return
+        tasks, methods = [t.name for t in self.tasks], [m.name for m in self.methods]
+        for section, keys in (("values", ref.values), ("metric", ref.metric if isinstance(ref.metric, dict) else {})):
+            for task in keys:
+                if task not in tasks:
+                    raise ValueError(f"@report.reference.{section}.{task}: not a task of this study; its tasks are {tasks}")
+        for task, by_method in ref.values.items():
+            for method in by_method:
+                if method not in methods:
+                    raise ValueError(f"@report.reference.values.{task}.{method}: not a method of this study; its methods "
+                                     f"are {methods}")  # fmt: skip
 
     def _check_hyperparameters(self) -> None:
         """Every value in training.defaults and every end of an hpo.spaces range (or choice) obeys PARAM_RULES, and
@@ -717,8 +771,9 @@ class Study(Strict):
     # ---- identity -----------------------------------------------------------------------------------------
     def canonical_json(self) -> str:
         """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
-        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id) and without empty
-        `tasks[].defaults` (added later: a study that sets none keeps the hash it had before the field existed)."""
+        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id), and without
+        fields added later while they hold their defaults (the new method fields, `bench.method`, empty
+        `tasks[].defaults`, a default `report` section): a study written before they existed keeps its hash."""
         dump = self.model_dump(mode="json")
         dump["training"].pop("report_to", None)
         for m in dump["methods"]:
@@ -730,6 +785,8 @@ class Study(Strict):
         for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
             if not task.get("defaults"):
                 task.pop("defaults", None)
+        if self.report == ReportConfig():  # a study without a report section keeps the hash it had before one existed
+            dump.pop("report")
         return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -20,7 +20,7 @@ from tests.phases.test_drift import commit_bench, craft_run, run_drift
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NUMBER = re.compile(r"(?<![\w.\-/])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
-FORMULAS = ("1 - CKA", "100 (FT - LoRA)", "Song et al. 2012")  # formula constants and a citation, not results
+FORMULAS = ("1 - CKA", "100 (FT - method)", "Song et al. 2012")  # formula constants and a citation, not results
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +72,17 @@ def test_every_number_in_the_report_comes_from_the_summary(reported):
     _ctx, drift_summary, md, numbers, _ = reported
     assert unmatched_numbers(md, numbers) == []
     assert len(NUMBER.findall(md.split("## Provenance")[0])) > 100  # the check did look at numbers
-    # the report's numbers are the drift bundle's summary (no bench here), plus the report's own provenance
-    assert {k: v for k, v in numbers.items() if k != "report"} == drift_summary
+    # the report's numbers are the drift bundle's summary (no bench here), plus the report's own provenance, the
+    # Pareto section and the published reference numbers (none in this study) it derives
+    assert {k: v for k, v in numbers.items() if k not in ("report", "pareto", "published")} == drift_summary
+    assert numbers["published"] is None and set(numbers["pareto"]["drift"]) == {"mrpc", "rte"}
 
 
 def test_the_check_catches_a_number_not_in_the_summary(reported):
     _ctx, _s, md, numbers, _ = reported
     s = numbers["settings"]
     comp = numbers["results"]["mrpc"]["comparisons"]["lora"][s["primary_pooling"]]["debiased"]
-    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
+    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['method_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
     assert printed in md
     assert unmatched_numbers(md.replace(printed, "| 0.123456 | 9.87 | 55.5 |"), numbers) == ["0.123456", "9.87", "55.5"]
 
@@ -103,7 +105,7 @@ def test_figures(reported):
     _ctx, _s, md, numbers, bundle = reported
     pngs = sorted(p for p in bundle.files if p.endswith(".png"))
     assert pngs == ["figures/drift_reduction.png", "figures/layer_drift_last.png", "figures/layer_drift_mean.png",
-                    "figures/metric_vs_drift.png", "figures/weights.png"]  # fmt: skip
+                    "figures/metric_vs_drift.png", "figures/pareto.png", "figures/weights.png"]  # fmt: skip
     for p in pngs:
         data = bundle.read_bytes(p)
         assert data.startswith(PNG) and len(data) > 10_000
@@ -225,3 +227,76 @@ def test_drift_and_report_on_s3(tmp_path, s3_url, capfd):
     b = ctx.require("report")
     assert b.read_bytes("figures/layer_drift_mean.png").startswith(PNG)
     assert f"path={s3_url}/runs/{ctx.run_id}/report/_attempts/{b.attempt}/ANALYSIS_REPORT.md" in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def several(tmp_path_factory):
+    """Four methods (two LoRA ranks of one sweep, another target set) and published reference numbers."""
+    folder = tmp_path_factory.mktemp("report") / uuid.uuid4().hex[:6]
+    methods = [{"name": "full", "kind": "full"},
+               {"name": "lora", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+               {"name": "lora-r4", "kind": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+               {"name": "lora-q", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}]  # fmt: skip
+    defaults = {m["name"]: {"learning_rate": 1e-3, "effective_batch": 8, "epochs": 1} for m in methods}
+    reference = {"source": "Hu et al. 2021 (LoRA), Table 2, RoBERTa-base", "metric": "accuracy",
+                 "values": {"mrpc": {"full": 90.2, "lora": 89.7}, "rte": {"full": 78.7, "lora": 86.6}}}  # fmt: skip
+    metrics = {"full": [0.81, 0.80, 0.81], "lora": [0.80, 0.81, 0.80], "lora-r4": [0.80, 0.80, 0.81], "lora-q": [0.60, 0.61, 0.60]}
+    ctx = craft_run(folder, lora="mixed", full="moved", metrics=metrics, methods=methods,
+                    training={"defaults": defaults}, report={"reference": reference})  # fmt: skip
+    drift_summary = run_drift(ctx)
+    run_phase_index(ctx, "report", 0)
+    b = ctx.require("report")
+    return drift_summary, b.read_bytes(report_phase.REPORT_FILE).decode(), b.read_json("summary.json"), b
+
+
+def test_a_report_over_several_methods(several):
+    drift_summary, md, numbers, bundle = several
+    assert unmatched_numbers(md, numbers) == []  # the pair, cost, Pareto and published tables too
+    assert "figures/pareto.png" in bundle.files and "](figures/pareto.png)" in md
+    assert numbers["settings"]["compared_methods"] == ["lora", "lora-r4", "lora-q"]
+    for m in ("lora", "lora-r4", "lora-q"):
+        p = numbers["pairs"][m]
+        assert f"| {m} | lora | all tasks | | **{p['H1a']}** | | **{p['H1b']}** |" in md
+        assert f"| | pair {m} | **{numbers['hypotheses']['H1a']['by_method'][m]['verdict']}** |" in md
+    assert numbers["pairs"]["lora-q"]["H1a"] == "not supported"  # 20 pp below full: the same H1a rule fails it
+    assert numbers["pairs"]["lora"]["H1a"] == "supported"
+    assert numbers["pareto"]["sweeps"] == [{"label": "lora r sweep (target_modules=q_proj+v_proj)", "knob": "r",
+                                            "methods": ["lora", "lora-r4"]}]  # fmt: skip
+    # costs: LoRA r=2 on 2 blocks: 256 trainable of 20000
+    c = numbers["costs"]["methods"]["lora"]["all"]
+    assert c["trainable_params"]["mean"] == 256 and c["trainable_pct"]["mean"] == pytest.approx(1.28)
+    assert "| lora | lora | 6 | 256 | 1.280 |" in md
+    # published: MRPC accuracy (not our F1) compared with our MRPC accuracy
+    pub = numbers["published"]["tasks"]["mrpc"]["methods"]["full"]
+    ours = numbers["results"]["mrpc"]["methods"]["full"]["accuracy"]["mean"]
+    assert pub["ours_pct"] == pytest.approx(100 * ours) and not pub["same_metric"]
+    assert f"| mrpc | full | accuracy | f1 | 90.2 | {markdown.f(100 * ours, 1)} ±" in md
+
+
+def test_a_format_2_summary_still_renders(reported):
+    """A drift bundle written before methods other than LoRA were compared (lora_* keys, no pairs, costs, Pareto):
+    the report reads it."""
+    import copy
+
+    _ctx, _s, _md, numbers, _ = reported
+    old = copy.deepcopy(numbers)
+    for key in ("pairs", "costs", "pareto", "published", "frozen_by_construction"):
+        old.pop(key)
+    for key in ("reference_method", "compared_methods", "method_kinds", "no_reference"):
+        old["settings"].pop(key)
+    for task in old["tasks"]:
+        for comp in old["results"][task]["comparisons"].values():
+            for by in (comp[p] for p in old["settings"]["poolings"]):
+                for c in by.values():
+                    c["lora_mean"] = c.pop("method_mean")
+            for v in comp["layers"].values():
+                for k in ("mean", "floor", "within_floor"):
+                    v[f"lora_{k}"] = v.pop(f"method_{k}")
+                v.pop("frozen_by_construction")
+    md = markdown.render(old, [])
+    comp = old["results"]["mrpc"]["comparisons"]["lora"][old["settings"]["primary_pooling"]]["debiased"]
+    assert f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |" in md
+    layer = old["results"]["rte"]["comparisons"]["lora"]["layers"]["layer_1"]
+    assert f"| {markdown.f(layer['lora_mean'])} | {markdown.f(layer['lora_floor'])} |" in md
+    assert "No table per pair: the drift summary predates it" in md and "No cost fields" in md
+    assert "No Pareto section" in md

@@ -5,10 +5,15 @@ The drift phase builds it; the report phase imports `h2_hypothesis`, `bench_sect
 `study` is the typed study (duck-typed here: tasks, methods with `kind`, cells, extraction.pooling, seeds,
 hypotheses); no torch, no store access except `committed_bench`, which takes the phase context.
 
+The reference is the study's first `full` method; every other method, of any kind, is compared with it (one pair
+each) under the same H1a / H1b rules (`verdicts`). No full method: nothing is compared (`NO_REFERENCE`).
+
 Which hidden-state entries enter a mean over layers (`layers_in_mean`): those where every cell's CKA is defined,
 minus those some compared method cannot change by construction (the embedding output, for LoRA on projections of
-the decoder blocks: its drift is exactly 0 there and full fine-tuning's is not, which would favour LoRA in every
-mean). The same entries for every method, seed and measure of a task. Per-layer verdicts show every entry.
+the blocks, IA3, prefix tuning, top-k layers, BitFit on a decoder: its drift is exactly 0 there and full
+fine-tuning's is not, which would favour that method in every mean). The same entries for every method, seed and
+measure of a task. The block outputs a top_layers method leaves frozen (drift 0 by construction) stay in the means:
+that is what the method does; per-layer tables mark them (`frozen_entries`). Per-layer verdicts show every entry.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import numpy as np
 
 from lorascope.analysis import stats
 from lorascope.analysis import verdicts as vd
+from lorascope.analysis.costs import cost_table
 
-SUMMARY_FORMAT = 2
+SUMMARY_FORMAT = 3  # 3: comparisons say method_* (format 2: lora_*), pairs, costs, frozen_by_construction
 MEASURES = ("linear", "debiased")
 PRIMARY_MEASURE = "debiased"
 CI_ALPHA = 0.05
 EMBEDDINGS = "embeddings"  # the label of hidden_states[0] (phases/extract.layer_labels)
-EMBEDDING_MODULES = ("embed_tokens",)  # LoRA targets that would change the embedding output
 
 
 # ------------------------------------------------------------------------------------------------ study layout
@@ -37,18 +42,62 @@ def primary_pooling(study: Any) -> str:
 
 
 def method_roles(study: Any) -> tuple[Any | None, list[Any]]:
-    """(the reference full fine-tuning method, the LoRA methods compared with it)."""
+    """(the reference: the study's first `full` method, or None; every other method, of any kind, compared with it
+    in study order). Without a reference nothing is compared."""
     full = [m for m in study.methods if m.kind == "full"]
-    return (full[0] if full else None), [m for m in study.methods if m.kind == "lora"]
+    ref = full[0] if full else None
+    return ref, [m for m in study.methods if ref is not None and m.name != ref.name]
+
+
+NO_REFERENCE = ("the study has no `full` method: there is no reference to measure an accuracy gap or a drift "
+                "reduction against, so H1a and H1b are not measured")  # fmt: skip
 
 
 def task_cells(study: Any, task: str) -> list[Any]:
     return [c for c in study.cells() if c.task == task]
 
 
+def _targets(m: Any) -> list[str]:
+    """The module names / roles a method adapts (LoRA, IA3: target_modules, plus IA3's feedforward_modules)."""
+    both = [*(getattr(m, "target_modules", None) or []), *(getattr(m, "feedforward_modules", None) or [])]
+    return list(dict.fromkeys(both))  # IA3's feedforward_modules are a subset of its target_modules
+
+
 def lora_targets(study: Any) -> set[str]:
-    _, loras = method_roles(study)
-    return {t for m in loras for t in m.target_modules} or {"q_proj", "v_proj"}  # no LoRA: LoraMethod's defaults
+    """The short module names (`q_proj`, `query`) full fine-tuning's weight updates are measured on, like with like:
+    the LoRA methods' targets, else the IA3 methods', else q and v (LoraMethod's defaults). Roles and groups
+    (families.ROLES / GROUPS) map to the short name of the role in every known family, `all-linear` to every linear
+    weights.py analyses. Works for any mix of kinds."""
+    from lorascope import families
+    from lorascope.analysis.weights import LINEAR_NAMES
+
+    picked = [t for m in study.methods if m.kind == "lora" for t in _targets(m)]
+    picked = picked or [t for m in study.methods if m.kind == "ia3" for t in _targets(m)] or ["q", "v"]
+    out: set[str] = set()
+    for t in picked:
+        if t == families.ALL_LINEAR:
+            out |= set(LINEAR_NAMES)
+        elif t in families.ROLES or t in families.GROUPS:
+            out |= {fam.roles[r].rsplit(".", 1)[-1] for fam in families.FAMILIES for r in families.expand_roles([t])
+                    if r in fam.roles}  # fmt: skip
+        else:
+            out.add(t.rsplit(".", 1)[-1])
+    return out
+
+
+def encoder_of(config_json: Any) -> bool | None:
+    """Whether the base model is an encoder (`families.Family.encoder`), from its config.json (a path); None when
+    the file is missing or its model_type is not a known family (then nothing is excluded on that ground)."""
+    import json
+    from pathlib import Path
+
+    from lorascope import families
+    from lorascope.errors import ConfigError
+
+    try:
+        return families.family_of(json.loads(Path(config_json).read_text())).encoder
+    except (OSError, ValueError, ConfigError):
+        return None
 
 
 def json_safe(x: Any) -> Any:
@@ -65,16 +114,50 @@ def json_safe(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ layers and means
-def unchangeable_entries(study: Any, labels: list[str]) -> dict[int, str]:
-    """{hidden-state index: why} for entries a compared LoRA method cannot change by construction: the embedding
-    output when no LoRA method adapts the embeddings."""
-    _, loras = method_roles(study)
+def changes_embedding_output(m: Any, encoder: bool | None) -> bool:
+    """Can method `m` change hidden_states[0] (the embedding output)? Full fine-tuning: yes. LoRA, IA3, prefix,
+    top_layers: only when a target names the embeddings (top_layers freezes them). BitFit: on an encoder yes (its
+    embeddings end in a LayerNorm with a bias), on a decoder no (Llama-like embeddings have neither); with the
+    architecture unknown (encoder None) or an unknown kind, assumed yes: nothing is excluded without a reason."""
+    if m.kind == "full":
+        return True
+    if m.kind in ("lora", "ia3", "prefix", "top_layers"):
+        return any("embed" in t for t in _targets(m))
+    if m.kind == "bitfit":
+        return encoder is not False
+    return True
+
+
+def unchangeable_entries(study: Any, labels: list[str], encoder: bool | None = None) -> dict[int, str]:
+    """{hidden-state index: why} for entries some compared method cannot change by construction, left out of every
+    mean over layers (their drift is exactly 0 for that method and not for the reference, which would favour it in
+    every mean): the embedding output, when a compared method does not change it (`changes_embedding_output`)."""
+    _, compared = method_roles(study)
     out = {}
     if labels and labels[0] == EMBEDDINGS:
-        for m in loras:
-            if not set(m.target_modules) & set(EMBEDDING_MODULES):
-                out[0] = (f"LoRA method {m.name} adapts {', '.join(m.target_modules)} only, so its embedding output is "
-                          "the base model's by construction (drift exactly 0)")  # fmt: skip
+        fixed = [m for m in compared if not changes_embedding_output(m, encoder)]
+        if fixed:
+            groups: dict[str, list[str]] = {}  # methods of one kind on the same targets share one description
+            for m in fixed:
+                groups.setdefault(f"{m.kind}" + (f" on {', '.join(_targets(m))}" if _targets(m) else ""), []).append(m.name)
+            what = "; ".join(f"{', '.join(names)} ({desc})" for desc, names in groups.items())
+            out[0] = (f"{what} cannot change the embedding output: it is the base model's by construction "
+                      "(drift exactly 0)")  # fmt: skip
+    return out
+
+
+def frozen_entries(study: Any, labels: list[str]) -> dict[str, dict[int, str]]:
+    """{method: {hidden-state index: why}} for the block outputs a top_layers method leaves frozen: with n blocks
+    (entries 1..n are block outputs, n = len(labels) - 1) and the last k trained, entries 1..n-k are the base's by
+    construction (drift 0). They stay IN the means (that is the method's real property); the per-layer tables mark
+    them."""
+    n = len(labels) - 1
+    out: dict[str, dict[int, str]] = {}
+    for m in study.methods:
+        if m.kind == "top_layers":
+            k = int(getattr(m, "k", 0))
+            out[m.name] = {li: f"frozen by construction ({m.name} trains the last {k} of {n} blocks)"
+                           for li in range(1, max(1, n - k + 1))}  # fmt: skip
     return out
 
 
@@ -90,10 +173,10 @@ def defined_layers(rows: Iterable[dict]) -> dict[tuple[str, str], list[int]]:
     return {k: sorted(v - bad.get(k, set())) for k, v in seen.items()}
 
 
-def layers_in_mean(rows: list[dict], study: Any, labels: list[str]) -> tuple[dict, dict]:
+def layers_in_mean(rows: list[dict], study: Any, labels: list[str], encoder: bool | None = None) -> tuple[dict, dict]:
     """((task, pooling) -> layer indexes entering every mean over layers, (task, pooling) -> {label: why left out})."""
     defined = defined_layers(rows)
-    fixed = unchangeable_entries(study, labels)
+    fixed = unchangeable_entries(study, labels, encoder)
     used, why = {}, {}
     for key, layers in defined.items():
         used[key] = [li for li in layers if li not in fixed]
@@ -117,16 +200,17 @@ def _summary(values: Mapping[int, float]) -> dict:
     return {"values": {str(k): float(v) for k, v in values.items()}, **stats.seed_summary(list(values.values()))}
 
 
-def compare(ft: Mapping[int, float], lora: Mapping[int, float]) -> dict:
-    """FT vs LoRA mean drift over seeds, paired by seed: reduction of the means, paired t, sign-flip p (with its
-    floor), d_z (descriptive; the H1b verdict is `verdicts.h1b`)."""
-    seeds = sorted(set(ft) & set(lora))
-    if len(seeds) != len(ft) or len(seeds) != len(lora):
-        raise ValueError(f"paired comparison needs the same seeds for both methods (got {sorted(ft)} and {sorted(lora)})")
-    a, b = np.array([ft[s] for s in seeds]), np.array([lora[s] for s in seeds])
+def compare(ft: Mapping[int, float], other: Mapping[int, float]) -> dict:
+    """The reference (full fine-tuning, `ft_*`) vs a compared method (`method_*`): mean drift over seeds, paired by
+    seed: reduction of the means, paired t, sign-flip p (with its floor), d_z (descriptive; the H1b verdict is
+    `verdicts.h1b`)."""
+    seeds = sorted(set(ft) & set(other))
+    if len(seeds) != len(ft) or len(seeds) != len(other):
+        raise ValueError(f"paired comparison needs the same seeds for both methods (got {sorted(ft)} and {sorted(other)})")
+    a, b = np.array([ft[s] for s in seeds]), np.array([other[s] for s in seeds])
     diffs = a - b
     finite = bool(np.all(np.isfinite(diffs)))
-    out = {"seeds": seeds, "ft_mean": float(a.mean()), "lora_mean": float(b.mean()),
+    out = {"seeds": seeds, "ft_mean": float(a.mean()), "method_mean": float(b.mean()),
            "reduction_pct": stats.drift_reduction_pct(float(a.mean()), float(b.mean())), "diffs": diffs.tolist(),
            "sign_flip_p": stats.sign_flip_pvalue(diffs) if finite else float("nan"),
            "sign_flip_floor": stats.sign_flip_floor(len(seeds)),
@@ -177,12 +261,15 @@ def _not_learned(method: str, gates: Mapping[str, dict]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ the summary
 def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mapping[str, Mapping[str, np.ndarray]],
                   resamplers: Mapping[str, Any], metrics: Mapping[str, dict], predictions: Mapping[str, Any],
-                  wrows: list[dict], n_examples: Mapping[str, int], labels: list[str]) -> dict:  # fmt: skip
-    """Everything the report prints, from the drift phase's rows, the cells' metrics and predictions."""
+                  wrows: list[dict], n_examples: Mapping[str, int], labels: list[str],
+                  encoder: bool | None = None) -> dict:  # fmt: skip
+    """Everything the report prints, from the drift phase's rows, the cells' metrics and predictions. `encoder`:
+    whether the model is an encoder (families.Family.encoder; None = unknown), for `changes_embedding_output`."""
     full, loras = method_roles(study)
     primary = primary_pooling(study)
     poolings = list(study.extraction.pooling)
-    used, excluded = layers_in_mean(rows, study, labels)
+    used, excluded = layers_in_mean(rows, study, labels, encoder)
+    frozen = frozen_entries(study, labels)
     drift_means = {m: seed_means(rows, f"drift_{m}", used) for m in MEASURES}
     cos_means = {k: seed_means(rows, k, used) for k in ("cosine", "centered_cosine")}
     results: dict[str, Any] = {}
@@ -199,7 +286,8 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
         if full is not None:
             for lm in loras:
                 comparisons[lm.name] = comparison(study, task, cells, rows, full.name, lm.name, drift_means, methods,
-                                                  subset.get(task), resamplers.get(task), used, labels)  # fmt: skip
+                                                  subset.get(task), resamplers.get(task), used, labels,
+                                                  frozen.get(lm.name, {}))  # fmt: skip
         results[task] = {"metric_name": tmetric, "n_examples": n_examples[task], "methods": methods,
                          "comparisons": comparisons, "majority_baseline": baseline,
                          "layers_in_mean": {p: [labels[li] for li in used[(task, p)]] for p in poolings},
@@ -209,16 +297,23 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
                                                for lm in loras} if boot and full is not None else {}}  # fmt: skip
     holm_across_tasks(results, study, full, loras)
     hyp = study.hypotheses
+    hyps = hypotheses_from(study, results)
     return {
         "format": SUMMARY_FORMAT,
         "tasks": list(results),
         "results": results,
         "weights": weight_summary(wrows, lora_targets(study)),
-        "hypotheses": hypotheses_from(study, results),
+        "hypotheses": hyps,
+        "pairs": pair_verdicts(study, results, hyps) if full is not None else {},
+        "costs": cost_table(study, metrics),
+        "frozen_by_construction": {m: [labels[li] for li in v] for m, v in frozen.items()},
         "labels": labels,
         "settings": {
             "primary_measure": f"cka_{PRIMARY_MEASURE}", "primary_pooling": primary, "poolings": poolings,
-            "measures": list(MEASURES), "full_method": full.name if full else None, "lora_methods": [m.name for m in loras],
+            "measures": list(MEASURES), "full_method": full.name if full else None,
+            "reference_method": full.name if full else None, "compared_methods": [m.name for m in loras],
+            "lora_methods": [m.name for m in study.methods if m.kind == "lora"],
+            "method_kinds": {m.name: m.kind for m in study.methods}, "no_reference": None if full else NO_REFERENCE,
             "seeds": list(study.seeds), "n_seeds": len(study.seeds), "n_examples": dict(n_examples), "layers": len(labels),
             "resamples": next((r.n_resamples for r in resamplers.values()), None),
             "subsample_m": {t: r.m for t, r in resamplers.items()}, "ci_level_pct": 100 * (1 - CI_ALPHA),
@@ -273,9 +368,13 @@ def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: li
 
 
 def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: str, lora: str, drift_means: Mapping, methods: Mapping,
-               subset: Mapping[str, np.ndarray] | None, res: Any, used: Mapping, labels: list[str]) -> dict:  # fmt: skip
-    """FT vs one LoRA method on one task: `compare` per pooling and measure, the per-layer H1b verdicts (primary
-    pooling and measure), and the subsampling CI over examples of the primary reduction (these trained models)."""
+               subset: Mapping[str, np.ndarray] | None, res: Any, used: Mapping, labels: list[str],
+               frozen: Mapping[int, str] | None = None) -> dict:  # fmt: skip
+    """The reference (`full`) vs one compared method (`lora`, any kind) on one task: `compare` per pooling and
+    measure, the per-layer H1b verdicts (primary pooling and measure; `frozen`: {entry: why} the method leaves at the
+    base's by construction, marked), and the subsampling CI over examples of the primary reduction (these trained
+    models)."""
+    frozen = frozen or {}
     primary = primary_pooling(study)
     hyp = study.hypotheses
     pick = lambda m, p, meth: {c.seed: drift_means[m][(task, p, meth, c.seed)] for c in cells if c.method == meth}  # noqa: E731
@@ -295,9 +394,10 @@ def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: 
         if li not in used[(task, primary)]:  # an entry left out of the means is not judged either
             v.update(verdict=vd.NOT_COMPARED, lo=None, hi=None)
         per_layer[label] = {"verdict": v["verdict"], "estimate_pct": v["estimate_pct"], "lo": v["lo"], "hi": v["hi"],
-                            "ft_mean": fl["mean"][li], "lora_mean": ll["mean"][li], "ft_floor": fl["noise_floor"][li],
-                            "lora_floor": ll["noise_floor"][li], "in_mean": li in used[(task, primary)],
-                            "lora_within_floor": vd.within_floor(ll["mean"][li], ll["noise_floor"][li])}  # fmt: skip
+                            "ft_mean": fl["mean"][li], "method_mean": ll["mean"][li], "ft_floor": fl["noise_floor"][li],
+                            "method_floor": ll["noise_floor"][li], "in_mean": li in used[(task, primary)],
+                            "method_within_floor": vd.within_floor(ll["mean"][li], ll["noise_floor"][li]),
+                            "frozen_by_construction": frozen.get(li)}  # fmt: skip
     comp["layers"] = per_layer
     if subset is not None and res is not None and used[(task, primary)]:
         layers = used[(task, primary)]
@@ -311,7 +411,7 @@ def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: 
 
 
 def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) -> None:
-    """Holm across tasks, per (LoRA method, pooling, measure), for both seed-level tests (descriptive)."""
+    """Holm across tasks, per (compared method, pooling, measure), for both seed-level tests (descriptive)."""
     for lm in loras if full is not None else []:
         for p in study.extraction.pooling:
             for m in MEASURES:
@@ -324,22 +424,35 @@ def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) ->
 
 
 # ------------------------------------------------------------------------------------------------ hypotheses
+def compared_words(study: Any) -> str:
+    """How the hypotheses name the compared methods: "LoRA" when every one is a LoRA method (the seed study), else
+    "each compared method's"."""
+    _, compared = method_roles(study)
+    return "LoRA" if compared and all(m.kind == "lora" for m in compared) else "each compared method's"
+
+
 def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
-    """H1a and H1b per task (and LoRA method) by `verdicts.h1a` / `verdicts.h1b`, and their overall verdicts."""
+    """H1a and H1b per task and compared method (every method but the reference, of any kind) by `verdicts.h1a` /
+    `verdicts.h1b`, one verdict per (reference, method) pair and task, and their overall verdicts (`verdicts.combine`
+    over every pair and task; `by_method`: combined over the tasks of one pair). No reference: not measured, and
+    `no_reference` says why."""
     full, loras = method_roles(study)
     hyp = study.hypotheses
     primary = primary_pooling(study)
     h1a: dict[str, Any] = {}
     h1b: dict[str, Any] = {}
+    owner: dict[str, str] = {}
     for task, res in results.items() if full is not None else []:
         fm = res["methods"][full.name]
         for lm in loras:
             key = task if len(loras) == 1 else f"{task}/{lm.name}"
+            owner[key] = lm.name
             lmm = res["methods"][lm.name]
             ft_gates, lo_gates = _not_learned(full.name, fm["learning"]), _not_learned(lm.name, lmm["learning"])
             h1a[key] = vd.h1a({int(s): v for s, v in fm["metric"]["values"].items()},
                               {int(s): v for s, v in lmm["metric"]["values"].items()}, hyp.h1a_max_gap_pp,
-                              example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates)  # fmt: skip
+                              example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates,
+                              names=(full.name, lm.name))  # fmt: skip
             ft = {int(s): v for s, v in fm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
             lo = {int(s): v for s, v in lmm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
             floor = fm["noise_floor"][primary][PRIMARY_MEASURE]["mean"]
@@ -348,23 +461,51 @@ def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
             v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=ft_gates + lo_gates, indistinguishable=indist)
             notes = []
             if lmm["within_floor"][primary][PRIMARY_MEASURE]:
-                notes.append(f"LoRA's drift {lmm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its own seed noise "
+                notes.append(f"{lm.name}'s drift {lmm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its own seed noise "
                              f"floor {lmm['noise_floor'][primary][PRIMARY_MEASURE]['mean']:.4f} (indistinguishable from retraining)")  # fmt: skip
             ci = res["comparisons"][lm.name].get("reduction_ci")
             if ci:
                 notes.append(f"for these trained models, 95% CI over examples of the reduction of the means "
                              f"[{ci['lo']:.1f}, {ci['hi']:.1f}] (not a seed-level interval)")  # fmt: skip
-            layer_v = [f"{label}: {lv['verdict']}" for label, lv in res["comparisons"][lm.name]["layers"].items()]
+            layer_v = [f"{label}: {lv['verdict']}" + (" (frozen by construction)" if lv.get("frozen_by_construction") else "")
+                       for label, lv in res["comparisons"][lm.name]["layers"].items()]  # fmt: skip
             notes.append("per layer " + ", ".join(layer_v))
             v["evidence"] += "; " + "; ".join(notes)
             h1b[key] = v
-    return {
-        "H1a": {"hypothesis": f"H1a: LoRA task metric within {hyp.h1a_max_gap_pp:g} pp of full fine-tuning",
-                "verdict": vd.combine(h1a), "by": h1a, "rule": vd.RULES["H1a"] + "; overall: " + vd.RULES["overall"]},
-        "H1b": {"hypothesis": f"H1b: LoRA representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
-                              f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)",
-                "verdict": vd.combine(h1b), "by": h1b, "rule": vd.RULES["H1b"] + "; overall: " + vd.RULES["overall"]},
-    }  # fmt: skip
+    who = compared_words(study)
+    out = {}
+    for name, parts, text in (
+        ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} pp of full fine-tuning"),
+        ("H1b", h1b, f"H1b: {who} representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
+                     f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)"),
+    ):  # fmt: skip
+        out[name] = {"hypothesis": text, "verdict": vd.combine(parts), "by": parts,
+                     "rule": vd.RULES[name] + "; overall: " + vd.RULES["overall"]}  # fmt: skip
+        if len(loras) > 1:
+            out[name]["by_method"] = {m.name: {"verdict": vd.combine({k: v for k, v in parts.items() if owner[k] == m.name}),
+                                               "evidence": f"{full.name} vs {m.name} ({m.kind}) over {len(results)} task(s)"}
+                                      for m in loras}  # fmt: skip
+        if full is None:
+            out[name]["no_reference"] = NO_REFERENCE
+    return out
+
+
+def pair_verdicts(study: Any, results: Mapping[str, Any], hypotheses: Mapping[str, Any]) -> dict:
+    """{method: {"kind", "reference", "tasks": {task: {"H1a", "H1b", "gap_pp", "reduction_pct"}}, "H1a", "H1b"}}: the
+    verdicts of each (reference, method) pair, read from `hypotheses` (no rule restated here)."""
+    full, loras = method_roles(study)
+    out: dict[str, Any] = {}
+    for m in loras:
+        tasks = {}
+        for task in results:
+            key = task if len(loras) == 1 else f"{task}/{m.name}"
+            a, b = hypotheses["H1a"]["by"][key], hypotheses["H1b"]["by"][key]
+            tasks[task] = {"H1a": a["verdict"], "H1b": b["verdict"], "gap_pp": a.get("gap_pp"),
+                           "reduction_pct": b.get("estimate_pct")}  # fmt: skip
+        out[m.name] = {"kind": m.kind, "reference": full.name, "tasks": tasks,
+                       "H1a": vd.combine({t: {"verdict": v["H1a"]} for t, v in tasks.items()}),
+                       "H1b": vd.combine({t: {"verdict": v["H1b"]} for t, v in tasks.items()})}  # fmt: skip
+    return out
 
 
 def h2_hypothesis(study: Any, bench: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -466,3 +607,34 @@ def weight_summary(wrows: list[dict], targets: set[str]) -> dict:
         entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
         out.setdefault(task, {})[method] = entry
     return out
+
+
+def published_section(study: Any, summary: Mapping[str, Any]) -> dict | None:
+    """The study's published reference numbers (`report.reference`) next to ours, like with like: each published
+    number is compared with our mean over seeds of the SAME metric (the task's selection metric, or accuracy, which
+    every method entry holds); a published metric we do not summarise (F1 on a task selected by accuracy) gets no
+    number of ours. {"source", "tasks": {task: {"metric", "selection_metric", "methods": {method: {"value" (0..1),
+    "value_pct", "ours_pct", "ours_sd_pct", "diff_pp" (ours - published), "same_metric"}}}}}; None without a
+    reference section."""
+    ref = getattr(getattr(study, "report", None), "reference", None)
+    if ref is None:
+        return None
+    tasks: dict[str, Any] = {}
+    for task, by_method in ref.values.items():
+        res = summary["results"].get(task)
+        if res is None:
+            continue
+        metric = ref.metric_of(task)
+        field = "metric" if metric == res["metric_name"] else "accuracy" if metric == "accuracy" else None
+        methods = {}
+        for method, value in by_method.items():
+            e = res["methods"].get(method)
+            ours = e[field] if e is not None and field is not None else None
+            mean = ours.get("mean") if ours else None
+            ok = mean is not None and math.isfinite(mean)
+            methods[method] = {"value": value / 100.0, "value_pct": value, "same_metric": metric == res["metric_name"],
+                               "ours_pct": 100.0 * mean if ok else None,
+                               "ours_sd_pct": 100.0 * ours["sd"] if ok and ours.get("sd") is not None and math.isfinite(ours["sd"]) else None,
+                               "diff_pp": 100.0 * mean - value if ok else None}  # fmt: skip
+        tasks[task] = {"metric": metric, "selection_metric": res["metric_name"], "methods": methods}
+    return {"source": ref.source, "tasks": tasks}

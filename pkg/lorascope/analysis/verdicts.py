@@ -43,11 +43,12 @@ INDISTINGUISHABLE, NOT_ASSESSABLE, NOT_MEASURED = "indistinguishable", "not asse
 NOT_COMPARED = "not compared"  # a per-layer entry left out of the means (by construction or undefined CKA)
 
 RULES = {
-    "H1a": "per task: gap = mean(full) - mean(LoRA) in pp over seeds; its standard error combines the seed spread "
+    "H1a": "per task and (reference, compared method) pair: gap = mean(reference) - mean(method) in pp over seeds; its standard error combines the seed spread "
            "(Welch) and the validation sampling error (paired bootstrap over examples); supported iff the one-sided "
            "97.5% upper bound <= margin and every seed's own gap (paired by seed) <= margin; not supported iff the "
            "one-sided 97.5% lower bound > margin; not assessable if a full cell did not learn; else inconclusive",
-    "H1b": "per task: reduction = 100 (FT - LoRA) / FT of each seed's layer-mean drift (paired by seed); supported iff "
+    "H1b": "per task and (reference, compared method) pair: reduction = 100 (FT - method) / FT of each seed's "
+           "layer-mean drift (paired by seed); supported iff "
            "the one-sided 97.5% t lower bound over seeds >= threshold and every seed's reduction >= threshold; not "
            "supported iff the one-sided 97.5% t upper bound < threshold; not assessable if any cell of either method "
            "did not learn; indistinguishable if full fine-tuning's drift is within its seed noise floor; else "
@@ -184,8 +185,10 @@ def example_se_of_gap(boot: Mapping[str, np.ndarray], full_cells: Sequence[str],
 
 # ------------------------------------------------------------------------------------------------ H1a
 def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, *, example_se_pp: float | None,
-        gates: Sequence[str] = (), scale: float = 100.0, alpha: float = ALPHA) -> dict:  # fmt: skip
-    """H1a (non-inferiority) on one task: `RULES["H1a"]`. full/lora: {seed: metric in [0, 1]} (x `scale` -> pp).
+        gates: Sequence[str] = (), scale: float = 100.0, alpha: float = ALPHA,
+        names: tuple[str, str] = ("full", "LoRA")) -> dict:  # fmt: skip
+    """H1a (non-inferiority) on one task: `RULES["H1a"]`. full/lora: {seed: metric in [0, 1]} (x `scale` -> pp) of
+    the reference and the compared method (any kind); `names` only words the evidence.
 
     Variance of the gap = s_full^2 / k_full + s_lora^2 / k_lora (seeds) + example_se_pp^2 (validation sampling,
     shared by both methods because they are scored on the same examples); Satterthwaite df (the example part has
@@ -197,7 +200,8 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
         return _v(INCONCLUSIVE, "missing metric values")
     gap = float(fv.mean() - lv.mean())
     seed_gaps = {s: f[s] - lo_[s] for s in sorted(set(f) & set(lo_))}
-    ev = f"full {fv.mean():.2f} (n={fv.size}), LoRA {lv.mean():.2f} (n={lv.size}); gap full-LoRA {gap:+.2f} pp"
+    rn, mn = names
+    ev = f"{rn} {fv.mean():.2f} (n={fv.size}), {mn} {lv.mean():.2f} (n={lv.size}); gap {rn}-{mn} {gap:+.2f} pp"
     out: dict[str, Any] = {"gap_pp": gap, "seed_gaps_pp": {str(s): g for s, g in seed_gaps.items()}, "lo": None,
                            "hi": None, "margin_pp": margin_pp, "example_se_pp": example_se_pp}  # fmt: skip
     if gates:

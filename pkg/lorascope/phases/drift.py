@@ -98,7 +98,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     # 4. statistics, gates and verdicts
     t_s = time.perf_counter()
     try:
-        out = summary.build_summary(study, rows, noise, subset, resamplers, metrics, predictions, wrows, n_examples, labels)
+        out = summary.build_summary(study, rows, noise, subset, resamplers, metrics, predictions, wrows, n_examples, labels,
+                                    encoder=summary.encoder_of(ctx.local(stage) / "model" / "config.json"))
     except ValueError as e:
         raise LorascopeError(f"drift: {e}") from None
     bench = summary.committed_bench(ctx)

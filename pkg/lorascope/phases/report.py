@@ -28,7 +28,8 @@ REPORT_FILE = "ANALYSIS_REPORT.md"
 def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str, Any]:
     """The drift summary, with H2 and the bench section re-evaluated (`analysis.summary.h2_hypothesis`, the function
     the drift phase used) when the committed bench bundles differ from what the drift phase saw, and the report's
-    own provenance."""
+    own provenance; plus the Pareto section (`analysis.pareto`, over drift and, when the drift summary has it,
+    forgetting) and the study's published reference numbers next to ours (`summary.published_section`)."""
     from lorascope.analysis import summary
     from lorascope.reporting import provenance
 
@@ -42,6 +43,10 @@ def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str
         numbers["hypotheses"]["H2"] = summary.json_safe(current)
         numbers["bench"] = summary.json_safe(summary.bench_section(bench))
         h2_source = f"report phase: {describe(current['source'])}, committed after the drift phase ran"
+    from lorascope.analysis import pareto
+
+    numbers["pareto"] = summary.json_safe(pareto.pareto_section(numbers, list(ctx.study.methods)))
+    numbers["published"] = summary.json_safe(summary.published_section(ctx.study, numbers))
     numbers["report"] = {
         "code_version": ctx.store.code_version,
         "versions": provenance.package_versions(("lorascope", "numpy", "scipy", "matplotlib")),
@@ -64,6 +69,9 @@ def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]
         out.append((f"{FIGURES['layer_drift']}, {pooling} pooling", rel))
     figures.metric_vs_drift(numbers, folder / "figures/metric_vs_drift.png")
     out.append((FIGURES["metric_vs_drift"], "figures/metric_vs_drift.png"))
+    if numbers.get("pareto"):
+        figures.pareto(numbers, folder / "figures/pareto.png")
+        out.append((FIGURES["pareto"], "figures/pareto.png"))
     if any(numbers["results"][t]["comparisons"] for t in numbers["tasks"]):
         figures.drift_reduction(numbers, folder / "figures/drift_reduction.png")
         out.append((FIGURES["drift_reduction"], "figures/drift_reduction.png"))

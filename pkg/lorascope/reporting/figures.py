@@ -31,7 +31,9 @@ def _nan(x: Any) -> float:
 
 def _method_colors(summary: dict) -> dict[str, str]:
     methods = list(dict.fromkeys(m for t in summary["tasks"] for m in summary["results"][t]["methods"]))
-    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+    if len(methods) <= len(COLORS):
+        return {m: COLORS[i] for i, m in enumerate(methods)}
+    return {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}  # a sweep: 20 distinct colours
 
 
 def series_style(i: int) -> tuple[tuple[float, ...], str]:
@@ -123,7 +125,7 @@ def drift_reduction(summary: dict, path: Path) -> Path:
             c = comp[s["primary_pooling"]][s["primary_measure"].removeprefix("cka_")]
             ci = comp.get("reduction_ci") or {}
             v = _nan(c["reduction_pct"])
-            names.append(task if len(s["lora_methods"]) == 1 else f"{task}/{lm}")
+            names.append(task if len(s.get("compared_methods", s.get("lora_methods", []))) == 1 else f"{task}/{lm}")
             vals.append(v)
             los.append(max(0.0, v - _nan(ci.get("lo"))) if ci else 0.0)  # the interval need not be centred on v
             his.append(max(0.0, _nan(ci.get("hi")) - v) if ci else 0.0)
@@ -131,8 +133,8 @@ def drift_reduction(summary: dict, path: Path) -> Path:
     ax.bar(names, vals, color=COLORS[0], yerr=[los, his], capsize=6)
     ax.axhline(s["h1b_min_reduction_pct"], color="k", ls="--", lw=1, label=f"H1b threshold {s['h1b_min_reduction_pct']:g}%")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_ylabel("drift reduction % = 100 (FT - LoRA) / FT")
-    ax.set_title(f"LoRA vs full FT drift reduction ({s['primary_measure']}, {s['primary_pooling']} pooling), "
+    ax.set_ylabel("drift reduction % = 100 (FT - method) / FT")
+    ax.set_title(f"Drift reduction vs full FT ({s['primary_measure']}, {s['primary_pooling']} pooling), "
                  f"{s['ci_level_pct']:g}% CI over examples", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
@@ -171,6 +173,74 @@ def draw_weight_spectra(summary: dict):
     if any(m.endswith("(other linears)") for m in methods):
         title += "\nplain method names: the LoRA target modules; \"(other linears)\": every other decoder linear"
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def pareto(numbers: dict, path: Path) -> Path:
+    return _save(draw_pareto(numbers), path)
+
+
+def draw_pareto(numbers: dict):
+    """Per task (columns): task metric (mean over seeds, error bars = the seed range) against the primary drift
+    (row 1) and, when the summary has forgetting, against forgetting (row 2); one marker per method, each labelled
+    with its name; the methods of one sweep joined in size order; the Pareto front (higher metric, lower x) as a
+    dashed staircase with its members ringed; published reference numbers of the same metric as dotted horizontal
+    lines. Everything drawn is a value of numbers["pareto"] (analysis.pareto.pareto_section) or numbers["published"]."""
+    par = numbers["pareto"]
+    rows = [("drift", par["drift"])] + ([("forgetting", par["forgetting"])] if par.get("forgetting") else [])
+    tasks = numbers["tasks"]
+    methods = list(dict.fromkeys(m for t in tasks for m in numbers["results"][t]["methods"]))
+    style = {m: series_style(i) for i, m in enumerate(methods)}
+    if len(methods) > len(SERIES_COLORS):  # a sweep: 20 colours, so no two methods share colour and marker soon
+        style = {m: (plt.get_cmap("tab20")(i % 20), MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
+    published = (numbers.get("published") or {}).get("tasks") or {}
+    fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.6 * len(tasks) + 2.2, 3.8 * len(rows) + 0.4),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    handles: dict[str, Any] = {}
+    for ri, (axis, by_task) in enumerate(rows):
+        for ci, task in enumerate(tasks):
+            ax = axes[ri][ci]
+            part = by_task.get(task)
+            if not part:
+                ax.set_axis_off()
+                ax.set_title(f"{task}: no {axis} values", fontsize=9)
+                continue
+            pts = {m: p for m, p in part["points"].items() if p["n"]}
+            for sw in par.get("sweeps") or []:
+                line = [m for m in sw["methods"] if m in pts]
+                if len(line) > 1:
+                    h = ax.plot([pts[m]["x"] for m in line], [pts[m]["metric"] for m in line], color="grey", lw=1,
+                                alpha=0.7, zorder=1, label=sw["label"])[0]  # fmt: skip
+                    handles.setdefault(sw["label"], h)
+            for m, p in pts.items():
+                color, marker = style[m]
+                h = ax.errorbar([p["x"]], [p["metric"]], xerr=[[p["x"] - p["x_min"]], [p["x_max"] - p["x"]]],
+                                yerr=[[p["metric"] - p["metric_min"]], [p["metric_max"] - p["metric"]]], color=color,
+                                marker=marker, ms=6, capsize=2, lw=0.8, ls="none", zorder=3, label=m)  # fmt: skip
+                handles.setdefault(m, h)
+                ax.annotate(m, (p["x"], p["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            front = [m for m in part["front"] if m in pts]
+            if front:
+                fx, fy = [pts[m]["x"] for m in front], [pts[m]["metric"] for m in front]
+                h = ax.step(fx, fy, where="post", color="k", ls="--", lw=1, zorder=2, label="Pareto front")[0]
+                ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="k", lw=1, zorder=4)
+                handles.setdefault("Pareto front", h)
+            for ref_method, ref in ((published.get(task) or {}).get("methods") or {}).items():
+                if ref.get("same_metric"):
+                    h = ax.axhline(ref["value"], color=style.get(ref_method, ("k", "o"))[0], ls=":", lw=1.2,
+                                   label=f"published {ref_method}")  # fmt: skip
+                    handles.setdefault(f"published {ref_method}", h)
+            ax.set_title(f"{task}: {part['metric_name']} vs {axis}", fontsize=9)
+            ax.set_xlabel(par["x"][axis], fontsize=TICK_FONT)
+            if ci == 0:
+                ax.set_ylabel("validation metric (task's metric)", fontsize=9)
+            ax.tick_params(labelsize=TICK_FONT)
+            ax.grid(alpha=0.3)
+    order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]  # methods first
+    fig.legend([handles[k] for k in order], order, loc="outside right center", fontsize=TICK_FONT,
+               ncol=1 if len(order) <= 18 else 2)  # fmt: skip
+    fig.suptitle("Task metric vs drift" + (" and forgetting" if len(rows) > 1 else "") + " per method\n(mean of seeds, "
+                 "bars: seed range; dashed: Pareto front, higher metric and lower x)", fontsize=10)  # fmt: skip
     return fig
 
 

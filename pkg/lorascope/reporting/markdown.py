@@ -10,8 +10,9 @@ from typing import Any
 from lorascope.reporting.bench_markdown import device_words, stack_name
 
 FIGURES = {
-    "layer_drift": "Layer-wise drift per task (both methods, band = min..max over seeds, dashed = seed noise floor)",
+    "layer_drift": "Layer-wise drift per task (every method, band = min..max over seeds, dashed = seed noise floor)",
     "metric_vs_drift": "Task metric against mean drift, one point per cell",
+    "pareto": "Task metric against drift (and forgetting) per method, with the Pareto front",
     "drift_reduction": "Drift reduction with its confidence interval over examples",
     "weights": "Weight-space summary of the updates",
     "latency": "Serving latency by mode and batch size",
@@ -39,6 +40,17 @@ def msd(s: dict, nd: int = 4) -> str:
 
 def _verdict(v: str) -> str:
     return f"**{v}**"
+
+
+def method_value(entry: dict, key: str) -> Any:
+    """A compared method's field of a comparison: `method_<key>`, or `lora_<key>` in summaries written before
+    methods other than LoRA were compared (format 2)."""
+    return entry.get(f"method_{key}", entry.get(f"lora_{key}"))
+
+
+def compared_methods(n: dict) -> list[str]:
+    s = n["settings"]
+    return s.get("compared_methods", s.get("lora_methods", []))
 
 
 def banner(n: dict) -> list[str]:
@@ -69,9 +81,13 @@ def hypothesis_table(n: dict) -> list[str]:
         if not h:
             continue
         overall_ev = h.get("rule") or h.get("evidence", "")
+        if h.get("no_reference"):
+            overall_ev = h["no_reference"]
         lines.append(f"| {h['hypothesis']} | overall | {_verdict(h['verdict'])} | {overall_ev} |")
         for backend, v in (h.get("by_backend") or {}).items():  # H2: one verdict per serving backend
             lines.append(f"| | backend {backend} | {_verdict(v['verdict'])} | {v['evidence']} |")
+        for method, v in (h.get("by_method") or {}).items():  # H1a/H1b: one verdict per (reference, method) pair
+            lines.append(f"| | pair {method} | {_verdict(v['verdict'])} | {v['evidence']} |")
         for scope, part in (h.get("by") or {}).items():
             lines.append(f"| | {scope} | {part['verdict']} | {part['evidence']} |")
     return lines
@@ -159,15 +175,21 @@ def layer_table(n: dict) -> list[str]:
     lines = [f"H1b's rule on each hidden-state entry ({s['primary_pooling']} pooling, debiased): drift mean over seeds, "
              f"seed noise floor, mean of the per-seed reductions and its {f(s['verdict_interval_pct'], 0)}% interval over "
              "seeds. Nothing hides in the mean.", "",
-             "| task | LoRA method | layer | in mean | FT drift | FT floor | LoRA drift | LoRA floor | reduction % | interval | verdict |",
+             "| task | method | layer | in mean | FT drift | FT floor | method drift | method floor | reduction % | interval | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    frozen = False
     for task in n["tasks"]:
         for lm, comp in n["results"][task]["comparisons"].items():
             for label, v in (comp.get("layers") or {}).items():
                 iv = f"[{f(v['lo'], 1)}, {f(v['hi'], 1)}]" if v.get("lo") is not None else "n/a"
+                mark = " (frozen by construction)" if v.get("frozen_by_construction") else ""
+                frozen = frozen or bool(mark)
                 lines.append(f"| {task} | {lm} | {label} | {'yes' if v['in_mean'] else 'no'} | {f(v['ft_mean'])} | "
-                             f"{f(v['ft_floor'])} | {f(v['lora_mean'])} | {f(v['lora_floor'])} | {f(v['estimate_pct'], 1)} | "
-                             f"{iv} | {v['verdict']} |")  # fmt: skip
+                             f"{f(v['ft_floor'])} | {f(method_value(v, 'mean'))} | {f(method_value(v, 'floor'))} | "
+                             f"{f(v['estimate_pct'], 1)} | {iv} | {v['verdict']}{mark} |")  # fmt: skip
+    if frozen:
+        lines += ["", "(frozen by construction): a block a top-k-layers method does not train, so its output is the "
+                  "base model's exactly (drift 0). Such entries stay in the means: that is the method's property."]  # fmt: skip
     return lines
 
 
@@ -175,11 +197,12 @@ def comparison_table(n: dict) -> list[str]:
     s = n["settings"]
     primary = (s["primary_pooling"], s["primary_measure"].removeprefix("cka_"))
     lines = [
-        f"FT vs LoRA mean drift, paired by seed; reduction % = 100 (FT - LoRA) / FT of the seed means (descriptive: the "
+        f"Full fine-tuning (the reference, FT) vs each compared method: mean drift, paired by seed; reduction % = "
+        f"100 (FT - method) / FT of the seed means (descriptive: the "
         f"H1b verdict uses the per-seed reductions). The CI (primary measure only) is over examples, for these trained "
         f"models: {s['resamples']} subsets without replacement. Holm adjusts across the {len(n['tasks'])} tasks.",
         "",
-        "| task | LoRA method | pooling | measure | FT drift | LoRA drift | reduction % | CI over examples (these models) | t (df) | "
+        "| task | method | pooling | measure | FT drift | method drift | reduction % | CI over examples (these models) | t (df) | "
         "p (t) | Holm p (t) | sign-flip p (floor) | Holm p (sign-flip) | d_z |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -192,12 +215,144 @@ def comparison_table(n: dict) -> list[str]:
                 ci_txt = f"[{f(ci['lo'], 1)}, {f(ci['hi'], 1)}]" if ci else "n/a"
                 t = c["paired_t"]
                 lines.append(
-                    f"| {task} | {lm} | {p} | {m} | {f(c['ft_mean'])} | {f(c['lora_mean'])} | {f(c['reduction_pct'], 1)} | "
+                    f"| {task} | {lm} | {p} | {m} | {f(c['ft_mean'])} | {f(method_value(c, 'mean'))} | {f(c['reduction_pct'], 1)} | "
                     f"{ci_txt} | {f(t['t'], 2)} ({t['df']}) | {pv(t['p'])} | {pv(c.get('holm_p_t'))} | "
                     f"{pv(c['sign_flip_p'])} ({f(c['sign_flip_floor'], 3)}) | {pv(c.get('holm_p_sign_flip'))} | {f(c['cohens_dz'], 2)} |"
                 )
     return lines
 
+
+def pairs_table(n: dict) -> list[str]:
+    """One row per (reference, compared method) pair and task: the H1a and H1b verdicts of `hypotheses` (the same
+    rule for every pair), the gap and the mean reduction, then the pair's overall verdicts."""
+    s = n["settings"]
+    if s.get("no_reference"):
+        return [f"No verdicts per method pair: {s['no_reference']}."]
+    if "pairs" not in n:
+        return ["No table per pair: the drift summary predates it (the hypothesis table above has the verdicts)."]
+    pairs = n["pairs"]
+    if not pairs:
+        return ["No method is compared with the reference."]
+    lines = [f"Every method against the reference `{s.get('reference_method') or s.get('full_method')}` (the study's "
+             "first full fine-tuning method), by the H1a and H1b rules above: gap = reference - method (pp, task "
+             "metric), reduction = mean over seeds of the per-seed drift reductions (%).", "",
+             "| method | kind | task | gap (pp) | H1a | reduction % | H1b |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, pv_ in pairs.items():
+        for task, t in pv_["tasks"].items():
+            lines.append(f"| {method} | {pv_['kind']} | {task} | {f(t['gap_pp'], 2)} | {t['H1a']} | "
+                         f"{f(t['reduction_pct'], 1)} | {t['H1b']} |")  # fmt: skip
+        lines.append(f"| {method} | {pv_['kind']} | all tasks | | {_verdict(pv_['H1a'])} | | {_verdict(pv_['H1b'])} |")
+    return lines
+
+
+COST_COLUMNS = (("trainable_params", "trainable params", 0), ("trainable_pct", "% of model", 3),
+                ("trainable_mib", "trainable MiB", 3), ("artifact_mib", "artifact on disk MiB", 3),
+                ("tokens_per_second", "train tokens/s", 1), ("peak_memory_mib", "peak memory MiB", 1),
+                ("train_seconds", "train s", 1))  # fmt: skip
+
+
+def _cost_cell(st: dict, nd: int) -> str:
+    if st.get("mean") is None:
+        return "n/a"
+    if st["min"] is not None and abs(st["max"] - st["min"]) > 1e-9 * max(1.0, abs(st["mean"])):
+        return f"{f(st['mean'], nd)} ({f(st['min'], nd)}..{f(st['max'], nd)})"
+    return f(st["mean"], nd)
+
+
+def costs_table(n: dict) -> list[str]:
+    """Per method (mean over seeds and tasks; min..max when the cells differ), then per task for the fields that
+    differ between tasks. n/a: the cells' metrics.json predate the field."""
+    costs = (n.get("costs") or {}).get("methods") or {}
+    if not costs:
+        return ["No cost fields (the drift summary predates them)."]
+    head = "| method | kind | cells | " + " | ".join(c[1] for c in COST_COLUMNS) + " | memory measured as |"
+    lines = ["From each cell's metrics.json: trainable parameters, trainable bytes (trainable params x dtype size), the "
+             "saved adapter/ or model/ folder on disk, training tokens per second, peak memory and training time. Mean "
+             "over seeds and tasks, (min..max) when the cells differ; n/a: the cells' metrics.json lack the field.", "",
+             head, "|---|---|---:|" + "---:|" * len(COST_COLUMNS) + "---|"]  # fmt: skip
+    for method, c in costs.items():
+        cells = " | ".join(_cost_cell(c["all"][k], nd) for k, _, nd in COST_COLUMNS)
+        lines.append(f"| {method} | {c['kind']} | {c['cells']} | {cells} | {', '.join(c['peak_memory_kind']) or 'n/a'} |")
+    varying = [(m, c) for m, c in costs.items() if c["varies_by_task"] and len(c["by_task"]) > 1]
+    if varying:
+        lines += ["", "Per task (mean over seeds):", "", "| method | task | " + " | ".join(c[1] for c in COST_COLUMNS) + " |",
+                  "|---|---|" + "---:|" * len(COST_COLUMNS)]  # fmt: skip
+        for method, c in varying:
+            for task, st in c["by_task"].items():
+                lines.append(f"| {method} | {task} | " + " | ".join(_cost_cell(st[k], nd) for k, _, nd in COST_COLUMNS) + " |")
+    return lines
+
+
+def pareto_lines(n: dict) -> list[str]:
+    """The Pareto front's members per task and axis (analysis.pareto), with each member's metric and x."""
+    par = n.get("pareto")
+    if not par:
+        return ["No Pareto section (the report numbers predate it)."]
+    lines = ["A method is on the front when no other method has a higher-or-equal task metric AND a lower-or-equal "
+             "drift (or forgetting), one of them strictly; equal points are both on it. Mean over seeds."]  # fmt: skip
+    if par.get("sweeps"):
+        lines += ["", "Sweeps (joined in the figure in size order): " + "; ".join(
+            f"{sw['label']}: {', '.join(sw['methods'])}" for sw in par["sweeps"]) + "."]  # fmt: skip
+    lines += ["", "| axis | task | front (lowest x first) | metric | x |", "|---|---|---|---|---|"]
+    for axis in ("drift", "forgetting"):
+        for task, part in (par.get(axis) or {}).items():
+            front = part["front"]
+            lines.append(f"| {axis} | {task} | {', '.join(front) or 'none'} | "
+                         f"{', '.join(f(part['points'][m]['metric']) for m in front) or 'n/a'} | "
+                         f"{', '.join(f(part['points'][m]['x']) for m in front) or 'n/a'} |")  # fmt: skip
+    if not par.get("forgetting"):
+        lines += ["", "No forgetting values in the drift summary (forgetting is measured for decoder models only), so "
+                  "no forgetting front."]  # fmt: skip
+    return lines
+
+
+def published_table(n: dict) -> list[str]:
+    """The study's published reference numbers next to ours, the same metric on both sides (percent)."""
+    pub = n.get("published")
+    if not pub:
+        return []
+    lines = [f"Published numbers: {pub['source']}. Each is compared with our mean ± SD over seeds of the same metric "
+             "(the published metric column); our selection metric is named where it differs. In percent.", "",
+             "| task | method | published metric | our selection metric | published | ours (same metric) | ours - published (pp) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task, t in pub["tasks"].items():
+        for method, v in t["methods"].items():
+            ours = "n/a" if v["ours_pct"] is None else f"{f(v['ours_pct'], 1)} ± {f(v['ours_sd_pct'], 1)}"
+            lines.append(f"| {task} | {method} | {t['metric']} | {t['selection_metric']} | {f(v['value_pct'], 1)} | {ours} | "
+                         f"{f(v['diff_pp'], 1)} |")  # fmt: skip
+    return lines + [""]
+
+
+def forgetting_table(n: dict) -> list[str]:
+    """Forgetting per task and method (the drift summary's `forgetting` section, analysis/forgetting.py, when the
+    model is a decoder), next to the method's primary drift, and the drift-forgetting correlation over cells: is
+    drift a proxy for forgetting?"""
+    fg = n.get("forgetting")
+    if not fg:
+        return ["No forgetting values: forgetting is measured for decoder models only (it needs the base model's causal "
+                "LM head), or the drift summary predates it."]  # fmt: skip
+    s = n["settings"]
+    p, m = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
+    lines = ["Forgetting = the base model's language-model loss on held-out text through the fine-tuned backbone minus "
+             f"the base model's own ({fg.get('unit') or 'nats per token'}; 0 = nothing forgotten), mean over seeds with "
+             f"its {fg.get('interval') or 'interval over seeds'}, next to the primary drift.", "",
+             "| task | method | forgetting | interval | base loss | drift (debiased) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for task in n["tasks"]:
+        for method, v in (fg.get(task) or {}).items():
+            e = n["results"][task]["methods"].get(method)
+            drift = msd(e["drift"][p][m]) if e else "n/a"
+            iv = f"[{f(v.get('lo'))}, {f(v.get('hi'))}]" if v.get("lo") is not None else "n/a"
+            lines.append(f"| {task} | {method} | {f(v.get('mean'))} | {iv} | {f(v.get('base_loss'))} | {drift} |")
+    corr = fg.get("drift_correlation") or {}
+    items = []
+    for scope, c in [("all cells", corr.get("all")), *((t, c) for t, c in (corr.get("by_task") or {}).items())]:
+        if not c:
+            continue
+        what = (f"Spearman rho {f(c['spearman_rho'], 3)}, Pearson r {f(c.get('pearson_r'), 3)} over {c['n']} cells"
+                if c.get("spearman_rho") is not None else f"no correlation ({c.get('why_none', 'n/a')})")  # fmt: skip
+        items.append(f"- drift vs forgetting, {scope}: {what}")
+    note = (corr.get("all") or {}).get("note")
+    return lines + ([""] + items if items else []) + (["", note] if note and items else [])
 
 def weights_table(n: dict) -> list[str]:
     s = n["settings"]
@@ -316,8 +471,12 @@ def render(n: dict, figures: list[tuple[str, str]]) -> str:
     out += banner(n)
     out += ["## Hypotheses", ""] + hypothesis_table(n) + [""]
     out += seeds_section(n)
-    out += ["## Task metric and drift per method", ""] + results_table(n) + [""]
-    out += ["## Drift reduction: LoRA vs full fine-tuning", ""] + comparison_table(n) + [""]
+    out += ["## Task metric and drift per method", ""] + results_table(n) + [""] + published_table(n)
+    out += ["## Accuracy vs drift: Pareto front", ""] + pareto_lines(n) + [""]
+    out += ["## Forgetting", ""] + forgetting_table(n) + [""]
+    out += ["## Verdicts per method pair", ""] + pairs_table(n) + [""]
+    out += ["## Cost per method", ""] + costs_table(n) + [""]
+    out += ["## Drift reduction: each method vs full fine-tuning", ""] + comparison_table(n) + [""]
     out += ["## Drift reduction per layer", ""] + layer_table(n) + [""]
     out += ["## Weight space", ""] + weights_table(n) + [""]
     out += ["## Serving latency", ""] + bench_tables(n) + [""]

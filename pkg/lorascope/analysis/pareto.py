@@ -1,0 +1,91 @@
+"""Accuracy against drift (and against forgetting) over methods: the Pareto front and the sweeps, from the numbers
+the drift summary already holds (no new measurement). Pure Python.
+
+A method is a point per task: y = its task metric (the task's selection metric, mean over seeds), x = a cost to keep
+low (the primary drift: debiased CKA drift, primary pooling, mean over the layers in the mean; or forgetting: the
+increase of the base LM loss on held-out text, nats per token). The front: the methods no other method dominates
+(higher-or-equal metric AND lower-or-equal x, one of them strictly). Equal points dominate neither each other: both
+are on the front. Non-finite points are on no front.
+
+Sweeps: methods that differ only in their size knob (LoRA `r` with its `alpha`, top_layers `k`, prefix
+`num_virtual_tokens`) form one sweep, drawn as a line in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+SIZE_KNOB = {"lora": "r", "top_layers": "k", "prefix": "num_virtual_tokens"}
+NOT_IN_SWEEP_KEY = {"name", "alpha", "dropout"}  # a sweep over r usually moves alpha with it
+
+
+def _finite(*xs: Any) -> bool:
+    return all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names of the non-dominated points of {name: (x, y)}: lower x and higher y are better. Sorted by x, then name."""
+    pts = {k: (float(x), float(y)) for k, (x, y) in points.items() if _finite(x, y)}
+    front = [k for k, (x, y) in pts.items()
+             if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for k2, (x2, y2) in pts.items() if k2 != k)]  # fmt: skip
+    return sorted(front, key=lambda k: (pts[k][0], k))
+
+
+def _fields(m: Any) -> dict:
+    if hasattr(m, "model_dump"):
+        return m.model_dump(mode="json")
+    return {k: v for k, v in vars(m).items() if not k.startswith("_")}
+
+
+def sweeps(methods: list[Any]) -> list[dict]:
+    """[{"label", "knob", "methods": names in size order}] for every group of 2+ methods of one kind that differ only
+    in the size knob (SIZE_KNOB; also alpha, dropout, name). Label: "<kind> <knob> sweep (<what is fixed>)"."""
+    groups: dict[str, list[tuple[float, str]]] = {}
+    for m in methods:
+        knob = SIZE_KNOB.get(m.kind)
+        if knob is None or getattr(m, knob, None) is None:
+            continue
+        rest = {k: v for k, v in _fields(m).items() if k not in NOT_IN_SWEEP_KEY | {knob}}
+        fixed = ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(rest.items())
+                          if k != "kind" and v not in (None, False, [], "default"))  # fmt: skip
+        label = f"{m.kind} {knob} sweep" + (f" ({fixed})" if fixed else "")
+        groups.setdefault(label, []).append((float(getattr(m, knob)), m.name))
+    return [{"label": label, "knob": label.split(" ")[1], "methods": [n for _, n in sorted(g)]}
+            for label, g in groups.items() if len({v for v, _ in g}) > 1]  # fmt: skip
+
+
+def _point(ys: Mapping[str, float], xs: Mapping[str, float]) -> dict:
+    seeds = [s for s in ys if s in xs and _finite(ys[s], xs[s])]
+    y, x = [float(ys[s]) for s in seeds], [float(xs[s]) for s in seeds]
+    if not seeds:
+        return {"n": 0, "metric": None, "metric_min": None, "metric_max": None, "x": None, "x_min": None, "x_max": None}
+    return {"n": len(seeds), "metric": sum(y) / len(y), "metric_min": min(y), "metric_max": max(y),
+            "x": sum(x) / len(x), "x_min": min(x), "x_max": max(x)}  # fmt: skip
+
+
+def pareto_section(summary: Mapping[str, Any], methods: list[Any]) -> dict:
+    """{"drift": {task: {"points", "front"}}, "forgetting": {...} or None, "sweeps", "x": {axis: words}}. Points per
+    method: mean and seed range (min, max) of the task metric and of x, over the seeds that have both."""
+    s = summary["settings"]
+    pooling, measure = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
+    forgetting = summary.get("forgetting") or {}
+    out: dict[str, Any] = {"sweeps": sweeps(methods), "drift": {}, "forgetting": None,
+                           "x": {"drift": f"mean {measure} CKA drift over layers ({pooling} pooling)",
+                                 "forgetting": "forgetting: base LM loss increase on held-out text (nats/token)"}}  # fmt: skip
+    for task in summary["tasks"]:
+        res = summary["results"][task]
+        pts = {m: _point(e["metric"]["values"], e["drift"][pooling][measure]["values"]) for m, e in res["methods"].items()}
+        out["drift"][task] = {"metric_name": res["metric_name"], "points": pts,
+                              "front": pareto_front({m: (p["x"], p["metric"]) for m, p in pts.items() if p["n"]})}  # fmt: skip
+    ftasks = {t: v for t, v in forgetting.items() if t in summary["tasks"] and isinstance(v, Mapping)}
+    if ftasks:
+        out["forgetting"] = {}
+        for task, by_method in ftasks.items():
+            res = summary["results"][task]
+            pts = {m: _point(res["methods"][m]["metric"]["values"], (by_method.get(m) or {}).get("values") or {})
+                   for m in res["methods"]}  # fmt: skip
+            out["forgetting"][task] = {"metric_name": res["metric_name"], "points": pts,
+                                       "front": pareto_front({m: (p["x"], p["metric"]) for m, p in pts.items() if p["n"]})}  # fmt: skip
+    return out
