@@ -101,7 +101,7 @@ def test_defaults_spaces_and_sanity_fall_back_from_name_to_kind():
     (lambda r: r["sanity"].update(learning_rate={"full": 1e-3}),
      r"sanity.learning_rate: no entry for method 'ia3' \(nor its kind 'ia3'\)"),
     (lambda r: r["training"]["defaults"].pop("ia3"),
-     r"method 'ia3': no value for \['learning_rate', 'effective_batch', 'epochs'\]: give them in training.defaults.ia3 \(or .ia3\)"),
+     r"method 'ia3': no value for \['learning_rate', 'effective_batch', 'epochs'\] \(task mrpc\): give them in training.defaults.ia3 \(or .ia3\)"),
 ])  # fmt: skip
 def test_per_method_settings_errors_name_name_and_kind(mutate, message):
     raw = study([{"name": "full", "kind": "full"}, {"name": "ia3", "kind": "ia3"}])
