@@ -100,6 +100,19 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]
 
 
 # ------------------------------------------------------------------------------------------------ the base head
+ENCODER_REASON = ("{model_type} is an encoder: no causal LM head, so the base model's next-token loss is not defined "
+                  "(a masked-LM loss would be a different measure)")  # fmt: skip
+
+
+def is_encoder(config: Any) -> bool:
+    """An encoder family (families.py), or an encoder-decoder: forgetting is not measured for it."""
+    from lorascope import families
+
+    if getattr(config, "is_encoder_decoder", False):
+        return True
+    return families.family_for(str(config.model_type)).encoder
+
+
 @dataclass(frozen=True)
 class LMHead:
     weight: torch.Tensor  # float32 [vocab, hidden]
@@ -120,8 +133,8 @@ def read_lm_head(model_dir: str | Path) -> LMHead:
 
     model_dir = Path(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
-    if getattr(config, "is_encoder_decoder", False) or config.model_type in ("roberta", "bert", "xlm-roberta", "deberta-v2"):
-        raise Unsupported(f"{config.model_type} is an encoder: no causal LM head (a masked-LM loss would be a different measure)")
+    if is_encoder(config):
+        raise Unsupported(ENCODER_REASON.format(model_type=config.model_type))
     tied = bool(getattr(config, "tie_word_embeddings", False))
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
@@ -160,8 +173,8 @@ def backbone_of(model) -> torch.nn.Module:
                               "through the backbone: the LM loss with the base head is not defined for it here")  # fmt: skip
         model = model.get_base_model()  # adapter layers stay injected in it and run in its forward
     config = getattr(model, "config", None)
-    if config is not None and config.model_type in ("roberta", "bert", "xlm-roberta", "deberta-v2"):
-        raise Unsupported(f"{config.model_type} is an encoder: no causal LM head")
+    if config is not None and is_encoder(config):
+        raise Unsupported(ENCODER_REASON.format(model_type=config.model_type))
     prefix = getattr(model, "base_model_prefix", "")
     inner = getattr(model, prefix, None) if prefix else None
     return inner if isinstance(inner, torch.nn.Module) else model
@@ -213,5 +226,45 @@ def measure(model, tokenizer, head: LMHead, texts: TextSet, max_length: int, bat
             "max_length": max_length, "head": head.source, "perplexity": float(torch.tensor(out["loss_nats_per_token"]).exp())}  # fmt: skip
 
 
-__all__ = ["BUILTIN", "FILE", "LMHead", "TextSet", "Unsupported", "backbone_of", "encode_texts", "lm_loss", "load_texts",
+# ------------------------------------------------------------------------------------------------ one extract unit
+@dataclass(frozen=True)
+class Plan:
+    """What one extract unit needs for the measure, read before any model loads (`plan`); `reason` when skipped."""
+
+    texts: TextSet | None = None
+    head: LMHead | None = None
+    reason: str | None = None
+
+
+def plan(cfg: Any, base_dir: str | Path) -> Plan | None:
+    """For `study.forgetting` and the staged base model: None when disabled, a Plan with the texts and the base head,
+    or a Plan with the reason it is not measured (an encoder, by default). ConfigError before any model loads for
+    `enabled: true` on an encoder and for unreadable texts."""
+    if cfg.enabled is False:
+        return None
+    texts = load_texts(cfg.texts, cfg.max_texts)
+    try:
+        head = read_lm_head(base_dir)
+    except Unsupported as e:
+        if cfg.enabled:
+            raise ConfigError(f"forgetting.enabled is true, but {e}; set forgetting.enabled to false or null") from None
+        return Plan(texts=texts, reason=str(e))
+    return Plan(texts=texts, head=head)
+
+
+def unit_result(p: Plan, model, tokenizer, cfg: Any, device: Any) -> dict[str, Any]:
+    """The forgetting.json of one model unit: the measure, or `loss_nats_per_token: null` with the reason."""
+    not_measured = {"loss_nats_per_token": None, "tokens": 0, "texts": 0, "texts_sha256": p.texts.sha256 if p.texts else None}
+    if p.reason is not None:
+        return {**not_measured, "reason": p.reason}
+    assert p.head is not None and p.texts is not None
+    try:
+        return measure(model, tokenizer, p.head, p.texts, cfg.max_length, cfg.batch_size, device)
+    except Unsupported as e:  # a prompt-learning PEFT cell
+        if cfg.enabled:
+            raise ConfigError(f"forgetting.enabled is true, but {e}; set forgetting.enabled to false or null") from None
+        return {**not_measured, "reason": str(e)}
+
+
+__all__ = ["Plan", "plan", "unit_result", "BUILTIN", "FILE", "LMHead", "TextSet", "Unsupported", "backbone_of", "encode_texts", "lm_loss", "load_texts",
            "measure", "read_lm_head"]  # fmt: skip

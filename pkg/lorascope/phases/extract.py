@@ -6,6 +6,8 @@ Indexes (documented order, `units(study)`):
 Bundle `reps/<model>/<task>/` (model = `base` or the cell name):
   reps.safetensors   float32 `mean` [L, n, d] and `last` [L, n, d], int64 `idx` [n]
   layers.json        the L labels, the example ids, sizes and how the states were made
+  forgetting.json    decoders: the base model's LM loss on the held-out text through this model's backbone with the
+                     base LM head (lorascope/forgetting.py); encoders: loss null and why. Absent with forgetting.enabled false
 Commit meta: model, task, n, layers, hidden size, device, dtype, seconds, hardware, package versions.
 
 Recipe
@@ -26,7 +28,9 @@ Recipe
      model's `last_hidden_state` (`capture_outputs(tie_last_hidden_states=True)`), pinned by a test;
   5. pool each entry: `modeling.masked_mean` over attended positions with BOS left out (padding never counts), and
      the state at the last attended token (`modeling.last_token_index`, where the classifier reads);
-  6. commit.
+  6. forgetting (`study.forgetting`): the texts and the base LM head are read before the model loads
+     (`forgetting.plan`), the loss is measured on the loaded model (`forgetting.unit_result`);
+  7. commit.
 """
 
 from __future__ import annotations
@@ -145,18 +149,21 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, modeling
+    from lorascope import data, forgetting, modeling
     from lorascope.reporting import provenance
 
     configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
     device = modeling.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
+    fplan = forgetting.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     features = data.encode(tokenizer, task_name, rows, task.max_length)
     t_load = time.perf_counter() - t0
     mean, last = pooled_states(model, features, study.extraction.batch_size, int(tokenizer.pad_token_id), device)
     t_forward = time.perf_counter() - t0 - t_load
+    forgot = forgetting.unit_result(fplan, model, tokenizer, study.forgetting, device) if fplan else None
+    t_forgetting = time.perf_counter() - t0 - t_load - t_forward
     labels = layer_labels(mean.shape[0])
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if n_layers is not None and len(labels) != n_layers + 1:
@@ -180,17 +187,23 @@ def run(ctx: PhaseContext, index: int) -> None:
         "task": task_name,
     }
     (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
+    if forgot is not None:
+        (out / forgetting.FILE).write_text(json.dumps(forgot, indent=1) + "\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     meta = {
         "model": model_name, "task": task_name, "n": len(ids), "layers": len(labels), "hidden_size": int(mean.shape[-1]),
         "device": str(device), "dtype": "float32", "batch_size": study.extraction.batch_size, "tokens": tokens,
         "load_seconds": round(t_load, 3), "forward_seconds": round(t_forward, 3),
         "examples_per_second": round(len(ids) / t_forward, 2) if t_forward > 0 else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "forgetting_loss_nats_per_token": forgot and forgot["loss_nats_per_token"],
+        "forgetting_seconds": round(t_forgetting, 3),
         "hardware": provenance.hardware(device=str(device), gpu_name=gpu), "versions": provenance.package_versions(),
     }  # fmt: skip
     with ctx.writer("reps", model_name, task_name, phase="extract", meta=meta) as w:
         w.add_file(REPS_FILE, out / REPS_FILE)
         w.add_file(LAYERS_FILE, out / LAYERS_FILE)
+        if forgot is not None:
+            w.add_file(forgetting.FILE, out / forgetting.FILE)
     log("committed", bundle=f"reps/{model_name}/{task_name}", n=len(ids), layers=len(labels),
-        seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"])  # fmt: skip
+        seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"],
+        forgetting_loss=meta["forgetting_loss_nats_per_token"])  # fmt: skip
