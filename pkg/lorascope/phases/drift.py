@@ -14,7 +14,8 @@ Recipe
      W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns, `analysis.lora`) -> `weights.csv`;
   4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
-     -> `summary.json`;
+     -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
+     `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.
 
 H2 needs the bench phase, which runs after drift in the pipeline: without a committed `bench/<backend>/` it is
@@ -41,7 +42,7 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope.analysis import representations, similarity, summary, weights
+    from lorascope.analysis import forgetting, representations, similarity, summary, weights
     from lorascope.analysis.lora import adapter_deltas
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
@@ -105,6 +106,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     t_s = time.perf_counter()
     try:
         out = summary.build_summary(study, rows, noise, subset, resamplers, metrics, predictions, wrows, n_examples, labels)
+        funits = {u: json.loads(p.read_text()) if (p := ctx.local(b) / "forgetting.json").is_file() else None
+                  for u, b in reps_bundles.items()}  # fmt: skip
+        out["forgetting"], frows = forgetting.summarize(study, funits, out)
     except ValueError as e:
         raise LorascopeError(f"drift: {e}") from None
     bench = summary.committed_bench(ctx)
@@ -125,6 +129,8 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.LAYER_COLUMNS))
         w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.NOISE_COLUMNS))
         w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, weights.WEIGHT_COLUMNS))
+        if frows:
+            w.add_bytes("forgetting.csv", tensorio.csv_bytes(frows, forgetting.CSV_COLUMNS))
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
     log("committed", bundle="drift", seconds=round(time.perf_counter() - t0, 2),
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
