@@ -115,7 +115,7 @@ model such as SmolLM2 has seen a lot of in kind, and no study trains on it.
 sha256 of stdlib-prose.jsonl: `{sha256}` (recorded in every forgetting.json and in the drift summary).
 
 ## License and provenance
-The text is from the CPython {python} standard library's source (docstrings), Copyright (c) 2001-2024 Python Software
+The text is from the CPython {python} standard library's source (docstrings), Copyright (c) 2001-2023 Python Software
 Foundation; All Rights Reserved; distributed under the PSF License Agreement (PSF-2.0, https://docs.python.org/3/license.html),
 which permits reproduction and derivative works provided the PSF copyright notice is retained (it is, here).
 Changes: paragraphs selected, re-wrapped (words joined with single spaces) and reordered, nothing else.

@@ -44,7 +44,7 @@ BUILTIN_FILE = ASSETS / "stdlib-prose.jsonl"
 BUILTIN_INFO = {
     "name": "stdlib-prose",
     "description": "English prose paragraphs from CPython 3.11 standard-library docstrings (tools/make_forgetting_texts.py)",
-    "license": "PSF-2.0 (Copyright (c) 2001-2024 Python Software Foundation)",
+    "license": "PSF-2.0 (Copyright (c) 2001-2023 Python Software Foundation)",
 }
 FILE = "forgetting.json"  # in a decoder model's reps bundle
 LOGIT_CHUNK = 2048  # positions per logits matmul: bounds the [positions, vocab] float32 buffer (400 MB at 49k vocab)
@@ -200,7 +200,7 @@ def lm_loss(model, sequences: list[list[int]], head: LMHead, pad_id: int, batch_
             for start in range(0, len(order), batch_size):
                 batch = data.collate([{"input_ids": sequences[i]} for i in order[start : start + batch_size]], pad_id)
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 valid = mask[:, 1:].bool() & mask[:, :-1].bool()  # position i predicts token i+1: both must be real
                 h = hidden[:, :-1][valid].float()
                 target = ids[:, 1:][valid]
