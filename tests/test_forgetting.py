@@ -146,6 +146,20 @@ def test_lora_through_the_peft_model_equals_merged_and_differs_from_base(tiny, t
     assert abs(unmerged - _loss(_classifier(tiny.dir), tiny)) > 1e-3
 
 
+def test_prefix_tuning_is_noted_not_measured(tiny):
+    """Prefix tuning acts through virtual tokens in the PeftModel's forward, which the backbone alone does not see."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    model = get_peft_model(_classifier(tiny.dir), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
+    with pytest.raises(fg.Unsupported, match="PREFIX_TUNING"):
+        fg.backbone_of(model)
+    p = fg.Plan(texts=fg.load_texts("builtin", 4), head=tiny.head)
+    got = fg.unit_result(p, model, tiny.tok, ForgettingConfig(), "cpu")
+    assert got["loss_nats_per_token"] is None and "virtual tokens" in got["reason"]
+    with pytest.raises(ConfigError, match="forgetting.enabled is true"):
+        fg.unit_result(p, model, tiny.tok, ForgettingConfig(enabled=True), "cpu")
+
+
 def test_tied_embeddings_use_the_base_embedding_matrix(tiny, tmp_path):
     """With tie_word_embeddings the head is the BASE checkpoint's embed_tokens, whatever the cell did to its own."""
     cfg = json.loads((tiny.dir / "config.json").read_text())
@@ -221,6 +235,16 @@ def test_encoders_are_noted_by_default_and_refused_when_required(tmp_path):
     assert fg.unit_result(p, None, None, ForgettingConfig(), "cpu")["loss_nats_per_token"] is None
     with pytest.raises(ConfigError, match="forgetting.enabled is true.*encoder"):
         fg.plan(ForgettingConfig(enabled=True), tmp_path)
+    # a decoder checkpoint without an LM head tensor: noted by default, refused when required
+    nohead = tmp_path / "nohead"
+    nohead.mkdir()
+    (nohead / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    from safetensors.numpy import save_file
+
+    save_file({"model.embed_tokens.weight": np.zeros((4, 2), np.float32)}, str(nohead / "model.safetensors"))
+    assert "no lm_head.weight" in fg.plan(ForgettingConfig(), nohead).reason
+    with pytest.raises(ConfigError, match="forgetting.enabled is true.*no lm_head.weight"):
+        fg.plan(ForgettingConfig(enabled=True), nohead)
 
 
 def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
@@ -303,6 +327,10 @@ def test_summary_is_none_without_a_measured_base_and_refuses_mixed_texts():
         afg.summarize(study, {("base", "mrpc"): _unit(3.0), ("mrpc-full-s1", "mrpc"): _unit(3.2, sha="other")})
     out, _ = afg.summarize(study, {("base", "mrpc"): _unit(3.0), ("mrpc-full-s1", "mrpc"): _unit(3.2)})
     assert out["drift_correlation"]["all"]["spearman_rho"] is None and out["mrpc"]["full"]["n"] == 1
+    assert out["not_measured"] == {}
+    prefix = {"loss_nats_per_token": None, "reason": "PEFT PREFIX_TUNING acts through virtual tokens"}
+    out, rows = afg.summarize(study, {("base", "mrpc"): _unit(3.0), ("mrpc-full-s1", "mrpc"): prefix})
+    assert out["mrpc"] == {} and rows == [] and out["not_measured"] == {"mrpc-full-s1": prefix["reason"]}
 
 
 def test_the_drift_phase_writes_the_forgetting_summary_and_csv(tmp_path, monkeypatch):

@@ -110,7 +110,10 @@ def is_encoder(config: Any) -> bool:
 
     if getattr(config, "is_encoder_decoder", False):
         return True
-    return families.family_for(str(config.model_type)).encoder
+    try:
+        return families.family_for(str(config.model_type)).encoder
+    except ConfigError:  # an architecture families.py does not list: a decoder if its checkpoint has an LM head
+        return False
 
 
 @dataclass(frozen=True)
@@ -238,14 +241,14 @@ class Plan:
 
 def plan(cfg: Any, base_dir: str | Path) -> Plan | None:
     """For `study.forgetting` and the staged base model: None when disabled, a Plan with the texts and the base head,
-    or a Plan with the reason it is not measured (an encoder, by default). ConfigError before any model loads for
-    `enabled: true` on an encoder and for unreadable texts."""
+    or (`enabled: null`) a Plan with the reason it is not measured: an encoder, or a checkpoint with no causal LM head.
+    ConfigError before any model loads for `enabled: true` on such a model and for unreadable texts."""
     if cfg.enabled is False:
         return None
     texts = load_texts(cfg.texts, cfg.max_texts)
     try:
         head = read_lm_head(base_dir)
-    except Unsupported as e:
+    except (Unsupported, ConfigError) as e:  # an encoder, or a checkpoint without a causal LM head
         if cfg.enabled:
             raise ConfigError(f"forgetting.enabled is true, but {e}; set forgetting.enabled to false or null") from None
         return Plan(texts=texts, reason=str(e))

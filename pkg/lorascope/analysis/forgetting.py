@@ -68,13 +68,14 @@ def summarize(study: Any, units: Mapping[tuple[str, str], Mapping[str, Any] | No
     measured loss (an encoder study, or forgetting disabled): then there is nothing to compare against.
 
     Shape: {task: {method: {"values": {seed: delta}, "mean", "lo", "hi", "sd", "n", "base_loss", "cell_loss": {seed:
-    loss}, "perplexity_ratio": {seed: ratio}, "base_perplexity"}}, "texts": provenance, "unit", "drift_correlation":
-    {"all": {...}, "by_task": {task: {...}}, "drift": which drift}}."""
+    loss}, "perplexity_ratio": {seed: ratio}, "base_perplexity"}}, "texts": provenance, "unit", "not_measured": {cell:
+    why}, "drift_correlation": {"all": {...}, "by_task": {task: {...}}, "drift": which drift}}."""
     drift = primary_drift(drift_summary or {})
     out: dict[str, Any] = {}
     rows: list[dict] = []
     texts: dict[str, Any] | None = None
     xs: dict[str, tuple[list[float], list[float]]] = {}
+    not_measured: dict[str, str] = {}
     for task in [t.name for t in study.tasks]:
         base = units.get(("base", task))
         if not base or base.get("loss_nats_per_token") is None:
@@ -90,6 +91,7 @@ def summarize(study: Any, units: Mapping[tuple[str, str], Mapping[str, Any] | No
         for cell in [c for c in study.cells() if c.task == task]:
             f = units.get((cell.name, task))
             if not f or f.get("loss_nats_per_token") is None:
+                not_measured[cell.name] = (f or {}).get("reason") or "no forgetting.json in its reps bundle (extracted with forgetting disabled, or by an older lorascope)"
                 continue
             if f.get("texts_sha256") != base.get("texts_sha256") or f.get("tokens") != base.get("tokens"):
                 raise ValueError(f"cell {cell.name}: forgetting.json measured other texts or tokens ({f.get('texts_sha256')}, "
@@ -118,6 +120,7 @@ def summarize(study: Any, units: Mapping[tuple[str, str], Mapping[str, Any] | No
     all_y = [v for _, y in xs.values() for v in y]
     settings = (drift_summary or {}).get("settings", {})
     out["texts"] = texts
+    out["not_measured"] = not_measured  # cell -> why it has no forgetting value (a prefix-tuning cell, ...)
     out["unit"] = UNIT
     out["interval"] = f"two-sided {100 * (1 - 2 * vd.ALPHA):g}% t-interval over seeds (verdicts.t_bounds)"
     out["drift_correlation"] = {
