@@ -481,6 +481,29 @@ class ExtractionConfig(Strict):
     seed: int = 0
 
 
+class ForgettingConfig(Strict):
+    """Forgetting (lorascope/forgetting.py): the base model's LM loss on a fixed held-out text through each decoder
+    model's backbone with the base LM head, written by the extract phase into every decoder unit's reps bundle.
+    `enabled`: null (the default) = measured for decoders, not for encoders (no causal LM head; a masked-LM loss would
+    be a different measure); true = required: an encoder model is refused by extract before it loads; false = off.
+    `texts`: `builtin` (assets/forgetting/stdlib-prose.jsonl, 377 paragraphs of PSF-licensed stdlib docstring prose)
+    or a .jsonl ({"text": ...} a line) / .txt (paragraphs separated by blank lines) file; the first `max_texts`
+    texts, each truncated to `max_length` tokens (BOS included)."""
+
+    enabled: bool | None = None
+    texts: str = Field("builtin", min_length=1)
+    max_texts: int = Field(256, ge=1)
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_kind(cls, v: str) -> str:
+        if v != "builtin" and not v.endswith((".jsonl", ".txt")):
+            raise ValueError(f"expected 'builtin' or a path ending in .jsonl or .txt, got {v!r}")
+        return v
+
+
 BENCH_MODES = ("full", "merged", "separate", "multi-2", "multi-3")
 
 
@@ -578,6 +601,7 @@ class Study(Strict):
     training: TrainingConfig = TrainingConfig()
     sanity: SanityConfig = SanityConfig()
     extraction: ExtractionConfig = ExtractionConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
     bench: BenchConfig = BenchConfig()
     hypotheses: HypothesesConfig = HypothesesConfig()
     report: ReportConfig = ReportConfig()

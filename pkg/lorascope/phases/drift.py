@@ -16,7 +16,8 @@ Recipe
      prefix tuning move no weight matrix: no rows, the reason in summary.json's settings.weights_skipped;
   4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
-     -> `summary.json`;
+     -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
+     `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.
 
 H2 needs the bench phase, which runs after drift in the pipeline: without a committed `bench/<backend>/` it is
@@ -43,7 +44,7 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope.analysis import representations, similarity, summary, weights
+    from lorascope.analysis import forgetting, representations, similarity, summary, weights
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
@@ -100,6 +101,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     try:
         out = summary.build_summary(study, rows, noise, subset, resamplers, metrics, predictions, wrows, n_examples, labels,
                                     encoder=summary.encoder_of(ctx.local(stage) / "model" / "config.json"))
+        funits = {u: json.loads(p.read_text()) if (p := ctx.local(b) / "forgetting.json").is_file() else None
+                  for u, b in reps_bundles.items()}  # fmt: skip
+        out["forgetting"], frows = forgetting.summarize(study, funits, out)
     except ValueError as e:
         raise LorascopeError(f"drift: {e}") from None
     bench = summary.committed_bench(ctx)
@@ -121,6 +125,8 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.LAYER_COLUMNS))
         w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.NOISE_COLUMNS))
         w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, weights.WEIGHT_COLUMNS))
+        if frows:
+            w.add_bytes("forgetting.csv", tensorio.csv_bytes(frows, forgetting.CSV_COLUMNS))
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
     log("committed", bundle="drift", seconds=round(time.perf_counter() - t0, 2),
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip

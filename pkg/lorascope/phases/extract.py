@@ -7,6 +7,8 @@ Bundle `reps/<model>/<task>/` (model = `base` or the cell name):
   reps.safetensors   float32 [L, n, d] per pooling: `mean` always, the family's classification position (`last` for
                      decoders, `first` for encoders) always, and any other pooling the study lists; int64 `idx` [n]
   layers.json        the L labels, the example ids, sizes and how the states were made
+  forgetting.json    decoders: the base model's LM loss on the held-out text through this model's backbone with the
+                     base LM head (lorascope/forgetting.py); encoders: loss null and why. Absent with forgetting.enabled false
 Commit meta: model, task, n, layers, hidden size, device, dtype, seconds, hardware, package versions.
 
 Recipe
@@ -33,7 +35,9 @@ Recipe
      decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
      allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
      input, and refused);
-  6. commit.
+  6. forgetting (`study.forgetting`): the texts and the base LM head are read before the model loads
+     (`forgetting.plan`), the loss is measured on the loaded model (`forgetting.unit_result`);
+  7. commit.
 """
 
 from __future__ import annotations
@@ -170,13 +174,14 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, modeling
+    from lorascope import data, forgetting, modeling
     from lorascope.reporting import provenance
 
     configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
     device = modeling.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
+    fplan = forgetting.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     family = family_of(model)
     features = data.encode(tokenizer, task_name, rows, task.max_length)
@@ -186,6 +191,8 @@ def run(ctx: PhaseContext, index: int) -> None:
                                               device, poolings=poolings), strict=True))  # fmt: skip
     mean = pooled["mean"]
     t_forward = time.perf_counter() - t0 - t_load
+    forgot = forgetting.unit_result(fplan, model, tokenizer, study.forgetting, device) if fplan else None
+    t_forgetting = time.perf_counter() - t0 - t_load - t_forward
     labels = layer_labels(mean.shape[0], encoder=family.encoder)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if n_layers is not None and len(labels) != n_layers + 1:
@@ -211,17 +218,23 @@ def run(ctx: PhaseContext, index: int) -> None:
         "task": task_name,
     }
     (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
+    if forgot is not None:
+        (out / forgetting.FILE).write_text(json.dumps(forgot, indent=1) + "\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     meta = {
         "model": model_name, "task": task_name, "n": len(ids), "layers": len(labels), "hidden_size": int(mean.shape[-1]),
         "device": str(device), "dtype": "float32", "batch_size": study.extraction.batch_size, "tokens": tokens,
         "load_seconds": round(t_load, 3), "forward_seconds": round(t_forward, 3),
         "examples_per_second": round(len(ids) / t_forward, 2) if t_forward > 0 else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "forgetting_loss_nats_per_token": forgot and forgot["loss_nats_per_token"],
+        "forgetting_seconds": round(t_forgetting, 3),
         "hardware": provenance.hardware(device=str(device), gpu_name=gpu), "versions": provenance.package_versions(),
     }  # fmt: skip
     with ctx.writer("reps", model_name, task_name, phase="extract", meta=meta) as w:
         w.add_file(REPS_FILE, out / REPS_FILE)
         w.add_file(LAYERS_FILE, out / LAYERS_FILE)
+        if forgot is not None:
+            w.add_file(forgetting.FILE, out / forgetting.FILE)
     log("committed", bundle=f"reps/{model_name}/{task_name}", n=len(ids), layers=len(labels),
-        seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"])  # fmt: skip
+        seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"],
+        forgetting_loss=meta["forgetting_loss_nats_per_token"])  # fmt: skip
