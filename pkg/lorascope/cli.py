@@ -109,9 +109,10 @@ def cmd_grid(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not path:
         raise UsageError("grid: give the study file (lorascope grid jobs/study.yaml)")
     study = load_study(path)
-    print(f"{'index':>5}  {'task':<6} {'method':<8} {'seed':>5}  cell")
+    w = max([8, *(len(m.name) for m in study.methods)])  # a sweep's names are longer than 'full' and 'lora'
+    print(f"{'index':>5}  {'task':<6} {'method':<{w}} {'seed':>5}  cell")
     for c in study.cells():
-        print(f"{c.index:>5}  {c.task:<6} {c.method:<8} {c.seed:>5}  {c.name}")
+        print(f"{c.index:>5}  {c.task:<6} {c.method:<{w}} {c.seed:>5}  {c.name}")
     print(f"# {len(study.cells())} cells, order: task-major, then method, then seed (JOB_COMPLETION_INDEX = index)")
     return EXIT_OK
 
