@@ -116,3 +116,33 @@ def test_drift_has_every_method_and_says_why_some_have_no_weight_rows(run):
     assert {r["block"] for r in rows if r["method"] == "top1"} == {"1"}  # only the trained block
     assert not {"norm-only", "prefix"} & set(sources)
     assert ctx.committed("report")
+
+
+def test_report_shows_the_pareto_front_costs_and_forgetting_of_every_method(run):
+    study, ctx = run
+    report = ctx.local(ctx.require("report"))
+    assert (report / "figures" / "pareto.png").stat().st_size > 10_000
+    text = (report / "ANALYSIS_REPORT.md").read_text()
+    assert "figures/pareto.png" in text
+    summary = json.loads((ctx.local(ctx.require("drift")) / "summary.json").read_text())
+    names = [m.name for m in study.methods]
+    # the front: no member is dominated by another method's (metric, drift) means
+    means = {m: (e["metric"]["mean"], e["drift"]["mean"]["debiased"]["mean"]) for m, e in summary["results"]["sst2"]["methods"].items()}
+    section = text.split("## Accuracy vs drift: Pareto front", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| drift | sst2 |"))
+    front = [n.strip() for n in row.split("|")[3].split(",")]
+    assert front and set(front) <= set(names)
+    for m in front:
+        assert not any(o != m and means[o][0] >= means[m][0] and means[o][1] <= means[m][1]
+                       and means[o] != means[m] for o in names), m  # fmt: skip
+    assert max(names, key=lambda m: means[m][0]) in front  # the most accurate method is always on it
+    # costs: one row per method, trainable params from the cells' metrics
+    costs = text.split("## Cost per method", 1)[1].split("\n## ", 1)[0]
+    for m in names:
+        metrics = json.loads((ctx.local(ctx.require("cells", f"sst2-{m}-s42")) / "metrics.json").read_text())
+        assert any(line.startswith(f"| {m} |") and f"| {metrics['trainable_params']} |" in line for line in costs.splitlines()), m
+    # forgetting: measured for every decoder method but prefix tuning (noted with its reason), 0 = the base itself
+    forgetting = summary["forgetting"]
+    assert set(forgetting["sst2"]) == set(names) - {"prefix"}
+    assert all(c.startswith("sst2-prefix-") for c in forgetting["not_measured"])
+    assert {round(v["base_loss"], 6) for v in forgetting["sst2"].values()} == {round(forgetting["sst2"]["full"]["base_loss"], 6)}
