@@ -1,4 +1,5 @@
-"""Every method kind on the tiny Llama: set up by `modeling.apply_method`, trained a few steps by `training.fit`, saved as
+"""Every method kind on the tiny Llama and on the tiny RoBERTa (an encoder: first-token head, bias terms, its own
+module names; targets by role): set up by `modeling.apply_method`, trained a few steps by `training.fit`, saved as
 the train phase saves it (`adapter/` or `model/`), reloaded through `modeling.load_cell_model` and evaluated with the
 shared `training.evaluate`: the reloaded model gives the trained model's logits. Plus what trains under each method,
 prefix tuning's classification position, PiSSA/OLoRA conversion onto the untouched base, and the config errors."""
@@ -61,10 +62,42 @@ def _classifier(base_dir, seed=0):
     return modeling.load_classifier(base_dir, 2, torch.float32, "cpu")
 
 
+# the same kinds on the tiny RoBERTa (an encoder: its own first-token head `classifier`, bias terms, its module names),
+# targets by role so one line means the same modules on both families
+ROBERTA_METHODS = {
+    **{k: v for k, v in METHODS.items() if k in ("full", "lora", "rslora", "olora", "ia3", "prefix", "top-layers")},
+    "dora": LoraMethod(name="dora", r=4, dropout=0.0, use_dora=True, target_modules=["q", "v"]),
+    "pissa": LoraMethod(name="pissa", r=4, dropout=0.0, init="pissa", target_modules=["q", "v"]),
+    "bitfit": BitFitMethod(train=["bias"]),  # RoBERTa has bias terms: BitFit proper
+    "bitfit-norm": BitFitMethod(name="bitfit-norm", train=["bias", "norm"]),
+}
+
+
+@pytest.fixture(scope="module")
+def roberta_env(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("methods-roberta")
+    study = load_study(REPO / "jobs" / "smoke-roberta.yaml")
+    ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
+    stage.run(ctx, 0)
+    base_dir = modeling.base_model_dir(ctx)
+    tok = modeling.load_tokenizer(base_dir)
+    splits, _ = data.prepare_task(study, "mrpc")
+    return ctx, base_dir, tok, splits, tmp
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_trains_saves_reloads_and_evaluates_the_same(env, name):
+    _train_save_reload_evaluate(env, name, METHODS[name])
+
+
+@pytest.mark.parametrize("name", list(ROBERTA_METHODS))
+def test_each_method_trains_saves_reloads_and_evaluates_the_same_on_roberta(roberta_env, name):
+    _train_save_reload_evaluate(roberta_env, name, ROBERTA_METHODS[name])
+
+
+def _train_save_reload_evaluate(env, name, method):
     ctx, base_dir, tok, splits, tmp = env
-    method = METHODS[name]
     model = modeling.apply_method(_classifier(base_dir), method, {})
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = tmp / f"cell-{name}"
