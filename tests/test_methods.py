@@ -44,17 +44,21 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def _staged(tmp, study_file):
+    """(context, staged base model folder, its tokenizer, the mrpc splits, tmp) for a study's base model."""
     torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("methods")
-    study = load_study(REPO / "jobs" / "smoke.yaml")
+    study = load_study(REPO / "jobs" / study_file)
     ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
     stage.run(ctx, 0)
     base_dir = modeling.base_model_dir(ctx)
     tok = modeling.load_tokenizer(base_dir)
     splits, _ = data.prepare_task(study, "mrpc")
     return ctx, base_dir, tok, splits, tmp
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return _staged(tmp_path_factory.mktemp("methods"), "smoke.yaml")
 
 
 def _classifier(base_dir, seed=0):
@@ -75,15 +79,7 @@ ROBERTA_METHODS = {
 
 @pytest.fixture(scope="module")
 def roberta_env(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("methods-roberta")
-    study = load_study(REPO / "jobs" / "smoke-roberta.yaml")
-    ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
-    stage.run(ctx, 0)
-    base_dir = modeling.base_model_dir(ctx)
-    tok = modeling.load_tokenizer(base_dir)
-    splits, _ = data.prepare_task(study, "mrpc")
-    return ctx, base_dir, tok, splits, tmp
+    return _staged(tmp_path_factory.mktemp("methods-roberta"), "smoke-roberta.yaml")
 
 
 @pytest.mark.parametrize("name", list(METHODS))
