@@ -182,11 +182,8 @@ class Preempted(Exception):
     pass
 
 
-def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeypatch, resume_reference,
-                                                               resume_reference_run):  # fmt: skip
-    """Crash right after a checkpoint of the second epoch reached the store; the next run resumes from it (same
-    batches, RNG, optimizer, early-stopping state, best checkpoint) and ends with the uninterrupted run's numbers."""
-    run = make_run(**RESUME_STUDY)
+def _preempt_in_second_epoch(run, monkeypatch, index: int) -> None:
+    """Run train index `index` and crash it right after a checkpoint of its second epoch reached the store."""
     sync = training.StoreCheckpoints.on_save
 
     def on_save_then_crash(self, args, state, control, **kwargs):
@@ -196,8 +193,16 @@ def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeyp
 
     monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
     with pytest.raises(Preempted):
-        run.phase("train", 2)
+        run.phase("train", index)
     monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+
+
+def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeypatch, resume_reference,
+                                                               resume_reference_run):  # fmt: skip
+    """Crash right after a checkpoint of the second epoch reached the store; the next run resumes from it (same
+    batches, RNG, optimizer, early-stopping state, best checkpoint) and ends with the uninterrupted run's numbers."""
+    run = make_run(**RESUME_STUDY)
+    _preempt_in_second_epoch(run, monkeypatch, 2)
     steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-lora-s42"))
     assert steps and steps[-1] > 40  # 40 steps per epoch: the crash came in the second epoch
     assert not run.store.committed(run.key("cells", "mrpc-lora-s42"))
@@ -216,17 +221,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_run, mo
     """The newest checkpoint in the store is damaged after its commit: the rerun resumes from the intact one before
     it and still ends with the uninterrupted run's numbers (before: every retry failed the checksum)."""
     run = make_run(**RESUME_STUDY)
-    sync = training.StoreCheckpoints.on_save
-
-    def on_save_then_crash(self, args, state, control, **kwargs):
-        sync(self, args, state, control, **kwargs)
-        if state.epoch > 1:
-            raise Preempted(f"preempted after step {state.global_step}")
-
-    monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
-    with pytest.raises(Preempted):
-        run.phase("train", 2)
-    monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+    _preempt_in_second_epoch(run, monkeypatch, 2)
     ctx = run.ctx()
     checkpoints = training.committed_checkpoints(ctx, "mrpc-lora-s42")
     steps = sorted(checkpoints)
@@ -371,17 +366,7 @@ def test_an_ia3_cell_resumes_from_its_store_checkpoint_to_the_uninterrupted_resu
     assert want["method_kind"] == "ia3" and want["artifact_bytes"] > 0
     assert want["trainable_bytes"] == 4 * want["trainable_params"]  # float32
     run = make_run(**IA3_STUDY)
-    sync = training.StoreCheckpoints.on_save
-
-    def on_save_then_crash(self, args, state, control, **kwargs):
-        sync(self, args, state, control, **kwargs)
-        if state.epoch > 1:
-            raise Preempted(f"preempted after step {state.global_step}")
-
-    monkeypatch.setattr(training.StoreCheckpoints, "on_save", on_save_then_crash)
-    with pytest.raises(Preempted):
-        run.phase("train", 0)
-    monkeypatch.setattr(training.StoreCheckpoints, "on_save", sync)
+    _preempt_in_second_epoch(run, monkeypatch, 0)
     steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-ia3-s42"))
     assert steps and steps[-1] > 20  # 20 steps per epoch: the crash came in the second epoch
     run.phase("train", 0)
