@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[ml,k8s,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[ml,k8s,nlg,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -63,9 +63,9 @@ $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR): $(VLLM_LOCK)
 
 install-vllm: $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR)
 
-## install-system: Debian packages the tests need (PostgreSQL, g++), only when missing; one line and exit 2 without root/apt
+## install-system: Debian packages the tests need (PostgreSQL, g++, a Java runtime for METEOR), only when missing; one line and exit 2 without root/apt
 install-system:
-	@tools/system-deps.sh postgresql g++
+	@tools/system-deps.sh postgresql g++ default-jre-headless
 
 ## install-all: everything `make test` needs
 install-all: install install-vllm install-system install-real-model
