@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from lorascope.analysis import verdicts
 from lorascope.serving import protocol, timing
+from lorascope.serving.plan import BenchPlan
 
 if TYPE_CHECKING:
-    from lorascope.phases.bench import BenchPlan
     from lorascope.study import Study
 
 PROTOCOL_TEXT = {

@@ -1,4 +1,4 @@
-"""serving.summary: a backend's summary.json from the protocol's runs, without torch: the machine facts come in from
+"""serving.bench_summary: a backend's summary.json from the protocol's runs, without torch: the machine facts come in from
 the phase, overheads only within a regime, H2 by the one rule, switch latencies from their raw seconds."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 
 from lorascope.analysis import verdicts
 from lorascope.log import Logger
-from lorascope.serving import protocol
-from lorascope.serving import summary as bench_summary
+from lorascope.serving import bench_summary, protocol
 from tests.serving.test_protocol import SETTINGS, ScriptedServer, _run
 
 MACHINE = {"device": "cpu", "device_name": "x86_64", "torch_threads": 1, "versions": {"torch": "2.13.0+cpu"}}
@@ -54,7 +53,7 @@ def test_summarize(pools):
 
 
 def test_the_summary_and_its_markdown_import_no_torch():
-    code = ("import sys, lorascope.serving.summary, lorascope.reporting.bench_markdown, lorascope.hub; "
+    code = ("import sys, lorascope.serving.bench_summary, lorascope.reporting.bench_markdown, lorascope.hub; "
             "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
 
