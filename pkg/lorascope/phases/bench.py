@@ -153,9 +153,10 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     runs = list(runs.values())
 
     correctness = servers.check_correctness(build, runs, pools, dtype_name, cell_dirs)
-    summary = bench_summary.summarize(ctx.study, plan, runs, modes, switches, correctness, settings,
-                                      machine(device, backend), dtype_name, time.perf_counter() - t_start,
-                                      platform_name=build.platform, skipped=skipped)  # fmt: skip
+    summary = bench_summary.summarize(ctx.study, plan, runs, settings=settings, modes=modes, switches=switches,
+                                      correctness=correctness, machine=machine(device, backend), dtype_name=dtype_name,
+                                      seconds=time.perf_counter() - t_start, platform_name=build.platform,
+                                      skipped=skipped)  # fmt: skip
     _commit(ctx, backend, runs, switches, summary)
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
