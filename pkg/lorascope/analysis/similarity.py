@@ -115,6 +115,8 @@ class Measure:
       noise_floor  also measured between two seeds of a method (noise_floor.csv); False: only against
                    the base model (the cosines compare coordinates, and the centred one subtracts the
                    base mean)
+      uses_base_mean  the function takes the base model's mean as a third argument (so it is measured
+                   against the base only)
       fast         optional: the values of many pairs at once from a :class:`PairBatch`, equal to
                    `function` on each pair (tests/analysis/test_similarity.py checks it)
     """
