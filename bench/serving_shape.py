@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from lorascope import cli
     from lorascope.log import Logger
     from lorascope.phases import PhaseContext
-    from lorascope.phases.bench import BenchPlan
     from lorascope.runner import default_run_id, freeze_study
+    from lorascope.serving.plan import BenchPlan
     from lorascope.store import Store
     from lorascope.study import load_study
     from tests.serving.bench_fixtures import commit_cells

@@ -1,4 +1,4 @@
-"""Forgetting: the measure (lorascope/forgetting.py) against a hand computation and the causal LM's own loss, its
+"""Forgetting: the measure (lorascope/heldout_loss.py) against a hand computation and the causal LM's own loss, its
 invariances (padding, PEFT unmerged vs merged, a no-op adapter), that fine-tuning raises it on a model fitted to the
 text, the study section and the extract/drift hooks, and the numpy summary (analysis/forgetting.py)."""
 
@@ -16,8 +16,7 @@ import pytest
 import torch
 from scipy import stats as st
 
-from lorascope import data, modeling
-from lorascope import forgetting as fg
+from lorascope import data, heldout_loss, modeling
 from lorascope.analysis import forgetting as afg
 from lorascope.errors import ConfigError
 from lorascope.study import ForgettingConfig
@@ -30,12 +29,12 @@ def tiny(tmp_path_factory):
     """The builtin tiny Llama (random) and its tokenizer, head and encoded held-out texts."""
     base = modeling.build_tiny_llama(tmp_path_factory.mktemp("fg") / "base")
     tok = modeling.load_tokenizer(base)
-    seqs = fg.encode_texts(tok, fg.load_texts("builtin", N_TEXTS).texts, MAX_LEN)
-    return SimpleNamespace(dir=base, tok=tok, seqs=seqs, head=fg.read_lm_head(base))
+    seqs = heldout_loss.encode_texts(tok, heldout_loss.load_texts("builtin", N_TEXTS).texts, MAX_LEN)
+    return SimpleNamespace(dir=base, tok=tok, seqs=seqs, head=heldout_loss.read_lm_head(base))
 
 
 def _loss(model, t, seqs=None, batch_size=16) -> float:
-    return fg.lm_loss(model, seqs or t.seqs, t.head, t.tok.pad_token_id, batch_size, "cpu")["loss_nats_per_token"]
+    return heldout_loss.lm_loss(model, seqs or t.seqs, t.head, t.tok.pad_token_id, batch_size, "cpu")["loss_nats_per_token"]
 
 
 def _classifier(path) -> torch.nn.Module:
@@ -63,7 +62,7 @@ def fitted(tiny, tmp_path_factory):
     lm.save_pretrained(str(out))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(tiny.dir / name, out / name)
-    return SimpleNamespace(dir=out, tok=tiny.tok, seqs=tiny.seqs, head=fg.read_lm_head(out))
+    return SimpleNamespace(dir=out, tok=tiny.tok, seqs=tiny.seqs, head=heldout_loss.read_lm_head(out))
 
 
 def _full_ft(model_dir: Path, tok, steps: int = 30, lr: float = 1e-3) -> torch.nn.Module:
@@ -103,7 +102,7 @@ def test_loss_equals_a_hand_computed_cross_entropy_and_the_causal_lms_own(tiny):
             nll -= logp[np.arange(len(q) - 1), q[1:]].sum()
             n += len(q) - 1
             lm_nll += lm(input_ids=ids, labels=ids).loss.item() * (len(q) - 1)
-    got = fg.lm_loss(model, seqs, tiny.head, tiny.tok.pad_token_id, 3, "cpu")
+    got = heldout_loss.lm_loss(model, seqs, tiny.head, tiny.tok.pad_token_id, 3, "cpu")
     assert got["tokens"] == n == sum(len(q) - 1 for q in seqs)
     assert got["loss_nats_per_token"] == pytest.approx(nll / n, rel=1e-6)
     assert got["loss_nats_per_token"] == pytest.approx(lm_nll / n, rel=1e-6)
@@ -151,13 +150,13 @@ def test_prefix_tuning_is_noted_not_measured(tiny):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
     model = get_peft_model(_classifier(tiny.dir), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
-    with pytest.raises(fg.Unsupported, match="PREFIX_TUNING"):
-        fg.backbone_of(model)
-    p = fg.Plan(texts=fg.load_texts("builtin", 4), head=tiny.head)
-    got = fg.unit_result(p, model, tiny.tok, ForgettingConfig(), "cpu")
+    with pytest.raises(heldout_loss.Unsupported, match="PREFIX_TUNING"):
+        heldout_loss.backbone_of(model)
+    p = heldout_loss.Plan(texts=heldout_loss.load_texts("builtin", 4), head=tiny.head)
+    got = heldout_loss.unit_result(p, model, tiny.tok, ForgettingConfig(), "cpu")
     assert got["loss_nats_per_token"] is None and "virtual tokens" in got["reason"]
     with pytest.raises(ConfigError, match="forgetting.enabled is true"):
-        fg.unit_result(p, model, tiny.tok, ForgettingConfig(enabled=True), "cpu")
+        heldout_loss.unit_result(p, model, tiny.tok, ForgettingConfig(enabled=True), "cpu")
 
 
 def test_tied_embeddings_use_the_base_embedding_matrix(tiny, tmp_path):
@@ -168,7 +167,7 @@ def test_tied_embeddings_use_the_base_embedding_matrix(tiny, tmp_path):
     (tied / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
     from safetensors.numpy import load_file
 
-    head = fg.read_lm_head(tied)
+    head = heldout_loss.read_lm_head(tied)
     assert head.source.endswith("model.embed_tokens.weight")
     emb = load_file(str(tiny.dir / "model.safetensors"))["model.embed_tokens.weight"]
     assert np.array_equal(head.weight.numpy(), emb)
@@ -192,7 +191,7 @@ def _target_margin(model, t) -> float:
     mask = b["attention_mask"]
     valid = mask[:, 1:].bool() & mask[:, :-1].bool()
     with torch.inference_mode():
-        h = fg.backbone_of(model)(input_ids=b["input_ids"], attention_mask=mask).last_hidden_state[:, :-1][valid]
+        h = heldout_loss.backbone_of(model)(input_ids=b["input_ids"], attention_mask=mask).last_hidden_state[:, :-1][valid]
         z = h @ t.head.weight.T
         target = b["input_ids"][:, 1:][valid]
         return float((z[torch.arange(len(target)), target] - z.mean(-1)).mean())
@@ -216,25 +215,25 @@ def test_full_fine_tuning_raises_the_loss_of_the_random_smoke_model(tiny):
 
 # ------------------------------------------------------------------------------------------------ config and hooks
 def test_texts_and_config(tmp_path):
-    ts = fg.load_texts("builtin", 10)
+    ts = heldout_loss.load_texts("builtin", 10)
     assert len(ts.texts) == 10 and ts.info["n_available"] == 377 and ts.info["license"].startswith("PSF-2.0")
     assert ts.sha256 == "f09797e72e6dbb75f5c76cb7d0597e2f2ea5b64c67120633e82d79f335254916"
     (tmp_path / "t.txt").write_text("First  paragraph\nwraps.\n\nSecond one.\n")
-    assert fg.load_texts(str(tmp_path / "t.txt")).texts == ["First paragraph wraps.", "Second one."]
+    assert heldout_loss.load_texts(str(tmp_path / "t.txt")).texts == ["First paragraph wraps.", "Second one."]
     with pytest.raises(ConfigError, match="forgetting.texts"):
-        fg.load_texts(str(tmp_path / "missing.jsonl"))
+        heldout_loss.load_texts(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match=r"\.jsonl or \.txt"):
         ForgettingConfig(texts="corpus.csv")
-    assert ForgettingConfig().enabled is None and fg.plan(ForgettingConfig(enabled=False), tmp_path) is None
+    assert ForgettingConfig().enabled is None and heldout_loss.plan(ForgettingConfig(enabled=False), tmp_path) is None
 
 
 def test_encoders_are_noted_by_default_and_refused_when_required(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "roberta", "architectures": ["RobertaForMaskedLM"]}))
-    p = fg.plan(ForgettingConfig(), tmp_path)
+    p = heldout_loss.plan(ForgettingConfig(), tmp_path)
     assert p.head is None and "encoder" in p.reason and "causal LM head" in p.reason
-    assert fg.unit_result(p, None, None, ForgettingConfig(), "cpu")["loss_nats_per_token"] is None
+    assert heldout_loss.unit_result(p, None, None, ForgettingConfig(), "cpu")["loss_nats_per_token"] is None
     with pytest.raises(ConfigError, match="forgetting.enabled is true.*encoder"):
-        fg.plan(ForgettingConfig(enabled=True), tmp_path)
+        heldout_loss.plan(ForgettingConfig(enabled=True), tmp_path)
     # a decoder checkpoint without an LM head tensor: noted by default, refused when required
     nohead = tmp_path / "nohead"
     nohead.mkdir()
@@ -242,9 +241,9 @@ def test_encoders_are_noted_by_default_and_refused_when_required(tmp_path):
     from safetensors.numpy import save_file
 
     save_file({"model.embed_tokens.weight": np.zeros((4, 2), np.float32)}, str(nohead / "model.safetensors"))
-    assert "no lm_head.weight" in fg.plan(ForgettingConfig(), nohead).reason
+    assert "no lm_head.weight" in heldout_loss.plan(ForgettingConfig(), nohead).reason
     with pytest.raises(ConfigError, match="forgetting.enabled is true.*no lm_head.weight"):
-        fg.plan(ForgettingConfig(enabled=True), nohead)
+        heldout_loss.plan(ForgettingConfig(enabled=True), nohead)
 
 
 def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
@@ -268,15 +267,15 @@ def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
     for i in wanted:
         run_phase_index(ctx, "extract", i)
     assert get_phase("extract").size(ctx.study) == len(units)
-    got = {units[i]: json.loads((ctx.local(ctx.require("reps", *units[i])) / fg.FILE).read_text()) for i in wanted}
+    got = {units[i]: json.loads((ctx.local(ctx.require("reps", *units[i])) / heldout_loss.FILE).read_text()) for i in wanted}
     base_losses = {t: v["loss_nats_per_token"] for (m, t), v in got.items() if m == "base"}
     assert len(base_losses) == len(ctx.study.tasks) >= 2 and len(set(base_losses.values())) == 1
     tok = modeling.load_tokenizer(base_dir)
-    ts = fg.load_texts("builtin", 12)
-    head = fg.read_lm_head(base_dir)
+    ts = heldout_loss.load_texts("builtin", 12)
+    head = heldout_loss.read_lm_head(base_dir)
     for (m, t), v in got.items():
         model = _classifier(base_dir) if m == "base" else modeling.load_cell_model(ctx, m, "cpu", torch.float32)[0]
-        want = fg.measure(model, tok, head, ts, 64, 8, "cpu")
+        want = heldout_loss.measure(model, tok, head, ts, 64, 8, "cpu")
         assert v["loss_nats_per_token"] == want["loss_nats_per_token"] and v["tokens"] == want["tokens"] > 0
         assert v["texts"] == 12 and v["texts_sha256"] == ts.sha256
         assert (v["loss_nats_per_token"] == base_losses[t]) == (m == "base")
@@ -348,11 +347,11 @@ def test_the_drift_phase_writes_the_forgetting_summary_and_csv(tmp_path, monkeyp
         save_file({"mean": mean.astype(np.float32), "last": last.astype(np.float32), "idx": idx}, str(folder / td.REPS_FILE))
         (folder / td.LAYERS_FILE).write_text(json.dumps({"labels": td.layer_labels(mean.shape[0]), "idx": idx.tolist()}))
         losses.setdefault(model, 3.0 + 0.1 * len(losses))
-        (folder / fg.FILE).write_text(json.dumps(_unit(losses[model])))
+        (folder / heldout_loss.FILE).write_text(json.dumps(_unit(losses[model])))
         meta = {"model": model, "task": task, "device": "cpu", "forward_seconds": 0.0,
                 "hardware": {"cpu_model": "crafted", "cpu_cores_usable": 2}, "versions": {"numpy": np.__version__}}  # fmt: skip
         with ctx.writer("reps", model, task, phase="extract", meta=meta) as w:
-            for name in (td.REPS_FILE, td.LAYERS_FILE, fg.FILE):
+            for name in (td.REPS_FILE, td.LAYERS_FILE, heldout_loss.FILE):
                 w.add_file(name, folder / name)
 
     monkeypatch.setattr(td, "commit_reps", commit_reps)

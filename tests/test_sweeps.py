@@ -161,7 +161,7 @@ def test_grid_and_render_follow_a_sweep_study(tmp_path, capsys):
 
 
 def test_the_bench_plan_serves_bench_method_or_the_first_servable_lora():
-    from lorascope.phases.bench import BenchPlan
+    from lorascope.serving.plan import BenchPlan
 
     methods = [{"name": "full", "kind": "full"}, {"name": "dora", "kind": "lora", "use_dora": True},
                {"name": "plain", "kind": "lora"}, {"name": "other", "kind": "lora", "r": 4}]  # fmt: skip

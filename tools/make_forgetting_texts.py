@@ -3,7 +3,7 @@
     .venv/bin/python tools/make_forgetting_texts.py          # rewrites pkg/lorascope/assets/forgetting/stdlib-prose.jsonl
     .venv/bin/python tools/make_forgetting_texts.py --check  # exit 1 if a fresh build differs from the committed file
 
-The committed file IS the text set: it is read by lorascope.forgetting and never rebuilt at run time, so it does not
+The committed file IS the text set: it is read by lorascope.heldout_loss and never rebuilt at run time, so it does not
 change with the Python version a study runs on (docstrings differ between CPython releases; this script records the
 version it ran on in the file's README). Why this text: general English prose (explanations written for people, not
 code), available offline, under a permissive license (the PSF License, Python's own), and not GLUE, so a model
@@ -105,7 +105,7 @@ README = """# The forgetting measure's held-out text set
 `stdlib-prose.jsonl`: {n} paragraphs of English prose ({words} words), one JSON object a line
 (`id`, `source` = the docstring's qualified name, `text`), taken from the docstrings of Python standard-library
 modules by `tools/make_forgetting_texts.py` (run once, on CPython {python}; the committed file is the text set, it is
-not rebuilt at run time). `lorascope.forgetting` measures a model's language-model loss on these texts, each text
+not rebuilt at run time). `lorascope.heldout_loss` measures a model's language-model loss on these texts, each text
 one segment (BOS + its tokens, truncated at `forgetting.max_length`; the first `forgetting.max_texts` texts).
 
 Why this text: general English prose that is not GLUE (what the cells are fine-tuned on), offline, stable, and

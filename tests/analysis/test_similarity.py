@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from lorascope.analysis import similarity as sim
+from lorascope.errors import ConfigError
+from lorascope.registry import Registry
 
 
 def _rng(seed=0):
@@ -216,3 +218,81 @@ def test_duplicated_rows_would_bias_debiased_cka():
     idx = rng.choice(200, size=200, replace=True)
     assert abs(sim.debiased_cka(X, Y)) < 0.03
     assert sim.debiased_cka(X[idx], Y[idx]) > 0.1
+
+
+# ---- the measure registry ----------------------------------------------------------------------
+
+
+def test_registry_holds_the_four_measures_with_their_columns():
+    assert sim.MEASURES.names() == ("linear", "debiased", "cosine", "centered_cosine")
+    got = {m.name: (m.column, m.drift_column, m.label, m.cka, m.noise_floor) for m in sim.layer_measures()}
+    assert got == {
+        "linear": ("cka_linear", "drift_linear", "linear CKA", True, True),
+        "debiased": ("cka_debiased", "drift_debiased", "debiased CKA", True, True),
+        "cosine": ("cosine", None, "cosine", False, False),
+        "centered_cosine": ("centered_cosine", None, "centred cosine", False, False),
+    }
+    assert [m.name for m in sim.cka_measures()] == ["linear", "debiased"]
+    assert [m.name for m in sim.noise_floor_measures()] == ["linear", "debiased"]
+    assert sim.measure_of_column("cka_debiased").name == "debiased"
+    assert sim.MEASURES.get("debiased").function is sim.debiased_cka  # the registered function is the plain one
+    with pytest.raises(ConfigError, match="unknown similarity measure 'rbf'; known: linear, debiased, cosine"):
+        sim.MEASURES.get("rbf")
+
+
+@pytest.mark.parametrize("name", ["linear", "debiased", "cosine", "centered_cosine"])
+def test_each_fast_path_equals_its_function(name):
+    measure = sim.MEASURES.get(name)
+    rng = _rng(11)
+    base = rng.standard_normal((40, 12)) + 1.5
+    reps = {"base": base, "m0": base + 0.4 * rng.standard_normal((40, 12)), "m1": rng.standard_normal((40, 12))}
+    pairs = [("base", "m0"), ("base", "m1"), ("m0", "m1")]
+    mu = base.mean(axis=0)
+    batch = sim.PairBatch(reps, pairs, sim.GramCache(reps), mu)
+    want = [measure(reps[a], reps[b], mu) for a, b in pairs]
+    assert measure.fast is not None
+    assert measure.values(batch) == pytest.approx(want, abs=1e-12)
+
+
+def test_a_new_measure_is_one_registered_function(monkeypatch):
+    registry = Registry("similarity measure")
+    for name, measure in sim.MEASURES.items():
+        registry.add(name, measure)
+    monkeypatch.setattr(sim, "MEASURES", registry)  # the throwaway measures leave with the test
+
+    @sim.register_measure("mean_abs", column="mean_abs_diff", label="mean |x - y|")
+    def mean_abs_diff(X, Y) -> float:
+        return float(np.mean(np.abs(np.asarray(X, dtype=np.float64) - np.asarray(Y, dtype=np.float64))))
+
+    @sim.register_measure("procrustes", column="cka_procrustes", label="Procrustes similarity", cka=True, noise_floor=True)
+    def procrustes(X, Y) -> float:  # 1 - normalised orthogonal Procrustes distance (Ding et al. 2021), in [0, 1]
+        X = np.asarray(X, dtype=np.float64) - np.mean(X, axis=0)
+        Y = np.asarray(Y, dtype=np.float64) - np.mean(Y, axis=0)
+        X, Y = X / np.linalg.norm(X), Y / np.linalg.norm(Y)
+        return float(np.linalg.norm(X.T @ Y, ord="nuc"))
+
+    X, Y = _pair(n=30, d=8)
+    rows = sim.pairwise_drift({"base": X, "m": Y}, [("base", "m")], base="base")
+    assert list(rows[0]) == ["a", "b", "cka_linear", "cka_debiased", "cka_procrustes", "drift_linear", "drift_debiased",
+                             "drift_procrustes", "cosine", "centered_cosine", "mean_abs_diff"]  # fmt: skip
+    assert rows[0]["mean_abs_diff"] == pytest.approx(float(np.mean(np.abs(X - Y))), abs=1e-12)
+    assert rows[0]["drift_procrustes"] == pytest.approx(1.0 - procrustes(X, Y), abs=1e-15)
+    Q = _orthogonal(8, 3)
+    assert procrustes(X, 2.0 * X @ Q) == pytest.approx(1.0, abs=1e-12)
+    # without a base: the noise-floor measures, the new CKA among them
+    assert list(sim.pairwise_drift({"x": X, "y": Y}, [("x", "y")])[0]) == [
+        "a", "b", "cka_linear", "cka_debiased", "cka_procrustes", "drift_linear", "drift_debiased", "drift_procrustes"]  # fmt: skip
+
+
+def test_registering_refuses_a_taken_column_and_a_base_mean_in_the_noise_floor(monkeypatch):
+    registry = Registry("similarity measure")
+    for name, measure in sim.MEASURES.items():
+        registry.add(name, measure)
+    monkeypatch.setattr(sim, "MEASURES", registry)
+    with pytest.raises(ValueError, match=r"column\(s\) \['cosine'\] already filled"):
+        sim.register_measure("cosine2", column="cosine", label="cosine again")(sim.mean_cosine)
+    with pytest.raises(ValueError, match="against the base only"):
+        sim.register_measure("cc", column="cc", label="cc", uses_base_mean=True, noise_floor=True)(sim.centered_cosine)
+    with pytest.raises(ValueError, match="registered twice"):
+        sim.register_measure("linear", column="other", label="other")(sim.linear_cka)
+    assert sim.MEASURES.names() == ("linear", "debiased", "cosine", "centered_cosine")

@@ -14,7 +14,7 @@ import yaml
 from lorascope import cli
 from lorascope.analysis import verdicts
 from lorascope.phases import get_phase
-from lorascope.phases.bench import BenchPlan
+from lorascope.serving.plan import BenchPlan
 from tests.serving.bench_fixtures import commit_cells
 
 from .conftest import SMOKE, stage_run, write_study

@@ -206,7 +206,7 @@ def test_rotated_reps_have_no_drift_and_noise_has_debiased_cka_near_zero(rotated
     ctx, summary = rotated_vs_noise
     rows = read_csv(ctx, "layer_rows.csv")
     assert len(rows) == 2 * 6 * L * 2  # tasks x cells per task x layers x poolings
-    assert list(rows[0]) == representations.LAYER_COLUMNS
+    assert list(rows[0]) == representations.layer_columns()
     lora = [r for r in rows if r["method"] == "lora"]
     full = [r for r in rows if r["method"] == "full"]
     for r in lora:  # base @ orthogonal * 2: CKA is invariant to rotation and isotropic scaling

@@ -82,7 +82,7 @@ def test_the_check_catches_a_number_not_in_the_summary(reported):
     _ctx, _s, md, numbers, _ = reported
     s = numbers["settings"]
     comp = numbers["results"]["mrpc"]["comparisons"]["lora"][s["primary_pooling"]]["debiased"]
-    printed = f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['method_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |"
+    printed = f"| {markdown.fixed(comp['ft_mean'])} | {markdown.fixed(comp['method_mean'])} | {markdown.fixed(comp['reduction_pct'], 1)} |"
     assert printed in md
     assert unmatched_numbers(md.replace(printed, "| 0.123456 | 9.87 | 55.5 |"), numbers) == ["0.123456", "9.87", "55.5"]
 
@@ -96,7 +96,7 @@ def test_hypothesis_table_and_key_cells(reported):
             assert f"| | {scope} | {part['verdict']} | {part['evidence']} |" in md
     assert numbers["hypotheses"]["H2"]["verdict"] == "not measured"
     ci = numbers["results"]["rte"]["comparisons"]["lora"]["reduction_ci"]
-    assert f"[{markdown.f(ci['lo'], 1)}, {markdown.f(ci['hi'], 1)}]" in md
+    assert f"[{markdown.fixed(ci['lo'], 1)}, {markdown.fixed(ci['hi'], 1)}]" in md
     assert "cannot give p below 0.250 two-sided" in md  # the sign-flip floor with 3 seeds, stated
     assert "THESE NUMBERS MEAN NOTHING ABOUT TINYLLAMA" in md  # builtin:tiny-llama
 
@@ -270,7 +270,7 @@ def test_a_report_over_several_methods(several):
     pub = numbers["published"]["tasks"]["mrpc"]["methods"]["full"]
     ours = numbers["results"]["mrpc"]["methods"]["full"]["accuracy"]["mean"]
     assert pub["ours_pct"] == pytest.approx(100 * ours) and not pub["same_metric"]
-    assert f"| mrpc | full | accuracy | f1 | 90.2 | {markdown.f(100 * ours, 1)} ±" in md
+    assert f"| mrpc | full | accuracy | f1 | 90.2 | {markdown.fixed(100 * ours, 1)} ±" in md
 
 
 def test_a_format_2_summary_still_renders(reported):
@@ -295,8 +295,8 @@ def test_a_format_2_summary_still_renders(reported):
                 v.pop("frozen_by_construction")
     md = markdown.render(old, [])
     comp = old["results"]["mrpc"]["comparisons"]["lora"][old["settings"]["primary_pooling"]]["debiased"]
-    assert f"| {markdown.f(comp['ft_mean'])} | {markdown.f(comp['lora_mean'])} | {markdown.f(comp['reduction_pct'], 1)} |" in md
+    assert f"| {markdown.fixed(comp['ft_mean'])} | {markdown.fixed(comp['lora_mean'])} | {markdown.fixed(comp['reduction_pct'], 1)} |" in md
     layer = old["results"]["rte"]["comparisons"]["lora"]["layers"]["layer_1"]
-    assert f"| {markdown.f(layer['lora_mean'])} | {markdown.f(layer['lora_floor'])} |" in md
+    assert f"| {markdown.fixed(layer['lora_mean'])} | {markdown.fixed(layer['lora_floor'])} |" in md
     assert "No table per pair: the drift summary predates it" in md and "No cost fields" in md
     assert "No Pareto section" in md

@@ -1,6 +1,5 @@
 """The report over a drift summary that has forgetting (analysis/forgetting.py writes summary["forgetting"]): a
-second Pareto row against forgetting, the forgetting table, and every printed number from the report's summary.
-Skipped on a branch without the forgetting measure (it lands with issue 17's forgetting part)."""
+second Pareto row against forgetting, the forgetting table, and every printed number from the report's summary."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-fg = pytest.importorskip("lorascope.forgetting", reason="the forgetting measure is not on this branch")
+from lorascope import heldout_loss
 
 
 def test_the_report_shows_forgetting_next_to_drift(tmp_path, monkeypatch):
@@ -31,11 +30,11 @@ def test_the_report_shows_forgetting_next_to_drift(tmp_path, monkeypatch):
         (folder / td.LAYERS_FILE).write_text(json.dumps({"labels": td.layer_labels(mean.shape[0]), "idx": idx.tolist()}))
         losses.setdefault(model, 3.0 + (0.2 if "-full-" in model else 0.01) * (1 + len(losses) % 3))
         unit = {"loss_nats_per_token": losses[model], "tokens": 500, "texts_sha256": "ab" * 32, "texts": 8}
-        (folder / fg.FILE).write_text(json.dumps(unit))
+        (folder / heldout_loss.FILE).write_text(json.dumps(unit))
         meta = {"model": model, "task": task, "device": "cpu", "forward_seconds": 0.0,
                 "hardware": {"cpu_model": "crafted", "cpu_cores_usable": 2}, "versions": {"numpy": np.__version__}}  # fmt: skip
         with ctx.writer("reps", model, task, phase="extract", meta=meta) as w:
-            for name in (td.REPS_FILE, td.LAYERS_FILE, fg.FILE):
+            for name in (td.REPS_FILE, td.LAYERS_FILE, heldout_loss.FILE):
                 w.add_file(name, folder / name)
 
     monkeypatch.setattr(td, "commit_reps", commit_reps)

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from lorascope import forgetting as fg
+from lorascope import heldout_loss
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1500)]
 
 
 def _forgetting(run, model: str) -> dict:
     ctx = run.ctx()
-    return json.loads((ctx.local(ctx.require("reps", model, "mrpc")) / fg.FILE).read_text())
+    return json.loads((ctx.local(ctx.require("reps", model, "mrpc")) / heldout_loss.FILE).read_text())
 
 
 def test_base_loss_is_a_pretrained_lms_and_full_fine_tuning_raises_it(real_trained):

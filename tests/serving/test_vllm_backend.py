@@ -65,7 +65,7 @@ def test_regimes_map_to_enforce_eager_and_cpu_lora_is_eager_only():
 
 
 def test_bench_plan_regimes_per_backend():
-    from lorascope.phases.bench import BenchPlan
+    from lorascope.serving.plan import BenchPlan
 
     study = load_study(REPO / "jobs" / "study.yaml")
     assert BenchPlan(study, "hf").regimes == ["eager"]

@@ -12,8 +12,8 @@ vllm = pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from lorascope import cli  # noqa: E402
-from lorascope.phases.bench import BenchPlan  # noqa: E402
 from lorascope.serving import vllm_backend  # noqa: E402
+from lorascope.serving.plan import BenchPlan  # noqa: E402
 from tests.phases.conftest import stage_run, write_study  # noqa: E402
 from tests.serving.bench_fixtures import commit_cells  # noqa: E402
 

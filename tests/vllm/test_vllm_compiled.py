@@ -82,7 +82,7 @@ def test_bench_phase_times_merged_compiled_and_eager(tmp_path):
     eager only and named as skipped on CPU; the compiled engine is recorded as compiled; compiled answers equal the
     eager ones and HF's; the summary has the compiled/eager ratio and H2 comes from the regime with separate."""
     from lorascope import cli
-    from lorascope.phases.bench import BenchPlan
+    from lorascope.serving.plan import BenchPlan
     from tests.phases.conftest import stage_run, write_study
     from tests.serving.bench_fixtures import commit_cells
 

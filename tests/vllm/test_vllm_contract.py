@@ -32,8 +32,9 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from lorascope import modeling  # noqa: E402
-from lorascope.phases.bench import BenchPlan, resolve_dtype  # noqa: E402
+from lorascope.phases.bench import resolve_dtype  # noqa: E402
 from lorascope.serving import hf_backend, vllm_backend  # noqa: E402
+from lorascope.serving.plan import BenchPlan  # noqa: E402
 from lorascope.study import LoraMethod, load_study  # noqa: E402
 from tests.serving.bench_fixtures import make_adapter  # noqa: E402
 

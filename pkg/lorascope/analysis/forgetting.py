@@ -1,6 +1,6 @@
 """Forgetting per cell, per method over seeds, and whether drift tracks it (numpy/scipy only).
 
-Inputs are the extract phase's `forgetting.json` files (lorascope/forgetting.py measured them): per decoder model
+Inputs are the extract phase's `forgetting.json` files (lorascope/heldout_loss.py measured them): per decoder model
 unit the base model's language-model loss L on the fixed held-out text through that model's backbone with the BASE
 LM head, in nats per predicted token. Per cell
 

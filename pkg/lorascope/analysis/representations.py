@@ -16,10 +16,18 @@ import numpy as np
 
 from lorascope.analysis import similarity as sim
 
-LAYER_COLUMNS = ["task", "method", "seed", "layer_index", "layer", "pooling", "cka_linear", "cka_debiased",
-                 "drift_linear", "drift_debiased", "cosine", "centered_cosine"]  # fmt: skip
-NOISE_COLUMNS = ["task", "method", "seed_a", "seed_b", "layer_index", "layer", "pooling", "cka_linear", "cka_debiased",
-                 "drift_linear", "drift_debiased"]  # fmt: skip
+LAYER_KEYS = ["task", "method", "seed", "layer_index", "layer", "pooling"]  # what a layer row is about
+NOISE_KEYS = ["task", "method", "seed_a", "seed_b", "layer_index", "layer", "pooling"]  # what a seed-pair row is about
+
+
+def layer_columns() -> list[str]:
+    """layer_rows.csv: a cell against the base, every registered measure (`similarity.MEASURES`)."""
+    return LAYER_KEYS + sim.row_columns(sim.layer_measures())
+
+
+def noise_columns() -> list[str]:
+    """noise_floor.csv: two seeds of one method, the measures of the seed noise floor."""
+    return NOISE_KEYS + sim.row_columns(sim.noise_floor_measures())
 
 
 def seed_pairs(cells: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -31,19 +39,21 @@ def seed_pairs(cells: Sequence[Any]) -> list[tuple[Any, Any]]:
 
 
 def drift_rows(layer: Mapping[str, np.ndarray], pairs: list[tuple[str, str]], cache: sim.GramCache) -> list[dict]:
-    """`similarity.pairwise_drift` against the base with cosines; where a cosine is undefined (a zero vector, e.g. a
-    constant representation minus its own mean) that pair's cosines are nan and its CKA values are kept."""
+    """`similarity.pairwise_drift` against the base, every registered measure; where a measure taken against the base
+    only is undefined (a cosine of a zero vector, e.g. a constant representation minus its own mean) that pair's value
+    is nan and the other measures are kept."""
     try:
         return sim.pairwise_drift(layer, pairs, base="base", cache=cache)
     except ValueError:
-        rows = sim.pairwise_drift(layer, pairs, cache=cache)
+        rows = sim.pairwise_drift(layer, pairs, cache=cache)  # the noise-floor measures (CKA): defined for any pair
     mu = np.asarray(layer["base"], dtype=np.float64).mean(axis=0)
+    against_base = [m for m in sim.layer_measures() if not m.noise_floor]
     for (a, b), row in zip(pairs, rows, strict=True):
-        for key, fn in (("cosine", lambda x, y: sim.mean_cosine(x, y)), ("centered_cosine", lambda x, y: sim.centered_cosine(x, y, mu))):
+        for measure in against_base:
             try:
-                row[key] = fn(layer[a], layer[b])
+                row.update(measure.columns(measure(layer[a], layer[b], mu)))
             except ValueError:
-                row[key] = float("nan")
+                row.update(measure.columns(float("nan")))
     return rows
 
 
@@ -57,6 +67,7 @@ def representation_drift(task: str, cells: Sequence[Any], reps: Mapping[str, Any
     in the same token) gets nan subset drifts; `summary.layers_in_mean` leaves it out of every mean over layers."""
     pairs = [("base", c.name) for c in cells]
     spairs = seed_pairs(cells)
+    layer_values, noise_values = sim.row_columns(sim.layer_measures()), sim.row_columns(sim.noise_floor_measures())
     labels = reps["base"].labels
     rows: list[dict] = []
     noise: list[dict] = []
@@ -67,11 +78,11 @@ def representation_drift(task: str, cells: Sequence[Any], reps: Mapping[str, Any
             cache = sim.GramCache(layer)
             for c, row in zip(cells, drift_rows(layer, pairs, cache), strict=True):
                 rows.append({"task": task, "method": c.method, "seed": c.seed, "layer_index": li, "layer": label,
-                             "pooling": pooling, **{k: row[k] for k in LAYER_COLUMNS[6:]}})  # fmt: skip
+                             "pooling": pooling, **{k: row[k] for k in layer_values}})  # fmt: skip
             for (a, b), row in zip(spairs, sim.pairwise_drift(layer, [(a.name, b.name) for a, b in spairs], cache=cache), strict=True):
                 noise.append({"task": task, "method": a.method, "seed_a": a.seed, "seed_b": b.seed, "layer_index": li,
-                              "layer": label, "pooling": pooling, **{k: row[k] for k in NOISE_COLUMNS[7:]}})  # fmt: skip
-            defined = all(math.isfinite(r["cka_linear"]) and math.isfinite(r["cka_debiased"]) for r in rows[-len(cells):])
+                              "layer": label, "pooling": pooling, **{k: row[k] for k in noise_values}})  # fmt: skip
+            defined = all(math.isfinite(r[m.column]) for r in rows[-len(cells):] for m in sim.cka_measures())
             if not defined:
                 log("CKA undefined at this layer (constant representation): left out of the layer means", task=task,
                     pooling=pooling, layer=label, level="warning")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Representation similarity: linear CKA (biased and debiased), HSIC, per-example cosine.
+"""Representation similarity: linear CKA (biased and debiased), HSIC, per-example cosine, and the registry of the
+measures the drift rows carry (`MEASURES`).
 
 A representation is an array X of shape (n, d): one row per example, one column per feature.
 Two representations being compared must hold the same examples in the same row order; their
@@ -25,31 +26,54 @@ independent representations is ~0 at any n (see tests/analysis/test_similarity.p
 Caching: the expensive part of CKA is the n x n Gram matrix (O(n^2 d)); given Grams, a pair
 costs O(n^2).  :class:`CachedGram` holds everything one representation contributes, so
 :func:`pairwise_drift` forms each Gram once and reuses it for every pair it enters.
+
+The measures the drift rows carry are a registry (`MEASURES`, one :class:`Measure` each): the function (features
+in, a float out, float64), the row column it fills, whether it is a CKA (its rows then also carry drift = 1 - value),
+whether it enters the seed noise floor, and its display name. A new measure is one decorated function:
+
+    @register_measure("rbf", column="cka_rbf", label="RBF CKA", cka=True, noise_floor=True)
+    def rbf_cka(X, Y) -> float:
+        ...  # ten lines of numpy, its formula and reference in the docstring
+
+and the drift CSVs, the representation rows and the report pick it up. A measure may name a fast path over many
+pairs (`fast`, a method of :class:`PairBatch`): the built-in ones share one Gram per representation (CKA) and one
+per-example Gram (cosines); tests/analysis/test_similarity.py checks each fast path against its function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from lorascope.registry import Registry
+
 __all__ = [
+    "MEASURES",
     "CachedGram",
     "GramCache",
+    "Measure",
+    "PairBatch",
     "SubsetDebiasedCKA",
     "center_gram",
     "centered_cosine",
     "cka_cached",
     "cka_from_grams",
+    "cka_measures",
     "debiased_cka",
     "drift",
     "gram_linear",
     "hsic_biased",
     "hsic_unbiased",
+    "layer_measures",
     "linear_cka",
     "mean_cosine",
+    "measure_of_column",
+    "noise_floor_measures",
     "pairwise_drift",
+    "register_measure",
+    "row_columns",
 ]
 
 
@@ -71,6 +95,176 @@ def _same_n(a: np.ndarray, b: np.ndarray) -> int:
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"different numbers of examples: {a.shape[0]} vs {b.shape[0]}")
     return a.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The measure registry: what the drift rows carry, one entry per measure.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A similarity measure the drift rows carry, and what it produces.
+
+      name         the registry key, and the key of the measure in the drift summary ("debiased")
+      function     the measure itself: function(X, Y) -> float, or function(X, Y, base_mean) when
+                   `uses_base_mean` (the base model's mean vector, the same for both sides)
+      column       the row column of its value ("cka_debiased")
+      label        its display name ("debiased CKA")
+      cka          a CKA: the rows also carry drift = 1 - value in `drift_column` ("drift_debiased")
+      noise_floor  also measured between two seeds of a method (noise_floor.csv); False: only against
+                   the base model (the cosines compare coordinates, and the centred one subtracts the
+                   base mean)
+      uses_base_mean  the function takes the base model's mean as a third argument (so it is measured
+                   against the base only)
+      fast         optional: the values of many pairs at once from a :class:`PairBatch`, equal to
+                   `function` on each pair (tests/analysis/test_similarity.py checks it)
+    """
+
+    name: str
+    function: Callable[..., float]
+    column: str
+    label: str
+    cka: bool = False
+    noise_floor: bool = False
+    uses_base_mean: bool = False
+    fast: Callable[[PairBatch], list[float]] | None = None
+
+    @property
+    def drift_column(self) -> str | None:
+        return f"drift_{self.name}" if self.cka else None
+
+    def __call__(self, X, Y, base_mean=None) -> float:
+        if self.uses_base_mean:
+            if base_mean is None:
+                raise ValueError(f"the {self.label} needs the base model's mean vector")
+            return self.function(X, Y, base_mean)
+        return self.function(X, Y)
+
+    def values(self, batch: PairBatch) -> list[float]:
+        """The measure of every pair of the batch: the fast path, else the function pair by pair."""
+        if self.fast is not None:
+            return self.fast(batch)
+        return [self(batch.reps[a], batch.reps[b], batch.base_mean) for a, b in batch.pairs]
+
+    def columns(self, value: float) -> dict[str, float]:
+        """The row columns of one value: the value, and for a CKA its drift."""
+        return {self.column: value, self.drift_column: drift(value)} if self.cka else {self.column: value}
+
+
+MEASURES: Registry[Measure] = Registry("similarity measure")
+
+
+def register_measure(name: str, *, column: str, label: str, cka: bool = False, noise_floor: bool = False,
+                     uses_base_mean: bool = False, fast: Callable[[PairBatch], list[float]] | None = None
+                     ) -> Callable[[Callable[..., float]], Callable[..., float]]:  # fmt: skip
+    """Decorator: register the function as the measure `name` (see :class:`Measure`); returns the function as is."""
+
+    def add(function: Callable[..., float]) -> Callable[..., float]:
+        measure = Measure(name, function, column, label, cka, noise_floor, uses_base_mean, fast)
+        if uses_base_mean and noise_floor:
+            raise ValueError(f"measure {name!r}: a measure that uses the base mean is measured against the base only")
+        taken = {c for _, m in MEASURES.items() for c in (m.column, m.drift_column) if c}
+        clash = taken & {measure.column, measure.drift_column}
+        if clash:
+            raise ValueError(f"measure {name!r}: column(s) {sorted(clash)} already filled by another measure")
+        MEASURES.add(name, measure)
+        return function
+
+    return add
+
+
+def layer_measures() -> list[Measure]:
+    """Every registered measure, in registration order: the drift rows of each cell against the base."""
+    return [m for _, m in MEASURES.items()]
+
+
+def noise_floor_measures() -> list[Measure]:
+    """The measures also taken between two seeds of a method: the seed noise floor rows."""
+    return [m for m in layer_measures() if m.noise_floor]
+
+
+def cka_measures() -> list[Measure]:
+    """The CKA measures (drift = 1 - value): those whose drift the summary, the hypotheses and the report use."""
+    return [m for m in layer_measures() if m.cka]
+
+
+def measure_of_column(column: str) -> Measure:
+    """The measure whose value fills `column` ("cka_debiased" -> the debiased CKA)."""
+    for m in layer_measures():
+        if m.column == column:
+            return m
+    raise KeyError(f"no similarity measure fills column {column!r}; columns: {[m.column for m in layer_measures()]}")
+
+
+def row_columns(measures: Sequence[Measure]) -> list[str]:
+    """The columns rows of these measures carry, in the drift CSVs' order: every CKA's value, then every CKA's drift,
+    then every other measure's value (each group in registration order)."""
+    ckas = [m for m in measures if m.cka]
+    return [m.column for m in ckas] + [m.drift_column for m in ckas] + [m.column for m in measures if not m.cka]
+
+
+class PairBatch:
+    """The pairs of one :func:`pairwise_drift` call and what the measures' fast paths share among them.
+
+    ``reps``: name -> (n, d) features; ``cache``: their centred Grams (:class:`GramCache`); ``base_mean``: the base
+    model's mean vector, or None. Linear and debiased CKA of a pair come from one n^2 dot product of two cached Grams
+    (:func:`cka_cached`); both cosines of every pair from one batched per-example Gram (:func:`_row_grams`).
+    """
+
+    def __init__(self, reps: Mapping[str, object], pairs: Sequence[tuple[str, str]], cache: GramCache,
+                 base_mean: np.ndarray | None = None) -> None:  # fmt: skip
+        self.reps, self.pairs, self.cache, self.base_mean = reps, list(pairs), cache, base_mean
+        self._cka: list[tuple[float, float]] | None = None
+        self._cosines: tuple[list[float], list[float]] | None = None
+
+    def _cka_pairs(self) -> list[tuple[float, float]]:
+        if self._cka is None:
+            self._cka = [cka_cached(self.cache[a], self.cache[b]) for a, b in self.pairs]
+        return self._cka
+
+    def linear_cka(self) -> list[float]:
+        return [lin for lin, _ in self._cka_pairs()]
+
+    def debiased_cka(self) -> list[float]:
+        return [deb for _, deb in self._cka_pairs()]
+
+    def _row_cosines(self) -> tuple[list[float], list[float]]:
+        """(cosine, centred cosine) of every pair from the per-example Gram: <x_i, y_i> for all pairs at once, and
+        <x - mu, y - mu> = <x, y> - <mu, x> - <mu, y> + |mu|^2, whose float64 rounding error is
+        ~1e-16 * |x|^2 / |x - mu|^2. ValueError when either is undefined for some pair (a zero-norm row)."""
+        if self._cosines is None:
+            if self.base_mean is None:
+                raise ValueError("the cosines of pairwise_drift are taken against a base (base=None)")
+            mu = self.base_mean
+            mumu = float(mu @ mu)
+            names = list(dict.fromkeys(name for pair in self.pairs for name in pair))
+            pos = {name: k for k, name in enumerate(names)}
+            G, mux = _row_grams(self.reps, names, mu)
+            cosines, centered = [], []
+            for a, b in self.pairs:
+                i, j = pos[a], pos[b]
+                xy, xx, yy = G[:, i, j], G[:, i, i], G[:, j, j]
+                cxx = xx - 2.0 * mux[:, i] + mumu
+                cyy = yy - 2.0 * mux[:, j] + mumu
+                if np.any(xx <= 0) or np.any(yy <= 0) or np.any(cxx <= 0) or np.any(cyy <= 0):
+                    raise ValueError(f"cosine undefined for a zero-norm row in {a} or {b}")
+                cosines.append(float(np.mean(xy / np.sqrt(xx * yy))))
+                cxy = xy - mux[:, i] - mux[:, j] + mumu
+                centered.append(float(np.mean(cxy / np.sqrt(cxx * cyy))))
+            self._cosines = (cosines, centered)
+        return self._cosines
+
+    def mean_cosine(self) -> list[float]:
+        return self._row_cosines()[0]
+
+    def centered_cosine(self) -> list[float]:
+        return self._row_cosines()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels, HSIC and the measures.
+# ---------------------------------------------------------------------------------------------
 
 
 def gram_linear(X) -> np.ndarray:
@@ -133,6 +327,8 @@ def _hsic_u_core(tr_kl: float, sum_k: float, sum_l: float, rk_rl: float, n: int)
     return tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * rk_rl / (n - 2)
 
 
+@register_measure("linear", column="cka_linear", label="linear CKA", cka=True, noise_floor=True,
+                  fast=PairBatch.linear_cka)  # fmt: skip
 def linear_cka(X, Y) -> float:
     """Linear CKA, feature-space form (Kornblith et al. 2019, eq. 5), float64.
 
@@ -173,6 +369,8 @@ def cka_from_grams(Kx, Ky, debiased: bool = False) -> float:
     return float(hsic_unbiased(Kc, Lc) / np.sqrt(kk * ll))
 
 
+@register_measure("debiased", column="cka_debiased", label="debiased CKA", cka=True, noise_floor=True,
+                  fast=PairBatch.debiased_cka)  # fmt: skip
 def debiased_cka(X, Y) -> float:
     """Debiased linear CKA of two representations (features in, see :func:`cka_from_grams`).
 
@@ -191,6 +389,7 @@ def drift(cka):
     return 1.0 - cka
 
 
+@register_measure("cosine", column="cosine", label="cosine", fast=PairBatch.mean_cosine)
 def mean_cosine(X, Y) -> float:
     """Mean over examples of the cosine between matching rows: mean_i <x_i, y_i>/(|x_i| |y_i|).
 
@@ -208,6 +407,8 @@ def mean_cosine(X, Y) -> float:
     return float(np.mean(np.einsum("ij,ij->i", X, Y) / (nx * ny)))
 
 
+@register_measure("centered_cosine", column="centered_cosine", label="centred cosine", uses_base_mean=True,
+                  fast=PairBatch.centered_cosine)  # fmt: skip
 def centered_cosine(X, Y, base_mean) -> float:
     """:func:`mean_cosine` after subtracting the base model's mean vector from both X and Y.
 
@@ -350,15 +551,8 @@ class GramCache:
         return list(self._grams)
 
     def pair(self, a: str, b: str) -> dict:
-        lin, deb = cka_cached(self[a], self[b])
-        return {
-            "a": a,
-            "b": b,
-            "cka_linear": lin,
-            "cka_debiased": deb,
-            "drift_linear": drift(lin),
-            "drift_debiased": drift(deb),
-        }
+        """The noise-floor measures (the CKAs) of two cached representations as a drift row (:func:`pairwise_drift`)."""
+        return pairwise_drift(self._reps, [(a, b)], cache=self)[0]
 
     def subset(self, idx, names: Iterable[str] | None = None) -> GramCache:
         """New cache restricted to examples ``idx`` (no duplicates), for jackknife/subsampling.
@@ -401,41 +595,33 @@ def pairwise_drift(
     pairs: Iterable[tuple[str, str]],
     base: str | None = None,
     cache: GramCache | None = None,
+    measures: Sequence[Measure] | None = None,
 ) -> list[dict]:
-    """Linear and debiased CKA (and drift = 1 - CKA) for each pair of named representations.
+    """The registered measures (`MEASURES`) of each pair of named representations, one row per pair.
 
-    Each representation's centred Gram is formed once (in ``cache``, created if not given) and
-    reused by every pair it enters; a pair then costs one n^2 dot product.
+    Default ``measures``: every one when ``base`` names an entry of ``reps`` (whose mean the centred cosine
+    subtracts), else those of the seed noise floor (the CKAs). Each representation's centred Gram is formed once (in
+    ``cache``, created if not given) and reused by every pair it enters; a pair then costs one n^2 dot product
+    (:class:`PairBatch`).
 
-    If ``base`` names an entry of ``reps``, rows also get ``cosine`` (:func:`mean_cosine`) and
-    ``centered_cosine`` (:func:`centered_cosine` with that entry's mean).  Row inner products
-    <x_i, y_i> for all pairs come from one batched per-example Gram, and the centred ones from
-    <x - mu, y - mu> = <x, y> - <mu, x> - <mu, y> + |mu|^2, whose float64 rounding error is
-    ~1e-16 * |x|^2 / |x - mu|^2.
-
-    Returns one dict per pair: a, b, cka_linear, cka_debiased, drift_linear, drift_debiased
-    [, cosine, centered_cosine].
+    Returns one dict per pair: a, b, then `row_columns(measures)` (built-in: cka_linear, cka_debiased, drift_linear,
+    drift_debiased [, cosine, centered_cosine]). ValueError where a measure is undefined for a pair (a zero-norm row
+    for a cosine).
     """
     pairs = list(pairs)
     cache = GramCache(reps) if cache is None else cache
-    rows = [cache.pair(a, b) for a, b in pairs]
-    if base is None:
-        return rows
-    mu = _features(reps[base]).mean(axis=0)
-    mumu = float(mu @ mu)
-    names = list(dict.fromkeys(name for pair in pairs for name in pair))
-    pos = {name: k for k, name in enumerate(names)}
-    G, mux = _row_grams(reps, names, mu)
-    for row, (a, b) in zip(rows, pairs, strict=True):
-        i, j = pos[a], pos[b]
-        xy, xx, yy = G[:, i, j], G[:, i, i], G[:, j, j]
-        cxx = xx - 2.0 * mux[:, i] + mumu
-        cyy = yy - 2.0 * mux[:, j] + mumu
-        if np.any(xx <= 0) or np.any(yy <= 0) or np.any(cxx <= 0) or np.any(cyy <= 0):
-            raise ValueError(f"cosine undefined for a zero-norm row in {a} or {b}")
-        row["cosine"] = float(np.mean(xy / np.sqrt(xx * yy)))
-        cxy = xy - mux[:, i] - mux[:, j] + mumu
-        row["centered_cosine"] = float(np.mean(cxy / np.sqrt(cxx * cyy)))
+    if measures is None:
+        measures = layer_measures() if base is not None else noise_floor_measures()
+    base_mean = _features(reps[base]).mean(axis=0) if base is not None else None
+    batch = PairBatch(reps, pairs, cache, base_mean)
+    values = [m.values(batch) for m in measures]
+    columns = row_columns(measures)
+    rows = []
+    for k, (a, b) in enumerate(pairs):
+        row: dict = {}
+        for m, vals in zip(measures, values, strict=True):
+            row.update(m.columns(vals[k]))
+        rows.append({"a": a, "b": b, **{c: row[c] for c in columns}})
     return rows
 
 

@@ -3,7 +3,8 @@
 One index per backend of `study.bench.backends` (index i -> backend i), bundle `bench/<backend>/`.
 
 Recipe
-  1. check the plan (modes, adapters, batch sizes, backend installed) - one ConfigError line, exit 2, nothing loaded;
+  1. check the plan (`serving.plan.BenchPlan`: modes, adapters, batch sizes; and the backend installed) - one
+     ConfigError line, exit 2, nothing loaded;
   2. load the inputs: the staged base model, the cells of seed `bench.seed` (a full cell and the LoRA cells of the
      served tasks), and each task's validation split tokenized exactly as training did;
   3. build what the modes serve (`serving.servers.Build`): the LoRA cell merged into the base (`merged`), and for
@@ -13,7 +14,7 @@ Recipe
      repeat, vllm runs one engine per mode (`schedule`);
   5. correctness (`serving.servers.check_correctness`): every multi-adapter request against the same request served
      alone by a single-adapter model, and merged against separate;
-  6. commit raw timings (`requests.jsonl`, `batches.jsonl`, `switches.jsonl`), `summary.json` (`serving.summary`)
+  6. commit raw timings (`requests.jsonl`, `batches.jsonl`, `switches.jsonl`), `summary.json` (`serving.bench_summary`)
      and `summary.md` (`reporting.bench_markdown`).
 
 Modes (see `lorascope.serving`): `full` serves the served task's full cell; `merged` and `separate` its LoRA cell;
@@ -34,97 +35,9 @@ from typing import Any
 
 from lorascope.errors import ConfigError
 from lorascope.phases import PhaseContext
-from lorascope.serving import MODES, multi_count
-from lorascope.study import GLUE_TASKS, FullMethod, LoraMethod, Study
+from lorascope.serving.plan import BenchPlan
+from lorascope.study import GLUE_TASKS, Study
 from lorascope.threads import configure_threads, kept_threads
-
-BACKENDS = ("hf", "vllm")
-
-
-# ------------------------------------------------------------------------------------------------ plan (no loading)
-class BenchPlan:
-    """What one backend's bench serves, derived from the study alone. Building it is the bad-input check."""
-
-    def __init__(self, study: Study, backend: str) -> None:
-        b = study.bench
-        if backend not in BACKENDS:
-            raise ConfigError(f"bench.backends: unknown backend {backend!r}; backends are {list(BACKENDS)}")
-        bad = [s for s in b.batch_sizes if s < 1]
-        if bad:
-            raise ConfigError(f"bench.batch_sizes: every batch size must be >= 1 (got {bad})")
-        unknown = [m for m in b.modes if m not in MODES]
-        if unknown:
-            raise ConfigError(f"bench.modes: unknown mode(s) {unknown}; modes are {list(MODES)}")
-        if b.seed not in study.seeds:
-            raise ConfigError(f"bench.seed: {b.seed} is not one of the study's seeds {study.seeds}; the bench serves "
-                              "the cells trained with that seed")
-        self.backend = backend
-        # hf serves PyTorch eager; vllm the study's regimes (the first one decides its H2)
-        self.regimes = ["eager"] if backend == "hf" else list(b.vllm_regimes)
-        self.modes = list(b.modes)
-        self.batch_sizes = list(b.batch_sizes)
-        self.seed = b.seed
-        self.tasks = [t.name for t in study.tasks]
-        self.served_task = self.tasks[0]
-        # the LoRA method served: bench.method, else the first vLLM-servable one (plain LoRA; the study validator
-        # refuses a bench.method that is not servable)
-        full = [m for m in study.methods if isinstance(m, FullMethod)]
-        self.lora: LoraMethod | None = study.bench_method()
-        self.full: FullMethod | None = full[0] if full else None
-        for mode in self.modes:
-            k = multi_count(mode)
-            if mode == "full" and self.full is None:
-                raise ConfigError("bench.modes: mode 'full' needs a full fine-tuning method (kind: full) in methods; "
-                                  f"the study has {[m.name for m in study.methods]}")
-            if mode != "full" and self.lora is None:
-                raise ConfigError(f"bench.modes: mode {mode!r} needs LoRA adapters but the study has no vLLM-servable "
-                                  f"LoRA method (kind: lora without DoRA, rsLoRA or PiSSA/OLoRA init; bench.method "
-                                  f"names one) in methods {[m.name for m in study.methods]}")
-            if mode.startswith("multi-") and k > len(self.tasks):
-                raise ConfigError(f"bench.modes: mode {mode!r} serves {k} task adapters at once but the study has "
-                                  f"{len(self.tasks)} task(s) {self.tasks}; drop the mode or add tasks")
-        labels = {GLUE_TASKS[t]["num_labels"] for t in self.adapter_tasks}
-        if len(labels) > 1:
-            raise ConfigError(f"bench: multi-adapter modes need tasks with one label count, got {sorted(labels)}")
-        if backend == "vllm" and self.lora is not None:
-            from lorascope.serving.vllm_backend import MAX_LORA_RANKS
-
-            if self.lora.r > MAX_LORA_RANKS[-1]:
-                raise ConfigError(f"methods.{self.lora.name}.r: {self.lora.r} exceeds vLLM's largest LoRA rank")
-        self.max_length = max(study.task(t).max_length for t in self.tasks)
-
-    @property
-    def adapter_tasks(self) -> list[str]:
-        """Tasks whose LoRA cells some mode serves (the first k tasks for the largest multi-k)."""
-        k = max([multi_count(m) for m in self.modes if m != "full"], default=0)
-        return self.tasks[:k]
-
-    def tasks_of(self, mode: str) -> list[str]:
-        return self.tasks[: multi_count(mode)] if mode.startswith("multi-") else [self.served_task]
-
-    def mode_key(self, mode: str, regime: str) -> str:
-        """The key of a mode's load/memory record: the mode itself in the first regime, `mode [regime]` in others."""
-        return mode if regime == self.regimes[0] else f"{mode} [{regime}]"
-
-    def orders(self, mode: str) -> list[str]:
-        return ["rr", "random"] if mode.startswith("multi-") else ["single"]
-
-    def cell(self, task: str, kind: str) -> str:
-        method = self.full if kind == "full" else self.lora
-        assert method is not None
-        return f"{task}-{method.name}-s{self.seed}"
-
-    def cells_of(self, mode: str) -> list[str]:
-        if mode == "full":
-            return [self.cell(self.served_task, "full")]
-        return [self.cell(t, "lora") for t in self.tasks_of(mode)]
-
-    @property
-    def cells(self) -> list[str]:
-        out: list[str] = []
-        for mode in self.modes:
-            out += [c for c in self.cells_of(mode) if c not in out]
-        return out
 
 
 def check_backend(backend: str) -> None:
@@ -177,8 +90,7 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     import torch
 
     from lorascope import data, modeling
-    from lorascope.serving import protocol, servers, workload
-    from lorascope.serving import summary as bench_summary
+    from lorascope.serving import bench_summary, protocol, servers, workload
 
     t_start = time.perf_counter()
     backend = plan.backend
@@ -203,8 +115,9 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     log("plan", device=str(device), dtype=dtype_name, modes=",".join(plan.modes),
         batch_sizes=",".join(map(str, plan.batch_sizes)), cells=",".join(plan.cells))
 
-    build = servers.Build(plan, base_dir, cell_dirs, work, num_labels, dtype, dtype_name, device,
-                          ctx.study.bench.kv_cache_memory_bytes, log)  # fmt: skip
+    build = servers.Build(plan=plan, base_dir=base_dir, cell_dirs=cell_dirs, work=work, num_labels=num_labels, dtype=dtype,
+                          dtype_name=dtype_name, device=device, kv_cache_bytes=ctx.study.bench.kv_cache_memory_bytes,
+                          log=log)  # fmt: skip
     possible = build.possible()
     skipped = [f"{m} [{r}]" for r in plan.regimes for m in plan.modes if not possible(m, r)]
     if skipped:
@@ -240,9 +153,10 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     runs = list(runs.values())
 
     correctness = servers.check_correctness(build, runs, pools, dtype_name, cell_dirs)
-    summary = bench_summary.summarize(ctx.study, plan, runs, modes, switches, correctness, settings,
-                                      machine(device, backend), dtype_name, time.perf_counter() - t_start,
-                                      platform_name=build.platform, skipped=skipped)  # fmt: skip
+    summary = bench_summary.summarize(ctx.study, plan, runs, settings=settings, modes=modes, switches=switches,
+                                      correctness=correctness, machine=machine(device, backend), dtype_name=dtype_name,
+                                      seconds=time.perf_counter() - t_start, platform_name=build.platform,
+                                      skipped=skipped)  # fmt: skip
     _commit(ctx, backend, runs, switches, summary)
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),

@@ -122,8 +122,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     meta = {"seconds": round(time.perf_counter() - t0, 3), "rows": len(rows), "verdicts": verdicts,
             "hardware": out["provenance"]["drift"]["hardware"], "versions": out["provenance"]["drift"]["versions"]}  # fmt: skip
     with ctx.writer("drift", phase="drift", meta=meta) as w:
-        w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.LAYER_COLUMNS))
-        w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.NOISE_COLUMNS))
+        w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.layer_columns()))
+        w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.noise_columns()))
         w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, weights.WEIGHT_COLUMNS))
         if frows:
             w.add_bytes("forgetting.csv", tensorio.csv_bytes(frows, forgetting.CSV_COLUMNS))

@@ -8,7 +8,7 @@ Bundle `reps/<model>/<task>/` (model = `base` or the cell name):
                      decoders, `first` for encoders) always, and any other pooling the study lists; int64 `idx` [n]
   layers.json        the L labels, the example ids, sizes and how the states were made
   forgetting.json    decoders: the base model's LM loss on the held-out text through this model's backbone with the
-                     base LM head (lorascope/forgetting.py); encoders: loss null and why. Absent with forgetting.enabled false
+                     base LM head (lorascope/heldout_loss.py); encoders: loss null and why. Absent with forgetting.enabled false
 Commit meta: model, task, n, layers, hidden size, device, dtype, seconds, hardware, package versions.
 
 Recipe
@@ -36,7 +36,7 @@ Recipe
      allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
      input, and refused);
   6. forgetting (`study.forgetting`): the texts and the base LM head are read before the model loads
-     (`forgetting.plan`), the loss is measured on the loaded model (`forgetting.unit_result`);
+     (`heldout_loss.plan`), the loss is measured on the loaded model (`heldout_loss.unit_result`);
   7. commit.
 """
 
@@ -174,14 +174,14 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, forgetting, modeling
+    from lorascope import data, heldout_loss, modeling
     from lorascope.reporting import provenance
 
     configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
     device = modeling.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
-    fplan = forgetting.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
+    fplan = heldout_loss.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     family = family_of(model)
     features = data.encode(tokenizer, task_name, rows, task.max_length)
@@ -191,7 +191,7 @@ def run(ctx: PhaseContext, index: int) -> None:
                                               device, poolings=poolings), strict=True))  # fmt: skip
     mean = pooled["mean"]
     t_forward = time.perf_counter() - t0 - t_load
-    forgot = forgetting.unit_result(fplan, model, tokenizer, study.forgetting, device) if fplan else None
+    forgot = heldout_loss.unit_result(fplan, model, tokenizer, study.forgetting, device) if fplan else None
     t_forgetting = time.perf_counter() - t0 - t_load - t_forward
     labels = layer_labels(mean.shape[0], encoder=family.encoder)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -219,7 +219,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     }
     (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
     if forgot is not None:
-        (out / forgetting.FILE).write_text(json.dumps(forgot, indent=1) + "\n")
+        (out / heldout_loss.FILE).write_text(json.dumps(forgot, indent=1) + "\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     meta = {
         "model": model_name, "task": task_name, "n": len(ids), "layers": len(labels), "hidden_size": int(mean.shape[-1]),
@@ -234,7 +234,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_file(REPS_FILE, out / REPS_FILE)
         w.add_file(LAYERS_FILE, out / LAYERS_FILE)
         if forgot is not None:
-            w.add_file(forgetting.FILE, out / forgetting.FILE)
+            w.add_file(heldout_loss.FILE, out / heldout_loss.FILE)
     log("committed", bundle=f"reps/{model_name}/{task_name}", n=len(ids), layers=len(labels),
         seconds=round(time.perf_counter() - t0, 2), examples_per_second=meta["examples_per_second"],
         forgetting_loss=meta["forgetting_loss_nats_per_token"])  # fmt: skip

@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg backend, PNG). Each function takes the report's numbers (the drift bundle's
 summary.json, plus the bench section) and writes one file; none computes a new statistic. `draw_*` build the figure
-without writing it (the tests read styles, axes and legend boxes from it)."""
+without writing it (the tests read styles, axes and legend boxes from it). Measure display names come from the measure
+registry (`analysis.similarity.MEASURES`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lorascope.analysis import similarity  # noqa: E402
 from lorascope.reporting.bench_markdown import device_words, stack_name  # noqa: E402
 
 DPI = 120
@@ -70,13 +72,14 @@ def draw_layer_drift(summary: dict, pooling: str):
         for row, measure in enumerate(measures):
             ax = axes[row][col]
             for method, entry in summary["results"][task]["methods"].items():
-                st = entry["layers"][pooling][measure]
-                c = colors[method]
-                ax.plot(x, [_nan(v) for v in st["mean"]], color=c, marker="o", ms=3, label=f"{method} (mean of seeds)")
-                ax.fill_between(x, [_nan(v) for v in st["min"]], [_nan(v) for v in st["max"]], color=c, alpha=0.2, lw=0,
-                                label=f"{method} min..max over seeds")  # fmt: skip
-                ax.plot(x, [_nan(v) for v in st["noise_floor"]], color=c, ls="--", lw=1, label=f"{method} seed noise floor")
-            ax.set_title(f"{task}: {measure} CKA drift ({pooling} pooling)", fontsize=9)
+                stats = entry["layers"][pooling][measure]
+                color = colors[method]
+                ax.plot(x, [_nan(v) for v in stats["mean"]], color=color, marker="o", ms=3, label=f"{method} (mean of seeds)")
+                ax.fill_between(x, [_nan(v) for v in stats["min"]], [_nan(v) for v in stats["max"]], color=color, alpha=0.2,
+                                lw=0, label=f"{method} min..max over seeds")  # fmt: skip
+                ax.plot(x, [_nan(v) for v in stats["noise_floor"]], color=color, ls="--", lw=1,
+                        label=f"{method} seed noise floor")  # fmt: skip
+            ax.set_title(f"{task}: {similarity.MEASURES.get(measure).label} drift ({pooling} pooling)", fontsize=9)
             ax.set_xticks(ticks)
             ax.set_xticklabels([_short(labels[i]) for i in ticks], fontsize=TICK_FONT)
             ax.tick_params(axis="y", labelsize=TICK_FONT)
@@ -97,18 +100,19 @@ def _short(label: str) -> str:
 
 def metric_vs_drift(summary: dict, path: Path) -> Path:
     """One point per cell: mean drift over layers (primary measure and pooling) against the task metric."""
-    s = summary["settings"]
-    pooling, measure = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
+    settings = summary["settings"]
+    pooling, measure = settings["primary_pooling"], similarity.measure_of_column(settings["primary_measure"])
     colors = _method_colors(summary)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for ti, task in enumerate(summary["tasks"]):
-        res = summary["results"][task]
-        for method, entry in res["methods"].items():
+    for task_index, task in enumerate(summary["tasks"]):
+        result = summary["results"][task]
+        for method, entry in result["methods"].items():
             seeds = list(entry["metric"]["values"])
-            xs = [_nan(entry["drift"][pooling][measure]["values"][sd]) for sd in seeds]
-            ys = [_nan(entry["metric"]["values"][sd]) for sd in seeds]
-            ax.scatter(xs, ys, color=colors[method], marker=MARKERS[ti % len(MARKERS)], label=f"{task} {method} ({res['metric_name']})")
-    ax.set_xlabel(f"mean {measure} CKA drift over layers ({pooling} pooling)")
+            xs = [_nan(entry["drift"][pooling][measure.name]["values"][seed]) for seed in seeds]
+            ys = [_nan(entry["metric"]["values"][seed]) for seed in seeds]
+            ax.scatter(xs, ys, color=colors[method], marker=MARKERS[task_index % len(MARKERS)],
+                       label=f"{task} {method} ({result['metric_name']})")  # fmt: skip
+    ax.set_xlabel(f"mean {measure.label} drift over layers ({pooling} pooling)")
     ax.set_ylabel("validation metric (task's metric)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -118,24 +122,26 @@ def metric_vs_drift(summary: dict, path: Path) -> Path:
 
 def drift_reduction(summary: dict, path: Path) -> Path:
     """Drift reduction % per task with its subsampling CI over examples and the H1b threshold."""
-    s = summary["settings"]
-    names, vals, los, his = [], [], [], []
+    settings = summary["settings"]
+    measure = similarity.measure_of_column(settings["primary_measure"]).name
+    compared = settings.get("compared_methods", settings.get("lora_methods", []))
+    names, values, below, above = [], [], [], []
     for task in summary["tasks"]:
-        for lm, comp in summary["results"][task]["comparisons"].items():
-            c = comp[s["primary_pooling"]][s["primary_measure"].removeprefix("cka_")]
-            ci = comp.get("reduction_ci") or {}
-            v = _nan(c["reduction_pct"])
-            names.append(task if len(s.get("compared_methods", s.get("lora_methods", []))) == 1 else f"{task}/{lm}")
-            vals.append(v)
-            los.append(max(0.0, v - _nan(ci.get("lo"))) if ci else 0.0)  # the interval need not be centred on v
-            his.append(max(0.0, _nan(ci.get("hi")) - v) if ci else 0.0)
+        for method, comparison in summary["results"][task]["comparisons"].items():
+            reduction = _nan(comparison[settings["primary_pooling"]][measure]["reduction_pct"])
+            ci = comparison.get("reduction_ci") or {}
+            names.append(task if len(compared) == 1 else f"{task}/{method}")
+            values.append(reduction)
+            below.append(max(0.0, reduction - _nan(ci.get("lo"))) if ci else 0.0)  # the interval need not be centred
+            above.append(max(0.0, _nan(ci.get("hi")) - reduction) if ci else 0.0)
     fig, ax = plt.subplots(figsize=(1.6 * max(3, len(names)) + 1, 4))
-    ax.bar(names, vals, color=COLORS[0], yerr=[los, his], capsize=6)
-    ax.axhline(s["h1b_min_reduction_pct"], color="k", ls="--", lw=1, label=f"H1b threshold {s['h1b_min_reduction_pct']:g}%")
+    ax.bar(names, values, color=COLORS[0], yerr=[below, above], capsize=6)
+    threshold = settings["h1b_min_reduction_pct"]
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"H1b threshold {threshold:g}%")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("drift reduction % = 100 (FT - method) / FT")
-    ax.set_title(f"Drift reduction vs full FT ({s['primary_measure']}, {s['primary_pooling']} pooling), "
-                 f"{s['ci_level_pct']:g}% CI over examples", fontsize=9)  # fmt: skip
+    ax.set_title(f"Drift reduction vs full FT ({settings['primary_measure']}, {settings['primary_pooling']} pooling), "
+                 f"{settings['ci_level_pct']:g}% CI over examples", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
@@ -154,14 +160,14 @@ def draw_weight_spectra(summary: dict):
     methods = list(dict.fromkeys(m for t in tasks for m in summary["weights"][t]))
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.8), squeeze=False, layout="constrained")
     width = 0.8 / max(1, len(methods))
-    for ai, (key, title) in enumerate(keys):
-        ax = axes[0][ai]
-        for mi, method in enumerate(methods):
-            xs = [ti + (mi - (len(methods) - 1) / 2) * width for ti in range(len(tasks))]
+    for panel, (key, title) in enumerate(keys):
+        ax = axes[0][panel]
+        for method_index, method in enumerate(methods):
+            xs = [task_index + (method_index - (len(methods) - 1) / 2) * width for task_index in range(len(tasks))]
             ys = [_nan(summary["weights"][t].get(method, {}).get(key, {}).get("mean")) for t in tasks]
-            es = [_nan(summary["weights"][t].get(method, {}).get(key, {}).get("sd")) for t in tasks]
-            lower = [0.0 if e != e else min(e, y) for e, y in zip(es, ys, strict=True)]  # SD bars stop at 0
-            upper = [0.0 if e != e else e for e in es]
+            sds = [_nan(summary["weights"][t].get(method, {}).get(key, {}).get("sd")) for t in tasks]
+            lower = [0.0 if sd != sd else min(sd, y) for sd, y in zip(sds, ys, strict=True)]  # SD bars stop at 0
+            upper = [0.0 if sd != sd else sd for sd in sds]
             ax.bar(xs, ys, width=width, yerr=[lower, upper], color=colors.get(method, "grey"), label=method, capsize=3)
         ax.set_xticks(range(len(tasks)))
         ax.set_xticklabels(tasks)
@@ -186,8 +192,8 @@ def draw_pareto(numbers: dict):
     with its name; the methods of one sweep joined in size order; the Pareto front (higher metric, lower x) as a
     dashed staircase with its members ringed; published reference numbers of the same metric as dotted horizontal
     lines. Everything drawn is a value of numbers["pareto"] (analysis.pareto.pareto_section) or numbers["published"]."""
-    par = numbers["pareto"]
-    rows = [("drift", par["drift"])] + ([("forgetting", par["forgetting"])] if par.get("forgetting") else [])
+    section = numbers["pareto"]
+    rows = [("drift", section["drift"])] + ([("forgetting", section["forgetting"])] if section.get("forgetting") else [])
     tasks = numbers["tasks"]
     methods = list(dict.fromkeys(m for t in tasks for m in numbers["results"][t]["methods"]))
     style = {m: series_style(i) for i, m in enumerate(methods)}
@@ -197,42 +203,44 @@ def draw_pareto(numbers: dict):
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.6 * len(tasks) + 2.2, 3.8 * len(rows) + 0.4),
                              squeeze=False, layout="constrained")  # fmt: skip
     handles: dict[str, Any] = {}
-    for ri, (axis, by_task) in enumerate(rows):
-        for ci, task in enumerate(tasks):
-            ax = axes[ri][ci]
+    for row, (axis, by_task) in enumerate(rows):
+        for col, task in enumerate(tasks):
+            ax = axes[row][col]
             part = by_task.get(task)
             if not part:
                 ax.set_axis_off()
                 ax.set_title(f"{task}: no {axis} values", fontsize=9)
                 continue
-            pts = {m: p for m, p in part["points"].items() if p["n"]}
-            for sw in par.get("sweeps") or []:
-                line = [m for m in sw["methods"] if m in pts]
+            points = {m: point for m, point in part["points"].items() if point["n"]}
+            for sweep in section.get("sweeps") or []:
+                line = [m for m in sweep["methods"] if m in points]
                 if len(line) > 1:
-                    h = ax.plot([pts[m]["x"] for m in line], [pts[m]["metric"] for m in line], color="grey", lw=1,
-                                alpha=0.7, zorder=1, label=sw["label"])[0]  # fmt: skip
-                    handles.setdefault(sw["label"], h)
-            for m, p in pts.items():
+                    handle = ax.plot([points[m]["x"] for m in line], [points[m]["metric"] for m in line], color="grey",
+                                     lw=1, alpha=0.7, zorder=1, label=sweep["label"])[0]  # fmt: skip
+                    handles.setdefault(sweep["label"], handle)
+            for m, point in points.items():
                 color, marker = style[m]
-                h = ax.errorbar([p["x"]], [p["metric"]], xerr=[[p["x"] - p["x_min"]], [p["x_max"] - p["x"]]],
-                                yerr=[[p["metric"] - p["metric_min"]], [p["metric_max"] - p["metric"]]], color=color,
-                                marker=marker, ms=6, capsize=2, lw=0.8, ls="none", zorder=3, label=m)  # fmt: skip
-                handles.setdefault(m, h)
-                ax.annotate(m, (p["x"], p["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
-            front = [m for m in part["front"] if m in pts]
+                handle = ax.errorbar([point["x"]], [point["metric"]],
+                                     xerr=[[point["x"] - point["x_min"]], [point["x_max"] - point["x"]]],
+                                     yerr=[[point["metric"] - point["metric_min"]], [point["metric_max"] - point["metric"]]],
+                                     color=color, marker=marker, ms=6, capsize=2, lw=0.8, ls="none", zorder=3,
+                                     label=m)  # fmt: skip
+                handles.setdefault(m, handle)
+                ax.annotate(m, (point["x"], point["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            front = [m for m in part["front"] if m in points]
             if front:
-                fx, fy = [pts[m]["x"] for m in front], [pts[m]["metric"] for m in front]
-                h = ax.step(fx, fy, where="post", color="k", ls="--", lw=1, zorder=2, label="Pareto front")[0]
-                ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="k", lw=1, zorder=4)
-                handles.setdefault("Pareto front", h)
+                front_x, front_y = [points[m]["x"] for m in front], [points[m]["metric"] for m in front]
+                handle = ax.step(front_x, front_y, where="post", color="k", ls="--", lw=1, zorder=2, label="Pareto front")[0]
+                ax.scatter(front_x, front_y, s=140, facecolors="none", edgecolors="k", lw=1, zorder=4)
+                handles.setdefault("Pareto front", handle)
             for ref_method, ref in ((published.get(task) or {}).get("methods") or {}).items():
                 if ref.get("same_metric"):
-                    h = ax.axhline(ref["value"], color=style.get(ref_method, ("k", "o"))[0], ls=":", lw=1.2,
-                                   label=f"published {ref_method}")  # fmt: skip
-                    handles.setdefault(f"published {ref_method}", h)
+                    handle = ax.axhline(ref["value"], color=style.get(ref_method, ("k", "o"))[0], ls=":", lw=1.2,
+                                        label=f"published {ref_method}")  # fmt: skip
+                    handles.setdefault(f"published {ref_method}", handle)
             ax.set_title(f"{task}: {part['metric_name']} vs {axis}", fontsize=9)
-            ax.set_xlabel(par["x"][axis], fontsize=TICK_FONT)
-            if ci == 0:
+            ax.set_xlabel(section["x"][axis], fontsize=TICK_FONT)
+            if col == 0:
                 ax.set_ylabel("validation metric (task's metric)", fontsize=9)
             ax.tick_params(labelsize=TICK_FONT)
             ax.grid(alpha=0.3)
@@ -247,17 +255,17 @@ def draw_pareto(numbers: dict):
 ORDER_NAMES = {"rr": "round-robin", "random": "random"}
 
 
-def _series_name(c: dict, several_regimes: bool) -> str:
-    order = ORDER_NAMES.get(c["order"], c["order"])
-    name = c["mode"] if c["order"] == "single" else f"{c['mode']} ({order})"
-    return f"{name} [{c['regime']}]" if several_regimes and c.get("regime") else name
+def _series_name(config: dict, several_regimes: bool) -> str:
+    order = ORDER_NAMES.get(config["order"], config["order"])
+    name = config["mode"] if config["order"] == "single" else f"{config['mode']} ({order})"
+    return f"{name} [{config['regime']}]" if several_regimes and config.get("regime") else name
 
 
-def backend_title(b: dict, backend: str) -> str:
+def backend_title(bench: dict, backend: str) -> str:
     """What a latency panel measured, in words: the serving stack and its build, then the device, dtype and
     execution regimes, e.g. "vLLM, CPU build" / "on CPU (x86_64), float32, eager execution"."""
-    regimes = ", ".join(b.get("regimes") or ["eager"])
-    return f"{stack_name(backend, b.get('platform'))}\non {device_words(b)}, {b.get('dtype')}, {regimes} execution"
+    regimes = ", ".join(bench.get("regimes") or ["eager"])
+    return f"{stack_name(backend, bench.get('platform'))}\non {device_words(bench)}, {bench.get('dtype')}, {regimes} execution"
 
 
 def latency(bench: dict, path: Path) -> Path:
@@ -271,43 +279,47 @@ def draw_latency(bench: dict):
     backends = list(bench)
     fig, axes = plt.subplots(1, len(backends), figsize=(5.0 * len(backends) + 1.8, 4.2), squeeze=False, sharey=True,
                              layout="constrained")  # fmt: skip
+    def several_regimes(backend: str) -> bool:
+        return len(bench[backend].get("regimes") or ["eager"]) > 1
+
     names: list[str] = []
     for backend in backends:
-        for c in bench[backend]["configs"]:
-            name = _series_name(c, several_regimes=len(bench[backend].get("regimes") or ["eager"]) > 1)
+        for config in bench[backend]["configs"]:
+            name = _series_name(config, several_regimes(backend))
             if name not in names:
                 names.append(name)
     handles: dict[str, Any] = {}
-    for bi, backend in enumerate(backends):
-        ax = axes[0][bi]
-        b = bench[backend]
+    for panel, backend in enumerate(backends):
+        ax = axes[0][panel]
         series: dict[str, list[dict]] = {}
-        for c in b["configs"]:
-            series.setdefault(_series_name(c, several_regimes=len(b.get("regimes") or ["eager"]) > 1), []).append(c)
-        for name, cs in series.items():
+        for config in bench[backend]["configs"]:
+            series.setdefault(_series_name(config, several_regimes(backend)), []).append(config)
+        for name, configs in series.items():
             color, marker = series_style(names.index(name))
-            cs = sorted(cs, key=lambda c: c["batch_size"])
-            xs = [c["batch_size"] for c in cs]
-            ys = [_nan(c["mean_batch_ms"]) for c in cs]
-            lo = [max(0.0, y - _nan(c["low"])) if c["low"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
-            hi = [max(0.0, _nan(c["high"]) - y) if c["high"] is not None else 0.0 for y, c in zip(ys, cs, strict=True)]
-            handles[name] = ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, color=color, label=name, capsize=3)
+            configs = sorted(configs, key=lambda config: config["batch_size"])
+            xs = [config["batch_size"] for config in configs]
+            ys = [_nan(config["mean_batch_ms"]) for config in configs]
+            below = [max(0.0, y - _nan(config["low"])) if config["low"] is not None else 0.0
+                     for y, config in zip(ys, configs, strict=True)]  # fmt: skip
+            above = [max(0.0, _nan(config["high"]) - y) if config["high"] is not None else 0.0
+                     for y, config in zip(ys, configs, strict=True)]  # fmt: skip
+            handles[name] = ax.errorbar(xs, ys, yerr=[below, above], marker=marker, color=color, label=name, capsize=3)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")  # the intervals are on the log scale (verdicts.positive_interval): symmetric here
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        sizes = sorted({c["batch_size"] for c in b["configs"]})
-        ax.set_xticks(sizes, [str(n) for n in sizes])
+        sizes = sorted({config["batch_size"] for config in bench[backend]["configs"]})
+        ax.set_xticks(sizes, [str(size) for size in sizes])
         ax.minorticks_off()
         ax.set_xlabel("batch size (requests)", fontsize=9)
         ax.tick_params(labelsize=TICK_FONT)
-        if bi == 0:
+        if panel == 0:
             ax.set_ylabel("mean batch latency (ms, log scale)", fontsize=9)
-        ax.set_title(backend_title(b, backend), fontsize=9)
+        ax.set_title(backend_title(bench[backend], backend), fontsize=9)
         ax.grid(alpha=0.3)
     fig.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles], loc="outside right upper",
                fontsize=TICK_FONT, title="serving mode (request order)", title_fontsize=TICK_FONT)  # fmt: skip
-    pct = {f"{bench[b].get('confidence_pct', 95):g}%" for b in backends}
+    pct = {f"{bench[backend].get('confidence_pct', 95):g}%" for backend in backends}
     fig.suptitle(f"Batch latency by serving mode (mean of repeats, {'/'.join(sorted(pct))} CI over repeats)", fontsize=10)
     return fig

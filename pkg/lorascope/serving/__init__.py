@@ -12,8 +12,9 @@ A *server* holds one model in one *mode* and answers batches of requests with cl
                                                                        several adapters in one batch
 
 Backends: `hf_backend` (transformers + PEFT) and `vllm_backend` (vLLM's pooling runner). Both implement `Server`.
+`plan` says what one backend's bench serves (from the study alone); `servers` builds and opens the servers;
 `protocol` runs the timing protocol over any server; `timing` holds the clock loop and the statistics;
-`workload` builds the request streams.
+`workload` builds the request streams; `bench_summary` turns a backend's raw timings into its summary.json.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ of the machine spreads over all modes instead of landing on one. Multi-adapter m
 (making another adapter the active one) on its own.
 
 `config_summary` turns one configuration's raw timings into its summary (latency percentiles, throughput, intervals
-over repeats); `serving.summary.summarize` builds a backend's whole summary.json from those.
+over repeats); `serving.bench_summary.summarize` builds a backend's whole summary.json from those.
 """
 
 from __future__ import annotations

@@ -8,27 +8,38 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lorascope.serving import PROB_TOLERANCE, protocol
-
-if TYPE_CHECKING:
-    from lorascope.phases.bench import BenchPlan
+from lorascope.serving.plan import BenchPlan
 
 
+@dataclass(kw_only=True)
 class Build:
-    """Opens a server for each mode of one backend, and the single-adapter reference for correctness."""
+    """Opens a server for each mode of one backend, and the single-adapter reference for correctness.
 
-    def __init__(self, plan: BenchPlan, base_dir: Path, cell_dirs: dict[str, Path], work: Path, num_labels: int,
-                 dtype: Any, dtype_name: str, device: Any, kv_cache_bytes: int, log: Any) -> None:
-        self.plan, self.base_dir, self.cell_dirs, self.work = plan, base_dir, cell_dirs, work
-        self.num_labels, self.dtype, self.dtype_name, self.device = num_labels, dtype, dtype_name, device
-        self.kv_cache_bytes, self.log = kv_cache_bytes, log
-        self.merge_seconds: float | None = None
-        self._seqcls_base: Path | None = None
-        self._merged: Path | None = None
-        self.platform = "torch" if plan.backend == "hf" else _vllm_platform()
+    What it builds once per bench run and reuses: the served task's LoRA cell merged into the base (`merged_dir`) and,
+    for vLLM, the base saved as a sequence-classification checkpoint (`seqcls_base`), both under `work`."""
+
+    plan: BenchPlan
+    base_dir: Path  # the staged base model
+    cell_dirs: dict[str, Path]  # cell name -> its local bundle folder
+    work: Path  # scratch folder for the merged and seqcls checkpoints
+    num_labels: int
+    dtype: Any  # torch dtype of the served weights
+    dtype_name: str
+    device: Any  # torch device (hf backend)
+    kv_cache_bytes: int  # vLLM's KV cache size
+    log: Any
+    merge_seconds: float | None = field(default=None, init=False)
+    platform: str = field(default="", init=False)  # "torch" (hf), or vLLM's platform kind
+    _seqcls_base: Path | None = field(default=None, init=False, repr=False)
+    _merged: Path | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.platform = "torch" if self.plan.backend == "hf" else _vllm_platform()
 
     def possible(self):
         """(mode, regime) -> whether this backend can run the mode in that regime here (vLLM's CPU platform runs

@@ -1,4 +1,5 @@
-"""Forgetting: the base model's language-model loss on a fixed held-out text, measured through a fine-tuned backbone.
+"""The forgetting measurement (torch): the base model's language-model loss on a fixed held-out text, measured through
+a fine-tuned backbone. analysis/forgetting.py turns these losses into forgetting per cell and method (numpy).
 
 What is measured. A decoder cell is the base model's backbone (embeddings, blocks, final norm) fine-tuned for
 classification, plus a classifier head. Its language-modelling ability is read with the BASE model's LM head:

@@ -1,4 +1,4 @@
-"""serving.summary: a backend's summary.json from the protocol's runs, without torch: the machine facts come in from
+"""serving.bench_summary: a backend's summary.json from the protocol's runs, without torch: the machine facts come in from
 the phase, overheads only within a regime, H2 by the one rule, switch latencies from their raw seconds."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 
 from lorascope.analysis import verdicts
 from lorascope.log import Logger
-from lorascope.serving import protocol
-from lorascope.serving import summary as bench_summary
+from lorascope.serving import bench_summary, protocol
 from tests.serving.test_protocol import SETTINGS, ScriptedServer, _run
 
 MACHINE = {"device": "cpu", "device_name": "x86_64", "torch_threads": 1, "versions": {"torch": "2.13.0+cpu"}}
@@ -36,8 +35,9 @@ def test_summarize(pools):
     study = SimpleNamespace(name="smoke", hash="abc", hypotheses=SimpleNamespace(h2_max_overhead_pct=30.0))
     runs = _runs(pools)
     switches = {"multi-2/rr": {"seconds": [0.001, 0.003]}}
-    s = bench_summary.summarize(study, _plan(), runs, {"merged": {}}, switches, {"ok": True}, SETTINGS, MACHINE,
-                                "float32", 12.5, platform_name="torch", skipped=[])  # fmt: skip
+    s = bench_summary.summarize(study, _plan(), runs, settings=SETTINGS, modes={"merged": {}}, switches=switches,
+                                correctness={"ok": True}, machine=MACHINE, dtype_name="float32", seconds=12.5,
+                                platform_name="torch", skipped=[])  # fmt: skip
     assert (s["device"], s["device_name"], s["torch_threads"], s["versions"]) == ("cpu", "x86_64", 1, {"torch": "2.13.0+cpu"})
     assert s["gpu_memory"].startswith("n/a on CPU") and s["seconds"] == 12.5 and s["correctness"] == {"ok": True}
     assert s["configs"] == [protocol.config_summary(r, 0.95) for r in runs]
@@ -49,12 +49,13 @@ def test_summarize(pools):
     assert s["overhead_by_regime"] == {"eager": s["overhead"]} and s["regime_primary"] == "eager"
     assert s["switch"]["multi-2/rr"]["latency_ms"]["mean"] == pytest.approx(2.0)
     assert s["protocol"]["orders"]["multi-2"] == ["rr", "random"] and s["protocol"]["requests"] == SETTINGS.requests
-    gpu = bench_summary.summarize(study, _plan(), runs, {}, {}, {}, SETTINGS, {**MACHINE, "device": "cuda:0"}, "bfloat16", 1.0)
+    gpu = bench_summary.summarize(study, _plan(), runs, settings=SETTINGS, modes={}, switches={}, correctness={},
+                                  machine={**MACHINE, "device": "cuda:0"}, dtype_name="bfloat16", seconds=1.0)  # fmt: skip
     assert gpu["gpu_memory"].startswith("measured")
 
 
 def test_the_summary_and_its_markdown_import_no_torch():
-    code = ("import sys, lorascope.serving.summary, lorascope.reporting.bench_markdown, lorascope.hub; "
+    code = ("import sys, lorascope.serving.bench_summary, lorascope.reporting.bench_markdown, lorascope.hub; "
             "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -79,8 +80,9 @@ def _cpu_vllm_summary(pools, correctness: dict | None = None) -> tuple[dict, lis
                                                              "weights_bytes": 1,
                                                              "compilation": "DYNAMO_TRACE_ONCE/inductor" if r == "compiled" else "NONE"}
              for r in ("compiled", "eager")}  # fmt: skip
-    s = bench_summary.summarize(study, plan, runs, modes, {}, correctness or {}, SETTINGS, MACHINE, "float32", 1.0,
-                                platform_name="cpu", skipped=["separate [compiled]"])  # fmt: skip
+    s = bench_summary.summarize(study, plan, runs, settings=SETTINGS, modes=modes, switches={}, correctness=correctness or {},
+                                machine=MACHINE, dtype_name="float32", seconds=1.0, platform_name="cpu",
+                                skipped=["separate [compiled]"])  # fmt: skip
     return s, runs
 
 
@@ -98,7 +100,8 @@ def test_compiled_is_compared_with_eager_per_mode_and_never_enters_h2(pools):
     assert s["overhead_by_regime"]["compiled"]["full_vs_merged"]["1"]["pct"] == pytest.approx(0.0)
     assert set(s["h2"]["by"]) == {"eager batch 1", "eager batch 4"} and s["regimes_skipped"] == ["separate [compiled]"]
     study = SimpleNamespace(name="smoke", hash="abc", hypotheses=SimpleNamespace(h2_max_overhead_pct=30.0))
-    one = bench_summary.summarize(study, _plan(), _runs(pools), {}, {}, {}, SETTINGS, MACHINE, "float32", 1.0)
+    one = bench_summary.summarize(study, _plan(), _runs(pools), settings=SETTINGS, modes={}, switches={}, correctness={},
+                                  machine=MACHINE, dtype_name="float32", seconds=1.0)  # fmt: skip
     assert one["regime_vs_eager"] == {}  # one regime: nothing to compare across
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from lorascope.analysis import verdicts
 from lorascope.serving import protocol, timing
+from lorascope.serving.plan import BenchPlan
 
 if TYPE_CHECKING:
-    from lorascope.phases.bench import BenchPlan
     from lorascope.study import Study
 
 PROTOCOL_TEXT = {
@@ -70,11 +70,14 @@ def versus_eager(configs: Sequence[dict], regimes: Sequence[str], modes: Sequenc
     return out
 
 
-def summarize(study: Study, plan: BenchPlan, runs: Sequence[protocol.ConfigRun], modes: dict, switches: dict,
-              correctness: dict, settings: protocol.Settings, machine: Mapping[str, Any], dtype_name: str,
-              seconds: float, platform_name: str = "torch", skipped: Sequence[str] | None = None) -> dict:  # fmt: skip
-    """summary.json of one backend. `machine`: device (str), device_name, torch_threads, versions (the phase reads
-    them from torch and the backend)."""
+def summarize(study: Study, plan: BenchPlan, runs: Sequence[protocol.ConfigRun], *, settings: protocol.Settings,
+              modes: dict, switches: dict, correctness: dict, machine: Mapping[str, Any], dtype_name: str, seconds: float,
+              platform_name: str = "torch", skipped: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """summary.json of one backend from its timed `runs`. `modes`: per mode key its load times and memory; `switches`:
+    the raw adapter-switch seconds per "multi-k/order"; `correctness`: `servers.check_correctness`; `machine`: device
+    (str), device_name, torch_threads, versions (the phase reads them from torch and the backend); `seconds`: the
+    bench's wall time; `platform_name`: "torch" or vLLM's platform; `skipped`: the "mode [regime]" configurations not
+    possible on this platform."""
     conf = settings.confidence
     configs = [protocol.config_summary(r, conf) for r in runs]
     switch = {k: {"latency_ms": timing.latency_stats(v["seconds"]), "what": "PEFT set_adapter to another task's adapter"}
