@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import ConfigError
 from lorascope.history import HISTORY_FILE, build_history
 from lorascope.phases import PhaseContext
 from lorascope.threads import configure_threads
+
+if TYPE_CHECKING:
+    from lorascope.training import CheckpointStore
 
 
 def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str, Any], str]:
@@ -53,6 +56,13 @@ def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str
     from lorascope.training import resolve_params  # imports torch and transformers: after the cheap checks
 
     return resolve_params(study, method, chosen, task=task), source
+
+
+def checkpoint_store(ctx: PhaseContext, cell: str) -> CheckpointStore:
+    """The cell's checkpoints in the store (`checkpoints/<cell>/checkpoint-<step>`), as the object training sees."""
+    from lorascope.training import CheckpointStore
+
+    return CheckpointStore(ctx.store, ctx.key("checkpoints", cell), study_hash=ctx.study.hash, log=ctx.log)
 
 
 def run(ctx: PhaseContext, index: int) -> None:
@@ -96,13 +106,14 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     # resume from the store, then train
     output_dir = ctx.scratch("train", cell.name)
-    resume = training.restore_checkpoint(ctx, cell.name, output_dir)
+    checkpoints = checkpoint_store(ctx, cell.name)
+    resume = checkpoints.restore(output_dir)
     if resume is not None:
         log(f"resume from step={resume.name.rsplit('-', 1)[1]}", checkpoint=str(resume))
     if ctx.committed("cells", cell.name):  # another writer (a second pod) committed while this one prepared
         log("committed by another writer meanwhile, skipping", bundle=f"cells/{cell.name}")
         return
-    sync = training.StoreCheckpoints(ctx, cell.name, keep=2)
+    sync = training.StoreCheckpoints(checkpoints, keep=2)
     plan = training.Plan.from_params(params, seed=cell.seed)
     result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
                           output_dir=output_dir, device=device, log=log, callbacks=[sync], resume_from=resume)  # fmt: skip
@@ -165,7 +176,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_json("metrics.json", metrics)
         w.add_json(HISTORY_FILE, history)
         w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
-    ctx.store.backend.delete_prefix(ctx.key("checkpoints", cell.name) + "/")
+    checkpoints.delete_all()
     # the local scratch (Trainer checkpoints, the saved copy) is in the commit or superseded by it: a full FT cell of
     # a 135M model leaves ~3 GB here, a grid of them fills a laptop's disk
     shutil.rmtree(output_dir, ignore_errors=True)
