@@ -275,7 +275,7 @@ def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
     ts = fg.load_texts("builtin", 12)
     head = fg.read_lm_head(base_dir)
     for (m, t), v in got.items():
-        model = _classifier(base_dir) if m == "base" else modeling.load_cell_model(ctx, m, "cpu", torch.float32)[0]
+        model = _classifier(base_dir) if m == "base" else modeling.load_cell_model(ctx.cell_dir(m), ctx.stage_dir() / "model", 2, "cpu", torch.float32)[0]
         want = fg.measure(model, tok, head, ts, 64, 8, "cpu")
         assert v["loss_nats_per_token"] == want["loss_nats_per_token"] and v["tokens"] == want["tokens"] > 0
         assert v["texts"] == 12 and v["texts_sha256"] == ts.sha256

@@ -50,7 +50,7 @@ def _staged(tmp, study_file):
     study = load_study(REPO / "jobs" / study_file)
     ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
     stage.run(ctx, 0)
-    base_dir = modeling.base_model_dir(ctx)
+    base_dir = ctx.stage_dir() / "model"
     tok = modeling.load_tokenizer(base_dir)
     splits, _ = data.prepare_task(study, "mrpc")
     return ctx, base_dir, tok, splits, tmp
@@ -115,7 +115,7 @@ def _train_save_reload_evaluate(env, name, method):
         w.add_dir(folder, prefix=folder.name)
     rows = splits["validation"][:24]
     ref = training.evaluate(trained, tok, rows, "mrpc", batch_size=8)
-    reloaded, _ = modeling.load_cell_model(ctx, f"mrpc-{name}-s42", "cpu", torch.float32)
+    reloaded, _ = modeling.load_cell_model(ctx.cell_dir(f"mrpc-{name}-s42"), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
     got = training.evaluate(reloaded, tok, rows, "mrpc", batch_size=8)
     atol = 1e-4 if name in ("pissa", "olora") else 1e-5  # the converted delta is A B - A0 B0 in float32
     np.testing.assert_allclose([p["logits"] for p in got.predictions], [p["logits"] for p in ref.predictions], atol=atol)

@@ -285,7 +285,7 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
     study = load_study(Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml")
     ctx = PhaseContext(study, Store.open(str(tmp_path / "store")), "r1", tmp_path / "work", {}, Logger())
     stage.run(ctx, 0)
-    base_dir = modeling.base_model_dir(ctx)
+    base_dir = ctx.stage_dir() / "model"
     batch = data.collate(data.encode(tokenizer, "mrpc", PAIRS, 384), tokenizer.pad_token_id)
 
     lora = modeling.apply_method(classifier(base_dir, seed=4), LoraMethod(dropout=0.0), {})
@@ -301,12 +301,12 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
             w.add_dir(tmp_path / out)
 
     for cell, reference in (("mrpc-lora-s42", lora), ("mrpc-full-s42", full)):
-        model, tok = modeling.load_cell_model(ctx, cell, "cpu", torch.float32)
+        model, tok = modeling.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
         assert not model.training and tok.pad_token_id == 2
         with torch.no_grad():
             torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="cells/rte-lora-s42 is not committed"):
-        modeling.load_cell_model(ctx, "rte-lora-s42", "cpu", torch.float32)
+        modeling.load_cell_model(ctx.cell_dir("rte-lora-s42"), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------ load report

@@ -7,7 +7,7 @@ Sources (`study.data`):
 Splits: `dev` is carved from GLUE train with a fixed seed (`dev_fraction` of train, at most `dev_max`) and serves HPO
 and early stopping; `train` is the rest; `validation` (GLUE's) is the reported split and is never used for selection.
 GLUE `test` (labels -1) is never loaded. The stage phase writes all three splits to the store once; every later
-phase reads them from there with `load_split`.
+phase reads them from the stage bundle's folder with `read_split`.
 
 Caps: `tasks[].train_samples` and `tasks[].eval_samples` are applied by the stage phase (a seeded subset; the
 committed train/validation files are already capped), so every later phase sees the same examples.
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from lorascope.phases import PhaseContext
     from lorascope.study import DataConfig, Study
 
 FIXTURES = Path(__file__).resolve().parent / "assets" / "glue"
@@ -196,13 +195,16 @@ def prepare_task(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[s
     return splits, info
 
 
-def load_split(ctx: PhaseContext, task: str, split: Split) -> list[dict]:
-    """A split of a task from the committed stage bundle: GLUE columns, `label`, `idx`."""
-    ctx.study.task(task)  # ConfigError for a task the study does not have
+def read_split(stage_dir: Path, task: str, split: Split) -> list[dict]:
+    """A split of a task from the stage bundle's folder (`stage_dir/data/<task>/<split>.jsonl`, as the stage phase
+    wrote it): GLUE columns, `label`, `idx`."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; splits are {SPLITS}")
-    stage = ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
-    return read_jsonl(ctx.local(stage) / "data" / task / f"{split}.jsonl")
+    path = Path(stage_dir) / "data" / task / f"{split}.jsonl"
+    if not path.is_file():
+        staged = sorted(p.name for p in (Path(stage_dir) / "data").iterdir()) if (Path(stage_dir) / "data").is_dir() else []
+        raise ConfigError(f"task {task!r}: the stage bundle has no {split} split for it (staged tasks: {staged})")
+    return read_jsonl(path)
 
 
 # ------------------------------------------------------------------------------------------------ tokens

@@ -42,8 +42,6 @@ from lorascope.errors import ConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from lorascope.phases import PhaseContext
-
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_LLAMA_ASSETS = ASSETS / "tiny-llama"
 # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T's architecture (its config.json on the hub): what the
@@ -177,12 +175,6 @@ def use_last_attended_pooling(model: PreTrainedModel) -> PreTrainedModel:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def base_model_dir(ctx: PhaseContext) -> Path:
-    """The staged base model (a local folder holding the committed stage bundle's model/)."""
-    stage = ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
-    return ctx.local(stage) / "model"
-
-
 def _family(config: Any):
     """The model family (lorascope.families) of a config object or config.json dict: ConfigError naming the supported
     model types for any other architecture."""
@@ -543,29 +535,23 @@ def lora_parameter_count(config: Any, target_modules: list[str], r: int, num_lab
     return config.num_hidden_layers * per_layer + config.hidden_size * num_labels
 
 
-def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | str, dtype: torch.dtype):
-    """A trained cell, ready for eval: the base with the cell's adapter (lora) or the cell's own model (full),
-    and the base model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the
-    last attended token; encoders: the first token, by their own head)."""
-    from lorascope.study import GLUE_TASKS
-
-    task = cell_name.split("-", 1)[0]
-    if task not in GLUE_TASKS:
-        raise ConfigError(f"cell {cell_name!r}: unknown task {task!r}")
-    num_labels = GLUE_TASKS[task]["num_labels"]
-    cell = ctx.require("cells", cell_name, why="run the train phase for this cell first")
-    local = ctx.local(cell)
-    base_dir = base_model_dir(ctx)
+def load_cell_model(cell_dir: str | Path, base_dir: str | Path, num_labels: int, device: torch.device | str,
+                    dtype: torch.dtype):  # fmt: skip
+    """A trained cell, ready for eval, from the cell bundle's folder: the base model in `base_dir` with the cell's
+    adapter (`adapter/`: PEFT methods) or the cell's own model (`model/`: full, top_layers, bitfit), and the base
+    model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the last attended
+    token; encoders: the first token, by their own head)."""
+    cell_dir, base_dir = Path(cell_dir), Path(base_dir)
     tokenizer = load_tokenizer(base_dir)
-    if (local / "adapter" / "adapter_config.json").is_file():
+    if (cell_dir / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = load_classifier(base_dir, num_labels, dtype, device)
-        model = PeftModel.from_pretrained(base, str(local / "adapter"))
-    elif (local / "model" / "config.json").is_file():
-        model = load_classifier(local / "model", num_labels, dtype, device)
+        model = PeftModel.from_pretrained(base, str(cell_dir / "adapter"))
+    elif (cell_dir / "model" / "config.json").is_file():
+        model = load_classifier(cell_dir / "model", num_labels, dtype, device)
     else:
-        raise ConfigError(f"cell bundle {cell.key} holds neither adapter/adapter_config.json nor model/config.json")
+        raise ConfigError(f"cell folder {cell_dir} holds neither adapter/adapter_config.json nor model/config.json")
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -743,7 +729,7 @@ def pick_device(env: Mapping[str, str]) -> torch.device:
 
 
 __all__ = [
-    "apply_method", "base_model_dir", "bitfit_parameters", "build_tiny_llama", "folder_bytes", "last_token_index",
+    "apply_method", "bitfit_parameters", "build_tiny_llama", "folder_bytes", "last_token_index",
     "load_cell_model", "load_classifier", "load_tokenizer", "lora_parameter_count", "masked_mean", "method_targets",
     "peft_target_names", "pick_device", "save_cell_artifact", "save_initial_adapter", "top_layers_parameters",
     "trainable_bytes", "trainable_parameters", "use_last_attended_pooling",

@@ -50,7 +50,7 @@ def test_units_and_bundles(extracted):
 
 def test_extraction_set_is_a_fixed_subset_with_identical_ids_for_every_model(extracted):
     ctx, _ = extracted
-    rows = data.load_split(ctx, "mrpc", "validation")
+    rows = data.read_split(ctx.stage_dir(), "mrpc", "validation")
     want = [r["idx"] for r in data.subsample(rows, N_EXAMPLES, 3)]
     assert len(rows) > N_EXAMPLES and want != [r["idx"] for r in rows[:N_EXAMPLES]]
     for model in ["base", *CELLS]:
@@ -67,7 +67,7 @@ def test_all_examples_when_the_split_is_smaller(tmp_path):
     run = Run(study_path, str(tmp_path / "store"), tmp_path / "work", {})
     ctx = run.ctx()
     commit_stage(ctx, tmp_path)
-    assert [r["idx"] for r in extract.extraction_rows(ctx, "mrpc")] == [r["idx"] for r in data.load_split(ctx, "mrpc", "validation")]
+    assert [r["idx"] for r in extract.extraction_rows(ctx, "mrpc")] == [r["idx"] for r in data.read_split(ctx.stage_dir(), "mrpc", "validation")]
 
 
 def test_states_are_the_fine_tuned_models(extracted):

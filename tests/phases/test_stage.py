@@ -62,12 +62,12 @@ def test_stage_commits_model_and_splits(store_url, tmp_path, capsys):
     # the splits read back equal a fresh split of the fixtures; train and dev are disjoint
     source = data.read_jsonl(data.FIXTURES / "rte" / "train.jsonl")
     train, dev = data.split_dev(source, 0.1, 2000, seed=0)
-    assert data.load_split(ctx, "rte", "train") == train
-    assert data.load_split(ctx, "rte", "dev") == dev
-    assert data.load_split(ctx, "rte", "validation") == data.read_jsonl(data.FIXTURES / "rte" / "validation.jsonl")
+    assert data.read_split(ctx.stage_dir(), "rte", "train") == train
+    assert data.read_split(ctx.stage_dir(), "rte", "dev") == dev
+    assert data.read_split(ctx.stage_dir(), "rte", "validation") == data.read_jsonl(data.FIXTURES / "rte" / "validation.jsonl")
 
     # the staged model is the builtin one, loadable through the real loader
-    model_dir = modeling.base_model_dir(ctx)
+    model_dir = ctx.stage_dir() / "model"
     built = modeling.build_tiny_llama(tmp_path / "built")
     assert (model_dir / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
     clf = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")

@@ -134,7 +134,7 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
         preds = _predictions(run, cell)
         assert len(preds) == 200 and set(preds[0]) == {"idx", "label", "pred", "logits"}
         # the saved model, loaded the way later phases load it, reproduces the reported numbers
-        model, tok = modeling.load_cell_model(ctx, cell, torch.device("cpu"), torch.float32)
+        model, tok = modeling.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, torch.device("cpu"), torch.float32)
         rows = [
             json.loads(x)
             for x in (ctx.local(ctx.bundle("stage")) / "data" / "mrpc" / "validation.jsonl").read_text().splitlines()

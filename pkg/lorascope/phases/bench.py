@@ -189,10 +189,11 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     configure_threads(ctx.env, default=1 if device.type == "cpu" else None)
     dtype_name = resolve_dtype(ctx.study, device)
     dtype = getattr(torch, dtype_name)
-    base_dir = modeling.base_model_dir(ctx)
+    stage_dir = ctx.stage_dir()
+    base_dir = stage_dir / "model"
     tokenizer = modeling.load_tokenizer(base_dir)
     pools = {
-        t: workload.make_pool(t, data.encode(tokenizer, t, data.load_split(ctx, t, "validation"), ctx.study.task(t).max_length), plan.seed)
+        t: workload.make_pool(t, data.encode(tokenizer, t, data.read_split(stage_dir, t, "validation"), ctx.study.task(t).max_length), plan.seed)
         for t in dict.fromkeys([plan.served_task, *plan.adapter_tasks])
     }
     settings = protocol.Settings(tuple(plan.batch_sizes), ctx.study.bench.warmup_batches, ctx.study.bench.requests,

@@ -93,7 +93,7 @@ def extraction_rows(ctx: PhaseContext, task: str) -> list[dict]:
     from lorascope import data
 
     cfg = ctx.study.extraction
-    rows = data.load_split(ctx, task, cfg.split)
+    rows = data.read_split(ctx.stage_dir(), task, cfg.split)
     return data.subsample(rows, cfg.examples, cfg.seed)
 
 
@@ -146,19 +146,21 @@ def pooled_states(
 
 
 def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
-    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell via `modeling.load_cell_model`."""
+    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell (`model_name`, trained on `task`) via
+    `modeling.load_cell_model` on the committed cell and stage bundles' folders."""
     import torch
 
     from lorascope import modeling
 
+    model_dir = ctx.stage_dir() / "model"
+    num_labels = GLUE_TASKS[task]["num_labels"]
     if model_name == BASE:
-        model_dir = modeling.base_model_dir(ctx)
         with torch.random.fork_rng(devices=[]):  # the unused score head draws from the global RNG
             torch.manual_seed(0)
-            model = modeling.load_classifier(model_dir, GLUE_TASKS[task]["num_labels"], torch.float32, device)
+            model = modeling.load_classifier(model_dir, num_labels, torch.float32, device)
         model.eval()
         return model, modeling.load_tokenizer(model_dir)
-    return modeling.load_cell_model(ctx, model_name, device, torch.float32)
+    return modeling.load_cell_model(ctx.cell_dir(model_name), model_dir, num_labels, device, torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------ the phase
@@ -181,7 +183,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     device = modeling.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
-    fplan = forgetting.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
+    fplan = forgetting.plan(study.forgetting, ctx.stage_dir() / "model")  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     family = family_of(model)
     features = data.encode(tokenizer, task_name, rows, task.max_length)

@@ -233,14 +233,15 @@ class Objective:
         self.task = study.task(task)
         self.method = study.method(method)
         self.device = modeling.pick_device(ctx.env)
-        self.model_dir = modeling.base_model_dir(ctx)
+        stage_dir = ctx.stage_dir()
+        self.model_dir = stage_dir / "model"
         self.tokenizer = modeling.load_tokenizer(self.model_dir)
         self.pad_id = int(self.tokenizer.pad_token_id)
         train_rows = data.subsample(
-            data.load_split(ctx, task, "train"), self.task.hpo_train_samples, study.data.split_seed
+            data.read_split(stage_dir, task, "train"), self.task.hpo_train_samples, study.data.split_seed
         )
         self.train_features = data.encode(self.tokenizer, task, train_rows, self.task.max_length)
-        self.dev_features = data.encode(self.tokenizer, task, data.load_split(ctx, task, "dev"), self.task.max_length)
+        self.dev_features = data.encode(self.tokenizer, task, data.read_split(stage_dir, task, "dev"), self.task.max_length)
         self.bf16 = training.use_bf16(study.training, self.device)
 
     def __call__(self, trial: optuna.Trial, log) -> float:

@@ -43,8 +43,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     device = modeling.pick_device(ctx.env)
     training.check_training(study, device)
     configure_threads(ctx.env)
-    train_rows = data.load_split(ctx, task, "train")
-    validation = data.load_split(ctx, task, "validation")
+    stage_dir = ctx.stage_dir()
+    train_rows = data.read_split(stage_dir, task, "train")
+    validation = data.read_split(stage_dir, task, "validation")
     examples = train_rows[: study.sanity.examples]
     if len(examples) < 2:
         raise ConfigError(
@@ -52,7 +53,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         )
 
     # 1. overfit a handful of examples
-    model_dir = modeling.base_model_dir(ctx)
+    model_dir = stage_dir / "model"
     tokenizer = modeling.load_tokenizer(model_dir)
     features = data.encode(tokenizer, task, examples, study.task(task).max_length)
     set_seed(study.seed)

@@ -85,12 +85,13 @@ def run(ctx: PhaseContext, index: int) -> None:
     log("params", source=source, **params)
 
     # data
-    model_dir = modeling.base_model_dir(ctx)
+    stage_dir = ctx.stage_dir()
+    model_dir = stage_dir / "model"
     tokenizer = modeling.load_tokenizer(model_dir)
     pad_id = int(tokenizer.pad_token_id)
-    train_features = data.encode(tokenizer, task.name, data.load_split(ctx, task.name, "train"), task.max_length)
-    dev_rows = data.load_split(ctx, task.name, "dev")
-    validation_rows = data.load_split(ctx, task.name, "validation")
+    train_features = data.encode(tokenizer, task.name, data.read_split(stage_dir, task.name, "train"), task.max_length)
+    dev_rows = data.read_split(stage_dir, task.name, "dev")
+    validation_rows = data.read_split(stage_dir, task.name, "validation")
     dev_features = data.encode(tokenizer, task.name, dev_rows, task.max_length)
 
     # model (seeded: the score head and LoRA's A matrices are random)
