@@ -337,10 +337,11 @@ def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
 def test_the_report_draws_the_trained_cells_history(trained, tmp_path):
     """The history.json the train phase wrote is what the report's curves read: a figure for the task, with the two
     trained cells (seed 42 of each method) and the other two seeds listed as missing (not trained here)."""
+    from lorascope.phases import report
     from lorascope.reporting import curves
 
     ctx = trained.ctx()
-    found, missing = curves.cell_histories(ctx)
+    found, missing = report.cell_histories(ctx)
     assert sorted(found) == ["mrpc-full-s42", "mrpc-lora-s42"]
     assert missing == {"mrpc-full-s7": "cell not committed", "mrpc-lora-s7": "cell not committed"}
     figs = curves.figures(trained.study, found, tmp_path)
