@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import store as store_mod
+from lorascope.store import bundle as bundle_mod
 from lorascope.errors import IntegrityError
 from lorascope.log import Logger
 from lorascope.phases import PhaseContext
@@ -78,8 +78,8 @@ def test_verification_is_cached_per_attempt_and_a_changed_file_is_caught(tmp_pat
         w.add_bytes("small.json", b"{}")
     b = store.bundle("runs/r/reps/x")
     hashed: list[str] = []
-    real = store_mod.sha256_file
-    monkeypatch.setattr(store_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     cache = tmp_path / "cache"
 
     folder = b.local_dir(cache)
