@@ -40,7 +40,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
             w.add_json("trainer_state.json", {"global_step": step, "best_global_step": 10})
             w.add_bytes("model.safetensors", bytes([step]) * 1000)
     latest = store.bundle(ctx.key("checkpoints", "mrpc-full-s42", "checkpoint-20"))
-    (Path(store.backend.local_path(latest.object_key("model.safetensors")))).write_bytes(b"\0" * 1000)  # damaged
+    (Path(store.local_path(latest.object_key("model.safetensors")))).write_bytes(b"\0" * 1000)  # damaged
 
     out = tmp_path / "out"
     resume = train.checkpoint_store(ctx, "mrpc-full-s42").restore(out)

@@ -304,6 +304,6 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     assert meta["model_safetensors_sha256"] == SAFETENSORS_SHA256
     # the image's pip freeze, copied into the bundle, is the stage image's (with gguf), not the base's
     freeze = bundle.commit["environment"]["pip_freeze"]
-    text = store.backend.get_bytes(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
+    text = store.get_object(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
     assert smollm2.GGUF_REQUIREMENT in text.split(), freeze
     print(f"\nstage image {image_tag}: builtin:smollm2-135m staged in a container (no package index) in {took:.1f} s")

@@ -372,7 +372,7 @@ def test_example_ids_must_match(tmp_path):
     from safetensors.numpy import load_file
 
     t = load_file(str(local / REPS_FILE))
-    ctx.store.backend.delete_prefix(ctx.key("reps", cell.name, cell.task) + "/")
+    ctx.store.delete_tree(ctx.key("reps", cell.name, cell.task))
     commit_reps(ctx, tmp_path / "again", cell.name, cell.task, t["mean"], t["last"], idx=t["idx"][::-1])
     with pytest.raises(LorascopeError, match="example ids of reps/mrpc-full-s42/mrpc differ"):
         run_phase_index(ctx, "drift", 0)
@@ -380,7 +380,7 @@ def test_example_ids_must_match(tmp_path):
 
 def test_missing_bundles_are_a_config_error_naming_them(tmp_path):
     ctx = craft_run(tmp_path)
-    ctx.store.backend.delete_prefix(ctx.key("reps", "mrpc-lora-s1337", "mrpc") + "/")
+    ctx.store.delete_tree(ctx.key("reps", "mrpc-lora-s1337", "mrpc"))
     with pytest.raises(ConfigError, match="reps/mrpc-lora-s1337/mrpc"):
         run_phase_index(ctx, "drift", 0)
 

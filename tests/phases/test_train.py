@@ -227,7 +227,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_run, mo
     steps = sorted(checkpoints)
     assert len(steps) >= 2
     latest = checkpoints[steps[-1]]
-    damaged = run.store.backend.local_path(latest.object_key("adapter_model.safetensors"))
+    damaged = run.store.local_path(latest.object_key("adapter_model.safetensors"))
     with open(damaged, "r+b") as f:
         f.seek(-50, os.SEEK_END)
         f.write(b"\0" * 8)
@@ -311,16 +311,16 @@ def test_checkpoints_in_the_store_keep_the_last_two_and_the_best(make_run):
     for step in (5, 10, 15, 20):
         with ctx.writer("checkpoints", "c", f"checkpoint-{step}", phase="train") as w:
             w.add_bytes("trainer_state.json", b"{}")
-    ctx.store.backend.put_bytes(
+    ctx.store.put_object(
         ctx.key("checkpoints", "c", "checkpoint-3", "_attempts", "x", "f"), b"old, never committed"
     )
-    ctx.store.backend.put_bytes(
+    ctx.store.put_object(
         ctx.key("checkpoints", "c", "checkpoint-25", "_attempts", "x", "f"), b"upload in progress"
     )
     removed = train.checkpoint_store(ctx, "c").prune(keep=2, best_step=5)
     assert sorted(removed) == [3, 10]
     assert sorted(train.checkpoint_store(ctx, "c").committed()) == [5, 15, 20]
-    assert ctx.store.backend.list(ctx.key("checkpoints", "c", "checkpoint-25") + "/")  # left alone
+    assert ctx.store.list_objects(ctx.key("checkpoints", "c", "checkpoint-25") + "/")  # left alone
 
 
 def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):

@@ -150,5 +150,5 @@ def _deliver(ctx: PhaseContext, bundle: Any, folder: Path) -> str:
             shutil.copytree(folder / "figures", dest / "figures", dirs_exist_ok=True)
         return str((dest / REPORT_FILE).resolve())
     key = bundle.object_key(REPORT_FILE)
-    local = ctx.store.backend.local_path(key)
+    local = ctx.store.local_path(key)
     return str(local) if local is not None else f"{ctx.store.url}/{key}"

@@ -38,7 +38,7 @@ from lorascope.store.backends import (
     open_backend,
     s3_settings,
 )
-from lorascope.store.bundle import ATTEMPTS_DIR, COMMIT_FORMAT, COMMIT_NAME, Bundle, FileEntry, sha256_file
+from lorascope.store.bundle import ATTEMPTS_DIR, COMMIT_FORMAT, COMMIT_NAME, Bundle, FileEntry, is_commit, sha256_file
 from lorascope.store.pull import PullReport, pull
 from lorascope.store.writer import BundleWriter
 
@@ -101,11 +101,7 @@ class Store:
 
     def bundles(self, prefix: str) -> list[Bundle]:
         """Every committed bundle under `prefix`."""
-        keys = [
-            o.key[: -len(COMMIT_NAME) - 1]
-            for o in self.backend.list(prefix)
-            if o.key.endswith("/" + COMMIT_NAME) and f"/{ATTEMPTS_DIR}/" not in o.key
-        ]
+        keys = [o.key[: -len(COMMIT_NAME) - 1] for o in self.backend.list(prefix) if is_commit(o.key)]
         out = []
         for k in keys:
             b = self.bundle(k)
@@ -116,6 +112,32 @@ class Store:
     def in_progress(self, key: str) -> bool:
         """Uploads exist under `key` but no commit: a writer is running or was killed."""
         return bool(self.backend.list(f"{key.rstrip('/')}/{ATTEMPTS_DIR}/")) and not self.committed(key)
+
+    # ---------------------------------------------------------------------------------------- objects and folders
+    def put_object(self, key: str, data: bytes) -> None:
+        """Write one plain object outside any bundle (a run's frozen study.yaml). Bundles are written by `writer`."""
+        self.backend.put_bytes(key, data)
+
+    def get_object(self, key: str) -> bytes:
+        """The bytes of one object; NotFound when it does not exist."""
+        return self.backend.get_bytes(key)
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix` (recursive, attempt files of bundles included), sorted by key."""
+        return self.backend.list(prefix)
+
+    def local_path(self, key: str) -> Path | None:
+        """A path on this machine holding the object, where the store has one (a file store); None on S3."""
+        return self.backend.local_path(key)
+
+    def delete_tree(self, prefix: str) -> int:
+        """Delete every object under the folder `prefix` (a bundle, or a folder of bundles): the commits first, so a
+        reader never sees a commit whose files are gone. Returns how many objects were deleted."""
+        folder = prefix.rstrip("/") + "/"
+        commits = [o.key for o in self.backend.list(folder) if is_commit(o.key)]
+        for key in commits:
+            self.backend.delete_prefix(key)
+        return len(commits) + self.backend.delete_prefix(folder)
 
 
 __all__ = [

@@ -26,6 +26,11 @@ ATTEMPTS_DIR = "_attempts"
 COMMIT_FORMAT = 1
 
 
+def is_commit(key: str) -> bool:
+    """Whether an object key is a bundle's commit record (`<bundle>/_COMMIT.json`, not a file inside an attempt)."""
+    return key.endswith("/" + COMMIT_NAME) and f"/{ATTEMPTS_DIR}/" not in key
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

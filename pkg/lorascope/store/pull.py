@@ -113,7 +113,7 @@ def pull(store: Store, prefix: str, dest: Path, expected: Iterable[str] = (), wo
             target = dest / b.key / COMMIT_NAME
             if not any(k.startswith(b.key + "/") for k in bad):
                 existed = target.exists()
-                local.backend.put_bytes(f"{b.key}/{COMMIT_NAME}", json.dumps(b.commit, indent=2).encode())
+                local.put_object(f"{b.key}/{COMMIT_NAME}", json.dumps(b.commit, indent=2).encode())
                 if not existed:
                     created.append(target)
                 continue

@@ -105,7 +105,7 @@ class CheckpointStore:
         steps = sorted(
             {
                 s
-                for o in self.store.backend.list(base + "/")
+                for o in self.store.list_objects(base + "/")
                 if (s := checkpoint_step(o.key[len(base) + 1 :].split("/", 1)[0])) is not None
             }
         )
@@ -118,9 +118,7 @@ class CheckpointStore:
         for s in steps:
             if s in kept or s > newest_kept:  # a newer folder may be an upload in progress
                 continue
-            key = f"{base}/{CHECKPOINT_PREFIX}-{s}"
-            self.store.backend.delete_prefix(f"{key}/_COMMIT.json")
-            self.store.backend.delete_prefix(f"{key}/")
+            self.store.delete_tree(f"{base}/{CHECKPOINT_PREFIX}-{s}")  # the commit first
             removed.append(s)
         return removed
 
@@ -168,7 +166,7 @@ class CheckpointStore:
 
     def delete_all(self) -> None:
         """Remove every checkpoint of the cell (once the cell itself is committed)."""
-        self.store.backend.delete_prefix(self.prefix + "/")
+        self.store.delete_tree(self.prefix)
 
 
 class StoreCheckpoints(TrainerCallback):
