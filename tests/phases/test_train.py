@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lorascope import modeling, training
+from lorascope import training
 from lorascope.history import check_history
+from lorascope.models import artifacts
 from lorascope.phases import get_phase, train
 
 from .conftest import stage_run, write_study
@@ -134,7 +135,7 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
         preds = _predictions(run, cell)
         assert len(preds) == 200 and set(preds[0]) == {"idx", "label", "pred", "logits"}
         # the saved model, loaded the way later phases load it, reproduces the reported numbers
-        model, tok = modeling.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, torch.device("cpu"), torch.float32)
+        model, tok = artifacts.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, torch.device("cpu"), torch.float32)
         rows = [
             json.loads(x)
             for x in (ctx.local(ctx.bundle("stage")) / "data" / "mrpc" / "validation.jsonl").read_text().splitlines()

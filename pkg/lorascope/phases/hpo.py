@@ -226,16 +226,17 @@ class Objective:
     """Train and score one trial; the model and the data are prepared once per worker."""
 
     def __init__(self, ctx: PhaseContext, task: str, method: str) -> None:
-        from lorascope import data, modeling, training
+        from lorascope import data, training
+        from lorascope.models import loading
 
         study = ctx.study
         self.ctx, self.study = ctx, study
         self.task = study.task(task)
         self.method = study.method(method)
-        self.device = modeling.pick_device(ctx.env)
+        self.device = loading.pick_device(ctx.env)
         stage_dir = ctx.stage_dir()
         self.model_dir = stage_dir / "model"
-        self.tokenizer = modeling.load_tokenizer(self.model_dir)
+        self.tokenizer = loading.load_tokenizer(self.model_dir)
         self.pad_id = int(self.tokenizer.pad_token_id)
         train_rows = data.subsample(
             data.read_split(stage_dir, task, "train"), self.task.hpo_train_samples, study.data.split_seed
@@ -249,13 +250,14 @@ class Objective:
         from transformers import set_seed
 
         from lorascope import modeling, training
+        from lorascope.models import loading
 
         chosen = suggest(trial, self.study.space_for(self.method))
         params = training.resolve_params(self.study, self.method.name, chosen, task=self.task.name)
         trial.set_user_attr("params", params)
         log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
-        model = modeling.load_classifier(
+        model = loading.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
         )
         model = modeling.apply_method(model, self.method, params)
@@ -382,13 +384,14 @@ def run(ctx: PhaseContext, index: int) -> None:
     name = f"{task}-{method}"
     log = ctx.log.bind(unit=name, worker=worker)
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
-    from lorascope import modeling, training
+    from lorascope import training
+    from lorascope.models import loading
 
     space = cfg.space_for(cfg.method(method))
     training.resolve_params(
         cfg, method, {k: (p.low if p.type != "categorical" else p.choices[0]) for k, p in space.items()}, task=task
     )
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(cfg, device)
     configure_threads(ctx.env)
 

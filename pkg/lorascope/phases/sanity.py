@@ -39,8 +39,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     from transformers import TrainerCallback, set_seed
 
     from lorascope import data, modeling, training
+    from lorascope.models import loading
 
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(study, device)
     configure_threads(ctx.env)
     stage_dir = ctx.stage_dir()
@@ -54,10 +55,10 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     # 1. overfit a handful of examples
     model_dir = stage_dir / "model"
-    tokenizer = modeling.load_tokenizer(model_dir)
+    tokenizer = loading.load_tokenizer(model_dir)
     features = data.encode(tokenizer, task, examples, study.task(task).max_length)
     set_seed(study.seed)
-    model = modeling.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
+    model = loading.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
     model = modeling.apply_method(model, method, {})
 
     class StopBelowTarget(TrainerCallback):

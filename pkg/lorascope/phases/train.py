@@ -76,8 +76,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     from transformers import set_seed
 
     from lorascope import data, modeling, training
+    from lorascope.models import artifacts, loading
 
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(study, device)
     configure_threads(ctx.env)
     task = study.task(cell.task)
@@ -87,7 +88,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     # data
     stage_dir = ctx.stage_dir()
     model_dir = stage_dir / "model"
-    tokenizer = modeling.load_tokenizer(model_dir)
+    tokenizer = loading.load_tokenizer(model_dir)
     pad_id = int(tokenizer.pad_token_id)
     train_features = data.encode(tokenizer, task.name, data.read_split(stage_dir, task.name, "train"), task.max_length)
     dev_rows = data.read_split(stage_dir, task.name, "dev")
@@ -96,10 +97,10 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     # model (seeded: the score head and LoRA's A matrices are random)
     set_seed(cell.seed)
-    model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
+    model = loading.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
     model = modeling.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
-    trainable, total = modeling.trainable_parameters(model)
-    trainable_bytes = modeling.trainable_bytes(model)
+    trainable, total = artifacts.trainable_parameters(model)
+    trainable_bytes = artifacts.trainable_bytes(model)
     saved = ctx.scratch("train", cell.name + "-final")
     # PiSSA/OLoRA: the adapter as initialised, before any step (a resumed run rebuilds the same one: the SVD / QR of
     # the base is deterministic), for the conversion at the end
@@ -169,7 +170,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = study.model.name
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    metrics["artifact_bytes"] = modeling.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
+    metrics["artifact_bytes"] = artifacts.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
     ) as w:
