@@ -17,8 +17,8 @@ Token ids, decoders: a single sentence is `BOS s`; a pair is `BOS s1 EOS s2` bui
 tokenizer-added specials), truncated longest-first to `max_length`. No trailing EOS: the classifier reads the last
 attended token, which is then the last token of the text.
 
-Token ids, encoders (RoBERTa, BERT: `lorascope.models.families`): the tokenizer's own templates, which are what the model
-was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
+Token ids, encoders (RoBERTa, BERT: `lorascope.models.families`): the tokenizer's own templates, which are what the
+model was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
 `[CLS] s1 [SEP] s2 [SEP]`. The tokenizer is called on the text pair with `truncation="longest_first"` and
 `max_length`: the longer segment loses tokens first so both segments and every special token fit (the decoders'
 rule), and its post-processor adds the specials (a hub tokenizer's template is used as is); the classifier reads the
@@ -200,9 +200,10 @@ def read_split(stage_dir: Path, task: str, split: Split) -> list[dict]:
     wrote it): GLUE columns, `label`, `idx`."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; splits are {SPLITS}")
-    path = Path(stage_dir) / "data" / task / f"{split}.jsonl"
+    folder = Path(stage_dir) / "data"
+    path = folder / task / f"{split}.jsonl"
     if not path.is_file():
-        staged = sorted(p.name for p in (Path(stage_dir) / "data").iterdir()) if (Path(stage_dir) / "data").is_dir() else []
+        staged = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         raise ConfigError(f"task {task!r}: the stage bundle has no {split} split for it (staged tasks: {staged})")
     return read_jsonl(path)
 

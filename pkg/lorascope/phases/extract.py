@@ -17,9 +17,9 @@ Recipe
      a fixed-seed subset (`data.subsample` with `extraction.seed`: the same rows for every model, kept in source
      order), all of them when the split is smaller. Tokenized exactly as in training (`data.encode`, the task's
      max_length);
-  3. the model: the base classifier (`models.loading.load_classifier` on the staged model; its random score head is never
-     read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the base with the
-     cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
+  3. the model: the base classifier (`models.loading.load_classifier` on the staged model; its random score head is
+     never read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the
+     base with the cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
      (W x + scale B A x); merging would compute the same function with different rounding and gains nothing here.
      float32 on every device, so the drift we measure is not bf16 rounding;
   4. batches of `extraction.batch_size` in length order, right-padded to their longest member (dynamic padding), one
@@ -30,9 +30,9 @@ Recipe
      (RoBERTa, BERT) have no final norm after the blocks (each post-LN block ends in its own LayerNorm): entry 0 is
      `embeddings` (after the embedding LayerNorm), entry i (1..L-1) the output of block i, `layer_<i>`, the last one
      included (`layer_<L-1>` is the `last_hidden_state` the head reads);
-  5. pool each entry: `models.pooling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`) left out
-     (padding never counts); `last`, the state at the last attended token (`models.pooling.last_token_index`, where a
-     decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
+  5. pool each entry: `models.pooling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`)
+     left out (padding never counts); `last`, the state at the last attended token (`models.pooling.last_token_index`,
+     where a decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
      allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
      input, and refused);
   6. forgetting (`study.forgetting`): the texts and the base LM head are read before the model loads

@@ -76,7 +76,8 @@ def analysis_provenance(run_id: str, study: Any, code_version: str, stage_meta: 
         "run_id": run_id, "study": study.name, "study_hash": study.hash, "model": study.model.name,
         "model_revision": study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
         "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": code_version,
-        # a random tiny builtin (tiny-llama, tiny-qwen2, tiny-phi3, tiny-roberta: models.TINY_BUILTINS), not smollm2-135m
+        # a random tiny builtin (tiny-llama, tiny-qwen2, tiny-phi3, tiny-roberta: models.builtin.TINY_BUILTINS), not
+        # smollm2-135m
         "builtin_model": study.model.name.startswith("builtin:tiny-"),
         "model_variant": (stage_meta.get("model") or {}).get("variant"),  # e.g. a quantised model's provenance
         "synthetic_data": study.data.source == "local" and study.data.path == "builtin",

@@ -5,7 +5,8 @@
                                        (AWS_ENDPOINT_URL_S3 for MinIO/SeaweedFS), path-style addressing; transient
                                        errors retried until LORASCOPE_S3_RETRY_SECONDS have passed.
 
-A backend knows nothing of bundles: the commit protocol is lorascope.store.writer's, reading it lorascope.store.bundle's.
+A backend knows nothing of bundles: the commit protocol is lorascope.store.writer's, reading bundles
+lorascope.store.bundle's.
 """
 
 from __future__ import annotations

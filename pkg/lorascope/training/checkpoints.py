@@ -86,7 +86,8 @@ class CheckpointStore:
 
     def upload(self, folder: Path, meta: dict[str, Any]) -> None:
         """Commit a Trainer checkpoint folder as the bundle `<prefix>/<folder name>`."""
-        with self.store.writer(f"{self.prefix}/{folder.name}", phase=self.phase, study_hash=self.study_hash, meta=meta) as w:
+        key = f"{self.prefix}/{folder.name}"
+        with self.store.writer(key, phase=self.phase, study_hash=self.study_hash, meta=meta) as w:
             w.add_dir(folder)
 
     def committed(self) -> dict[int, Bundle]:
