@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inputs: {n_reps} reps bundles x {args.layers} layers x n={args.n} x d={args.d} float32, poolings {poolings} "
               f"({n_reps * len(poolings)} x {args.layers} = {n_reps * len(poolings) * args.layers} representations)", flush=True)  # fmt: skip
         if args.reuse:
-            store.backend.delete_prefix(ctx.key("drift") + "/")
+            store.delete_tree(ctx.key("drift"))
         else:
             t_in = commit_inputs(ctx, root / "scratch", args.layers, args.n, args.d)
             print(f"writing the inputs (not timed below): {t_in:.1f} s", flush=True)

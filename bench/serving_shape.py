@@ -40,13 +40,13 @@ def build_base(dest: Path, layers: int | None, dtype: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lorascope import modeling
+    from lorascope.models import builtin
 
-    cfg = dict(modeling.TINYLLAMA_1B_ARCH, num_hidden_layers=layers or modeling.TINYLLAMA_1B_ARCH["num_hidden_layers"])
+    cfg = dict(builtin.TINYLLAMA_1B_ARCH, num_hidden_layers=layers or builtin.TINYLLAMA_1B_ARCH["num_hidden_layers"])
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(getattr(torch, dtype))
     model.save_pretrained(str(dest), safe_serialization=True)
-    for f in modeling.TINY_LLAMA_ASSETS.iterdir():
+    for f in builtin.TINY_LLAMA_ASSETS.iterdir():
         if f.name != "config.json":
             shutil.copy(f, dest / f.name)
     return dest

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from lorascope import data, modeling
+from lorascope.models import builtin, loading
 from lorascope.study import FullMethod, LoraMethod
 
 MAX_LENGTH = 384
@@ -89,8 +90,8 @@ class Shape:
         if name == "smoke" and layers:
             raise SystemExit("--layers applies to --shape tinyllama only")
         if name == "smoke":
-            self.model_dir = modeling.build_tiny_llama(tmp / "model")
-            tok = modeling.load_tokenizer(self.model_dir)
+            self.model_dir = builtin.build_tiny_llama(tmp / "model")
+            tok = loading.load_tokenizer(self.model_dir)
             self.vocab, self.bos, self.eos, self.pad = (
                 range(3, len(tok)),
                 tok.bos_token_id,
@@ -103,17 +104,17 @@ class Shape:
         else:
             from transformers import LlamaConfig
 
-            cfg = dict(modeling.TINYLLAMA_1B_ARCH)
+            cfg = dict(builtin.TINYLLAMA_1B_ARCH)
             if layers:
                 cfg["num_hidden_layers"] = layers
             self.config = LlamaConfig(**cfg, num_labels=2, pad_token_id=cfg["eos_token_id"])
             self.vocab, self.bos, self.eos = range(3, cfg["vocab_size"]), cfg["bos_token_id"], cfg["eos_token_id"]
-            self.pad = self.eos  # pad = eos, as modeling.load_tokenizer sets it
+            self.pad = self.eos  # pad = eos, as loading.load_tokenizer sets it
 
     def build(self, device: torch.device) -> torch.nn.Module:
         torch.manual_seed(0)
         if self.name == "smoke":
-            return modeling.load_classifier(self.model_dir, 2, torch.float32, device)
+            return loading.load_classifier(self.model_dir, 2, torch.float32, device)
         from transformers import LlamaForSequenceClassification
 
         with torch.device(device):

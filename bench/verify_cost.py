@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verification alone: {len(bundles)} reps bundles, {gb:.2f} GB: {time.perf_counter() - t:.1f} s wall, "
           f"{cpu_seconds() - c:.1f} s CPU", flush=True)  # fmt: skip
     for mode in args.modes.split(","):
-        store.backend.delete_prefix(ctx.key("drift") + "/")
+        store.delete_tree(ctx.key("drift"))
         if mode == "cold":
             shutil.rmtree(verified, ignore_errors=True)
         t, c = time.perf_counter(), cpu_seconds()

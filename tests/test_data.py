@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope import data, modeling
+from lorascope import data
 from lorascope.errors import ConfigError
+from lorascope.models import builtin, loading
 from lorascope.study import parse_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def study(**data_cfg):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return modeling.load_tokenizer(modeling.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model"))
+    return loading.load_tokenizer(builtin.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -12,8 +12,8 @@ from transformers import (
     RobertaConfig,
 )
 
-from lorascope import families
 from lorascope.errors import ConfigError
+from lorascope.models import families
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
 

@@ -14,16 +14,17 @@ import pytest
 import torch
 from transformers import set_seed
 
-from lorascope import data, families, modeling, preflight, training
+from lorascope import data, preflight, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.models import builtin, families, hub, loading, pooling
 from lorascope.phases import extract
 from lorascope.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_ROBERTA = REPO / "jobs" / "smoke-roberta.yaml"
 PAPER = REPO / "jobs" / "lora-paper-roberta.yaml"
-ROBERTA_ASSETS = modeling.ASSETS / "tiny-roberta"
+ROBERTA_ASSETS = builtin.ASSETS / "tiny-roberta"
 PAIR = {"sentence1": "the court in geneva delayed the deal on saturday .", "sentence2": "after months of talks , the court postponed it .",
         "label": 1, "idx": 7}  # fmt: skip
 
@@ -36,7 +37,7 @@ def _sha(folder: Path) -> str:
 def built(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("families")
-    return {name: modeling.build_tiny(f"builtin:{name}", root / name) for name in ("tiny-roberta", "tiny-qwen2", "tiny-phi3")}
+    return {name: builtin.build_tiny(f"builtin:{name}", root / name) for name in ("tiny-roberta", "tiny-qwen2", "tiny-phi3")}
 
 
 @pytest.fixture(scope="module")
@@ -69,55 +70,55 @@ def test_shipped_roberta_tokenizer_is_the_scripts_output():
 # ------------------------------------------------------------------------------------------------ builtins
 def test_tiny_builtins_are_deterministic_and_of_their_family(built, tmp_path):
     for name, folder in built.items():
-        again = modeling.build_tiny(f"builtin:{name}", tmp_path / name)
+        again = builtin.build_tiny(f"builtin:{name}", tmp_path / name)
         assert _sha(again) == _sha(folder)
-        assert modeling.model_source(f"builtin:{name}") == "builtin"
-    assert modeling.model_family(built["tiny-roberta"]).name == "roberta" and modeling.model_family(built["tiny-roberta"]).encoder
-    assert modeling.model_family(built["tiny-qwen2"]).name == "llama" and not modeling.model_family(built["tiny-qwen2"]).encoder
-    fps = {n: modeling.builtin_fingerprint(n) for n in modeling.TINY_BUILTINS}
-    assert modeling.model_family(built["tiny-phi3"]).name == "phi3"
-    assert len(set(fps.values())) == 4 and fps["builtin:tiny-llama"] == modeling.tiny_llama_fingerprint()
+        assert hub.model_source(f"builtin:{name}") == "builtin"
+    assert loading.model_family(built["tiny-roberta"]).name == "roberta" and loading.model_family(built["tiny-roberta"]).encoder
+    assert loading.model_family(built["tiny-qwen2"]).name == "llama" and not loading.model_family(built["tiny-qwen2"]).encoder
+    fps = {n: builtin.builtin_fingerprint(n) for n in builtin.TINY_BUILTINS}
+    assert loading.model_family(built["tiny-phi3"]).name == "phi3"
+    assert len(set(fps.values())) == 4 and fps["builtin:tiny-llama"] == builtin.tiny_llama_fingerprint()
     cfg = json.loads((built["tiny-roberta"] / "config.json").read_text())
     assert cfg["architectures"] == ["RobertaForMaskedLM"]  # the hub roberta-base's checkpoint shape
     with pytest.raises(ConfigError, match="unknown builtin"):
-        modeling.model_source("builtin:tiny-gpt2")
+        hub.model_source("builtin:tiny-gpt2")
 
 
 def test_fetch_model_stages_a_builtin_roberta(tmp_path):
-    info = modeling.fetch_model("builtin:tiny-roberta", "builtin", tmp_path / "m")
-    assert info["builtin_fingerprint"] == modeling.builtin_fingerprint("builtin:tiny-roberta")
+    info = hub.fetch_model("builtin:tiny-roberta", "builtin", tmp_path / "m")
+    assert info["builtin_fingerprint"] == builtin.builtin_fingerprint("builtin:tiny-roberta")
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
 
 
 # ------------------------------------------------------------------------------------------------ loading by family
 def test_tokenizers_by_family(built):
-    enc = modeling.load_tokenizer(built["tiny-roberta"])
+    enc = loading.load_tokenizer(built["tiny-roberta"])
     assert enc.pad_token == "<pad>" and enc.pad_token_id == 1 and enc.padding_side == "right"
-    dec = modeling.load_tokenizer(built["tiny-qwen2"])
+    dec = loading.load_tokenizer(built["tiny-qwen2"])
     assert dec.pad_token_id == dec.eos_token_id == 2 and dec.padding_side == "right"
 
 
 def test_unsupported_architecture_is_a_config_error_naming_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 1024}))
-    for call in (modeling.load_tokenizer, lambda d: modeling.load_classifier(d, 2, torch.float32, "cpu")):
+    for call in (loading.load_tokenizer, lambda d: loading.load_classifier(d, 2, torch.float32, "cpu")):
         with pytest.raises(ConfigError, match=r"model_type 'gpt2' is not a supported architecture.*'roberta'"):
             call(tmp_path)
 
 
 def test_classifiers_by_family(built):
     torch.manual_seed(0)
-    enc = modeling.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu")
+    enc = loading.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu")
     assert type(enc).__name__ == "RobertaForSequenceClassification"
-    assert not isinstance(enc, modeling.LastAttendedPooling) and enc.accepts_loss_kwargs is False
-    dec = modeling.load_classifier(built["tiny-qwen2"], 2, torch.float32, "cpu")
-    assert isinstance(dec, modeling.LastAttendedPooling) and type(dec).__name__ == "Qwen2ForSequenceClassification"
+    assert not isinstance(enc, pooling.LastAttendedPooling) and enc.accepts_loss_kwargs is False
+    dec = loading.load_classifier(built["tiny-qwen2"], 2, torch.float32, "cpu")
+    assert isinstance(dec, pooling.LastAttendedPooling) and type(dec).__name__ == "Qwen2ForSequenceClassification"
     assert dec.model.layers[0].self_attn.q_proj.bias is not None  # Qwen2: biases on q, k, v
 
 
 def _encoder_pair(built):
-    tok = modeling.load_tokenizer(built["tiny-roberta"])
+    tok = loading.load_tokenizer(built["tiny-roberta"])
     torch.manual_seed(0)
-    model = modeling.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu").eval()
+    model = loading.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu").eval()
     return tok, model
 
 
@@ -162,7 +163,7 @@ def test_encoder_prediction_reads_the_first_token_state(built):
 
 # ------------------------------------------------------------------------------------------------ encoder data
 def test_encoder_pairs_use_the_template_and_keep_both_segments(built):
-    tok = modeling.load_tokenizer(built["tiny-roberta"])
+    tok = loading.load_tokenizer(built["tiny-roberta"])
     full = data.encode(tok, "mrpc", [PAIR], 384)[0]["input_ids"]
     a = tok(PAIR["sentence1"], add_special_tokens=False)["input_ids"]
     b = tok(PAIR["sentence2"], add_special_tokens=False)["input_ids"]
@@ -181,7 +182,7 @@ def test_encoder_pairs_use_the_template_and_keep_both_segments(built):
 
 
 def test_decoder_of_another_family_keeps_the_decoder_format(built):
-    tok = modeling.load_tokenizer(built["tiny-qwen2"])
+    tok = loading.load_tokenizer(built["tiny-qwen2"])
     ids = data.encode(tok, "mrpc", [PAIR], 384)[0]["input_ids"]
     a = tok(PAIR["sentence1"], add_special_tokens=False)["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[1 + len(a)] == tok.eos_token_id and ids[-1] != tok.eos_token_id
@@ -194,12 +195,12 @@ def test_train_save_reload_evaluate(built, smoke_roberta, name, method, tmp_path
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
     model_dir = built[name]
-    tok = modeling.load_tokenizer(model_dir)
+    tok = loading.load_tokenizer(model_dir)
     splits, _ = data.prepare_task(smoke_roberta, "sst2")
     train = data.encode(tok, "sst2", splits["train"][:64], 64)
     val = data.encode(tok, "sst2", splits["validation"][:48], 64)
     set_seed(0)
-    model = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
+    model = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
     if method == "lora":
         targets = families.resolve_targets(model, ["q", "v"], "methods.1.target_modules")
         fam = families.family_of(model)
@@ -217,10 +218,10 @@ def test_train_save_reload_evaluate(built, smoke_roberta, name, method, tmp_path
     ours = training.evaluate_features(trained, val, 16, int(tok.pad_token_id))
     trained.save_pretrained(str(tmp_path / "saved"))
     if method == "lora":
-        base = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
+        base = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
         reloaded = PeftModel.from_pretrained(base, str(tmp_path / "saved"))
     else:
-        reloaded = modeling.load_classifier(tmp_path / "saved", 2, torch.float32, "cpu")
+        reloaded = loading.load_classifier(tmp_path / "saved", 2, torch.float32, "cpu")
     reloaded.eval()
     again = training.evaluate_features(reloaded, val, 16, int(tok.pad_token_id))
     assert again.n == ours.n == 48
@@ -229,14 +230,14 @@ def test_train_save_reload_evaluate(built, smoke_roberta, name, method, tmp_path
 
 
 def test_roles_resolve_to_each_familys_modules(built):
-    enc = modeling.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu")
+    enc = loading.load_classifier(built["tiny-roberta"], 2, torch.float32, "cpu")
     assert families.resolve_targets(enc, ["q", "v"]) == [
         f"roberta.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]  # fmt: skip
-    dec = modeling.load_classifier(built["tiny-qwen2"], 2, torch.float32, "cpu")
+    dec = loading.load_classifier(built["tiny-qwen2"], 2, torch.float32, "cpu")
     assert families.resolve_targets(dec, ["q", "v"]) == [
         f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]  # fmt: skip
-    phi = modeling.load_classifier(built["tiny-phi3"], 2, torch.float32, "cpu")
-    assert isinstance(phi, modeling.LastAttendedPooling)
+    phi = loading.load_classifier(built["tiny-phi3"], 2, torch.float32, "cpu")
+    assert isinstance(phi, pooling.LastAttendedPooling)
     assert families.resolve_targets(phi, ["q", "v"]) == [f"model.layers.{i}.self_attn.qkv_proj" for i in (0, 1)]  # fused
 
 
@@ -297,7 +298,7 @@ def test_bert_style_segment_embeddings_are_refused(tmp_path, smoke_roberta):
     with pytest.raises(ConfigError, match=r"field model.name: .*type_vocab_size 2 needs token_type_ids"):
         preflight.check_study(study, env={})
     with pytest.raises(ConfigError, match=r"type_vocab_size 2 needs token_type_ids"):
-        modeling.load_classifier(tmp_path, 2, torch.float32, "cpu")
+        loading.load_classifier(tmp_path, 2, torch.float32, "cpu")
 
 
 def test_preflight_roberta_positions_hold_512_tokens(tmp_path, smoke_roberta):

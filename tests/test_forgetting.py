@@ -16,9 +16,10 @@ import pytest
 import torch
 from scipy import stats as st
 
-from lorascope import data, heldout_loss, modeling
+from lorascope import data, heldout_loss
 from lorascope.analysis import forgetting as afg
 from lorascope.errors import ConfigError
+from lorascope.models import artifacts, builtin, loading
 from lorascope.study import ForgettingConfig
 
 N_TEXTS, MAX_LEN = 48, 96
@@ -27,8 +28,8 @@ N_TEXTS, MAX_LEN = 48, 96
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The builtin tiny Llama (random) and its tokenizer, head and encoded held-out texts."""
-    base = modeling.build_tiny_llama(tmp_path_factory.mktemp("fg") / "base")
-    tok = modeling.load_tokenizer(base)
+    base = builtin.build_tiny_llama(tmp_path_factory.mktemp("fg") / "base")
+    tok = loading.load_tokenizer(base)
     seqs = heldout_loss.encode_texts(tok, heldout_loss.load_texts("builtin", N_TEXTS).texts, MAX_LEN)
     return SimpleNamespace(dir=base, tok=tok, seqs=seqs, head=heldout_loss.read_lm_head(base))
 
@@ -39,7 +40,7 @@ def _loss(model, t, seqs=None, batch_size=16) -> float:
 
 def _classifier(path) -> torch.nn.Module:
     torch.manual_seed(0)
-    return modeling.load_classifier(path, 2, torch.float32, "cpu").eval()
+    return loading.load_classifier(path, 2, torch.float32, "cpu").eval()
 
 
 @pytest.fixture(scope="module")
@@ -270,11 +271,11 @@ def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
     got = {units[i]: json.loads((ctx.local(ctx.require("reps", *units[i])) / heldout_loss.FILE).read_text()) for i in wanted}
     base_losses = {t: v["loss_nats_per_token"] for (m, t), v in got.items() if m == "base"}
     assert len(base_losses) == len(ctx.study.tasks) >= 2 and len(set(base_losses.values())) == 1
-    tok = modeling.load_tokenizer(base_dir)
+    tok = loading.load_tokenizer(base_dir)
     ts = heldout_loss.load_texts("builtin", 12)
     head = heldout_loss.read_lm_head(base_dir)
     for (m, t), v in got.items():
-        model = _classifier(base_dir) if m == "base" else modeling.load_cell_model(ctx, m, "cpu", torch.float32)[0]
+        model = _classifier(base_dir) if m == "base" else artifacts.load_cell_model(ctx.cell_dir(m), ctx.stage_dir() / "model", 2, "cpu", torch.float32)[0]
         want = heldout_loss.measure(model, tok, head, ts, 64, 8, "cpu")
         assert v["loss_nats_per_token"] == want["loss_nats_per_token"] and v["tokens"] == want["tokens"] > 0
         assert v["texts"] == 12 and v["texts_sha256"] == ts.sha256

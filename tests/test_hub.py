@@ -1,5 +1,5 @@
-"""lorascope.hub: one mapping of Hugging Face Hub errors to the study's field, used by preflight (config.json) and by
-modeling.fetch_model (the snapshot); each message names the field and the value."""
+"""lorascope.models.hub: one mapping of Hugging Face Hub errors to the study's field, used by preflight (config.json)
+and by fetch_model (the snapshot); each message names the field and the value."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors as hf
 
-from lorascope import hub, modeling, preflight
+from lorascope import preflight
 from lorascope.errors import ConfigError, LorascopeError
+from lorascope.models import hub
 
 NAME, REV = "some-org/some-model", "v1"
 
@@ -56,7 +57,7 @@ def test_preflight_and_fetch_model_say_the_same(monkeypatch, tmp_path, make, mes
     with pytest.raises(ConfigError) as pre:
         preflight.model_config(study, {})
     with pytest.raises(ConfigError) as fetch:
-        modeling.fetch_model(NAME, REV, tmp_path / "model")
+        hub.fetch_model(NAME, REV, tmp_path / "model")
     assert str(pre.value) == str(fetch.value) == message
 
 
@@ -68,5 +69,5 @@ def test_unreachable_hub_skips_preflight_and_fails_fetch(monkeypatch, tmp_path):
     config, why = preflight.model_config(study, {})  # a check that cannot be made is skipped with a note, not an error
     assert config is None and why == "the hub is unreachable for 'some-org/some-model' (LocalEntryNotFoundError)"
     with pytest.raises(LorascopeError, match=r"not in the local HF cache and the hub is unreachable") as fetch:
-        modeling.fetch_model(NAME, REV, tmp_path / "model")
+        hub.fetch_model(NAME, REV, tmp_path / "model")
     assert not isinstance(fetch.value, ConfigError)

@@ -179,13 +179,13 @@ def test_python_warnings_become_one_logfmt_line_each_and_repeat_once():
 
 def test_the_peft_transformers_skew_warning_is_dropped_and_an_unexpected_one_still_shows():
     """PEFT reads `is_gradient_checkpointing` (deprecated by transformers 5): the real warning, from the real
-    property, is not shown once lorascope.modeling is imported; any other warning, transformers' included, is."""
+    property, is not shown once lorascope.models is imported; any other warning, transformers' included, is."""
     r = _python(
         "import warnings\n"
         "from lorascope.log import configure_logging, route_transformers_logs\n"
         "configure_logging('info')\n"
         "route_transformers_logs()\n"
-        "import lorascope.modeling\n"
+        "import lorascope.models\n"
         "from transformers import LlamaConfig, LlamaForSequenceClassification\n"
         "m = LlamaForSequenceClassification(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8,\n"
         "    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))\n"

@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import set_seed
 
-from lorascope import data, families, modeling, training
+from lorascope import data, modeling, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.models import artifacts, families, loading
 from lorascope.phases import PhaseContext, stage
 from lorascope.store import Store
 from lorascope.study import (
@@ -50,8 +51,8 @@ def _staged(tmp, study_file):
     study = load_study(REPO / "jobs" / study_file)
     ctx = PhaseContext(study, Store.open(str(tmp / "store")), "r1", tmp / "work", {}, Logger())
     stage.run(ctx, 0)
-    base_dir = modeling.base_model_dir(ctx)
-    tok = modeling.load_tokenizer(base_dir)
+    base_dir = ctx.stage_dir() / "model"
+    tok = loading.load_tokenizer(base_dir)
     splits, _ = data.prepare_task(study, "mrpc")
     return ctx, base_dir, tok, splits, tmp
 
@@ -63,7 +64,7 @@ def env(tmp_path_factory):
 
 def _classifier(base_dir, seed=0):
     set_seed(seed)
-    return modeling.load_classifier(base_dir, 2, torch.float32, "cpu")
+    return loading.load_classifier(base_dir, 2, torch.float32, "cpu")
 
 
 # the same kinds on the tiny RoBERTa (an encoder: its own first-token head `classifier`, bias terms, its module names),
@@ -110,12 +111,12 @@ def _train_save_reload_evaluate(env, name, method):
     assert all(p.requires_grad for n, p in trained.named_parameters() if n in changed)  # frozen stayed frozen
     folder = modeling.save_cell_artifact(trained, method, out, initial)
     assert folder.name == ("adapter" if method.adapter else "model")
-    assert modeling.folder_bytes(folder) > 0
+    assert artifacts.folder_bytes(folder) > 0
     with ctx.writer("cells", f"mrpc-{name}-s42", phase="train") as w:
         w.add_dir(folder, prefix=folder.name)
     rows = splits["validation"][:24]
     ref = training.evaluate(trained, tok, rows, "mrpc", batch_size=8)
-    reloaded, _ = modeling.load_cell_model(ctx, f"mrpc-{name}-s42", "cpu", torch.float32)
+    reloaded, _ = artifacts.load_cell_model(ctx.cell_dir(f"mrpc-{name}-s42"), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
     got = training.evaluate(reloaded, tok, rows, "mrpc", batch_size=8)
     atol = 1e-4 if name in ("pissa", "olora") else 1e-5  # the converted delta is A B - A0 B0 in float32
     np.testing.assert_allclose([p["logits"] for p in got.predictions], [p["logits"] for p in ref.predictions], atol=atol)
@@ -130,7 +131,7 @@ def test_what_trains_under_each_method(env):
     params = dict(base.named_parameters())
     head = sum(params[p].numel() for p in groups["head"])
     assert head == base.config.hidden_size * 2
-    counts = {k: modeling.trainable_parameters(modeling.apply_method(_classifier(base_dir), m, {}))[0]
+    counts = {k: artifacts.trainable_parameters(modeling.apply_method(_classifier(base_dir), m, {}))[0]
               for k, m in METHODS.items()}  # fmt: skip
     assert counts["full"] == sum(p.numel() for p in params.values())
     norm = sum(params[p].numel() for p in groups["norm"])

@@ -12,6 +12,7 @@ import torch
 
 from lorascope import data, modeling
 from lorascope.errors import ConfigError
+from lorascope.models import artifacts, builtin, hub, loading, pooling
 from lorascope.study import FullMethod, LoraMethod
 
 PAIRS = [
@@ -23,17 +24,17 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    return modeling.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+    return builtin.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_dir):
-    return modeling.load_tokenizer(tiny_dir)
+    return loading.load_tokenizer(tiny_dir)
 
 
 def classifier(tiny_dir, seed: int = 0):
     torch.manual_seed(seed)
-    return modeling.load_classifier(tiny_dir, num_labels=2, dtype=torch.float32, device="cpu").eval()
+    return loading.load_classifier(tiny_dir, num_labels=2, dtype=torch.float32, device="cpu").eval()
 
 
 def randomize_lora_b(model) -> None:
@@ -55,7 +56,7 @@ def manual_logits(model, batch, positions) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ tiny model
 def test_build_tiny_llama_is_deterministic_and_loadable(tiny_dir, tmp_path):
-    again = modeling.build_tiny_llama(tmp_path / "again")
+    again = builtin.build_tiny_llama(tmp_path / "again")
     digest = lambda p: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
     assert digest(again) == digest(tiny_dir)
     cfg = json.loads((tiny_dir / "config.json").read_text())
@@ -65,7 +66,7 @@ def test_build_tiny_llama_is_deterministic_and_loadable(tiny_dir, tmp_path):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    modeling.build_tiny_llama(tmp_path / "third")
+    builtin.build_tiny_llama(tmp_path / "third")
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -83,7 +84,7 @@ def test_tokenizer_pad_is_eos_right_padding_and_no_added_specials(tiny_dir, toke
 def test_load_classifier_sets_pad_id_and_keeps_architecture_name(tiny_dir, tmp_path):
     model = classifier(tiny_dir)
     assert model.config.pad_token_id == 2
-    assert isinstance(model, modeling.LastAttendedPooling)
+    assert isinstance(model, pooling.LastAttendedPooling)
     assert type(model).__name__ == "LlamaForSequenceClassification"
     model.save_pretrained(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
@@ -91,20 +92,20 @@ def test_load_classifier_sets_pad_id_and_keeps_architecture_name(tiny_dir, tmp_p
 
 def test_load_classifier_missing_folder_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no config.json"):
-        modeling.load_classifier(tmp_path / "nope", 2, torch.float32, "cpu")
+        loading.load_classifier(tmp_path / "nope", 2, torch.float32, "cpu")
 
 
 # ------------------------------------------------------------------------------------------------ pooling
 def test_last_token_index_right_and_left_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0]])
-    assert modeling.last_token_index(mask).tolist() == [2, 4, 4, 0]
+    assert pooling.last_token_index(mask).tolist() == [2, 4, 4, 0]
 
 
 def test_pair_pools_at_end_of_s2_not_at_separator(tiny_dir, tokenizer):
     model = classifier(tiny_dir)
     feats = data.encode(tokenizer, "mrpc", PAIRS, max_length=384)
     batch = data.collate(feats, tokenizer.pad_token_id)
-    index = modeling.last_token_index(batch["attention_mask"])
+    index = pooling.last_token_index(batch["attention_mask"])
     for row, f in enumerate(feats):
         ids = f["input_ids"]
         separator = ids.index(tokenizer.eos_token_id)
@@ -147,7 +148,7 @@ def test_pooled_logits_equal_padded_to_longest_or_to_384(tiny_dir, tokenizer, me
         randomize_lora_b(model)
         if method == "merged":
             model = model.merge_and_unload()
-            assert isinstance(model, modeling.LastAttendedPooling)
+            assert isinstance(model, pooling.LastAttendedPooling)
     model.eval()
     rows = data.read_jsonl(data.FIXTURES / "rte" / "validation.jsonl")[:6]
     feats = data.encode(tokenizer, "rte", rows, max_length=384)
@@ -158,17 +159,17 @@ def test_pooled_logits_equal_padded_to_longest_or_to_384(tiny_dir, tokenizer, me
         a = model(**dynamic).logits
         b = model(**fixed).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    positions = modeling.last_token_index(dynamic["attention_mask"]).tolist()
+    positions = pooling.last_token_index(dynamic["attention_mask"]).tolist()
     torch.testing.assert_close(a, manual_logits(model, dynamic, positions), atol=1e-5, rtol=0)
 
 
 def test_masked_mean_excludes_bos_and_padding():
     hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    out = modeling.masked_mean(hidden, mask)
+    out = pooling.masked_mean(hidden, mask)
     torch.testing.assert_close(out[0], hidden[0, 1:3].mean(0))
     torch.testing.assert_close(out[1], hidden[1, 1:5].mean(0))
-    with_bos = modeling.masked_mean(hidden, mask, exclude_bos=False)
+    with_bos = pooling.masked_mean(hidden, mask, exclude_bos=False)
     torch.testing.assert_close(with_bos[0], hidden[0, 0:3].mean(0))
     assert out.dtype == torch.float32
 
@@ -182,7 +183,7 @@ def test_masked_mean_of_model_states_does_not_depend_on_pad_length(tiny_dir, tok
         with torch.no_grad():
             out = model(**batch, output_hidden_states=True)
         assert len(out.hidden_states) == model.config.num_hidden_layers + 1  # embeddings + one per layer
-        means.append([modeling.masked_mean(h, batch["attention_mask"]) for h in out.hidden_states])
+        means.append([pooling.masked_mean(h, batch["attention_mask"]) for h in out.hidden_states])
     for short, long in zip(*means, strict=True):
         torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
 
@@ -190,7 +191,7 @@ def test_masked_mean_of_model_states_does_not_depend_on_pad_length(tiny_dir, tok
 # ------------------------------------------------------------------------------------------------ methods
 def test_full_method_trains_everything(tiny_dir):
     model = modeling.apply_method(classifier(tiny_dir), FullMethod(), {})
-    trainable, total = modeling.trainable_parameters(model)
+    trainable, total = artifacts.trainable_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
@@ -201,7 +202,7 @@ def test_lora_trainable_parameters_match_the_formula(tiny_dir, targets, r):
     base = classifier(tiny_dir)
     base_total = sum(p.numel() for p in base.parameters())
     model = modeling.apply_method(base, LoraMethod(r=r, target_modules=targets), {"lora_alpha": 32.0, "lora_dropout": 0.1})
-    trainable, total = modeling.trainable_parameters(model)
+    trainable, total = artifacts.trainable_parameters(model)
     cfg = model.config
     expected = modeling.lora_parameter_count(cfg, targets, r, num_labels=2)
     # by hand for the tiny model (hidden 64, 4 heads x 16, 2 kv heads x 16, intermediate 128, 2 layers):
@@ -222,13 +223,13 @@ def test_tinyllama_lora_count_is_about_1_13m():
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    cfg = LlamaConfig(**modeling.TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
+    cfg = LlamaConfig(**builtin.TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (2048, 22, 32, 4)
     assert modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 8, 2) == 1_130_496
     with torch.device("meta"):
         model = LlamaForSequenceClassification(cfg)
         peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, target_modules=["q_proj", "v_proj"]))
-    assert modeling.trainable_parameters(peft_model)[0] == 1_130_496
+    assert artifacts.trainable_parameters(peft_model)[0] == 1_130_496
 
 
 def test_lora_adapter_saves_the_head_and_reloads_to_the_same_logits(tiny_dir, tokenizer, tmp_path):
@@ -253,26 +254,26 @@ def test_lora_adapter_saves_the_head_and_reloads_to_the_same_logits(tiny_dir, to
 
 
 def test_pick_device():
-    assert modeling.pick_device({"LORASCOPE_DEVICE": "cpu"}) == torch.device("cpu")
+    assert loading.pick_device({"LORASCOPE_DEVICE": "cpu"}) == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert modeling.pick_device({}).type == expected
+    assert loading.pick_device({}).type == expected
     with pytest.raises(ConfigError, match="LORASCOPE_DEVICE"):
-        modeling.pick_device({"LORASCOPE_DEVICE": "tpu-ish"})
+        loading.pick_device({"LORASCOPE_DEVICE": "tpu-ish"})
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA"):
-            modeling.pick_device({"LORASCOPE_DEVICE": "cuda"})
+            loading.pick_device({"LORASCOPE_DEVICE": "cuda"})
 
 
 def test_model_source_checks_names_without_loading(tiny_dir, tmp_path):
-    assert modeling.model_source("builtin:tiny-llama") == "builtin"
-    assert modeling.model_source(str(tiny_dir)) == "local"
-    assert modeling.model_source("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T") == "hub"
+    assert hub.model_source("builtin:tiny-llama") == "builtin"
+    assert hub.model_source(str(tiny_dir)) == "local"
+    assert hub.model_source("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T") == "hub"
     with pytest.raises(ConfigError, match="unknown builtin"):
-        modeling.model_source("builtin:giant")
+        hub.model_source("builtin:giant")
     with pytest.raises(ConfigError, match="does not exist"):
-        modeling.model_source(str(tmp_path / "no" / "such" / "model"))
+        hub.model_source(str(tmp_path / "no" / "such" / "model"))
     with pytest.raises(ConfigError, match="no config.json"):
-        modeling.model_source(str(tmp_path))
+        hub.model_source(str(tmp_path))
 
 
 def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
@@ -285,7 +286,7 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
     study = load_study(Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml")
     ctx = PhaseContext(study, Store.open(str(tmp_path / "store")), "r1", tmp_path / "work", {}, Logger())
     stage.run(ctx, 0)
-    base_dir = modeling.base_model_dir(ctx)
+    base_dir = ctx.stage_dir() / "model"
     batch = data.collate(data.encode(tokenizer, "mrpc", PAIRS, 384), tokenizer.pad_token_id)
 
     lora = modeling.apply_method(classifier(base_dir, seed=4), LoraMethod(dropout=0.0), {})
@@ -301,12 +302,12 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
             w.add_dir(tmp_path / out)
 
     for cell, reference in (("mrpc-lora-s42", lora), ("mrpc-full-s42", full)):
-        model, tok = modeling.load_cell_model(ctx, cell, "cpu", torch.float32)
+        model, tok = artifacts.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
         assert not model.training and tok.pad_token_id == 2
         with torch.no_grad():
             torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="cells/rte-lora-s42 is not committed"):
-        modeling.load_cell_model(ctx, "rte-lora-s42", "cpu", torch.float32)
+        artifacts.load_cell_model(ctx.cell_dir("rte-lora-s42"), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------ load report
@@ -327,14 +328,14 @@ def test_expected_load_report_is_silenced_and_a_real_mismatch_is_not(tiny_dir, t
     hf = logging.getLogger("transformers")  # transformers' own handler may write to a stream pytest replaced
     hf.addHandler(handler)
     try:
-        modeling.load_classifier(tiny_dir, 2, torch.float32, "cpu")
+        loading.load_classifier(tiny_dir, 2, torch.float32, "cpu")
         assert not any("LOAD REPORT" in m for m in seen)
         odd = tmp_path / "odd"
         shutil.copytree(tiny_dir, odd)
         weights = load_file(str(odd / "model.safetensors"))
         weights["model.bogus_extra.weight"] = torch.zeros(3)
         save_file(weights, str(odd / "model.safetensors"), metadata={"format": "pt"})
-        modeling.load_classifier(odd, 2, torch.float32, "cpu")
+        loading.load_classifier(odd, 2, torch.float32, "cpu")
     finally:
         hf.removeHandler(handler)
     reports = [m for m in seen if "LOAD REPORT" in m]

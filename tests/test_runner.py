@@ -75,7 +75,7 @@ def test_status_distinguishes_committed_in_progress_missing(fake_phases, tmp_pat
     freeze_study(store, "r", study)
     with store.writer("runs/r/cells/mrpc-full-s42", phase="train", study_hash=study.hash) as w:
         w.add_bytes("m.json", b"{}")
-    store.backend.put_bytes("runs/r/cells/mrpc-full-s1337/_attempts/x/m.json", b"{}")  # a writer died mid-way
+    store.put_object("runs/r/cells/mrpc-full-s1337/_attempts/x/m.json", b"{}")  # a writer died mid-way
     with store.writer("runs/r/checkpoints/sst2-lora-s42/checkpoint-4", phase="train", study_hash=study.hash) as w:
         w.add_bytes("trainer_state.json", b"{}")
     rows = {bundle: state for _, bundle, state in status_rows(store, "r", study)}

@@ -16,7 +16,7 @@ import pytest
 from lorascope import cli, environment
 from lorascope.environment import PIP_FREEZE_FILE
 from lorascope.errors import ConfigError, IntegrityError, StoreError
-from lorascope.store import ATTEMPTS_DIR, COMMIT_NAME, Store, open_backend, pull
+from lorascope.store import ATTEMPTS_DIR, COMMIT_NAME, NotFound, Store, open_backend, pull
 
 
 def _write_bundle(store: Store, key: str, files: dict[str, bytes], meta=None):
@@ -109,18 +109,18 @@ def test_two_concurrent_writers_end_in_one_consistent_commit(store: Store):
     contents = {rel: b.read_bytes(rel) for rel in b.files}  # verifies every sha256
     tags = {data.split(b"-")[0] for data in contents.values()}
     assert len(contents) == 8 and len(tags) == 1, "a commit mixed files of two attempts"
-    attempts = {o.key.split("/")[5] for o in store.backend.list(f"{key}/{ATTEMPTS_DIR}/")}
+    attempts = {o.key.split("/")[5] for o in store.list_objects(f"{key}/{ATTEMPTS_DIR}/")}
     assert b.attempt in attempts and len(attempts) == 2
 
 
 def _flip_byte(store: Store, key: str) -> None:
-    data = bytearray(store.backend.get_bytes(key))
+    data = bytearray(store.get_object(key))
     data[len(data) // 2] ^= 0xFF
-    store.backend.put_bytes(key, bytes(data))
+    store.put_object(key, bytes(data))
 
 
 def test_pull_finds_a_flipped_byte_and_cli_exits_nonzero(store: Store, store_url: str, tmp_path: Path, capsys):
-    store.backend.put_bytes("runs/r1/study.yaml", b"# not used by pull\n")
+    store.put_object("runs/r1/study.yaml", b"# not used by pull\n")
     _write_bundle(store, "runs/r1/cells/a", {"w.bin": os.urandom(10_000), "m.json": b"{}"})
     _write_bundle(store, "runs/r1/cells/b", {"w.bin": os.urandom(10_000)})
     good = pull(store, "runs/r1/", tmp_path / "ok", expected=["runs/r1/cells/a", "runs/r1/cells/b", "runs/r1/cells/c"])
@@ -246,11 +246,49 @@ def test_store_urls_are_parsed_strictly():
 
 
 def test_bundles_ignore_folders_without_commit(store: Store):
-    store.backend.put_bytes("runs/r/cells/half/_attempts/a1/w.bin", b"x")
+    store.put_object("runs/r/cells/half/_attempts/a1/w.bin", b"x")
     _write_bundle(store, "runs/r/cells/whole", {"w.bin": b"y"})
     assert [b.key for b in store.bundles("runs/r/")] == ["runs/r/cells/whole"]
-    rec = json.loads(store.backend.get_bytes(f"runs/r/cells/whole/{COMMIT_NAME}"))
+    rec = json.loads(store.get_object(f"runs/r/cells/whole/{COMMIT_NAME}"))
     assert rec["files"][0]["path"] == "w.bin"
+
+
+def test_plain_objects_go_through_the_store(store: Store):
+    """What is not a bundle (a run's frozen study.yaml) is written, read and listed through the store's own methods."""
+    store.put_object("runs/r/study.yaml", b"name: s\n")
+    assert store.get_object("runs/r/study.yaml") == b"name: s\n"
+    with pytest.raises(NotFound):
+        store.get_object("runs/r/absent.yaml")
+    _write_bundle(store, "runs/r/cells/c", {"w.bin": b"x"})
+    assert [o.key for o in store.list_objects("runs/r/study")] == ["runs/r/study.yaml"]
+    assert {o.key.rsplit("/", 1)[1] for o in store.list_objects("runs/r/cells/c/")} >= {COMMIT_NAME, "w.bin"}
+    path = store.local_path("runs/r/study.yaml")
+    assert path is None if store.url.startswith("s3://") else path.read_bytes() == b"name: s\n"
+
+
+def test_delete_tree_removes_a_folder_of_bundles_commits_first(store: Store):
+    """delete_tree deletes every object under the folder, each bundle's commit before its files (a reader never sees a
+    commit whose files are gone), and nothing outside it: not a sibling whose name starts the same."""
+    for key in ("runs/r/checkpoints/c/checkpoint-1", "runs/r/checkpoints/c/checkpoint-2", "runs/r/checkpoints/cc/checkpoint-1"):
+        _write_bundle(store, key, {"w.bin": b"x"})
+    store.put_object("runs/r/checkpoints/c/checkpoint-3/_attempts/a/w.bin", b"an upload in progress")
+    inside = len(store.list_objects("runs/r/checkpoints/c/"))
+    order: list[str] = []
+    inner = store.backend
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def delete_prefix(self, prefix):
+            order.append(prefix)
+            return inner.delete_prefix(prefix)
+
+    assert Store(Recorder(), "test").delete_tree("runs/r/checkpoints/c") == inside
+    assert order == [f"runs/r/checkpoints/c/checkpoint-1/{COMMIT_NAME}", f"runs/r/checkpoints/c/checkpoint-2/{COMMIT_NAME}",
+                     "runs/r/checkpoints/c/"]  # fmt: skip
+    assert store.list_objects("runs/r/checkpoints/c/") == []
+    assert [b.key for b in store.bundles("runs/r/")] == ["runs/r/checkpoints/cc/checkpoint-1"]
 
 
 def test_retry_budget_is_spent_to_the_deadline_then_one_line(monkeypatch):
@@ -281,7 +319,7 @@ def test_retry_budget_is_spent_to_the_deadline_then_one_line(monkeypatch):
 # ------------------------------------------------------------------------------------------------ environment
 def test_every_commit_records_python_and_package_versions_without_a_freeze(store: Store):
     b = _write_bundle(store, "runs/r/cells/env", {"w.bin": b"x"})
-    record = json.loads(store.backend.get_bytes(f"runs/r/cells/env/{COMMIT_NAME}"))
+    record = json.loads(store.get_object(f"runs/r/cells/env/{COMMIT_NAME}"))
     env = record["environment"]
     assert env == b.commit["environment"]
     assert env["python"] == platform.python_version() and env["pip_freeze"] is None

@@ -12,9 +12,10 @@ import torch
 import yaml
 from transformers import TrainerCallback, set_seed
 
-from lorascope import data, modeling, training
+from lorascope import data, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.models import builtin, loading
 from lorascope.study import REPORT_TO_INTEGRATIONS, load_study, parse_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +31,8 @@ def smoke():
 def tiny(tmp_path_factory, smoke):
     """The smoke model and a few hundred encoded MRPC fixture examples."""
     torch.set_num_threads(1)
-    model_dir = modeling.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
-    tok = modeling.load_tokenizer(model_dir)
+    model_dir = builtin.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+    tok = loading.load_tokenizer(model_dir)
     splits, _ = data.prepare_task(smoke, "mrpc")
     return model_dir, tok, splits
 
@@ -110,7 +111,7 @@ def test_length_grouped_order_depends_only_on_seed_and_epoch():
 def test_evaluate_does_not_depend_on_batching(tiny, smoke):
     model_dir, tok, splits = tiny
     set_seed(0)
-    model = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
+    model = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
     rows = splits["validation"][:37]
     one = training.evaluate(model, tok, rows, smoke.task("mrpc"), batch_size=1)
     many = training.evaluate(model, tok, rows, smoke.task("mrpc"), batch_size=16)
@@ -141,7 +142,7 @@ def _one_step(tiny, smoke, micro_batch, tmp_path):
     model_dir, tok, splits = tiny
     features = data.encode(tok, "mrpc", splits["train"][:16], 64)
     set_seed(0)
-    model = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
+    model = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
     cfg = smoke.training.model_copy(update={"micro_batch": micro_batch})
     plan = training.Plan(learning_rate=1e-2, effective_batch=16, epochs=1, seed=3, lr_scheduler="constant",
                          max_steps=1, evaluate=False)  # fmt: skip
@@ -186,7 +187,7 @@ def test_early_stopping_on_dev_loss_and_best_model_at_the_end(tiny, smoke, tmp_p
     train = data.encode(tok, "mrpc", splits["train"][:64], 64)
     dev = data.encode(tok, "mrpc", splits["dev"][:32], 64)
     set_seed(0)
-    model = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
+    model = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
     cfg = smoke.training.model_copy(update={"early_stopping_patience": 2, "evals_per_epoch": 2})
     plan = training.Plan(learning_rate=0.0, effective_batch=8, epochs=6, seed=0, lr_scheduler="constant")
     result = training.fit(model, train, dev, training=cfg, plan=plan, pad_id=tok.pad_token_id, output_dir=tmp_path,

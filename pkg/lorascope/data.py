@@ -7,7 +7,7 @@ Sources (`study.data`):
 Splits: `dev` is carved from GLUE train with a fixed seed (`dev_fraction` of train, at most `dev_max`) and serves HPO
 and early stopping; `train` is the rest; `validation` (GLUE's) is the reported split and is never used for selection.
 GLUE `test` (labels -1) is never loaded. The stage phase writes all three splits to the store once; every later
-phase reads them from there with `load_split`.
+phase reads them from the stage bundle's folder with `read_split`.
 
 Caps: `tasks[].train_samples` and `tasks[].eval_samples` are applied by the stage phase (a seeded subset; the
 committed train/validation files are already capped), so every later phase sees the same examples.
@@ -17,8 +17,8 @@ Token ids, decoders: a single sentence is `BOS s`; a pair is `BOS s1 EOS s2` bui
 tokenizer-added specials), truncated longest-first to `max_length`. No trailing EOS: the classifier reads the last
 attended token, which is then the last token of the text.
 
-Token ids, encoders (RoBERTa, BERT: `lorascope.families`): the tokenizer's own templates, which are what the model
-was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
+Token ids, encoders (RoBERTa, BERT: `lorascope.models.families`): the tokenizer's own templates, which are what the
+model was pretrained with: RoBERTa `<s> s </s>` and `<s> s1 </s></s> s2 </s>`, BERT `[CLS] s [SEP]` and
 `[CLS] s1 [SEP] s2 [SEP]`. The tokenizer is called on the text pair with `truncation="longest_first"` and
 `max_length`: the longer segment loses tokens first so both segments and every special token fit (the decoders'
 rule), and its post-processor adds the specials (a hub tokenizer's template is used as is); the classifier reads the
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from lorascope.phases import PhaseContext
     from lorascope.study import DataConfig, Study
 
 FIXTURES = Path(__file__).resolve().parent / "assets" / "glue"
@@ -196,13 +195,17 @@ def prepare_task(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[s
     return splits, info
 
 
-def load_split(ctx: PhaseContext, task: str, split: Split) -> list[dict]:
-    """A split of a task from the committed stage bundle: GLUE columns, `label`, `idx`."""
-    ctx.study.task(task)  # ConfigError for a task the study does not have
+def read_split(stage_dir: Path, task: str, split: Split) -> list[dict]:
+    """A split of a task from the stage bundle's folder (`stage_dir/data/<task>/<split>.jsonl`, as the stage phase
+    wrote it): GLUE columns, `label`, `idx`."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; splits are {SPLITS}")
-    stage = ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
-    return read_jsonl(ctx.local(stage) / "data" / task / f"{split}.jsonl")
+    folder = Path(stage_dir) / "data"
+    path = folder / task / f"{split}.jsonl"
+    if not path.is_file():
+        staged = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise ConfigError(f"task {task!r}: the stage bundle has no {split} split for it (staged tasks: {staged})")
+    return read_jsonl(path)
 
 
 # ------------------------------------------------------------------------------------------------ tokens
@@ -217,7 +220,7 @@ def truncate_pair(len1: int, len2: int, budget: int) -> tuple[int, int]:
 
 
 def is_encoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether `tokenizer` is an encoder's (modeling.load_tokenizer marks them: `lorascope_encoder`)."""
+    """Whether `tokenizer` is an encoder's (models.loading.load_tokenizer marks them: `lorascope_encoder`)."""
     return bool(getattr(tokenizer, "lorascope_encoder", False))
 
 
@@ -247,7 +250,7 @@ def encode_encoder(tokenizer: PreTrainedTokenizerBase, task: str, examples: list
 
 def encode(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
     """Token ids for a classifier. Decoders: `BOS s` or `BOS s1 EOS s2` (ids put together here; the tokenizer adds
-    no specials), truncated to `max_length`. Encoders (a tokenizer from `modeling.load_tokenizer` of an encoder):
+    no specials), truncated to `max_length`. Encoders (a tokenizer from `models.loading.load_tokenizer` of an encoder):
     `encode_encoder`, the tokenizer's own templates. Returns {"idx", "input_ids", "attention_mask", "labels"} per
     example."""
     if is_encoder_tokenizer(tokenizer):

@@ -107,7 +107,7 @@ ENCODER_REASON = ("{model_type} is an encoder: no causal LM head, so the base mo
 
 def is_encoder(config: Any) -> bool:
     """An encoder family (families.py), or an encoder-decoder: forgetting is not measured for it."""
-    from lorascope import families
+    from lorascope.models import families
 
     if getattr(config, "is_encoder_decoder", False):
         return True

@@ -37,7 +37,7 @@ def freeze_study(store: Store, run_id: str, study: Study) -> None:
     frozen = load_frozen_study(store, run_id)
     if frozen is None:
         text = f"# lorascope study frozen at run creation\n# study_hash: {study.hash}\n" + study.to_yaml()
-        store.backend.put_bytes(key, text.encode())
+        store.put_object(key, text.encode())
     elif frozen.hash != study.hash:
         raise ConfigError(
             f"run {run_id!r} was created from study {frozen.name!r} with hash {frozen.hash}; this study "
@@ -49,14 +49,14 @@ def load_frozen_study(store: Store, run_id: str) -> Study | None:
     from lorascope.store import NotFound
 
     try:
-        text = store.backend.get_bytes(f"runs/{run_id}/{FROZEN_STUDY}").decode()
+        text = store.get_object(f"runs/{run_id}/{FROZEN_STUDY}").decode()
     except NotFound:
         return None
     return parse_study(text, source=f"{store.url}/runs/{run_id}/{FROZEN_STUDY}")
 
 
 def find_runs(store: Store) -> list[str]:
-    return sorted({o.key.split("/")[1] for o in store.backend.list("runs/") if o.key.endswith("/" + FROZEN_STUDY) and o.key.count("/") == 2})
+    return sorted({o.key.split("/")[1] for o in store.list_objects("runs/") if o.key.endswith("/" + FROZEN_STUDY) and o.key.count("/") == 2})
 
 
 MISSING_CODE_VERSIONS = ("", "unset", "unknown")  # placeholders a build may leave behind: never stamped into a commit

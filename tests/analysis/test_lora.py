@@ -44,10 +44,10 @@ def test_adapter_deltas_equal_peft_merge_with_rank_and_alpha_patterns(tmp_path):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from lorascope import modeling
+    from lorascope.models import builtin, loading
 
-    base_dir = modeling.build_tiny_llama(tmp_path / "base")
-    model = modeling.load_classifier(base_dir, 2, torch.float32, "cpu")
+    base_dir = builtin.build_tiny_llama(tmp_path / "base")
+    model = loading.load_classifier(base_dir, 2, torch.float32, "cpu")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS",
                         rank_pattern={"layers.0.self_attn.q_proj": 6, "q_proj": 2},
                         alpha_pattern={"proj": 99.0, r"layers\.1\.self_attn\.v_proj": 3.0})  # fmt: skip
@@ -63,7 +63,7 @@ def test_adapter_deltas_equal_peft_merge_with_rank_and_alpha_patterns(tmp_path):
     assert ranks["model.layers.0.self_attn.q_proj.weight"] == 6 and ranks["model.layers.1.self_attn.q_proj.weight"] == 2
     assert deltas["model.layers.0.self_attn.q_proj.weight"][2] == 8 / 6
     assert deltas["model.layers.1.self_attn.v_proj.weight"][2] == 3.0 / 4
-    merged = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"),
+    merged = PeftModel.from_pretrained(loading.load_classifier(base_dir, 2, torch.float32, "cpu"),
                                        str(tmp_path / "adapter")).merge_and_unload()  # fmt: skip
     base = tensorio.TensorFolder(base_dir, "model")
     for name, (B, A, scale) in deltas.items():

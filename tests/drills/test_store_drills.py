@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import store as store_mod
 from lorascope.errors import IntegrityError
 from lorascope.log import Logger
 from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id, freeze_study
 from lorascope.store import Store
+from lorascope.store import bundle as bundle_mod
 from lorascope.study import load_study
 
 from .conftest import REPO, assert_one_line, cli_env, files_under, lorascope
@@ -34,7 +34,7 @@ def _flip(path: Path, offset: int = -100) -> None:
 
 def _attempt_file(store: Store, key: str, rel: str) -> Path:
     b = store.bundle(key)
-    return Path(store.backend.local_path(b.object_key(rel)))
+    return Path(store.local_path(b.object_key(rel)))
 
 
 # ------------------------------------------------------------------------------------------------ 1. verified reads
@@ -78,8 +78,8 @@ def test_verification_is_cached_per_attempt_and_a_changed_file_is_caught(tmp_pat
         w.add_bytes("small.json", b"{}")
     b = store.bundle("runs/r/reps/x")
     hashed: list[str] = []
-    real = store_mod.sha256_file
-    monkeypatch.setattr(store_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     cache = tmp_path / "cache"
 
     folder = b.local_dir(cache)
@@ -136,9 +136,9 @@ def test_pull_over_an_earlier_good_pull_keeps_the_good_copy(store_url, tmp_path,
     good = (dest / store.bundle(key).object_key("model/w.bin")).read_bytes()
 
     obj = store.bundle(key).object_key("model/w.bin")  # the store's copy goes bad after the first pull
-    data = bytearray(store.backend.get_bytes(obj))
+    data = bytearray(store.get_object(obj))
     data[7] ^= 0xFF
-    store.backend.put_bytes(obj, bytes(data))
+    store.put_object(obj, bytes(data))
     second = lorascope("pull", run_id, "--store", store_url, "--to", str(dest), env=env)
     assert second.returncode == 1
     assert f"CORRUPT (sha256 or size differs from its commit): {obj}" in second.stdout
@@ -245,7 +245,7 @@ def test_deleted_checkpoints_leave_no_empty_folders(tmp_path):
     for step in (10, 20):
         with store.writer(f"runs/r/checkpoints/c/checkpoint-{step}", phase="train", study_hash="h") as w:
             w.add_bytes("sub/dir/w.bin", b"1")
-    store.backend.delete_prefix("runs/r/checkpoints/c/checkpoint-10/")
+    store.delete_tree("runs/r/checkpoints/c/checkpoint-10")
     assert [p.name for p in (tmp_path / "s/runs/r/checkpoints/c").iterdir()] == ["checkpoint-20"]
-    store.backend.delete_prefix("runs/r/checkpoints/c/")
+    store.delete_tree("runs/r/checkpoints/c")
     assert not (tmp_path / "s/runs/r/checkpoints").exists() and (tmp_path / "s").is_dir()

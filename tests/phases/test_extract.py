@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from lorascope import data, modeling
+from lorascope import data
+from lorascope.models import loading
 from lorascope.phases import extract, get_phase
 from lorascope.runner import run_phase_index
 from tests.phases.conftest import Run, write_study
@@ -50,7 +51,7 @@ def test_units_and_bundles(extracted):
 
 def test_extraction_set_is_a_fixed_subset_with_identical_ids_for_every_model(extracted):
     ctx, _ = extracted
-    rows = data.load_split(ctx, "mrpc", "validation")
+    rows = data.read_split(ctx.stage_dir(), "mrpc", "validation")
     want = [r["idx"] for r in data.subsample(rows, N_EXAMPLES, 3)]
     assert len(rows) > N_EXAMPLES and want != [r["idx"] for r in rows[:N_EXAMPLES]]
     for model in ["base", *CELLS]:
@@ -67,7 +68,7 @@ def test_all_examples_when_the_split_is_smaller(tmp_path):
     run = Run(study_path, str(tmp_path / "store"), tmp_path / "work", {})
     ctx = run.ctx()
     commit_stage(ctx, tmp_path)
-    assert [r["idx"] for r in extract.extraction_rows(ctx, "mrpc")] == [r["idx"] for r in data.load_split(ctx, "mrpc", "validation")]
+    assert [r["idx"] for r in extract.extraction_rows(ctx, "mrpc")] == [r["idx"] for r in data.read_split(ctx.stage_dir(), "mrpc", "validation")]
 
 
 def test_states_are_the_fine_tuned_models(extracted):
@@ -76,12 +77,12 @@ def test_states_are_the_fine_tuned_models(extracted):
     from peft import PeftModel
 
     ctx, base_dir = extracted
-    tok = modeling.load_tokenizer(base_dir)
+    tok = loading.load_tokenizer(base_dir)
     features = data.encode(tok, "mrpc", extract.extraction_rows(ctx, "mrpc"), 64)
     lora_dir = ctx.local(ctx.require("cells", "mrpc-lora-s42")) / "adapter"
-    merged = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"), str(lora_dir)).merge_and_unload()
-    full = modeling.load_classifier(ctx.local(ctx.require("cells", "mrpc-full-s7")) / "model", 2, torch.float32, "cpu")
-    base = modeling.load_classifier(base_dir, 2, torch.float32, "cpu")
+    merged = PeftModel.from_pretrained(loading.load_classifier(base_dir, 2, torch.float32, "cpu"), str(lora_dir)).merge_and_unload()
+    full = loading.load_classifier(ctx.local(ctx.require("cells", "mrpc-full-s7")) / "model", 2, torch.float32, "cpu")
+    base = loading.load_classifier(base_dir, 2, torch.float32, "cpu")
     for model, name in ((merged, "mrpc-lora-s42"), (full, "mrpc-full-s7"), (base, "base")):
         model.eval()
         t, _ = _reps(ctx, name)
@@ -99,8 +100,8 @@ def test_states_are_the_fine_tuned_models(extracted):
 
 def test_pooling_ignores_padding_and_excludes_bos(extracted):
     ctx, base_dir = extracted
-    tok = modeling.load_tokenizer(base_dir)
-    model = modeling.load_classifier(base_dir, 2, torch.float32, "cpu").eval()
+    tok = loading.load_tokenizer(base_dir)
+    model = loading.load_classifier(base_dir, 2, torch.float32, "cpu").eval()
     features = data.encode(tok, "mrpc", extract.extraction_rows(ctx, "mrpc")[:9], 64)
     lengths = {len(f["input_ids"]) for f in features}
     assert len(lengths) > 1  # so batching pads
@@ -122,7 +123,7 @@ def test_pooling_ignores_padding_and_excludes_bos(extracted):
 
 def test_last_hidden_state_entry_is_the_final_norm_output(extracted):
     _ctx, base_dir = extracted
-    model = modeling.load_classifier(base_dir, 2, torch.float32, "cpu").eval()
+    model = loading.load_classifier(base_dir, 2, torch.float32, "cpu").eval()
     seen = {}
     h1 = model.model.norm.register_forward_hook(lambda m, i, o: seen.update(norm_in=i[0], norm_out=o))
     h2 = model.model.layers[-1].register_forward_hook(lambda m, i, o: seen.update(block=o[0] if isinstance(o, tuple) else o))

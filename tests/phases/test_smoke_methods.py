@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from lorascope import cli, modeling, training
+from lorascope import cli, training
 from lorascope.log import Logger
+from lorascope.models import artifacts
 from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id
 from lorascope.store import Store
@@ -68,7 +69,7 @@ def run(tmp_path_factory):
 
 def test_every_cell_commits_its_methods_artifact_and_parameters(run):
     study, ctx = run
-    cfg = json.loads((modeling.base_model_dir(ctx) / "config.json").read_text())
+    cfg = json.loads((ctx.stage_dir() / "model" / "config.json").read_text())
     for cell in study.cells():
         method = study.method(cell.method)
         bundle = ctx.require("cells", cell.name)
@@ -91,11 +92,11 @@ def test_a_reloaded_cell_reproduces_its_committed_predictions(run):
     study, ctx = run
     from lorascope import data
 
-    rows = data.load_split(ctx, "sst2", "validation")
+    rows = data.read_split(ctx.stage_dir(), "sst2", "validation")
     for method in study.methods:
         name = f"sst2-{method.name}-s42"
         committed = [json.loads(line) for line in (ctx.local(ctx.require("cells", name)) / "predictions.jsonl").read_text().splitlines()]
-        model, tok = modeling.load_cell_model(ctx, name, "cpu", torch.float32)
+        model, tok = artifacts.load_cell_model(ctx.cell_dir(name), ctx.stage_dir() / "model", 2, "cpu", torch.float32)
         got = training.evaluate(model, tok, rows, study.task("sst2"), batch_size=64)
         by_idx = {p["idx"]: p for p in committed}
         np.testing.assert_allclose([p["logits"] for p in got.predictions],

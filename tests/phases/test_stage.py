@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from lorascope import data, modeling
+from lorascope import data
 from lorascope.cli import main
 from lorascope.log import Logger
+from lorascope.models import builtin, loading
 from lorascope.phases import PhaseContext
 from lorascope.runner import find_runs, load_frozen_study
 from lorascope.store import Store
@@ -52,7 +53,7 @@ def test_stage_commits_model_and_splits(store_url, tmp_path, capsys):
     assert EXPECTED_FILES <= set(bundle.files)
     meta = bundle.meta
     assert meta["model"]["source"] == "builtin" and meta["model"]["name"] == "builtin:tiny-llama"
-    assert meta["model"]["builtin_fingerprint"] == modeling.tiny_llama_fingerprint()
+    assert meta["model"]["builtin_fingerprint"] == builtin.tiny_llama_fingerprint()
     assert meta["model"]["bos_token_id"] == 1 and meta["model"]["eos_token_id"] == 2
     for task in ("mrpc", "sst2", "rte"):
         assert meta["data"][task]["sizes"] == {"train": 540, "dev": 60, "validation": 200}
@@ -62,16 +63,16 @@ def test_stage_commits_model_and_splits(store_url, tmp_path, capsys):
     # the splits read back equal a fresh split of the fixtures; train and dev are disjoint
     source = data.read_jsonl(data.FIXTURES / "rte" / "train.jsonl")
     train, dev = data.split_dev(source, 0.1, 2000, seed=0)
-    assert data.load_split(ctx, "rte", "train") == train
-    assert data.load_split(ctx, "rte", "dev") == dev
-    assert data.load_split(ctx, "rte", "validation") == data.read_jsonl(data.FIXTURES / "rte" / "validation.jsonl")
+    assert data.read_split(ctx.stage_dir(), "rte", "train") == train
+    assert data.read_split(ctx.stage_dir(), "rte", "dev") == dev
+    assert data.read_split(ctx.stage_dir(), "rte", "validation") == data.read_jsonl(data.FIXTURES / "rte" / "validation.jsonl")
 
     # the staged model is the builtin one, loadable through the real loader
-    model_dir = modeling.base_model_dir(ctx)
-    built = modeling.build_tiny_llama(tmp_path / "built")
+    model_dir = ctx.stage_dir() / "model"
+    built = builtin.build_tiny_llama(tmp_path / "built")
     assert (model_dir / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
-    clf = modeling.load_classifier(model_dir, 2, torch.float32, "cpu")
-    assert clf.config.pad_token_id == modeling.load_tokenizer(model_dir).eos_token_id == 2
+    clf = loading.load_classifier(model_dir, 2, torch.float32, "cpu")
+    assert clf.config.pad_token_id == loading.load_tokenizer(model_dir).eos_token_id == 2
 
     # a second run skips
     capsys.readouterr()
@@ -126,7 +127,7 @@ def test_stage_hub_model_records_the_resolved_commit_sha(tmp_path):
     (refs/main -> that commit), as `huggingface-cli download` leaves it. Stage resolves `main` to the sha."""
     repo = tmp_path / "hf" / "models--lorascope-test--tiny-llama"
     snapshot = repo / "snapshots" / FAKE_SHA
-    modeling.build_tiny_llama(snapshot)
+    builtin.build_tiny_llama(snapshot)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(FAKE_SHA)
     study = write_study(tmp_path, model__name="lorascope-test/tiny-llama", model__revision="main")

@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lorascope import modeling, training
+from lorascope import training
 from lorascope.history import check_history
-from lorascope.phases import get_phase
+from lorascope.models import artifacts
+from lorascope.phases import get_phase, train
 
 from .conftest import stage_run, write_study
 
@@ -134,7 +135,7 @@ def test_cell_bundles_hold_model_metrics_and_predictions(trained):
         preds = _predictions(run, cell)
         assert len(preds) == 200 and set(preds[0]) == {"idx", "label", "pred", "logits"}
         # the saved model, loaded the way later phases load it, reproduces the reported numbers
-        model, tok = modeling.load_cell_model(ctx, cell, torch.device("cpu"), torch.float32)
+        model, tok = artifacts.load_cell_model(ctx.cell_dir(cell), ctx.stage_dir() / "model", 2, torch.device("cpu"), torch.float32)
         rows = [
             json.loads(x)
             for x in (ctx.local(ctx.bundle("stage")) / "data" / "mrpc" / "validation.jsonl").read_text().splitlines()
@@ -203,7 +204,7 @@ def test_resume_from_a_later_epoch_equals_an_uninterrupted_run(make_run, monkeyp
     batches, RNG, optimizer, early-stopping state, best checkpoint) and ends with the uninterrupted run's numbers."""
     run = make_run(**RESUME_STUDY)
     _preempt_in_second_epoch(run, monkeypatch, 2)
-    steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-lora-s42"))
+    steps = sorted(train.checkpoint_store(run.ctx(), "mrpc-lora-s42").committed())
     assert steps and steps[-1] > 40  # 40 steps per epoch: the crash came in the second epoch
     assert not run.store.committed(run.key("cells", "mrpc-lora-s42"))
     run.phase("train", 2)
@@ -223,11 +224,11 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(make_run, mo
     run = make_run(**RESUME_STUDY)
     _preempt_in_second_epoch(run, monkeypatch, 2)
     ctx = run.ctx()
-    checkpoints = training.committed_checkpoints(ctx, "mrpc-lora-s42")
+    checkpoints = train.checkpoint_store(ctx, "mrpc-lora-s42").committed()
     steps = sorted(checkpoints)
     assert len(steps) >= 2
     latest = checkpoints[steps[-1]]
-    damaged = run.store.backend.local_path(latest.object_key("adapter_model.safetensors"))
+    damaged = run.store.local_path(latest.object_key("adapter_model.safetensors"))
     with open(damaged, "r+b") as f:
         f.seek(-50, os.SEEK_END)
         f.write(b"\0" * 8)
@@ -241,14 +242,14 @@ def test_a_cell_committed_by_another_writer_meanwhile_is_not_trained_again(make_
     """Two pods for one index: the second finds the cell committed after it loaded data and model (the first
     committed while it prepared), and skips instead of training it again."""
     run = make_run()
-    restore = training.restore_checkpoint
+    restore = training.CheckpointStore.restore
 
-    def other_writer_commits_first(ctx, cell, output_dir):
-        with ctx.writer("cells", cell, phase="train") as w:
+    def other_writer_commits_first(checkpoints, output_dir):
+        with run.ctx().writer("cells", "mrpc-full-s42", phase="train") as w:
             w.add_json("metrics.json", {"by": "the other writer"})
-        return restore(ctx, cell, output_dir)
+        return restore(checkpoints, output_dir)
 
-    monkeypatch.setattr(training, "restore_checkpoint", other_writer_commits_first)
+    monkeypatch.setattr(training.CheckpointStore, "restore", other_writer_commits_first)
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("trained a cell that was already committed"))
     run.phase("train", 0)
     assert _metrics(run, "mrpc-full-s42") == {"by": "the other writer"}
@@ -292,7 +293,7 @@ def test_sigkill_after_first_checkpoint_then_resume_on_s3(make_run, s3_url, tmp_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not store.committed(run.key("cells", cell)), "the cell committed before the kill: the test proved nothing"
-    first = sorted(training.committed_checkpoints(run.ctx(), cell))
+    first = sorted(train.checkpoint_store(run.ctx(), cell).committed())
     assert first and first[0] > 0
 
     done = run.run_cli("train", 2)
@@ -311,16 +312,16 @@ def test_checkpoints_in_the_store_keep_the_last_two_and_the_best(make_run):
     for step in (5, 10, 15, 20):
         with ctx.writer("checkpoints", "c", f"checkpoint-{step}", phase="train") as w:
             w.add_bytes("trainer_state.json", b"{}")
-    ctx.store.backend.put_bytes(
+    ctx.store.put_object(
         ctx.key("checkpoints", "c", "checkpoint-3", "_attempts", "x", "f"), b"old, never committed"
     )
-    ctx.store.backend.put_bytes(
+    ctx.store.put_object(
         ctx.key("checkpoints", "c", "checkpoint-25", "_attempts", "x", "f"), b"upload in progress"
     )
-    removed = training.prune_checkpoints(ctx, "c", keep=2, best_step=5)
+    removed = train.checkpoint_store(ctx, "c").prune(keep=2, best_step=5)
     assert sorted(removed) == [3, 10]
-    assert sorted(training.committed_checkpoints(ctx, "c")) == [5, 15, 20]
-    assert ctx.store.backend.list(ctx.key("checkpoints", "c", "checkpoint-25") + "/")  # left alone
+    assert sorted(train.checkpoint_store(ctx, "c").committed()) == [5, 15, 20]
+    assert ctx.store.list_objects(ctx.key("checkpoints", "c", "checkpoint-25") + "/")  # left alone
 
 
 def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
@@ -337,10 +338,11 @@ def test_bad_input_is_one_line_and_exit_2_before_a_model_loads(make_run):
 def test_the_report_draws_the_trained_cells_history(trained, tmp_path):
     """The history.json the train phase wrote is what the report's curves read: a figure for the task, with the two
     trained cells (seed 42 of each method) and the other two seeds listed as missing (not trained here)."""
+    from lorascope.phases import report
     from lorascope.reporting import curves
 
     ctx = trained.ctx()
-    found, missing = curves.cell_histories(ctx)
+    found, missing = report.cell_histories(ctx)
     assert sorted(found) == ["mrpc-full-s42", "mrpc-lora-s42"]
     assert missing == {"mrpc-full-s7": "cell not committed", "mrpc-lora-s7": "cell not committed"}
     figs = curves.figures(trained.study, found, tmp_path)
@@ -367,7 +369,7 @@ def test_an_ia3_cell_resumes_from_its_store_checkpoint_to_the_uninterrupted_resu
     assert want["trainable_bytes"] == 4 * want["trainable_params"]  # float32
     run = make_run(**IA3_STUDY)
     _preempt_in_second_epoch(run, monkeypatch, 0)
-    steps = sorted(training.committed_checkpoints(run.ctx(), "mrpc-ia3-s42"))
+    steps = sorted(train.checkpoint_store(run.ctx(), "mrpc-ia3-s42").committed())
     assert steps and steps[-1] > 20  # 20 steps per epoch: the crash came in the second epoch
     run.phase("train", 0)
     got = _metrics(run, "mrpc-ia3-s42")

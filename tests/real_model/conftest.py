@@ -50,15 +50,16 @@ def _train_steps(run: RealRun, method_name: str, out: Path) -> list[float]:
     import torch
 
     from lorascope import data, modeling
+    from lorascope.models import loading
 
     study = run.study
     lr = float(study.training.defaults[method_name]["learning_rate"])
-    tok = modeling.load_tokenizer(run.model_dir)
+    tok = loading.load_tokenizer(run.model_dir)
     rows = data.read_jsonl(run.model_dir.parent / "data" / "mrpc" / "train.jsonl")[:16]
     batch = data.collate(data.encode(tok, "mrpc", rows, 128), tok.pad_token_id)
     labels = torch.tensor([int(r["label"]) for r in rows])
     torch.manual_seed(0)
-    model = modeling.apply_method(modeling.load_classifier(run.model_dir, 2, torch.float32, "cpu"), study.method(method_name))
+    model = modeling.apply_method(loading.load_classifier(run.model_dir, 2, torch.float32, "cpu"), study.method(method_name))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []

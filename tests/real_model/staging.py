@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lorascope import smollm2
+from lorascope.models import smollm2
 from lorascope.study import load_study
 from tests.phases.conftest import Run
 

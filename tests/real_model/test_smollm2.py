@@ -13,9 +13,11 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from lorascope import data, modeling, smollm2
+from lorascope import data, modeling
 from lorascope.analysis import similarity as sim
 from lorascope.errors import LorascopeError
+from lorascope.models import hub, loading, smollm2
+from lorascope.models.pooling import masked_mean
 from lorascope.phases import extract
 from tests.real_model.conftest import N_EXTRACT, STEPS
 
@@ -49,7 +51,7 @@ def test_stage_commits_a_plain_model_with_its_provenance(real_run):
     assert meta["wheel_sha256"] == smollm2.WHEEL_SHA256 and meta["gguf_sha256"] == smollm2.GGUF_SHA256
     assert meta["model_safetensors_sha256"] == SAFETENSORS_SHA256
     model_dir = real_run.model_dir
-    assert meta["files_sha256"] == modeling._file_digest(model_dir)
+    assert meta["files_sha256"] == hub._file_digest(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     assert "quantization_config" not in config  # loads without gguf, trainable, saveable
     assert config["architectures"] == ["LlamaForCausalLM"]
@@ -58,7 +60,7 @@ def test_stage_commits_a_plain_model_with_its_provenance(real_run):
     assert arch == {"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3,
                     "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True}  # fmt: skip
     assert config["rope_parameters"]["rope_theta"] == 1e5
-    tok = modeling.load_tokenizer(model_dir)
+    tok = loading.load_tokenizer(model_dir)
     assert (tok.bos_token, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == ("<|im_start|>", 1, 2, 2)
     assert tok("a b").input_ids == tok("a b", add_special_tokens=True).input_ids  # adds no specials itself
     assert (meta["bos_token_id"], meta["eos_token_id"], meta["vocab_size"]) == (1, 2, 49152)
@@ -91,7 +93,7 @@ def _perplexity(model, tok, text: str) -> float:
 def test_it_is_pretrained(real_run):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = modeling.load_tokenizer(real_run.model_dir)
+    tok = loading.load_tokenizer(real_run.model_dir)
     model = LlamaForCausalLM.from_pretrained(str(real_run.model_dir), dtype=torch.float32).eval()
     ppl = _perplexity(model, tok, PARAGRAPH)
     with torch.random.fork_rng(devices=[]):
@@ -188,8 +190,8 @@ def test_bos_is_excluded_from_pooling_because_of_massive_activations(real_traine
     assert float(h[:, 0].abs().max()) > 1000
     torch.testing.assert_close(h[:, 0], h[:1, 0].expand_as(h[:, 0]), rtol=1e-4, atol=1e-2)  # input-independent
 
-    excluded = modeling.masked_mean(h, mask, exclude_bos=True).numpy()
-    included = modeling.masked_mean(h, mask, exclude_bos=False).numpy()
+    excluded = masked_mean(h, mask, exclude_bos=True).numpy()
+    included = masked_mean(h, mask, exclude_bos=False).numpy()
     np.testing.assert_allclose(_reps(run, "base")["mean"][layer], excluded, rtol=1e-4, atol=1e-3)
 
     def mean_pairwise_cosine(x: np.ndarray) -> float:
@@ -206,10 +208,10 @@ def test_bos_is_excluded_from_pooling_because_of_massive_activations(real_traine
 def test_model_source_needs_gguf_before_anything_is_fetched(monkeypatch):
     from lorascope.errors import ConfigError
 
-    assert modeling.model_source("builtin:smollm2-135m") == "builtin"
+    assert hub.model_source("builtin:smollm2-135m") == "builtin"
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # as if the real-model extra were not installed
     with pytest.raises(ConfigError, match=r"builtin:smollm2-135m.*gguf==0\.19\.0"):
-        modeling.model_source("builtin:smollm2-135m")
+        hub.model_source("builtin:smollm2-135m")
 
 
 def test_report_banner_names_the_quantised_model_not_the_random_one():

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lorascope import data, modeling
+from lorascope.models import builtin, loading
 from lorascope.phases import PhaseContext
 from lorascope.study import FullMethod, LoraMethod, Study
 
@@ -21,7 +22,7 @@ def make_adapter(base_dir: Path, dest: Path, method: LoraMethod, seed: int, num_
     """A LoRA adapter as our train phase saves it (adapter_config.json + adapter_model.safetensors incl. the score
     head), with lora_B and the score head drawn from a seeded normal (PEFT initialises B to zero)."""
     torch.manual_seed(seed)
-    model = modeling.apply_method(modeling.load_classifier(base_dir, num_labels, torch.float32, "cpu"), method)
+    model = modeling.apply_method(loading.load_classifier(base_dir, num_labels, torch.float32, "cpu"), method)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or ("score" in name and "modules_to_save" in name):
@@ -33,7 +34,7 @@ def make_adapter(base_dir: Path, dest: Path, method: LoraMethod, seed: int, num_
 def make_full_model(base_dir: Path, dest: Path, seed: int, num_labels: int = 2) -> Path:
     """A full fine-tuned classifier checkpoint (config.json + model.safetensors): the base with seeded noise."""
     torch.manual_seed(seed)
-    model = modeling.load_classifier(base_dir, num_labels, torch.float32, "cpu")
+    model = loading.load_classifier(base_dir, num_labels, torch.float32, "cpu")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -43,7 +44,7 @@ def make_full_model(base_dir: Path, dest: Path, seed: int, num_labels: int = 2) 
 
 def commit_stage(ctx: PhaseContext, tmp: Path) -> Path:
     """stage/ with model/ (the tiny Llama) and data/<task>/validation.jsonl (the packaged fixtures)."""
-    model_dir = modeling.build_tiny_llama(tmp / "stage-model")
+    model_dir = builtin.build_tiny_llama(tmp / "stage-model")
     with ctx.writer("stage", phase="stage", meta={"fixture": "tests/serving/bench_fixtures.py"}) as w:
         w.add_dir(model_dir, prefix="model")
         for task in ctx.study.tasks:
@@ -75,11 +76,11 @@ def _predictions(ctx: PhaseContext, base_dir: Path, cell: str, out: Path) -> str
     from peft import PeftModel
 
     task = cell.split("-")[0]
-    tok = modeling.load_tokenizer(base_dir)
+    tok = loading.load_tokenizer(base_dir)
     if (out / "adapter").is_dir():
-        model = PeftModel.from_pretrained(modeling.load_classifier(base_dir, 2, torch.float32, "cpu"), str(out / "adapter"))
+        model = PeftModel.from_pretrained(loading.load_classifier(base_dir, 2, torch.float32, "cpu"), str(out / "adapter"))
     else:
-        model = modeling.load_classifier(out / "model", 2, torch.float32, "cpu")
+        model = loading.load_classifier(out / "model", 2, torch.float32, "cpu")
     model.eval()
     rows = data.read_jsonl(GLUE_FIXTURES / task / "validation.jsonl")
     lines = []

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lorascope import data, modeling
+from lorascope import data
+from lorascope.models import builtin, loading
 from lorascope.serving import PROB_TOLERANCE, hf_backend, protocol, workload
 from lorascope.study import LoraMethod
 from tests.serving.bench_fixtures import GLUE_FIXTURES, make_adapter
@@ -24,9 +25,9 @@ TOL = PROB_TOLERANCE["float32"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf-backend")
-    base = modeling.build_tiny_llama(root / "base")
+    base = builtin.build_tiny_llama(root / "base")
     adapters = {t: make_adapter(base, root / f"adapter-{t}", LoraMethod(), seed=10 + i) for i, t in enumerate(TASKS)}
-    tok = modeling.load_tokenizer(base)
+    tok = loading.load_tokenizer(base)
     pools = {t: workload.make_pool(t, data.encode(tok, t, data.read_jsonl(GLUE_FIXTURES / t / "validation.jsonl")[:40], 384), 42)
              for t in TASKS}  # fmt: skip
     threads = torch.get_num_threads()
@@ -112,7 +113,7 @@ def test_seqcls_base_has_a_score_head_and_no_lm_head(tiny):
 def test_memory_report_on_cpu(tiny):
     server = hf_backend.open_adapters("multi-3", tiny["base"], tiny["adapters"], 2, torch.float32, CPU)
     mem = server.memory()
-    base_params = sum(p.numel() for p in modeling.load_classifier(tiny["base"], 2, torch.float32, "cpu").parameters())
+    base_params = sum(p.numel() for p in loading.load_classifier(tiny["base"], 2, torch.float32, "cpu").parameters())
     assert mem["weights_bytes"] > 4 * base_params  # base + 3 adapters + 3 head copies, float32
     assert mem["gpu_allocated_after_load_bytes"] is None and mem["rss_after_load_bytes"] > 0
     assert server.peak_memory()["gpu_peak_allocated_bytes"] is None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from lorascope import modeling
+from lorascope.models import builtin
 from lorascope.serving import vllm_backend
 from lorascope.study import load_study
 
@@ -39,7 +39,7 @@ def test_lora_rank_slot_uses_vllms_allowed_values():
 
 
 def test_weights_bytes_from_safetensors_headers(tmp_path):
-    base = modeling.build_tiny_llama(tmp_path / "base")
+    base = builtin.build_tiny_llama(tmp_path / "base")
     n = sum(t.numel() for t in load_file(str(base / "model.safetensors")).values())
     assert n > 390 * 64 * 2  # embeddings and lm_head at least
     assert vllm_backend.weights_bytes(base, "float32") == 4 * n

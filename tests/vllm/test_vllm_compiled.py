@@ -19,7 +19,7 @@ vllm = pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from lorascope import modeling  # noqa: E402
+from lorascope.models import builtin  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
@@ -50,7 +50,7 @@ def _serve(merged, base, regime: str, reqs: list[Request]) -> tuple[np.ndarray, 
 
 
 def test_merged_compiled_answers_like_eager_and_hf(tmp_path):
-    base = modeling.build_tiny_llama(tmp_path / "base")
+    base = builtin.build_tiny_llama(tmp_path / "base")
     adapter = make_adapter(base, tmp_path / "adapter", LoraMethod(), seed=10)
     merged = tmp_path / "merged"
     hf_backend.merge_adapter(base, adapter, merged, 2, torch.float32, tokenizer_dir=base)

@@ -31,7 +31,7 @@ vllm = pytest.importorskip("vllm")
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from lorascope import modeling  # noqa: E402
+from lorascope.models import builtin  # noqa: E402
 from lorascope.phases.bench import resolve_dtype  # noqa: E402
 from lorascope.serving import hf_backend, vllm_backend  # noqa: E402
 from lorascope.serving.plan import BenchPlan  # noqa: E402
@@ -43,7 +43,7 @@ MAIN_PYTHON = REPO / ".venv" / "bin" / "python"
 # TinyLlama-1.1B-intermediate-step-1431k-3T's published architecture (config.json on the hub, unreachable here) as a
 # sequence-classification checkpoint: enough for vLLM to validate the reference study's engine configuration.
 TINYLLAMA_1B = {
-    **modeling.TINYLLAMA_1B_ARCH, "architectures": ["LlamaForSequenceClassification"], "model_type": "llama",
+    **builtin.TINYLLAMA_1B_ARCH, "architectures": ["LlamaForSequenceClassification"], "model_type": "llama",
     "rope_theta": 10000.0, "pad_token_id": 2, "torch_dtype": "bfloat16",
     "num_labels": 2, "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
 }  # fmt: skip
@@ -66,7 +66,7 @@ def _no_pinned_memory(monkeypatch):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return modeling.build_tiny_llama(tmp_path_factory.mktemp("vllm-base") / "base")
+    return builtin.build_tiny_llama(tmp_path_factory.mktemp("vllm-base") / "base")
 
 
 def vllm_load(adapter_dir: Path, lora_config, model_config: dict):

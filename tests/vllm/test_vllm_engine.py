@@ -20,7 +20,7 @@ vllm = pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from lorascope import modeling  # noqa: E402
+from lorascope.models import builtin, loading  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
@@ -45,12 +45,12 @@ def _requests(n: int, tasks: tuple[str, ...]) -> list[Request]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-engine")
-    base = modeling.build_tiny_llama(tmp / "base")
+    base = builtin.build_tiny_llama(tmp / "base")
     adapters = {t: make_adapter(base, tmp / f"adapter-{t}", LoraMethod(), seed=10 + i) for i, t in enumerate(TASKS)}
     merged = tmp / "merged"
     hf_backend.merge_adapter(base, adapters["mrpc"], merged, 2, torch.float32, tokenizer_dir=base)
     full = make_full_model(base, tmp / "full", seed=7)
-    modeling.load_tokenizer(base).save_pretrained(str(full))
+    loading.load_tokenizer(base).save_pretrained(str(full))
     seqcls = hf_backend.save_seqcls_base(base, tmp / "seqcls", 2, torch.float32, seed=0)
     return {"base": base, "adapters": adapters, "merged": merged, "full": full, "seqcls": seqcls}
 

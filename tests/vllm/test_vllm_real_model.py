@@ -18,7 +18,8 @@ vllm = pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from lorascope import data, modeling  # noqa: E402
+from lorascope import data  # noqa: E402
+from lorascope.models import loading  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
@@ -31,7 +32,7 @@ PROB_TOL = 1e-4  # float32 through 30 layers: summation order differs between vL
 
 def test_vllm_serves_smollm2_with_an_adapter_like_hf(tmp_path):
     base = smollm2_model_dir()
-    tok = modeling.load_tokenizer(base)
+    tok = loading.load_tokenizer(base)
     rows = [json.loads(x) for x in (GLUE_FIXTURES / "mrpc" / "validation.jsonl").read_text().splitlines()[:12]]
     reqs = [Request(task="mrpc", idx=i, input_ids=tuple(int(t) for t in e["input_ids"]), label=int(e["labels"]))
             for i, e in enumerate(data.encode(tok, "mrpc", rows, 128))]  # fmt: skip

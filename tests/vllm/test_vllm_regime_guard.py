@@ -13,7 +13,7 @@ vllm = pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from lorascope import modeling  # noqa: E402
+from lorascope.models import builtin  # noqa: E402
 from lorascope.serving import hf_backend, vllm_backend  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
 from tests.serving.bench_fixtures import make_adapter  # noqa: E402
@@ -22,7 +22,7 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 def test_a_compiled_lora_engine_that_vllm_runs_eagerly_is_refused(tmp_path):
-    base = modeling.build_tiny_llama(tmp_path / "base")
+    base = builtin.build_tiny_llama(tmp_path / "base")
     adapters = {"mrpc": make_adapter(base, tmp_path / "adapter", LoraMethod(), seed=3)}
     seqcls = hf_backend.save_seqcls_base(base, tmp_path / "seqcls", 2, torch.float32, seed=0)
     kw = vllm_backend.engine_kwargs(seqcls, base, "float32", 32 * 2**20, 128, 0, adapters=1, regime="compiled")

@@ -22,58 +22,15 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lorascope.errors import ConfigError
-from lorascope.log import Logger
+from lorascope.phases.context import PhaseContext
 
 if TYPE_CHECKING:
-    from lorascope.store import Bundle, BundleWriter, Store
+    from lorascope.store import Bundle
     from lorascope.study import Study
-
-
-@dataclass
-class PhaseContext:
-    """Everything a phase may use. Built once by the CLI; phases read no environment themselves."""
-
-    study: Study
-    store: Store
-    run_id: str
-    work_dir: Path
-    env: Mapping[str, str] = field(default_factory=dict)  # the few settings the CLI read (device, storage URLs)
-    log: Logger = field(default_factory=Logger)
-
-    def key(self, *parts: str) -> str:
-        """Store key under this run: ctx.key("cells", "mrpc-lora-s42") -> runs/<run>/cells/mrpc-lora-s42."""
-        return "/".join(["runs", self.run_id, *[p.strip("/") for p in parts if p]])
-
-    def bundle(self, *parts: str) -> Bundle | None:
-        return self.store.bundle(self.key(*parts))
-
-    def require(self, *parts: str, why: str = "") -> Bundle:
-        """The committed bundle, or a ConfigError (exit 2) naming what is missing and which phase makes it."""
-        b = self.bundle(*parts)
-        if b is None:
-            hint = f" ({why})" if why else ""
-            raise ConfigError(f"run {self.run_id}: bundle {'/'.join(parts)} is not committed{hint}")
-        return b
-
-    def committed(self, *parts: str) -> bool:
-        return self.store.committed(self.key(*parts))
-
-    def writer(self, *parts: str, phase: str, meta: dict[str, Any] | None = None) -> BundleWriter:
-        return self.store.writer(self.key(*parts), phase=phase, study_hash=self.study.hash, meta=meta)
-
-    def scratch(self, *parts: str) -> Path:
-        p = self.work_dir.joinpath(self.run_id, *parts)
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def local(self, bundle: Bundle) -> Path:
-        """A local folder holding a committed bundle's files (verified download on S3)."""
-        return bundle.local_dir(self.work_dir / "cache")
 
 
 _STUDY_FIELD = re.compile(r"\{study\.([\w.]+)\}")  # `{study.hpo.workers}` in a fan_out -> `hpo.workers` in help

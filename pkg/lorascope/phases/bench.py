@@ -89,22 +89,24 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     """Steps 2-6 of the recipe for one backend (the plan checked, the input bundles committed)."""
     import torch
 
-    from lorascope import data, modeling
+    from lorascope import data
+    from lorascope.models import loading
     from lorascope.serving import bench_summary, protocol, servers, workload
 
     t_start = time.perf_counter()
     backend = plan.backend
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     # LORASCOPE_TORCH_THREADS when set; otherwise one intra-op thread on CPU. The smoke model is far too small to gain
     # from intra-op parallelism, and on a shared machine spinning OpenMP threads turn a 2 ms batch into a 50 ms one at
     # random, which would time the neighbours instead of the model.
     configure_threads(ctx.env, default=1 if device.type == "cpu" else None)
     dtype_name = resolve_dtype(ctx.study, device)
     dtype = getattr(torch, dtype_name)
-    base_dir = modeling.base_model_dir(ctx)
-    tokenizer = modeling.load_tokenizer(base_dir)
+    stage_dir = ctx.stage_dir()
+    base_dir = stage_dir / "model"
+    tokenizer = loading.load_tokenizer(base_dir)
     pools = {
-        t: workload.make_pool(t, data.encode(tokenizer, t, data.load_split(ctx, t, "validation"), ctx.study.task(t).max_length), plan.seed)
+        t: workload.make_pool(t, data.encode(tokenizer, t, data.read_split(stage_dir, t, "validation"), ctx.study.task(t).max_length), plan.seed)
         for t in dict.fromkeys([plan.served_task, *plan.adapter_tasks])
     }
     settings = protocol.Settings(tuple(plan.batch_sizes), ctx.study.bench.warmup_batches, ctx.study.bench.requests,

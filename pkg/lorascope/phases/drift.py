@@ -111,7 +111,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     out["bench"] = summary.bench_section(bench)
     out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS,
                            weights_source=sources, weights_skipped=skipped)
-    out["provenance"] = provenance.analysis_provenance(ctx, reps_bundles)
+    out["provenance"] = provenance.analysis_provenance(ctx.run_id, study, ctx.store.code_version, stage.meta,
+                                                       [b.commit for b in reps_bundles.values()])  # fmt: skip
     t_s = time.perf_counter() - t_s
     out["timings"] = {"representations_seconds": t_reps, "weights_seconds": t_w, "statistics_seconds": t_s,
                       "total_seconds": time.perf_counter() - t0}  # fmt: skip

@@ -17,9 +17,9 @@ Recipe
      a fixed-seed subset (`data.subsample` with `extraction.seed`: the same rows for every model, kept in source
      order), all of them when the split is smaller. Tokenized exactly as in training (`data.encode`, the task's
      max_length);
-  3. the model: the base classifier (`modeling.load_classifier` on the staged model; its random score head is never
-     read), or the cell's model through `modeling.load_cell_model`: a full cell's own weights, or the base with the
-     cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
+  3. the model: the base classifier (`models.loading.load_classifier` on the staged model; its random score head is
+     never read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the
+     base with the cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
      (W x + scale B A x); merging would compute the same function with different rounding and gains nothing here.
      float32 on every device, so the drift we measure is not bf16 rounding;
   4. batches of `extraction.batch_size` in length order, right-padded to their longest member (dynamic padding), one
@@ -30,9 +30,9 @@ Recipe
      (RoBERTa, BERT) have no final norm after the blocks (each post-LN block ends in its own LayerNorm): entry 0 is
      `embeddings` (after the embedding LayerNorm), entry i (1..L-1) the output of block i, `layer_<i>`, the last one
      included (`layer_<L-1>` is the `last_hidden_state` the head reads);
-  5. pool each entry: `modeling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`) left out
-     (padding never counts); `last`, the state at the last attended token (`modeling.last_token_index`, where a
-     decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
+  5. pool each entry: `models.pooling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`)
+     left out (padding never counts); `last`, the state at the last attended token (`models.pooling.last_token_index`,
+     where a decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
      allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
      input, and refused);
   6. forgetting (`study.forgetting`): the texts and the base LM head are read before the model loads
@@ -46,7 +46,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from lorascope.families import family_of
+from lorascope.models.families import family_of
 from lorascope.phases import BASE, PhaseContext, get_phase
 from lorascope.phases import extract_units as units
 from lorascope.study import GLUE_TASKS, Study
@@ -93,7 +93,7 @@ def extraction_rows(ctx: PhaseContext, task: str) -> list[dict]:
     from lorascope import data
 
     cfg = ctx.study.extraction
-    rows = data.load_split(ctx, task, cfg.split)
+    rows = data.read_split(ctx.stage_dir(), task, cfg.split)
     return data.subsample(rows, cfg.examples, cfg.seed)
 
 
@@ -116,7 +116,8 @@ def pooled_states(
     attention mask for encoders)."""
     import torch
 
-    from lorascope import data, modeling
+    from lorascope import data
+    from lorascope.models import pooling
 
     if not features:
         raise ValueError("pooled_states: no examples")
@@ -133,32 +134,34 @@ def pooled_states(
             states = hidden_states(model, batch)
             mask = batch["attention_mask"]
             arange = torch.arange(mask.shape[0], device=mask.device)
-            positions = {"last": modeling.last_token_index(mask), "first": torch.zeros_like(arange)}
+            positions = {"last": pooling.last_token_index(mask), "first": torch.zeros_like(arange)}
             if not out:
                 shape = (len(states), len(features), states[0].shape[-1])
                 out = {p: torch.empty(shape, dtype=torch.float32) for p in poolings}
             where = torch.tensor(rows, dtype=torch.long)
             for layer, h in enumerate(states):
                 for p in poolings:
-                    pooled = modeling.masked_mean(h, mask, exclude_bos=True) if p == "mean" else h[arange, positions[p]]
+                    pooled = pooling.masked_mean(h, mask, exclude_bos=True) if p == "mean" else h[arange, positions[p]]
                     out[p][layer, where] = pooled.float().cpu()
     return tuple(out[p] for p in poolings)
 
 
 def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
-    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell via `modeling.load_cell_model`."""
+    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell (`model_name`, trained on `task`) via
+    `models.artifacts.load_cell_model` on the committed cell and stage bundles' folders."""
     import torch
 
-    from lorascope import modeling
+    from lorascope.models import artifacts, loading
 
+    model_dir = ctx.stage_dir() / "model"
+    num_labels = GLUE_TASKS[task]["num_labels"]
     if model_name == BASE:
-        model_dir = modeling.base_model_dir(ctx)
         with torch.random.fork_rng(devices=[]):  # the unused score head draws from the global RNG
             torch.manual_seed(0)
-            model = modeling.load_classifier(model_dir, GLUE_TASKS[task]["num_labels"], torch.float32, device)
+            model = loading.load_classifier(model_dir, num_labels, torch.float32, device)
         model.eval()
-        return model, modeling.load_tokenizer(model_dir)
-    return modeling.load_cell_model(ctx, model_name, device, torch.float32)
+        return model, loading.load_tokenizer(model_dir)
+    return artifacts.load_cell_model(ctx.cell_dir(model_name), model_dir, num_labels, device, torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------ the phase
@@ -174,14 +177,15 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, heldout_loss, modeling
+    from lorascope import data, heldout_loss
+    from lorascope.models import loading
     from lorascope.reporting import provenance
 
     configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     task = study.task(task_name)
     rows = extraction_rows(ctx, task_name)
-    fplan = heldout_loss.plan(study.forgetting, modeling.base_model_dir(ctx))  # ConfigError before the model loads
+    fplan = heldout_loss.plan(study.forgetting, ctx.stage_dir() / "model")  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     family = family_of(model)
     features = data.encode(tokenizer, task_name, rows, task.max_length)

@@ -226,21 +226,23 @@ class Objective:
     """Train and score one trial; the model and the data are prepared once per worker."""
 
     def __init__(self, ctx: PhaseContext, task: str, method: str) -> None:
-        from lorascope import data, modeling, training
+        from lorascope import data, training
+        from lorascope.models import loading
 
         study = ctx.study
         self.ctx, self.study = ctx, study
         self.task = study.task(task)
         self.method = study.method(method)
-        self.device = modeling.pick_device(ctx.env)
-        self.model_dir = modeling.base_model_dir(ctx)
-        self.tokenizer = modeling.load_tokenizer(self.model_dir)
+        self.device = loading.pick_device(ctx.env)
+        stage_dir = ctx.stage_dir()
+        self.model_dir = stage_dir / "model"
+        self.tokenizer = loading.load_tokenizer(self.model_dir)
         self.pad_id = int(self.tokenizer.pad_token_id)
         train_rows = data.subsample(
-            data.load_split(ctx, task, "train"), self.task.hpo_train_samples, study.data.split_seed
+            data.read_split(stage_dir, task, "train"), self.task.hpo_train_samples, study.data.split_seed
         )
         self.train_features = data.encode(self.tokenizer, task, train_rows, self.task.max_length)
-        self.dev_features = data.encode(self.tokenizer, task, data.load_split(ctx, task, "dev"), self.task.max_length)
+        self.dev_features = data.encode(self.tokenizer, task, data.read_split(stage_dir, task, "dev"), self.task.max_length)
         self.bf16 = training.use_bf16(study.training, self.device)
 
     def __call__(self, trial: optuna.Trial, log) -> float:
@@ -248,13 +250,14 @@ class Objective:
         from transformers import set_seed
 
         from lorascope import modeling, training
+        from lorascope.models import loading
 
         chosen = suggest(trial, self.study.space_for(self.method))
         params = training.resolve_params(self.study, self.method.name, chosen, task=self.task.name)
         trial.set_user_attr("params", params)
         log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
-        model = modeling.load_classifier(
+        model = loading.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
         )
         model = modeling.apply_method(model, self.method, params)
@@ -381,13 +384,14 @@ def run(ctx: PhaseContext, index: int) -> None:
     name = f"{task}-{method}"
     log = ctx.log.bind(unit=name, worker=worker)
     ctx.require("stage", why="run the stage phase first: it fetches the model and the data")
-    from lorascope import modeling, training
+    from lorascope import training
+    from lorascope.models import loading
 
     space = cfg.space_for(cfg.method(method))
     training.resolve_params(
         cfg, method, {k: (p.low if p.type != "categorical" else p.choices[0]) for k, p in space.items()}, task=task
     )
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(cfg, device)
     configure_threads(ctx.env)
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorascope.history import HISTORY_FILE, check_history
 from lorascope.phases import PhaseContext
 
 REPORT_FILE = "ANALYSIS_REPORT.md"
@@ -55,6 +56,28 @@ def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str
         "h2_source": h2_source,
     }
     return numbers
+
+
+def cell_histories(ctx: PhaseContext) -> tuple[dict[str, dict], dict[str, str]]:
+    """(cell name -> history, cell name -> why it has none) for every cell of the study, in grid order: the cell
+    bundles' history.json (`lorascope.history`), which `reporting.curves` draws."""
+    found: dict[str, dict] = {}
+    missing: dict[str, str] = {}
+    for cell in ctx.study.cells():
+        bundle = ctx.bundle("cells", cell.name)
+        if bundle is None:
+            missing[cell.name] = "cell not committed"
+        elif HISTORY_FILE not in bundle.files:
+            missing[cell.name] = "no history.json (committed before lorascope kept training curves)"
+        else:
+            try:
+                history = bundle.read_json(HISTORY_FILE)
+                check_history(history, f"cells/{cell.name}/{HISTORY_FILE}")
+            except ValueError as exc:
+                missing[cell.name] = f"unreadable history.json: {exc}"
+                continue
+            found[cell.name] = history
+    return found, missing
 
 
 def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]:
@@ -94,7 +117,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     from lorascope.reporting import curves, markdown
 
     numbers = report_numbers(ctx, drift_bundle.read_json("summary.json"))
-    histories, no_history = curves.cell_histories(ctx)  # the cells' history.json: training curves
+    histories, no_history = cell_histories(ctx)  # the cells' history.json: training curves
     numbers["report"]["training_curves"] = curves.availability(ctx.study, histories, no_history)
     out = ctx.scratch("report")
     shutil.rmtree(out)
@@ -127,5 +150,5 @@ def _deliver(ctx: PhaseContext, bundle: Any, folder: Path) -> str:
             shutil.copytree(folder / "figures", dest / "figures", dirs_exist_ok=True)
         return str((dest / REPORT_FILE).resolve())
     key = bundle.object_key(REPORT_FILE)
-    local = ctx.store.backend.local_path(key)
+    local = ctx.store.local_path(key)
     return str(local) if local is not None else f"{ctx.store.url}/{key}"

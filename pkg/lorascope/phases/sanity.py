@@ -39,12 +39,14 @@ def run(ctx: PhaseContext, index: int) -> None:
     from transformers import TrainerCallback, set_seed
 
     from lorascope import data, modeling, training
+    from lorascope.models import loading
 
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(study, device)
     configure_threads(ctx.env)
-    train_rows = data.load_split(ctx, task, "train")
-    validation = data.load_split(ctx, task, "validation")
+    stage_dir = ctx.stage_dir()
+    train_rows = data.read_split(stage_dir, task, "train")
+    validation = data.read_split(stage_dir, task, "validation")
     examples = train_rows[: study.sanity.examples]
     if len(examples) < 2:
         raise ConfigError(
@@ -52,11 +54,11 @@ def run(ctx: PhaseContext, index: int) -> None:
         )
 
     # 1. overfit a handful of examples
-    model_dir = modeling.base_model_dir(ctx)
-    tokenizer = modeling.load_tokenizer(model_dir)
+    model_dir = stage_dir / "model"
+    tokenizer = loading.load_tokenizer(model_dir)
     features = data.encode(tokenizer, task, examples, study.task(task).max_length)
     set_seed(study.seed)
-    model = modeling.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
+    model = loading.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
     model = modeling.apply_method(model, method, {})
 
     class StopBelowTarget(TrainerCallback):

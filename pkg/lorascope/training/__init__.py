@@ -5,7 +5,8 @@ One module per job:
                   batch layout, precision and optimizer for a device (no torch import at module level)
   * `evaluation`  the one evaluation of both methods (`evaluate`, `evaluate_features`, `classification_metrics`)
   * `fit`         the Trainer: build it from a `Plan`, train (resuming from a checkpoint folder), return `FitResult`
-  * `checkpoints` Trainer checkpoints: local folders (state, weights) and their sync with the store
+  * `checkpoints` Trainer checkpoints: local folders (state, weights) and a cell's checkpoints in the store
+                  (`CheckpointStore`, built by the train phase; `StoreCheckpoints`, the Trainer's callback)
 
 The training history a cell keeps (history.json) is built by `lorascope.history` (no torch: the report reads it).
 The names below are the package's interface (`from lorascope import training; training.fit(...)`).
@@ -13,13 +14,11 @@ The names below are the package's interface (`from lorascope import training; tr
 
 from lorascope.training.checkpoints import (
     CHECKPOINT_PREFIX,
+    CheckpointStore,
     StoreCheckpoints,
     checkpoint_state,
     checkpoint_step,
-    committed_checkpoints,
     load_checkpoint_weights,
-    prune_checkpoints,
-    restore_checkpoint,
     training_finished,
 )
 from lorascope.training.evaluation import EvalResult, classification_metrics, evaluate, evaluate_features
@@ -47,10 +46,9 @@ from lorascope.training.hparams import (
 )
 
 __all__ = [
-    "CHECKPOINT_PREFIX", "ClassifierTrainer", "EvalResult", "FitResult", "LogLines", "Plan", "SeededLengthGroupedSampler",
-    "StepTimer", "StoreCheckpoints", "batch_layout", "check_training", "checkpoint_state", "checkpoint_step",
-    "classification_loss", "classification_metrics", "committed_checkpoints", "evaluate",
-    "evaluate_features", "fit", "load_checkpoint_weights", "num_labels", "optimizer_name", "peak_memory",
-    "prune_checkpoints", "resolve_params", "restore_checkpoint", "schedule", "stable_seed", "training_arguments",
-    "training_finished", "use_bf16",
+    "CHECKPOINT_PREFIX", "CheckpointStore", "ClassifierTrainer", "EvalResult", "FitResult", "LogLines", "Plan",
+    "SeededLengthGroupedSampler", "StepTimer", "StoreCheckpoints", "batch_layout", "check_training", "checkpoint_state",
+    "checkpoint_step", "classification_loss", "classification_metrics", "evaluate", "evaluate_features", "fit",
+    "load_checkpoint_weights", "num_labels", "optimizer_name", "peak_memory", "resolve_params", "schedule",
+    "stable_seed", "training_arguments", "training_finished", "use_bf16",
 ]  # fmt: skip

@@ -101,7 +101,7 @@ def evaluate(
     max_length: int | None = None,
     bf16: bool = False,
 ) -> EvalResult:
-    """Evaluate raw GLUE examples (`data.load_split` rows): tokenized exactly as in training (`data.encode`, the
+    """Evaluate raw GLUE examples (`data.read_split` rows): tokenized exactly as in training (`data.encode`, the
     task's max_length), then `evaluate_features`. The one evaluation for both methods, HPO and the report."""
     name = task.name if isinstance(task, TaskConfig) else task
     if max_length is None:
