@@ -42,8 +42,9 @@ from pathlib import Path
 
 import torch
 
-from lorascope import data, modeling
-from lorascope.study import FullMethod, LoraMethod
+from lorascope import data, methods, modeling
+from lorascope.methods.full import FullMethod
+from lorascope.methods.lora import LoraMethod
 
 MAX_LENGTH = 384
 
@@ -137,7 +138,7 @@ def train_once(
     model = shape.build(device)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = modeling.apply_method(model, method, {}).to(device)
+    model = methods.apply_method(model, method, {}).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)

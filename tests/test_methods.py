@@ -1,5 +1,5 @@
 """Every method kind on the tiny Llama and on the tiny RoBERTa (an encoder: first-token head, bias terms, its own
-module names; targets by role): set up by `modeling.apply_method`, trained a few steps by `training.fit`, saved as
+module names; targets by role): set up by `methods.apply_method`, trained a few steps by `training.fit`, saved as
 the train phase saves it (`adapter/` or `model/`), reloaded through `modeling.load_cell_model` and evaluated with the
 shared `training.evaluate`: the reloaded model gives the trained model's logits. Plus what trains under each method,
 prefix tuning's classification position, PiSSA/OLoRA conversion onto the untouched base, and the config errors."""
@@ -13,20 +13,18 @@ import pytest
 import torch
 from transformers import set_seed
 
-from lorascope import data, families, modeling, training
+from lorascope import data, families, methods, modeling, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.methods.bitfit import BitFitMethod
+from lorascope.methods.full import FullMethod
+from lorascope.methods.ia3 import Ia3Method, ia3_targets
+from lorascope.methods.lora import LoraMethod, lora_parameter_count
+from lorascope.methods.prefix import PrefixMethod
+from lorascope.methods.top_layers import TopLayersMethod
 from lorascope.phases import PhaseContext, stage
 from lorascope.store import Store
-from lorascope.study import (
-    BitFitMethod,
-    FullMethod,
-    Ia3Method,
-    LoraMethod,
-    PrefixMethod,
-    TopLayersMethod,
-    load_study,
-)
+from lorascope.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,10 +92,10 @@ def test_each_method_trains_saves_reloads_and_evaluates_the_same_on_roberta(robe
 
 def _train_save_reload_evaluate(env, name, method):
     ctx, base_dir, tok, splits, tmp = env
-    model = modeling.apply_method(_classifier(base_dir), method, {})
+    model = methods.apply_method(_classifier(base_dir), method, {})
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = tmp / f"cell-{name}"
-    initial = modeling.save_initial_adapter(model, method, out / "initial_adapter")
+    initial = methods.save_initial_adapter(model, method, out / "initial_adapter")
     assert (initial is not None) == (name in ("pissa", "olora"))
     features = data.encode(tok, "mrpc", splits["train"][:32], 64)
     plan = training.Plan(learning_rate=2e-2, effective_batch=8, epochs=1, seed=0, max_steps=3, evaluate=False,
@@ -108,7 +106,7 @@ def _train_save_reload_evaluate(env, name, method):
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed, "training changed nothing"
     assert all(p.requires_grad for n, p in trained.named_parameters() if n in changed)  # frozen stayed frozen
-    folder = modeling.save_cell_artifact(trained, method, out, initial)
+    folder = methods.save_cell_artifact(trained, method, out, initial)
     assert folder.name == ("adapter" if method.adapter else "model")
     assert modeling.folder_bytes(folder) > 0
     with ctx.writer("cells", f"mrpc-{name}-s42", phase="train") as w:
@@ -130,7 +128,7 @@ def test_what_trains_under_each_method(env):
     params = dict(base.named_parameters())
     head = sum(params[p].numel() for p in groups["head"])
     assert head == base.config.hidden_size * 2
-    counts = {k: modeling.trainable_parameters(modeling.apply_method(_classifier(base_dir), m, {}))[0]
+    counts = {k: modeling.trainable_parameters(methods.apply_method(_classifier(base_dir), m, {}))[0]
               for k, m in METHODS.items()}  # fmt: skip
     assert counts["full"] == sum(p.numel() for p in params.values())
     norm = sum(params[p].numel() for p in groups["norm"])
@@ -138,7 +136,7 @@ def test_what_trains_under_each_method(env):
     last = sum(params[p].numel() for p in groups[f"block:{n - 1}"])
     assert counts["top-layers"] == last + params["model.norm.weight"].numel() + head  # last block, final norm, head
     cfg = base.config
-    assert counts["lora"] == modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 4, 2)
+    assert counts["lora"] == lora_parameter_count(cfg, ["q_proj", "v_proj"], 4, 2)
     # DoRA adds one magnitude per output feature of each adapted module
     kv = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     assert counts["dora"] == counts["lora"] + n * (cfg.hidden_size + kv)
@@ -152,7 +150,7 @@ def test_prefix_tuning_classifies_at_the_last_real_token(env):
     """PEFT prepends num_virtual_tokens ones to the attention mask; pooling reads the sequence's own columns, so a
     padded row gives the logits it gives alone (unpadded, no mask to shift)."""
     _, base_dir, tok, _, _ = env
-    model = modeling.apply_method(_classifier(base_dir), PrefixMethod(num_virtual_tokens=4), {})
+    model = methods.apply_method(_classifier(base_dir), PrefixMethod(num_virtual_tokens=4), {})
     with torch.no_grad():
         for p in model.prompt_encoder.parameters():
             p.normal_(0, 1.0)  # a prefix that matters
@@ -181,8 +179,8 @@ def test_converted_pissa_adapter_applies_to_the_untouched_base(env, init):
     from safetensors.torch import load_file
 
     method = LoraMethod(name=init, r=4, dropout=0.0, init=init)
-    model = modeling.apply_method(_classifier(base_dir), method, {})
-    initial = modeling.save_initial_adapter(model, method, tmp / f"conv-{init}" / "initial_adapter")
+    model = methods.apply_method(_classifier(base_dir), method, {})
+    initial = methods.save_initial_adapter(model, method, tmp / f"conv-{init}" / "initial_adapter")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_" in n:
@@ -191,7 +189,7 @@ def test_converted_pissa_adapter_applies_to_the_untouched_base(env, init):
     batch = data.collate(data.encode(tok, "mrpc", splits["validation"][:6], 64), tok.pad_token_id)
     with torch.no_grad():
         trained = model(**batch).logits
-    folder = modeling.save_cell_artifact(model, method, tmp / f"conv-{init}", initial)
+    folder = methods.save_cell_artifact(model, method, tmp / f"conv-{init}", initial)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True  # [A | A0], [B | -B0]; no decomposition on load
     with torch.no_grad():
@@ -223,16 +221,16 @@ def test_bad_method_configs_name_the_field(env):
     ]
     for method, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
-            modeling.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
+            methods.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
 
 
 def test_ia3_feedforward_defaults_to_the_down_targets(env):
     _, base_dir, _, _, _ = env
     model = _classifier(base_dir)
-    assert modeling.ia3_targets(model, Ia3Method(target_modules=["q", "v"]), "m")[1] == []
-    targets, ff = modeling.ia3_targets(model, Ia3Method(target_modules=["v", "mlp"]), "m")
+    assert ia3_targets(model, Ia3Method(target_modules=["q", "v"]), "m")[1] == []
+    targets, ff = ia3_targets(model, Ia3Method(target_modules=["v", "mlp"]), "m")
     assert ff == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"] and set(ff) < set(targets)
-    peft = modeling.apply_method(_classifier(base_dir), Ia3Method(), {})
+    peft = methods.apply_method(_classifier(base_dir), Ia3Method(), {})
     assert set(peft.peft_config["default"].feedforward_modules) == {"down_proj"}
 
 
@@ -255,7 +253,7 @@ def test_drift_reads_the_update_peft_applies(env, name, tmp_path):
     from lorascope.phases.drift import weight_updates
 
     method = METHODS[name]
-    model = modeling.apply_method(_classifier(base_dir), method, {})
+    model = methods.apply_method(_classifier(base_dir), method, {})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if any(t in n for t in ("lora_", "ia3_l")):
@@ -289,7 +287,7 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     from lorascope.phases.drift import weight_updates
 
     base = tensorio.TensorFolder(base_dir, "model")
-    top = modeling.apply_method(_classifier(base_dir), METHODS["top-layers"], {})
+    top = methods.apply_method(_classifier(base_dir), METHODS["top-layers"], {})
     with torch.no_grad():
         top.model.layers[1].mlp.up_proj.weight.mul_(1.1)
     top.save_pretrained(str(tmp_path / "top" / "model"))
@@ -306,4 +304,3 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     assert kind == "dense" and all(n.startswith("model.layers.1.") for n in u) and len(list(u)) == 7
     np.testing.assert_allclose(u.get("model.layers.1.mlp.up_proj.weight"),
                                1.1 * base.get("model.layers.1.mlp.up_proj.weight"), rtol=1e-6)
-

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
+from lorascope.methods import kind_of
 from lorascope.study import Study
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# what PEFT's LoRA can wrap (peft.tuners.lora.model: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D)
-LORA_LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 
 
 def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] | None, str]:
@@ -77,31 +76,13 @@ def module_names(config: dict[str, Any]) -> dict[str, str]:
 
 
 def check_methods(study: Study, model: Any) -> None:
-    """What each method names must exist in the model: LoRA and IA3 targets (roles, groups, all-linear, literal
-    names: `families.resolve_targets`, of a type LoRA can wrap), IA3's feed-forward modules among its targets,
-    BitFit's parameter groups (Llama has no bias terms), top_layers' k against the block count. The same functions
-    `modeling.apply_method` runs, on a meta-device model, with the field path `methods.<i>...`."""
-    from lorascope import families, modeling
-
-    modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    """What each method names must exist in the model, by its kind's `check` (`lorascope.methods`): LoRA and IA3
+    targets (roles, groups, all-linear, literal names: `families.resolve_targets`, of a type LoRA can wrap), IA3's
+    feed-forward modules among its targets, BitFit's parameter groups (Llama has no bias terms), top_layers' k
+    against the block count. The same functions the kinds' `apply` runs, on a meta-device model, with the field
+    path `methods.<i>...`."""
     for i, m in enumerate(study.methods):
-        where = f"field methods.{i}"
-        if m.kind in ("lora", "ia3"):
-            for target in m.target_modules:
-                hits = families.resolve_targets(model, [target], f"{where}.target_modules")
-                wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
-                if wrong:
-                    head = set(families.family_of(model).head)
-                    adaptable = sorted({n.rsplit(".", 1)[-1] for n, t in modules.items()
-                                        if t in LORA_LAYER_TYPES and n.split(".")[0] not in head})  # fmt: skip
-                    raise ConfigError(f"{where}.target_modules: {target!r} names {wrong} layers, which {m.kind} cannot "
-                                      f"adapt (layers it can: {adaptable})")  # fmt: skip
-            if m.kind == "ia3":
-                modeling.ia3_targets(model, m, where)
-        elif m.kind == "bitfit":
-            modeling.bitfit_parameters(model, list(m.train), f"{where}.train")
-        elif m.kind == "top_layers":
-            modeling.top_layers_parameters(model, m.k, f"{where}.k")
+        kind_of(m).check(model, m, f"field methods.{i}")
 
 
 def check_family(study: Study, family: Any) -> None:
@@ -152,7 +133,7 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
             if isinstance(limit, int) and task.max_length > limit:
                 raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
                                   f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
-        if any(m.kind in ("lora", "ia3", "bitfit", "top_layers") for m in study.methods):
+        if any(kind_of(m).checks_model for m in study.methods):
             check_methods(study, meta_classifier(config))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lorascope import methods
 from lorascope.errors import ConfigError
+from lorascope.methods import METHOD_KINDS, MethodConfig, kind_of, kind_only_problem
+from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
+from lorascope.methods.lora import LoraMethod
+from lorascope.schema import NAME_PATTERN, SeedValue, Strict
 
 GLUE_TASKS: dict[str, dict[str, Any]] = {
     # name: text columns (pair tasks have two), number of labels, metric used for selection and reporting
@@ -27,50 +31,16 @@ GLUE_TASKS: dict[str, dict[str, Any]] = {
     "rte": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "accuracy"},
     "sst2": {"columns": ("sentence",), "num_labels": 2, "metric": "accuracy"},
 }
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # names end up in store keys, cell names and Kubernetes labels
-
-
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field's type lists bool itself (pydantic's lax mode would read `true` as 1 for an int field)."""
-    if annotation is bool:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _admits_bool(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_admits_bool(a) for a in typing.get_args(annotation))
-    return annotation is Any
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, data: Any) -> Any:
-        """`trials: true` is a typo, not 1: a boolean is accepted only where the field is a boolean (pydantic's lax
-        mode would read it as 1 for an int field)."""
-        if isinstance(data, dict):
-            for name, value in data.items():
-                f = cls.model_fields.get(name) if isinstance(name, str) else None
-                if f is not None and isinstance(value, bool) and not _admits_bool(f.annotation):
-                    raise ValueError(f"@{name}: expected a number, got the boolean {value}")
-        return data
-
-
-# a training seed seeds Python, numpy (which needs 0 <= seed < 2**32) and torch
-SeedValue = Annotated[int, Field(strict=True, ge=0, lt=2**32)]
-
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
+# Each method kind adds the hyperparameters only it accepts (LoRA: lora_alpha, lora_dropout), with their rules.
 PARAM_RULES: dict[str, tuple[Any, str]] = {
     "learning_rate": (lambda v: v > 0, "> 0"),
     "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "effective_batch": (lambda v: float(v).is_integer() and v >= 1, "an integer >= 1"),
     "epochs": (lambda v: v > 0, "> 0"),
-    "lora_alpha": (lambda v: v > 0, "> 0"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    **methods.hyperparameter_rules(),
 }
 REQUIRED_PARAMS = ("learning_rate", "effective_batch", "epochs")
 
@@ -130,141 +100,7 @@ class TaskConfig(Strict):
         return self.metric or GLUE_TASKS[self.name]["metric"]
 
 
-class FullMethod(Strict):
-    """Full fine-tuning: every parameter trains; the cell saves `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "full"
-    kind: Literal["full"] = "full"
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
-
-
-# Target lists name modules by role (q k v o gate up down), group (attention, mlp), `all-linear`, or a module's own
-# name (PEFT's suffix rule); lorascope.families.resolve_targets turns them into the exact names of a loaded model.
-# A bare string is a one-entry list (`target_modules: all-linear`).
-Targets = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-
-
-def _one_or_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-class LoraMethod(Strict):
-    """LoRA through PEFT (`LoraConfig`): rank `r`, `alpha`, `dropout` on `target_modules`; PEFT's variants DoRA
-    (`use_dora`: magnitude + direction), rsLoRA (`use_rslora`: scale alpha/sqrt(r) instead of alpha/r) and the
-    initialisation `init` (`default`: A Kaiming-uniform, B = 0; `gaussian`: A Gaussian; `pissa`/`olora`: the adapter
-    starts from the principal singular vectors / a QR of W0, and W0 is replaced by the residual; the saved adapter is
-    converted to a plain LoRA delta of rank 2r that applies to the untouched base, PEFT's
-    `path_initial_model_for_weight_conversion`)."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "lora"
-    kind: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Targets = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    use_dora: bool = False
-    use_rslora: bool = False
-    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
-    adapter: ClassVar[bool] = True
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _targets_list(cls, v: Any) -> Any:
-        return _one_or_list(v)
-
-    @model_validator(mode="after")
-    def _dora_not_converted(self) -> LoraMethod:
-        if self.use_dora and self.init in ("pissa", "olora"):
-            raise ValueError(f"@init: {self.init!r} with use_dora: a PiSSA/OLoRA adapter is saved converted to a plain "
-                             "LoRA delta (A B - A0 B0), which does not hold DoRA's magnitude; use one or the other")  # fmt: skip
-        return self
-
-    @property
-    def vllm_servable(self) -> bool:
-        """Plain LoRA only: vLLM's LoRA layers compute scale B A with scale alpha / r; DoRA's magnitude vector and
-        rsLoRA's scale are not what they serve, and a converted PiSSA/OLoRA adapter has rank 2r (kept out until the
-        bench's max_lora_rank accounts for it)."""
-        return not self.use_dora and not self.use_rslora and self.init in ("default", "gaussian")
-
-    @property
-    def converts_init(self) -> bool:
-        """Whether the init mutates the base weights (PiSSA, OLoRA): the adapter is saved converted."""
-        return self.init in ("pissa", "olora")
-
-
-class Ia3Method(Strict):
-    """IA3 through PEFT (`IA3Config`): learned vectors rescaling the outputs of `target_modules` and, for the
-    `feedforward_modules` among them, the inputs. Defaults: k, v and down, with down as the feed-forward module
-    (the IA3 paper's setting, PEFT's default mapping for Llama). `feedforward_modules: null` (the default) = the
-    targets that are the MLP's down projection."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "ia3"
-    kind: Literal["ia3"] = "ia3"
-    target_modules: Targets = Field(default_factory=lambda: ["k", "v", "down"])
-    feedforward_modules: list[Annotated[str, Field(min_length=1)]] | None = None
-    adapter: ClassVar[bool] = True
-    vllm_servable: ClassVar[bool] = False
-
-    @field_validator("target_modules", "feedforward_modules", mode="before")
-    @classmethod
-    def _targets_list(cls, v: Any) -> Any:
-        return _one_or_list(v)
-
-
-class TopLayersMethod(Strict):
-    """Fine-tune the last `k` blocks and the classifier head; everything else (embeddings, earlier blocks, the final
-    norm) stays frozen. The cell saves `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "top-layers"
-    kind: Literal["top_layers"] = "top_layers"
-    k: int = Field(1, ge=1)
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
-
-
-class BitFitMethod(Strict):
-    """BitFit-style tuning: only the parameter groups in `train` (`bias`: every bias term, Ben Zaken et al. 2022;
-    `norm`: the norms' weights and biases) plus the classifier head. Llama has no bias terms at all, so on Llama
-    `train: [bias]` is an error and `train: [norm]` is norm-only tuning (the RMSNorm gains). The cell saves
-    `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "bitfit"
-    kind: Literal["bitfit"] = "bitfit"
-    train: list[Literal["bias", "norm"]] = Field(default_factory=lambda: ["bias"], min_length=1)
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
-
-    @field_validator("train")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"each group at most once, got {v}")
-        return v
-
-
-class PrefixMethod(Strict):
-    """Prefix tuning through PEFT (`PrefixTuningConfig`): `num_virtual_tokens` learned key/value pairs prepended in
-    every attention layer; the classifier head trains too. The cell saves `adapter/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "prefix"
-    kind: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, ge=1)
-    adapter: ClassVar[bool] = True
-    vllm_servable: ClassVar[bool] = False
-
-
-AnyMethod = FullMethod | LoraMethod | Ia3Method | TopLayersMethod | BitFitMethod | PrefixMethod
-Method = Annotated[AnyMethod, Field(discriminator="kind")]
-METHOD_CLASSES: dict[str, type[Strict]] = {
-    "full": FullMethod, "lora": LoraMethod, "ia3": Ia3Method, "top_layers": TopLayersMethod, "bitfit": BitFitMethod,
-    "prefix": PrefixMethod,
-}  # fmt: skip
-METHOD_KINDS = tuple(METHOD_CLASSES)
-LORA_ONLY_PARAMS = ("lora_alpha", "lora_dropout")
-# fields added after studies were first run: left out of the study hash while they hold their default, so an
-# existing study keeps its hash and run id (canonical_json)
-_HASH_NEUTRAL_DEFAULTS = {"lora": {"use_dora": False, "use_rslora": False, "init": "default"}}
+Method = methods.method_union()  # the registered kinds' configs, discriminated by `kind`
 
 
 # ---- sweeps --------------------------------------------------------------------------------------------------
@@ -297,9 +133,9 @@ def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(spec, dict):
         raise ValueError(f"@{where}: expected a mapping (kind, name template, fields and axes), got {type(spec).__name__}")
     kind = spec.get("kind")
-    if kind not in METHOD_CLASSES:
+    if kind not in METHOD_KINDS:
         raise ValueError(f"@{where}.kind: expected one of {list(METHOD_KINDS)}, got {kind!r}")
-    cls = METHOD_CLASSES[kind]
+    cls = METHOD_KINDS.get(kind).config
     template = spec.get("name")
     if not isinstance(template, str) or not template:
         raise ValueError(f"@{where}.name: a sweep needs a name template naming each axis, e.g. 'lora-r{{r}}'")
@@ -350,15 +186,7 @@ def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
     return entries
 
 
-HPO_PARAMS = {
-    "learning_rate",
-    "warmup_ratio",
-    "weight_decay",
-    "effective_batch",
-    "epochs",
-    "lora_alpha",
-    "lora_dropout",
-}
+HPO_PARAMS = set(PARAM_RULES)
 
 
 class ParamSpace(Strict):
@@ -734,12 +562,10 @@ class Study(Strict):
                         raise ValueError(f"@{where}.{name}: {problem}")
             skey = self.space_key(m)
             space = self.space_for(m) if self.hpo.enabled else {}
-            if m.kind != "lora":
-                for section, given in [*sources, (f"hpo.spaces.{skey}", space)]:
-                    lora_only = [p for p in LORA_ONLY_PARAMS if p in given]
-                    if lora_only:
-                        raise ValueError(f"@{section}: {lora_only} apply to LoRA only, and method {m.name!r} is of "
-                                         f"kind {m.kind!r} (the key serves it: its name or kind)")  # fmt: skip
+            for section, given in [*sources, (f"hpo.spaces.{skey}", space)]:
+                if problem := kind_only_problem(kind_of(m), given):
+                    raise ValueError(f"@{section}: {problem}, and method {m.name!r} is of kind {m.kind!r} (the key "
+                                     "serves it: its name or kind)")  # fmt: skip
             searched: set[str] = set()
             for name, sp in space.items():
                 searched.add(name)
@@ -783,7 +609,7 @@ class Study(Strict):
                 return t
         raise ConfigError(f"unknown task {name!r}; the study's tasks are {[t.name for t in self.tasks]}")
 
-    def method(self, name: str) -> AnyMethod:
+    def method(self, name: str) -> MethodConfig:
         for m in self.methods:
             if m.name == name:
                 return m
@@ -801,7 +627,7 @@ class Study(Strict):
         dump = self.model_dump(mode="json")
         dump["training"].pop("report_to", None)
         for m in dump["methods"]:
-            for key, default in _HASH_NEUTRAL_DEFAULTS.get(m["kind"], {}).items():
+            for key, default in METHOD_KINDS.get(m["kind"]).hash_neutral_defaults.items():
                 if m.get(key) == default:
                     m.pop(key)
         if dump["bench"].get("method") is None:

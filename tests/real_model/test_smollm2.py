@@ -125,7 +125,9 @@ def test_train_phase_runs_a_lora_cell(real_trained):
     config = json.loads((run.model_dir / "config.json").read_text())
     from types import SimpleNamespace
 
-    assert m["trainable_params"] == modeling.lora_parameter_count(SimpleNamespace(**config), ["q_proj", "v_proj"], 8, 2)
+    from lorascope.methods.lora import lora_parameter_count
+
+    assert m["trainable_params"] == lora_parameter_count(SimpleNamespace(**config), ["q_proj", "v_proj"], 8, 2)
     assert m["total_params"] > 134_000_000
 
 

@@ -247,7 +247,7 @@ class Objective:
         import torch
         from transformers import set_seed
 
-        from lorascope import modeling, training
+        from lorascope import methods, modeling, training
 
         chosen = suggest(trial, self.study.space_for(self.method))
         params = training.resolve_params(self.study, self.method.name, chosen, task=self.task.name)
@@ -257,7 +257,7 @@ class Objective:
         model = modeling.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
         )
-        model = modeling.apply_method(model, self.method, params)
+        model = methods.apply_method(model, self.method, params)
         output_dir = self.ctx.scratch("hpo", f"{self.task.name}-{self.method.name}-trial-{trial.number}")
         metric = self.task.selection_metric
         result = None
