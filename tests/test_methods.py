@@ -6,16 +6,21 @@ prefix tuning's classification position, PiSSA/OLoRA conversion onto the untouch
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 from transformers import set_seed
 
 from lorascope import data, families, methods, modeling, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.methods import METHOD_KINDS, FixedByConstruction, MethodConfig, MethodKind, register
+from lorascope.methods.base import frozen_except
 from lorascope.methods.bitfit import BitFitMethod
 from lorascope.methods.full import FullMethod
 from lorascope.methods.ia3 import Ia3Method, ia3_targets
@@ -304,3 +309,140 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     assert kind == "dense" and all(n.startswith("model.layers.1.") for n in u) and len(list(u)) == 7
     np.testing.assert_allclose(u.get("model.layers.1.mlp.up_proj.weight"),
                                1.1 * base.get("model.layers.1.mlp.up_proj.weight"), rtol=1e-6)
+
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+class ProbeMethod(MethodConfig):
+    """A throwaway kind for the registry test: a linear probe (only the classifier head trains)."""
+
+    name: str = "probe"
+    kind: Literal["probe"] = "probe"
+    min_blocks: int = 1
+
+
+class ProbeKind(MethodKind):
+    name = "probe"
+    title = "linear probe"
+    config = ProbeMethod
+    artifact = "model"
+    checks_model = True
+
+    def check(self, model, config, field_path):
+        if families.num_blocks(model) < config.min_blocks:
+            raise ConfigError(f"{field_path}.min_blocks: the model has {families.num_blocks(model)} blocks")
+
+    def apply(self, model, config, overrides, field_path):
+        frozen_except(model, set(families.parameter_groups(model)["head"]))
+        return model
+
+    def fixed_by_construction(self, config, n_blocks, encoder):
+        return FixedByConstruction(embedding_output=True, frozen_blocks=tuple(range(n_blocks)), why_frozen="probe")
+
+    def weights_skipped(self, config):
+        return "a linear probe trains only the classifier head"
+
+
+@pytest.fixture
+def probe_kind():
+    """ProbeKind registered for one test: what a new module in lorascope/methods/ does on import."""
+    register(ProbeKind)
+    yield METHOD_KINDS.get("probe")
+    del METHOD_KINDS._entries["probe"]  # a test's kind must not outlive it
+
+
+def test_a_new_kind_is_one_registration_and_every_consumer_asks_the_registry(env, probe_kind, tmp_path):
+    """A kind defined only here (no other file knows "probe") validates in a study (the union built from the
+    registry; a module in lorascope/methods/ is in it at import, here a Study subclass rebuilds it), gets its
+    hyperparameters and its preflight check, trains on the tiny Llama, saves and reloads as its `artifact`, and the
+    drift phase and the summary read what it leaves fixed and why it has no weight rows, all from the kind."""
+    import yaml
+
+    from lorascope import preflight
+    from lorascope.analysis import summary
+    from lorascope.phases.drift import weight_updates
+    from lorascope.study import Study
+
+    with_probe = methods.method_union()
+
+    class ProbeStudy(Study):
+        methods: list[with_probe] = Field(min_length=1)  # type: ignore[valid-type]
+
+    ctx, base_dir, tok, splits, tmp = env
+    raw = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
+    raw["methods"].append({"name": "probe", "kind": "probe"})  # after full and lora
+    raw["hpo"]["enabled"] = False
+    raw["training"]["defaults"]["probe"] = {"learning_rate": 0.05, "effective_batch": 8, "epochs": 1}
+    raw["sanity"]["learning_rate"]["probe"] = 0.05
+    study = ProbeStudy.model_validate(raw)
+    probe = study.method("probe")
+    assert isinstance(probe, ProbeMethod) and not probe.adapter and not probe.vllm_servable
+    assert [c.name for c in study.cells()][6:9] == ["mrpc-probe-s42", "mrpc-probe-s1337", "mrpc-probe-s2024"]
+    assert len(study.hash) == 16 and ProbeStudy.model_validate(yaml.safe_load(study.to_yaml())).hash == study.hash
+    with pytest.raises(ValueError, match=r"\['lora_alpha'\] apply to LoRA only, and method 'probe' is of kind 'probe'"):
+        ProbeStudy.model_validate({**raw, "training": {**raw["training"], "defaults": {
+            **raw["training"]["defaults"], "probe": {**raw["training"]["defaults"]["probe"], "lora_alpha": 8}}}})
+    assert training.resolve_params(study, "probe") == {"learning_rate": 0.05, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                                                       "effective_batch": 8, "epochs": 1}  # fmt: skip
+    meta = preflight.meta_classifier(__import__("json").loads((base_dir / "config.json").read_text()))
+    preflight.check_methods(study, meta)
+    far = ProbeStudy.model_validate({**raw, "methods": [*raw["methods"][:2], {"kind": "probe", "min_blocks": 9}]})
+    with pytest.raises(ConfigError, match=r"field methods.2.min_blocks: the model has 2 blocks"):
+        preflight.check_methods(far, meta)
+
+    model = methods.apply_method(_classifier(base_dir), probe, {})
+    head = set(families.parameter_groups(model)["head"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == head
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = training.Plan(learning_rate=5e-2, effective_batch=8, epochs=1, seed=0, max_steps=3, evaluate=False,
+                         lr_scheduler="constant")  # fmt: skip
+    features = data.encode(tok, "mrpc", splits["train"][:32], 64)
+    trained = training.fit(model, features, None, training=study.training, plan=plan, pad_id=tok.pad_token_id,
+                           output_dir=tmp_path / "fit", device=torch.device("cpu"), log=Logger()).model  # fmt: skip
+    assert {n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n])} == head
+    folder = methods.save_cell_artifact(trained, probe, tmp_path / "cell")
+    assert folder.name == "model"
+    with ctx.writer("cells", "mrpc-probe-s42", phase="train") as w:
+        w.add_dir(folder, prefix=folder.name)
+    rows = splits["validation"][:16]
+    reloaded, _ = modeling.load_cell_model(ctx, "mrpc-probe-s42", "cpu", torch.float32)
+    ref, got = (training.evaluate(m, tok, rows, "mrpc", batch_size=8) for m in (trained, reloaded))
+    np.testing.assert_allclose([p["logits"] for p in got.predictions], [p["logits"] for p in ref.predictions], atol=1e-5)
+
+    cells = {c.name: c for c in study.cells() if c.method == "probe"}
+    updates, skipped, _ = weight_updates(study, cells, dict.fromkeys(cells), None)
+    assert updates == {} and skipped == {"probe": "a linear probe trains only the classifier head"}
+    labels = ["embeddings", "layer_1", "final_norm"]
+    assert summary.unchangeable_entries(study, labels, encoder=False)[0].startswith(
+        "lora (lora on q_proj, v_proj); probe (probe) cannot change the embedding output")
+    assert summary.frozen_entries(study, labels) == {"probe": {1: "probe", 2: "probe"}}
+
+
+def test_every_registered_kind_declares_a_consistent_protocol():
+    """Each kind's config says its kind, its size knob and its hyperparameters' defaults are fields of the config,
+    and the study's union and the sweeps know exactly the registered kinds."""
+    from lorascope.study import Method
+
+    union = typing.get_args(typing.get_args(Method)[0])
+    assert [c.model_fields["kind"].default for c in union] == list(METHOD_KINDS)
+    for name, kind in METHOD_KINDS.items():
+        fields = kind.config.model_fields
+        assert fields["kind"].default == name and kind.artifact in ("adapter", "model")
+        assert kind.size_knob is None or kind.size_knob in fields, name
+        assert all(f in fields for f in kind.size_companions) and all(h.field in fields for h in kind.hyperparameters.values())
+    assert set(METHOD_KINDS) >= {"full", "lora", "ia3", "top_layers", "bitfit", "prefix"}
+
+
+def test_no_consumer_compares_a_method_kind_by_name():
+    """The rule of the registry: outside lorascope/methods/, no module asks "which kind is this?" by comparing a
+    method's kind with a name (it asks the kind, `methods.kind_of(m)`)."""
+    import re
+
+    pattern = re.compile(r"""\.kind\s*(==|!=)\s*["']|\.kind\s+(not\s+)?in\s*[(\[{]|isinstance\([^)]*Method\b""")
+    consumers = ["study.py", "modeling.py", "preflight.py", "training/hparams.py", "phases/drift.py",
+                 "phases/train.py", "analysis/lora.py", "analysis/weights.py", "analysis/summary.py",
+                 "analysis/pareto.py", "analysis/costs.py"]  # fmt: skip
+    root = REPO / "pkg" / "lorascope"
+    found = [f"{f}:{i}" for f in consumers for i, line in enumerate((root / f).read_text().splitlines(), 1)
+             if pattern.search(line)]  # fmt: skip
+    assert found == []

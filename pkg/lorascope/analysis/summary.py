@@ -27,12 +27,15 @@ import numpy as np
 from lorascope.analysis import stats
 from lorascope.analysis import verdicts as vd
 from lorascope.analysis.costs import cost_table
+from lorascope.methods import kind_of
 
 SUMMARY_FORMAT = 3  # 3: comparisons say method_* (format 2: lora_*), pairs, costs, frozen_by_construction
 MEASURES = ("linear", "debiased")
 PRIMARY_MEASURE = "debiased"
 CI_ALPHA = 0.05
 EMBEDDINGS = "embeddings"  # the label of hidden_states[0] (phases/extract.layer_labels)
+# settings.lora_methods, kept for the readers of format 2 summaries: the methods of this kind (a name, not a rule)
+LEGACY_LORA_KIND = "lora"
 
 
 # ------------------------------------------------------------------------------------------------ study layout
@@ -44,7 +47,7 @@ def primary_pooling(study: Any) -> str:
 def method_roles(study: Any) -> tuple[Any | None, list[Any]]:
     """(the reference: the study's first `full` method, or None; every other method, of any kind, compared with it
     in study order). Without a reference nothing is compared."""
-    full = [m for m in study.methods if m.kind == "full"]
+    full = [m for m in study.methods if kind_of(m).is_reference]
     ref = full[0] if full else None
     return ref, [m for m in study.methods if ref is not None and m.name != ref.name]
 
@@ -58,21 +61,23 @@ def task_cells(study: Any, task: str) -> list[Any]:
 
 
 def _targets(m: Any) -> list[str]:
-    """The module names / roles a method adapts (LoRA, IA3: target_modules, plus IA3's feedforward_modules)."""
-    both = [*(getattr(m, "target_modules", None) or []), *(getattr(m, "feedforward_modules", None) or [])]
-    return list(dict.fromkeys(both))  # IA3's feedforward_modules are a subset of its target_modules
+    """The module names / roles a method adapts, as its kind reads them (LoRA, IA3: target_modules, plus IA3's
+    feedforward_modules)."""
+    return kind_of(m).targets(m)
 
 
 def lora_targets(study: Any) -> set[str]:
     """The short module names (`q_proj`, `query`) full fine-tuning's weight updates are measured on, like with like:
-    the LoRA methods' targets, else the IA3 methods', else q and v (LoraMethod's defaults). Roles and groups
-    (families.ROLES / GROUPS) map to the short name of the role in every known family, `all-linear` to every linear
-    weights.py analyses. Works for any mix of kinds."""
+    the targets of the methods whose kind comes first by `MethodKind.weight_targets_priority` (the LoRA methods',
+    else the IA3 methods'), else q and v (LoraMethod's defaults). Roles and groups (families.ROLES / GROUPS) map to
+    the short name of the role in every known family, `all-linear` to every linear weights.py analyses. Works for
+    any mix of kinds."""
     from lorascope import families
     from lorascope.analysis.weights import LINEAR_NAMES
 
-    picked = [t for m in study.methods if m.kind == "lora" for t in _targets(m)]
-    picked = picked or [t for m in study.methods if m.kind == "ia3" for t in _targets(m)] or ["q", "v"]
+    ranked = [(kind_of(m).weight_targets_priority, m) for m in study.methods]
+    first = min((rank for rank, _ in ranked if rank is not None), default=None)
+    picked = [t for rank, m in ranked if first is not None and rank == first for t in _targets(m)] or ["q", "v"]
     out: set[str] = set()
     for t in picked:
         if t == families.ALL_LINEAR:
@@ -114,28 +119,23 @@ def json_safe(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ layers and means
-def changes_embedding_output(m: Any, encoder: bool | None) -> bool:
-    """Can method `m` change hidden_states[0] (the embedding output)? Full fine-tuning: yes. LoRA, IA3, prefix,
-    top_layers: only when a target names the embeddings (top_layers freezes them). BitFit: on an encoder yes (its
-    embeddings end in a LayerNorm with a bias), on a decoder no (Llama-like embeddings have neither); with the
-    architecture unknown (encoder None) or an unknown kind, assumed yes: nothing is excluded without a reason."""
-    if m.kind == "full":
-        return True
-    if m.kind in ("lora", "ia3", "prefix", "top_layers"):
-        return any("embed" in t for t in _targets(m))
-    if m.kind == "bitfit":
-        return encoder is not False
-    return True
+def _fixed(m: Any, labels: list[str], encoder: bool | None):
+    """What method `m` leaves at the base's by construction on a model with these hidden-state labels (entries 1..n
+    are the outputs of the n blocks): its kind's `fixed_by_construction`."""
+    return kind_of(m).fixed_by_construction(m, len(labels) - 1, encoder)
 
 
 def unchangeable_entries(study: Any, labels: list[str], encoder: bool | None = None) -> dict[int, str]:
     """{hidden-state index: why} for entries some compared method cannot change by construction, left out of every
     mean over layers (their drift is exactly 0 for that method and not for the reference, which would favour it in
-    every mean): the embedding output, when a compared method does not change it (`changes_embedding_output`)."""
+    every mean): the embedding output, when a compared method cannot change it (its kind's
+    `fixed_by_construction`: LoRA, IA3, prefix tuning and top-k layers unless a target names the embeddings; BitFit
+    on a decoder, whose embeddings have neither bias nor norm; with the architecture unknown, `encoder` None, BitFit
+    is assumed to change it: nothing is excluded without a reason)."""
     _, compared = method_roles(study)
     out = {}
     if labels and labels[0] == EMBEDDINGS:
-        fixed = [m for m in compared if not changes_embedding_output(m, encoder)]
+        fixed = [m for m in compared if _fixed(m, labels, encoder).embedding_output]
         if fixed:
             groups: dict[str, list[str]] = {}  # methods of one kind on the same targets share one description
             for m in fixed:
@@ -147,17 +147,15 @@ def unchangeable_entries(study: Any, labels: list[str], encoder: bool | None = N
 
 
 def frozen_entries(study: Any, labels: list[str]) -> dict[str, dict[int, str]]:
-    """{method: {hidden-state index: why}} for the block outputs a top_layers method leaves frozen: with n blocks
-    (entries 1..n are block outputs, n = len(labels) - 1) and the last k trained, entries 1..n-k are the base's by
-    construction (drift 0). They stay IN the means (that is the method's real property); the per-layer tables mark
-    them."""
-    n = len(labels) - 1
+    """{method: {hidden-state index: why}} for the block outputs a method leaves frozen (its kind's
+    `fixed_by_construction`: a top_layers method with n blocks, n = len(labels) - 1, and the last k trained leaves
+    entries 1..n-k at the base's, drift 0). They stay IN the means (that is the method's real property); the
+    per-layer tables mark them."""
     out: dict[str, dict[int, str]] = {}
     for m in study.methods:
-        if m.kind == "top_layers":
-            k = int(getattr(m, "k", 0))
-            out[m.name] = {li: f"frozen by construction ({m.name} trains the last {k} of {n} blocks)"
-                           for li in range(1, max(1, n - k + 1))}  # fmt: skip
+        fixed = _fixed(m, labels, None)
+        if fixed.frozen_blocks is not None:
+            out[m.name] = {block + 1: fixed.why_frozen for block in fixed.frozen_blocks}
     return out
 
 
@@ -312,7 +310,7 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
             "primary_measure": f"cka_{PRIMARY_MEASURE}", "primary_pooling": primary, "poolings": poolings,
             "measures": list(MEASURES), "full_method": full.name if full else None,
             "reference_method": full.name if full else None, "compared_methods": [m.name for m in loras],
-            "lora_methods": [m.name for m in study.methods if m.kind == "lora"],
+            "lora_methods": [m.name for m in study.methods if m.kind == LEGACY_LORA_KIND],
             "method_kinds": {m.name: m.kind for m in study.methods}, "no_reference": None if full else NO_REFERENCE,
             "seeds": list(study.seeds), "n_seeds": len(study.seeds), "n_examples": dict(n_examples), "layers": len(labels),
             "resamples": next((r.n_resamples for r in resamplers.values()), None),
@@ -425,10 +423,11 @@ def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) ->
 
 # ------------------------------------------------------------------------------------------------ hypotheses
 def compared_words(study: Any) -> str:
-    """How the hypotheses name the compared methods: "LoRA" when every one is a LoRA method (the seed study), else
-    "each compared method's"."""
+    """How the hypotheses name the compared methods: their kind's `hypothesis_subject` when every one is of one kind
+    that has one ("LoRA" for LoRA methods, the seed study), else "each compared method's"."""
     _, compared = method_roles(study)
-    return "LoRA" if compared and all(m.kind == "lora" for m in compared) else "each compared method's"
+    subjects = {kind_of(m).hypothesis_subject for m in compared}
+    return subjects.pop() if len(subjects) == 1 and None not in subjects else "each compared method's"
 
 
 def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:

@@ -227,6 +227,14 @@ def module_parts(name: str) -> tuple[int | None, str]:
     return block, parts[-2] if len(parts) >= 2 else name
 
 
+def block_linears(names: Iterable[str]) -> tuple[list[str], int]:
+    """(the decoder linears' weight names among `names` (`LINEAR_NAMES` inside a block), the number of blocks they
+    span), e.g. the base weights' names: what a top_layers update is read on."""
+    linears = [n for n in names if n.endswith(".weight") and module_parts(n)[0] is not None
+               and module_parts(n)[1] in LINEAR_NAMES]  # fmt: skip
+    return linears, 1 + max((module_parts(n)[0] for n in linears), default=-1)
+
+
 def _targeted(short: str, targets: set[str]) -> bool:
     """PEFT's rule for a target_modules entry, on the path inside a block: equal, or ending in '.<entry>'."""
     return any(short == t or short.endswith("." + t) for t in targets)

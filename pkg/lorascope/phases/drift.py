@@ -10,10 +10,11 @@ Recipe
      (linear and debiased CKA, drift = 1 - CKA, cosines) -> `layer_rows.csv`; each seed pair of a method (the seed
      noise floor) -> `noise_floor.csv`; the debiased CKA on example subsets (`similarity.SubsetDebiasedCKA`) for
      the CI over examples;
-  3. weights, one module at a time (`analysis.weights.update_rows`): the update of every adapted module (full:
-     W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns; DoRA and IA3: the layer's effective weight from
-     PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its blocks' linears) -> `weights.csv`; BitFit and
-     prefix tuning move no weight matrix: no rows, the reason in summary.json's settings.weights_skipped;
+  3. weights, one module at a time (`analysis.weights.update_rows`): the update of every adapted module, read as
+     each method's kind says (`lorascope.methods`: full: W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns;
+     DoRA and IA3: the layer's effective weight from PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its
+     blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
+     reason in summary.json's settings.weights_skipped;
   4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
      -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
@@ -132,62 +133,27 @@ def run(ctx: PhaseContext, index: int) -> None:
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
 
 
-# how each method kind's weight update is read (weights.csv `source`), or why it has no rows
-WEIGHT_SOURCES = {
-    "full": "full_delta: W_ft - W0 from the cell's model/",
-    "lora": "lora_factors: scale B A from the adapter (rsLoRA: alpha/sqrt(r); PiSSA/OLoRA: the converted rank-2r "
-            "adapter, a plain LoRA delta on the untouched base)",
-    "dora": "dora_weight: W' - W0 with W' = diag(m / ||W0 + scale B A||_row) (W0 + scale B A), PEFT's DoRA",
-    "ia3": "ia3_weight: W' - W0 with W' = diag(l) W0 (output scaling) or W0 diag(l) (feed-forward: input scaling)",
-    "top_layers": "top_layers_delta: W_ft - W0 of the linears of the trained blocks, from the cell's model/",
-}
-WEIGHT_SKIPPED = {
-    "bitfit": "BitFit changes only bias / norm vectors (and the head): no linear weight matrix moves, so there is no "
-              "matrix update to measure",
-    "prefix": "prefix tuning learns virtual key/value vectors and leaves every weight matrix as it is",
-}  # fmt: skip
-
-
 def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str, tuple[str, Any]], dict, dict]:
-    """({cell: (kind, update)} for `weights.update_rows`, {method: why it has no weight rows}, {method: how its
-    update is read}). Never a guess: a method whose update this cannot compute exactly is skipped with its reason."""
-    from lorascope.analysis import lora, weights
+    """({cell: (form, update)} for `weights.update_rows`, {method: why it has no weight rows}, {method: how its
+    update is read}), each from the method's kind (`MethodKind.weight_update`, `weights_skipped`, `weight_source`).
+    Never a guess: a method whose update cannot be computed exactly is skipped with its reason."""
+    from lorascope.methods import kind_of
 
     updates: dict[str, tuple[str, Any]] = {}
     skipped: dict[str, str] = {}
     sources: dict[str, str] = {}
-    linears = [n for n in base.names() if n.endswith(".weight") and weights.module_parts(n)[0] is not None
-               and weights.module_parts(n)[1] in weights.LINEAR_NAMES]  # fmt: skip
-    n_blocks = 1 + max((weights.module_parts(n)[0] for n in linears), default=-1)
     for name, c in cells.items():
         m = study.method(c.method)
-        folder = cell_dirs[name]
+        kind = kind_of(m)
+        reason = kind.weights_skipped(m)
+        if reason is not None:
+            skipped[m.name] = reason
+            continue
         try:
-            if m.kind == "lora" and not m.use_dora:
-                updates[name] = ("lora", lora.adapter_deltas(*tensorio.read_adapter(folder / "adapter")))
-                sources[m.name] = WEIGHT_SOURCES["lora"]
-            elif m.kind == "lora":
-                config, factors = tensorio.read_adapter(folder / "adapter")
-                mags = tensorio.read_adapter_vectors(folder / "adapter", ".lora_magnitude_vector")
-                updates[name] = ("dense", lora.dora_updates(config, factors, mags, base))
-                sources[m.name] = WEIGHT_SOURCES["dora"]
-            elif m.kind == "ia3":
-                config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
-                vectors = tensorio.read_adapter_vectors(folder / "adapter", ".ia3_l")
-                updates[name] = ("dense", lora.ia3_updates(config, vectors, base))
-                sources[m.name] = WEIGHT_SOURCES["ia3"]
-            elif m.kind == "top_layers":
-                cell_model = tensorio.TensorFolder(folder / "model", "model")
-                trained = [n for n in linears if weights.module_parts(n)[0] >= n_blocks - m.k]
-                updates[name] = ("dense", lora.DenseUpdates("top_layers_delta", trained, cell_model.get))
-                sources[m.name] = WEIGHT_SOURCES["top_layers"]
-            elif m.kind == "full":
-                updates[name] = ("full", tensorio.TensorFolder(folder / "model", "model"))
-                sources[m.name] = WEIGHT_SOURCES["full"]
-            else:
-                skipped[m.name] = WEIGHT_SKIPPED[m.kind]
+            updates[name] = kind.weight_update(m, cell_dirs[name], base)
         except ValueError as e:
             raise ConfigError(f"cells/{name}: {e}") from None
+        sources[m.name] = kind.weight_source(m)
     return updates, skipped, sources
 
 
