@@ -5,32 +5,29 @@ error names the field path, the value and what was expected (ConfigError -> exit
 
 The grid is tasks x methods x seeds in a fixed order: task-major, then method, then seed, in the order the study
 lists them. `JOB_COMPLETION_INDEX` i is `study.cells()[i]` on every machine.
+
+Here: `Study`, `Cell`, the section configs and parsing. Elsewhere, one job each: the config base (`lorascope.schema`),
+the task table (`lorascope.tasks`), the method configs (`lorascope.methods`, one module per kind; the union of
+`methods` is built from its registry), sweeps (`lorascope.methods.sweeps`), the hash (`lorascope.study_hash`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lorascope import methods
+from lorascope import methods, study_hash
 from lorascope.errors import ConfigError
-from lorascope.methods import METHOD_KINDS, MethodConfig, kind_of, kind_only_problem
+from lorascope.methods import MethodConfig, kind_of, kind_only_problem
 from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
 from lorascope.methods.lora import LoraMethod
+from lorascope.methods.sweeps import expand_sweep
 from lorascope.schema import NAME_PATTERN, SeedValue, Strict
+from lorascope.tasks import GLUE_TASKS  # data.py, modeling.py and the extract and bench phases import it from here
 
-GLUE_TASKS: dict[str, dict[str, Any]] = {
-    # name: text columns (pair tasks have two), number of labels, metric used for selection and reporting
-    "mrpc": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "f1"},
-    "rte": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "accuracy"},
-    "sst2": {"columns": ("sentence",), "num_labels": 2, "metric": "accuracy"},
-}
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
 # Each method kind adds the hyperparameters only it accepts (LoRA: lora_alpha, lora_dropout), with their rules.
@@ -101,89 +98,6 @@ class TaskConfig(Strict):
 
 
 Method = methods.method_union()  # the registered kinds' configs, discriminated by `kind`
-
-
-# ---- sweeps --------------------------------------------------------------------------------------------------
-def _list_field(cls: type[Strict], name: str) -> bool:
-    ann = cls.model_fields[name].annotation
-    while typing.get_origin(ann) is Annotated:
-        ann = typing.get_args(ann)[0]
-    return typing.get_origin(ann) is list
-
-
-def _name_part(axis: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, list):
-        value = "".join(str(v) for v in value)
-    return str(value).replace(".", "p")
-
-
-def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
-    """A `sweep:` entry of `methods` as plain method entries.
-
-    `spec` holds `kind`, a `name` template and the method's fields. A field is an axis when its value lists
-    alternatives: for a scalar field (r, alpha, dropout, k, init, use_dora, ...) a list of values; for a list field
-    (target_modules, feedforward_modules, train) a list of lists, or for any field a mapping {label: value}. Every
-    other field is fixed. The entries are the product of the axes in the order they are written, the first axis
-    outermost, each axis's values in their order. The name template names every axis as `{field}`, replaced by the
-    value (a mapping axis: its label; a list value: its entries joined; `.` in a number becomes `p`)."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"@{where}: expected a mapping (kind, name template, fields and axes), got {type(spec).__name__}")
-    kind = spec.get("kind")
-    if kind not in METHOD_KINDS:
-        raise ValueError(f"@{where}.kind: expected one of {list(METHOD_KINDS)}, got {kind!r}")
-    cls = METHOD_KINDS.get(kind).config
-    template = spec.get("name")
-    if not isinstance(template, str) or not template:
-        raise ValueError(f"@{where}.name: a sweep needs a name template naming each axis, e.g. 'lora-r{{r}}'")
-    unknown = sorted(set(spec) - set(cls.model_fields))
-    if unknown:
-        raise ValueError(f"@{where}: unknown field(s) {unknown} for kind {kind!r}; its fields are {sorted(cls.model_fields)}")
-    axes: list[tuple[str, list[tuple[str, Any]]]] = []
-    fixed: dict[str, Any] = {}
-    for field_name, value in spec.items():
-        if field_name in ("name", "kind"):
-            continue
-        if isinstance(value, dict):
-            values = [(str(label), v) for label, v in value.items()]
-        elif isinstance(value, list) and (not _list_field(cls, field_name) or all(isinstance(v, list) for v in value) and value):
-            values = [(_name_part(field_name, v), v) for v in value]
-        else:
-            fixed[field_name] = value
-            continue
-        if not values:
-            raise ValueError(f"@{where}.{field_name}: an axis with no values")
-        labels = [label for label, _ in values]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"@{where}.{field_name}: the axis's values give repeated name parts {labels}")
-        axes.append((field_name, values))
-    if not axes:
-        raise ValueError(f"@{where}: no axis (a field with a list of alternatives or a mapping); write a plain entry")
-    missing = [a for a, _ in axes if "{" + a + "}" not in template]
-    if missing:
-        raise ValueError(f"@{where}.name: the template {template!r} does not name the axis(es) {missing} "
-                         f"(write {{{missing[0]}}} in it), so the entries would share names")  # fmt: skip
-    out: list[dict[str, Any]] = [{}]
-    for field_name, values in axes:
-        out = [{**e, field_name: (label, v)} for e in out for label, v in values]
-    entries = []
-    for combo in out:
-        name = template
-        for field_name, (label, _) in combo.items():
-            name = name.replace("{" + field_name + "}", label)
-        entry = {"kind": kind, "name": name, **fixed, **{f: v for f, (_, v) in combo.items()}}
-        try:
-            cls.model_validate(entry)
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            path = ".".join(str(p) for p in e["loc"]) or "(entry)"
-            msg = e["msg"].removeprefix("Value error, ")
-            raise ValueError(f"@{where}.{path}: entry {name!r}: {msg} (got {e.get('input')!r})") from None
-        entries.append(entry)
-    return entries
 
 
 HPO_PARAMS = set(PARAM_RULES)
@@ -618,31 +532,15 @@ class Study(Strict):
     def task_methods(self) -> list[tuple[str, str]]:
         return [(t.name, m.name) for t in self.tasks for m in self.methods]
 
-    # ---- identity -----------------------------------------------------------------------------------------
+    # ---- identity (lorascope.study_hash) -------------------------------------------------------------------
     def canonical_json(self) -> str:
-        """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
-        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id), and without
-        fields added later while they hold their defaults (the new method fields, `bench.method`, empty
-        `tasks[].defaults`, a default `report` section): a study written before they existed keeps its hash."""
-        dump = self.model_dump(mode="json")
-        dump["training"].pop("report_to", None)
-        for m in dump["methods"]:
-            for key, default in METHOD_KINDS.get(m["kind"]).hash_neutral_defaults.items():
-                if m.get(key) == default:
-                    m.pop(key)
-        if dump["bench"].get("method") is None:
-            dump["bench"].pop("method", None)
-        for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
-            if not task.get("defaults"):
-                task.pop("defaults", None)
-        if self.report == ReportConfig():  # a study without a report section keeps the hash it had before one existed
-            dump.pop("report")
-        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
+        """The validated study as canonical JSON, without what does not change any result (`study_hash`)."""
+        return study_hash.canonical_json(self)
 
     @property
     def hash(self) -> str:
         """sha256 of `canonical_json`, first 16 hex digits."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        return study_hash.digest(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

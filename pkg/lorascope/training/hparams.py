@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import ConfigError
 from lorascope.methods import kind_of, kind_only_problem
-from lorascope.study import GLUE_TASKS, HPO_PARAMS, REQUIRED_PARAMS, param_problem
+from lorascope.study import HPO_PARAMS, REQUIRED_PARAMS, param_problem
+from lorascope.tasks import GLUE_TASKS
 
 if TYPE_CHECKING:
     import torch
