@@ -359,7 +359,7 @@ def test_a_new_kind_is_one_registration_and_every_consumer_asks_the_registry(env
     import yaml
 
     from lorascope import preflight
-    from lorascope.analysis import summary
+    from lorascope.analysis import layers_in_mean
     from lorascope.phases.drift import weight_updates
     from lorascope.study import Study
 
@@ -413,9 +413,9 @@ def test_a_new_kind_is_one_registration_and_every_consumer_asks_the_registry(env
     updates, skipped, _ = weight_updates(study, cells, dict.fromkeys(cells), None)
     assert updates == {} and skipped == {"probe": "a linear probe trains only the classifier head"}
     labels = ["embeddings", "layer_1", "final_norm"]
-    assert summary.unchangeable_entries(study, labels, encoder=False)[0].startswith(
+    assert layers_in_mean.unchangeable_entries(study, labels, encoder=False)[0].startswith(
         "lora (lora on q_proj, v_proj); probe (probe) cannot change the embedding output")
-    assert summary.frozen_entries(study, labels) == {"probe": {1: "probe", 2: "probe"}}
+    assert layers_in_mean.frozen_entries(study, labels) == {"probe": {1: "probe", 2: "probe"}}
 
 
 def test_every_registered_kind_declares_a_consistent_protocol():
@@ -441,7 +441,8 @@ def test_no_consumer_compares_a_method_kind_by_name():
     pattern = re.compile(r"""\.kind\s*(==|!=)\s*["']|\.kind\s+(not\s+)?in\s*[(\[{]|isinstance\([^)]*Method\b""")
     consumers = ["study.py", "modeling.py", "preflight.py", "training/hparams.py", "phases/drift.py",
                  "phases/train.py", "analysis/lora.py", "analysis/weights.py", "analysis/summary.py",
-                 "analysis/pareto.py", "analysis/costs.py"]  # fmt: skip
+                 "analysis/pareto.py", "analysis/costs.py", "analysis/study_layout.py",
+                 "analysis/layers_in_mean.py", "analysis/drift_stats.py", "analysis/hypotheses.py"]  # fmt: skip
     root = REPO / "pkg" / "lorascope"
     found = [f"{f}:{i}" for f in consumers for i, line in enumerate((root / f).read_text().splitlines(), 1)
              if pattern.search(line)]  # fmt: skip

@@ -15,14 +15,16 @@ Recipe
      DoRA and IA3: the layer's effective weight from PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its
      blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
      reason in summary.json's settings.weights_skipped;
-  4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
+  4. statistics and verdicts (`analysis.summary`, assembling `analysis.drift_stats` and `analysis.hypotheses`; rules
+     in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
      -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
      `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.
 
 H2 needs the bench phase, which runs after drift in the pipeline: without a committed `bench/<backend>/` it is
-"not measured" here, and the report phase re-evaluates it with the same `summary.h2_hypothesis`.
+"not measured" here, and the report phase re-evaluates it with the same `hypotheses.h2_hypothesis` (and this phase's
+`committed_bench`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope.analysis import forgetting, representations, similarity, summary, weights
+    from lorascope.analysis import forgetting, hypotheses, representations, similarity, study_layout, summary, weights
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
@@ -70,7 +72,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     rows, noise, subset, resamplers, n_examples, labels = [], [], {}, {}, {}, []
     t_reps = time.perf_counter()
     for task in [t.name for t in study.tasks]:
-        cells = summary.task_cells(study, task)
+        cells = study_layout.task_cells(study, task)
         reps = {name: tensorio.RepsFile(ctx.local(reps_bundles[(name, task)]), REPS_FILE, LAYERS_FILE)
                 for name in ["base", *(c.name for c in cells)]}  # fmt: skip
         check_reps(task, reps)
@@ -79,7 +81,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         if n // 2 >= 4:
             resamplers[task] = similarity.SubsetDebiasedCKA(n, n // 2, RESAMPLES, study.extraction.seed)
         r, nf, subset[task] = representations.representation_drift(
-            task, cells, reps, study.extraction.pooling, summary.primary_pooling(study), resamplers.get(task), log)
+            task, cells, reps, study.extraction.pooling, study_layout.primary_pooling(study), resamplers.get(task), log)
         rows += r
         noise += nf
     t_reps = time.perf_counter() - t_reps
@@ -107,8 +109,8 @@ def run(ctx: PhaseContext, index: int) -> None:
         out["forgetting"], frows = forgetting.summarize(study, funits, out)
     except ValueError as e:
         raise LorascopeError(f"drift: {e}") from None
-    bench = summary.committed_bench(ctx)
-    out["hypotheses"]["H2"] = summary.h2_hypothesis(study, bench)
+    bench = committed_bench(ctx)
+    out["hypotheses"]["H2"] = hypotheses.h2_hypothesis(study, bench)
     out["bench"] = summary.bench_section(bench)
     out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS,
                            weights_source=sources, weights_skipped=skipped)
@@ -131,6 +133,18 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
     log("committed", bundle="drift", seconds=round(time.perf_counter() - t0, 2),
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
+
+
+def committed_bench(ctx: PhaseContext) -> dict[str, dict]:
+    """{backend: {"summary", "bundle", "attempt", "committed_at"}} of the study's committed bench bundles (the report
+    phase reads them the same way)."""
+    out = {}
+    for backend in ctx.study.bench.backends:
+        b = ctx.bundle("bench", backend)
+        if b is not None and "summary.json" in b.files:
+            out[backend] = {"summary": b.read_json("summary.json"), "bundle": f"bench/{backend}", "attempt": b.attempt,
+                            "committed_at": b.commit.get("committed_at")}  # fmt: skip
+    return out
 
 
 def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str, tuple[str, Any]], dict, dict]:
@@ -159,11 +173,11 @@ def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str,
 
 def full_cell_targets(study, updates: dict) -> set[str]:
     """The linears a full cell is compared on: the short names (`q_proj`) the study's LoRA cells adapted, read from
-    their adapters (the study may name them by role: `q`), else `summary.lora_targets`."""
-    from lorascope.analysis import summary, weights
+    their adapters (the study may name them by role: `q`), else `study_layout.lora_targets`."""
+    from lorascope.analysis import study_layout, weights
 
-    found = {weights.module_parts(n)[1] for kind, u in updates.values() if kind == "lora" for n in u}
-    return found or set(summary.lora_targets(study))
+    found = {weights.module_parts(n)[1] for form, u in updates.values() if form == "lora" for n in u}
+    return found or set(study_layout.lora_targets(study))
 
 
 def check_reps(task: str, reps: dict[str, tensorio.RepsFile]) -> None:
