@@ -10,7 +10,7 @@ Recipe
      (linear and debiased CKA, drift = 1 - CKA, cosines) -> `layer_rows.csv`; each seed pair of a method (the seed
      noise floor) -> `noise_floor.csv`; the debiased CKA on example subsets (`similarity.SubsetDebiasedCKA`) for
      the CI over examples;
-  3. weights, one module at a time (`analysis.weights.update_rows`): the update of every adapted module, read as
+  3. weights, one module at a time (`analysis.updates.update_rows`): the update of every adapted module, read as
      each method's kind says (`lorascope.methods`: full: W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns;
      DoRA and IA3: the layer's effective weight from PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its
      blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
@@ -47,7 +47,7 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope.analysis import forgetting, hypotheses, representations, similarity, study_layout, summary, weights
+    from lorascope.analysis import forgetting, hypotheses, representations, similarity, study_layout, summary, updates
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
@@ -91,10 +91,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     t_w = time.perf_counter()
     base = tensorio.TensorFolder(ctx.local(stage) / "model", "model")
     cells = {c.name: c for c in study.cells()}
-    updates, skipped, sources = weight_updates(study, cells, cell_dirs, base)
-    cells = {n: c for n, c in cells.items() if n in updates}
-    wrows, with_extra = weights.update_rows(
-        base, cells, updates, full_cell_targets(study, updates), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
+    cell_updates, skipped, sources = weight_updates(study, cells, cell_dirs, base)
+    cells = {n: c for n, c in cells.items() if n in cell_updates}
+    wrows, with_extra = updates.update_rows(
+        base, cells, cell_updates, full_cell_targets(study, cell_updates), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
         progress=lambda it, n: progress(it, n, "weight modules", log, every=max(1, n // 4)))
     t_w = time.perf_counter() - t_w
     log("weights done", modules=len(wrows), seconds=round(t_w, 2))
@@ -127,7 +127,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     with ctx.writer("drift", phase="drift", meta=meta) as w:
         w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.LAYER_COLUMNS))
         w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.NOISE_COLUMNS))
-        w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, weights.WEIGHT_COLUMNS))
+        w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, updates.WEIGHT_COLUMNS))
         if frows:
             w.add_bytes("forgetting.csv", tensorio.csv_bytes(frows, forgetting.CSV_COLUMNS))
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
@@ -148,7 +148,7 @@ def committed_bench(ctx: PhaseContext) -> dict[str, dict]:
 
 
 def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str, tuple[str, Any]], dict, dict]:
-    """({cell: (form, update)} for `weights.update_rows`, {method: why it has no weight rows}, {method: how its
+    """({cell: (form, update)} for `updates.update_rows`, {method: why it has no weight rows}, {method: how its
     update is read}), each from the method's kind (`MethodKind.weight_update`, `weights_skipped`, `weight_source`).
     Never a guess: a method whose update cannot be computed exactly is skipped with its reason."""
     from lorascope.methods import kind_of
