@@ -42,9 +42,10 @@ from pathlib import Path
 
 import torch
 
-from lorascope import data, modeling
+from lorascope import data, methods
+from lorascope.methods.full import FullMethod
+from lorascope.methods.lora import LoraMethod
 from lorascope.models import builtin, loading
-from lorascope.study import FullMethod, LoraMethod
 
 MAX_LENGTH = 384
 
@@ -138,7 +139,7 @@ def train_once(
     model = shape.build(device)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = modeling.apply_method(model, method, {}).to(device)
+    model = methods.apply_method(model, method, {}).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)

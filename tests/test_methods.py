@@ -1,33 +1,36 @@
 """Every method kind on the tiny Llama and on the tiny RoBERTa (an encoder: first-token head, bias terms, its own
-module names; targets by role): set up by `modeling.apply_method`, trained a few steps by `training.fit`, saved as
-the train phase saves it (`adapter/` or `model/`), reloaded through `modeling.load_cell_model` and evaluated with the
+module names; targets by role): set up by `methods.apply_method`, trained a few steps by `training.fit`, saved as
+the train phase saves it (`adapter/` or `model/`), reloaded through `models.artifacts.load_cell_model` and evaluated with the
 shared `training.evaluate`: the reloaded model gives the trained model's logits. Plus what trains under each method,
 prefix tuning's classification position, PiSSA/OLoRA conversion onto the untouched base, and the config errors."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 from transformers import set_seed
 
-from lorascope import data, modeling, training
+from lorascope import data, methods, training
 from lorascope.errors import ConfigError
 from lorascope.log import Logger
+from lorascope.methods import METHOD_KINDS, FixedByConstruction, MethodConfig, MethodKind, register
+from lorascope.methods.base import frozen_except
+from lorascope.methods.bitfit import BitFitMethod
+from lorascope.methods.full import FullMethod
+from lorascope.methods.ia3 import Ia3Method, ia3_targets
+from lorascope.methods.lora import LoraMethod, lora_parameter_count
+from lorascope.methods.prefix import PrefixMethod
+from lorascope.methods.top_layers import TopLayersMethod
 from lorascope.models import artifacts, families, loading
 from lorascope.phases import PhaseContext, stage
 from lorascope.store import Store
-from lorascope.study import (
-    BitFitMethod,
-    FullMethod,
-    Ia3Method,
-    LoraMethod,
-    PrefixMethod,
-    TopLayersMethod,
-    load_study,
-)
+from lorascope.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +98,10 @@ def test_each_method_trains_saves_reloads_and_evaluates_the_same_on_roberta(robe
 
 def _train_save_reload_evaluate(env, name, method):
     ctx, base_dir, tok, splits, tmp = env
-    model = modeling.apply_method(_classifier(base_dir), method, {})
+    model = methods.apply_method(_classifier(base_dir), method, {})
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = tmp / f"cell-{name}"
-    initial = modeling.save_initial_adapter(model, method, out / "initial_adapter")
+    initial = methods.save_initial_adapter(model, method, out / "initial_adapter")
     assert (initial is not None) == (name in ("pissa", "olora"))
     features = data.encode(tok, "mrpc", splits["train"][:32], 64)
     plan = training.Plan(learning_rate=2e-2, effective_batch=8, epochs=1, seed=0, max_steps=3, evaluate=False,
@@ -109,7 +112,7 @@ def _train_save_reload_evaluate(env, name, method):
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed, "training changed nothing"
     assert all(p.requires_grad for n, p in trained.named_parameters() if n in changed)  # frozen stayed frozen
-    folder = modeling.save_cell_artifact(trained, method, out, initial)
+    folder = methods.save_cell_artifact(trained, method, out, initial)
     assert folder.name == ("adapter" if method.adapter else "model")
     assert artifacts.folder_bytes(folder) > 0
     with ctx.writer("cells", f"mrpc-{name}-s42", phase="train") as w:
@@ -131,7 +134,7 @@ def test_what_trains_under_each_method(env):
     params = dict(base.named_parameters())
     head = sum(params[p].numel() for p in groups["head"])
     assert head == base.config.hidden_size * 2
-    counts = {k: artifacts.trainable_parameters(modeling.apply_method(_classifier(base_dir), m, {}))[0]
+    counts = {k: artifacts.trainable_parameters(methods.apply_method(_classifier(base_dir), m, {}))[0]
               for k, m in METHODS.items()}  # fmt: skip
     assert counts["full"] == sum(p.numel() for p in params.values())
     norm = sum(params[p].numel() for p in groups["norm"])
@@ -139,7 +142,7 @@ def test_what_trains_under_each_method(env):
     last = sum(params[p].numel() for p in groups[f"block:{n - 1}"])
     assert counts["top-layers"] == last + params["model.norm.weight"].numel() + head  # last block, final norm, head
     cfg = base.config
-    assert counts["lora"] == modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 4, 2)
+    assert counts["lora"] == lora_parameter_count(cfg, ["q_proj", "v_proj"], 4, 2)
     # DoRA adds one magnitude per output feature of each adapted module
     kv = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     assert counts["dora"] == counts["lora"] + n * (cfg.hidden_size + kv)
@@ -153,7 +156,7 @@ def test_prefix_tuning_classifies_at_the_last_real_token(env):
     """PEFT prepends num_virtual_tokens ones to the attention mask; pooling reads the sequence's own columns, so a
     padded row gives the logits it gives alone (unpadded, no mask to shift)."""
     _, base_dir, tok, _, _ = env
-    model = modeling.apply_method(_classifier(base_dir), PrefixMethod(num_virtual_tokens=4), {})
+    model = methods.apply_method(_classifier(base_dir), PrefixMethod(num_virtual_tokens=4), {})
     with torch.no_grad():
         for p in model.prompt_encoder.parameters():
             p.normal_(0, 1.0)  # a prefix that matters
@@ -182,8 +185,8 @@ def test_converted_pissa_adapter_applies_to_the_untouched_base(env, init):
     from safetensors.torch import load_file
 
     method = LoraMethod(name=init, r=4, dropout=0.0, init=init)
-    model = modeling.apply_method(_classifier(base_dir), method, {})
-    initial = modeling.save_initial_adapter(model, method, tmp / f"conv-{init}" / "initial_adapter")
+    model = methods.apply_method(_classifier(base_dir), method, {})
+    initial = methods.save_initial_adapter(model, method, tmp / f"conv-{init}" / "initial_adapter")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_" in n:
@@ -192,7 +195,7 @@ def test_converted_pissa_adapter_applies_to_the_untouched_base(env, init):
     batch = data.collate(data.encode(tok, "mrpc", splits["validation"][:6], 64), tok.pad_token_id)
     with torch.no_grad():
         trained = model(**batch).logits
-    folder = modeling.save_cell_artifact(model, method, tmp / f"conv-{init}", initial)
+    folder = methods.save_cell_artifact(model, method, tmp / f"conv-{init}", initial)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True  # [A | A0], [B | -B0]; no decomposition on load
     with torch.no_grad():
@@ -224,16 +227,16 @@ def test_bad_method_configs_name_the_field(env):
     ]
     for method, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
-            modeling.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
+            methods.apply_method(_classifier(base_dir), method, {}, field_path="methods.3")
 
 
 def test_ia3_feedforward_defaults_to_the_down_targets(env):
     _, base_dir, _, _, _ = env
     model = _classifier(base_dir)
-    assert modeling.ia3_targets(model, Ia3Method(target_modules=["q", "v"]), "m")[1] == []
-    targets, ff = modeling.ia3_targets(model, Ia3Method(target_modules=["v", "mlp"]), "m")
+    assert ia3_targets(model, Ia3Method(target_modules=["q", "v"]), "m")[1] == []
+    targets, ff = ia3_targets(model, Ia3Method(target_modules=["v", "mlp"]), "m")
     assert ff == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"] and set(ff) < set(targets)
-    peft = modeling.apply_method(_classifier(base_dir), Ia3Method(), {})
+    peft = methods.apply_method(_classifier(base_dir), Ia3Method(), {})
     assert set(peft.peft_config["default"].feedforward_modules) == {"down_proj"}
 
 
@@ -256,7 +259,7 @@ def test_drift_reads_the_update_peft_applies(env, name, tmp_path):
     from lorascope.phases.drift import weight_updates
 
     method = METHODS[name]
-    model = modeling.apply_method(_classifier(base_dir), method, {})
+    model = methods.apply_method(_classifier(base_dir), method, {})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if any(t in n for t in ("lora_", "ia3_l")):
@@ -290,7 +293,7 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     from lorascope.phases.drift import weight_updates
 
     base = tensorio.TensorFolder(base_dir, "model")
-    top = modeling.apply_method(_classifier(base_dir), METHODS["top-layers"], {})
+    top = methods.apply_method(_classifier(base_dir), METHODS["top-layers"], {})
     with torch.no_grad():
         top.model.layers[1].mlp.up_proj.weight.mul_(1.1)
     top.save_pretrained(str(tmp_path / "top" / "model"))
@@ -308,3 +311,140 @@ def test_drift_skips_bitfit_and_prefix_with_a_reason_and_reads_top_layers_blocks
     np.testing.assert_allclose(u.get("model.layers.1.mlp.up_proj.weight"),
                                1.1 * base.get("model.layers.1.mlp.up_proj.weight"), rtol=1e-6)
 
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+class ProbeMethod(MethodConfig):
+    """A throwaway kind for the registry test: a linear probe (only the classifier head trains)."""
+
+    name: str = "probe"
+    kind: Literal["probe"] = "probe"
+    min_blocks: int = 1
+
+
+class ProbeKind(MethodKind):
+    name = "probe"
+    title = "linear probe"
+    config = ProbeMethod
+    artifact = "model"
+    checks_model = True
+
+    def check(self, model, config, field_path):
+        if families.num_blocks(model) < config.min_blocks:
+            raise ConfigError(f"{field_path}.min_blocks: the model has {families.num_blocks(model)} blocks")
+
+    def apply(self, model, config, overrides, field_path):
+        frozen_except(model, set(families.parameter_groups(model)["head"]))
+        return model
+
+    def fixed_by_construction(self, config, n_blocks, encoder):
+        return FixedByConstruction(embedding_output=True, frozen_blocks=tuple(range(n_blocks)), why_frozen="probe")
+
+    def weights_skipped(self, config):
+        return "a linear probe trains only the classifier head"
+
+
+@pytest.fixture
+def probe_kind():
+    """ProbeKind registered for one test: what a new module in lorascope/methods/ does on import."""
+    register(ProbeKind)
+    yield METHOD_KINDS.get("probe")
+    del METHOD_KINDS._entries["probe"]  # a test's kind must not outlive it
+
+
+def test_a_new_kind_is_one_registration_and_every_consumer_asks_the_registry(env, probe_kind, tmp_path):
+    """A kind defined only here (no other file knows "probe") validates in a study (the union built from the
+    registry; a module in lorascope/methods/ is in it at import, here a Study subclass rebuilds it), gets its
+    hyperparameters and its preflight check, trains on the tiny Llama, saves and reloads as its `artifact`, and the
+    drift phase and the summary read what it leaves fixed and why it has no weight rows, all from the kind."""
+    import yaml
+
+    from lorascope import preflight
+    from lorascope.analysis import layers_in_mean
+    from lorascope.phases.drift import weight_updates
+    from lorascope.study import Study
+
+    with_probe = methods.method_union()
+
+    class ProbeStudy(Study):
+        methods: list[with_probe] = Field(min_length=1)  # type: ignore[valid-type]
+
+    ctx, base_dir, tok, splits, tmp = env
+    raw = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
+    raw["methods"].append({"name": "probe", "kind": "probe"})  # after full and lora
+    raw["hpo"]["enabled"] = False
+    raw["training"]["defaults"]["probe"] = {"learning_rate": 0.05, "effective_batch": 8, "epochs": 1}
+    raw["sanity"]["learning_rate"]["probe"] = 0.05
+    study = ProbeStudy.model_validate(raw)
+    probe = study.method("probe")
+    assert isinstance(probe, ProbeMethod) and not probe.adapter and not probe.vllm_servable
+    assert [c.name for c in study.cells()][6:9] == ["mrpc-probe-s42", "mrpc-probe-s1337", "mrpc-probe-s2024"]
+    assert len(study.hash) == 16 and ProbeStudy.model_validate(yaml.safe_load(study.to_yaml())).hash == study.hash
+    with pytest.raises(ValueError, match=r"\['lora_alpha'\] apply to LoRA only, and method 'probe' is of kind 'probe'"):
+        ProbeStudy.model_validate({**raw, "training": {**raw["training"], "defaults": {
+            **raw["training"]["defaults"], "probe": {**raw["training"]["defaults"]["probe"], "lora_alpha": 8}}}})
+    assert training.resolve_params(study, "probe") == {"learning_rate": 0.05, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                                                       "effective_batch": 8, "epochs": 1}  # fmt: skip
+    meta = preflight.meta_classifier(__import__("json").loads((base_dir / "config.json").read_text()))
+    preflight.check_methods(study, meta)
+    far = ProbeStudy.model_validate({**raw, "methods": [*raw["methods"][:2], {"kind": "probe", "min_blocks": 9}]})
+    with pytest.raises(ConfigError, match=r"field methods.2.min_blocks: the model has 2 blocks"):
+        preflight.check_methods(far, meta)
+
+    model = methods.apply_method(_classifier(base_dir), probe, {})
+    head = set(families.parameter_groups(model)["head"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == head
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = training.Plan(learning_rate=5e-2, effective_batch=8, epochs=1, seed=0, max_steps=3, evaluate=False,
+                         lr_scheduler="constant")  # fmt: skip
+    features = data.encode(tok, "mrpc", splits["train"][:32], 64)
+    trained = training.fit(model, features, None, training=study.training, plan=plan, pad_id=tok.pad_token_id,
+                           output_dir=tmp_path / "fit", device=torch.device("cpu"), log=Logger()).model  # fmt: skip
+    assert {n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n])} == head
+    folder = methods.save_cell_artifact(trained, probe, tmp_path / "cell")
+    assert folder.name == "model"
+    with ctx.writer("cells", "mrpc-probe-s42", phase="train") as w:
+        w.add_dir(folder, prefix=folder.name)
+    rows = splits["validation"][:16]
+    reloaded, _ = artifacts.load_cell_model(ctx.cell_dir("mrpc-probe-s42"), ctx.stage_dir() / "model", 2, "cpu",
+                                           torch.float32)
+    ref, got = (training.evaluate(m, tok, rows, "mrpc", batch_size=8) for m in (trained, reloaded))
+    np.testing.assert_allclose([p["logits"] for p in got.predictions], [p["logits"] for p in ref.predictions], atol=1e-5)
+
+    cells = {c.name: c for c in study.cells() if c.method == "probe"}
+    updates, skipped, _ = weight_updates(study, cells, dict.fromkeys(cells), None)
+    assert updates == {} and skipped == {"probe": "a linear probe trains only the classifier head"}
+    labels = ["embeddings", "layer_1", "final_norm"]
+    assert layers_in_mean.unchangeable_entries(study, labels, encoder=False)[0].startswith(
+        "lora (lora on q_proj, v_proj); probe (probe) cannot change the embedding output")
+    assert layers_in_mean.frozen_entries(study, labels) == {"probe": {1: "probe", 2: "probe"}}
+
+
+def test_every_registered_kind_declares_a_consistent_protocol():
+    """Each kind's config says its kind, its size knob and its hyperparameters' defaults are fields of the config,
+    and the study's union and the sweeps know exactly the registered kinds."""
+    from lorascope.study import Method
+
+    union = typing.get_args(typing.get_args(Method)[0])
+    assert [c.model_fields["kind"].default for c in union] == list(METHOD_KINDS)
+    for name, kind in METHOD_KINDS.items():
+        fields = kind.config.model_fields
+        assert fields["kind"].default == name and kind.artifact in ("adapter", "model")
+        assert kind.size_knob is None or kind.size_knob in fields, name
+        assert all(f in fields for f in kind.size_companions) and all(h.field in fields for h in kind.hyperparameters.values())
+    assert set(METHOD_KINDS) >= {"full", "lora", "ia3", "top_layers", "bitfit", "prefix"}
+
+
+def test_no_consumer_compares_a_method_kind_by_name():
+    """The rule of the registry: outside lorascope/methods/, no module asks "which kind is this?" by comparing a
+    method's kind with a name (it asks the kind, `methods.kind_of(m)`)."""
+    import re
+
+    names = "|".join(METHOD_KINDS.names())  # a pruner's or a store's `kind` is not a method kind
+    pattern = re.compile(rf"""\.kind\s*(==|!=)\s*["']({names})["']|\.kind\s+(not\s+)?in\s*[(\[{{][^)\]}}]*["']({names})["']"""
+                         r"""|isinstance\([^)]*Method\b""")
+    root = REPO / "pkg" / "lorascope"
+    consumers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if p.relative_to(root).parts[0] != "methods")
+    found = [f"{f}:{i}" for f in consumers for i, line in enumerate((root / f).read_text().splitlines(), 1)
+             if pattern.search(line)]  # fmt: skip
+    assert found == []

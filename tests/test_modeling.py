@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope import data, modeling
+from lorascope import data, methods
 from lorascope.errors import ConfigError
+from lorascope.methods.full import FullMethod
+from lorascope.methods.lora import LoraMethod, lora_parameter_count
 from lorascope.models import artifacts, builtin, hub, loading, pooling
-from lorascope.study import FullMethod, LoraMethod
 
 PAIRS = [
     {"sentence1": "the bank in oslo approved the plan on monday .", "sentence2": "the plan was backed by the bank in oslo on monday .", "label": 1, "idx": 0},
@@ -144,7 +145,7 @@ def test_sequence_ending_in_eos_pools_at_the_eos_unlike_stock_transformers(tiny_
 def test_pooled_logits_equal_padded_to_longest_or_to_384(tiny_dir, tokenizer, method):
     model = classifier(tiny_dir)
     if method != "full":
-        model = modeling.apply_method(model, LoraMethod(r=8, target_modules=["q_proj", "v_proj"], dropout=0.0), {})
+        model = methods.apply_method(model, LoraMethod(r=8, target_modules=["q_proj", "v_proj"], dropout=0.0), {})
         randomize_lora_b(model)
         if method == "merged":
             model = model.merge_and_unload()
@@ -190,7 +191,7 @@ def test_masked_mean_of_model_states_does_not_depend_on_pad_length(tiny_dir, tok
 
 # ------------------------------------------------------------------------------------------------ methods
 def test_full_method_trains_everything(tiny_dir):
-    model = modeling.apply_method(classifier(tiny_dir), FullMethod(), {})
+    model = methods.apply_method(classifier(tiny_dir), FullMethod(), {})
     trainable, total = artifacts.trainable_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
@@ -201,10 +202,10 @@ def test_full_method_trains_everything(tiny_dir):
 def test_lora_trainable_parameters_match_the_formula(tiny_dir, targets, r):
     base = classifier(tiny_dir)
     base_total = sum(p.numel() for p in base.parameters())
-    model = modeling.apply_method(base, LoraMethod(r=r, target_modules=targets), {"lora_alpha": 32.0, "lora_dropout": 0.1})
+    model = methods.apply_method(base, LoraMethod(r=r, target_modules=targets), {"lora_alpha": 32.0, "lora_dropout": 0.1})
     trainable, total = artifacts.trainable_parameters(model)
     cfg = model.config
-    expected = modeling.lora_parameter_count(cfg, targets, r, num_labels=2)
+    expected = lora_parameter_count(cfg, targets, r, num_labels=2)
     # by hand for the tiny model (hidden 64, 4 heads x 16, 2 kv heads x 16, intermediate 128, 2 layers):
     by_hand = {"q_proj": r * (64 + 64), "k_proj": r * (64 + 32), "v_proj": r * (64 + 32), "o_proj": r * (64 + 64),
                "gate_proj": r * (64 + 128), "up_proj": r * (64 + 128), "down_proj": r * (128 + 64)}  # fmt: skip
@@ -225,7 +226,7 @@ def test_tinyllama_lora_count_is_about_1_13m():
 
     cfg = LlamaConfig(**builtin.TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (2048, 22, 32, 4)
-    assert modeling.lora_parameter_count(cfg, ["q_proj", "v_proj"], 8, 2) == 1_130_496
+    assert lora_parameter_count(cfg, ["q_proj", "v_proj"], 8, 2) == 1_130_496
     with torch.device("meta"):
         model = LlamaForSequenceClassification(cfg)
         peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, target_modules=["q_proj", "v_proj"]))
@@ -235,7 +236,7 @@ def test_tinyllama_lora_count_is_about_1_13m():
 def test_lora_adapter_saves_the_head_and_reloads_to_the_same_logits(tiny_dir, tokenizer, tmp_path):
     from peft import PeftModel
 
-    model = modeling.apply_method(classifier(tiny_dir, seed=3), LoraMethod(dropout=0.0), {})
+    model = methods.apply_method(classifier(tiny_dir, seed=3), LoraMethod(dropout=0.0), {})
     randomize_lora_b(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -289,7 +290,7 @@ def test_load_cell_model_for_lora_and_full_cells(tmp_path, tokenizer):
     base_dir = ctx.stage_dir() / "model"
     batch = data.collate(data.encode(tokenizer, "mrpc", PAIRS, 384), tokenizer.pad_token_id)
 
-    lora = modeling.apply_method(classifier(base_dir, seed=4), LoraMethod(dropout=0.0), {})
+    lora = methods.apply_method(classifier(base_dir, seed=4), LoraMethod(dropout=0.0), {})
     randomize_lora_b(lora)
     lora.eval()
     lora.save_pretrained(tmp_path / "lora-out" / "adapter")

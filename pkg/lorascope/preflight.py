@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
+from lorascope.methods import kind_of
 from lorascope.study import Study
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# what PEFT's LoRA can wrap (peft.tuners.lora.model: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D)
-LORA_LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
 
 
 def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] | None, str]:
     """(config.json as a dict, where it came from), or (None, why not). Raises ConfigError for a bad model.name."""
-    from lorascope import modeling
+    from lorascope.models import builtin, hub
 
     name, revision = study.model.name, study.model.revision
-    kind = modeling.model_source(name)  # unknown builtin, missing folder, folder without config.json
+    kind = hub.model_source(name)  # unknown builtin, missing folder, folder without config.json
     if kind == "builtin":
-        folder = modeling.builtin_config_dir(name)
+        folder = builtin.builtin_config_dir(name)
         if folder is not None and (folder / "config.json").is_file():
             return json.loads((folder / "config.json").read_text()), f"package asset {folder.name}"
         return None, f"builtin model {name!r} ships no config.json in assets/"
@@ -77,31 +76,13 @@ def module_names(config: dict[str, Any]) -> dict[str, str]:
 
 
 def check_methods(study: Study, model: Any) -> None:
-    """What each method names must exist in the model: LoRA and IA3 targets (roles, groups, all-linear, literal
-    names: `families.resolve_targets`, of a type LoRA can wrap), IA3's feed-forward modules among its targets,
-    BitFit's parameter groups (Llama has no bias terms), top_layers' k against the block count. The same functions
-    `modeling.apply_method` runs, on a meta-device model, with the field path `methods.<i>...`."""
-    from lorascope import families, modeling
-
-    modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    """What each method names must exist in the model, by its kind's `check` (`lorascope.methods`): LoRA and IA3
+    targets (roles, groups, all-linear, literal names: `families.resolve_targets`, of a type LoRA can wrap), IA3's
+    feed-forward modules among its targets, BitFit's parameter groups (Llama has no bias terms), top_layers' k
+    against the block count. The same functions the kinds' `apply` runs, on a meta-device model, with the field
+    path `methods.<i>...`."""
     for i, m in enumerate(study.methods):
-        where = f"field methods.{i}"
-        if m.kind in ("lora", "ia3"):
-            for target in m.target_modules:
-                hits = families.resolve_targets(model, [target], f"{where}.target_modules")
-                wrong = sorted({modules[n] for n in hits if modules[n] not in LORA_LAYER_TYPES})
-                if wrong:
-                    head = set(families.family_of(model).head)
-                    adaptable = sorted({n.rsplit(".", 1)[-1] for n, t in modules.items()
-                                        if t in LORA_LAYER_TYPES and n.split(".")[0] not in head})  # fmt: skip
-                    raise ConfigError(f"{where}.target_modules: {target!r} names {wrong} layers, which {m.kind} cannot "
-                                      f"adapt (layers it can: {adaptable})")  # fmt: skip
-            if m.kind == "ia3":
-                modeling.ia3_targets(model, m, where)
-        elif m.kind == "bitfit":
-            modeling.bitfit_parameters(model, list(m.train), f"{where}.train")
-        elif m.kind == "top_layers":
-            modeling.top_layers_parameters(model, m.k, f"{where}.k")
+        kind_of(m).check(model, m, f"field methods.{i}")
 
 
 def check_family(study: Study, family: Any) -> None:
@@ -135,8 +116,8 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
         if config is None:
             notes.append(f"model checks skipped ({origin}); the stage phase makes them after fetching the model")
             return notes
-        from lorascope import modeling
         from lorascope.families import family_of
+        from lorascope.models import loading
 
         try:
             family = family_of(config)  # an unsupported architecture: ConfigError naming the supported model types
@@ -144,7 +125,7 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
             raise ConfigError(f"field model.name: {study.model.name!r}: {exc}") from None
         check_family(study, family)
         if family.encoder:
-            modeling.check_encoder_config(config, f"field model.name: {study.model.name!r}")
+            loading.check_encoder_config(config, f"field model.name: {study.model.name!r}")
         limit = config.get("max_position_embeddings")
         if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta"):
             limit -= int(config.get("pad_token_id") or 0) + 1  # position ids start after padding_idx: 514 hold 512
@@ -152,7 +133,7 @@ def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = 
             if isinstance(limit, int) and task.max_length > limit:
                 raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
                                   f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
-        if any(m.kind in ("lora", "ia3", "bitfit", "top_layers") for m in study.methods):
+        if any(kind_of(m).checks_model for m in study.methods):
             check_methods(study, meta_classifier(config))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None

@@ -5,72 +5,39 @@ error names the field path, the value and what was expected (ConfigError -> exit
 
 The grid is tasks x methods x seeds in a fixed order: task-major, then method, then seed, in the order the study
 lists them. `JOB_COMPLETION_INDEX` i is `study.cells()[i]` on every machine.
+
+Here: `Study`, `Cell`, the section configs and parsing. Elsewhere, one job each: the config base (`lorascope.schema`),
+the task table (`lorascope.tasks`), the method configs (`lorascope.methods`, one module per kind; the union of
+`methods` is built from its registry), sweeps (`lorascope.methods.sweeps`), the hash (`lorascope.study_hash`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lorascope import methods, study_hash
 from lorascope.errors import ConfigError
-
-GLUE_TASKS: dict[str, dict[str, Any]] = {
-    # name: text columns (pair tasks have two), number of labels, metric used for selection and reporting
-    "mrpc": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "f1"},
-    "rte": {"columns": ("sentence1", "sentence2"), "num_labels": 2, "metric": "accuracy"},
-    "sst2": {"columns": ("sentence",), "num_labels": 2, "metric": "accuracy"},
-}
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # names end up in store keys, cell names and Kubernetes labels
-
-
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field's type lists bool itself (pydantic's lax mode would read `true` as 1 for an int field)."""
-    if annotation is bool:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _admits_bool(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_admits_bool(a) for a in typing.get_args(annotation))
-    return annotation is Any
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, data: Any) -> Any:
-        """`trials: true` is a typo, not 1: a boolean is accepted only where the field is a boolean (pydantic's lax
-        mode would read it as 1 for an int field)."""
-        if isinstance(data, dict):
-            for name, value in data.items():
-                f = cls.model_fields.get(name) if isinstance(name, str) else None
-                if f is not None and isinstance(value, bool) and not _admits_bool(f.annotation):
-                    raise ValueError(f"@{name}: expected a number, got the boolean {value}")
-        return data
-
-
-# a training seed seeds Python, numpy (which needs 0 <= seed < 2**32) and torch
-SeedValue = Annotated[int, Field(strict=True, ge=0, lt=2**32)]
+from lorascope.methods import MethodConfig, kind_of, kind_only_problem
+from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
+from lorascope.methods.lora import LoraMethod
+from lorascope.methods.sweeps import expand_sweep
+from lorascope.schema import NAME_PATTERN, SeedValue, Strict
+from lorascope.tasks import GLUE_TASKS  # data.py, modeling.py and the extract and bench phases import it from here
 
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
+# Each method kind adds the hyperparameters only it accepts (LoRA: lora_alpha, lora_dropout), with their rules.
 PARAM_RULES: dict[str, tuple[Any, str]] = {
     "learning_rate": (lambda v: v > 0, "> 0"),
     "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "effective_batch": (lambda v: float(v).is_integer() and v >= 1, "an integer >= 1"),
     "epochs": (lambda v: v > 0, "> 0"),
-    "lora_alpha": (lambda v: v > 0, "> 0"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    **methods.hyperparameter_rules(),
 }
 REQUIRED_PARAMS = ("learning_rate", "effective_batch", "epochs")
 
@@ -130,235 +97,10 @@ class TaskConfig(Strict):
         return self.metric or GLUE_TASKS[self.name]["metric"]
 
 
-class FullMethod(Strict):
-    """Full fine-tuning: every parameter trains; the cell saves `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "full"
-    kind: Literal["full"] = "full"
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
+Method = methods.method_union()  # the registered kinds' configs, discriminated by `kind`
 
 
-# Target lists name modules by role (q k v o gate up down), group (attention, mlp), `all-linear`, or a module's own
-# name (PEFT's suffix rule); lorascope.families.resolve_targets turns them into the exact names of a loaded model.
-# A bare string is a one-entry list (`target_modules: all-linear`).
-Targets = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-
-
-def _one_or_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-class LoraMethod(Strict):
-    """LoRA through PEFT (`LoraConfig`): rank `r`, `alpha`, `dropout` on `target_modules`; PEFT's variants DoRA
-    (`use_dora`: magnitude + direction), rsLoRA (`use_rslora`: scale alpha/sqrt(r) instead of alpha/r) and the
-    initialisation `init` (`default`: A Kaiming-uniform, B = 0; `gaussian`: A Gaussian; `pissa`/`olora`: the adapter
-    starts from the principal singular vectors / a QR of W0, and W0 is replaced by the residual; the saved adapter is
-    converted to a plain LoRA delta of rank 2r that applies to the untouched base, PEFT's
-    `path_initial_model_for_weight_conversion`)."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "lora"
-    kind: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Targets = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    use_dora: bool = False
-    use_rslora: bool = False
-    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
-    adapter: ClassVar[bool] = True
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _targets_list(cls, v: Any) -> Any:
-        return _one_or_list(v)
-
-    @model_validator(mode="after")
-    def _dora_not_converted(self) -> LoraMethod:
-        if self.use_dora and self.init in ("pissa", "olora"):
-            raise ValueError(f"@init: {self.init!r} with use_dora: a PiSSA/OLoRA adapter is saved converted to a plain "
-                             "LoRA delta (A B - A0 B0), which does not hold DoRA's magnitude; use one or the other")  # fmt: skip
-        return self
-
-    @property
-    def vllm_servable(self) -> bool:
-        """Plain LoRA only: vLLM's LoRA layers compute scale B A with scale alpha / r; DoRA's magnitude vector and
-        rsLoRA's scale are not what they serve, and a converted PiSSA/OLoRA adapter has rank 2r (kept out until the
-        bench's max_lora_rank accounts for it)."""
-        return not self.use_dora and not self.use_rslora and self.init in ("default", "gaussian")
-
-    @property
-    def converts_init(self) -> bool:
-        """Whether the init mutates the base weights (PiSSA, OLoRA): the adapter is saved converted."""
-        return self.init in ("pissa", "olora")
-
-
-class Ia3Method(Strict):
-    """IA3 through PEFT (`IA3Config`): learned vectors rescaling the outputs of `target_modules` and, for the
-    `feedforward_modules` among them, the inputs. Defaults: k, v and down, with down as the feed-forward module
-    (the IA3 paper's setting, PEFT's default mapping for Llama). `feedforward_modules: null` (the default) = the
-    targets that are the MLP's down projection."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "ia3"
-    kind: Literal["ia3"] = "ia3"
-    target_modules: Targets = Field(default_factory=lambda: ["k", "v", "down"])
-    feedforward_modules: list[Annotated[str, Field(min_length=1)]] | None = None
-    adapter: ClassVar[bool] = True
-    vllm_servable: ClassVar[bool] = False
-
-    @field_validator("target_modules", "feedforward_modules", mode="before")
-    @classmethod
-    def _targets_list(cls, v: Any) -> Any:
-        return _one_or_list(v)
-
-
-class TopLayersMethod(Strict):
-    """Fine-tune the last `k` blocks and the classifier head; everything else (embeddings, earlier blocks, the final
-    norm) stays frozen. The cell saves `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "top-layers"
-    kind: Literal["top_layers"] = "top_layers"
-    k: int = Field(1, ge=1)
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
-
-
-class BitFitMethod(Strict):
-    """BitFit-style tuning: only the parameter groups in `train` (`bias`: every bias term, Ben Zaken et al. 2022;
-    `norm`: the norms' weights and biases) plus the classifier head. Llama has no bias terms at all, so on Llama
-    `train: [bias]` is an error and `train: [norm]` is norm-only tuning (the RMSNorm gains). The cell saves
-    `model/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "bitfit"
-    kind: Literal["bitfit"] = "bitfit"
-    train: list[Literal["bias", "norm"]] = Field(default_factory=lambda: ["bias"], min_length=1)
-    adapter: ClassVar[bool] = False
-    vllm_servable: ClassVar[bool] = False
-
-    @field_validator("train")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"each group at most once, got {v}")
-        return v
-
-
-class PrefixMethod(Strict):
-    """Prefix tuning through PEFT (`PrefixTuningConfig`): `num_virtual_tokens` learned key/value pairs prepended in
-    every attention layer; the classifier head trains too. The cell saves `adapter/`."""
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "prefix"
-    kind: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, ge=1)
-    adapter: ClassVar[bool] = True
-    vllm_servable: ClassVar[bool] = False
-
-
-AnyMethod = FullMethod | LoraMethod | Ia3Method | TopLayersMethod | BitFitMethod | PrefixMethod
-Method = Annotated[AnyMethod, Field(discriminator="kind")]
-METHOD_CLASSES: dict[str, type[Strict]] = {
-    "full": FullMethod, "lora": LoraMethod, "ia3": Ia3Method, "top_layers": TopLayersMethod, "bitfit": BitFitMethod,
-    "prefix": PrefixMethod,
-}  # fmt: skip
-METHOD_KINDS = tuple(METHOD_CLASSES)
-LORA_ONLY_PARAMS = ("lora_alpha", "lora_dropout")
-# fields added after studies were first run: left out of the study hash while they hold their default, so an
-# existing study keeps its hash and run id (canonical_json)
-_HASH_NEUTRAL_DEFAULTS = {"lora": {"use_dora": False, "use_rslora": False, "init": "default"}}
-
-
-# ---- sweeps --------------------------------------------------------------------------------------------------
-def _list_field(cls: type[Strict], name: str) -> bool:
-    ann = cls.model_fields[name].annotation
-    while typing.get_origin(ann) is Annotated:
-        ann = typing.get_args(ann)[0]
-    return typing.get_origin(ann) is list
-
-
-def _name_part(axis: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, list):
-        value = "".join(str(v) for v in value)
-    return str(value).replace(".", "p")
-
-
-def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
-    """A `sweep:` entry of `methods` as plain method entries.
-
-    `spec` holds `kind`, a `name` template and the method's fields. A field is an axis when its value lists
-    alternatives: for a scalar field (r, alpha, dropout, k, init, use_dora, ...) a list of values; for a list field
-    (target_modules, feedforward_modules, train) a list of lists, or for any field a mapping {label: value}. Every
-    other field is fixed. The entries are the product of the axes in the order they are written, the first axis
-    outermost, each axis's values in their order. The name template names every axis as `{field}`, replaced by the
-    value (a mapping axis: its label; a list value: its entries joined; `.` in a number becomes `p`)."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"@{where}: expected a mapping (kind, name template, fields and axes), got {type(spec).__name__}")
-    kind = spec.get("kind")
-    if kind not in METHOD_CLASSES:
-        raise ValueError(f"@{where}.kind: expected one of {list(METHOD_KINDS)}, got {kind!r}")
-    cls = METHOD_CLASSES[kind]
-    template = spec.get("name")
-    if not isinstance(template, str) or not template:
-        raise ValueError(f"@{where}.name: a sweep needs a name template naming each axis, e.g. 'lora-r{{r}}'")
-    unknown = sorted(set(spec) - set(cls.model_fields))
-    if unknown:
-        raise ValueError(f"@{where}: unknown field(s) {unknown} for kind {kind!r}; its fields are {sorted(cls.model_fields)}")
-    axes: list[tuple[str, list[tuple[str, Any]]]] = []
-    fixed: dict[str, Any] = {}
-    for field_name, value in spec.items():
-        if field_name in ("name", "kind"):
-            continue
-        if isinstance(value, dict):
-            values = [(str(label), v) for label, v in value.items()]
-        elif isinstance(value, list) and (not _list_field(cls, field_name) or all(isinstance(v, list) for v in value) and value):
-            values = [(_name_part(field_name, v), v) for v in value]
-        else:
-            fixed[field_name] = value
-            continue
-        if not values:
-            raise ValueError(f"@{where}.{field_name}: an axis with no values")
-        labels = [label for label, _ in values]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"@{where}.{field_name}: the axis's values give repeated name parts {labels}")
-        axes.append((field_name, values))
-    if not axes:
-        raise ValueError(f"@{where}: no axis (a field with a list of alternatives or a mapping); write a plain entry")
-    missing = [a for a, _ in axes if "{" + a + "}" not in template]
-    if missing:
-        raise ValueError(f"@{where}.name: the template {template!r} does not name the axis(es) {missing} "
-                         f"(write {{{missing[0]}}} in it), so the entries would share names")  # fmt: skip
-    out: list[dict[str, Any]] = [{}]
-    for field_name, values in axes:
-        out = [{**e, field_name: (label, v)} for e in out for label, v in values]
-    entries = []
-    for combo in out:
-        name = template
-        for field_name, (label, _) in combo.items():
-            name = name.replace("{" + field_name + "}", label)
-        entry = {"kind": kind, "name": name, **fixed, **{f: v for f, (_, v) in combo.items()}}
-        try:
-            cls.model_validate(entry)
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            path = ".".join(str(p) for p in e["loc"]) or "(entry)"
-            msg = e["msg"].removeprefix("Value error, ")
-            raise ValueError(f"@{where}.{path}: entry {name!r}: {msg} (got {e.get('input')!r})") from None
-        entries.append(entry)
-    return entries
-
-
-HPO_PARAMS = {
-    "learning_rate",
-    "warmup_ratio",
-    "weight_decay",
-    "effective_batch",
-    "epochs",
-    "lora_alpha",
-    "lora_dropout",
-}
+HPO_PARAMS = set(PARAM_RULES)
 
 
 class ParamSpace(Strict):
@@ -734,12 +476,10 @@ class Study(Strict):
                         raise ValueError(f"@{where}.{name}: {problem}")
             skey = self.space_key(m)
             space = self.space_for(m) if self.hpo.enabled else {}
-            if m.kind != "lora":
-                for section, given in [*sources, (f"hpo.spaces.{skey}", space)]:
-                    lora_only = [p for p in LORA_ONLY_PARAMS if p in given]
-                    if lora_only:
-                        raise ValueError(f"@{section}: {lora_only} apply to LoRA only, and method {m.name!r} is of "
-                                         f"kind {m.kind!r} (the key serves it: its name or kind)")  # fmt: skip
+            for section, given in [*sources, (f"hpo.spaces.{skey}", space)]:
+                if problem := kind_only_problem(kind_of(m), given):
+                    raise ValueError(f"@{section}: {problem}, and method {m.name!r} is of kind {m.kind!r} (the key "
+                                     "serves it: its name or kind)")  # fmt: skip
             searched: set[str] = set()
             for name, sp in space.items():
                 searched.add(name)
@@ -783,7 +523,7 @@ class Study(Strict):
                 return t
         raise ConfigError(f"unknown task {name!r}; the study's tasks are {[t.name for t in self.tasks]}")
 
-    def method(self, name: str) -> AnyMethod:
+    def method(self, name: str) -> MethodConfig:
         for m in self.methods:
             if m.name == name:
                 return m
@@ -792,31 +532,15 @@ class Study(Strict):
     def task_methods(self) -> list[tuple[str, str]]:
         return [(t.name, m.name) for t in self.tasks for m in self.methods]
 
-    # ---- identity -----------------------------------------------------------------------------------------
+    # ---- identity (lorascope.study_hash) -------------------------------------------------------------------
     def canonical_json(self) -> str:
-        """The validated study (defaults filled in) as canonical JSON, without `training.report_to` (where the Trainer
-        reports, not what any phase computes: adding TensorBoard to a run keeps its hash and run id), and without
-        fields added later while they hold their defaults (the new method fields, `bench.method`, empty
-        `tasks[].defaults`, a default `report` section): a study written before they existed keeps its hash."""
-        dump = self.model_dump(mode="json")
-        dump["training"].pop("report_to", None)
-        for m in dump["methods"]:
-            for key, default in _HASH_NEUTRAL_DEFAULTS.get(m["kind"], {}).items():
-                if m.get(key) == default:
-                    m.pop(key)
-        if dump["bench"].get("method") is None:
-            dump["bench"].pop("method", None)
-        for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
-            if not task.get("defaults"):
-                task.pop("defaults", None)
-        if self.report == ReportConfig():  # a study without a report section keeps the hash it had before one existed
-            dump.pop("report")
-        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
+        """The validated study as canonical JSON, without what does not change any result (`study_hash`)."""
+        return study_hash.canonical_json(self)
 
     @property
     def hash(self) -> str:
         """sha256 of `canonical_json`, first 16 hex digits."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        return study_hash.digest(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

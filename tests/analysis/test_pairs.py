@@ -11,6 +11,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
+from lorascope.analysis import layers_in_mean, study_layout
 from lorascope.analysis import summary as sm
 from lorascope.analysis import verdicts as vd
 
@@ -159,13 +160,13 @@ def test_bitfit_on_an_encoder_changes_the_embedding_output():
     st = study([FULL, BITFIT])
     s = build(st, encoder=True, changes_embeddings=("full", "bitfit"))
     assert s["results"]["rte"]["layers_in_mean"]["mean"] == LABELS  # nothing left out
-    assert sm.unchangeable_entries(st, LABELS, encoder=None) == {}  # architecture unknown: no exclusion without a reason
-    assert 0 in sm.unchangeable_entries(st, LABELS, encoder=False)
+    assert layers_in_mean.unchangeable_entries(st, LABELS, encoder=None) == {}  # architecture unknown: no exclusion without a reason
+    assert 0 in layers_in_mean.unchangeable_entries(st, LABELS, encoder=False)
     r4 = method("lora-r4", "lora", r=4, target_modules=["q_proj", "v_proj"])
-    why = sm.unchangeable_entries(study([FULL, LORA, r4, TOP]), LABELS)[0]
+    why = layers_in_mean.unchangeable_entries(study([FULL, LORA, r4, TOP]), LABELS)[0]
     assert why.startswith("lora, lora-r4 (lora on q_proj, v_proj); top1 (top_layers) cannot change the embedding output")
     lora_embed = method("lora-emb", "lora", r=4, target_modules=["q_proj", "embed_tokens"])
-    assert sm.unchangeable_entries(study([FULL, lora_embed]), LABELS) == {}
+    assert layers_in_mean.unchangeable_entries(study([FULL, lora_embed]), LABELS) == {}
 
 
 def test_no_reference_no_drift_verdicts():
@@ -189,13 +190,13 @@ def test_a_second_full_method_is_compared_too():
 def test_lora_targets_for_any_kind():
     from lorascope.analysis.weights import LINEAR_NAMES
 
-    assert sm.lora_targets(study([FULL, LORA])) == {"q_proj", "v_proj"}
-    roles = sm.lora_targets(study([FULL, method("l", "lora", target_modules=["q", "v"])]))
+    assert study_layout.lora_targets(study([FULL, LORA])) == {"q_proj", "v_proj"}
+    roles = study_layout.lora_targets(study([FULL, method("l", "lora", target_modules=["q", "v"])]))
     assert {"q_proj", "v_proj", "query", "value", "qkv_proj"} <= roles and "k_proj" not in roles
-    assert sm.lora_targets(study([FULL, method("l", "lora", target_modules=["all-linear"])])) == set(LINEAR_NAMES)
-    assert sm.lora_targets(study([FULL, IA3])) >= {"k_proj", "v_proj", "down_proj", "key", "value"}
-    assert sm.lora_targets(study([FULL, TOP, BITFIT])) >= {"q_proj", "v_proj"}  # LoraMethod's default roles
-    assert "k_proj" not in sm.lora_targets(study([FULL, TOP, BITFIT]))
+    assert study_layout.lora_targets(study([FULL, method("l", "lora", target_modules=["all-linear"])])) == set(LINEAR_NAMES)
+    assert study_layout.lora_targets(study([FULL, IA3])) >= {"k_proj", "v_proj", "down_proj", "key", "value"}
+    assert study_layout.lora_targets(study([FULL, TOP, BITFIT])) >= {"q_proj", "v_proj"}  # LoraMethod's default roles
+    assert "k_proj" not in study_layout.lora_targets(study([FULL, TOP, BITFIT]))
 
 
 def test_encoder_of_reads_the_stage_config(tmp_path):

@@ -49,7 +49,7 @@ def _train_steps(run: RealRun, method_name: str, out: Path) -> list[float]:
     batch; the trained model (full) or adapter (lora) saved to `out`."""
     import torch
 
-    from lorascope import data, modeling
+    from lorascope import data, methods
     from lorascope.models import loading
 
     study = run.study
@@ -59,7 +59,7 @@ def _train_steps(run: RealRun, method_name: str, out: Path) -> list[float]:
     batch = data.collate(data.encode(tok, "mrpc", rows, 128), tok.pad_token_id)
     labels = torch.tensor([int(r["label"]) for r in rows])
     torch.manual_seed(0)
-    model = modeling.apply_method(loading.load_classifier(run.model_dir, 2, torch.float32, "cpu"), study.method(method_name))
+    model = methods.apply_method(loading.load_classifier(run.model_dir, 2, torch.float32, "cpu"), study.method(method_name))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from lorascope import data, modeling
+from lorascope import data
 from lorascope.analysis import similarity as sim
 from lorascope.errors import LorascopeError
 from lorascope.models import hub, loading, smollm2
@@ -127,7 +127,9 @@ def test_train_phase_runs_a_lora_cell(real_trained):
     config = json.loads((run.model_dir / "config.json").read_text())
     from types import SimpleNamespace
 
-    assert m["trainable_params"] == modeling.lora_parameter_count(SimpleNamespace(**config), ["q_proj", "v_proj"], 8, 2)
+    from lorascope.methods.lora import lora_parameter_count
+
+    assert m["trainable_params"] == lora_parameter_count(SimpleNamespace(**config), ["q_proj", "v_proj"], 8, 2)
     assert m["total_params"] > 134_000_000
 
 

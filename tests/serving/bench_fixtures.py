@@ -1,6 +1,6 @@
 """Inputs for bench tests without running the train phase: a committed stage bundle (the tiny Llama and the
 packaged GLUE validation fixtures) and committed cells whose adapters / full models are made with our own
-modeling code (`modeling.load_classifier` + `modeling.apply_method`, PEFT `save_pretrained`), with seeded random
+modeling code (`models.loading.load_classifier` + `methods.apply_method`, PEFT `save_pretrained`), with seeded random
 weights so every adapter computes something different from the base and from the others."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope import data, modeling
+from lorascope import data, methods
 from lorascope.models import builtin, loading
 from lorascope.phases import PhaseContext
 from lorascope.study import FullMethod, LoraMethod, Study
@@ -22,7 +22,7 @@ def make_adapter(base_dir: Path, dest: Path, method: LoraMethod, seed: int, num_
     """A LoRA adapter as our train phase saves it (adapter_config.json + adapter_model.safetensors incl. the score
     head), with lora_B and the score head drawn from a seeded normal (PEFT initialises B to zero)."""
     torch.manual_seed(seed)
-    model = modeling.apply_method(loading.load_classifier(base_dir, num_labels, torch.float32, "cpu"), method)
+    model = methods.apply_method(loading.load_classifier(base_dir, num_labels, torch.float32, "cpu"), method)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or ("score" in name and "modules_to_save" in name):

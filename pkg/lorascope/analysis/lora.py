@@ -104,7 +104,7 @@ def ia3_weight(W0: np.ndarray, vector: np.ndarray, feedforward: bool) -> np.ndar
 
 
 class DenseUpdates:
-    """{weight name: W_ft} computed on demand from an adapter, for `weights.update_rows` (kind "dense": the modules
+    """{weight name: W_ft} computed on demand from an adapter, for `updates.update_rows` (form "dense": the modules
     listed here only, their `module_summary` of W_ft - W0). `source` names how W_ft was computed."""
 
     def __init__(self, source: str, names: list[str], make) -> None:

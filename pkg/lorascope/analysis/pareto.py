@@ -7,8 +7,8 @@ increase of the base LM loss on held-out text, nats per token). The front: the m
 (higher-or-equal metric AND lower-or-equal x, one of them strictly). Equal points dominate neither each other: both
 are on the front. Non-finite points are on no front.
 
-Sweeps: methods that differ only in their size knob (LoRA `r` with its `alpha`, top_layers `k`, prefix
-`num_virtual_tokens`) form one sweep, drawn as a line in that order.
+Sweeps: methods that differ only in their kind's size knob (LoRA `r` with its `alpha`, top_layers `k`, prefix
+`num_virtual_tokens`: `MethodKind.size_knob`) form one sweep, drawn as a line in that order.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-SIZE_KNOB = {"lora": "r", "top_layers": "k", "prefix": "num_virtual_tokens"}
-NOT_IN_SWEEP_KEY = {"name", "alpha", "dropout"}  # a sweep over r usually moves alpha with it
+from lorascope.methods import kind_of
+
+NOT_IN_SWEEP_KEY = {"name"}  # with the knob and the fields its kind moves along with it (`size_companions`)
 
 
 def _finite(*xs: Any) -> bool:
@@ -41,13 +42,16 @@ def _fields(m: Any) -> dict:
 
 def sweeps(methods: list[Any]) -> list[dict]:
     """[{"label", "knob", "methods": names in size order}] for every group of 2+ methods of one kind that differ only
-    in the size knob (SIZE_KNOB; also alpha, dropout, name). Label: "<kind> <knob> sweep (<what is fixed>)"."""
+    in the kind's size knob (`MethodKind.size_knob`: LoRA r, top_layers k, prefix num_virtual_tokens; also the
+    fields that move with it, `size_companions`: LoRA alpha, dropout; and the name). Label: "<kind> <knob> sweep
+    (<what is fixed>)"."""
     groups: dict[str, list[tuple[float, str]]] = {}
     for m in methods:
-        knob = SIZE_KNOB.get(m.kind)
+        kind = kind_of(m)
+        knob = kind.size_knob
         if knob is None or getattr(m, knob, None) is None:
             continue
-        rest = {k: v for k, v in _fields(m).items() if k not in NOT_IN_SWEEP_KEY | {knob}}
+        rest = {k: v for k, v in _fields(m).items() if k not in NOT_IN_SWEEP_KEY | {knob, *kind.size_companions}}
         fixed = ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sorted(rest.items())
                           if k != "kind" and v not in (None, False, [], "default"))  # fmt: skip
         label = f"{m.kind} {knob} sweep" + (f" ({fixed})" if fixed else "")

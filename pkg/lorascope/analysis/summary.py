@@ -1,25 +1,20 @@
-"""The drift bundle's summary.json and the hypotheses, from the rows the drift phase measured (no new measurements).
-The drift phase builds it; the report phase imports `h2_hypothesis`, `bench_section`, `committed_bench` and
-`json_safe` from here to re-read H2 when a bench bundle appeared after drift.
+"""The drift bundle's summary.json, from the rows the drift phase measured (no new measurements): `build_summary`
+assembles the study layout (`study_layout`), the layers in the mean (`layers_in_mean`), the drift statistics
+(`drift_stats`), the hypotheses (`hypotheses`), the weight-row and cost summaries, and the settings. The report phase
+imports `bench_section`, `json_safe` and `published_section` from here (and `hypotheses.h2_hypothesis`) to re-read H2
+when a bench bundle appeared after drift.
 
 `study` is the typed study (duck-typed here: tasks, methods with `kind`, cells, extraction.pooling, seeds,
-hypotheses); no torch, no store access except `committed_bench`, which takes the phase context.
+hypotheses); no torch, no store access.
 
 The reference is the study's first `full` method; every other method, of any kind, is compared with it (one pair
 each) under the same H1a / H1b rules (`verdicts`). No full method: nothing is compared (`NO_REFERENCE`).
-
-Which hidden-state entries enter a mean over layers (`layers_in_mean`): those where every cell's CKA is defined,
-minus those some compared method cannot change by construction (the embedding output, for LoRA on projections of
-the blocks, IA3, prefix tuning, top-k layers, BitFit on a decoder: its drift is exactly 0 there and full
-fine-tuning's is not, which would favour that method in every mean). The same entries for every method, seed and
-measure of a task. The block outputs a top_layers method leaves frozen (drift 0 by construction) stay in the means:
-that is what the method does; per-layer tables mark them (`frozen_entries`). Per-layer verdicts show every entry.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,62 +22,22 @@ import numpy as np
 from lorascope.analysis import stats
 from lorascope.analysis import verdicts as vd
 from lorascope.analysis.costs import cost_table
+from lorascope.analysis.drift_stats import (
+    CI_ALPHA,
+    MEASURES,
+    PRIMARY_MEASURE,
+    comparison,
+    holm_across_tasks,
+    learning,
+    method_entry,
+)
+from lorascope.analysis.hypotheses import hypotheses_from, pair_verdicts
+from lorascope.analysis.layers_in_mean import frozen_entries, layers_in_mean, seed_means
+from lorascope.analysis.study_layout import NO_REFERENCE, lora_targets, method_roles, primary_pooling, task_cells
 
 SUMMARY_FORMAT = 3  # 3: comparisons say method_* (format 2: lora_*), pairs, costs, frozen_by_construction
-MEASURES = ("linear", "debiased")
-PRIMARY_MEASURE = "debiased"
-CI_ALPHA = 0.05
-EMBEDDINGS = "embeddings"  # the label of hidden_states[0] (phases/extract.layer_labels)
-
-
-# ------------------------------------------------------------------------------------------------ study layout
-def primary_pooling(study: Any) -> str:
-    """The pooling the hypotheses use: the masked mean when extracted (it uses every text token), else the first."""
-    return "mean" if "mean" in study.extraction.pooling else study.extraction.pooling[0]
-
-
-def method_roles(study: Any) -> tuple[Any | None, list[Any]]:
-    """(the reference: the study's first `full` method, or None; every other method, of any kind, compared with it
-    in study order). Without a reference nothing is compared."""
-    full = [m for m in study.methods if m.kind == "full"]
-    ref = full[0] if full else None
-    return ref, [m for m in study.methods if ref is not None and m.name != ref.name]
-
-
-NO_REFERENCE = ("the study has no `full` method: there is no reference to measure an accuracy gap or a drift "
-                "reduction against, so H1a and H1b are not measured")  # fmt: skip
-
-
-def task_cells(study: Any, task: str) -> list[Any]:
-    return [c for c in study.cells() if c.task == task]
-
-
-def _targets(m: Any) -> list[str]:
-    """The module names / roles a method adapts (LoRA, IA3: target_modules, plus IA3's feedforward_modules)."""
-    both = [*(getattr(m, "target_modules", None) or []), *(getattr(m, "feedforward_modules", None) or [])]
-    return list(dict.fromkeys(both))  # IA3's feedforward_modules are a subset of its target_modules
-
-
-def lora_targets(study: Any) -> set[str]:
-    """The short module names (`q_proj`, `query`) full fine-tuning's weight updates are measured on, like with like:
-    the LoRA methods' targets, else the IA3 methods', else q and v (LoraMethod's defaults). Roles and groups
-    (families.ROLES / GROUPS) map to the short name of the role in every known family, `all-linear` to every linear
-    weights.py analyses. Works for any mix of kinds."""
-    from lorascope import families
-    from lorascope.analysis.weights import LINEAR_NAMES
-
-    picked = [t for m in study.methods if m.kind == "lora" for t in _targets(m)]
-    picked = picked or [t for m in study.methods if m.kind == "ia3" for t in _targets(m)] or ["q", "v"]
-    out: set[str] = set()
-    for t in picked:
-        if t == families.ALL_LINEAR:
-            out |= set(LINEAR_NAMES)
-        elif t in families.ROLES or t in families.GROUPS:
-            out |= {fam.roles[r].rsplit(".", 1)[-1] for fam in families.FAMILIES for r in families.expand_roles([t])
-                    if r in fam.roles}  # fmt: skip
-        else:
-            out.add(t.rsplit(".", 1)[-1])
-    return out
+# settings.lora_methods, kept for the readers of format 2 summaries: the methods of this kind (a name, not a rule)
+LEGACY_LORA_KIND = "lora"
 
 
 def encoder_of(config_json: Any) -> bool | None:
@@ -113,152 +68,6 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-# ------------------------------------------------------------------------------------------------ layers and means
-def changes_embedding_output(m: Any, encoder: bool | None) -> bool:
-    """Can method `m` change hidden_states[0] (the embedding output)? Full fine-tuning: yes. LoRA, IA3, prefix,
-    top_layers: only when a target names the embeddings (top_layers freezes them). BitFit: on an encoder yes (its
-    embeddings end in a LayerNorm with a bias), on a decoder no (Llama-like embeddings have neither); with the
-    architecture unknown (encoder None) or an unknown kind, assumed yes: nothing is excluded without a reason."""
-    if m.kind == "full":
-        return True
-    if m.kind in ("lora", "ia3", "prefix", "top_layers"):
-        return any("embed" in t for t in _targets(m))
-    if m.kind == "bitfit":
-        return encoder is not False
-    return True
-
-
-def unchangeable_entries(study: Any, labels: list[str], encoder: bool | None = None) -> dict[int, str]:
-    """{hidden-state index: why} for entries some compared method cannot change by construction, left out of every
-    mean over layers (their drift is exactly 0 for that method and not for the reference, which would favour it in
-    every mean): the embedding output, when a compared method does not change it (`changes_embedding_output`)."""
-    _, compared = method_roles(study)
-    out = {}
-    if labels and labels[0] == EMBEDDINGS:
-        fixed = [m for m in compared if not changes_embedding_output(m, encoder)]
-        if fixed:
-            groups: dict[str, list[str]] = {}  # methods of one kind on the same targets share one description
-            for m in fixed:
-                groups.setdefault(f"{m.kind}" + (f" on {', '.join(_targets(m))}" if _targets(m) else ""), []).append(m.name)
-            what = "; ".join(f"{', '.join(names)} ({desc})" for desc, names in groups.items())
-            out[0] = (f"{what} cannot change the embedding output: it is the base model's by construction "
-                      "(drift exactly 0)")  # fmt: skip
-    return out
-
-
-def frozen_entries(study: Any, labels: list[str]) -> dict[str, dict[int, str]]:
-    """{method: {hidden-state index: why}} for the block outputs a top_layers method leaves frozen: with n blocks
-    (entries 1..n are block outputs, n = len(labels) - 1) and the last k trained, entries 1..n-k are the base's by
-    construction (drift 0). They stay IN the means (that is the method's real property); the per-layer tables mark
-    them."""
-    n = len(labels) - 1
-    out: dict[str, dict[int, str]] = {}
-    for m in study.methods:
-        if m.kind == "top_layers":
-            k = int(getattr(m, "k", 0))
-            out[m.name] = {li: f"frozen by construction ({m.name} trains the last {k} of {n} blocks)"
-                           for li in range(1, max(1, n - k + 1))}  # fmt: skip
-    return out
-
-
-def defined_layers(rows: Iterable[dict]) -> dict[tuple[str, str], list[int]]:
-    """(task, pooling) -> the layer indexes where every cell's linear and debiased CKA vs the base is defined."""
-    bad: dict[tuple[str, str], set[int]] = {}
-    seen: dict[tuple[str, str], set[int]] = {}
-    for r in rows:
-        key = (r["task"], r["pooling"])
-        seen.setdefault(key, set()).add(int(r["layer_index"]))
-        if not (math.isfinite(r["cka_linear"]) and math.isfinite(r["cka_debiased"])):
-            bad.setdefault(key, set()).add(int(r["layer_index"]))
-    return {k: sorted(v - bad.get(k, set())) for k, v in seen.items()}
-
-
-def layers_in_mean(rows: list[dict], study: Any, labels: list[str], encoder: bool | None = None) -> tuple[dict, dict]:
-    """((task, pooling) -> layer indexes entering every mean over layers, (task, pooling) -> {label: why left out})."""
-    defined = defined_layers(rows)
-    fixed = unchangeable_entries(study, labels, encoder)
-    used, why = {}, {}
-    for key, layers in defined.items():
-        used[key] = [li for li in layers if li not in fixed]
-        why[key] = {labels[li]: fixed[li] if li in layers else "CKA undefined (a constant representation)"
-                    for li in range(len(labels)) if li not in used[key]}  # fmt: skip
-    return used, why
-
-
-def seed_means(rows: Iterable[dict], key: str, layers: Mapping[tuple[str, str], list[int]]) -> dict[tuple, float]:
-    """(task, pooling, method, seed) -> mean of rows[key] over the layers in `layers` (nan when there are none)."""
-    acc: dict[tuple, list[float]] = {}
-    for r in rows:
-        k = (r["task"], r["pooling"], r["method"], int(r["seed"]))
-        acc.setdefault(k, [])
-        if int(r["layer_index"]) in layers[(r["task"], r["pooling"])]:
-            acc[k].append(float(r[key]))
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
-
-
-def _summary(values: Mapping[int, float]) -> dict:
-    return {"values": {str(k): float(v) for k, v in values.items()}, **stats.seed_summary(list(values.values()))}
-
-
-def compare(ft: Mapping[int, float], other: Mapping[int, float]) -> dict:
-    """The reference (full fine-tuning, `ft_*`) vs a compared method (`method_*`): mean drift over seeds, paired by
-    seed: reduction of the means, paired t, sign-flip p (with its floor), d_z (descriptive; the H1b verdict is
-    `verdicts.h1b`)."""
-    seeds = sorted(set(ft) & set(other))
-    if len(seeds) != len(ft) or len(seeds) != len(other):
-        raise ValueError(f"paired comparison needs the same seeds for both methods (got {sorted(ft)} and {sorted(other)})")
-    a, b = np.array([ft[s] for s in seeds]), np.array([other[s] for s in seeds])
-    diffs = a - b
-    finite = bool(np.all(np.isfinite(diffs)))
-    out = {"seeds": seeds, "ft_mean": float(a.mean()), "method_mean": float(b.mean()),
-           "reduction_pct": stats.drift_reduction_pct(float(a.mean()), float(b.mean())), "diffs": diffs.tolist(),
-           "sign_flip_p": stats.sign_flip_pvalue(diffs) if finite else float("nan"),
-           "sign_flip_floor": stats.sign_flip_floor(len(seeds)),
-           "cohens_dz": stats.cohens_dz(a, b) if finite else float("nan")}  # fmt: skip
-    ok = finite and len(seeds) >= 2 and np.ptp(diffs) > 0
-    out["paired_t"] = stats.paired_t(a, b) if ok else {"t": float("nan"), "p": float("nan"), "df": len(seeds) - 1}
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ gates
-def learning(task_metric: str, cells: list[Any], metrics: Mapping[str, dict], predictions: Mapping[str, Any],
-             seed: int) -> tuple[dict[str, dict], float | None, dict | None]:  # fmt: skip
-    """Per cell the learning gate (`verdicts.learning_gate`), and the paired example bootstrap the H1a verdict uses
-    (None when some cell has no per-example predictions). Every cell must have been scored on the same examples
-    with the same labels; the metric recomputed from the predictions must equal metrics.json's."""
-    preds = {c.name: predictions.get(c.name) for c in cells}
-    reported = {c.name: float(metrics[c.name]["validation"][task_metric]) for c in cells}
-    if any(p is None for p in preds.values()):
-        base = {c.name: metrics[c.name]["validation"].get("majority_baseline") for c in cells}
-        gates = {c: vd.learning_gate(reported[c], float(b) if b is not None else float("nan"), None) for c, b in base.items()}
-        return gates, None, None
-    first = next(iter(preds.values()))
-    for name, p in preds.items():
-        if not (np.array_equal(p["idx"], first["idx"]) and np.array_equal(p["label"], first["label"])):
-            raise ValueError(f"cell {name}: its validation predictions are on other examples or labels than "
-                             f"{cells[0].name}'s (re-run the train phase for it)")  # fmt: skip
-    boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed)
-    for c, v in boot["full"].items():
-        if abs(v - reported[c]) > 1e-9:
-            raise ValueError(f"cell {c}: {task_metric} from predictions.jsonl is {v}, metrics.json says {reported[c]}")
-    gates = {c: vd.learning_gate(v, boot["baseline"], boot["boot"][c] - boot["boot_baseline"]) for c, v in boot["full"].items()}
-    return gates, boot["baseline"], boot
-
-
-def _not_learned(method: str, gates: Mapping[str, dict]) -> list[str]:
-    """The learning-gate failures of one method's cells ({seed: gate}), as evidence text."""
-    out = []
-    for seed, g in gates.items():
-        if g["learned"] is None:
-            out.append(f"{method} seed {seed}: learning not checked (no per-example predictions, no majority baseline)")
-        elif not g["learned"]:
-            lower = f", gain lower bound {100 * g['gain_lower']:.1f} pp" if g["gain_lower"] is not None else ""
-            out.append(f"{method} seed {seed} did not learn ({100 * g['value']:.1f} vs majority baseline {100 * g['baseline']:.1f}, "
-                       f"needs +{100 * g['margin']:.1f} pp{lower})")  # fmt: skip
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ the summary
 def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mapping[str, Mapping[str, np.ndarray]],
                   resamplers: Mapping[str, Any], metrics: Mapping[str, dict], predictions: Mapping[str, Any],
                   wrows: list[dict], n_examples: Mapping[str, int], labels: list[str],
@@ -312,7 +121,7 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
             "primary_measure": f"cka_{PRIMARY_MEASURE}", "primary_pooling": primary, "poolings": poolings,
             "measures": list(MEASURES), "full_method": full.name if full else None,
             "reference_method": full.name if full else None, "compared_methods": [m.name for m in loras],
-            "lora_methods": [m.name for m in study.methods if m.kind == "lora"],
+            "lora_methods": [m.name for m in study.methods if m.kind == LEGACY_LORA_KIND],
             "method_kinds": {m.name: m.kind for m in study.methods}, "no_reference": None if full else NO_REFERENCE,
             "seeds": list(study.seeds), "n_seeds": len(study.seeds), "n_examples": dict(n_examples), "layers": len(labels),
             "resamples": next((r.n_resamples for r in resamplers.values()), None),
@@ -328,210 +137,25 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     }
 
 
-def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: list[dict], noise: list[dict],
-                 used: Mapping, drift_means: Mapping, cos_means: Mapping, metrics: Mapping, gates: Mapping,
-                 labels: list[str]) -> dict:  # fmt: skip
-    """One method on one task: metric, learning gates, drift and cosines over seeds, seed noise floor (layer mean
-    and per layer), and per-layer bands (mean, min, max over seeds)."""
-    tmetric = study.task(task).selection_metric
-    entry: dict[str, Any] = {"kind": study.method(method).kind, "cells": [c.name for c in mcells]}
-    entry["metric"] = _summary({c.seed: metrics[c.name]["validation"][tmetric] for c in mcells})
-    entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"]["accuracy"] for c in mcells})
-    entry["learning"] = {str(c.seed): gates[c.name] for c in mcells}
-    entry["learned"] = all(gates[c.name]["learned"] is True for c in mcells)
-    entry["drift"] = {p: {m: _summary({c.seed: drift_means[m][(task, p, method, c.seed)] for c in mcells}) for m in MEASURES}
-                      for p in study.extraction.pooling}  # fmt: skip
-    entry["cosine"] = {p: {k: _summary({c.seed: cos_means[k][(task, p, method, c.seed)] for c in mcells}) for k in cos_means}
-                       for p in study.extraction.pooling}  # fmt: skip
-    entry["noise_floor"], entry["within_floor"], entry["layers"] = {}, {}, {}
-    for p in study.extraction.pooling:
-        pair_rows = [r for r in noise if r["task"] == task and r["method"] == method and r["pooling"] == p]
-        per_pair: dict[tuple, list[dict]] = {}
-        for r in pair_rows:
-            per_pair.setdefault((r["seed_a"], r["seed_b"]), []).append(r)
-        layers = set(used[(task, p)])
-        entry["noise_floor"][p] = {m: stats.noise_floor([np.mean([r[f"drift_{m}"] for r in v if r["layer_index"] in layers])
-                                                         if layers else float("nan") for v in per_pair.values()])
-                                   for m in MEASURES}  # fmt: skip
-        entry["within_floor"][p] = {m: vd.within_floor(entry["drift"][p][m]["mean"], entry["noise_floor"][p][m]["mean"])
-                                    for m in MEASURES}  # fmt: skip
-        layer_stats: dict[str, Any] = {}
-        for m in MEASURES:
-            per_layer = [[r[f"drift_{m}"] for r in rows if r["task"] == task and r["method"] == method
-                          and r["pooling"] == p and r["layer_index"] == li] for li in range(len(labels))]  # fmt: skip
-            floor = [[r[f"drift_{m}"] for r in pair_rows if r["layer_index"] == li] for li in range(len(labels))]
-            layer_stats[m] = {"mean": [float(np.mean(v)) for v in per_layer], "min": [float(np.min(v)) for v in per_layer],
-                              "max": [float(np.max(v)) for v in per_layer],
-                              "noise_floor": [float(np.mean(v)) if v else float("nan") for v in floor]}  # fmt: skip
-        entry["layers"][p] = layer_stats
-    return entry
-
-
-def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: str, lora: str, drift_means: Mapping, methods: Mapping,
-               subset: Mapping[str, np.ndarray] | None, res: Any, used: Mapping, labels: list[str],
-               frozen: Mapping[int, str] | None = None) -> dict:  # fmt: skip
-    """The reference (`full`) vs one compared method (`lora`, any kind) on one task: `compare` per pooling and
-    measure, the per-layer H1b verdicts (primary pooling and measure; `frozen`: {entry: why} the method leaves at the
-    base's by construction, marked), and the subsampling CI over examples of the primary reduction (these trained
-    models)."""
-    frozen = frozen or {}
-    primary = primary_pooling(study)
-    hyp = study.hypotheses
-    pick = lambda m, p, meth: {c.seed: drift_means[m][(task, p, meth, c.seed)] for c in cells if c.method == meth}  # noqa: E731
-    comp: dict[str, Any] = {p: {m: compare(pick(m, p, full), pick(m, p, lora)) for m in MEASURES} for p in study.extraction.pooling}
-    # per layer: the same H1b rule on each hidden-state entry, with that entry's noise floor
-    fl, ll = methods[full]["layers"][primary][PRIMARY_MEASURE], methods[lora]["layers"][primary][PRIMARY_MEASURE]
-    index = {(r["method"], int(r["seed"]), int(r["layer_index"])): float(r["drift_" + PRIMARY_MEASURE])
-             for r in rows if r["task"] == task and r["pooling"] == primary}  # fmt: skip
-    learn_gate = [] if methods[full]["learned"] and methods[lora]["learned"] else ["a cell did not learn its task"]
-    per_layer = {}
-    for li, label in enumerate(labels):
-        ft = {c.seed: index[(c.method, c.seed, li)] for c in cells if c.method == full}
-        lo = {c.seed: index[(c.method, c.seed, li)] for c in cells if c.method == lora}
-        floor_gate = [f"full fine-tuning's drift {fl['mean'][li]:.4f} is within its seed noise floor {fl['noise_floor'][li]:.4f}"] \
-            if vd.within_floor(fl["mean"][li], fl["noise_floor"][li]) else []  # fmt: skip
-        v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=learn_gate, indistinguishable=floor_gate)
-        if li not in used[(task, primary)]:  # an entry left out of the means is not judged either
-            v.update(verdict=vd.NOT_COMPARED, lo=None, hi=None)
-        per_layer[label] = {"verdict": v["verdict"], "estimate_pct": v["estimate_pct"], "lo": v["lo"], "hi": v["hi"],
-                            "ft_mean": fl["mean"][li], "method_mean": ll["mean"][li], "ft_floor": fl["noise_floor"][li],
-                            "method_floor": ll["noise_floor"][li], "in_mean": li in used[(task, primary)],
-                            "method_within_floor": vd.within_floor(ll["mean"][li], ll["noise_floor"][li]),
-                            "frozen_by_construction": frozen.get(li)}  # fmt: skip
-    comp["layers"] = per_layer
-    if subset is not None and res is not None and used[(task, primary)]:
-        layers = used[(task, primary)]
-        ft_r = np.mean([np.mean(subset[c.name][layers], axis=0) for c in cells if c.method == full], axis=0)
-        lo_r = np.mean([np.mean(subset[c.name][layers], axis=0) for c in cells if c.method == lora], axis=0)
-        red_r = np.asarray(stats.drift_reduction_pct(ft_r, lo_r), dtype=np.float64)
-        est = comp[primary][PRIMARY_MEASURE]["reduction_pct"]
-        comp["reduction_ci"] = stats.subsample_bootstrap_ci(res.lookup(est, red_r), res.n, res.m, res.n_resamples,
-                                                            CI_ALPHA, res.seed)  # fmt: skip
-    return comp
-
-
-def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) -> None:
-    """Holm across tasks, per (compared method, pooling, measure), for both seed-level tests (descriptive)."""
-    for lm in loras if full is not None else []:
-        for p in study.extraction.pooling:
-            for m in MEASURES:
-                comps = [results[t]["comparisons"][lm.name][p][m] for t in results]
-                for key, get in (("holm_p_t", lambda c: c["paired_t"]["p"]), ("holm_p_sign_flip", lambda c: c["sign_flip_p"])):
-                    ps = [get(c) for c in comps]
-                    adj = stats.holm(ps) if all(math.isfinite(x) for x in ps) else [float("nan")] * len(ps)
-                    for c, a in zip(comps, adj, strict=True):
-                        c[key] = float(a)
-
-
-# ------------------------------------------------------------------------------------------------ hypotheses
-def compared_words(study: Any) -> str:
-    """How the hypotheses name the compared methods: "LoRA" when every one is a LoRA method (the seed study), else
-    "each compared method's"."""
-    _, compared = method_roles(study)
-    return "LoRA" if compared and all(m.kind == "lora" for m in compared) else "each compared method's"
-
-
-def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
-    """H1a and H1b per task and compared method (every method but the reference, of any kind) by `verdicts.h1a` /
-    `verdicts.h1b`, one verdict per (reference, method) pair and task, and their overall verdicts (`verdicts.combine`
-    over every pair and task; `by_method`: combined over the tasks of one pair). No reference: not measured, and
-    `no_reference` says why."""
-    full, loras = method_roles(study)
-    hyp = study.hypotheses
-    primary = primary_pooling(study)
-    h1a: dict[str, Any] = {}
-    h1b: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for task, res in results.items() if full is not None else []:
-        fm = res["methods"][full.name]
-        for lm in loras:
-            key = task if len(loras) == 1 else f"{task}/{lm.name}"
-            owner[key] = lm.name
-            lmm = res["methods"][lm.name]
-            ft_gates, lo_gates = _not_learned(full.name, fm["learning"]), _not_learned(lm.name, lmm["learning"])
-            h1a[key] = vd.h1a({int(s): v for s, v in fm["metric"]["values"].items()},
-                              {int(s): v for s, v in lmm["metric"]["values"].items()}, hyp.h1a_max_gap_pp,
-                              example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates,
-                              names=(full.name, lm.name))  # fmt: skip
-            ft = {int(s): v for s, v in fm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
-            lo = {int(s): v for s, v in lmm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
-            floor = fm["noise_floor"][primary][PRIMARY_MEASURE]["mean"]
-            indist = [f"full fine-tuning's drift {fm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its seed "
-                      f"noise floor {floor:.4f}"] if fm["within_floor"][primary][PRIMARY_MEASURE] else []  # fmt: skip
-            v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=ft_gates + lo_gates, indistinguishable=indist)
-            notes = []
-            if lmm["within_floor"][primary][PRIMARY_MEASURE]:
-                notes.append(f"{lm.name}'s drift {lmm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its own seed noise "
-                             f"floor {lmm['noise_floor'][primary][PRIMARY_MEASURE]['mean']:.4f} (indistinguishable from retraining)")  # fmt: skip
-            ci = res["comparisons"][lm.name].get("reduction_ci")
-            if ci:
-                notes.append(f"for these trained models, 95% CI over examples of the reduction of the means "
-                             f"[{ci['lo']:.1f}, {ci['hi']:.1f}] (not a seed-level interval)")  # fmt: skip
-            layer_v = [f"{label}: {lv['verdict']}" + (" (frozen by construction)" if lv.get("frozen_by_construction") else "")
-                       for label, lv in res["comparisons"][lm.name]["layers"].items()]  # fmt: skip
-            notes.append("per layer " + ", ".join(layer_v))
-            v["evidence"] += "; " + "; ".join(notes)
-            h1b[key] = v
-    who = compared_words(study)
-    out = {}
-    for name, parts, text in (
-        ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} pp of full fine-tuning"),
-        ("H1b", h1b, f"H1b: {who} representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
-                     f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)"),
-    ):  # fmt: skip
-        out[name] = {"hypothesis": text, "verdict": vd.combine(parts), "by": parts,
-                     "rule": vd.RULES[name] + "; overall: " + vd.RULES["overall"]}  # fmt: skip
-        if len(loras) > 1:
-            out[name]["by_method"] = {m.name: {"verdict": vd.combine({k: v for k, v in parts.items() if owner[k] == m.name}),
-                                               "evidence": f"{full.name} vs {m.name} ({m.kind}) over {len(results)} task(s)"}
-                                      for m in loras}  # fmt: skip
-        if full is None:
-            out[name]["no_reference"] = NO_REFERENCE
+def weight_summary(wrows: list[dict], targets: set[str]) -> dict:
+    """Per task and method: mean and SD over (module, seed) of the update's rank measures and intruder counts, on the
+    LoRA target modules (like with like); a full method's other linears, when analysed, under "<method> (other
+    linears)"."""
+    out: dict[str, dict] = {}
+    keys = ("stable_rank", "effective_rank", "r90", "n_intruders", "delta_rel")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in wrows:
+        group = r["method"] if r["module"] in targets else f"{r['method']} (other linears)"
+        groups.setdefault((r["task"], group), []).append(r)
+    for (task, method), rs in groups.items():
+        entry: dict[str, Any] = {"modules": len({r["name"] for r in rs}), "rows": len(rs),
+                                 "module_types": sorted({r["module"] for r in rs})}  # fmt: skip
+        for k in keys:
+            v = np.array([float(r[k]) for r in rs])
+            entry[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "max": float(v.max())}
+        entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
+        out.setdefault(task, {})[method] = entry
     return out
-
-
-def pair_verdicts(study: Any, results: Mapping[str, Any], hypotheses: Mapping[str, Any]) -> dict:
-    """{method: {"kind", "reference", "tasks": {task: {"H1a", "H1b", "gap_pp", "reduction_pct"}}, "H1a", "H1b"}}: the
-    verdicts of each (reference, method) pair, read from `hypotheses` (no rule restated here)."""
-    full, loras = method_roles(study)
-    out: dict[str, Any] = {}
-    for m in loras:
-        tasks = {}
-        for task in results:
-            key = task if len(loras) == 1 else f"{task}/{m.name}"
-            a, b = hypotheses["H1a"]["by"][key], hypotheses["H1b"]["by"][key]
-            tasks[task] = {"H1a": a["verdict"], "H1b": b["verdict"], "gap_pp": a.get("gap_pp"),
-                           "reduction_pct": b.get("estimate_pct")}  # fmt: skip
-        out[m.name] = {"kind": m.kind, "reference": full.name, "tasks": tasks,
-                       "H1a": vd.combine({t: {"verdict": v["H1a"]} for t, v in tasks.items()}),
-                       "H1b": vd.combine({t: {"verdict": v["H1b"]} for t, v in tasks.items()})}  # fmt: skip
-    return out
-
-
-def h2_hypothesis(study: Any, bench: Mapping[str, Mapping[str, Any]]) -> dict:
-    """H2 from the committed bench summaries ({backend: {"summary", "bundle", "attempt"}}): `verdicts.h2_parts` on
-    every backend's configs (per regime and batch size), the same function and inputs as the bench phase's own
-    summary, combined over everything measured."""
-    limit = study.hypotheses.h2_max_overhead_pct
-    hyp = f"H2: separate adapter serving at most {limit:g}% slower than merged"
-    if not bench:
-        return {"hypothesis": hyp, "verdict": vd.NOT_MEASURED, "evidence": "no bench bundle was committed", "by": {},
-                "rule": vd.RULES["H2"], "source": None}  # fmt: skip
-    by: dict[str, dict] = {}
-    by_backend: dict[str, dict] = {}
-    for backend in sorted(bench, key=lambda b: (b != "hf", b)):
-        parts = vd.h2_parts(bench[backend]["summary"].get("configs") or [], limit, prefix=backend)
-        by.update(parts)
-        w = max(parts.values(), key=lambda v: v["pct"], default=None)
-        by_backend[backend] = {"verdict": vd.combine(parts) if parts else vd.NOT_MEASURED,
-                               "evidence": (f"{len(parts)} (regime, batch size) parts; largest overhead {w['pct']:.1f}% at "
-                                            f"batch {w['batch_size']} ({w['regime']})" if w else "no separate and merged configs")}  # fmt: skip
-    worst = max(by.values(), key=lambda v: v["pct"], default=None)
-    evidence = (f"{len(by)} (backend, regime, batch size) parts; largest overhead {worst['pct']:.1f}% at batch "
-                f"{worst['batch_size']}" if worst else "the bench bundles have no separate and merged configs")  # fmt: skip
-    return {"hypothesis": hyp, "verdict": vd.combine(by), "evidence": evidence, "by": by, "by_backend": by_backend,
-            "rule": vd.RULES["H2"] + "; overall: " + vd.RULES["overall"],
-            "source": {b: {"bundle": v["bundle"], "attempt": v["attempt"]} for b, v in sorted(bench.items())}}  # fmt: skip
 
 
 def bench_section(bench: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -575,38 +199,6 @@ def correctness_rows(c: Mapping[str, Any]) -> list[dict]:
             rows.append({"check": f"vllm_vs_hf {kind}", "requests": r["requests"], "argmax_mismatches": r["argmax_mismatches"],
                          "max_prob_diff": r["max_prob_diff"], "ok": r["ok"]})  # fmt: skip
     return rows
-
-
-def committed_bench(ctx: Any) -> dict[str, dict]:
-    """{backend: {"summary", "bundle", "attempt", "committed_at"}} of the study's committed bench bundles."""
-    out = {}
-    for backend in ctx.study.bench.backends:
-        b = ctx.bundle("bench", backend)
-        if b is not None and "summary.json" in b.files:
-            out[backend] = {"summary": b.read_json("summary.json"), "bundle": f"bench/{backend}", "attempt": b.attempt,
-                            "committed_at": b.commit.get("committed_at")}  # fmt: skip
-    return out
-
-
-def weight_summary(wrows: list[dict], targets: set[str]) -> dict:
-    """Per task and method: mean and SD over (module, seed) of the update's rank measures and intruder counts, on the
-    LoRA target modules (like with like); a full method's other linears, when analysed, under "<method> (other
-    linears)"."""
-    out: dict[str, dict] = {}
-    keys = ("stable_rank", "effective_rank", "r90", "n_intruders", "delta_rel")
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in wrows:
-        group = r["method"] if r["module"] in targets else f"{r['method']} (other linears)"
-        groups.setdefault((r["task"], group), []).append(r)
-    for (task, method), rs in groups.items():
-        entry: dict[str, Any] = {"modules": len({r["name"] for r in rs}), "rows": len(rs),
-                                 "module_types": sorted({r["module"] for r in rs})}  # fmt: skip
-        for k in keys:
-            v = np.array([float(r[k]) for r in rs])
-            entry[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "max": float(v.max())}
-        entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
-        out.setdefault(task, {})[method] = entry
-    return out
 
 
 def published_section(study: Any, summary: Mapping[str, Any]) -> dict | None:

@@ -10,18 +10,21 @@ Recipe
      (linear and debiased CKA, drift = 1 - CKA, cosines) -> `layer_rows.csv`; each seed pair of a method (the seed
      noise floor) -> `noise_floor.csv`; the debiased CKA on example subsets (`similarity.SubsetDebiasedCKA`) for
      the CI over examples;
-  3. weights, one module at a time (`analysis.weights.update_rows`): the update of every adapted module (full:
-     W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns; DoRA and IA3: the layer's effective weight from
-     PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its blocks' linears) -> `weights.csv`; BitFit and
-     prefix tuning move no weight matrix: no rows, the reason in summary.json's settings.weights_skipped;
-  4. statistics and verdicts (`analysis.summary`, rules in `analysis.verdicts`): seed summaries, learning and
+  3. weights, one module at a time (`analysis.updates.update_rows`): the update of every adapted module, read as
+     each method's kind says (`lorascope.methods`: full: W_ft - W0; LoRA: scale B A with PEFT's rank/alpha patterns;
+     DoRA and IA3: the layer's effective weight from PEFT's formulas, `analysis.lora`; top_layers: W_ft - W0 of its
+     blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
+     reason in summary.json's settings.weights_skipped;
+  4. statistics and verdicts (`analysis.summary`, assembling `analysis.drift_stats` and `analysis.hypotheses`; rules
+     in `analysis.verdicts`): seed summaries, learning and
      noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
      -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
      `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.
 
 H2 needs the bench phase, which runs after drift in the pipeline: without a committed `bench/<backend>/` it is
-"not measured" here, and the report phase re-evaluates it with the same `summary.h2_hypothesis`.
+"not measured" here, and the report phase re-evaluates it with the same `hypotheses.h2_hypothesis` (and this phase's
+`committed_bench`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ EXTRA_LINEARS_MAX_ELEMENTS = 50_000_000
 
 
 def run(ctx: PhaseContext, index: int) -> None:
-    from lorascope.analysis import forgetting, representations, similarity, summary, weights
+    from lorascope.analysis import forgetting, hypotheses, representations, similarity, study_layout, summary, updates
     from lorascope.log import progress
     from lorascope.phases import extract_units as units
     from lorascope.phases.extract import LAYERS_FILE, REPS_FILE
@@ -69,7 +72,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     rows, noise, subset, resamplers, n_examples, labels = [], [], {}, {}, {}, []
     t_reps = time.perf_counter()
     for task in [t.name for t in study.tasks]:
-        cells = summary.task_cells(study, task)
+        cells = study_layout.task_cells(study, task)
         reps = {name: tensorio.RepsFile(ctx.local(reps_bundles[(name, task)]), REPS_FILE, LAYERS_FILE)
                 for name in ["base", *(c.name for c in cells)]}  # fmt: skip
         check_reps(task, reps)
@@ -78,7 +81,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         if n // 2 >= 4:
             resamplers[task] = similarity.SubsetDebiasedCKA(n, n // 2, RESAMPLES, study.extraction.seed)
         r, nf, subset[task] = representations.representation_drift(
-            task, cells, reps, study.extraction.pooling, summary.primary_pooling(study), resamplers.get(task), log)
+            task, cells, reps, study.extraction.pooling, study_layout.primary_pooling(study), resamplers.get(task), log)
         rows += r
         noise += nf
     t_reps = time.perf_counter() - t_reps
@@ -88,10 +91,10 @@ def run(ctx: PhaseContext, index: int) -> None:
     t_w = time.perf_counter()
     base = tensorio.TensorFolder(ctx.local(stage) / "model", "model")
     cells = {c.name: c for c in study.cells()}
-    updates, skipped, sources = weight_updates(study, cells, cell_dirs, base)
-    cells = {n: c for n, c in cells.items() if n in updates}
-    wrows, with_extra = weights.update_rows(
-        base, cells, updates, full_cell_targets(study, updates), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
+    cell_updates, skipped, sources = weight_updates(study, cells, cell_dirs, base)
+    cells = {n: c for n, c in cells.items() if n in cell_updates}
+    wrows, with_extra = updates.update_rows(
+        base, cells, cell_updates, full_cell_targets(study, cell_updates), INTRUDER_K, INTRUDER_EPS, EXTRA_LINEARS_MAX_ELEMENTS,
         progress=lambda it, n: progress(it, n, "weight modules", log, every=max(1, n // 4)))
     t_w = time.perf_counter() - t_w
     log("weights done", modules=len(wrows), seconds=round(t_w, 2))
@@ -106,8 +109,8 @@ def run(ctx: PhaseContext, index: int) -> None:
         out["forgetting"], frows = forgetting.summarize(study, funits, out)
     except ValueError as e:
         raise LorascopeError(f"drift: {e}") from None
-    bench = summary.committed_bench(ctx)
-    out["hypotheses"]["H2"] = summary.h2_hypothesis(study, bench)
+    bench = committed_bench(ctx)
+    out["hypotheses"]["H2"] = hypotheses.h2_hypothesis(study, bench)
     out["bench"] = summary.bench_section(bench)
     out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS,
                            weights_source=sources, weights_skipped=skipped)
@@ -125,7 +128,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     with ctx.writer("drift", phase="drift", meta=meta) as w:
         w.add_bytes("layer_rows.csv", tensorio.csv_bytes(rows, representations.layer_columns()))
         w.add_bytes("noise_floor.csv", tensorio.csv_bytes(noise, representations.noise_columns()))
-        w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, weights.WEIGHT_COLUMNS))
+        w.add_bytes("weights.csv", tensorio.csv_bytes(wrows, updates.WEIGHT_COLUMNS))
         if frows:
             w.add_bytes("forgetting.csv", tensorio.csv_bytes(frows, forgetting.CSV_COLUMNS))
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
@@ -133,72 +136,49 @@ def run(ctx: PhaseContext, index: int) -> None:
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
 
 
-# how each method kind's weight update is read (weights.csv `source`), or why it has no rows
-WEIGHT_SOURCES = {
-    "full": "full_delta: W_ft - W0 from the cell's model/",
-    "lora": "lora_factors: scale B A from the adapter (rsLoRA: alpha/sqrt(r); PiSSA/OLoRA: the converted rank-2r "
-            "adapter, a plain LoRA delta on the untouched base)",
-    "dora": "dora_weight: W' - W0 with W' = diag(m / ||W0 + scale B A||_row) (W0 + scale B A), PEFT's DoRA",
-    "ia3": "ia3_weight: W' - W0 with W' = diag(l) W0 (output scaling) or W0 diag(l) (feed-forward: input scaling)",
-    "top_layers": "top_layers_delta: W_ft - W0 of the linears of the trained blocks, from the cell's model/",
-}
-WEIGHT_SKIPPED = {
-    "bitfit": "BitFit changes only bias / norm vectors (and the head): no linear weight matrix moves, so there is no "
-              "matrix update to measure",
-    "prefix": "prefix tuning learns virtual key/value vectors and leaves every weight matrix as it is",
-}  # fmt: skip
+def committed_bench(ctx: PhaseContext) -> dict[str, dict]:
+    """{backend: {"summary", "bundle", "attempt", "committed_at"}} of the study's committed bench bundles (the report
+    phase reads them the same way)."""
+    out = {}
+    for backend in ctx.study.bench.backends:
+        b = ctx.bundle("bench", backend)
+        if b is not None and "summary.json" in b.files:
+            out[backend] = {"summary": b.read_json("summary.json"), "bundle": f"bench/{backend}", "attempt": b.attempt,
+                            "committed_at": b.commit.get("committed_at")}  # fmt: skip
+    return out
 
 
 def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str, tuple[str, Any]], dict, dict]:
-    """({cell: (kind, update)} for `weights.update_rows`, {method: why it has no weight rows}, {method: how its
-    update is read}). Never a guess: a method whose update this cannot compute exactly is skipped with its reason."""
-    from lorascope.analysis import lora, weights
+    """({cell: (form, update)} for `updates.update_rows`, {method: why it has no weight rows}, {method: how its
+    update is read}), each from the method's kind (`MethodKind.weight_update`, `weights_skipped`, `weight_source`).
+    Never a guess: a method whose update cannot be computed exactly is skipped with its reason."""
+    from lorascope.methods import kind_of
 
     updates: dict[str, tuple[str, Any]] = {}
     skipped: dict[str, str] = {}
     sources: dict[str, str] = {}
-    linears = [n for n in base.names() if n.endswith(".weight") and weights.module_parts(n)[0] is not None
-               and weights.module_parts(n)[1] in weights.LINEAR_NAMES]  # fmt: skip
-    n_blocks = 1 + max((weights.module_parts(n)[0] for n in linears), default=-1)
     for name, c in cells.items():
         m = study.method(c.method)
-        folder = cell_dirs[name]
+        kind = kind_of(m)
+        reason = kind.weights_skipped(m)
+        if reason is not None:
+            skipped[m.name] = reason
+            continue
         try:
-            if m.kind == "lora" and not m.use_dora:
-                updates[name] = ("lora", lora.adapter_deltas(*tensorio.read_adapter(folder / "adapter")))
-                sources[m.name] = WEIGHT_SOURCES["lora"]
-            elif m.kind == "lora":
-                config, factors = tensorio.read_adapter(folder / "adapter")
-                mags = tensorio.read_adapter_vectors(folder / "adapter", ".lora_magnitude_vector")
-                updates[name] = ("dense", lora.dora_updates(config, factors, mags, base))
-                sources[m.name] = WEIGHT_SOURCES["dora"]
-            elif m.kind == "ia3":
-                config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
-                vectors = tensorio.read_adapter_vectors(folder / "adapter", ".ia3_l")
-                updates[name] = ("dense", lora.ia3_updates(config, vectors, base))
-                sources[m.name] = WEIGHT_SOURCES["ia3"]
-            elif m.kind == "top_layers":
-                cell_model = tensorio.TensorFolder(folder / "model", "model")
-                trained = [n for n in linears if weights.module_parts(n)[0] >= n_blocks - m.k]
-                updates[name] = ("dense", lora.DenseUpdates("top_layers_delta", trained, cell_model.get))
-                sources[m.name] = WEIGHT_SOURCES["top_layers"]
-            elif m.kind == "full":
-                updates[name] = ("full", tensorio.TensorFolder(folder / "model", "model"))
-                sources[m.name] = WEIGHT_SOURCES["full"]
-            else:
-                skipped[m.name] = WEIGHT_SKIPPED[m.kind]
+            updates[name] = kind.weight_update(m, cell_dirs[name], base)
         except ValueError as e:
             raise ConfigError(f"cells/{name}: {e}") from None
+        sources[m.name] = kind.weight_source(m)
     return updates, skipped, sources
 
 
 def full_cell_targets(study, updates: dict) -> set[str]:
     """The linears a full cell is compared on: the short names (`q_proj`) the study's LoRA cells adapted, read from
-    their adapters (the study may name them by role: `q`), else `summary.lora_targets`."""
-    from lorascope.analysis import summary, weights
+    their adapters (the study may name them by role: `q`), else `study_layout.lora_targets`."""
+    from lorascope.analysis import study_layout, weights
 
-    found = {weights.module_parts(n)[1] for kind, u in updates.values() if kind == "lora" for n in u}
-    return found or set(summary.lora_targets(study))
+    found = {weights.module_parts(n)[1] for form, u in updates.values() if form == "lora" for n in u}
+    return found or set(study_layout.lora_targets(study))
 
 
 def check_reps(task: str, reps: dict[str, tensorio.RepsFile]) -> None:

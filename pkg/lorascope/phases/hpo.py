@@ -249,7 +249,7 @@ class Objective:
         import torch
         from transformers import set_seed
 
-        from lorascope import modeling, training
+        from lorascope import methods, training
         from lorascope.models import loading
 
         chosen = suggest(trial, self.study.space_for(self.method))
@@ -260,7 +260,7 @@ class Objective:
         model = loading.load_classifier(
             self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
         )
-        model = modeling.apply_method(model, self.method, params)
+        model = methods.apply_method(model, self.method, params)
         output_dir = self.ctx.scratch("hpo", f"{self.task.name}-{self.method.name}-trial-{trial.number}")
         metric = self.task.selection_metric
         result = None

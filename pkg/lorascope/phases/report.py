@@ -27,19 +27,20 @@ REPORT_FILE = "ANALYSIS_REPORT.md"
 
 
 def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str, Any]:
-    """The drift summary, with H2 and the bench section re-evaluated (`analysis.summary.h2_hypothesis`, the function
+    """The drift summary, with H2 and the bench section re-evaluated (`analysis.hypotheses.h2_hypothesis`, the function
     the drift phase used) when the committed bench bundles differ from what the drift phase saw, and the report's
     own provenance; plus the Pareto section (`analysis.pareto`, over drift and, when the drift summary has it,
     forgetting) and the study's published reference numbers next to ours (`summary.published_section`)."""
-    from lorascope.analysis import summary
+    from lorascope.analysis import hypotheses, summary
+    from lorascope.phases.drift import committed_bench
     from lorascope.reporting import provenance
 
     numbers = copy.deepcopy(drift_summary)
-    bench = summary.committed_bench(ctx)
+    bench = committed_bench(ctx)
     seen = (numbers["hypotheses"].get("H2") or {}).get("source")
     describe = lambda src: ", ".join(f"{v['bundle']} attempt {v['attempt']}" for v in src.values())  # noqa: E731
     h2_source = f"drift phase ({describe(seen)})" if seen else "drift phase (no bench bundle then)"
-    current = summary.h2_hypothesis(ctx.study, bench)
+    current = hypotheses.h2_hypothesis(ctx.study, bench)
     if bench and current.get("source") != seen:
         numbers["hypotheses"]["H2"] = summary.json_safe(current)
         numbers["bench"] = summary.json_safe(summary.bench_section(bench))

@@ -38,7 +38,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from transformers import TrainerCallback, set_seed
 
-    from lorascope import data, modeling, training
+    from lorascope import data, methods, training
     from lorascope.models import loading
 
     device = loading.pick_device(ctx.env)
@@ -59,7 +59,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     features = data.encode(tokenizer, task, examples, study.task(task).max_length)
     set_seed(study.seed)
     model = loading.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
-    model = modeling.apply_method(model, method, {})
+    model = methods.apply_method(model, method, {})
 
     class StopBelowTarget(TrainerCallback):
         def __init__(self) -> None:

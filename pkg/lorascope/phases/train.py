@@ -75,7 +75,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from transformers import set_seed
 
-    from lorascope import data, modeling, training
+    from lorascope import data, methods, training
     from lorascope.models import artifacts, loading
 
     device = loading.pick_device(ctx.env)
@@ -98,13 +98,13 @@ def run(ctx: PhaseContext, index: int) -> None:
     # model (seeded: the score head and LoRA's A matrices are random)
     set_seed(cell.seed)
     model = loading.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
-    model = modeling.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
+    model = methods.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
     trainable, total = artifacts.trainable_parameters(model)
     trainable_bytes = artifacts.trainable_bytes(model)
     saved = ctx.scratch("train", cell.name + "-final")
     # PiSSA/OLoRA: the adapter as initialised, before any step (a resumed run rebuilds the same one: the SVD / QR of
     # the base is deterministic), for the conversion at the end
-    initial_adapter = modeling.save_initial_adapter(model, method, saved / "initial_adapter")
+    initial_adapter = methods.save_initial_adapter(model, method, saved / "initial_adapter")
 
     # resume from the store, then train
     output_dir = ctx.scratch("train", cell.name)
@@ -165,7 +165,7 @@ def run(ctx: PhaseContext, index: int) -> None:
                             logging_steps=plan.logging_steps or result.schedule["eval_steps"], best_step=result.best_step,
                             resumed_from_step=result.resumed_from_step, cell=cell.name, task=cell.task,
                             method=cell.method, seed=cell.seed, selection_metric=task.selection_metric)  # fmt: skip
-    folder = modeling.save_cell_artifact(result.model, method, saved, initial_adapter)
+    folder = methods.save_cell_artifact(result.model, method, saved, initial_adapter)
     if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = study.model.name

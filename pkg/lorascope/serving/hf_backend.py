@@ -1,6 +1,6 @@
 """The `hf` backend: transformers + PEFT, in this process.
 
-Every model is loaded through `modeling.load_classifier` (pad id set, classification at the last attended token),
+Every model is loaded through `models.loading.load_classifier` (pad id set, classification at the last attended token),
 so serving reads the same position training did.
 
 Multi-adapter batches. PEFT 0.21 serves a batch whose rows use different adapters with `adapter_names=[...]`
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorascope import data, modeling
+from lorascope import data
+from lorascope.models import loading
 from lorascope.serving.workload import Request
 
 BACKEND = "hf"
@@ -124,7 +125,7 @@ def _timed_load(fn):
 
 def open_plain(mode: str, model_dir: Path, num_labels: int, dtype: torch.dtype, device: torch.device) -> HFServer:
     """`full` (a full fine-tuned cell's model/) or `merged` (a merged checkpoint): a plain classifier, no PEFT."""
-    model, seconds = _timed_load(lambda: modeling.load_classifier(model_dir, num_labels, dtype, device))
+    model, seconds = _timed_load(lambda: loading.load_classifier(model_dir, num_labels, dtype, device))
     return HFServer(mode, model, device, model.config.pad_token_id, [], mixed=False, load_seconds=seconds)
 
 
@@ -133,7 +134,7 @@ def _peft_model(base_dir: Path, adapters: Mapping[str, Path], num_labels: int, d
     from peft import PeftModel
 
     torch.manual_seed(seed)  # the base's own score head is drawn at load (each adapter brings its own)
-    base = modeling.load_classifier(base_dir, num_labels, dtype, device)
+    base = loading.load_classifier(base_dir, num_labels, dtype, device)
     tasks = list(adapters)
     model = PeftModel.from_pretrained(base, str(adapters[tasks[0]]), adapter_name=tasks[0], is_trainable=False)
     for task in tasks[1:]:
@@ -160,13 +161,13 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, num_labels: 
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    base = modeling.load_classifier(base_dir, num_labels, torch.float32, "cpu")
+    base = loading.load_classifier(base_dir, num_labels, torch.float32, "cpu")
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     if tokenizer_dir is not None:
-        modeling.load_tokenizer(tokenizer_dir).save_pretrained(str(out_dir))
+        loading.load_tokenizer(tokenizer_dir).save_pretrained(str(out_dir))
     del merged, base
     gc.collect()
     return time.perf_counter() - t0
@@ -176,10 +177,10 @@ def save_seqcls_base(base_dir: Path, out_dir: Path, num_labels: int, dtype: torc
     """The base model saved as a sequence-classification checkpoint with a `score` head (seeded init), so a
     strict loader (vLLM) finds every weight; each adapter replaces the head with its own (`modules_to_save`)."""
     torch.manual_seed(seed)
-    model = modeling.load_classifier(base_dir, num_labels, dtype, "cpu")
+    model = loading.load_classifier(base_dir, num_labels, dtype, "cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    modeling.load_tokenizer(base_dir).save_pretrained(str(out_dir))
+    loading.load_tokenizer(base_dir).save_pretrained(str(out_dir))
     del model
     gc.collect()
     return out_dir

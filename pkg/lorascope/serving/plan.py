@@ -7,8 +7,11 @@ servers (serving/servers.py) and the summary (serving/bench_summary.py) read it.
 from __future__ import annotations
 
 from lorascope.errors import ConfigError
+from lorascope.methods import kind_of
+from lorascope.methods.full import FullMethod
+from lorascope.methods.lora import LoraMethod
 from lorascope.serving import MODES, multi_count
-from lorascope.study import GLUE_TASKS, FullMethod, LoraMethod, Study
+from lorascope.study import GLUE_TASKS, Study
 
 BACKENDS = ("hf", "vllm")
 
@@ -39,7 +42,7 @@ class BenchPlan:
         self.served_task = self.tasks[0]
         # the LoRA method served: bench.method, else the first vLLM-servable one (plain LoRA; the study validator
         # refuses a bench.method that is not servable)
-        full = [m for m in study.methods if isinstance(m, FullMethod)]
+        full = [m for m in study.methods if kind_of(m).is_reference]  # full fine-tuning, the reference
         self.lora: LoraMethod | None = study.bench_method()
         self.full: FullMethod | None = full[0] if full else None
         for mode in self.modes:

@@ -1,7 +1,7 @@
 """Hyperparameter resolution: what one training run is, before any model or Trainer exists.
 
-  * `resolve_params`: HPO's pick over `training.defaults[method name, else kind]` (LoRA alpha/dropout falling back to the method's
-    own config), validated by the study's PARAM_RULES.
+  * `resolve_params`: HPO's pick over `training.defaults[method name, else kind]` (a kind's own hyperparameters, LoRA's
+    alpha/dropout, falling back to the method's own config), validated by the study's PARAM_RULES.
   * `Plan` (one run beyond the model and the data) and `schedule` (micro-batch, accumulation, steps per epoch,
     total steps and the evaluation interval, counted the way the Trainer counts them).
   * Effective batch = micro-batch x gradient accumulation. The micro-batch is a memory knob
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import ConfigError
-from lorascope.study import GLUE_TASKS, HPO_PARAMS, REQUIRED_PARAMS, param_problem
+from lorascope.methods import kind_of, kind_only_problem
+from lorascope.study import HPO_PARAMS, REQUIRED_PARAMS, param_problem
+from lorascope.tasks import GLUE_TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +41,8 @@ def resolve_params(
     study: Study, method_name: str, chosen: Mapping[str, Any] | None = None, task: str | None = None
 ) -> dict[str, Any]:
     """The hyperparameters of one run: `chosen` (HPO's pick) over the task's own `tasks[].defaults[method]` (when
-    `task` is given) over `training.defaults[method]`, LoRA alpha/dropout falling back to the method's own config.
+    `task` is given) over `training.defaults[method]`, a kind's own hyperparameters (LoRA alpha/dropout) falling back
+    to the method's own config.
     Raises ConfigError naming what is missing or out of range."""
     method = study.method(method_name)
     key = study.defaults_key(method) or method_name
@@ -63,12 +66,10 @@ def resolve_params(
         "effective_batch": int(merged["effective_batch"]),
         "epochs": int(merged["epochs"]) if float(merged["epochs"]).is_integer() else float(merged["epochs"]),
     }
-    lora_only = [k for k in ("lora_alpha", "lora_dropout") if k in merged]
-    if method.kind != "lora" and lora_only:
-        raise ConfigError(f"method {method_name!r}: {lora_only} apply to LoRA only (this method's kind is {method.kind!r})")
-    if method.kind == "lora":
-        params["lora_alpha"] = float(merged.get("lora_alpha", method.alpha))
-        params["lora_dropout"] = float(merged.get("lora_dropout", method.dropout))
+    kind = kind_of(method)
+    if problem := kind_only_problem(kind, merged):
+        raise ConfigError(f"method {method_name!r}: {problem} (this method's kind is {method.kind!r})")
+    params.update(kind.hyperparameter_values(method, merged))  # LoRA: lora_alpha, lora_dropout
     for name, value in params.items():  # the same rules the study validator applies (study.PARAM_RULES)
         if problem := param_problem(name, value):
             raise ConfigError(f"method {method_name!r}: {problem}")

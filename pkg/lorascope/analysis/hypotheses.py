@@ -1,0 +1,140 @@
+"""The hypotheses, each by a rule in `verdicts` on numbers the summary already holds: H1a (task metric within a gap of
+the reference's) and H1b (drift at least a given percentage below the reference's) per task and compared method, one
+verdict per (reference, method) pair (`pair_verdicts`), and H2 (separate adapter serving at most a given overhead
+slower than merged) from the committed bench summaries, which the drift phase and the report phase evaluate with the
+same `h2_hypothesis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lorascope.analysis import verdicts as vd
+from lorascope.analysis.drift_stats import PRIMARY_MEASURE
+from lorascope.analysis.study_layout import NO_REFERENCE, method_roles, primary_pooling
+from lorascope.methods import kind_of
+
+
+def _not_learned(method: str, gates: Mapping[str, dict]) -> list[str]:
+    """The learning-gate failures of one method's cells ({seed: gate}), as evidence text."""
+    out = []
+    for seed, g in gates.items():
+        if g["learned"] is None:
+            out.append(f"{method} seed {seed}: learning not checked (no per-example predictions, no majority baseline)")
+        elif not g["learned"]:
+            lower = f", gain lower bound {100 * g['gain_lower']:.1f} pp" if g["gain_lower"] is not None else ""
+            out.append(f"{method} seed {seed} did not learn ({100 * g['value']:.1f} vs majority baseline {100 * g['baseline']:.1f}, "
+                       f"needs +{100 * g['margin']:.1f} pp{lower})")  # fmt: skip
+    return out
+
+
+def compared_words(study: Any) -> str:
+    """How the hypotheses name the compared methods: their kind's `hypothesis_subject` when every one is of one kind
+    that has one ("LoRA" for LoRA methods, the seed study), else "each compared method's"."""
+    _, compared = method_roles(study)
+    subjects = {kind_of(m).hypothesis_subject for m in compared}
+    return subjects.pop() if len(subjects) == 1 and None not in subjects else "each compared method's"
+
+
+def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
+    """H1a and H1b per task and compared method (every method but the reference, of any kind) by `verdicts.h1a` /
+    `verdicts.h1b`, one verdict per (reference, method) pair and task, and their overall verdicts (`verdicts.combine`
+    over every pair and task; `by_method`: combined over the tasks of one pair). No reference: not measured, and
+    `no_reference` says why."""
+    full, loras = method_roles(study)
+    hyp = study.hypotheses
+    primary = primary_pooling(study)
+    h1a: dict[str, Any] = {}
+    h1b: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for task, res in results.items() if full is not None else []:
+        fm = res["methods"][full.name]
+        for lm in loras:
+            key = task if len(loras) == 1 else f"{task}/{lm.name}"
+            owner[key] = lm.name
+            lmm = res["methods"][lm.name]
+            ft_gates, lo_gates = _not_learned(full.name, fm["learning"]), _not_learned(lm.name, lmm["learning"])
+            h1a[key] = vd.h1a({int(s): v for s, v in fm["metric"]["values"].items()},
+                              {int(s): v for s, v in lmm["metric"]["values"].items()}, hyp.h1a_max_gap_pp,
+                              example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates,
+                              names=(full.name, lm.name))  # fmt: skip
+            ft = {int(s): v for s, v in fm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
+            lo = {int(s): v for s, v in lmm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
+            floor = fm["noise_floor"][primary][PRIMARY_MEASURE]["mean"]
+            indist = [f"full fine-tuning's drift {fm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its seed "
+                      f"noise floor {floor:.4f}"] if fm["within_floor"][primary][PRIMARY_MEASURE] else []  # fmt: skip
+            v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=ft_gates + lo_gates, indistinguishable=indist)
+            notes = []
+            if lmm["within_floor"][primary][PRIMARY_MEASURE]:
+                notes.append(f"{lm.name}'s drift {lmm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its own seed noise "
+                             f"floor {lmm['noise_floor'][primary][PRIMARY_MEASURE]['mean']:.4f} (indistinguishable from retraining)")  # fmt: skip
+            ci = res["comparisons"][lm.name].get("reduction_ci")
+            if ci:
+                notes.append(f"for these trained models, 95% CI over examples of the reduction of the means "
+                             f"[{ci['lo']:.1f}, {ci['hi']:.1f}] (not a seed-level interval)")  # fmt: skip
+            layer_v = [f"{label}: {lv['verdict']}" + (" (frozen by construction)" if lv.get("frozen_by_construction") else "")
+                       for label, lv in res["comparisons"][lm.name]["layers"].items()]  # fmt: skip
+            notes.append("per layer " + ", ".join(layer_v))
+            v["evidence"] += "; " + "; ".join(notes)
+            h1b[key] = v
+    who = compared_words(study)
+    out = {}
+    for name, parts, text in (
+        ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} pp of full fine-tuning"),
+        ("H1b", h1b, f"H1b: {who} representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
+                     f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)"),
+    ):  # fmt: skip
+        out[name] = {"hypothesis": text, "verdict": vd.combine(parts), "by": parts,
+                     "rule": vd.RULES[name] + "; overall: " + vd.RULES["overall"]}  # fmt: skip
+        if len(loras) > 1:
+            out[name]["by_method"] = {m.name: {"verdict": vd.combine({k: v for k, v in parts.items() if owner[k] == m.name}),
+                                               "evidence": f"{full.name} vs {m.name} ({m.kind}) over {len(results)} task(s)"}
+                                      for m in loras}  # fmt: skip
+        if full is None:
+            out[name]["no_reference"] = NO_REFERENCE
+    return out
+
+
+def pair_verdicts(study: Any, results: Mapping[str, Any], hypotheses: Mapping[str, Any]) -> dict:
+    """{method: {"kind", "reference", "tasks": {task: {"H1a", "H1b", "gap_pp", "reduction_pct"}}, "H1a", "H1b"}}: the
+    verdicts of each (reference, method) pair, read from `hypotheses` (no rule restated here)."""
+    full, loras = method_roles(study)
+    out: dict[str, Any] = {}
+    for m in loras:
+        tasks = {}
+        for task in results:
+            key = task if len(loras) == 1 else f"{task}/{m.name}"
+            a, b = hypotheses["H1a"]["by"][key], hypotheses["H1b"]["by"][key]
+            tasks[task] = {"H1a": a["verdict"], "H1b": b["verdict"], "gap_pp": a.get("gap_pp"),
+                           "reduction_pct": b.get("estimate_pct")}  # fmt: skip
+        out[m.name] = {"kind": m.kind, "reference": full.name, "tasks": tasks,
+                       "H1a": vd.combine({t: {"verdict": v["H1a"]} for t, v in tasks.items()}),
+                       "H1b": vd.combine({t: {"verdict": v["H1b"]} for t, v in tasks.items()})}  # fmt: skip
+    return out
+
+
+def h2_hypothesis(study: Any, bench: Mapping[str, Mapping[str, Any]]) -> dict:
+    """H2 from the committed bench summaries ({backend: {"summary", "bundle", "attempt"}}): `verdicts.h2_parts` on
+    every backend's configs (per regime and batch size), the same function and inputs as the bench phase's own
+    summary, combined over everything measured."""
+    limit = study.hypotheses.h2_max_overhead_pct
+    hyp = f"H2: separate adapter serving at most {limit:g}% slower than merged"
+    if not bench:
+        return {"hypothesis": hyp, "verdict": vd.NOT_MEASURED, "evidence": "no bench bundle was committed", "by": {},
+                "rule": vd.RULES["H2"], "source": None}  # fmt: skip
+    by: dict[str, dict] = {}
+    by_backend: dict[str, dict] = {}
+    for backend in sorted(bench, key=lambda b: (b != "hf", b)):
+        parts = vd.h2_parts(bench[backend]["summary"].get("configs") or [], limit, prefix=backend)
+        by.update(parts)
+        w = max(parts.values(), key=lambda v: v["pct"], default=None)
+        by_backend[backend] = {"verdict": vd.combine(parts) if parts else vd.NOT_MEASURED,
+                               "evidence": (f"{len(parts)} (regime, batch size) parts; largest overhead {w['pct']:.1f}% at "
+                                            f"batch {w['batch_size']} ({w['regime']})" if w else "no separate and merged configs")}  # fmt: skip
+    worst = max(by.values(), key=lambda v: v["pct"], default=None)
+    evidence = (f"{len(by)} (backend, regime, batch size) parts; largest overhead {worst['pct']:.1f}% at batch "
+                f"{worst['batch_size']}" if worst else "the bench bundles have no separate and merged configs")  # fmt: skip
+    return {"hypothesis": hyp, "verdict": vd.combine(by), "evidence": evidence, "by": by, "by_backend": by_backend,
+            "rule": vd.RULES["H2"] + "; overall: " + vd.RULES["overall"],
+            "source": {b: {"bundle": v["bundle"], "attempt": v["attempt"]} for b, v in sorted(bench.items())}}  # fmt: skip

@@ -1,0 +1,41 @@
+"""A study's identity: its canonical JSON and the hash of it, which names runs (`runs/<study>-<hash>`) and stamps
+every bundle. Everything that decides whether two study files are the same study is here.
+
+The canonical JSON is the validated study (defaults filled in) with sorted keys and no spaces, without:
+  * `training.report_to`: where the Trainer reports, not what any phase computes (adding TensorBoard to a run keeps
+    its hash and run id);
+  * fields added after studies were first run, while they hold their defaults, so a study written before they
+    existed keeps its hash: each method kind's `hash_neutral_defaults` (LoRA's use_dora, use_rslora, init),
+    `bench.method` when null, an empty `tasks[].defaults`, a `report` section equal to the default one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lorascope.methods import METHOD_KINDS
+
+
+def canonical_json(study: Any) -> str:
+    """The study as canonical JSON, without what does not change any result (see the module docstring)."""
+    dump = study.model_dump(mode="json")
+    dump["training"].pop("report_to", None)
+    for m in dump["methods"]:
+        for key, default in METHOD_KINDS.get(m["kind"]).hash_neutral_defaults.items():
+            if m.get(key) == default:
+                m.pop(key)
+    if dump["bench"].get("method") is None:
+        dump["bench"].pop("method", None)
+    for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
+        if not task.get("defaults"):
+            task.pop("defaults", None)
+    if study.report == type(study.report)():  # a study without a report section keeps the hash it had before one
+        dump.pop("report")
+    return json.dumps(dump, sort_keys=True, separators=(",", ":"))
+
+
+def digest(study: Any) -> str:
+    """sha256 of `canonical_json`, first 16 hex digits: the study hash."""
+    return hashlib.sha256(canonical_json(study).encode()).hexdigest()[:16]
