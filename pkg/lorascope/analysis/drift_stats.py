@@ -1,7 +1,7 @@
 """Drift statistics over seeds, from the drift phase's rows: per method on a task (metric, learning gates, drift
 and cosines over seeds, the seed noise floor, per-layer bands: `method_entry`), the reference against each compared
 method (paired by seed: `compare`, per layer and with the subsampling CI over examples: `comparison`), and Holm
-across tasks. The verdict rules are `verdicts`; the measures are the CKA drifts in `MEASURES`.
+across tasks. The verdict rules are `verdicts`; the measures are the CKA drifts of the similarity registry (`drift_measures`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.analysis import stats
+from lorascope.analysis import similarity, stats
 from lorascope.analysis import verdicts as vd
 from lorascope.analysis.study_layout import primary_pooling
 
-MEASURES = ("linear", "debiased")
-PRIMARY_MEASURE = "debiased"
+PRIMARY_MEASURE = "debiased"  # a key of similarity.MEASURES: the drift the verdicts read
+
+
+def drift_measures() -> tuple[str, ...]:
+    """The drift measures (the registered CKAs, drift = 1 - CKA), read when called: a measure registered later is
+    summarised too."""
+    return tuple(m.name for m in similarity.cka_measures())
+
+
+def drift_column(measure: str) -> str:
+    """The layer_rows.csv column holding a measure's drift ("drift_debiased")."""
+    return similarity.MEASURES.get(measure).drift_column
 CI_ALPHA = 0.05
 
 
@@ -80,7 +90,7 @@ def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: li
     entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"]["accuracy"] for c in mcells})
     entry["learning"] = {str(c.seed): gates[c.name] for c in mcells}
     entry["learned"] = all(gates[c.name]["learned"] is True for c in mcells)
-    entry["drift"] = {p: {m: _summary({c.seed: drift_means[m][(task, p, method, c.seed)] for c in mcells}) for m in MEASURES}
+    entry["drift"] = {p: {m: _summary({c.seed: drift_means[m][(task, p, method, c.seed)] for c in mcells}) for m in drift_measures()}
                       for p in study.extraction.pooling}  # fmt: skip
     entry["cosine"] = {p: {k: _summary({c.seed: cos_means[k][(task, p, method, c.seed)] for c in mcells}) for k in cos_means}
                        for p in study.extraction.pooling}  # fmt: skip
@@ -91,16 +101,16 @@ def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: li
         for r in pair_rows:
             per_pair.setdefault((r["seed_a"], r["seed_b"]), []).append(r)
         layers = set(used[(task, p)])
-        entry["noise_floor"][p] = {m: stats.noise_floor([np.mean([r[f"drift_{m}"] for r in v if r["layer_index"] in layers])
+        entry["noise_floor"][p] = {m: stats.noise_floor([np.mean([r[drift_column(m)] for r in v if r["layer_index"] in layers])
                                                          if layers else float("nan") for v in per_pair.values()])
-                                   for m in MEASURES}  # fmt: skip
+                                   for m in drift_measures()}  # fmt: skip
         entry["within_floor"][p] = {m: vd.within_floor(entry["drift"][p][m]["mean"], entry["noise_floor"][p][m]["mean"])
-                                    for m in MEASURES}  # fmt: skip
+                                    for m in drift_measures()}  # fmt: skip
         layer_stats: dict[str, Any] = {}
-        for m in MEASURES:
-            per_layer = [[r[f"drift_{m}"] for r in rows if r["task"] == task and r["method"] == method
+        for m in drift_measures():
+            per_layer = [[r[drift_column(m)] for r in rows if r["task"] == task and r["method"] == method
                           and r["pooling"] == p and r["layer_index"] == li] for li in range(len(labels))]  # fmt: skip
-            floor = [[r[f"drift_{m}"] for r in pair_rows if r["layer_index"] == li] for li in range(len(labels))]
+            floor = [[r[drift_column(m)] for r in pair_rows if r["layer_index"] == li] for li in range(len(labels))]
             layer_stats[m] = {"mean": [float(np.mean(v)) for v in per_layer], "min": [float(np.min(v)) for v in per_layer],
                               "max": [float(np.max(v)) for v in per_layer],
                               "noise_floor": [float(np.mean(v)) if v else float("nan") for v in floor]}  # fmt: skip
@@ -119,10 +129,10 @@ def comparison(study: Any, task: str, cells: list[Any], rows: list[dict], full: 
     primary = primary_pooling(study)
     hyp = study.hypotheses
     pick = lambda m, p, meth: {c.seed: drift_means[m][(task, p, meth, c.seed)] for c in cells if c.method == meth}  # noqa: E731
-    comp: dict[str, Any] = {p: {m: compare(pick(m, p, full), pick(m, p, lora)) for m in MEASURES} for p in study.extraction.pooling}
+    comp: dict[str, Any] = {p: {m: compare(pick(m, p, full), pick(m, p, lora)) for m in drift_measures()} for p in study.extraction.pooling}
     # per layer: the same H1b rule on each hidden-state entry, with that entry's noise floor
     fl, ll = methods[full]["layers"][primary][PRIMARY_MEASURE], methods[lora]["layers"][primary][PRIMARY_MEASURE]
-    index = {(r["method"], int(r["seed"]), int(r["layer_index"])): float(r["drift_" + PRIMARY_MEASURE])
+    index = {(r["method"], int(r["seed"]), int(r["layer_index"])): float(r[drift_column(PRIMARY_MEASURE)])
              for r in rows if r["task"] == task and r["pooling"] == primary}  # fmt: skip
     learn_gate = [] if methods[full]["learned"] and methods[lora]["learned"] else ["a cell did not learn its task"]
     per_layer = {}
@@ -155,7 +165,7 @@ def holm_across_tasks(results: dict, study: Any, full: Any, loras: list[Any]) ->
     """Holm across tasks, per (compared method, pooling, measure), for both seed-level tests (descriptive)."""
     for lm in loras if full is not None else []:
         for p in study.extraction.pooling:
-            for m in MEASURES:
+            for m in drift_measures():
                 comps = [results[t]["comparisons"][lm.name][p][m] for t in results]
                 for key, get in (("holm_p_t", lambda c: c["paired_t"]["p"]), ("holm_p_sign_flip", lambda c: c["sign_flip_p"])):
                     ps = [get(c) for c in comps]

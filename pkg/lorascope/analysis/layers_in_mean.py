@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lorascope.analysis import similarity
 from lorascope.analysis.study_layout import method_roles, targets_of
 from lorascope.methods import kind_of
 
@@ -69,7 +70,7 @@ def defined_layers(rows: Iterable[dict]) -> dict[tuple[str, str], list[int]]:
     for r in rows:
         key = (r["task"], r["pooling"])
         seen.setdefault(key, set()).add(int(r["layer_index"]))
-        if not (math.isfinite(r["cka_linear"]) and math.isfinite(r["cka_debiased"])):
+        if not all(math.isfinite(r[m.column]) for m in similarity.cka_measures()):
             bad.setdefault(key, set()).add(int(r["layer_index"]))
     return {k: sorted(v - bad.get(k, set())) for k, v in seen.items()}
 

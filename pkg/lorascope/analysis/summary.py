@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.analysis import stats
+from lorascope.analysis import similarity, stats
 from lorascope.analysis import verdicts as vd
 from lorascope.analysis.costs import cost_table
 from lorascope.analysis.drift_stats import (
     CI_ALPHA,
-    MEASURES,
     PRIMARY_MEASURE,
     comparison,
+    drift_column,
+    drift_measures,
     holm_across_tasks,
     learning,
     method_entry,
@@ -79,8 +80,8 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     poolings = list(study.extraction.pooling)
     used, excluded = layers_in_mean(rows, study, labels, encoder)
     frozen = frozen_entries(study, labels)
-    drift_means = {m: seed_means(rows, f"drift_{m}", used) for m in MEASURES}
-    cos_means = {k: seed_means(rows, k, used) for k in ("cosine", "centered_cosine")}
+    drift_means = {m: seed_means(rows, drift_column(m), used) for m in drift_measures()}
+    cos_means = {m.name: seed_means(rows, m.column, used) for m in similarity.layer_measures() if not m.cka}
     results: dict[str, Any] = {}
     for ti, task in enumerate(t.name for t in study.tasks):
         tmetric = study.task(task).selection_metric
@@ -118,8 +119,8 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
         "frozen_by_construction": {m: [labels[li] for li in v] for m, v in frozen.items()},
         "labels": labels,
         "settings": {
-            "primary_measure": f"cka_{PRIMARY_MEASURE}", "primary_pooling": primary, "poolings": poolings,
-            "measures": list(MEASURES), "full_method": full.name if full else None,
+            "primary_measure": similarity.MEASURES.get(PRIMARY_MEASURE).column, "primary_pooling": primary, "poolings": poolings,
+            "measures": list(drift_measures()), "full_method": full.name if full else None,
             "reference_method": full.name if full else None, "compared_methods": [m.name for m in loras],
             "lora_methods": [m.name for m in study.methods if m.kind == LEGACY_LORA_KIND],
             "method_kinds": {m.name: m.kind for m in study.methods}, "no_reference": None if full else NO_REFERENCE,
