@@ -8,7 +8,7 @@ import pytest
 
 from lorascope.cli import main
 from lorascope.errors import ConfigError
-from lorascope.k8s import render
+from lorascope.k8s import manifests, render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
 from tests.k8s.manifest_checks import (
@@ -43,7 +43,7 @@ def test_committed_manifests_are_the_render_output_of_jobs_study_yaml(study):
     """One source: every committed file under manifests/ (except the kind cluster config) is render output, and
     nothing is committed that the render does not write (no hand-kept overlay to drift)."""
     for folder, path, overlay in ((MANIFESTS, STUDY, "base"), (KIND, SMOKE, "kind")):
-        files = render.render_files(load_study(path), path.read_text(), render.RenderOptions(overlay=overlay))
+        files = manifests.render_files(load_study(path), path.read_text(), render.RenderOptions(overlay=overlay))
         stale = [name for name, text in files.items() if (folder / name).read_text() != text]
         assert not stale, f"{folder} differs from `lorascope render --overlay {overlay}`: {stale}; run make k8s-render"
         on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*.yaml") if KIND not in (p, *p.parents)}

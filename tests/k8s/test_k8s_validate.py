@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorascope.k8s import render
+from lorascope.k8s import manifests, render
 from lorascope.study import load_study
 from tests.k8s.manifest_checks import (
     MANIFESTS,
@@ -124,8 +124,8 @@ GKE = {  # name -> render options (gke needs a registry and a tag)
 @pytest.mark.parametrize("name", sorted(GKE))
 def test_gke_renders_pass_strict_validation_and_meet_restricted(name, tmp_path):
     study = REPO / "jobs" / "study.yaml"
-    files = render.render_files(load_study(study), study.read_text(), render.RenderOptions(**GKE[name]))
-    written = render.write_files(files, tmp_path)
+    files = manifests.render_files(load_study(study), study.read_text(), render.RenderOptions(**GKE[name]))
+    written = manifests.write_files(files, tmp_path)
     api = [p for p in written if p.name != "kustomization.yaml" and p.parent.name != "jobset"]
     r = validate(api)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -59,7 +59,7 @@ def pipeline_jobset(study: Study, opts: render.RenderOptions) -> dict:
         if replicated:
             rj["dependsOn"] = [{"name": replicated[-1]["name"], "status": "Complete"}]
         replicated.append(rj)
-    labels = render._labels("pipeline", "pipeline", opts.run_id, opts.image_tag)
+    labels = render.object_labels("pipeline", "pipeline", opts.run_id, opts.image_tag)
     labels.update({"lorascope.dev/run-id": opts.run_id, "lorascope.dev/study-hash": study.hash})
     if opts.queue:
         labels[render.KUEUE_LABEL] = opts.queue

@@ -190,7 +190,7 @@ class Launcher:
         except Exception as exc:
             if not _not_found(exc):
                 raise
-            hint = "make kind-up" if self.opts.overlay == "kind" else "docs/cluster.md, 'Secrets'"
+            hint = self.opts.target.setup_hint
             raise ConfigError(
                 f"Secret {self.ns}/{name} is missing ({why}), or namespace {self.ns} does not exist; create them "
                 f"first ({hint}); manifests/examples/secret-example.yaml shows its keys"
