@@ -135,6 +135,20 @@ def _stage(ins: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
     return out
 
 
+def test_the_base_installs_tini_and_the_gpu_images_find_gkes_driver_mount():
+    """tini as PID 1 (bookworm's package, pinned); LD_LIBRARY_PATH and PATH point at /usr/local/nvidia, where GKE's
+    device plugin mounts the driver without setting any variable (docs/cluster.md, 'CUDA driver')."""
+    ins = instructions(dockerfile("base"))
+    python = " ".join(r for i, r in _stage(ins, "python") if i == "RUN")
+    assert "apt-get install -y --no-install-recommends tini=0.19.0-1+b3" in python and "tini --version" in python
+    cuda_env = [" ".join(r.split()) for i, r in _stage(ins, "torch-cuda") if i == "ENV"]
+    assert cuda_env == ["LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib PATH=/usr/local/nvidia/bin:${PATH}"]
+    # only the CUDA variant: the CPU torch stage has no driver to find
+    assert not [r for i, r in _stage(ins, "torch-cpu") if i == "ENV"]
+    # the GPU phases' bases come from the torch stage: ml-deps (ml, stage, bench) is FROM torch-${TORCH}
+    assert [r for i, r in _stage(ins, "ml-deps") if i == "FROM"] == ["torch-${TORCH} AS ml-deps"]
+
+
 def test_no_dockerfile_pulls_a_frontend():
     for path in IMAGES.glob("*/Dockerfile"):
         assert "# syntax=" not in path.read_text(), path  # BuildKit would fetch the frontend from Docker Hub
@@ -149,8 +163,8 @@ def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_versio
     assert froms == ["${PYTHON_IMAGE} AS python", "python AS torch-cuda", "python AS torch-cpu",
                      "torch-${TORCH} AS ml-deps", "ml-deps AS ml", "python AS slim"]  # fmt: skip
     assert arg_defaults(text)["TORCH"] == "cuda"
-    assert " ".join(r for _, r in _stage(ins, "torch-cuda")).endswith(
-        "pip install --no-cache-dir --no-deps --require-hashes -r /src/torch-cuda.lock")
+    assert [r for i, r in _stage(ins, "torch-cuda") if i == "RUN"] == [
+        "pip install --no-cache-dir --no-deps --require-hashes -r /src/torch-cuda.lock"]
     cpu = " ".join(r for _, r in _stage(ins, "torch-cpu"))
     assert "--mount=type=bind,source=images/wheels,target=/wheels" in cpu  # the CPU wheel is in no layer
     assert "/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl" in cpu
@@ -336,6 +350,9 @@ def test_each_images_entrypoint_runs_here():
     `lorascope <phase> --help` (the pod's args follow the entrypoint, as `--help` does here)."""
     assert (VENV_BIN / "lorascope").exists()
     entrypoint = json.loads(instructions(dockerfile("phase"))[-1][1])
+    # tini is PID 1 and forwards signals to the process group (-g); what it starts runs here as is
+    assert entrypoint[:3] == ["/usr/bin/tini", "-g", "--"]
+    entrypoint = entrypoint[3:]
 
     def run(phase: str) -> tuple[str, int, str]:
         env = {**os.environ, "LORASCOPE_PHASE": phase, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}

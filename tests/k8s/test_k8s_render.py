@@ -249,7 +249,8 @@ def test_every_container_has_a_read_only_root_and_every_path_a_phase_writes_is_a
     for dockerfile in sorted((REPO / "images").glob("*/Dockerfile")):
         image_env.update(dockerfile_env(dockerfile))
     # read, never written: the stage image's model wheel is baked in (lorascope downloads only into an empty folder)
-    read_only = {"LORASCOPE_WHEEL_DIR"}
+    # and the driver paths GKE mounts read-only (LD_LIBRARY_PATH, PATH: /usr/local/nvidia)
+    read_only = {"LORASCOPE_WHEEL_DIR", "LD_LIBRARY_PATH", "PATH"}
     paths = {k: v for k, v in image_env.items() if v.startswith("/") and k not in read_only}
     assert {"HOME", "HF_HOME", "LORASCOPE_WORK_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"} <= set(paths), image_env
     seen = 0
