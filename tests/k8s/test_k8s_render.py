@@ -187,7 +187,9 @@ def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
         res = pod["containers"][0]["resources"]
         if phase in ("sanity", "hpo", "train", "extract", "bench"):
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
-            assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            # the L4, and the newest driver of the node's COS (torch 2.13's CUDA 13 needs R580; the default is R535)
+            assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4",
+                                           "cloud.google.com/gke-gpu-driver-version": "latest"}  # fmt: skip
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
             # g2-standard-8: 8 vCPU, 32 GB; allocatable ~7.9 CPU / ~28 GiB
             assert float(res["requests"]["cpu"]) <= 7.5 and res["requests"]["memory"] == "24Gi"

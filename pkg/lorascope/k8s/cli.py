@@ -31,10 +31,11 @@ def _render_options(args: argparse.Namespace, env: Mapping[str, str] | None = No
         kw["store_url"] = args.store_url
     if env is not None and not args.image_tag:
         from lorascope.k8s.overlays import get_overlay
-        from lorascope.runner import code_version, image_tag
+        from lorascope.runner import code_version
 
-        # the overlay's image variant: kind runs the CPU-torch images (make images IMAGE_VARIANT=cpu tags them <tag>-cpu)
-        kw["image_tag"] = image_tag(code_version(env)) + get_overlay(args.overlay).image_tag_suffix
+        # the one tag rule (overlays.Overlay.image_tag): the code version's tag and the overlay's image variant (kind:
+        # the CPU-torch images, <tag>-cpu, as make images IMAGE_VARIANT=cpu and make kind-load name them)
+        kw["image_tag"] = get_overlay(args.overlay).image_tag(code_version(env))
     return RenderOptions(**kw)
 
 
@@ -56,6 +57,10 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     study = load_study(args.study)
     opts = _render_options(args, env).resolved(study)  # bad options (gke without --registry) exit 2 before any API call
+    if args.detach:
+        from lorascope.k8s import jobset
+
+        jobset.pipeline_jobset(study, opts)  # --detach --queue is refused here, before any API call (k8s/kueue.py)
     launcher = Launcher.connect(
         study,
         Path(args.study).read_text(),
@@ -93,7 +98,8 @@ def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], 
         help="image tag (render --overlay gke: required; cluster run: the code version, 0.1.0+gSHA -> 0.1.0-gSHA)",
     )
     sp.add_argument("--spot", action="store_true", help="gke: GPU Jobs on spot L4 nodes")
-    sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit to")
+    sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit the phase Jobs to (not with --detach: a JobSet "
+                    "would reserve every phase at once)")
 
 
 def register(subparsers) -> None:

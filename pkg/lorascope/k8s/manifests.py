@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lorascope.k8s import infra, jobset
+from lorascope.k8s import infra, jobset, kueue
 from lorascope.k8s.overlays import PLACEHOLDER_REGISTRY
 from lorascope.k8s.render import (
     JOB_FILES,
@@ -72,25 +72,46 @@ def render_files(study: Study, study_text: str, opts: RenderOptions) -> dict[str
             files[JOB_FILES[phase]] = to_yaml([job], _header(study, opts, get_phase(phase).describe(study, n)))
     if needs_postgres(study):
         files["infra/postgres.yaml"] = to_yaml(
-            infra.postgres(opts), _header(study, opts, "PostgreSQL for the shared Optuna studies")
+            infra.postgres(opts), _header(study, opts, "PostgreSQL for the shared Optuna studies, and its disruption budget")
         )
     if opts.target.store_in_cluster:
         files["infra/minio.yaml"] = to_yaml(
             infra.minio(opts), _header(study, opts, "MinIO for kind (maintenance-mode upstream; pinned) and its bucket")
         )
+    files["infra/launcher-role.yaml"] = to_yaml(
+        [infra.launcher_role(opts)],
+        _header(study, opts, "the Role `lorascope cluster run` needs in the namespace; bind it (docs/cluster.md, RBAC)"),
+    )
+    files["infra/network-policy.yaml"] = to_yaml(
+        infra.network_policies(opts, postgres_too=needs_postgres(study), minio_too=opts.target.store_in_cluster),
+        _header(study, opts, "default-deny ingress; the database only from the HPO workers"),
+    )
     files["examples/secret-example.yaml"] = to_yaml(
         infra.secret_examples(opts), _header(study, opts, "EXAMPLE Secrets with placeholders; fill in, apply by hand")
     )
-    files["jobset/jobset.yaml"] = to_yaml(
-        [jobset.pipeline_jobset(study, opts)],
-        _header(study, opts, "the whole pipeline as one JobSet (needs the JobSet controller >= v0.12.0)"),
-    )
-    applied = [n for n in files if not n.startswith(("examples/", "jobset/"))]
+    jobs = [phase_job(study, p, opts, n) for p in PHASE_ORDER if (n := get_phase(p).size(study)) > 0]
+    if opts.target.gpu_nodes:
+        files["examples/kueue.yaml"] = to_yaml(
+            kueue.queue_example(jobs, opts),
+            _header(study, opts, "EXAMPLE Kueue queue (v1beta2) that admits these Jobs one phase at a time; adapt, "
+                    "apply by hand, then --queue lorascope"),  # fmt: skip
+        )
+    if not opts.queue:  # Kueue cannot admit the pipeline as one JobSet (k8s/kueue.py)
+        files["jobset/jobset.yaml"] = to_yaml(
+            [jobset.pipeline_jobset(study, opts)],
+            _header(study, opts, "the whole pipeline as one JobSet (needs the JobSet controller >= v0.12.0)"),
+        )
+    # the phase Jobs are not in it: each needs the previous phase's bundles, so `kubectl apply -k DIR` applying them
+    # all at once would start every phase together (the launcher submits them in order)
+    applied = [n for n in files if not n.startswith(("examples/", "jobset/")) and n not in JOB_FILES.values()]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": applied}
     files["kustomization.yaml"] = to_yaml(
         [kustomization],
         _header(
-            study, opts, "the files `kubectl apply -k` applies (a list only; select with -l lorascope.dev/part=...)"
+            study,
+            opts,
+            "the namespace, the study and infra/ for `kubectl apply -k` (no phase Job: the launcher, or "
+            "`kubectl apply -f <phase>-job.yaml` one phase at a time)",
         ),
     )
     return files

@@ -21,6 +21,9 @@ PLACEHOLDER_REGISTRY = "registry.invalid/lorascope"
 # kind: the images built here (the CPU variant: tag <code-version tag>-cpu) and `kind load`ed; `localhost/` is what
 # podman names a local build, and no registry anyone could push to
 KIND_REGISTRY = "localhost/lorascope"
+# The images' variants and their tag suffix (Makefile.images IMAGE_VARIANT reads this table): cuda, the GPU images;
+# cpu, the same images on the CPU torch wheel, for kind, laptops and CI
+IMAGE_VARIANTS = {"cuda": "", "cpu": "-cpu"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Overlay:
     stage_cache_from_model: bool  # the stage pod's HF cache sized from the model (render.model_cache_gib)
     registry: str | None  # default image registry; None: --registry is required
     image_tag_required: bool  # render needs --image-tag (the launcher always has the code version)
-    image_tag_suffix: str  # the image variant's tag suffix: kind runs the CPU-torch images, <tag>-cpu
+    image_variant: str  # IMAGE_VARIANTS: kind runs the CPU-torch images (tag <tag>-cpu)
     pull_policy: str
     store_in_cluster: bool  # MinIO (and its bucket Job) rendered as the S3 store
     cloud_options: bool  # --spot and --queue allowed
@@ -86,20 +89,32 @@ class Overlay:
     def profile(self, gpu: bool) -> Profile:
         return PROFILES[self.gpu_profile if gpu else self.cpu_profile]
 
+    @property
+    def image_tag_suffix(self) -> str:
+        return IMAGE_VARIANTS[self.image_variant]
+
+    def image_tag(self, code_version: str) -> str:
+        """The one tag rule, for the files `lorascope render` writes (code version: the package version, or
+        --image-tag), the launcher (the checkout's code version) and `make images` / `make kind-load` (the same
+        function, through Makefile.images): the code version's tag plus the overlay's image variant (kind: -cpu)."""
+        from lorascope.runner import image_tag
+
+        return image_tag(code_version) + self.image_tag_suffix
+
 
 OVERLAY_TABLE: dict[str, Overlay] = {
     o.name: o
     for o in (
         Overlay("base", parallelism=6, gpu_profile="gpu", cpu_profile="cpu", gpu_nodes=True, stage_cache_from_model=True,
-                registry=PLACEHOLDER_REGISTRY, image_tag_required=False, image_tag_suffix="", pull_policy="IfNotPresent",
+                registry=PLACEHOLDER_REGISTRY, image_tag_required=False, image_variant="cuda", pull_policy="IfNotPresent",
                 store_in_cluster=False, cloud_options=False, launchable=False, study="jobs/study.yaml",
                 folder="manifests", setup_hint="docs/cluster.md, 'Secrets'", placeholder_header=True),
         Overlay("kind", parallelism=2, gpu_profile="kind", cpu_profile="kind", gpu_nodes=False,
-                stage_cache_from_model=False, registry=KIND_REGISTRY, image_tag_required=False, image_tag_suffix="-cpu",
+                stage_cache_from_model=False, registry=KIND_REGISTRY, image_tag_required=False, image_variant="cpu",
                 pull_policy="Never", store_in_cluster=True, cloud_options=False, launchable=True,
                 study="jobs/smoke.yaml", folder="manifests/kind", setup_hint="make kind-up"),
         Overlay("gke", parallelism=6, gpu_profile="gpu", cpu_profile="cpu", gpu_nodes=True, stage_cache_from_model=True,
-                registry=None, image_tag_required=True, image_tag_suffix="", pull_policy="IfNotPresent",
+                registry=None, image_tag_required=True, image_variant="cuda", pull_policy="IfNotPresent",
                 store_in_cluster=False, cloud_options=True, launchable=True, study="jobs/study.yaml",
                 folder="build/gke", setup_hint="docs/cluster.md, 'Secrets'"),
     )

@@ -10,11 +10,16 @@ kustomize patches).
                           /etc/lorascope/study.yaml in every phase pod of that run
   <phase>-job.yaml        one Indexed Job per phase (the train phase's Job is `grid-job.yaml`), completions from the
                           phase's `size(study)`
-  jobset/jobset.yaml      the whole pipeline as one JobSet (replicated jobs chained with dependsOn Complete)
-  infra/postgres.yaml     PostgreSQL for the shared Optuna studies (when the study runs HPO)
+  jobset/jobset.yaml      the whole pipeline as one JobSet (replicated jobs chained with dependsOn Complete); not
+                          with --queue (k8s/kueue.py says why)
+  infra/postgres.yaml     PostgreSQL for the shared Optuna studies (when the study runs HPO), with its disruption budget
   infra/minio.yaml        kind only: MinIO as the S3 store, and a Job that makes the bucket
-  examples/               the Secrets the Jobs read, with placeholders only (never applied from DIR)
-  kustomization.yaml      the list of the files above that `kubectl apply -k DIR` applies (no patches)
+  infra/launcher-role.yaml  the namespaced Role `lorascope cluster run` needs
+  infra/network-policy.yaml default-deny ingress; PostgreSQL from the HPO pods only (kind: MinIO from lorascope's pods)
+  examples/               the Secrets the Jobs read, with placeholders only; (GPU overlays) a Kueue queue that admits
+                          the Jobs. Never applied from DIR
+  kustomization.yaml      the files `kubectl apply -k DIR` applies: the namespace, the study and infra/, not the
+                          phase Jobs (each needs the previous phase's bundles: the launcher, or one by one)
 
 Overlays (one row each in k8s/overlays.py): `base` (the committed manifests/: GKE-shaped, L4, images under `registry.invalid`, which never
 resolves, so nothing in the repository points at a registry someone else could own), `gke` (your registry and tag,
@@ -45,6 +50,7 @@ from lorascope.k8s.overlays import OVERLAY_TABLE, Overlay, Profile, get_overlay
 from lorascope.k8s.podspec import container_security, meta, pod_security
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
+from lorascope.termination import STOP_BUDGET_ENV
 
 # ---------------------------------------------------------------------------------------------------- constants
 DEFAULT_NAMESPACE = "lorascope"
@@ -72,12 +78,18 @@ WRITABLE_MOUNTS = {"dshm": "/dev/shm", "hf-cache": HF_HOME, "work": WORK_DIR, "t
 
 JOB_FILES = {p: ("grid-job.yaml" if p == "train" else f"{p}-job.yaml") for p in PHASE_ORDER}
 
-L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+# The L4 and its driver: `gke-gpu-driver-version: latest` makes node auto-provisioning (and Autopilot) install the
+# newest driver of the node's COS version instead of the default (R535 on COS for GKE 1.31-1.33, too old for torch
+# 2.13's CUDA 13, which needs R580); a pool created with --accelerator ...,gpu-driver-version=latest carries the same
+# node label. docs/cluster.md, "CUDA driver".
+GPU_DRIVER_LABEL = "cloud.google.com/gke-gpu-driver-version"
+L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4", GPU_DRIVER_LABEL: "latest"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SPOT_SELECTOR = {"cloud.google.com/gke-spot": "true"}
 SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admission: start with fewer pods
+KUEUE_MIN_PARALLELISM_VALUE = 1  # the fewest pods Kueue may admit a GPU Job with (its deadline is sized for it)
 
 # Resources (the sizes are the overlay's profile: overlays.PROFILES). memory limit = request (a pod can never use
 # memory the node did not set aside for it, so node-memory pressure never picks it for eviction; past its limit it is
@@ -92,6 +104,17 @@ LOGS_GIB = 2  # the container's logs (the kubelet counts them against ephemeral-
 INDEX_HOURS = {"stage": 2, "sanity": 1, "hpo": 8, "train": 4, "extract": 1, "drift": 2, "bench": 3, "report": 1}
 
 BACKOFF_LIMIT_PER_INDEX = 2  # retries of an index after exit 1 (OOM, store hiccup); preemptions are not counted
+# --spot: a reclaimed node whose pods do not get the DisruptionTarget condition (GKE's graceful node shutdown is best
+# effort; a pod killed before the kubelet marks it, or a local-storage eviction) counts against the index's retries;
+# on spot nodes that happens often enough to spend 2 retries in a day, so an index gets more. The Job's deadline still
+# bounds a loop.
+BACKOFF_LIMIT_PER_INDEX_SPOT = 6
+# SIGTERM: the kubelet's grace before SIGKILL, and the part of it lorascope gives itself to sync a last checkpoint and
+# exit (lorascope.termination). GKE gives non-system pods 15 s, best effort, when a spot or preemptible node shuts down
+# (graceful node shutdown: 30 s, the second half for system pods), so the budget stays under that; a drain or an
+# eviction through the API gets the whole grace.
+TERMINATION_GRACE_SECONDS = 30
+STOP_BUDGET_SECONDS = 12
 TTL_SECONDS = 7 * 24 * 3600  # finished Jobs stay a week for `lorascope cluster status` and `kubectl logs`
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -143,7 +166,7 @@ class RenderOptions:
             raise ConfigError(
                 f"render: the {overlay.name} overlay needs --image-tag (the code version the images were built from)"
             )
-        tag = self.image_tag or __version__
+        tag = self.image_tag or overlay.image_tag(__version__)
         if tag == "latest" or not _TAG.match(tag):
             raise ConfigError(f"render: image tag {tag!r} must be pinned: [A-Za-z0-9_][A-Za-z0-9_.-]*, not 'latest'")
         parallelism = self.parallelism if self.parallelism is not None else overlay.parallelism
@@ -195,6 +218,9 @@ def model_cache_gib(study: Study) -> int:
 
 
 def job_deadline_seconds(phase: str, completions: int, parallelism: int) -> int:
+    """Hours per index x waves + 1 h. `parallelism` is the lowest the Job may run with: under Kueue's partial admission
+    (KUEUE_MIN_PARALLELISM) that is the minimum Kueue may admit, not the parallelism asked for, so a Job admitted with
+    fewer pods still has the time to run every index."""
     waves = math.ceil(completions / max(1, parallelism))
     return (INDEX_HOURS[phase] * waves + 1) * 3600
 
@@ -278,10 +304,12 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         "lorascope.dev/study": study.name,
         "lorascope.dev/description": get_phase(phase).describe(study, completions),
     }
+    min_parallelism = parallelism
     if opts.queue:
         job_labels[KUEUE_LABEL] = opts.queue
         if parallelism > 1:  # Kueue may admit the Job with fewer pods when the quota has fewer L4s free
-            job_annotations[KUEUE_MIN_PARALLELISM] = "1"
+            min_parallelism = KUEUE_MIN_PARALLELISM_VALUE
+            job_annotations[KUEUE_MIN_PARALLELISM] = str(min_parallelism)
 
     env: list[dict[str, Any]] = [
         {"name": "LORASCOPE_RUN_ID", "value": opts.run_id},
@@ -289,6 +317,8 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         {"name": "LORASCOPE_WORK_DIR", "value": WORK_DIR},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": HOME_DIR},  # the image's, restated: the home emptyDir is mounted there
+        # SIGTERM: seconds to sync a last checkpoint and exit, within terminationGracePeriodSeconds
+        {"name": STOP_BUDGET_ENV, "value": str(STOP_BUDGET_SECONDS)},
         # S3 servers other than AWS (MinIO, GCS interop, SeaweedFS) reject boto3's default CRC checksums
         {"name": "AWS_REQUEST_CHECKSUM_CALCULATION", "value": "when_required"},
         {"name": "AWS_RESPONSE_CHECKSUM_VALIDATION", "value": "when_required"},
@@ -327,6 +357,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "securityContext": pod_security(APP_UID),
         "containers": [container],
@@ -357,11 +388,11 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             "completionMode": "Indexed",
             "completions": completions,
             "parallelism": parallelism,
-            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX_SPOT if opts.spot and gpu_node else BACKOFF_LIMIT_PER_INDEX,
             # more than a third of the indexes failed: something systematic is wrong, stop spending GPU hours
             "maxFailedIndexes": completions // 3,
             # pods that never start (no L4 free, a wrong image) or an eviction loop end here, not in days
-            "activeDeadlineSeconds": job_deadline_seconds(phase, completions, parallelism),
+            "activeDeadlineSeconds": job_deadline_seconds(phase, completions, min_parallelism),
             "podFailurePolicy": {
                 "rules": [
                     # exit 2 = bad config or a missing prerequisite (no usable CUDA): retrying cannot help
@@ -404,15 +435,25 @@ def render_objects(study: Study, study_text: str, opts: RenderOptions, include_i
     out: list[dict] = []
     if include_infra:
         out.append(namespace(opts))
-        if needs_postgres(study):
-            out += infra.postgres(opts)
-        if opts.target.store_in_cluster:
-            out += infra.minio(opts)
+        out += infra_objects(study, opts)
     out.append(study_configmap(study, study_text, opts))
     for phase in PHASE_ORDER:
         n = get_phase(phase).size(study)
         if n > 0:
             out.append(phase_job(study, phase, opts, n))
+    return out
+
+
+def infra_objects(study: Study, opts: RenderOptions) -> list[dict]:
+    """PostgreSQL (HPO only), MinIO (an overlay whose store is in the cluster), the launcher's Role and the
+    NetworkPolicies: what `kubectl apply -k DIR` applies besides the namespace and the study."""
+    out: list[dict] = []
+    if needs_postgres(study):
+        out += infra.postgres(opts)
+    if opts.target.store_in_cluster:
+        out += infra.minio(opts)
+    out.append(infra.launcher_role(opts))
+    out += infra.network_policies(opts, postgres_too=needs_postgres(study), minio_too=opts.target.store_in_cluster)
     return out
 
 
