@@ -4,8 +4,9 @@
 #
 #   tools/gpu-check.sh [OUT]                  run it (default OUT: gpu-check-out); exit 0 when every step passed
 #   tools/gpu-check.sh --cpu-smoke [OUT]      the same steps, shrunk, on the CPU (the tests run this)
-#   tools/gpu-check.sh --pack DIR             here, where the project's venv is: the wheels of everything lorascope needs
-#                                             besides torch (this venv's versions) into DIR, to carry to the GPU machine
+#   tools/gpu-check.sh --pack DIR [SKIP]      here, where the project's venv is: the wheels of everything lorascope needs
+#                                             besides torch (this venv's versions) into DIR, to carry to the GPU machine;
+#                                             SKIP: comma-separated distributions the target has (numpy,scipy,...)
 # Environment: PYTHON (default python3: the machine's, with its torch), LORASCOPE_WHEELS (default tools/gpu-wheels:
 # the folder --pack made; only the distributions this Python lacks are installed from it, never torch),
 # GPU_CHECK_LIMIT (seconds for the whole check, default 470).
@@ -17,7 +18,7 @@ export PYTHONPATH="$repo/pkg:$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 mode=()
 if [ "${1:-}" = "--pack" ]; then
-  exec "$PY" "$here/gpu_check.py" --pack --out "${2:?--pack DIR}"
+  exec "$PY" "$here/gpu_check.py" --pack --out "${2:?--pack DIR}" --skip "${3:-}"
 fi
 if [ "${1:-}" = "--cpu-smoke" ]; then mode=(--cpu-smoke); shift; fi
 out="${1:-gpu-check-out}"

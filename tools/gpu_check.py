@@ -277,10 +277,11 @@ def closure(names: list[str]) -> dict[str, str]:
     return dict(sorted(seen.items()))
 
 
-def pack(folder: Path) -> dict[str, Any]:
-    """Download the wheels of closure(NEEDED) at this venv's versions into `folder` (pip, binary only)."""
+def pack(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Download the wheels of closure(NEEDED) at this venv's versions into `folder` (pip, binary only), less `skip`
+    (what the target machine is known to have, e.g. numpy and scipy in a PyTorch image)."""
     folder.mkdir(parents=True, exist_ok=True)
-    pins = closure(list(NEEDED_MODULES.values()))
+    pins = {k: v for k, v in closure(list(NEEDED_MODULES.values())).items() if k not in {s.lower() for s in skip}}
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder),
            *(f"{k}=={v}" for k, v in pins.items())]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -297,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-timeout", type=float, default=300.0, help="seconds per step")
     ap.add_argument("--pack", action="store_true", help="only: download the wheels of what lorascope needs besides "
                     "torch into --out (run where the project's venv is), for a machine without network")
+    ap.add_argument("--skip", default="", help="with --pack: comma-separated distributions the target already has")
     ap.add_argument("--missing", action="store_true", help="only: print the distributions this Python lacks")
     args = ap.parse_args(argv)
     if args.missing:
         print(" ".join(missing_modules()))
         return 0
     if args.pack:
-        got = pack(Path(args.out))
+        got = pack(Path(args.out), tuple(x for x in args.skip.split(",") if x))
         print(f"gpu-check: {got['wheels']} wheels, {got['bytes'] / 2**20:.1f} MiB in {args.out}")
         return 0
     out = Path(args.out)
