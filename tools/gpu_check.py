@@ -174,10 +174,13 @@ def extraction(cpu: bool, examples: int, batch: int = 32) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from lorascope import modeling
+    try:  # lorascope.models (wave 3's package) or, before it, lorascope.modeling: the one TinyLlama-1.1B shape
+        from lorascope.models.builtin import TINYLLAMA_1B_ARCH
+    except ImportError:
+        from lorascope.modeling import TINYLLAMA_1B_ARCH
 
     device = torch.device("cpu" if cpu else "cuda")
-    cfg = dict(modeling.TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
+    cfg = dict(TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
     if cpu:  # the code path only: one small layer and vocabulary
         cfg.update(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=1000)  # fmt: skip
