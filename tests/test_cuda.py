@@ -63,3 +63,87 @@ def test_the_phase_command_exits_2_before_any_work(tmp_path, monkeypatch, capsys
     assert code == 2
     assert "NVIDIA driver >= 580.65.06" in capsys.readouterr().err
     assert not store.exists()  # nothing written: the check runs before the store is opened
+
+
+# ---------------------------------------------------------------------------------------------- which cause
+# What the loader says when libcuda.so.1 is not on its path (glibc's dlerror, as ctypes.CDLL raises it), and what c10
+# does then: device_count() returns 0 without a warning (c10/cuda/CUDAFunctions.cpp, driver version 0).
+NO_LIBCUDA = "libcuda.so.1: cannot open shared object file: No such file or directory"
+GKE_MOUNT = "/usr/local/nvidia/lib64/libcuda.so.1"
+
+
+def no_library(name):
+    raise OSError(NO_LIBCUDA)
+
+
+class FakeLibcuda:
+    """The two driver API calls the probe makes, answering as a driver of `version` (cuDriverGetVersion's encoding)
+    whose cuInit returns `init`."""
+
+    def __init__(self, version: int, init: int = 0) -> None:
+        self.version, self.init = version, init
+
+    def cuDriverGetVersion(self, out):  # noqa: N802 (the C name)
+        out._obj.value = self.version
+        return 0
+
+    def cuInit(self, flags):  # noqa: N802
+        return self.init
+
+
+def _message(probe) -> str:
+    with pytest.raises(ConfigError) as exc:
+        require_cuda({"LORASCOPE_REQUIRE_CUDA": "1"}, "train", torch=fake_torch(), probe=probe)
+    assert exc.value.exit_code == 2
+    return str(exc.value)
+
+
+def test_a_driver_mounted_by_gke_but_off_the_library_path_is_not_blamed_on_the_driver_version():
+    from lorascope.cuda import probe_driver
+
+    probe = probe_driver({"LD_LIBRARY_PATH": "/opt/other"}, load=no_library, exists=lambda p: p == GKE_MOUNT)
+    assert (probe.loaded, probe.mounted, probe.load_error) == (False, (GKE_MOUNT,), NO_LIBCUDA)
+    msg = _message(probe)
+    assert "finds no usable GPU" in msg and "not found by the loader" in msg and GKE_MOUNT in msg
+    assert "not on LD_LIBRARY_PATH (/opt/other)" in msg and "not a driver version problem" in msg
+    assert "580.65.06" not in msg and "too old" not in msg
+
+
+def test_no_driver_library_at_all_means_no_gpu_in_the_pod_or_no_driver_on_the_node():
+    from lorascope.cuda import probe_driver
+
+    msg = _message(probe_driver({}, load=no_library, exists=lambda p: False))
+    assert "no NVIDIA driver library in this container" in msg and NO_LIBCUDA in msg
+    assert "the pod got no GPU (it must request nvidia.com/gpu: 1)" in msg and "gpu-driver-version=latest" in msg
+    assert "580.65.06" not in msg
+
+
+def test_a_driver_older_than_the_torch_build_is_named_with_its_cuda_version():
+    from lorascope.cuda import probe_driver
+
+    probe = probe_driver({}, load=lambda name: FakeLibcuda(12080), exists=lambda p: p == GKE_MOUNT)
+    assert (probe.loaded, probe.driver_cuda, probe.init_result) == (True, 12080, 0)
+    msg = _message(probe)
+    assert "driver is too old: it supports CUDA 12.8 (cuDriverGetVersion 12080)" in msg
+    assert "built for CUDA 13.0 and needs NVIDIA driver >= 580.65.06 (R580)" in msg and "gpu-driver-version=latest" in msg
+
+
+def test_a_new_enough_driver_without_a_device_says_so():
+    from lorascope.cuda import probe_driver
+
+    msg = _message(probe_driver({}, load=lambda name: FakeLibcuda(13010, init=100), exists=lambda p: True))
+    assert "driver loads (it supports CUDA 13.1) but sees no GPU (cuInit: CUDA_ERROR_NO_DEVICE)" in msg
+    assert "580.65.06" not in msg
+
+
+def test_the_real_probe_reports_what_the_loader_and_driver_say():
+    """Unfaked: without a driver (CI) ctypes' own loader error; with one, its CUDA version."""
+    import os
+
+    from lorascope.cuda import probe_driver
+
+    probe = probe_driver(os.environ)
+    if probe.loaded:
+        assert probe.driver_cuda is not None and probe.driver_cuda >= 10000
+    else:
+        assert "libcuda.so.1" in probe.load_error and probe.driver_cuda is None

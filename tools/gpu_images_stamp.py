@@ -1,6 +1,7 @@
 """The stamp that decides whether CI builds the GPU (CUDA) images: a sha256 over everything their content depends on
-besides the package code -- images/*/Dockerfile, the hash locks images/*/*.lock, constraints.txt and pyproject.toml's
-dependency lists (not the whole file: a new pytest marker does not change an image).
+besides the package code -- images/*/Dockerfile, the scripts they run (images/*/*.sh), the hash locks
+images/*/*.lock, constraints.txt and pyproject.toml's dependency lists (not the whole file: a new pytest marker does
+not change an image).
 
   python tools/gpu_images_stamp.py            print the stamp
   python tools/gpu_images_stamp.py --check    exit 0 when it equals images/gpu-images.stamp (committed), else 1
@@ -24,7 +25,8 @@ STAMP = REPO / "images" / "gpu-images.stamp"
 
 
 def inputs() -> dict[str, str]:
-    files = sorted([*REPO.glob("images/*/Dockerfile"), *REPO.glob("images/*/*.lock"), REPO / "constraints.txt"])
+    files = sorted([*REPO.glob("images/*/Dockerfile"), *REPO.glob("images/*/*.sh"), *REPO.glob("images/*/*.lock"),
+                    REPO / "constraints.txt"])
     out = {str(p.relative_to(REPO)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = {"dependencies": project["dependencies"], "ml": project["optional-dependencies"]["ml"]}

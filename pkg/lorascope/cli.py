@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
+from lorascope import termination
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
 from lorascope.log import ENV_LEVEL, LEVELS, Logger, configure_logging, level_from
 from lorascope.phases import PHASE_ORDER, PHASES, PhaseContext, available_phases, get_phase, select_phases
@@ -365,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose or args.quiet or args.log_level:  # children (--jobs N, the bench's vLLM index) log alike
             env[ENV_LEVEL] = os.environ[ENV_LEVEL] = level
         configure_logging(level, environ=os.environ)
-        return args.func(args, env)
+        # SIGTERM (eviction, preemption, drain): last checkpoint if it fits, exit 143 within LORASCOPE_STOP_SECONDS
+        with termination.installed(termination.Termination(termination.budget_from(env))):
+            return args.func(args, env)
+    except termination.Terminated as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return termination.EXIT_TERMINATED
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

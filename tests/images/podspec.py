@@ -19,6 +19,7 @@ What is translated (and how it maps):
     fsGroup, readOnlyRootFilesystem,  `--security-opt no-new-privileges`; runAsNonRoot is checked (uid != 0)
     capabilities, allowPrivilegeEscalation
   resources.limits cpu / memory       `--cpus` / `--memory`
+  terminationGracePeriodSeconds       `--stop-timeout` (SIGTERM, then SIGKILL that many seconds later, as the kubelet)
 Anything else in the pod spec or the container is refused with the field's name, so a manifest change that this
 translation would silently ignore fails the test instead.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 
 # pod-spec and container fields that are translated, or that do not change what the process sees on one machine
 POD_FIELDS = {"restartPolicy", "automountServiceAccountToken", "securityContext", "containers", "volumes",
-              "nodeSelector", "tolerations"}  # fmt: skip
+              "nodeSelector", "tolerations", "terminationGracePeriodSeconds"}  # fmt: skip
 CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "resources",
                     "securityContext", "volumeMounts", "terminationMessagePolicy", "workingDir"}  # fmt: skip
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -172,6 +173,8 @@ def pod_argv(job: dict, index: int, cluster: Cluster, scratch: Path, engine: str
         argv += ["--memory", str(quantity_bytes(limits["memory"]))]
     if "workingDir" in container:
         argv += ["--workdir", container["workingDir"]]
+    if "terminationGracePeriodSeconds" in spec:
+        argv += ["--stop-timeout", str(int(spec["terminationGracePeriodSeconds"]))]
 
     env = _env(container, cluster, index, indexed)
     for k, v in env.items():

@@ -131,6 +131,7 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
     tmp_mounts = [a for a in argv if a.endswith((":/tmp:rw", f":{render.HOME_DIR}:rw"))]
     assert len(tmp_mounts) == 2, tmp_mounts
     assert "JOB_COMPLETION_INDEX=7" in argv and "AWS_ACCESS_KEY_ID=k" in argv
+    assert argv[argv.index("--stop-timeout") + 1] == str(render.TERMINATION_GRACE_SECONDS)  # SIGTERM, then SIGKILL
     assert "LORASCOPE_TORCH_THREADS=1" in argv  # requests.cpu 500m, rounded up as the kubelet does
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith("lorascope/train:t-cpu") and "--pull=never" in argv
@@ -307,3 +308,86 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     text = store.get_object(f"runs/{run_id}/stage/_attempts/{bundle.attempt}/{freeze['file']}").decode()
     assert smollm2.GGUF_REQUIREMENT in text.split(), freeze
     print(f"\nstage image {image_tag}: builtin:smollm2-135m staged in a container (no package index) in {took:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------ SIGTERM
+@pytest.mark.images
+@pytest.mark.timeout(1800)
+def test_sigterm_to_a_training_container_syncs_a_checkpoint_and_the_rerun_equals_an_uninterrupted_run(
+    engine, image_tag, servers, tmp_path, monkeypatch
+):
+    """`podman kill --signal TERM` of the train pod's container mid-epoch, as the kubelet does on an eviction: tini (PID
+    1) forwards it, lorascope writes and syncs the step's checkpoint and exits 143 within its budget; the rerun of the
+    pod resumes there and commits the adapter and predictions an uninterrupted container run commits, byte for byte."""
+    import yaml
+
+    from lorascope.store import Store
+    from lorascope.termination import EXIT_TERMINATED
+
+    s3, _ = servers
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["tasks"] = [{"name": "mrpc", "metric": "f1", "max_length": 64, "train_samples": 320}]
+    raw["seeds"] = [42]
+    raw["hpo"]["enabled"] = False
+    raw["training"].update(evals_per_epoch=5, early_stopping_patience=20)
+    text = yaml.safe_dump(raw, sort_keys=False)
+    study_path = tmp_path / "sigterm.yaml"
+    study_path.write_text(text)
+    study = load_study(study_path)
+    cell, index = "mrpc-lora-s42", [c.name for c in study.cells()].index("mrpc-lora-s42")
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+
+    def pods(bucket: str):
+        opts = render.RenderOptions(overlay="kind", image_tag=image_tag, store_url=f"s3://{bucket}/store")
+        objects = render.render_objects(study, text, opts, include_infra=False)
+        [cm] = [o for o in objects if o["kind"] == "ConfigMap"]
+        jobs = {o["metadata"]["labels"]["lorascope.dev/phase"]: o for o in objects if o["kind"] == "Job"}
+        cluster = Cluster(secrets={render.S3_SECRET: {k: v for k, v in s3.env().items() if k in keys}},
+                          configmaps={cm["metadata"]["name"]: cm["data"]})  # fmt: skip
+        store = Store.open(f"s3://{bucket}/store", write=False)
+        run = f"runs/{opts.resolved(study).run_id}"
+        return jobs, cluster, store, run
+
+    def run_to_end(jobs, cluster, phase, i, name):
+        pod = pod_argv(jobs[phase], i, cluster, tmp_path / name, engine=engine)
+        r = run_pod(pod, timeout=1200, log_path=tmp_path / f"{name}.log")
+        assert r.returncode == 0, (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    # the uninterrupted run
+    jobs, cluster, ref_store, ref_run = pods(s3.new_bucket())
+    run_to_end(jobs, cluster, "stage", 0, "ref-stage")
+    run_to_end(jobs, cluster, "train", index, "ref-train")
+
+    # the interrupted one
+    jobs, cluster, store, run = pods(s3.new_bucket())
+    run_to_end(jobs, cluster, "stage", 0, "stage")
+    pod = pod_argv(jobs["train"], index, cluster, tmp_path / "train", engine=engine)
+    log = tmp_path / "train.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(pod.argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    prefix = f"{run}/checkpoints/{cell}/"
+    while not store.bundles(prefix):  # the first periodic checkpoint (step 8 of 80) is in the store
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.time() < deadline, "no checkpoint reached the store"
+        time.sleep(0.2)
+    first = max(int(b.key.rsplit("-", 1)[1]) for b in store.bundles(prefix))
+    t0 = time.monotonic()
+    killed = _run([engine, "kill", "--signal", "TERM", pod.name])
+    assert killed.returncode == 0, killed.stderr
+    code = proc.wait(timeout=120)
+    took = time.monotonic() - t0
+    text_log = log.read_text(errors="replace")
+    assert code == EXIT_TERMINATED, text_log[-3000:]
+    m = re.search(r"stopped: SIGTERM: checkpoint of step (\d+) written and synced", text_log)
+    assert m and int(m.group(1)) > first, text_log[-3000:]
+    assert took < 12 + 5 and store.bundle(f"{run}/cells/{cell}") is None
+    run_to_end(jobs, cluster, "train", index, "rerun")
+    assert f"resume from step={m.group(1)}" in (tmp_path / "rerun.log").read_text(errors="replace")
+    for name in ("adapter/adapter_model.safetensors", "predictions.jsonl"):
+        assert store.bundle(f"{run}/cells/{cell}").read_bytes(name) == ref_store.bundle(f"{ref_run}/cells/{cell}").read_bytes(name)
+    print(f"\nimages {image_tag}: SIGTERM after checkpoint {first}: stopped at step {m.group(1)} in {took:.1f} s, exit "
+          f"{code}; the rerun's adapter and predictions are byte-identical to an uninterrupted container run")
+

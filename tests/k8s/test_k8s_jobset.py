@@ -19,7 +19,7 @@ from lorascope.k8s import jobset, render
 from lorascope.k8s.launcher import Launcher, pipeline_status
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
-from tests.k8s.api_objects import child_job, condition
+from tests.k8s.api_objects import allowed, api_call, child_job, condition
 from tests.k8s.api_objects import jobset as api_jobset
 from tests.k8s.manifest_checks import MANIFESTS, REPO, load_objects, manifest_files
 
@@ -95,13 +95,7 @@ def test_the_vendored_schema_is_jobset_v0_12_0_and_has_depends_on_complete():
     [
         dict(overlay="base"),
         dict(overlay="kind"),
-        dict(
-            overlay="gke",
-            registry="europe-west4-docker.pkg.dev/p/lorascope",
-            image_tag="0.1.0-gabc",
-            spot=True,
-            queue="lorascope",
-        ),  # fmt: skip
+        dict(overlay="gke", registry="europe-west4-docker.pkg.dev/p/lorascope", image_tag="0.1.0-gabc", spot=True),
     ],
 )
 def test_rendered_jobsets_validate_against_the_crd_schema_and_the_webhook_rules(opts):
@@ -120,13 +114,30 @@ def test_rendered_jobsets_validate_against_the_crd_schema_and_the_webhook_rules(
         want = {k: v for k, v in jobs[rj["name"]]["spec"].items() if k != "ttlSecondsAfterFinished"}
         assert rj["template"]["spec"] == want
     assert js["spec"]["failurePolicy"] == {"maxRestarts": 0} and js["spec"]["ttlSecondsAfterFinished"] > 0
-    if opts.get("queue"):  # Kueue admits the JobSet as one workload
-        assert js["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lorascope"
-        assert all("kueue.x-k8s.io/queue-name" not in rj["template"]["metadata"]["labels"] for rj in rjs)
+    assert "kueue.x-k8s.io/queue-name" not in js["metadata"]["labels"]
+
+
+def test_a_queued_jobset_is_refused_with_what_its_one_workload_would_reserve():
+    """Kueue admits a JobSet as one Workload, one PodSet per replicated job (count = replicas x min(parallelism,
+    completions), kueue pkg/controller/jobs/jobset/jobset_controller.go): for the reference study every phase's
+    pods at once, though dependsOn runs one phase at a time. Refused (exit 2) with the numbers; not rendered."""
+    study = load_study(REPO / "jobs" / "study.yaml")
+    opts = render.RenderOptions(overlay="gke", registry="europe-west4-docker.pkg.dev/p/lorascope", image_tag="t1",
+                                queue="lorascope")  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        jobset.pipeline_jobset(study, opts)
+    msg = str(exc.value)
+    # sanity 6 + hpo 6 + train 6 + extract 6 + bench 2 L4s; 24 GiB each and 12 GiB for each of the 3 CPU phases
+    assert "(26 nvidia.com/gpu, 660Gi memory for this study" in msg and "never use more than 6 GPUs" in msg
+    assert "Run without --detach" in msg
+    from lorascope.k8s import manifests
+
+    files = manifests.render_files(study, (REPO / "jobs" / "study.yaml").read_text(), opts)
+    assert "jobset/jobset.yaml" not in files and "examples/kueue.yaml" in files
 
 
 def test_committed_jobsets_are_the_rendered_ones_and_valid():
-    files = manifest_files(custom_resources=True)
+    files = [p for p in manifest_files(custom_resources=True) if p.parent.name == "jobset"]
     assert [p.relative_to(MANIFESTS).as_posix() for p in files] == ["jobset/jobset.yaml", "kind/jobset/jobset.yaml"]
     for p in files:
         [js] = load_objects(p)
@@ -207,18 +218,21 @@ class FakeCustom:
         self.events: list[tuple[str, str]] = []
         self.configmaps: dict[str, dict] = {}
         self.children: list = []
+        self.calls: list = []
 
     def _check(self, group, version, plural):
         assert (group, version, plural) == (jobset.GROUP, jobset.VERSION, jobset.PLURAL)
         if not self.crd:
             raise ApiException(status=404, reason="Not Found")  # the resource type does not exist
 
+    @api_call("jobset.x-k8s.io", "jobsets", "get", 4)
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self._check(group, version, plural)
         if name not in self.objects:
             raise ApiException(status=404)
         return copy.deepcopy(self.objects[name])
 
+    @api_call("jobset.x-k8s.io", "jobsets", "create")
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self._check(group, version, plural)
         assert errors(body) == [] and webhook_errors(body) == []  # what the API server and webhook would check
@@ -228,20 +242,25 @@ class FakeCustom:
         self.objects[name] = {**copy.deepcopy(body), "status": {}}
         self.events.append(("create", name))
 
+    @api_call("jobset.x-k8s.io", "jobsets", "delete", 4)
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
         self.objects.pop(name)
         self.events.append(("delete", name))
 
     # core / batch
+    @api_call("", "secrets", "get", 0)
     def read_namespaced_secret(self, name, namespace):
         return None
 
+    @api_call("", "configmaps", "create")
     def create_namespaced_config_map(self, namespace, body):
         self.configmaps[body["metadata"]["name"]] = body
 
+    @api_call("batch", "jobs", "get", 0)
     def read_namespaced_job(self, name, namespace):
         raise ApiException(status=404)
 
+    @api_call("batch", "jobs", "list")
     def list_namespaced_job(self, namespace, label_selector=""):
         from types import SimpleNamespace
 
@@ -278,6 +297,9 @@ def test_detach_submits_one_jobset_and_status_reads_it_back(smoke_study_path):
     la, out = _launcher(api, smoke_study_path)
     assert la.submit_jobset() == EXIT_OK
     assert api.events == [("create", name), ("delete", name), ("create", name)]
+    from lorascope.k8s import infra
+
+    assert [c for c in api.calls if not allowed(infra.launcher_rules(), c)] == []  # the shipped Role covers --detach
 
 
 def test_detach_without_the_jobset_crd_and_status_of_an_unknown_run_are_config_errors(smoke_study_path):
@@ -301,7 +323,7 @@ def test_status_cluster_of_a_launcher_run_shows_its_phase_jobs(smoke_study_path)
         job("train", completed="0-9", active=6),
         job("stage", completions=1, completed="0", conditions=[condition("Complete")]),
     ]
-    api.list_namespaced_pod = lambda namespace, label_selector="": type("L", (), {"items": []})()
+    api.list_namespaced_pod = lambda namespace, label_selector="", _request_timeout=None: type("L", (), {"items": []})()
     out = io.StringIO()
     assert pipeline_status(RUN, custom=api, batch=api, core=api, out=out) == EXIT_OK
     lines = out.getvalue().splitlines()

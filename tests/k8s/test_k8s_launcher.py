@@ -12,12 +12,12 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from lorascope.errors import EXIT_CONFIG, EXIT_OK, ConfigError
-from lorascope.k8s import render
+from lorascope.k8s import infra, render
 from lorascope.k8s.launcher import Launcher, cluster_status
 from lorascope.phases import PHASE_ORDER
 from lorascope.runner import default_run_id
 from lorascope.study import load_study
-from tests.k8s.api_objects import condition, deserialize, pod
+from tests.k8s.api_objects import allowed, api_call, condition, deserialize, pod
 
 
 class FakeCluster:
@@ -33,13 +33,20 @@ class FakeCluster:
         self.namespaces: set[str] = set()
         self.logs: dict[str, str] = {}
         self._uid = 0
+        self.calls: list[tuple[str, str, str, str | None]] = []  # every API call (api_call): held against the Role
+
+    @api_call("", "events", "list")
+    def list_namespaced_event(self, namespace, field_selector=""):
+        return SimpleNamespace(items=[])  # nothing went wrong in this cluster
 
     # ---- BatchV1Api
+    @api_call("batch", "jobs", "get", 0)
     def read_namespaced_job(self, name, namespace):
         if name not in self.jobs:
             raise ApiException(status=404, reason="Not Found")
         return self._job_object(name)
 
+    @api_call("batch", "jobs", "create")
     def create_namespaced_job(self, namespace, body):
         assert body["metadata"]["namespace"] == namespace
         name = body["metadata"]["name"]
@@ -55,40 +62,48 @@ class FakeCluster:
         }  # decided when submitted
         self.events.append(("create", name))
 
+    @api_call("batch", "jobs", "delete", 0)
     def delete_namespaced_job(self, name, namespace, propagation_policy=None):
         assert propagation_policy == "Background"  # the pods go too
         self.jobs.pop(name)
         self.events.append(("delete", name))
 
+    @api_call("batch", "jobs", "patch", 0)
     def patch_namespaced_job(self, name, namespace, body):
         assert set(body) == {"spec"} and set(body["spec"]) == {"parallelism"}  # the only field changed in place
         self.jobs[name]["body"]["spec"]["parallelism"] = body["spec"]["parallelism"]
         self.events.append(("patch", name))
 
+    @api_call("batch", "jobs", "list")
     def list_namespaced_job(self, namespace, label_selector=""):
         return SimpleNamespace(items=[self._job_object(n) for n in self.jobs])
 
     # ---- CoreV1Api (namespaced calls only: the fake has no read_namespace, so a cluster-scoped read would fail)
+    @api_call("", "secrets", "get", 0)
     def read_namespaced_secret(self, name, namespace):
         if name not in self.secrets:
             raise ApiException(status=404)
 
+    @api_call("", "configmaps", "get", 0)
     def read_namespaced_config_map(self, name, namespace):
         if name not in self.configmaps:
             raise ApiException(status=404)
         return deserialize(self.configmaps[name], "V1ConfigMap")
 
+    @api_call("", "configmaps", "create")
     def create_namespaced_config_map(self, namespace, body):
         assert body["immutable"] is True  # replace/patch would be refused by the API server: the launcher never tries
         if body["metadata"]["name"] in self.configmaps:
             raise ApiException(status=409, reason="AlreadyExists")
         self.configmaps[body["metadata"]["name"]] = copy.deepcopy(body)
 
+    @api_call("", "pods", "list")
     def list_namespaced_pod(self, namespace, label_selector=""):
         uid = label_selector.split("=", 1)[1]
         name = next(n for n, j in self.jobs.items() if j["uid"] == uid)
         return SimpleNamespace(items=self._pods(name))
 
+    @api_call("", "pods/log", "get", 0)
     def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None):
         assert container == "lorascope"
         return "\n".join(self.logs.get(name, "").splitlines()[-tail_lines:])
@@ -233,6 +248,11 @@ def test_stops_at_the_first_failed_phase_with_the_pods_log_then_continues_on_the
     lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("[")]
     assert [ln.split("]")[0][1:] for ln in lines] == PHASE_ORDER
     assert "succeeded: 21 indexes: 21 succeeded" in out.getvalue()  # extract: 3 tasks + 18 cells
+    # every call of both runs and the status is one the shipped Role allows (infra/launcher-role.yaml), each with a
+    # request timeout (api_call); the Secrets are read by name only
+    rules = infra.launcher_rules()
+    assert [c for c in cluster.calls if not allowed(rules, c)] == []
+    assert {c[3] for c in cluster.calls if c[1] == "secrets"} == {"lorascope-s3", "lorascope-postgres"}
 
 
 def test_a_missing_secret_is_a_config_error_before_anything_is_submitted(smoke):
@@ -303,13 +323,13 @@ def test_two_launchers_a_409_on_create_means_wait_on_the_other_ones_job(smoke):
     real_read = cluster.read_namespaced_job
     calls = {"n": 0}
 
-    def racing_read(name, namespace):  # our read says "no Job", then the other launcher creates it
+    def racing_read(name, namespace, **kw):  # our read says "no Job", then the other launcher creates it
         calls["n"] += 1
         if calls["n"] == 1:
             la2, _ = launcher(cluster, smoke)
-            cluster.create_namespaced_job(namespace, la2.jobs["stage"])
+            la2.batch.create_namespaced_job(namespace, la2.jobs["stage"])
             raise ApiException(status=404)
-        return real_read(name, namespace)
+        return real_read(name, namespace, **kw)
 
     cluster.read_namespaced_job = racing_read
     assert la.run_phase("stage", timeout_s=100) == EXIT_OK
@@ -320,7 +340,7 @@ def test_two_launchers_a_409_on_create_means_wait_on_the_other_ones_job(smoke):
 def test_a_rerun_with_another_parallelism_patches_and_another_image_tag_is_refused(smoke):
     cluster = FakeCluster({})
     la, _ = launcher(cluster, smoke)
-    cluster.create_namespaced_job("lorascope", la.jobs["train"])  # running (first poll)
+    la.batch.create_namespaced_job("lorascope", la.jobs["train"])  # running (first poll)
     la2, out = launcher(cluster, smoke, parallelism=1)
     cluster.jobs["lorascope-train"]["polls"] = 0
     assert la2.run_phase("train", timeout_s=100) == EXIT_OK
@@ -329,7 +349,7 @@ def test_a_rerun_with_another_parallelism_patches_and_another_image_tag_is_refus
     # a new image tag while it runs: said, refused (exit 2), nothing deleted
     cluster.jobs["lorascope-train"]["polls"] = 0
     la3, _ = launcher(cluster, smoke, image_tag="0.1.0-gdeadbeef-cpu")
-    with pytest.raises(ConfigError, match=r"localhost/lorascope/train:0.1.0, not .*train:0.1.0-gdeadbeef-cpu"):
+    with pytest.raises(ConfigError, match=r"localhost/lorascope/train:0.1.0-cpu, not .*train:0.1.0-gdeadbeef-cpu"):
         la3.run_phase("train", timeout_s=100)
     assert ("delete", "lorascope-train") not in cluster.events
 
@@ -348,3 +368,79 @@ def test_one_immutable_configmap_per_run_and_a_changed_study_under_the_same_run_
     with pytest.raises(ConfigError, match="lorascope-study-run-a of run run-a holds another study text"):
         la_changed._apply_study([])
     assert cluster.configmaps["lorascope-study-run-a"]["data"]["study.yaml"] == text
+
+
+# ------------------------------------------------------------------------------------------------ API failures
+class Flaky:
+    """An API method that fails with `errors` (in order), then answers; records each call's timeout."""
+
+    def __init__(self, errors: list[BaseException], answer=None) -> None:
+        self.errors, self.answer, self.timeouts = list(errors), answer, []
+
+    def read_namespaced_job(self, name, namespace, _request_timeout=None):
+        self.timeouts.append(_request_timeout)
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.answer
+
+
+def _retry(waits: list[float]):
+    from lorascope.k8s.launcher import Retry
+
+    now = [0.0]
+
+    def sleep(s):
+        waits.append(s)
+        now[0] += s
+
+    return Retry(sleep=sleep, clock=lambda: now[0], say=lambda text: None)
+
+
+def test_5xx_429_and_a_connection_reset_are_retried_with_backoff_and_every_call_has_a_timeout():
+    import urllib3
+
+    from lorascope.k8s.launcher import REQUEST_TIMEOUT, RetryingApi
+
+    too_many = ApiException(status=429, reason="Too Many Requests")
+    too_many.headers = {"Retry-After": "7"}
+    reset = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+    api = Flaky([ApiException(status=503, reason="Service Unavailable"), ApiException(status=500), too_many, reset,
+                 ApiException(status=504)], answer="job")  # fmt: skip
+    waits: list[float] = []
+    assert RetryingApi(api, _retry(waits)).read_namespaced_job("lorascope-train", "lorascope") == "job"
+    assert waits == [1, 2, 7, 8, 16]  # exponential, and the server's Retry-After when it gives one
+    assert api.timeouts == [REQUEST_TIMEOUT] * 6 and REQUEST_TIMEOUT == (10.0, 60.0)
+
+
+def test_answers_are_not_retried_and_a_long_outage_ends_with_a_clear_error():
+    from lorascope.errors import LorascopeError
+    from lorascope.k8s.launcher import RETRY_BUDGET_S, RetryingApi
+
+    for status in (403, 404, 409, 422):
+        waits: list[float] = []
+        with pytest.raises(ApiException):
+            RetryingApi(Flaky([ApiException(status=status)]), _retry(waits)).read_namespaced_job("x", "lorascope")
+        assert waits == []
+    waits = []
+    down = Flaky([ApiException(status=503, reason="Service Unavailable")] * 1000)
+    with pytest.raises(LorascopeError, match=r"read_namespaced_job: still failing after \d+ s: HTTP 503 Service Unavailable"):
+        RetryingApi(down, _retry(waits)).read_namespaced_job("x", "lorascope")
+    assert RETRY_BUDGET_S - 60 <= sum(waits) <= RETRY_BUDGET_S and max(waits) == 60
+
+
+def test_a_control_plane_upgrade_during_a_wait_does_not_end_it(smoke):
+    """Two minutes of 503 from the API server in the middle of a phase: the launcher waits them out and goes on."""
+    cluster = FakeCluster({})
+    la, out = launcher(cluster, smoke)
+    real = cluster.list_namespaced_pod
+    failures = {"left": 8}
+
+    def upgrading(namespace, label_selector="", _request_timeout=None):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ApiException(status=503, reason="Service Unavailable")
+        return real(namespace, label_selector=label_selector, _request_timeout=_request_timeout)
+
+    cluster.list_namespaced_pod = upgrading
+    assert la.run_phase("stage", timeout_s=3600) == EXIT_OK
+    assert out.getvalue().count("Kubernetes API list_namespaced_pod: HTTP 503 Service Unavailable; retrying in") == 8

@@ -8,7 +8,7 @@ import pytest
 
 from lorascope.cli import main
 from lorascope.errors import ConfigError
-from lorascope.k8s import render
+from lorascope.k8s import manifests, render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
 from tests.k8s.manifest_checks import (
@@ -43,7 +43,7 @@ def test_committed_manifests_are_the_render_output_of_jobs_study_yaml(study):
     """One source: every committed file under manifests/ (except the kind cluster config) is render output, and
     nothing is committed that the render does not write (no hand-kept overlay to drift)."""
     for folder, path, overlay in ((MANIFESTS, STUDY, "base"), (KIND, SMOKE, "kind")):
-        files = render.render_files(load_study(path), path.read_text(), render.RenderOptions(overlay=overlay))
+        files = manifests.render_files(load_study(path), path.read_text(), render.RenderOptions(overlay=overlay))
         stale = [name for name, text in files.items() if (folder / name).read_text() != text]
         assert not stale, f"{folder} differs from `lorascope render --overlay {overlay}`: {stale}; run make k8s-render"
         on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*.yaml") if KIND not in (p, *p.parents)}
@@ -187,7 +187,9 @@ def test_gpu_jobs_ask_for_one_l4_and_fit_a_g2_standard_8(jobs):
         res = pod["containers"][0]["resources"]
         if phase in ("sanity", "hpo", "train", "extract", "bench"):
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
-            assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            # the L4, and the newest driver of the node's COS (torch 2.13's CUDA 13 needs R580; the default is R535)
+            assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4",
+                                           "cloud.google.com/gke-gpu-driver-version": "latest"}  # fmt: skip
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
             # g2-standard-8: 8 vCPU, 32 GB; allocatable ~7.9 CPU / ~28 GiB
             assert float(res["requests"]["cpu"]) <= 7.5 and res["requests"]["memory"] == "24Gi"
@@ -249,7 +251,8 @@ def test_every_container_has_a_read_only_root_and_every_path_a_phase_writes_is_a
     for dockerfile in sorted((REPO / "images").glob("*/Dockerfile")):
         image_env.update(dockerfile_env(dockerfile))
     # read, never written: the stage image's model wheel is baked in (lorascope downloads only into an empty folder)
-    read_only = {"LORASCOPE_WHEEL_DIR"}
+    # and the driver paths GKE mounts read-only (LD_LIBRARY_PATH, PATH: /usr/local/nvidia)
+    read_only = {"LORASCOPE_WHEEL_DIR", "LD_LIBRARY_PATH", "PATH"}
     paths = {k: v for k, v in image_env.items() if v.startswith("/") and k not in read_only}
     assert {"HOME", "HF_HOME", "LORASCOPE_WORK_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"} <= set(paths), image_env
     seen = 0

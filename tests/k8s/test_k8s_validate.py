@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorascope.k8s import render
+from lorascope.k8s import manifests, render
 from lorascope.study import load_study
 from tests.k8s.manifest_checks import (
     MANIFESTS,
@@ -54,7 +54,8 @@ def test_every_manifest_passes_strict_validation_for_1_33():
         "secret-example.yaml",
         "study-configmap.yaml",
     }
-    assert len(files) == 2 * 8 + 2 * 4 + 1  # phase Jobs, namespace/study/postgres/secrets, and kind's MinIO
+    # phase Jobs; namespace, study, postgres, secrets, the launcher's Role, the NetworkPolicies; kind's MinIO
+    assert len(files) == 2 * 8 + 2 * 6 + 1
     r = validate(files)
     assert r.returncode == 0, r.stdout + r.stderr
     passed = [ln for ln in r.stdout.splitlines() if ln.startswith("INFO") and "passed" in ln]
@@ -105,8 +106,13 @@ def test_kubectl_apply_k_of_a_rendered_folder_is_exactly_what_the_launcher_submi
     path, study_file, opts = RENDERED[folder]
     objs = kustomize(path)
     study = REPO / "jobs" / study_file
-    expected = render.render_objects(load_study(study), study.read_text(), render.RenderOptions(**opts))
-    assert_same_objects(objs, expected)
+    everything = render.render_objects(load_study(study), study.read_text(), render.RenderOptions(**opts))
+    # the namespace, the study and infra; no phase Job: each needs the previous phase's bundles (`kubectl apply -k` of
+    # all of them would start every phase at once), the launcher submits them in order
+    assert_same_objects(objs, [o for o in everything if o["kind"] != "Job" or "lorascope.dev/phase" not in o["metadata"]["labels"]])
+    assert not [o for o in objs if "lorascope.dev/phase" in o["metadata"].get("labels", {})]
+    assert {_key(o) for o in objs} >= {("Role", "lorascope-launcher"), ("NetworkPolicy", "lorascope-default-deny-ingress"),
+                                       ("NetworkPolicy", "lorascope-postgres-from-hpo")}  # fmt: skip
 
 
 GKE = {  # name -> render options (gke needs a registry and a tag)
@@ -124,9 +130,9 @@ GKE = {  # name -> render options (gke needs a registry and a tag)
 @pytest.mark.parametrize("name", sorted(GKE))
 def test_gke_renders_pass_strict_validation_and_meet_restricted(name, tmp_path):
     study = REPO / "jobs" / "study.yaml"
-    files = render.render_files(load_study(study), study.read_text(), render.RenderOptions(**GKE[name]))
-    written = render.write_files(files, tmp_path)
-    api = [p for p in written if p.name != "kustomization.yaml" and p.parent.name != "jobset"]
+    files = manifests.render_files(load_study(study), study.read_text(), render.RenderOptions(**GKE[name]))
+    written = manifests.write_files(files, tmp_path)
+    api = [p for p in written if p.name not in ("kustomization.yaml", "kueue.yaml") and p.parent.name != "jobset"]
     r = validate(api)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("passed") == sum(len(load_objects(p)) for p in api)
@@ -139,8 +145,11 @@ def test_gke_renders_pass_strict_validation_and_meet_restricted(name, tmp_path):
         gpu = grid["spec"]["template"]["spec"]
         assert gpu["nodeSelector"] == {
             "cloud.google.com/gke-accelerator": "nvidia-l4",
+            "cloud.google.com/gke-gpu-driver-version": "latest",
             "cloud.google.com/gke-spot": "true",
         }
+        # spot: more retries per index (a reclaimed node's pod without DisruptionTarget counts as a failure)
+        assert grid["spec"]["backoffLimitPerIndex"] == render.BACKOFF_LIMIT_PER_INDEX_SPOT == 6
         assert {
             "key": "cloud.google.com/gke-spot",
             "operator": "Equal",
@@ -152,7 +161,7 @@ def test_gke_renders_pass_strict_validation_and_meet_restricted(name, tmp_path):
 
 
 def test_kind_manifests_have_no_gpu_and_run_the_smoke_study():
-    objs = kustomize(MANIFESTS / "kind")
+    objs = kustomize(MANIFESTS / "kind") + [o for p in sorted((MANIFESTS / "kind").glob("*-job.yaml")) for o in load_objects(p)]
     smoke = load_study(REPO / "jobs" / "smoke.yaml")
     jobs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Job"}
     assert "minio-bucket" in jobs and ("Deployment", "minio") in {_key(o) for o in objs}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lorascope.errors import EXIT_OK
+from lorascope.k8s.overlays import LAUNCHABLE, OVERLAYS
 from lorascope.phases import PHASE_ORDER, get_phase, select_phases
 from lorascope.study import load_study
 
@@ -29,20 +30,22 @@ def _render_options(args: argparse.Namespace, env: Mapping[str, str] | None = No
     if args.store_url:
         kw["store_url"] = args.store_url
     if env is not None and not args.image_tag:
-        from lorascope.runner import code_version, image_tag
+        from lorascope.k8s.overlays import get_overlay
+        from lorascope.runner import code_version
 
-        # kind runs the CPU-torch variant of this commit's images (make images IMAGE_VARIANT=cpu tags them <tag>-cpu)
-        kw["image_tag"] = image_tag(code_version(env)) + ("-cpu" if args.overlay == "kind" else "")
+        # the one tag rule (overlays.Overlay.image_tag): the code version's tag and the overlay's image variant (kind:
+        # the CPU-torch images, <tag>-cpu, as make images IMAGE_VARIANT=cpu and make kind-load name them)
+        kw["image_tag"] = get_overlay(args.overlay).image_tag(code_version(env))
     return RenderOptions(**kw)
 
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from lorascope.k8s import render
+    from lorascope.k8s import manifests
 
     study = load_study(args.study)
     text = Path(args.study).read_text()
-    files = render.render_files(study, text, _render_options(args))
-    for p in render.write_files(files, Path(args.out)):
+    files = manifests.render_files(study, text, _render_options(args))
+    for p in manifests.write_files(files, Path(args.out)):
         print(p)
     sizes = {p: get_phase(p).size(study) for p in PHASE_ORDER}
     print(f"# study {study.name} (hash {study.hash}): " + ", ".join(f"{p}={n}" for p, n in sizes.items()))
@@ -54,6 +57,10 @@ def cmd_cluster_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     study = load_study(args.study)
     opts = _render_options(args, env).resolved(study)  # bad options (gke without --registry) exit 2 before any API call
+    if args.detach:
+        from lorascope.k8s import jobset
+
+        jobset.pipeline_jobset(study, opts)  # --detach --queue is refused here, before any API call (k8s/kueue.py)
     launcher = Launcher.connect(
         study,
         Path(args.study).read_text(),
@@ -91,12 +98,13 @@ def _render_args(sp: argparse.ArgumentParser, overlay_choices: tuple[str, ...], 
         help="image tag (render --overlay gke: required; cluster run: the code version, 0.1.0+gSHA -> 0.1.0-gSHA)",
     )
     sp.add_argument("--spot", action="store_true", help="gke: GPU Jobs on spot L4 nodes")
-    sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit to")
+    sp.add_argument("--queue", help="gke: Kueue LocalQueue to submit the phase Jobs to (not with --detach: a JobSet "
+                    "would reserve every phase at once)")
 
 
 def register(subparsers) -> None:
     r = subparsers.add_parser("render", help="write the Kubernetes manifests for a study (manifests/)")
-    _render_args(r, ("base", "kind", "gke"), "base")
+    _render_args(r, OVERLAYS, "base")
     r.add_argument("--out", required=True, help="folder: manifests/ (base), manifests/kind (kind), yours (gke)")
     r.set_defaults(func=cmd_render)
 
@@ -105,7 +113,7 @@ def register(subparsers) -> None:
     # lorascope.cli, which imports this module
     csub = c.add_subparsers(dest="cluster_command", required=True, parser_class=type(c))
     cr = csub.add_parser("run", help="apply the phase Jobs in order, wait on each; run again to continue")
-    _render_args(cr, ("kind", "gke"), None)
+    _render_args(cr, LAUNCHABLE, None)
     cr.add_argument("--phases", help=f"comma list from {','.join(PHASE_ORDER)} (default: all)")
     cr.add_argument("--until", help="stop after this phase (e.g. train)")
     cr.add_argument("--context", help="kubeconfig context (default: the current one)")

@@ -1,5 +1,6 @@
 """The objects lorascope needs next to its phase Jobs: PostgreSQL (the HPO workers' shared Optuna storage), MinIO (the
-S3 store for kind) and example Secrets with placeholders. Each carries its own app labels and version
+S3 store for kind), the launcher's Role, the namespace's NetworkPolicies, and examples with placeholders (Secrets, a
+Kueue queue). Each carries its own app labels and version
 (`app.kubernetes.io/name: postgres`, `app.kubernetes.io/version: 17.6`), `part-of: lorascope`, and
 `lorascope.dev/part: infra` so `kubectl apply -k DIR -l lorascope.dev/part=infra` selects them."""
 
@@ -99,7 +100,16 @@ def postgres(opts: Any) -> list[dict]:
             },
         },
     }
-    return [service, pvc, deployment]
+    # One pod on a ReadWriteOnce volume: a voluntary disruption (a node upgrade's drain, the autoscaler removing the
+    # node) stops every HPO worker's Optuna storage at once. The budget makes a drain wait (GKE respects a PDB for up to
+    # an hour in an upgrade, then drains anyway); for longer HPO runs docs/cluster.md adds a maintenance exclusion.
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(POSTGRES_NAME, opts.namespace, labels),
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": selector}},
+    }
+    return [service, pvc, deployment, pdb]
 
 
 def minio(opts: Any) -> list[dict]:
@@ -210,9 +220,6 @@ def minio(opts: Any) -> list[dict]:
     return [service, pvc, deployment, bucket_job]
 
 
-PLACEHOLDER = "REPLACE_ME"
-
-
 def secret_examples(opts: Any) -> list[dict]:
     """The Secrets the Jobs read, with placeholders: copy, fill in, apply (docs/cluster.md). Never real keys."""
     labels = app_labels("lorascope", opts.image_tag, "credentials")
@@ -242,3 +249,87 @@ def secret_examples(opts: Any) -> list[dict]:
         },
     }
     return [s3, pg]
+
+
+# ------------------------------------------------------------------------------------------------ RBAC
+LAUNCHER_ROLE = "lorascope-launcher"
+
+
+def launcher_rules() -> list[dict]:
+    """Every API call `lorascope cluster run|status` and `lorascope status --cluster` make, and nothing else, all
+    namespaced (tests/k8s: the fake API server refuses a call these rules do not allow)."""
+    return [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "create", "delete", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+        # only whether the two Secrets exist: never any other Secret of the namespace
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": [S3_SECRET, POSTGRES_SECRET]},
+        # why a pod does not start: FailedCreate, FailedMount, the autoscaler's NotTriggerScaleUp / FailedScaleUp
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+        {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["get", "create", "delete"]},
+        # why Kueue has not admitted a Job (the Workload's QuotaReserved condition), found by the Job's uid label
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list"]},
+    ]
+
+
+def launcher_role(opts: Any) -> dict:
+    """The namespaced Role the launcher needs; bind it to whoever runs it (docs/cluster.md, "RBAC")."""
+    labels = app_labels("lorascope", opts.image_tag, "launcher-rbac")
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(LAUNCHER_ROLE, opts.namespace, labels),
+        "rules": launcher_rules(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ network
+PHASE_LABEL = "lorascope.dev/phase"
+
+
+def network_policies(opts: Any, postgres_too: bool, minio_too: bool) -> list[dict]:
+    """Default-deny ingress for every pod of the namespace; then PostgreSQL only from the HPO workers, and (kind)
+    MinIO only from lorascope's pods. Egress stays open: the phases reach the S3 store and the hub. Traffic from the
+    node itself (the kubelet's probes, kubectl port-forward) is always allowed by NetworkPolicy; the policies take
+    effect only where the cluster's network plugin enforces them (GKE: Dataplane V2 or --enable-network-policy)."""
+    labels = app_labels("lorascope", opts.image_tag, "network-policy")
+    out = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("lorascope-default-deny-ingress", opts.namespace, labels),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }
+    ]
+    if postgres_too:
+        out.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": _meta("lorascope-postgres-from-hpo", opts.namespace, labels),
+                "spec": {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres",
+                                                    "app.kubernetes.io/component": "optuna-db"}},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {PHASE_LABEL: "hpo"}}}],
+                                 "ports": [{"protocol": "TCP", "port": 5432}]}],
+                },
+            }
+        )  # fmt: skip
+    if minio_too:
+        out.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": _meta("lorascope-minio-from-lorascope", opts.namespace, labels),
+                "spec": {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio",
+                                                    "app.kubernetes.io/component": "store"}},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "lorascope"}}}],
+                                 "ports": [{"protocol": "TCP", "port": 9000}]}],
+                },
+            }
+        )  # fmt: skip
+    return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorascope.k8s import render
+from lorascope.k8s import kueue, render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
 
@@ -42,6 +42,9 @@ def jobset_name(run_id: str) -> str:
 
 def pipeline_jobset(study: Study, opts: render.RenderOptions) -> dict:
     opts = opts.resolved(study)
+    if opts.queue:  # Kueue would reserve every phase at once (k8s/kueue.py): refused, not rendered
+        jobs = [render.phase_job(study, p, opts, n) for p in PHASE_ORDER if (n := get_phase(p).size(study)) > 0]
+        raise kueue.refuse_jobset_queue(jobs, opts.queue)
     replicated: list[dict[str, Any]] = []
     for phase in PHASE_ORDER:
         n = get_phase(phase).size(study)
@@ -49,8 +52,8 @@ def pipeline_jobset(study: Study, opts: render.RenderOptions) -> dict:
             continue
         job = render.phase_job(study, phase, opts, n)
         spec = {k: v for k, v in job["spec"].items() if k != "ttlSecondsAfterFinished"}  # the JobSet's TTL rules
-        labels = {k: v for k, v in job["metadata"]["labels"].items() if k != render.KUEUE_LABEL}  # queued as one
-        annotations = {k: v for k, v in job["metadata"]["annotations"].items() if k != render.KUEUE_MIN_PARALLELISM}
+        labels = job["metadata"]["labels"]
+        annotations = job["metadata"]["annotations"]
         rj: dict[str, Any] = {
             "name": phase,
             "replicas": 1,
@@ -59,10 +62,8 @@ def pipeline_jobset(study: Study, opts: render.RenderOptions) -> dict:
         if replicated:
             rj["dependsOn"] = [{"name": replicated[-1]["name"], "status": "Complete"}]
         replicated.append(rj)
-    labels = render._labels("pipeline", "pipeline", opts.run_id, opts.image_tag)
+    labels = render.object_labels("pipeline", "pipeline", opts.run_id, opts.image_tag)
     labels.update({"lorascope.dev/run-id": opts.run_id, "lorascope.dev/study-hash": study.hash})
-    if opts.queue:
-        labels[render.KUEUE_LABEL] = opts.queue
     return {
         "apiVersion": API_VERSION,
         "kind": "JobSet",

@@ -24,16 +24,21 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, LorascopeError
-from lorascope.k8s import jobset, render
+from lorascope.k8s import jobset, kueue, render
 from lorascope.k8s.status import (
     CONTAINER,
     FATAL_NOW,
+    STOP,
+    STOP_LATER,
     FailedPod,
+    Finding,
     JobView,
     decide,
+    diagnose,
     failed_pods,
     fatal_waiting,
     headline,
@@ -47,6 +52,88 @@ from lorascope.study import Study
 
 LOG_TAIL_LINES = 40
 START_GRACE_S = 180.0  # how long ErrImagePull / CreateContainerConfigError may last before the launcher stops
+EVENT_PODS = 10  # pending pods whose Events one poll reads (the table shows the rest's waiting reason)
+
+# ------------------------------------------------------------------------------------------------ API calls
+# Every call gets a request timeout (the client's default is none: a half-open connection would hang the launcher for
+# good), and a transient failure is retried with exponential backoff instead of ending a wait of days: 429 (honouring
+# Retry-After), 500/502/503/504 (a control-plane upgrade: a zonal GKE cluster's API server is unreachable for
+# minutes), and connection errors (urllib3's, e.g. a reset). Anything else (403, 404, 409, 422) is an answer.
+REQUEST_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds, the client's `_request_timeout`
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+RETRY_BUDGET_S = 1800.0  # give up after 30 minutes of one call failing
+
+
+def transient(exc: BaseException) -> bool:
+    status = getattr(exc, "status", None)
+    if status:
+        return status in RETRY_STATUSES
+    try:
+        import urllib3
+    except ImportError:  # pragma: no cover (the kubernetes client depends on urllib3)
+        return isinstance(exc, (ConnectionError, TimeoutError))
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def retry_after(exc: BaseException) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Retry:
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    say: Callable[[str], None] = lambda text: None
+    budget_s: float = RETRY_BUDGET_S
+    timeout: tuple[float, float] = REQUEST_TIMEOUT
+
+    def call(self, fn: Callable[..., Any], *args: Any, label: str = "", **kw: Any) -> Any:
+        kw.setdefault("_request_timeout", self.timeout)
+        label = label or getattr(fn, "__name__", "call")
+        start, delay = self.clock(), RETRY_FIRST_S
+        while True:
+            try:
+                return fn(*args, **kw)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                wait = retry_after(exc) or delay
+                if self.clock() - start + wait > self.budget_s:
+                    raise LorascopeError(f"Kubernetes API {label}: still failing after "
+                                         f"{self.clock() - start:.0f} s: {_api_error(exc)}") from exc  # fmt: skip
+                self.say(f"Kubernetes API {label}: {_api_error(exc)}; retrying in {wait:.0f} s")
+                self.sleep(wait)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+
+def _api_error(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    return f"HTTP {status} {reason or ''}".strip() if status else f"{type(exc).__name__}: {exc}"
+
+
+class RetryingApi:
+    """A `kubernetes` client API object (BatchV1Api, CoreV1Api, CustomObjectsApi) whose calls go through `Retry`."""
+
+    def __init__(self, api: Any, retry: Retry) -> None:
+        self._api, self._retry = api, retry
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._api, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kw: Any) -> Any:
+            return self._retry.call(target, *args, label=name, **kw)
+
+        call.__name__ = name
+        return call
 
 
 def _not_found(exc: Exception) -> bool:
@@ -131,7 +218,9 @@ class Launcher:
         clock: Callable[[], float] = time.monotonic,
         custom: Any = None,
     ) -> None:
-        self.batch, self.core, self.custom = batch, core, custom
+        self.retry = Retry(sleep=sleep, clock=clock, say=self.say)
+        self.batch, self.core = RetryingApi(batch, self.retry), RetryingApi(core, self.retry)
+        self.custom = RetryingApi(custom, self.retry) if custom is not None else None
         self.study, self.study_text = study, study_text
         self.opts = opts.resolved(study)
         self.ns = self.opts.namespace
@@ -190,7 +279,7 @@ class Launcher:
         except Exception as exc:
             if not _not_found(exc):
                 raise
-            hint = "make kind-up" if self.opts.overlay == "kind" else "docs/cluster.md, 'Secrets'"
+            hint = self.opts.target.setup_hint
             raise ConfigError(
                 f"Secret {self.ns}/{name} is missing ({why}), or namespace {self.ns} does not exist; create them "
                 f"first ({hint}); manifests/examples/secret-example.yaml shows its keys"
@@ -288,7 +377,7 @@ class Launcher:
         a failed one is replaced (committed indexes skip), another run's running JobSet is refused."""
         if self.custom is None:
             raise ConfigError("--detach needs the CustomObjectsApi (kubernetes client)")
-        body = jobset.pipeline_jobset(self.study, self.opts)
+        body = jobset.pipeline_jobset(self.study, self.opts)  # --queue: refused (k8s/kueue.py), before any API call
         name = body["metadata"]["name"]
         self.say(
             f"run {self.run_id}: study {self.study.name} (hash {self.study.hash}) as JobSet {self.ns}/{name}, "
@@ -392,6 +481,7 @@ class Launcher:
         unit = unit_namer(self.study, phase)
         deadline = self.clock() + timeout_s
         first_seen: dict[tuple[str, str], float] = {}  # (pod, waiting reason) -> when this launcher first saw it
+        said: set[tuple[str, str, str]] = set()  # findings already printed
         while True:
             job = self._read_job(phase)
             if job is None:
@@ -407,6 +497,10 @@ class Launcher:
             if stuck is not None:
                 display.final(table(view))
                 return self.report_not_started(view, stuck)
+            blocking = self._findings(job, pods, view, first_seen, said)
+            if blocking is not None:
+                display.final(table(view))
+                return self.report_blocked(view, blocking)
             if self.clock() > deadline:
                 self.say(f"[{phase}] still {state} after {timeout_s:.0f}s: giving up waiting (the Job goes on)")
                 return EXIT_FAILURE
@@ -425,6 +519,63 @@ class Launcher:
             if r.waiting in FATAL_NOW or now - since >= START_GRACE_S:
                 return r
         return None
+
+    # -------------------------------------------------------------------------------------- events, Workloads
+    def _events(self, job: Any, pods: list[Any]) -> list[Any]:
+        """Events of the Job and of (up to EVENT_PODS of) its Pending pods."""
+        uids = [job.metadata.uid] + [p.metadata.uid for p in pods if p.status.phase == "Pending"][:EVENT_PODS]
+        out: list[Any] = []
+        for uid in uids:
+            out += self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.uid={uid}").items or []
+        return out
+
+    def _workloads(self, job: Any) -> list[dict]:
+        """The Job's Kueue Workloads (label kueue.x-k8s.io/job-uid); none where Kueue is not installed."""
+        if self.custom is None:
+            return []
+        try:
+            got = self.custom.list_namespaced_custom_object(
+                "kueue.x-k8s.io", "v1beta2", self.ns, kueue.WORKLOAD_PLURAL,
+                label_selector=f"{kueue.JOB_UID_LABEL}={job.metadata.uid}",
+            )  # fmt: skip
+        except Exception as exc:
+            if _not_found(exc):
+                return []
+            raise
+        return list(got.get("items") or [])
+
+    def _findings(
+        self, job: Any, pods: list[Any], view: JobView, first_seen: dict, said: set[tuple[str, str, str]]
+    ) -> Finding | None:
+        """Say each new reason the Job's pods do not run (once); the first one that cannot heal, or that lasted past
+        its grace, stops the launcher."""
+        state = job_state(job)
+        if state != "suspended" and not view.waiting_rows() and not [p for p in pods if p.status.phase == "Pending"]:
+            from lorascope.k8s.status import pods_missing
+
+            if not pods_missing(job):
+                return None  # everything that should run runs: no API calls for Events
+        workloads = self._workloads(job) if state == "suspended" or self.opts.queue else []
+        now = self.clock()
+        for f in diagnose(job, pods, self._events(job, pods), workloads):
+            key = (f.reason, f.where, f.message)
+            if key not in said:
+                said.add(key)
+                self.say(f"[{view.phase}] {'stopping' if f.action == STOP else 'waiting'}: {f.line()}")
+            since = first_seen.setdefault((f.where, f.reason), now)
+            if f.action == STOP or (f.action == STOP_LATER and now - since >= f.grace_s):
+                return f
+        return None
+
+    def report_blocked(self, view: JobView, f: Finding) -> int:
+        name = render.job_name(view.phase)
+        lasted = f" for {f.grace_s:.0f} s" if f.action == STOP_LATER else ""
+        self.say(
+            f"\n[{view.phase}] cannot run{lasted}: {f.line()}\n"
+            f"The Job is left as it is. Fix the cause, then `kubectl -n {self.ns} delete job {name}` and run the same "
+            "command again (committed indexes skip)."
+        )
+        return EXIT_CONFIG
 
     def report_not_started(self, view: JobView, row: Any) -> int:
         name = render.job_name(view.phase)
@@ -473,6 +624,8 @@ def cluster_status(
 
         load_kube_config(context)
         batch, core = client.BatchV1Api(), client.CoreV1Api()
+    retry = Retry(say=lambda text: out.write(text + "\n"))
+    batch, core = RetryingApi(batch, retry), RetryingApi(core, retry)
     selector = "app.kubernetes.io/part-of=lorascope,lorascope.dev/part=phase"
     if run_id:
         selector += f",lorascope.dev/run-id={run_id}"
@@ -512,6 +665,8 @@ def pipeline_status(
 
         load_kube_config(context)
         custom, batch, core = client.CustomObjectsApi(), client.BatchV1Api(), client.CoreV1Api()
+    retry = Retry(say=lambda text: out.write(text + "\n"))
+    custom, batch, core = RetryingApi(custom, retry), RetryingApi(batch, retry), RetryingApi(core, retry)
     name = jobset.jobset_name(run_id)
     try:
         js = custom.get_namespaced_custom_object(jobset.GROUP, jobset.VERSION, namespace, jobset.PLURAL, name)

@@ -1,21 +1,27 @@
 """Render a study into Kubernetes objects: plain dicts, one function per object. This module is the one source of the
-manifests (docs/cluster.md, "One source"): `lorascope render` writes its output as YAML, `lorascope cluster run`
-submits the same objects through the API, and nothing restates them (no hand-written kustomize patches).
+manifests (docs/cluster.md, "One source"): `lorascope render` writes its output as YAML (k8s/manifests.py),
+`lorascope cluster run` submits the same objects through the API, and nothing restates them (no hand-written
+kustomize patches).
 
-`lorascope render --study S --overlay O --out DIR` writes:
+`lorascope render --study S --overlay O --out DIR` (manifests.render_files) writes:
 
   namespace.yaml          the namespace, Pod Security Standard `restricted` enforced
   study-configmap.yaml    the study file as an immutable ConfigMap named after the run, mounted read-only at
                           /etc/lorascope/study.yaml in every phase pod of that run
   <phase>-job.yaml        one Indexed Job per phase (the train phase's Job is `grid-job.yaml`), completions from the
                           phase's `size(study)`
-  jobset/jobset.yaml      the whole pipeline as one JobSet (replicated jobs chained with dependsOn Complete)
-  infra/postgres.yaml     PostgreSQL for the shared Optuna studies (when the study runs HPO)
+  jobset/jobset.yaml      the whole pipeline as one JobSet (replicated jobs chained with dependsOn Complete); not
+                          with --queue (k8s/kueue.py says why)
+  infra/postgres.yaml     PostgreSQL for the shared Optuna studies (when the study runs HPO), with its disruption budget
   infra/minio.yaml        kind only: MinIO as the S3 store, and a Job that makes the bucket
-  examples/               the Secrets the Jobs read, with placeholders only (never applied from DIR)
-  kustomization.yaml      the list of the files above that `kubectl apply -k DIR` applies (no patches)
+  infra/launcher-role.yaml  the namespaced Role `lorascope cluster run` needs
+  infra/network-policy.yaml default-deny ingress; PostgreSQL from the HPO pods only (kind: MinIO from lorascope's pods)
+  examples/               the Secrets the Jobs read, with placeholders only; (GPU overlays) a Kueue queue that admits
+                          the Jobs. Never applied from DIR
+  kustomization.yaml      the files `kubectl apply -k DIR` applies: the namespace, the study and infra/, not the
+                          phase Jobs (each needs the previous phase's bundles: the launcher, or one by one)
 
-Overlays: `base` (the committed manifests/: GKE-shaped, L4, images under `registry.invalid`, which never
+Overlays (one row each in k8s/overlays.py): `base` (the committed manifests/: GKE-shaped, L4, images under `registry.invalid`, which never
 resolves, so nothing in the repository points at a registry someone else could own), `gke` (your registry and tag,
 both required: exit 2 without them; optional spot L4 nodes and a Kueue queue), `kind` (no GPU, laptop-sized
 resources, the locally built CPU images under localhost/lorascope (tag <code tag>-cpu), imagePullPolicy Never, MinIO).
@@ -32,33 +38,23 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from lorascope import __version__
 from lorascope.cuda import REQUIRE_CUDA_ENV  # set in GPU pods: no usable CUDA there is a config error (exit 2)
 from lorascope.errors import EXIT_CONFIG, ConfigError
 from lorascope.k8s import infra
 from lorascope.k8s.infra import POSTGRES_SECRET, S3_SECRET
+from lorascope.k8s.overlays import OVERLAY_TABLE, Overlay, Profile, get_overlay
 from lorascope.k8s.podspec import container_security, meta, pod_security
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import Study
+from lorascope.termination import STOP_BUDGET_ENV
 
 # ---------------------------------------------------------------------------------------------------- constants
-OVERLAYS = ("base", "kind", "gke")
 DEFAULT_NAMESPACE = "lorascope"
 DEFAULT_STORE_URL = "s3://lorascope/store"
-# The committed manifests name this registry: `.invalid` is reserved (RFC 2606) and never resolves, so applying
-# them unchanged fails with a DNS error that names it, and no one else's image can ever be pulled.
-PLACEHOLDER_REGISTRY = "registry.invalid/lorascope"
-# kind: the images built here (the CPU variant: tag <code-version tag>-cpu) and `kind load`ed; `localhost/` is what
-# podman names a local build, and no registry anyone could push to
-KIND_REGISTRY = "localhost/lorascope"
-DEFAULT_PARALLELISM = {"base": 6, "kind": 2, "gke": 6}
 
 STUDY_CONFIGMAP_PREFIX = "lorascope-study"
 STUDY_DIR = "/etc/lorascope"
@@ -82,32 +78,25 @@ WRITABLE_MOUNTS = {"dshm": "/dev/shm", "hf-cache": HF_HOME, "work": WORK_DIR, "t
 
 JOB_FILES = {p: ("grid-job.yaml" if p == "train" else f"{p}-job.yaml") for p in PHASE_ORDER}
 
-L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+# The L4 and its driver: `gke-gpu-driver-version: latest` makes node auto-provisioning (and Autopilot) install the
+# newest driver of the node's COS version instead of the default (R535 on COS for GKE 1.31-1.33, too old for torch
+# 2.13's CUDA 13, which needs R580); a pool created with --accelerator ...,gpu-driver-version=latest carries the same
+# node label. docs/cluster.md, "CUDA driver".
+GPU_DRIVER_LABEL = "cloud.google.com/gke-gpu-driver-version"
+L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4", GPU_DRIVER_LABEL: "latest"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SPOT_SELECTOR = {"cloud.google.com/gke-spot": "true"}
 SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admission: start with fewer pods
+KUEUE_MIN_PARALLELISM_VALUE = 1  # the fewest pods Kueue may admit a GPU Job with (its deadline is sized for it)
 
-# Resources. memory limit = request (a pod can never use memory the node did not set aside for it, so node-memory
-# pressure never picks it for eviction; past its limit it is OOM-killed: exit 137, a counted retry) and cpu limit =
-# request: QoS Guaranteed, evicted last. ephemeral-storage request = limit = the disk emptyDirs' sizeLimits + LOGS_GIB
-# (the root filesystem is read-only: the image's writable layer takes nothing), and within the node's allocatable
-# (docs/cluster.md, "Evictions"):
-#   g2-standard-8 (8 vCPU, 32 GB, one L4), 200 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~100 GiB disk
-#   e2-standard-8 default pool (CPU phases), 100 GB boot disk: allocatable ~7.9 CPU, ~28 GiB memory, ~44 GiB disk
-# The disk emptyDirs' sizes in GiB (hf-cache: stage's from the model); tmp and home came out of what was the writable
-# layer's 5 GiB before the root filesystem was read-only, so the ephemeral-storage totals did not change.
-PROFILES: dict[str, dict[str, Any]] = {
-    "gpu": {"cpu": "6", "memory": "24Gi", "gpu": "1",
-            "volumes": {"dshm": "4Gi", "hf-cache": 5, "work": 70, "tmp": 2, "home": 1}},
-    "cpu": {"cpu": "2", "memory": "12Gi", "volumes": {"dshm": "1Gi", "hf-cache": 2, "work": 20, "tmp": 2, "home": 1}},
-    # kind: a laptop, the smoke study's tiny model
-    "kind": {"cpu": "1", "memory": "3Gi", "volumes": {"dshm": "512Mi", "hf-cache": 1, "work": 5, "tmp": 2, "home": 1}},
-}  # fmt: skip
+# Resources (the sizes are the overlay's profile: overlays.PROFILES). memory limit = request (a pod can never use
+# memory the node did not set aside for it, so node-memory pressure never picks it for eviction; past its limit it is
+# OOM-killed: exit 137, a counted retry) and cpu limit = request: QoS Guaranteed, evicted last. ephemeral-storage
+# request = limit = the disk emptyDirs' sizeLimits + LOGS_GIB (the root filesystem is read-only: the image's writable
+# layer takes nothing), and within the node's allocatable (docs/cluster.md, "Evictions").
 LOGS_GIB = 2  # the container's logs (the kubelet counts them against ephemeral-storage); the root FS takes no writes
-KIND_CPU_LIMIT = "2"  # kind only: burst above the request (a laptop has no node pressure policy worth keeping)
-KIND_MEMORY = {"bench": "6Gi"}  # vLLM's CPU engine holds the study's KV cache (2 GiB by default) next to the model
 
 # Upper bound of one index's wall time on its node (L4 for GPU phases), in hours. A Job's activeDeadlineSeconds is
 # this times its waves (ceil(completions / parallelism)) plus one hour for scheduling and image pulls: a Job whose pods
@@ -115,6 +104,17 @@ KIND_MEMORY = {"bench": "6Gi"}  # vLLM's CPU engine holds the study's KV cache (
 INDEX_HOURS = {"stage": 2, "sanity": 1, "hpo": 8, "train": 4, "extract": 1, "drift": 2, "bench": 3, "report": 1}
 
 BACKOFF_LIMIT_PER_INDEX = 2  # retries of an index after exit 1 (OOM, store hiccup); preemptions are not counted
+# --spot: a reclaimed node whose pods do not get the DisruptionTarget condition (GKE's graceful node shutdown is best
+# effort; a pod killed before the kubelet marks it, or a local-storage eviction) counts against the index's retries;
+# on spot nodes that happens often enough to spend 2 retries in a day, so an index gets more. The Job's deadline still
+# bounds a loop.
+BACKOFF_LIMIT_PER_INDEX_SPOT = 6
+# SIGTERM: the kubelet's grace before SIGKILL, and the part of it lorascope gives itself to sync a last checkpoint and
+# exit (lorascope.termination). GKE gives non-system pods 15 s, best effort, when a spot or preemptible node shuts down
+# (graceful node shutdown: 30 s, the second half for system pods), so the budget stays under that; a drain or an
+# eviction through the API gets the whole grace.
+TERMINATION_GRACE_SECONDS = 30
+STOP_BUDGET_SECONDS = 12
 TTL_SECONDS = 7 * 24 * 3600  # finished Jobs stay a week for `lorascope cluster status` and `kubectl logs`
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -145,10 +145,10 @@ class RenderOptions:
     def resolved(self, study: Study) -> RenderOptions:
         from lorascope.runner import default_run_id
 
-        if self.overlay not in OVERLAYS:
-            raise ConfigError(f"render: overlay {self.overlay!r} is not one of {', '.join(OVERLAYS)}")
-        if (self.spot or self.queue) and self.overlay != "gke":
-            raise ConfigError("render: spot and queue are options of the gke overlay only")
+        overlay = get_overlay(self.overlay)
+        if (self.spot or self.queue) and not overlay.cloud_options:
+            cloud = " and ".join(o.name for o in OVERLAY_TABLE.values() if o.cloud_options)
+            raise ConfigError(f"render: spot and queue are options of the {cloud} overlay only")
         if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
             raise ConfigError(f"render: namespace {self.namespace!r} is not a valid Kubernetes name (RFC 1123 label)")
         if not self.store_url.startswith("s3://"):
@@ -156,28 +156,30 @@ class RenderOptions:
         run_id = self.run_id or default_run_id(study)
         if len(run_id) > 63 or not _LABEL_VALUE.match(run_id):
             raise ConfigError(f"render: run id {run_id!r} must be a valid label value (<= 63 chars, [A-Za-z0-9-_.])")
-        if self.overlay == "gke" and not self.registry:
-            raise ConfigError(
-                "render: the gke overlay needs --registry (your Artifact Registry repository, e.g. "
-                "europe-west4-docker.pkg.dev/my-project/lorascope); the images are not published anywhere"
-            )
-        registry = (self.registry or (KIND_REGISTRY if self.overlay == "kind" else PLACEHOLDER_REGISTRY)).rstrip("/")
+        registry = (self.registry or overlay.default_registry()).rstrip("/")
         if not _REGISTRY.match(registry):
             raise ConfigError(
                 f"render: registry {registry!r} is not a valid image repository (lowercase path components, "
                 "e.g. europe-west4-docker.pkg.dev/my-project/lorascope); the kubelet would report InvalidImageName"
             )
-        if self.overlay == "gke" and not self.image_tag:
-            raise ConfigError("render: the gke overlay needs --image-tag (the code version the images were built from)")
-        tag = self.image_tag or __version__
+        if overlay.image_tag_required and not self.image_tag:
+            raise ConfigError(
+                f"render: the {overlay.name} overlay needs --image-tag (the code version the images were built from)"
+            )
+        tag = self.image_tag or overlay.image_tag(__version__)
         if tag == "latest" or not _TAG.match(tag):
             raise ConfigError(f"render: image tag {tag!r} must be pinned: [A-Za-z0-9_][A-Za-z0-9_.-]*, not 'latest'")
-        parallelism = self.parallelism if self.parallelism is not None else DEFAULT_PARALLELISM[self.overlay]
+        parallelism = self.parallelism if self.parallelism is not None else overlay.parallelism
         if parallelism < 1:
             raise ConfigError(f"render: parallelism must be >= 1 (got {parallelism})")
         if self.queue is not None and not _DNS_LABEL.match(self.queue):
             raise ConfigError(f"render: queue {self.queue!r} is not a valid LocalQueue name")
         return replace(self, run_id=run_id, parallelism=parallelism, registry=registry, image_tag=tag)
+
+    @property
+    def target(self) -> Overlay:
+        """The overlay's row (overlays.OVERLAY_TABLE)."""
+        return get_overlay(self.overlay)
 
     def image(self, phase: str) -> str:
         return f"{self.registry}/{phase}:{self.image_tag}"
@@ -216,29 +218,30 @@ def model_cache_gib(study: Study) -> int:
 
 
 def job_deadline_seconds(phase: str, completions: int, parallelism: int) -> int:
+    """Hours per index x waves + 1 h. `parallelism` is the lowest the Job may run with: under Kueue's partial admission
+    (KUEUE_MIN_PARALLELISM) that is the minimum Kueue may admit, not the parallelism asked for, so a Job admitted with
+    fewer pods still has the time to run every index."""
     waves = math.ceil(completions / max(1, parallelism))
     return (INDEX_HOURS[phase] * waves + 1) * 3600
 
 
-def resources(profile: str, hf_cache_gib: int, phase: str = "") -> tuple[dict, dict[str, str]]:
+def resources(profile: Profile, hf_cache_gib: int, phase: str = "") -> tuple[dict, dict[str, str]]:
     """(container resources, emptyDir sizeLimits) for a profile."""
-    p = PROFILES[profile]
-    vols = p["volumes"]
+    vols = profile.volumes
     disk = f"{hf_cache_gib + vols['work'] + vols['tmp'] + vols['home'] + LOGS_GIB}Gi"
-    memory = KIND_MEMORY.get(phase, p["memory"]) if profile == "kind" else p["memory"]
-    req = {"cpu": p["cpu"], "memory": memory, "ephemeral-storage": disk}
-    if "gpu" in p:
-        req["nvidia.com/gpu"] = p["gpu"]
+    req = {"cpu": profile.cpu, "memory": profile.memory_for(phase), "ephemeral-storage": disk}
+    if profile.gpu:
+        req["nvidia.com/gpu"] = profile.gpu
     lim = dict(req)
-    if profile == "kind":
-        lim["cpu"] = KIND_CPU_LIMIT
-    sizes = {"dshm": vols["dshm"], "hf-cache": f"{hf_cache_gib}Gi"}
+    if profile.cpu_limit:
+        lim["cpu"] = profile.cpu_limit
+    sizes = {"dshm": str(vols["dshm"]), "hf-cache": f"{hf_cache_gib}Gi"}
     sizes.update({name: f"{vols[name]}Gi" for name in ("work", "tmp", "home")})
     return {"requests": req, "limits": lim}, sizes
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
-def _labels(component: str, part: str, instance: str = "lorascope", version: str = __version__) -> dict[str, str]:
+def object_labels(component: str, part: str, instance: str = "lorascope", version: str = __version__) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "lorascope",
         "app.kubernetes.io/instance": instance,
@@ -252,7 +255,7 @@ def _labels(component: str, part: str, instance: str = "lorascope", version: str
 
 # ---------------------------------------------------------------------------------------------------- objects
 def namespace(opts: RenderOptions) -> dict:
-    labels = _labels("namespace", "infra", version=opts.image_tag)
+    labels = object_labels("namespace", "infra", version=opts.image_tag)
     labels.update(
         {
             "pod-security.kubernetes.io/enforce": "restricted",
@@ -266,7 +269,7 @@ def namespace(opts: RenderOptions) -> dict:
 
 def study_configmap(study: Study, study_text: str, opts: RenderOptions) -> dict:
     """One immutable ConfigMap per run: a second run never changes what the first run's pods read."""
-    labels = _labels("study", "study", opts.run_id, opts.image_tag)
+    labels = object_labels("study", "study", opts.run_id, opts.image_tag)
     labels.update({"lorascope.dev/run-id": opts.run_id, "lorascope.dev/study-hash": study.hash})
     return {
         "apiVersion": "v1",
@@ -283,10 +286,11 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     """The Indexed Job of one phase. Pods run `lorascope <phase> --study ... --store ... --run-id ...`; the index
     comes from JOB_COMPLETION_INDEX, which the CLI reads."""
     gpu = get_phase(phase).gpu  # which phases ask for a GPU (an L4): lorascope.phases, the one source
-    kind = opts.overlay == "kind"
-    profile = "kind" if kind else "gpu" if gpu else "cpu"
+    overlay = opts.target
+    gpu_node = gpu and overlay.gpu_nodes  # an L4 node: GPU request, nodeSelector, toleration, CUDA required
+    profile = overlay.profile(gpu)
     parallelism = min(opts.parallelism, completions) if gpu else 1
-    labels = _labels(phase, "phase", opts.run_id, opts.image_tag)
+    labels = object_labels(phase, "phase", opts.run_id, opts.image_tag)
     labels.update(
         {
             "lorascope.dev/phase": phase,
@@ -300,10 +304,12 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         "lorascope.dev/study": study.name,
         "lorascope.dev/description": get_phase(phase).describe(study, completions),
     }
+    min_parallelism = parallelism
     if opts.queue:
         job_labels[KUEUE_LABEL] = opts.queue
         if parallelism > 1:  # Kueue may admit the Job with fewer pods when the quota has fewer L4s free
-            job_annotations[KUEUE_MIN_PARALLELISM] = "1"
+            min_parallelism = KUEUE_MIN_PARALLELISM_VALUE
+            job_annotations[KUEUE_MIN_PARALLELISM] = str(min_parallelism)
 
     env: list[dict[str, Any]] = [
         {"name": "LORASCOPE_RUN_ID", "value": opts.run_id},
@@ -311,6 +317,8 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
         {"name": "LORASCOPE_WORK_DIR", "value": WORK_DIR},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": HOME_DIR},  # the image's, restated: the home emptyDir is mounted there
+        # SIGTERM: seconds to sync a last checkpoint and exit, within terminationGracePeriodSeconds
+        {"name": STOP_BUDGET_ENV, "value": str(STOP_BUDGET_SECONDS)},
         # S3 servers other than AWS (MinIO, GCS interop, SeaweedFS) reject boto3's default CRC checksums
         {"name": "AWS_REQUEST_CHECKSUM_CALCULATION", "value": "when_required"},
         {"name": "AWS_RESPONSE_CHECKSUM_VALIDATION", "value": "when_required"},
@@ -321,18 +329,19 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}},
         },
     ]
-    if gpu and not kind:  # a GPU pod without a usable CUDA exits 2 at once, naming the driver it needs
+    if gpu_node:  # a GPU pod without a usable CUDA exits 2 at once, naming the driver it needs
         env.append({"name": REQUIRE_CUDA_ENV, "value": "1"})
     env_from = [{"secretRef": {"name": S3_SECRET}}]
     if phase == "hpo":
         env_from.append({"secretRef": {"name": POSTGRES_SECRET}})  # LORASCOPE_OPTUNA_STORAGE
 
-    hf_cache = model_cache_gib(study) if phase == "stage" and not kind else PROFILES[profile]["volumes"]["hf-cache"]
+    sized = phase == "stage" and overlay.stage_cache_from_model
+    hf_cache = model_cache_gib(study) if sized else int(profile.volumes["hf-cache"])
     res, sizes = resources(profile, hf_cache, phase)
     container = {
         "name": CONTAINER,
         "image": opts.image(phase),
-        "imagePullPolicy": "Never" if kind else "IfNotPresent",
+        "imagePullPolicy": overlay.pull_policy,
         # the image's ENTRYPOINT is ["lorascope", "<phase>"]
         "args": ["--study", STUDY_PATH, "--store", "$(LORASCOPE_STORE)", "--run-id", "$(LORASCOPE_RUN_ID)"],
         "env": env,
@@ -348,6 +357,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "securityContext": pod_security(APP_UID),
         "containers": [container],
@@ -363,7 +373,7 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             *({"name": name, "emptyDir": {"sizeLimit": sizes[name]}} for name in WRITABLE_MOUNTS if name != "dshm"),
         ],
     }
-    if gpu and not kind:
+    if gpu_node:
         pod_spec["nodeSelector"] = dict(L4_SELECTOR)
         pod_spec["tolerations"] = [dict(GPU_TOLERATION)]
         if opts.spot:
@@ -378,11 +388,11 @@ def phase_job(study: Study, phase: str, opts: RenderOptions, completions: int) -
             "completionMode": "Indexed",
             "completions": completions,
             "parallelism": parallelism,
-            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX_SPOT if opts.spot and gpu_node else BACKOFF_LIMIT_PER_INDEX,
             # more than a third of the indexes failed: something systematic is wrong, stop spending GPU hours
             "maxFailedIndexes": completions // 3,
             # pods that never start (no L4 free, a wrong image) or an eviction loop end here, not in days
-            "activeDeadlineSeconds": job_deadline_seconds(phase, completions, parallelism),
+            "activeDeadlineSeconds": job_deadline_seconds(phase, completions, min_parallelism),
             "podFailurePolicy": {
                 "rules": [
                     # exit 2 = bad config or a missing prerequisite (no usable CUDA): retrying cannot help
@@ -425,15 +435,25 @@ def render_objects(study: Study, study_text: str, opts: RenderOptions, include_i
     out: list[dict] = []
     if include_infra:
         out.append(namespace(opts))
-        if needs_postgres(study):
-            out += infra.postgres(opts)
-        if opts.overlay == "kind":
-            out += infra.minio(opts)
+        out += infra_objects(study, opts)
     out.append(study_configmap(study, study_text, opts))
     for phase in PHASE_ORDER:
         n = get_phase(phase).size(study)
         if n > 0:
             out.append(phase_job(study, phase, opts, n))
+    return out
+
+
+def infra_objects(study: Study, opts: RenderOptions) -> list[dict]:
+    """PostgreSQL (HPO only), MinIO (an overlay whose store is in the cluster), the launcher's Role and the
+    NetworkPolicies: what `kubectl apply -k DIR` applies besides the namespace and the study."""
+    out: list[dict] = []
+    if needs_postgres(study):
+        out += infra.postgres(opts)
+    if opts.target.store_in_cluster:
+        out += infra.minio(opts)
+    out.append(infra.launcher_role(opts))
+    out += infra.network_policies(opts, postgres_too=needs_postgres(study), minio_too=opts.target.store_in_cluster)
     return out
 
 
@@ -444,89 +464,3 @@ def phase_jobs(study: Study, opts: RenderOptions) -> dict[str, dict]:
         for o in render_objects(study, "", opts, include_infra=False)
         if o["kind"] == "Job"
     }
-
-
-# ---------------------------------------------------------------------------------------------------- files
-class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data: Any) -> bool:  # no &id001 anchors for shared dicts
-        return True
-
-
-def _str(dumper: yaml.SafeDumper, value: str):
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def to_yaml(objs: Iterable[dict], header: str = "") -> str:
-    docs = [yaml.dump(o, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120) for o in objs]
-    return header + "---\n".join(docs)
-
-
-def _header(study: Study, opts: RenderOptions, what: str) -> str:
-    lines = [
-        f"# Generated by `lorascope render --overlay {opts.overlay}` from study {study.name!r} (hash {study.hash}): {what}.",
-        "# Do not edit by hand: change the study or pkg/lorascope/k8s/render.py and run `make k8s-render`.",
-    ]
-    if opts.overlay == "base" and opts.registry == PLACEHOLDER_REGISTRY:
-        lines.append(
-            f"# Images are under {PLACEHOLDER_REGISTRY} (never resolves): render your own with "
-            "`lorascope render --overlay gke --registry R --image-tag T --out DIR` and apply DIR."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def render_files(study: Study, study_text: str, opts: RenderOptions) -> dict[str, str]:
-    """file name -> text, for the folder `lorascope render --overlay O --out DIR` writes (see the module docstring)."""
-    from lorascope.k8s import jobset
-
-    opts = opts.resolved(study)
-    files: dict[str, str] = {}
-    files["namespace.yaml"] = to_yaml([namespace(opts)], _header(study, opts, "the namespace (PSS restricted)"))
-    files["study-configmap.yaml"] = to_yaml(
-        [study_configmap(study, study_text, opts)],
-        _header(study, opts, f"the study of run {opts.run_id}, immutable, mounted at {STUDY_PATH}"),
-    )
-    for phase in PHASE_ORDER:
-        n = get_phase(phase).size(study)
-        if n > 0:
-            job = phase_job(study, phase, opts, n)
-            files[JOB_FILES[phase]] = to_yaml([job], _header(study, opts, get_phase(phase).describe(study, n)))
-    if needs_postgres(study):
-        files["infra/postgres.yaml"] = to_yaml(
-            infra.postgres(opts), _header(study, opts, "PostgreSQL for the shared Optuna studies")
-        )
-    if opts.overlay == "kind":
-        files["infra/minio.yaml"] = to_yaml(
-            infra.minio(opts), _header(study, opts, "MinIO for kind (maintenance-mode upstream; pinned) and its bucket")
-        )
-    files["examples/secret-example.yaml"] = to_yaml(
-        infra.secret_examples(opts), _header(study, opts, "EXAMPLE Secrets with placeholders; fill in, apply by hand")
-    )
-    files["jobset/jobset.yaml"] = to_yaml(
-        [jobset.pipeline_jobset(study, opts)],
-        _header(study, opts, "the whole pipeline as one JobSet (needs the JobSet controller >= v0.12.0)"),
-    )
-    applied = [n for n in files if not n.startswith(("examples/", "jobset/"))]
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": applied}
-    files["kustomization.yaml"] = to_yaml(
-        [kustomization],
-        _header(
-            study, opts, "the files `kubectl apply -k` applies (a list only; select with -l lorascope.dev/part=...)"
-        ),
-    )
-    return files
-
-
-def write_files(files: dict[str, str], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in files.items():
-        p = out / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if not p.exists() or p.read_text() != text:
-            p.write_text(text)
-        written.append(p)
-    return written

@@ -405,3 +405,125 @@ def table(view: JobView) -> list[str]:
 def _short(text: str, n: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------ why nothing runs
+# The Job's and its pods' status say a pod is Pending; the reason it stays so is often only in Events and, under
+# Kueue, in the Job's Workload. Pure decisions on what the API returns (CoreV1Event objects, Workload JSON dicts):
+#   Job event FailedCreate (job-controller)        the API server refused the pod: PodSecurity, an admission webhook
+#                                                  (GKE Autopilot's Warden), a ResourceQuota
+#   pod event NotTriggerScaleUp (cluster-autoscaler)  no node group can take the pod (selector, taint, max size, backoff)
+#   pod event FailedScaleUp (cluster-autoscaler)   "Node scale up in zones ... associated with this pod failed: GCE
+#                                                  quota exceeded | GCE out of resources. Pod is at risk ..."
+#   pod event FailedMount (kubelet)                a volume (the study ConfigMap, a Secret) cannot be mounted
+#   Workload condition QuotaReserved=False         Kueue's reason: "insufficient unused quota ..." (waits), "resource X
+#                                                  unavailable in ClusterQueue", "... > maximum capacity", "LocalQueue
+#                                                  ... is terminating or missing" (never admits)
+STOP = "stop"  # exit 2 now: cannot heal by itself
+STOP_LATER = "stop-later"  # exit 2 once it lasted `grace_s`
+WARN = "warn"  # shown, waited on (the Job's activeDeadlineSeconds bounds it)
+QUOTA_GRACE_S = 600.0  # a GCE quota does not grow by itself; the autoscaler's first retries get 10 minutes
+MOUNT_GRACE_S = 180.0
+AUTOPILOT_HINT = (
+    "GKE Autopilot refuses these pods: lorascope needs a GKE Standard cluster (docs/cluster.md, 'Standard only': "
+    "Autopilot caps a pod's ephemeral storage below what the phases need)"
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    action: str  # STOP | STOP_LATER | WARN
+    reason: str  # the API's reason (FailedCreate, FailedScaleUp, ...) or Kueue's (Pending, Inadmissible)
+    message: str  # the API's own words
+    where: str  # "Job lorascope-train", "pod lorascope-train-3-x7k2p", "Workload job-lorascope-train-1a2b3"
+    hint: str = ""
+    grace_s: float = 0.0
+
+    def line(self) -> str:
+        text = f"{self.reason} ({self.where}): {_short(self.message, 400)}"
+        return text + (f"\n    -> {self.hint}" if self.hint else "")
+
+
+def pods_missing(job: Any) -> int:
+    """Pods the Job should have now but has not: min(parallelism, indexes left) - active. > 0 while pod creation
+    fails (a suspended Job wants none)."""
+    if job_state(job) != "running":
+        return 0
+    st = job.status
+    left = (job.spec.completions or 0) - len(parse_indexes(st.completed_indexes if st else None)) - len(
+        parse_indexes(st.failed_indexes if st else None)
+    )
+    return max(0, min(job.spec.parallelism or 0, left) - ((st.active or 0) if st else 0))
+
+
+def _event_finding(ev: Any) -> Finding | None:
+    reason, msg = ev.reason or "", " ".join((ev.message or "").split())
+    obj = ev.involved_object
+    where = f"{(obj.kind or '').lower() or 'object'} {obj.name}" if obj is not None else "?"
+    if obj is not None and obj.kind == "Job":
+        where = f"Job {obj.name}"
+    if reason == "FailedCreate":
+        if "violates PodSecurity" in msg:
+            return Finding(STOP, reason, msg, where, "the namespace's Pod Security admission refuses the pod spec")
+        if "GKE Warden" in msg or "autogke" in msg:
+            return Finding(STOP, reason, msg, where, AUTOPILOT_HINT)
+        if "admission webhook" in msg and "denied the request" in msg:
+            return Finding(STOP, reason, msg, where, "an admission webhook refuses the pod spec")
+        if "exceeded quota" in msg:
+            return Finding(WARN, reason, msg, where, "a ResourceQuota of the namespace is full: waiting for pods to end")
+        return Finding(WARN, reason, msg, where)
+    if reason == "FailedScaleUp":
+        if "quota exceeded" in msg.lower():
+            return Finding(STOP_LATER, reason, msg, where, "the project's GPU quota is used up: raise NVIDIA_L4_GPUS in "
+                           "the region and GPUS_ALL_REGIONS (docs/cluster.md, 'Prerequisites')", QUOTA_GRACE_S)  # fmt: skip
+        return Finding(WARN, reason, msg, where, "no L4 free in the zone now; the autoscaler keeps trying")
+    if reason == "NotTriggerScaleUp":
+        return Finding(WARN, reason, msg, where, "no node pool can take the pod now (its node selector, taints, "
+                       "max size, or a back-off after a failed scale-up)")  # fmt: skip
+    if reason == "FailedMount":
+        return Finding(STOP_LATER, reason, msg, where, "a volume the pod needs is missing (the study ConfigMap, a "
+                       "Secret)", MOUNT_GRACE_S)  # fmt: skip
+    return None
+
+
+def workload_finding(wl: dict) -> Finding | None:
+    """Why Kueue has not admitted a Workload (its QuotaReserved condition), or None when it has."""
+    conds = (wl.get("status") or {}).get("conditions") or []
+    if any(c.get("type") == "Admitted" and c.get("status") == "True" for c in conds):
+        return None
+    c = next((c for c in conds if c.get("type") == "QuotaReserved" and c.get("status") == "False"), None)
+    if c is None:
+        return None
+    reason, msg = c.get("reason", ""), " ".join((c.get("message") or "").split())
+    where = f"Workload {wl['metadata']['name']}"
+    never = ("unavailable in ClusterQueue" in msg or "> maximum capacity" in msg or "is terminating or missing" in msg
+             or reason in ("Inadmissible", "Misconfigured", "ExceedsMaxQuota", "NoMatchingFlavor"))  # fmt: skip
+    if never:
+        return Finding(STOP, f"Kueue {reason}", msg, where, "the queue can never admit this Job: its ClusterQueue must "
+                       "cover cpu, memory, ephemeral-storage and nvidia.com/gpu with room for one Job "
+                       "(manifests/examples/kueue.yaml), and the LocalQueue must exist")  # fmt: skip
+    return Finding(WARN, f"Kueue {reason}", msg, where, "queued: Kueue admits the Job when the quota frees up")
+
+
+def diagnose(job: Any, pods: Iterable[Any], events: Iterable[Any], workloads: Iterable[dict] = ()) -> list[Finding]:
+    """What keeps a Job's pods from running, from its Events (the Job's: only while pods are missing; a pod's: only
+    while it is Pending, so an old event of a pod that started later is not blamed) and its Workloads."""
+    pending = {p.metadata.uid for p in pods if p.status.phase == "Pending"}
+    missing = pods_missing(job)
+    out: list[Finding] = []
+    seen: set[tuple[str, str]] = set()
+    for ev in sorted(events, key=lambda e: e.last_timestamp or e.event_time or _EPOCH, reverse=True):
+        obj = ev.involved_object
+        if obj is None:
+            continue
+        if obj.kind == "Job" and not missing:
+            continue
+        if obj.kind == "Pod" and obj.uid not in pending:
+            continue
+        f = _event_finding(ev)
+        if f is not None and (f.reason, f.message) not in seen:  # the newest of each distinct message
+            seen.add((f.reason, f.message))
+            out.append(f)
+    if job_state(job) == "suspended":
+        out += [f for wl in workloads if (f := workload_finding(wl)) is not None]
+    return out

@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from lorascope import data
+from lorascope import data, termination
 from lorascope.errors import ConfigError, LorascopeError
 from lorascope.log import Logger
 from lorascope.training.checkpoints import checkpoint_state, load_checkpoint_weights, training_finished
 from lorascope.training.evaluation import evaluate_features
 from lorascope.training.hparams import Plan, optimizer_name, schedule, stable_seed, use_bf16
+from lorascope.training.sigterm import SigtermCheckpoint
 
 if TYPE_CHECKING:
     from lorascope.study import TrainingConfig
@@ -248,6 +249,8 @@ def fit(
     all_callbacks: list[TrainerCallback] = [timer, LogLines(log), *callbacks]
     if plan.evaluate:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
+    if (stop := termination.current()) is not None:  # SIGTERM: last checkpoint, then stop (after the phase's callbacks)
+        all_callbacks.append(SigtermCheckpoint(stop, log))
     trainer = ClassifierTrainer(
         model=model,
         args=args,
