@@ -174,10 +174,7 @@ def extraction(cpu: bool, examples: int, batch: int = 32) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    try:  # lorascope.models (wave 3's package) or, before it, lorascope.modeling: the one TinyLlama-1.1B shape
-        from lorascope.models.builtin import TINYLLAMA_1B_ARCH
-    except ImportError:
-        from lorascope.modeling import TINYLLAMA_1B_ARCH
+    from lorascope.models.builtin import TINYLLAMA_1B_ARCH  # the one TinyLlama-1.1B shape
 
     device = torch.device("cpu" if cpu else "cuda")
     cfg = dict(TINYLLAMA_1B_ARCH, num_labels=2, pad_token_id=2)
