@@ -101,13 +101,14 @@ def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def checked_study(path: str, env: Mapping[str, str]) -> tuple[Study, list[str]]:
-    """The study file read within bounds, validated, and checked against the files and the model it names (every
-    check `validate`, `grid` and `run` make, before anything is created): (study, notes on what was not checked)."""
+def checked_study(path: str, env: Mapping[str, str], model: bool = True) -> tuple[Study, list[str]]:
+    """The study file read within bounds, validated, and checked against the files and the model it names (the
+    checks `validate` and `run` make, before anything is created; `model=False`: all but the model checks, which
+    import torch): (study, notes on what was not checked)."""
     from lorascope.preflight import check_study
 
     study = load_study(path)
-    return study, check_study(study, source=path, env=env)
+    return study, check_study(study, source=path, env=env, model=model)
 
 
 def _listed(values: list) -> str:
@@ -129,7 +130,7 @@ def cmd_grid(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     path = args.study_file or args.study
     if not path:
         raise UsageError("grid: give the study file (lorascope grid jobs/study.yaml)")
-    study, notes = checked_study(path, env)  # the same checks as `validate`: no grid for a study it refuses
+    study, notes = checked_study(path, env, model=False)  # validate's checks but the model's: grid imports no torch
     w = max([8, *(len(m.name) for m in study.methods)])  # a sweep's names are longer than 'full' and 'lora'
     cells = study.cells()
     print(f"{'index':>5}  {'task':<6} {'method':<{w}} {'seed':>5}  cell")

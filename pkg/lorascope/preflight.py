@@ -131,10 +131,11 @@ def check_family(study: Study, family: Any) -> None:
                           "classifies) and/or 'mean'")  # fmt: skip
 
 
-def check_files(study: Study) -> None:
+def check_files(study: Study, read: bool = True) -> None:
     """The files the study names exist and can be read, by the process that will read them: the local data folder
-    (data.check_source) and forgetting.texts (read by the extract phase, after training, when forgetting is not off).
-    A relative path is relative to the working directory, as in the phases."""
+    (data.check_source) and forgetting.texts (read by the extract phase, after training, when forgetting is not off;
+    `read`: also parsed as extract parses it, which imports torch). A relative path is relative to the working
+    directory, as in the phases."""
     from lorascope import data
 
     data.check_source(study)
@@ -153,7 +154,7 @@ def check_files(study: Study) -> None:
             f.read(1)
     except OSError as exc:
         raise ConfigError(f"{field}: cannot be read: {exc.strerror or exc}") from None
-    if importlib.util.find_spec("torch") is not None:  # the extract phase's own reading: empty, not JSON lines
+    if read and importlib.util.find_spec("torch") is not None:  # extract's own reading: empty, not JSON lines
         from lorascope.forgetting import load_texts
 
         load_texts(texts, study.forgetting.max_texts, field="field forgetting.texts")
@@ -185,15 +186,20 @@ def check_model(study: Study, config: dict[str, Any]) -> None:
 
 
 MODEL_CHECKS_AT_STAGE = "the stage phase makes them after fetching the model"
+MODEL_CHECKS_NOT_RUN = ("model checks not run (this command loads no model code); `lorascope validate` makes them, "
+                        "and `lorascope run` before any work")  # fmt: skip
 
 
-def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
+def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None, model: bool = True) -> list[str]:
     """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
-    what could not be checked here (the model checks, when the model's config is not at hand offline)."""
+    what could not be checked here (the model checks, when the model's config is not at hand offline). `model=False`
+    (`lorascope grid`, which imports no torch): the file checks only, and a note saying so."""
     env = os.environ if env is None else env
     notes: list[str] = []
     try:
-        check_files(study)
+        check_files(study, read=model)
+        if not model:
+            return [MODEL_CHECKS_NOT_RUN]
         if importlib.util.find_spec("torch") is None:  # a laptop with lorascope[k8s], a slim image: the file checks only
             notes.append(f"model checks skipped (torch is not installed here); {MODEL_CHECKS_AT_STAGE}")
             return notes
