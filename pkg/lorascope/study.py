@@ -702,8 +702,11 @@ class Study(Strict):
             return
         i = max(range(len(methods)), key=lambda j: len(methods[j]))
         most = limits.method_name_max(tasks, self.seeds)
-        raise ValueError(f"@methods.{i}.name: {methods[i][:40]!r}... ({len(methods[i])} characters) makes the file name "
-                         f"{name[:40]!r}... {length} bytes long ({where}); a file name holds at most "
+        def clip(text: str) -> str:
+            return repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+
+        raise ValueError(f"@methods.{i}.name: {clip(methods[i])} ({len(methods[i])} characters) makes the file name "
+                         f"{clip(name)} {length} bytes long ({where}); a file name holds at most "
                          f"{limits.FILE_NAME_MAX}: with these tasks and seeds a method name may have at most {most} "
                          "characters")  # fmt: skip
 
