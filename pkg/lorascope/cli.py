@@ -176,14 +176,12 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if "://" not in args.source and not Path(args.source).is_dir():
             raise UsageError(f"report: folder {args.source!r} does not exist (give a folder made by `lorascope pull`)")
         args.store = args.store or args.source
-    study = None
-    if args.study:  # read and checked before the store is opened or the work dir made: a bad study creates nothing
-        if args.phase == "stage":  # the first pod of a run on a cluster: the checks `lorascope run` makes up front
-            study, notes = checked_study(args.study, env)
-            for note in notes:
-                Logger().info(note, check="preflight")
-        else:
-            study = load_study(args.study)
+    study = load_study(args.study) if args.study else None  # before the store or the work dir: a bad study creates nothing
+    if study is not None and args.phase == "stage":  # the first pod of a cluster run: the checks `run` makes up front
+        from lorascope.preflight import check_study
+
+        for note in check_study(study, env=env):
+            Logger().info(note, check="preflight")
     _run_id_arg(args, env)
     work_dir = _work_dir(args, env)
     # opened for reading: a read-only store works for a phase whose bundles are all committed (it only skips);
