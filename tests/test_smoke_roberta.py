@@ -13,6 +13,7 @@ import pytest
 
 from lorascope import cli
 from lorascope.study import load_study
+from tests.conftest import machine_paths_in
 
 pytestmark = pytest.mark.slow  # about a minute: runs in `make test` (test-main), not in test-fast
 
@@ -129,3 +130,13 @@ def test_bench_and_report(run):
     assert "smoke-roberta" in text and "first pooling" in text
     assert "THESE NUMBERS MEAN NOTHING ABOUT ANY REAL MODEL" in text and "`builtin:tiny-roberta`" in text
     assert list((report.parent / "figures").glob("*.png"))
+
+
+def test_no_machine_path_in_any_committed_file(run):
+    """Every file of every bundle (and the frozen study): neither the store's nor the work dir's absolute path (before:
+    each adapter's README.md named the staged model's absolute path)."""
+    _study, path = run
+    root = path.parents[2]
+    assert machine_paths_in(path, root / "store", root / "work") == []
+    readmes = sorted(path.glob("cells/*-lora-*/_attempts/*/adapter/README.md"))
+    assert len(readmes) == 4 and all("base_model: builtin:tiny-roberta\n" in r.read_text() for r in readmes)

@@ -70,13 +70,23 @@ def _open_store(url: str | None, env: Mapping[str, str], workers: int = DEFAULT_
                       pip_freeze=pip_freeze_path(env))  # fmt: skip
 
 
-def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str]) -> tuple[Study, str]:
-    """The study from --study (frozen into the run on first use) or, without it, the run's frozen study."""
-    from lorascope.runner import default_run_id, find_runs, freeze_study, load_frozen_study
+def _run_id_arg(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """--run-id / LORASCOPE_RUN_ID, checked to be one folder name under runs/ (exit 2 otherwise)."""
+    from lorascope.runner import check_run_id
 
     run_id = getattr(args, "run_id", None) or env.get("LORASCOPE_RUN_ID")
+    return check_run_id(run_id) if run_id else None
+
+
+def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str],
+                   study: Study | None = None) -> tuple[Study, str]:  # fmt: skip
+    """The study from --study (frozen into the run on first use; `study`: already loaded from it) or, without it,
+    the run's frozen study."""
+    from lorascope.runner import default_run_id, find_runs, freeze_study, load_frozen_study
+
+    run_id = _run_id_arg(args, env)
     if args.study:
-        study = load_study(args.study)
+        study = study or load_study(args.study)
         run_id = run_id or default_run_id(study)
         freeze_study(store, run_id, study)
         return study, run_id
@@ -92,14 +102,26 @@ def _study_and_run(args: argparse.Namespace, store: Store, env: Mapping[str, str
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def checked_study(path: str, env: Mapping[str, str], model: bool = True) -> tuple[Study, list[str]]:
+    """The study file read within bounds, validated, and checked against the files and the model it names (the
+    checks `validate` and `run` make, before anything is created; `model=False`: all but the model checks, which
+    import torch): (study, notes on what was not checked)."""
     from lorascope.preflight import check_study
 
-    study = load_study(args.study_file)
-    notes = check_study(study, source=args.study_file, env=env)
-    cells = study.cells()
-    print(f"{args.study_file}: ok  study={study.name} hash={study.hash} cells={len(cells)} "
-          f"tasks={[t.name for t in study.tasks]} methods={[m.name for m in study.methods]} seeds={study.seeds}")
+    study = load_study(path)
+    return study, check_study(study, source=path, env=env, model=model)
+
+
+def _listed(values: list) -> str:
+    """A list for a one-line summary: in full up to 20 entries, else its start and its length."""
+    return f"{values}" if len(values) <= 20 else f"{values[:10]}... ({len(values):,})"
+
+
+def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    study, notes = checked_study(args.study_file, env)
+    print(f"{args.study_file}: ok  study={study.name} hash={study.hash} cells={len(study.cells())} "
+          f"tasks={_listed([t.name for t in study.tasks])} methods={_listed([m.name for m in study.methods])} "
+          f"seeds={_listed(study.seeds)}")  # fmt: skip
     for note in notes:
         print(f"note: {note}")
     return EXIT_OK
@@ -109,12 +131,15 @@ def cmd_grid(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     path = args.study_file or args.study
     if not path:
         raise UsageError("grid: give the study file (lorascope grid jobs/study.yaml)")
-    study = load_study(path)
+    study, notes = checked_study(path, env, model=False)  # validate's checks but the model's: grid imports no torch
     w = max([8, *(len(m.name) for m in study.methods)])  # a sweep's names are longer than 'full' and 'lora'
+    cells = study.cells()
     print(f"{'index':>5}  {'task':<6} {'method':<{w}} {'seed':>5}  cell")
-    for c in study.cells():
+    for c in cells:
         print(f"{c.index:>5}  {c.task:<6} {c.method:<{w}} {c.seed:>5}  {c.name}")
-    print(f"# {len(study.cells())} cells, order: task-major, then method, then seed (JOB_COMPLETION_INDEX = index)")
+    print(f"# {len(cells)} cells, order: task-major, then method, then seed (JOB_COMPLETION_INDEX = index)")
+    for note in notes:
+        print(f"# note: {note}")
     return EXIT_OK
 
 
@@ -123,15 +148,15 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1 (got {args.jobs})")
-    from lorascope.preflight import check_study
-
-    study = load_study(args.study)  # validate before touching anything
+    study, notes = checked_study(args.study, env)  # every check, before anything is created
     phases = select_phases(args.phases)
-    for note in check_study(study, source=args.study, env=env):  # the model-config checks, before any work
+    _run_id_arg(args, env)
+    for note in notes:
         Logger().info(note, check="preflight")
+    work_dir = _work_dir(args, env)  # a work dir that cannot be written is reported before the store is created
     store = _open_store(args.store or env.get("LORASCOPE_STORE") or "store", env)
-    study, run_id = _study_and_run(args, store, env)
-    ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
+    study, run_id = _study_and_run(args, store, env, study)
+    ctx = PhaseContext(study, store, run_id, work_dir, _env_settings(env), Logger(run=run_id))
     t0 = time.perf_counter()
     ctx.log("run start", study=study.name, store=store.url, phases=",".join(phases))
     LocalRun(ctx, Path(args.study), store.url, jobs=args.jobs).run(phases)
@@ -152,16 +177,24 @@ def cmd_phase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if "://" not in args.source and not Path(args.source).is_dir():
             raise UsageError(f"report: folder {args.source!r} does not exist (give a folder made by `lorascope pull`)")
         args.store = args.store or args.source
-    # opened for reading: a read-only store works for a phase whose bundles are all committed (it only skips);
-    # run_phase_index refuses, before any work, a phase that would have to write into it
-    store = _open_store(args.store, env, write=False if getattr(args, "source", None) else _open_for_writing(args.store, env))
-    study, run_id = _study_and_run(args, store, env)
-    if args.phase == "stage":  # the first pod of a run on a cluster: the checks `lorascope run` makes up front
+    study = load_study(args.study) if args.study else None  # before the store or the work dir: a bad study creates nothing
+    if study is not None and args.phase == "stage":  # the first pod of a cluster run: the checks `run` makes up front
         from lorascope.preflight import check_study
 
         for note in check_study(study, env=env):
             Logger().info(note, check="preflight")
-    ctx = PhaseContext(study, store, run_id, _work_dir(args, env), _env_settings(env), Logger(run=run_id))
+    _run_id_arg(args, env)
+    work_dir = _work_dir(args, env)
+    # opened for reading: a read-only store works for a phase whose bundles are all committed (it only skips);
+    # run_phase_index refuses, before any work, a phase that would have to write into it
+    store = _open_store(args.store, env, write=False if getattr(args, "source", None) else _open_for_writing(args.store, env))
+    study, run_id = _study_and_run(args, store, env, study)
+    if args.phase == "stage" and not args.study:  # the run's frozen study: checked here, once it is read
+        from lorascope.preflight import check_study
+
+        for note in check_study(study, env=env):
+            Logger().info(note, check="preflight")
+    ctx = PhaseContext(study, store, run_id, work_dir, _env_settings(env), Logger(run=run_id))
     raw_index = args.index if args.index is not None else env.get("JOB_COMPLETION_INDEX")
     if raw_index is None:
         indexes = list(range(phase.size(study)))
@@ -186,8 +219,9 @@ def _open_for_writing(url: str | None, env: Mapping[str, str]) -> bool:
 
 
 def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from lorascope.runner import expected_bundles, load_frozen_study
+    from lorascope.runner import check_run_id, expected_bundles, load_frozen_study
 
+    check_run_id(args.run)
     store = _open_store(args.store, env, workers=args.workers, write=False)
     study = load_frozen_study(store, args.run)
     if study is None:
@@ -212,8 +246,9 @@ def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from lorascope.runner import load_frozen_study, status_rows
+    from lorascope.runner import check_run_id, load_frozen_study, status_rows
 
+    check_run_id(args.run)
     if args.cluster:
         from lorascope.k8s.launcher import pipeline_status
 

@@ -87,6 +87,8 @@ def check_source(study: Study) -> None:
     if study.data.source != "local":
         return
     root = local_root(study.data)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"data.path {study.data.path!r}: {root} is a file, not a folder of GLUE-format jsonl")
     if not root.is_dir():
         raise ConfigError(f"data.path {study.data.path!r}: folder {root} does not exist")
     for task in study.tasks:
@@ -94,6 +96,11 @@ def check_source(study: Study) -> None:
             f = root / task.name / f"{split}.jsonl"
             if not f.is_file():
                 raise ConfigError(f"data.path {study.data.path!r}: missing {f} (GLUE-format jsonl for task {task.name})")
+            try:
+                with open(f, "rb") as fh:
+                    fh.read(1)
+            except OSError as exc:
+                raise ConfigError(f"data.path {study.data.path!r}: cannot read {f}: {exc.strerror or exc}") from None
 
 
 def _clean(task: str, rows: list[dict], where: str) -> list[dict]:

@@ -80,9 +80,17 @@ def check_methods(study: Study, model: Any) -> None:
     targets (roles, groups, all-linear, literal names: `families.resolve_targets`, of a type LoRA can wrap), IA3's
     feed-forward modules among its targets, BitFit's parameter groups (Llama has no bias terms), top_layers' k
     against the block count. The same functions the kinds' `apply` runs, on a meta-device model, with the field
-    path `methods.<i>...`."""
+    path `methods.<i>...`. Methods that differ only in their name and size (a sweep's entries differ in r, alpha,
+    ...) are checked once: 10,000 methods take a second."""
+    checked: set[str] = set()
     for i, m in enumerate(study.methods):
-        kind_of(m).check(model, m, f"field methods.{i}")
+        kind = kind_of(m)
+        size = {"name", *([kind.size_knob] if kind.size_knob else []), *kind.size_companions}
+        key = repr(m.model_dump(exclude=size))
+        if key in checked:
+            continue
+        checked.add(key)
+        kind.check(model, m, f"field methods.{i}")
 
 
 def check_family(study: Study, family: Any) -> None:
@@ -94,47 +102,94 @@ def check_family(study: Study, family: Any) -> None:
         raise ConfigError(f"field bench.backends: the vllm bench serves decoders only (vLLM's classify pooling reads "
                           f"the last token of a causal LM with LoRA adapters); {family.name} is an encoder: use "
                           "backends [hf] (the hf bench serves encoders through the same code as decoders)")  # fmt: skip
+    if family.encoder and study.forgetting.enabled:
+        from lorascope.forgetting import ENCODER_REASON  # the reason the extract phase would give, after training
+
+        raise ConfigError(f"field forgetting.enabled: true, but {ENCODER_REASON.format(model_type=family.name)}; set "
+                          "forgetting.enabled to false or null (null: measured for decoders only)")  # fmt: skip
     if not family.encoder and "first" in study.extraction.pooling:
         raise ConfigError(f"field extraction.pooling: 'first' is for encoders; on a decoder ({family.name}) the first "
                           "token is BOS, whose state is the same for every input; use 'last' (where the decoder "
                           "classifies) and/or 'mean'")  # fmt: skip
 
 
-def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None) -> list[str]:
-    """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
-    what could not be checked here."""
+def check_files(study: Study, read: bool = True) -> None:
+    """The files the study names exist and can be read, by the process that will read them: the local data folder
+    (data.check_source) and forgetting.texts (read by the extract phase, after training, when forgetting is not off;
+    `read`: also parsed as extract parses it, which imports torch). A relative path is relative to the working
+    directory, as in the phases."""
     from lorascope import data
 
+    data.check_source(study)
+    texts = study.forgetting.texts
+    if study.forgetting.enabled is False or texts == "builtin":
+        return
+    path = Path(texts).expanduser()
+    field = f"field forgetting.texts: {texts!r}"
+    if path.is_dir():
+        raise ConfigError(f"{field} is a folder; give a .jsonl or .txt file (or 'builtin')")
+    if not path.is_file():
+        raise ConfigError(f"{field}: file {path.absolute()} does not exist (or give 'builtin', or set forgetting.enabled "
+                          "to false)")  # fmt: skip
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot be read: {exc.strerror or exc}") from None
+    if read and importlib.util.find_spec("torch") is not None:  # extract's own reading: empty, not JSON lines
+        from lorascope.forgetting import load_texts
+
+        load_texts(texts, study.forgetting.max_texts, field="field forgetting.texts")
+
+
+def check_model(study: Study, config: dict[str, Any]) -> None:
+    """Every check that needs the model's config.json: the family (pooling, the vllm bench, forgetting on an encoder),
+    the positions each task's max_length needs, and what each method names (check_methods). Made by `validate` and
+    `run` when the config is at hand, else by the stage phase on the model it fetched."""
+    from lorascope.models import loading
+    from lorascope.models.families import family_of
+
+    try:
+        family = family_of(config)  # an unsupported architecture: ConfigError naming the supported model types
+    except ConfigError as exc:
+        raise ConfigError(f"field model.name: {study.model.name!r}: {exc}") from None
+    check_family(study, family)
+    if family.encoder:
+        loading.check_encoder_config(config, f"field model.name: {study.model.name!r}")
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta"):
+        limit -= int(config.get("pad_token_id") or 0) + 1  # position ids start after padding_idx: 514 hold 512
+    for i, task in enumerate(study.tasks):
+        if isinstance(limit, int) and task.max_length > limit:
+            raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
+                              f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
+    if any(kind_of(m).checks_model for m in study.methods):
+        check_methods(study, meta_classifier(config))
+
+
+MODEL_CHECKS_AT_STAGE = "the stage phase makes them after fetching the model"
+MODEL_CHECKS_NOT_RUN = ("model checks not run (this command loads no model code); `lorascope validate` makes them, "
+                        "and `lorascope run` before any work")  # fmt: skip
+
+
+def check_study(study: Study, source: str = "", env: Mapping[str, str] | None = None, model: bool = True) -> list[str]:
+    """Every check that needs more than the study file: raises ConfigError (field path first) or returns notes on
+    what could not be checked here (the model checks, when the model's config is not at hand offline). `model=False`
+    (`lorascope grid`, which imports no torch): the file checks only, and a note saying so."""
     env = os.environ if env is None else env
     notes: list[str] = []
     try:
-        data.check_source(study)
+        check_files(study, read=model)
+        if not model:
+            return [MODEL_CHECKS_NOT_RUN]
         if importlib.util.find_spec("torch") is None:  # a laptop with lorascope[k8s], a slim image: the file checks only
-            notes.append("model checks skipped (torch is not installed here); the stage phase makes them")
+            notes.append(f"model checks skipped (torch is not installed here); {MODEL_CHECKS_AT_STAGE}")
             return notes
         config, origin = model_config(study, env)
         if config is None:
-            notes.append(f"model checks skipped ({origin}); the stage phase makes them after fetching the model")
+            notes.append(f"model checks skipped ({origin}); {MODEL_CHECKS_AT_STAGE}")
             return notes
-        from lorascope.families import family_of
-        from lorascope.models import loading
-
-        try:
-            family = family_of(config)  # an unsupported architecture: ConfigError naming the supported model types
-        except ConfigError as exc:
-            raise ConfigError(f"field model.name: {study.model.name!r}: {exc}") from None
-        check_family(study, family)
-        if family.encoder:
-            loading.check_encoder_config(config, f"field model.name: {study.model.name!r}")
-        limit = config.get("max_position_embeddings")
-        if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta"):
-            limit -= int(config.get("pad_token_id") or 0) + 1  # position ids start after padding_idx: 514 hold 512
-        for i, task in enumerate(study.tasks):
-            if isinstance(limit, int) and task.max_length > limit:
-                raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
-                                  f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
-        if any(kind_of(m).checks_model for m in study.methods):
-            check_methods(study, meta_classifier(config))
+        check_model(study, config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
     return notes

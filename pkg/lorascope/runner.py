@@ -31,6 +31,19 @@ def default_run_id(study: Study) -> str:
     return f"{study.name}-{study.hash[:8]}"
 
 
+def check_run_id(run_id: str) -> str:
+    """A run id names one folder under runs/ of the store: not empty, not `.` or `..`, no `/` or `\\`, printable,
+    at most limits.FILE_NAME_MAX bytes. Anything else (`../../etc`) is a ConfigError (exit 2), before the store is
+    touched."""
+    from lorascope.limits import FILE_NAME_MAX
+
+    if (not run_id or run_id in (".", "..") or any(c in run_id for c in "/\\") or not run_id.isprintable()
+            or len(run_id.encode()) > FILE_NAME_MAX):  # fmt: skip
+        raise ConfigError(f"run id {run_id!r} is not one folder name under runs/ (no '/', not '.' or '..', printable, "
+                          f"at most {FILE_NAME_MAX} bytes)")  # fmt: skip
+    return run_id
+
+
 def freeze_study(store: Store, run_id: str, study: Study) -> None:
     """Write runs/<run>/study.yaml once; refuse a study whose hash differs from the frozen one."""
     key = f"runs/{run_id}/{FROZEN_STUDY}"
@@ -52,7 +65,9 @@ def load_frozen_study(store: Store, run_id: str) -> Study | None:
         text = store.get_object(f"runs/{run_id}/{FROZEN_STUDY}").decode()
     except NotFound:
         return None
-    return parse_study(text, source=f"{store.url}/runs/{run_id}/{FROZEN_STUDY}")
+    # written by lorascope from a checked study: no size bound (sweeps written out may exceed the file's), the
+    # nesting and alias bounds still hold
+    return parse_study(text, source=f"{store.url}/runs/{run_id}/{FROZEN_STUDY}", max_bytes=None)
 
 
 def find_runs(store: Store) -> list[str]:

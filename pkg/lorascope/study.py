@@ -13,20 +13,21 @@ the task table (`lorascope.tasks`), the method configs (`lorascope.methods`, one
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lorascope import methods, study_hash
+from lorascope import limits, methods, study_hash, studyfile
 from lorascope.errors import ConfigError
 from lorascope.methods import MethodConfig, kind_of, kind_only_problem
 from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
 from lorascope.methods.lora import LoraMethod
 from lorascope.methods.sweeps import expand_sweep
 from lorascope.schema import NAME_PATTERN, SeedValue, Strict
-from lorascope.tasks import GLUE_TASKS  # data.py, modeling.py and the extract and bench phases import it from here
+from lorascope.tasks import GLUE_TASKS  # data.py and the extract and bench phases import it from here
 
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
@@ -334,6 +335,8 @@ class Study(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     description: str = ""
     seed: int = Field(0, description="study seed: HPO samplers are seeded from (seed, task, method)")
+    max_cells: int = Field(limits.DEFAULT_MAX_CELLS, ge=1, description="the most cells (tasks x methods x seeds) this "
+                           "study may have: a larger study is refused unless it raises this (lorascope.limits)")
     model: ModelConfig
     data: DataConfig = DataConfig()
     tasks: list[TaskConfig] = Field(min_length=1)
@@ -348,32 +351,62 @@ class Study(Strict):
     hypotheses: HypothesesConfig = HypothesesConfig()
     report: ReportConfig = ReportConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cells_before_validating(cls, data: Any) -> Any:
+        """A study far over its cell limit (5 million seeds) is refused from the raw counts, before its lists are
+        validated; a sweep counts as one method here (the exact count is checked after expansion)."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("max_cells", limits.DEFAULT_MAX_CELLS)
+        max_cells = raw if type(raw) is int and raw >= 1 else limits.DEFAULT_MAX_CELLS
+        tasks, methods, seeds = (data.get(k) for k in ("tasks", "methods", "seeds"))
+        if all(isinstance(x, list) and x for x in (tasks, methods, seeds)):
+            sweeps = any(isinstance(m, dict) and "sweep" in m for m in methods)
+            if problem := limits.too_many_cells(len(tasks), len(methods), len(seeds), max_cells, at_least=sweeps):
+                raise ValueError(f"@max_cells: {problem}")
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_a_label(cls, name: str) -> str:
+        if len(name) > limits.STUDY_NAME_MAX:
+            raise ValueError(f"{len(name)} characters; at most {limits.STUDY_NAME_MAX}: the run id <name>-<hash8> is a "
+                             f"Kubernetes label value, at most {limits.LABEL_VALUE_MAX} characters")  # fmt: skip
+        return name
+
     @field_validator("methods", mode="before")
     @classmethod
-    def _expand_sweeps(cls, methods: Any) -> Any:
-        """`- sweep: {...}` entries become their plain method entries, in place (`expand_sweep`)."""
+    def _expand_sweeps(cls, methods: Any, info: ValidationInfo) -> Any:
+        """`- sweep: {...}` entries become their plain method entries, in place (`expand_sweep`), within the methods
+        that max_cells leaves with the study's tasks."""
         if not isinstance(methods, list):
             return methods
+        budget = info.data.get("max_cells", limits.DEFAULT_MAX_CELLS) // max(1, len(info.data.get("tasks") or []))
         out: list[Any] = []
         for i, entry in enumerate(methods):
             if isinstance(entry, dict) and "sweep" in entry:
                 if len(entry) != 1:
                     raise ValueError(f"@{i}: a sweep entry holds only `sweep:` (got also {sorted(set(entry) - {'sweep'})})")
-                out += expand_sweep(entry["sweep"], f"{i}.sweep")
+                out += expand_sweep(entry["sweep"], f"{i}.sweep", max_entries=max(0, budget - len(out)))
             else:
                 out.append(entry)
         return out
 
     @model_validator(mode="after")
     def _unique_and_consistent(self) -> Study:
+        if problem := limits.too_many_cells(len(self.tasks), len(self.methods), len(self.seeds), self.max_cells):
+            raise ValueError(f"@max_cells: {problem}")
         for label, names in (
             ("tasks", [t.name for t in self.tasks]),
             ("methods", [m.name for m in self.methods]),
             ("seeds", list(self.seeds)),
         ):
-            dupes = sorted({str(n) for n in names if names.count(n) > 1})
+            dupes = sorted(str(n) for n, k in Counter(names).items() if k > 1)  # linear: 5 million seeds in a second
             if dupes:
-                raise ValueError(f"{label}: duplicate entries {dupes}")
+                shown = f"{dupes[:20]} and {len(dupes) - 20:,} more" if len(dupes) > 20 else f"{dupes}"
+                raise ValueError(f"{label}: duplicate entries {shown}")
+        self._check_name_lengths()
         method_names = {m.name for m in self.methods}
         kinds = {m.kind for m in self.methods}
         per_task = [(f"tasks.{i}.defaults", t.defaults) for i, t in enumerate(self.tasks)]
@@ -394,6 +427,23 @@ class Study(Strict):
         self._check_bench_method()
         self._check_report()
         return self
+
+    def _check_name_lengths(self) -> None:
+        """Task and method names (and seeds) become file and folder names: the longest one this study builds must fit
+        in one path component (lorascope.limits.NAME_TEMPLATES), here rather than as "File name too long" in train."""
+        tasks, methods = [t.name for t in self.tasks], [m.name for m in self.methods]
+        length, name, where = limits.longest_file_name(tasks, methods, self.seeds)
+        if length <= limits.FILE_NAME_MAX:
+            return
+        i = max(range(len(methods)), key=lambda j: len(methods[j]))
+        most = limits.method_name_max(tasks, self.seeds)
+        def clip(text: str) -> str:
+            return repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+
+        raise ValueError(f"@methods.{i}.name: {clip(methods[i])} ({len(methods[i])} characters) makes the file name "
+                         f"{clip(name)} {length} bytes long ({where}); a file name holds at most "
+                         f"{limits.FILE_NAME_MAX}: with these tasks and seeds a method name may have at most {most} "
+                         "characters")  # fmt: skip
 
     # ---- per-method settings: the method's name first, then its kind ------------------------------------------
     @staticmethod
@@ -444,13 +494,14 @@ class Study(Strict):
         if ref is None:
             return
         tasks, methods = [t.name for t in self.tasks], [m.name for m in self.methods]
+        task_set, method_set = set(tasks), set(methods)
         for section, keys in (("values", ref.values), ("metric", ref.metric if isinstance(ref.metric, dict) else {})):
             for task in keys:
-                if task not in tasks:
+                if task not in task_set:
                     raise ValueError(f"@report.reference.{section}.{task}: not a task of this study; its tasks are {tasks}")
         for task, by_method in ref.values.items():
             for method in by_method:
-                if method not in methods:
+                if method not in method_set:
                     raise ValueError(f"@report.reference.values.{task}.{method}: not a method of this study; its methods "
                                      f"are {methods}")  # fmt: skip
 
@@ -546,9 +597,17 @@ class Study(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+MAX_ERROR_LINES = 20  # a list of 5 million bad values is 20 lines and a count, not 5 million lines
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = []
-    for e in err.errors():
+    for e in err.errors()[:MAX_ERROR_LINES]:
         path = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         sub_path_given = msg.startswith("@") and ": " in msg  # the validator's message says what it got
@@ -558,18 +617,16 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         path = path or "(top level)"
         e = {**e, "msg": msg}
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) or sub_path_given else f" (got {got!r})"
+        got_text = "" if isinstance(got, dict) or sub_path_given else f" (got {_short(got)})"
         lines.append(f"{source}: field {path}: {e['msg']}{got_text}")
+    if err.error_count() > MAX_ERROR_LINES:
+        lines.append(f"{source}: ... and {err.error_count() - MAX_ERROR_LINES:,} more errors")
     return "\n".join(lines)
 
 
-def parse_study(text: str, source: str = "<study>") -> Study:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+def parse_study(text: str, source: str = "<study>", max_bytes: int | None = limits.MAX_STUDY_BYTES) -> Study:
+    """The study in `text`, parsed within bounds (lorascope.studyfile: size, nesting, aliases) and validated."""
+    data = studyfile.load_mapping(text, source, max_bytes)
     try:
         return Study.model_validate(data)
     except ValidationError as exc:
@@ -577,7 +634,4 @@ def parse_study(text: str, source: str = "<study>") -> Study:
 
 
 def load_study(path: str | Path) -> Study:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"study file {str(p)!r} does not exist")
-    return parse_study(p.read_text(), source=str(p))
+    return parse_study(studyfile.read_text(path), source=str(path))

@@ -4,6 +4,7 @@ every bundle. Everything that decides whether two study files are the same study
 The canonical JSON is the validated study (defaults filled in) with sorted keys and no spaces, without:
   * `training.report_to`: where the Trainer reports, not what any phase computes (adding TensorBoard to a run keeps
     its hash and run id);
+  * `max_cells`: how large a study the user allows, not a result;
   * fields added after studies were first run, while they hold their defaults, so a study written before they
     existed keeps its hash: each method kind's `hash_neutral_defaults` (LoRA's use_dora, use_rslora, init),
     `bench.method` when null, an empty `tasks[].defaults`, a `report` section equal to the default one.
@@ -22,6 +23,7 @@ def canonical_json(study: Any) -> str:
     """The study as canonical JSON, without what does not change any result (see the module docstring)."""
     dump = study.model_dump(mode="json")
     dump["training"].pop("report_to", None)
+    dump.pop("max_cells", None)  # how large a study the user allows, not what any phase computes
     for m in dump["methods"]:
         for key, default in METHOD_KINDS.get(m["kind"]).hash_neutral_defaults.items():
             if m.get(key) == default:

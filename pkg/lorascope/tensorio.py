@@ -4,6 +4,7 @@ One place for the file formats the analysis reads, so the drift phase and the se
 header the same way:
 
     header(path)               the JSON header of a .safetensors file (name -> dtype, shape, data_offsets)
+    sort_metadata(path)        its `__metadata__` keys in sorted order (the same tensors, the same bytes)
     RepsFile(folder)           a `reps/<model>/<task>/` bundle, one hidden-state entry at a time (memory-mapped)
     TensorFolder(folder, stem) a HF model or adapter folder (single file or sharded index), one tensor at a time
     read_adapter(folder)       a PEFT LoRA adapter: its config and {module key: (B, A)}
@@ -30,6 +31,29 @@ def header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return json.loads(f.read(n))
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header in place with its `__metadata__` keys sorted. safetensors' writer keeps the
+    metadata in a hash map, so two writes of the same tensors and metadata order its keys differently (the same
+    reps, different bytes). The header is the same JSON reordered, so its length and the tensor bytes stay as they
+    are; anything else in it is left byte for byte (checked: the header re-serialized as read must equal the file's)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        head = json.loads(raw)
+        meta = head.get("__metadata__")
+        if not isinstance(meta, dict) or list(meta) == sorted(meta):
+            return
+
+        def dump(obj: dict) -> bytes:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+        if dump(head) != raw.rstrip(b" "):
+            raise LorascopeError(f"{path}: safetensors header not in the compact form expected; not rewritten")
+        head["__metadata__"] = dict(sorted(meta.items()))
+        f.seek(8)
+        f.write(dump(head).ljust(n, b" "))
 
 
 def header_size(path: Path) -> int:

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from lorascope import cli, training
+from lorascope import cli, tensorio, training
 from lorascope.log import Logger
 from lorascope.models import artifacts
 from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id
 from lorascope.store import Store
 from lorascope.study import load_study
+from tests.conftest import machine_paths_in
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +148,27 @@ def test_report_shows_the_pareto_front_costs_and_forgetting_of_every_method(run)
     assert set(forgetting["sst2"]) == set(names) - {"prefix"}
     assert all(c.startswith("sst2-prefix-") for c in forgetting["not_measured"])
     assert {round(v["base_loss"], 6) for v in forgetting["sst2"].values()} == {round(forgetting["sst2"]["full"]["base_loss"], 6)}
+
+
+def test_no_machine_path_in_any_committed_file_and_the_same_bytes_every_time(run):
+    """Every file of every bundle (and the frozen study) holds neither the store's nor the work dir's absolute path,
+    every adapter lists its modules sorted and every reps file its metadata. Before: each adapter's README.md named
+    the stage folder's absolute path (`base_model:`), adapter_config.json listed target_modules in set order and
+    reps.safetensors' header its metadata in hash-map order, so the same study gave different bytes."""
+    study, ctx = run
+    store = Path(ctx.store.url.removeprefix("file://"))
+    run_dir = store / "runs" / ctx.run_id
+    assert machine_paths_in(run_dir, store, store.parent / "work") == []
+    adapters = sorted(run_dir.glob("cells/*/_attempts/*/adapter"))
+    assert len(adapters) == 2 * sum(m.adapter for m in study.methods)
+    for folder in adapters:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        for key in ("target_modules", "feedforward_modules", "modules_to_save"):
+            if isinstance(config.get(key), list):
+                assert config[key] == sorted(config[key]), (folder, key)
+        assert "base_model: builtin:tiny-llama\n" in (folder / "README.md").read_text()
+    reps = sorted(run_dir.glob("reps/*/*/_attempts/*/reps.safetensors"))
+    assert len(reps) == len(study.cells()) + len(study.tasks)
+    for path in reps:
+        metadata = tensorio.header(path)["__metadata__"]
+        assert list(metadata) == ["model", "task"], path

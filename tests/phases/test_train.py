@@ -377,3 +377,24 @@ def test_an_ia3_cell_resumes_from_its_store_checkpoint_to_the_uninterrupted_resu
     _same_results(got, want, atol=1e-6)
     files = run.store.bundle(run.key("cells", "mrpc-ia3-s42")).files
     assert "adapter/adapter_config.json" in files and not any(f.startswith("model/") for f in files)
+
+
+def test_the_same_cell_trained_twice_gives_byte_identical_adapter_folders(tmp_path):
+    """Two processes with different hash seeds, two stores and work dirs, the same study: the same adapter bytes.
+    Before: adapter_config.json listed target_modules in set order (a new order in every process) and README.md
+    named each store's absolute stage folder as `base_model:`."""
+    study = write_study(tmp_path / "study", methods=[{"name": "lora", "kind": "lora", "r": 2, "alpha": 4, "dropout": 0.0,
+                                                       "target_modules": "all-linear"}], seeds=[42])  # fmt: skip
+    folders = []
+    for i in (1, 2):
+        run = stage_run(study, str(tmp_path / f"store-{i}"), tmp_path / f"work-{i}")
+        done = run.run_cli("train", 0, PYTHONHASHSEED=str(i))
+        assert done.returncode == 0, done.stderr[-2000:]
+        ctx = run.ctx()
+        folders.append(ctx.local(ctx.require("cells", "mrpc-lora-s42")) / "adapter")
+    files = [{p.relative_to(f).as_posix(): p.read_bytes() for p in f.rglob("*") if p.is_file()} for f in folders]
+    assert sorted(files[0]) == sorted(files[1]) and "README.md" in files[0]
+    assert [name for name in files[0] if files[0][name] != files[1][name]] == []
+    config = json.loads(files[0]["adapter_config.json"])
+    assert config["target_modules"] == sorted(config["target_modules"]) and len(config["target_modules"]) == 7
+    assert b"base_model: builtin:tiny-llama\n" in files[0]["README.md"]

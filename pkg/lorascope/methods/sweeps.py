@@ -7,6 +7,7 @@ config (from the registry) says which fields exist and which are lists.
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Annotated, Any
 
@@ -32,7 +33,7 @@ def _name_part(axis: str, value: Any) -> str:
     return str(value).replace(".", "p")
 
 
-def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
+def expand_sweep(spec: Any, where: str, max_entries: int | None = None) -> list[dict[str, Any]]:
     """A `sweep:` entry of `methods` as plain method entries.
 
     `spec` holds `kind`, a `name` template and the method's fields. A field is an axis when its value lists
@@ -40,7 +41,8 @@ def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
     (target_modules, feedforward_modules, train) a list of lists, or for any field a mapping {label: value}. Every
     other field is fixed. The entries are the product of the axes in the order they are written, the first axis
     outermost, each axis's values in their order. The name template names every axis as `{field}`, replaced by the
-    value (a mapping axis: its label; a list value: its entries joined; `.` in a number becomes `p`)."""
+    value (a mapping axis: its label; a list value: its entries joined; `.` in a number becomes `p`). More than
+    `max_entries` entries is refused before any is built (the study's max_cells leaves that many methods)."""
     if not isinstance(spec, dict):
         raise ValueError(f"@{where}: expected a mapping (kind, name template, fields and axes), got {type(spec).__name__}")
     kind = spec.get("kind")
@@ -77,6 +79,10 @@ def expand_sweep(spec: Any, where: str) -> list[dict[str, Any]]:
     if missing:
         raise ValueError(f"@{where}.name: the template {template!r} does not name the axis(es) {missing} "
                          f"(write {{{missing[0]}}} in it), so the entries would share names")  # fmt: skip
+    size = math.prod(len(values) for _, values in axes)
+    if max_entries is not None and size > max_entries:
+        raise ValueError(f"@{where}: expands to {size:,} methods ({' x '.join(str(len(v)) for _, v in axes)}), more "
+                         f"than the {max_entries:,} that max_cells leaves for methods with this study's tasks")  # fmt: skip
     out: list[dict[str, Any]] = [{}]
     for field_name, values in axes:
         out = [{**e, field_name: (label, v)} for e in out for label, v in values]

@@ -177,7 +177,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, heldout_loss
+    from lorascope import data, heldout_loss, tensorio
     from lorascope.models import loading
     from lorascope.reporting import provenance
 
@@ -207,6 +207,7 @@ def run(ctx: PhaseContext, index: int) -> None:
     out = ctx.scratch("extract", model_name, task_name)
     save_file({**{p: t.contiguous() for p, t in pooled.items()}, "idx": torch.tensor(ids, dtype=torch.int64)},
               str(out / REPS_FILE), metadata={"model": model_name, "task": task_name})  # fmt: skip
+    tensorio.sort_metadata(out / REPS_FILE)  # the same reps, the same bytes (safetensors orders metadata at random)
     layers = {
         "labels": labels,
         "poolings": {p: POOLING_TEXT[p] for p in poolings},

@@ -13,6 +13,7 @@ fingerprint, split sizes), plus `dataset_fingerprint` over all tasks.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def run(ctx: PhaseContext, index: int) -> None:
         study.model.name, study.model.revision, out / "model", model_cache=model_cache_dir(ctx), wheel_dir=wheel_dir(ctx)
     )
     family = loading.model_family(out / "model")  # an unsupported architecture fails here, naming the supported ones
-    preflight.check_family(study, family)  # what preflight could not check without the config (a hub model offline)
+    # what preflight could not check without the config (a hub model offline): the family, positions, method targets
+    preflight.check_model(study, json.loads((out / "model" / "config.json").read_text()))
     tokenizer = loading.load_tokenizer(out / "model")  # fails now, not in every later Job, if bos/eos are missing
     model_info.update(family=family.name, encoder=family.encoder)
     model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)

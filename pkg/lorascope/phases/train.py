@@ -166,10 +166,8 @@ def run(ctx: PhaseContext, index: int) -> None:
                             resumed_from_step=result.resumed_from_step, cell=cell.name, task=cell.task,
                             method=cell.method, seed=cell.seed, selection_metric=task.selection_metric)  # fmt: skip
     folder = methods.save_cell_artifact(result.model, method, saved, initial_adapter)
-    if (folder / "adapter_config.json").is_file():  # record the study's model, not this machine's staging folder
-        config = json.loads((folder / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = study.model.name
-        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if (folder / "adapter_config.json").is_file():
+        publish_adapter(folder, study.model.name)
     metrics["artifact_bytes"] = artifacts.folder_bytes(folder)  # what the bundle holds under adapter/ or model/
     with ctx.writer(
         "cells", cell.name, phase="train", meta={"best_step": result.best_step, "params_source": source}
@@ -184,6 +182,23 @@ def run(ctx: PhaseContext, index: int) -> None:
     shutil.rmtree(output_dir, ignore_errors=True)
     shutil.rmtree(saved, ignore_errors=True)
     log("committed", bundle=f"cells/{cell.name}", validation_accuracy=val_eval.accuracy, validation_f1=val_eval.f1)
+
+
+def publish_adapter(folder, model_name: str) -> None:
+    """The saved adapter as we publish it: the same study gives the same bytes on any machine. PEFT records the base
+    by the path it was loaded from (this machine's staging folder) in adapter_config.json and in the README's model
+    card (`base_model:` and its tag): both name the study's model instead. It writes the module lists it keeps as
+    sets (target_modules, IA3's feedforward_modules) in set order, which changes from process to process: sorted."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    staged = config.get("base_model_name_or_path")
+    config["base_model_name_or_path"] = model_name
+    for key in ("target_modules", "feedforward_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    readme = folder / "README.md"
+    if staged and staged != model_name and readme.is_file():
+        readme.write_text(readme.read_text().replace(staged, model_name))
 
 
 def _jsonl(row: dict) -> str:
