@@ -423,7 +423,7 @@ def _span(context: str, text: str) -> int:
     return context.index(text)
 
 
-def _squad_context(rng: random.Random) -> tuple[str, list[dict], list[dict]]:
+def _squad_context(rng: random.Random) -> tuple[str, list[dict], dict]:
     """A paragraph about three people and one organisation's decision (all values distinct within it), with its
     people and its news facts."""
     names = rng.sample(NAMES, 3)
@@ -434,7 +434,7 @@ def _squad_context(rng: random.Random) -> tuple[str, list[dict], list[dict]]:
             "thing": rng.choice(sorted(THINGS)), "day": rng.choice(DAYS).title(), "reason": rng.choice(REASONS)}  # fmt: skip
     sentences = [_person_sentence(rng, p) for p in people]
     sentences.insert(rng.randint(0, 3), _news_sentence(news))
-    return " ".join(sentences), people, [news]
+    return " ".join(sentences), people, news
 
 
 def _squad_questions(rng: random.Random, context: str, people: list[dict], news: dict, split: str) -> list[dict]:
@@ -460,7 +460,7 @@ def _squad_questions(rng: random.Random, context: str, people: list[dict], news:
             golds = golds[:1]
         out.append({"question": question, "answers": {"text": [g[0] for g in golds], "answer_start": [g[1] for g in golds]}})
     in_context = {w.lower().strip(".,") for w in context.split()}
-    missing_name = _other(rng, [n for n in NAMES if n not in in_context], "")
+    missing_name = rng.choice([n for n in NAMES if n not in in_context])
     missing_city = rng.choice([c for c in CITIES if c not in in_context] if rng.random() < 0.5 else DISTRACTOR_CITIES)
     missing_job = rng.choice([j for j in JOBS if j not in in_context] if rng.random() < 0.5 else DISTRACTOR_JOBS)
     missing_pet = rng.choice([q for q in PETS if q not in in_context] if rng.random() < 0.5 else DISTRACTOR_PETS)
@@ -487,7 +487,7 @@ def squad_split(split: str, exclude: set[str]) -> tuple[list[dict], set[str]]:
             continue
         seen.add(context)
         contexts += 1
-        for q in _squad_questions(rng, context, people, news[0], split):
+        for q in _squad_questions(rng, context, people, news, split):
             for text, start in zip(q["answers"]["text"], q["answers"]["answer_start"], strict=True):
                 assert context[start:start + len(text)] == text, (context, text, start)
             rows.append({"id": f"{split[0]}{contexts:04d}q{len(rows):05d}", "title": f"{split}-{contexts:04d}",

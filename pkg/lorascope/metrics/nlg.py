@@ -14,7 +14,8 @@ Speech & Language 59), the script behind the LoRA paper's E2E table (Hu et al. 2
 
 Here (each function's docstring says how it maps onto the script):
 - `bleu`: sacrebleu's corpus BLEU with mteval-v13a's tokeniser ("13a"), lower-cased, "exp" smoothing (mteval's),
-  MRs with fewer references padded as the script pads them. The script's mteval BLEU times 100.
+  MRs with fewer references padded with None, which sacrebleu skips as the script's edited mteval skips its empty
+  padding. The script's mteval BLEU times 100.
 - `nist`: mteval-v13a-sig's NIST (5-grams), re-implemented in 30 lines: the script's number. The issue named
   nltk's `corpus_nist`, but with several references per MR nltk computes another quantity (the single best
   reference per n-gram order, and its length) and lands about 0.5 NIST lower on E2E-like data; nltk is the
@@ -101,7 +102,9 @@ def group_references(meaning_representations: Iterable[str], references: Iterabl
 
 # ------------------------------------------------------------------------------------------------ BLEU, NIST
 def mteval_tokens(text: str) -> list[str]:
-    """mteval-v13a's tokenisation, lower-cased (its default without -c), as sacrebleu's "13a" tokeniser does it."""
+    """mteval-v13a's tokenisation, lower-cased (its default without -c), as sacrebleu's "13a" tokeniser does it.
+    mteval lower-cases A-Z only; Python's lower() also lower-cases non-ASCII capitals ("É"), the one place the
+    tokens can differ."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     return Tokenizer13a()(text.lower()).split()
