@@ -103,7 +103,7 @@ def check_family(study: Study, family: Any) -> None:
                           f"the last token of a causal LM with LoRA adapters); {family.name} is an encoder: use "
                           "backends [hf] (the hf bench serves encoders through the same code as decoders)")  # fmt: skip
     if family.encoder and study.forgetting.enabled:
-        from lorascope.forgetting import ENCODER_REASON  # the reason the extract phase would give, after training
+        from lorascope.heldout_loss import ENCODER_REASON  # the reason the extract phase would give, after training
 
         raise ConfigError(f"field forgetting.enabled: true, but {ENCODER_REASON.format(model_type=family.name)}; set "
                           "forgetting.enabled to false or null (null: measured for decoders only)")  # fmt: skip
@@ -137,7 +137,7 @@ def check_files(study: Study, read: bool = True) -> None:
     except OSError as exc:
         raise ConfigError(f"{field}: cannot be read: {exc.strerror or exc}") from None
     if read and importlib.util.find_spec("torch") is not None:  # extract's own reading: empty, not JSON lines
-        from lorascope.forgetting import load_texts
+        from lorascope.heldout_loss import load_texts
 
         load_texts(texts, study.forgetting.max_texts, field="field forgetting.texts")
 

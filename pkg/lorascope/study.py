@@ -225,7 +225,7 @@ class ExtractionConfig(Strict):
 
 
 class ForgettingConfig(Strict):
-    """Forgetting (lorascope/forgetting.py): the base model's LM loss on a fixed held-out text through each decoder
+    """Forgetting (lorascope/heldout_loss.py): the base model's LM loss on a fixed held-out text through each decoder
     model's backbone with the base LM head, written by the extract phase into every decoder unit's reps bundle.
     `enabled`: null (the default) = measured for decoders, not for encoders (no causal LM head; a masked-LM loss would
     be a different measure); true = required: an encoder model is refused by extract before it loads; false = off.
