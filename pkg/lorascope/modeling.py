@@ -343,6 +343,7 @@ def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | st
     """A trained cell, ready for eval: the base with the cell's adapter (lora) or the cell's own model (full),
     and the base model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the
     last attended token; encoders: the first token, by their own head)."""
+    from lorascope import methods
     from lorascope.study import GLUE_TASKS
 
     task = cell_name.split("-", 1)[0]
@@ -353,7 +354,10 @@ def load_cell_model(ctx: PhaseContext, cell_name: str, device: torch.device | st
     local = ctx.local(cell)
     base_dir = base_model_dir(ctx)
     tokenizer = load_tokenizer(base_dir)
-    if (local / "adapter" / "adapter_config.json").is_file():
+    own = methods.own_artifact(local)  # a method kind with its own artifact format (bottleneck adapters)
+    if own is not None:
+        model = own.load(local, load_classifier(base_dir, num_labels, dtype, device))
+    elif (local / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = load_classifier(base_dir, num_labels, dtype, device)
