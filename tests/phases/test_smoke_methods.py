@@ -51,6 +51,10 @@ def expected_trainable(method, cfg) -> int:
         return (2 * n + 1) * h + head  # train [norm]: every RMSNorm gain
     if method.kind == "prefix":
         return method.num_virtual_tokens * n * 2 * kv + head
+    if method.kind == "bottleneck":  # per adapter: down and up with biases (+ Lin's LayerNorm); Houlsby 2 a block
+        width = method.hidden_size or h // (method.reduction_factor or 16)
+        per_adapter = 2 * h * width + width + h + (2 * h if method.placement == "lin" else 0)
+        return n * (2 if method.placement == "houlsby" else 1) * per_adapter + head
     raise AssertionError(method.kind)
 
 
@@ -108,13 +112,14 @@ def test_drift_has_every_method_and_says_why_some_have_no_weight_rows(run):
     summary = json.loads((drift / "summary.json").read_text())
     methods = summary["results"]["sst2"]["methods"]
     assert list(methods) == [m.name for m in study.methods]
-    assert set(summary["settings"]["weights_skipped"]) == {"norm-only", "prefix"}
+    assert set(summary["settings"]["weights_skipped"]) == {"norm-only", "prefix", "adapter-h", "adapter-l"}
     rows = list(csv.DictReader(io.StringIO((drift / "weights.csv").read_text())))
     sources = {r["method"]: r["source"] for r in rows}
     assert sources["dora"] == "dora_weight" and sources["ia3"] == "ia3_weight" and sources["top1"] == "top_layers_delta"
     assert sources["pissa"] == "lora_factors" and sources["full"] == "full_delta"
     assert {r["block"] for r in rows if r["method"] == "top1"} == {"1"}  # only the trained block
-    assert not {"norm-only", "prefix"} & set(sources)
+    assert not {"norm-only", "prefix", "adapter-h", "adapter-l"} & set(sources)
+    assert "does not merge into W0" in summary["settings"]["weights_skipped"]["adapter-h"]
     assert ctx.committed("report")
 
 
