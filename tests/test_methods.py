@@ -22,6 +22,7 @@ from lorascope.log import Logger
 from lorascope.methods import METHOD_KINDS, FixedByConstruction, MethodConfig, MethodKind, register
 from lorascope.methods.base import frozen_except
 from lorascope.methods.bitfit import BitFitMethod
+from lorascope.methods.bottleneck import BottleneckMethod
 from lorascope.methods.full import FullMethod
 from lorascope.methods.ia3 import Ia3Method, ia3_targets
 from lorascope.methods.lora import LoraMethod, lora_parameter_count
@@ -448,3 +449,63 @@ def test_no_consumer_compares_a_method_kind_by_name():
     found = [f"{f}:{i}" for f in consumers for i, line in enumerate((root / f).read_text().splitlines(), 1)
              if pattern.search(line)]  # fmt: skip
     assert found == []
+
+
+# ------------------------------------------------------------------------------------------------ bottleneck adapters
+BOTTLENECK = {
+    "houlsby": BottleneckMethod(name="houlsby", placement="houlsby", reduction_factor=8),
+    "lin": BottleneckMethod(name="lin", placement="lin", hidden_size=4, non_linearity="gelu"),
+}
+
+
+@pytest.mark.parametrize("name", list(BOTTLENECK))
+def test_bottleneck_trains_saves_reloads_and_evaluates_the_same(env, name):
+    _train_save_reload_evaluate(env, f"bottleneck-{name}", BOTTLENECK[name])
+
+
+@pytest.mark.parametrize("name", list(BOTTLENECK))
+def test_bottleneck_trains_saves_reloads_and_evaluates_the_same_on_roberta(roberta_env, name):
+    _train_save_reload_evaluate(roberta_env, f"bottleneck-{name}", BOTTLENECK[name])
+
+
+@pytest.mark.parametrize("study_env", ["env", "roberta_env"])
+def test_bottleneck_starts_as_the_base_and_trains_only_its_adapters_and_the_head(study_env, request):
+    """up = 0 at the start: the adapted model's logits are the base's; Houlsby puts an adapter after the attention
+    output and after the MLP of every block, Lin one after the MLP with a LayerNorm; only they and the head train."""
+    _, base_dir, tok, splits, _ = request.getfixturevalue(study_env)
+    base = _classifier(base_dir).eval()
+    cfg = base.config
+    d, n = cfg.hidden_size, cfg.num_hidden_layers
+    batch = data.collate(data.encode(tok, "mrpc", splits["validation"][:6], 64), tok.pad_token_id)
+    with torch.no_grad():
+        reference = base(**batch).logits
+    head = sum(p.numel() for name, p in base.named_parameters() if name in families.parameter_groups(base)["head"])
+    for method, adapters, width, norm in ((BOTTLENECK["houlsby"], 2, d // 8, 0), (BOTTLENECK["lin"], 1, 4, 2 * d)):
+        model = methods.apply_method(_classifier(base_dir), method, {}).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits, reference, atol=0, rtol=0)
+        wrapped = {name.split(".bottleneck.")[0] for name, _ in model.named_parameters() if ".bottleneck." in name}
+        roles = families.family_of(base).roles
+        paths = {"houlsby": [roles["o"], roles["down"]], "lin": [roles["down"]]}[method.placement]
+        assert len(wrapped) == n * adapters and families.target_roles(model, wrapped) == sorted(paths)
+        per_adapter = d * width + width + width * d + d + norm  # down, up (weights and biases), Lin's LayerNorm
+        assert artifacts.trainable_parameters(model)[0] == n * adapters * per_adapter + head
+
+
+def test_bottleneck_is_marked_non_mergeable_and_not_servable():
+    """No weight rows (the reason says why), not vLLM-servable, the embedding output fixed by construction; the
+    width given one way only."""
+    method = BOTTLENECK["houlsby"]
+    kind = methods.kind_of(method)
+    assert method.adapter and not method.vllm_servable
+    assert "does not merge into W0" in kind.weights_skipped(method) and kind.weight_source(method) is None
+    assert kind.fixed_by_construction(method, 2, False) == FixedByConstruction(embedding_output=True)
+    assert BottleneckMethod().width(64) == 4 and BottleneckMethod(hidden_size=7).width(64) == 7
+    with pytest.raises(ValueError, match="reduction_factor or as hidden_size, not both"):
+        BottleneckMethod(reduction_factor=4, hidden_size=8)
+
+
+def test_bottleneck_config_errors_name_the_field(env):
+    _, base_dir, _, _, _ = env
+    with pytest.raises(ConfigError, match=r"methods.2.reduction_factor: 128 leaves no adapter width .* hidden size 64"):
+        methods.apply_method(_classifier(base_dir), BottleneckMethod(reduction_factor=128), {}, field_path="methods.2")

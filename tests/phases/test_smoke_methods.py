@@ -53,6 +53,10 @@ def expected_trainable(method, cfg) -> int:
         return (2 * n + 1) * h + head  # train [norm]: every RMSNorm gain
     if method.kind == "prefix":
         return method.num_virtual_tokens * n * 2 * kv + head
+    if method.kind == "bottleneck":  # per adapter: down and up with biases (+ Lin's LayerNorm); Houlsby 2 a block
+        width = method.hidden_size or h // (method.reduction_factor or 16)
+        per_adapter = 2 * h * width + width + h + (2 * h if method.placement == "lin" else 0)
+        return n * (2 if method.placement == "houlsby" else 1) * per_adapter + head
     raise AssertionError(method.kind)
 
 
@@ -110,13 +114,14 @@ def test_drift_has_every_method_and_says_why_some_have_no_weight_rows(run):
     summary = json.loads((drift / "summary.json").read_text())
     methods = summary["results"]["sst2"]["methods"]
     assert list(methods) == [m.name for m in study.methods]
-    assert set(summary["settings"]["weights_skipped"]) == {"norm-only", "prefix"}
+    assert set(summary["settings"]["weights_skipped"]) == {"norm-only", "prefix", "adapter-h", "adapter-l"}
     rows = list(csv.DictReader(io.StringIO((drift / "weights.csv").read_text())))
     sources = {r["method"]: r["source"] for r in rows}
     assert sources["dora"] == "dora_weight" and sources["ia3"] == "ia3_weight" and sources["top1"] == "top_layers_delta"
     assert sources["pissa"] == "lora_factors" and sources["full"] == "full_delta"
     assert {r["block"] for r in rows if r["method"] == "top1"} == {"1"}  # only the trained block
-    assert not {"norm-only", "prefix"} & set(sources)
+    assert not {"norm-only", "prefix", "adapter-h", "adapter-l"} & set(sources)
+    assert "does not merge into W0" in summary["settings"]["weights_skipped"]["adapter-h"]
     assert ctx.committed("report")
 
 
@@ -162,6 +167,10 @@ def test_no_machine_path_in_any_committed_file_and_the_same_bytes_every_time(run
     adapters = sorted(run_dir.glob("cells/*/_attempts/*/adapter"))
     assert len(adapters) == 2 * sum(m.adapter for m in study.methods)
     for folder in adapters:
+        if (folder / "bottleneck_config.json").is_file():  # a kind with its own artifact format, no PEFT README
+            config = json.loads((folder / "bottleneck_config.json").read_text())
+            assert config["targets"] and len(set(config["targets"])) == len(config["targets"]), folder
+            continue
         config = json.loads((folder / "adapter_config.json").read_text())
         for key in ("target_modules", "feedforward_modules", "modules_to_save"):
             if isinstance(config.get(key), list):

@@ -62,8 +62,15 @@ def save_cell_artifact(model: Any, method: Any, folder: Path, initial_adapter: P
     return kind_of(method).save(model, method, Path(folder), initial_adapter)
 
 
+def own_artifact(cell_dir: Path) -> MethodKind | None:
+    """The kind whose own artifact format the cell folder holds (bottleneck adapters), first match in registration
+    order; None for a PEFT adapter or a whole model, which lorascope.models.artifacts loads."""
+    return next((kind for _, kind in METHOD_KINDS.items() if kind.loads(Path(cell_dir))), None)
+
+
 __all__ = [
     "METHOD_KINDS", "FixedByConstruction", "Hyperparameter", "MethodConfig", "MethodKind", "apply_method",
-    "hyperparameter_rules", "kind_of", "kind_only_problem", "method_union", "register", "save_cell_artifact",
+    "hyperparameter_rules", "kind_of", "kind_only_problem", "method_union", "own_artifact", "register",
+    "save_cell_artifact",
     "save_initial_adapter",
 ]  # fmt: skip

@@ -12,8 +12,9 @@ or a method of that class, and every caller gets the kind from the registry (`ki
   applied                 `apply(model, config, overrides, field_path)`: the classifier set up for training
   hyperparameters         `hyperparameters`: the HPO parameters only this kind accepts (LoRA's lora_alpha,
                           lora_dropout), their rule and the config field they default to
-  saved                   `artifact` (`adapter` or `model`), `save_initial` and `save` (PiSSA/OLoRA conversion, the
-                          head restored after it)
+  saved, loaded           `artifact` (`adapter` or `model`), `save_initial` and `save` (PiSSA/OLoRA conversion, the
+                          head restored after it); `loads`/`load` for a kind with its own artifact format (a PEFT
+                          adapter or a whole model is loaded by lorascope.models.artifacts)
   served                  `vllm_servable(config)`
   swept                   `size_knob` (and `size_companions`, the fields a sweep over it moves along)
   unchangeable            `fixed_by_construction(config, n_blocks, encoder)`: what it leaves exactly at the base
@@ -54,10 +55,6 @@ def one_or_list(value: Any) -> Any:
 class MethodConfig(Strict):
     """A study's method entry. Each kind's config subclasses this with `name` (a default) and `kind` (a Literal of
     the kind's registry name, the discriminator of the study's union)."""
-
-    @property
-    def method_kind(self) -> MethodKind:
-        return kind_of(self)
 
     @property
     def adapter(self) -> bool:
@@ -143,6 +140,15 @@ class MethodKind:
         shutil.rmtree(out, ignore_errors=True)
         model.save_pretrained(str(out))
         return out
+
+    def loads(self, cell_dir: Path) -> bool:
+        """Whether the cell folder holds this kind's own artifact format, which `load` reads. False for the kinds
+        saved as a PEFT adapter or a whole model (lorascope.models.artifacts loads those)."""
+        return False
+
+    def load(self, cell_dir: Path, base: Any) -> Any:
+        """The trained model from the cell folder's own artifact format and `base` (the staged base classifier)."""
+        raise NotImplementedError
 
     # ---- what the analysis reads
     def fixed_by_construction(self, config: Any, n_blocks: int, encoder: bool | None) -> FixedByConstruction:

@@ -19,8 +19,13 @@ def load_cell_model(cell_dir: str | Path, base_dir: str | Path, num_labels: int,
     model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the last attended
     token; encoders: the first token, by their own head)."""
     cell_dir, base_dir = Path(cell_dir), Path(base_dir)
+    from lorascope import methods
+
     tokenizer = load_tokenizer(base_dir)
-    if (cell_dir / "adapter" / "adapter_config.json").is_file():
+    own = methods.own_artifact(cell_dir)  # a method kind with its own artifact format (bottleneck adapters)
+    if own is not None:
+        model = own.load(cell_dir, load_classifier(base_dir, num_labels, dtype, device))
+    elif (cell_dir / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = load_classifier(base_dir, num_labels, dtype, device)
