@@ -13,6 +13,7 @@ the task table (`lorascope.tasks`), the method configs (`lorascope.methods`, one
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,14 +21,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lorascope import limits, methods, study_hash, studyfile
+from lorascope import limits, methods, study_hash, studyfile, tasks
 from lorascope.errors import ConfigError
 from lorascope.methods import MethodConfig, kind_of, kind_only_problem
 from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
 from lorascope.methods.lora import LoraMethod
 from lorascope.methods.sweeps import expand_sweep
 from lorascope.schema import NAME_PATTERN, SeedValue, Strict
-from lorascope.tasks import GLUE_TASKS  # data.py and the extract and bench phases import it from here
 
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
@@ -82,8 +82,16 @@ class DataConfig(Strict):
 
 
 class TaskConfig(Strict):
-    name: Literal["mrpc", "sst2", "rte"]
-    metric: Literal["f1", "accuracy"] | None = None  # default: GLUE_TASKS[name]["metric"]
+    """A study task. `name`: a task a type knows (every GLUE task: classification, `lorascope.metrics.glue`), read from
+    the study's `data` section. `type`: the task type (`lorascope.tasks`; default: the type that knows the name).
+    `metric`: the primary metric (HPO objective, model selection, the learning gate's and H1a's unit), one of the
+    metrics the task reports; default the task's own (GLUE's first leaderboard number: MRPC and QQP F1, STS-B Pearson,
+    CoLA Matthews, the others accuracy). `options`: the type's own knobs (`TaskType.options`). The task is resolved by
+    its type at the door (`spec`), so a metric or an option that does not fit the type fails here."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    type: str | None = None
+    metric: str | None = None  # default: the task's primary metric (`spec.primary_metric`)
     max_length: int = Field(384, ge=8)
     train_samples: int | None = Field(None, ge=1, description="cap on train (after the dev split); null = all")
     hpo_train_samples: int | None = Field(None, ge=1, description="cap on the HPO training subset; null = all")
@@ -92,10 +100,29 @@ class TaskConfig(Strict):
         default_factory=dict, description="method name -> hyperparameters for this task only, over training.defaults "
         "(a paper's per-task learning rates and epochs); HPO's pick still wins over both",
     )
+    options: dict[str, Any] = Field(default_factory=dict, description="the task type's own knobs (TaskType.options)")
+
+    @model_validator(mode="after")
+    def _resolves(self) -> TaskConfig:
+        try:
+            self.spec  # noqa: B018 (resolving is the check)
+        except ConfigError as exc:
+            text = str(exc)  # "metric: ..." names the field below the task: the error path gets it (tasks.0.metric)
+            raise ValueError(f"@{text}" if re.match(r"^[\w.]+: ", text) else text) from None
+        return self
+
+    @property
+    def spec(self) -> tasks.Task:
+        """The task resolved by its type: columns, labels, splits, metrics, the primary metric (`lorascope.tasks`)."""
+        return tasks.resolve(self)
+
+    @property
+    def task_type(self) -> tasks.TaskType:
+        return tasks.type_of(self)
 
     @property
     def selection_metric(self) -> str:
-        return self.metric or GLUE_TASKS[self.name]["metric"]
+        return self.spec.primary_metric
 
 
 Method = methods.method_union()  # the registered kinds' configs, discriminated by `kind`
