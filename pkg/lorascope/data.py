@@ -97,9 +97,70 @@ def local_files(data: DataConfig, spec: Task) -> dict[str, Path]:
     return spec.task_type.local_files(spec, root)
 
 
+def read_rows(path: Path, where: str) -> list[dict]:
+    """The rows of a local source file: JSON lines (`.jsonl`, one object a line) or CSV with a header row (`.csv`,
+    every value a string). ConfigError naming `where` (the field) and the file for a missing or unreadable file, a
+    line that is not a JSON object."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{where}: {path} is a folder; give a .jsonl or .csv file")
+    if not path.is_file():
+        raise ConfigError(f"{where}: file {path.absolute()} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix.lower() == ".csv":
+        import csv
+        import io
+
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            return [dict(r) for r in reader]
+        except csv.Error as exc:
+            raise ConfigError(f"{where}: {path} is not valid CSV ({exc})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {path} line {n} is not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: {path} line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def own_source_splits(spec: Task, where: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """A task's own local files (`tasks[].source.files`), every source split of its type read (`read_rows`) and checked
+    at the door (`check_rows`: columns, labels, an empty split), and a description (files, fingerprint)."""
+    files = dict(spec.source.files)
+    needed = spec.task_type.source_splits(spec)
+    missing = [s for s in needed if s not in files]
+    extra = sorted(set(files) - set(needed))
+    if missing or extra:
+        raise ConfigError(f"{where}.source.files: a {spec.type} task reads the splits {list(needed)} (dev is carved from "
+                          f"train); {'missing ' + str(missing) if missing else 'unknown ' + str(extra)}")  # fmt: skip
+    splits, digests = {}, []
+    for split in needed:
+        field = f"{where}.source.files.{split}"
+        rows = read_rows(Path(files[split]), field)
+        splits[split] = spec.task_type.check_rows(spec, rows, f"{field}: {files[split]}")
+        digests.append(Path(files[split]).expanduser().read_bytes())
+    return splits, {"source": "files", "files": {s: str(files[s]) for s in needed}, "fingerprint": sha256_bytes(*digests)}
+
+
 def check_source(study: Study) -> None:
     """Cheap checks before anything heavy loads: a local folder exists and holds every task's files (each source split
-    of every task the study reads from its `data` section)."""
+    of every task the study reads from its `data` section), and every task's own local files are there, readable,
+    and hold rows the task's type accepts (columns, labels, no empty split). A task's own hub dataset is checked when
+    the stage phase loads it, before the model."""
+    for i, task in enumerate(study.tasks):
+        spec = task.spec
+        if spec.source is not None and spec.source.local:
+            own_source_splits(spec, f"field tasks.{i}")
     if study.data.source != "local" or all(t.spec.source is not None for t in study.tasks):
         return
     root = local_root(study.data)
@@ -127,6 +188,13 @@ def load_source(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[st
     spec = study.task(task).spec
     ttype = spec.task_type
     data = study.data
+    if spec.source is not None:  # the task's own data
+        where = f"field tasks.{[t.name for t in study.tasks].index(task)}"
+        if spec.source.local:
+            return own_source_splits(spec, where)
+        src = spec.source
+        splits, info = _load_hub(spec, src.hub, src.config, src.revision, dict(src.splits))
+        return splits, {**info, "config": src.config}
     if data.source == "local":
         root = local_root(data)
         splits, digests = {}, []

@@ -168,7 +168,8 @@ class GateFacts:
     the summary's settings; analysis/ reads them from there).
 
     metric: the primary metric. units: its name as a unit of difference ("accuracy points", "Pearson points"): H1a's
-        margin and gaps are printed in it (a point is 0.01 of the metric). trivial: what a trivial predictor is, in
+        margin and gaps are in it (a point is 0.01 of the metric); unit: its short form in numbers ("pp" for a share
+        such as accuracy or F1, "points" for a correlation). trivial: what a trivial predictor is, in
         words. trivial_value: its score when it does not depend on the data (a correlation: 0.0); None = the best
         constant class predictor on the evaluated examples (accuracy: the majority class share; F1: always the
         positive class), computed from the labels. best: the metric's perfect score (the gate's headroom is
@@ -181,10 +182,11 @@ class GateFacts:
     trivial_value: float | None
     best: float = 1.0
     label_kind: str = "class"
+    unit: str = "pp"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "units": self.units, "trivial": self.trivial, "trivial_value": self.trivial_value,
-                "best": self.best, "label_kind": self.label_kind}  # fmt: skip
+        return {"metric": self.metric, "units": self.units, "unit": self.unit, "trivial": self.trivial,
+                "trivial_value": self.trivial_value, "best": self.best, "label_kind": self.label_kind}  # fmt: skip
 
 
 class TaskType:

@@ -88,6 +88,9 @@ class ClassificationType(TaskType):
         if options:
             raise ConfigError(f"{at}options: the classification type takes no options (got {sorted(options)})")
         if source is None:
+            if config.name not in glue.GLUE_TASKS:
+                raise ConfigError(f"{at}name: {config.name!r} is not a GLUE task ({', '.join(glue.GLUE_TASKS.names())}); "
+                                  "a task of your own names its `source` (files or a hub dataset)")  # fmt: skip
             spec = glue.glue_task(config.name, f"{at}name")
             for field in ("columns", "labels"):
                 if getattr(config, field, None) is not None:
@@ -254,7 +257,8 @@ class ClassificationType(TaskType):
     def gate(self, task: Task) -> GateFacts:
         trivial, value = TRIVIAL[task.primary_metric]
         return GateFacts(metric=task.primary_metric, units=self.units(task.primary_metric), trivial=trivial,
-                         trivial_value=value, best=1.0, label_kind="real" if task.is_regression else "class")  # fmt: skip
+                         trivial_value=value, best=1.0, label_kind="real" if task.is_regression else "class",
+                         unit="pp" if task.primary_metric in ("accuracy", "f1") else "points")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ helpers
