@@ -193,7 +193,10 @@ def load_source(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[st
         if spec.source.local:
             return own_source_splits(spec, where)
         src = spec.source
-        splits, info = _load_hub(spec, src.hub, src.config, src.revision, dict(src.splits))
+        try:
+            splits, info = _load_hub(spec, src.hub, src.config, src.revision, dict(src.splits))
+        except ConfigError as exc:  # a missing split or column, a label outside the set: name the study's field too
+            raise ConfigError(f"{where}.source.hub: {exc}") from None
         return splits, {**info, "config": src.config}
     if data.source == "local":
         root = local_root(data)

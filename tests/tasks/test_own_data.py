@@ -212,3 +212,34 @@ def test_a_hub_source_offline_fails_naming_the_dataset(monkeypatch):
     with pytest.raises(LorascopeError, match=r"cannot load lorascope-tests/no-such-dataset/None@0123abc from the hub") as e:
         data.prepare_task(study, "stars")
     assert e.value.exit_code == 1
+
+
+@pytest.mark.parametrize("bad,needle", [("column", "lacks ['stars']"), ("split", "has no 'test' split"),
+                                        ("label", "label 'meh' is outside the declared labels")])  # fmt: skip
+def test_a_bad_hub_dataset_exits_2_from_stage_before_the_model_is_fetched(bad, needle, monkeypatch, tmp_path, capsys):
+    """A hub dataset is read by the stage phase (validate cannot reach it): a missing column or split or a label
+    outside the set is exit 2 naming the task's field and the dataset, and `hub.fetch_model` is never called."""
+    import datasets
+
+    from lorascope.models import hub
+
+    def fake_load_dataset(path, name=None, revision=None, **kw):
+        rows = [{"body": r["sentence"], "stars": ["bad", "good"][r["label"]]}
+                for r in data.read_jsonl(data.FIXTURES / "sst2" / "validation.jsonl")]  # fmt: skip
+        if bad == "column":
+            rows = [{"body": r["body"]} for r in rows]
+        if bad == "label":
+            rows[3]["stars"] = "meh"
+        splits = {"train": rows} if bad == "split" else {"train": rows, "test": rows}
+        return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+
+    fetched = []
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(hub, "fetch_model", lambda *a, **k: fetched.append(a))
+    task = {"name": "stars", "source": {"hub": "someone/stars", "revision": "0123abc", "splits": {"validation": "test"}},
+            "columns": {"text": "body", "label": "stars"}, "labels": ["bad", "good"]}  # fmt: skip
+    study = _write(tmp_path, small_study([task]))
+    rc = cli.main(["stage", "--study", str(study), "--store", str(tmp_path / "store"), "--work-dir", str(tmp_path / "w")])
+    line = _one_error(capsys)
+    assert rc == 2 and "field tasks.0.source.hub: " in line and "someone/stars" in line and needle in line, line
+    assert fetched == []
