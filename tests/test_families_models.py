@@ -313,22 +313,28 @@ def test_preflight_roberta_positions_hold_512_tokens(tmp_path, smoke_roberta):
 
 
 # ------------------------------------------------------------------------------------------------ the paper study
-def test_lora_paper_roberta_validates_and_lists_18_cells():
+def test_lora_paper_roberta_validates_and_lists_the_eight_glue_tasks_48_cells():
     study = load_study(PAPER)
     assert preflight.check_study(study, env={"HF_HUB_OFFLINE": "1"}) == [
         "model checks skipped (model 'FacebookAI/roberta-base'@main is not in the local HF cache and HF_HUB_OFFLINE "
         "is set); the stage phase makes them after fetching the model"]  # fmt: skip
     names = [c.name for c in study.cells()]
-    assert len(names) == 18
+    assert len(names) == 48  # the paper's eight GLUE tasks (issue 23), 2 methods, 3 seeds
     assert names[:6] == [f"mrpc-{m}-s{s}" for m in ("full", "lora") for s in (0, 1, 2)]
-    assert names[-1] == "rte-lora-s2" and {n.split("-")[0] for n in names} == {"mrpc", "sst2", "rte"}
+    assert names[-1] == "stsb-lora-s2"
+    assert {n.split("-")[0] for n in names} == {"mrpc", "sst2", "rte", "mnli", "cola", "qnli", "qqp", "stsb"}
     lora = study.method("lora")
     assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (8, 8, 0.0, ["query", "value"])
-    want = {"mrpc": (4e-4, 16, 30), "sst2": (5e-4, 16, 60), "rte": (5e-4, 32, 80)}  # Table 9
+    want = {"mrpc": (4e-4, 16, 30), "sst2": (5e-4, 16, 60), "rte": (5e-4, 32, 80), "mnli": (5e-4, 16, 30),
+            "cola": (4e-4, 32, 80), "qnli": (4e-4, 32, 25), "qqp": (5e-4, 16, 25), "stsb": (4e-4, 16, 40)}  # Table 9
+    metric = {"cola": "matthews_correlation", "stsb": "pearson"}  # the others: accuracy, as the paper prints them
     for task, (lr, batch, epochs) in want.items():
         p = training.resolve_params(study, "lora", task=task)
         assert (p["learning_rate"], p["effective_batch"], p["epochs"], p["warmup_ratio"]) == (lr, batch, epochs, 0.06)
-        assert study.task(task).max_length == 512 and study.task(task).selection_metric == "accuracy"
+        assert study.task(task).max_length == 512 and study.task(task).selection_metric == metric.get(task, "accuracy")
+        assert study.report.reference.metric_of(task) == metric.get(task, "accuracy")
+    assert study.task("stsb").spec.num_labels == 1 and study.task("mnli").spec.extra_validation_splits == (
+        "validation_mismatched",)
     full = training.resolve_params(study, "full", task="rte")
     assert (full["learning_rate"], full["effective_batch"], full["epochs"]) == (2e-5, 16, 10)
     assert study.training.lr_scheduler == "linear" and study.extraction.pooling == ["mean", "first"]
@@ -371,8 +377,9 @@ def test_cli_validates_and_lists_the_paper_grid_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["validate", str(PAPER)]) == 0
     out = capsys.readouterr()
-    assert "cells=18" in out.out and "model checks skipped" in out.out + out.err
+    assert "cells=48" in out.out and "model checks skipped" in out.out + out.err
     assert cli.main(["grid", str(PAPER)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["0", "mrpc", "full", "0", "mrpc-full-s0"]
-    assert lines[18].split() == ["17", "rte", "lora", "2", "rte-lora-s2"] and "18 cells" in lines[19]
+    assert lines[18].split() == ["17", "rte", "lora", "2", "rte-lora-s2"]
+    assert lines[48].split() == ["47", "stsb", "lora", "2", "stsb-lora-s2"] and "48 cells" in lines[49]

@@ -32,28 +32,36 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import ConfigError, LorascopeError
-from lorascope.study import GLUE_TASKS
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
     from lorascope.study import DataConfig, Study
+    from lorascope.tasks import Task
 
 FIXTURES = Path(__file__).resolve().parent / "assets" / "glue"
-SPLITS = ("train", "dev", "validation")
-SOURCE_SPLITS = ("train", "validation")  # what a source provides; dev is carved from train
+SPLITS = ("train", "dev", "validation")  # every task's; a task with several validation splits stages the others too
+EXTRA_SPLIT_PREFIX = "validation_"  # mnli: validation_mismatched, staged beside `validation` (matched)
 
-Split = Literal["train", "dev", "validation"]
+Split = str  # "train", "dev", "validation", or an extra validation split ("validation_mismatched")
 
 
-def columns(task: str) -> tuple[str, ...]:
-    if task not in GLUE_TASKS:
-        raise ConfigError(f"unknown task {task!r}; known: {sorted(GLUE_TASKS)}")
-    return tuple(GLUE_TASKS[task]["columns"])
+def glue_task(task: str | Task) -> Task:
+    """A task the package knows by name (GLUE's), resolved; a `Task` is returned as it is."""
+    from lorascope import tasks
+
+    if not isinstance(task, str):
+        return task
+    return tasks.known_task(task)
+
+
+def columns(task: str | Task) -> tuple[str, ...]:
+    """The input text columns of a task's staged rows (GLUE mrpc: sentence1, sentence2)."""
+    return glue_task(task).text_columns
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -78,13 +86,82 @@ def sha256_bytes(*chunks: bytes) -> str:
 
 # ------------------------------------------------------------------------------------------------ sources
 def local_root(data: DataConfig) -> Path:
-    """The folder of a `source: local` study (`builtin` -> the packaged fixtures)."""
+    """The folder of a `source: local` study (`builtin` -> the packaged GLUE fixtures)."""
     return FIXTURES if data.path == "builtin" else Path(str(data.path)).expanduser()
 
 
+def local_files(data: DataConfig, spec: Task) -> dict[str, Path]:
+    """{source split: file} of a task read from the study's `data` section with `source: local`: its type's
+    `local_files` under `data.path` (`builtin`: the fixtures the package ships for the type)."""
+    root = None if data.path == "builtin" else Path(str(data.path)).expanduser()
+    return spec.task_type.local_files(spec, root)
+
+
+def read_rows(path: Path, where: str) -> list[dict]:
+    """The rows of a local source file: JSON lines (`.jsonl`, one object a line) or CSV with a header row (`.csv`,
+    every value a string). ConfigError naming `where` (the field) and the file for a missing or unreadable file, a
+    line that is not a JSON object."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{where}: {path} is a folder; give a .jsonl or .csv file")
+    if not path.is_file():
+        raise ConfigError(f"{where}: file {path.absolute()} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix.lower() == ".csv":
+        import csv
+        import io
+
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            return [dict(r) for r in reader]
+        except csv.Error as exc:
+            raise ConfigError(f"{where}: {path} is not valid CSV ({exc})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {path} line {n} is not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: {path} line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def own_source_splits(spec: Task, where: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """A task's own local files (`tasks[].source.files`), every source split of its type read (`read_rows`) and checked
+    at the door (`check_rows`: columns, labels, an empty split), and a description (files, fingerprint)."""
+    files = dict(spec.source.files)
+    needed = spec.task_type.source_splits(spec)
+    missing = [s for s in needed if s not in files]
+    extra = sorted(set(files) - set(needed))
+    if missing or extra:
+        raise ConfigError(f"{where}.source.files: a {spec.type} task reads the splits {list(needed)} (dev is carved from "
+                          f"train); {'missing ' + str(missing) if missing else 'unknown ' + str(extra)}")  # fmt: skip
+    splits, digests = {}, []
+    for split in needed:
+        field = f"{where}.source.files.{split}"
+        rows = read_rows(Path(files[split]), field)
+        splits[split] = spec.task_type.check_rows(spec, rows, f"{field}: {files[split]}")
+        digests.append(Path(files[split]).expanduser().read_bytes())
+    return splits, {"source": "files", "files": {s: str(files[s]) for s in needed}, "fingerprint": sha256_bytes(*digests)}
+
+
 def check_source(study: Study) -> None:
-    """Cheap checks before anything heavy loads: a local folder exists and holds every task's files."""
-    if study.data.source != "local":
+    """Cheap checks before anything heavy loads: a local folder exists and holds every task's files (each source split
+    of every task the study reads from its `data` section), and every task's own local files are there, readable,
+    and hold rows the task's type accepts (columns, labels, no empty split). A task's own hub dataset is checked when
+    the stage phase loads it, before the model."""
+    for i, task in enumerate(study.tasks):
+        spec = task.spec
+        if spec.source is not None and spec.source.local:
+            own_source_splits(spec, f"field tasks.{i}")
+    if study.data.source != "local" or all(t.spec.source is not None for t in study.tasks):
         return
     root = local_root(study.data)
     if root.exists() and not root.is_dir():
@@ -92,8 +169,10 @@ def check_source(study: Study) -> None:
     if not root.is_dir():
         raise ConfigError(f"data.path {study.data.path!r}: folder {root} does not exist")
     for task in study.tasks:
-        for split in SOURCE_SPLITS:
-            f = root / task.name / f"{split}.jsonl"
+        spec = task.spec
+        if spec.source is not None:  # a task with its own source: checked with it
+            continue
+        for f in local_files(study.data, spec).values():
             if not f.is_file():
                 raise ConfigError(f"data.path {study.data.path!r}: missing {f} (GLUE-format jsonl for task {task.name})")
             try:
@@ -103,61 +182,60 @@ def check_source(study: Study) -> None:
                 raise ConfigError(f"data.path {study.data.path!r}: cannot read {f}: {exc.strerror or exc}") from None
 
 
-def _clean(task: str, rows: list[dict], where: str) -> list[dict]:
-    """Keep GLUE's text columns, `label` (int) and `idx` (int, unique); reject rows without a label."""
-    cols = columns(task)
-    out, seen = [], set()
-    for n, r in enumerate(rows):
-        missing = [c for c in (*cols, "label", "idx") if c not in r]
-        if missing:
-            raise ConfigError(f"{where}: row {n} lacks {missing} (GLUE columns for {task}: {[*cols, 'label', 'idx']})")
-        label = int(r["label"])
-        if not 0 <= label < GLUE_TASKS[task]["num_labels"]:
-            raise ConfigError(f"{where}: row {n} has label {label} (unlabelled test rows are not usable)")
-        idx = int(r["idx"])
-        if idx in seen:
-            raise ConfigError(f"{where}: idx {idx} appears twice")
-        seen.add(idx)
-        out.append({**{c: str(r[c]) for c in cols}, "label": label, "idx": idx})
-    return out
-
-
 def load_source(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
-    """GLUE train and validation for `task` from the study's source, and a description of what was read
-    (`fingerprint` identifies the exact content)."""
+    """The source splits of `task` (train, then its validation splits) from the study's source, checked by the task's
+    type (`check_rows`), and a description of what was read (`fingerprint` identifies the exact content)."""
+    spec = study.task(task).spec
+    ttype = spec.task_type
     data = study.data
+    if spec.source is not None:  # the task's own data
+        where = f"field tasks.{[t.name for t in study.tasks].index(task)}"
+        if spec.source.local:
+            return own_source_splits(spec, where)
+        src = spec.source
+        try:
+            splits, info = _load_hub(spec, src.hub, src.config, src.revision, dict(src.splits))
+        except ConfigError as exc:  # a missing split or column, a label outside the set: name the study's field too
+            raise ConfigError(f"{where}.source.hub: {exc}") from None
+        return splits, {**info, "config": src.config}
     if data.source == "local":
         root = local_root(data)
         splits, digests = {}, []
-        for split in SOURCE_SPLITS:
-            path = root / task / f"{split}.jsonl"
+        for split, path in local_files(data, spec).items():
             raw = path.read_bytes()
             digests.append(raw)
-            splits[split] = _clean(task, [json.loads(x) for x in raw.decode("utf-8").splitlines() if x.strip()], str(path))
+            splits[split] = ttype.check_rows(spec, [json.loads(x) for x in raw.decode("utf-8").splitlines() if x.strip()],
+                                             str(path))  # fmt: skip
         source = {"source": "local", "path": "builtin" if data.path == "builtin" else str(root)}
         return splits, {**source, "fingerprint": sha256_bytes(*digests)}
-    return _load_hub(data.hub_dataset, task, data.revision)
+    return _load_hub(spec, *ttype.hub_source(spec, data))
 
 
-def _load_hub(dataset: str, task: str, revision: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+def _load_hub(spec: Task, dataset: str, config: str | None, revision: str,
+              split_names: dict[str, str] | None = None) -> tuple[dict[str, list[dict]], dict[str, Any]]:  # fmt: skip
+    """`datasets.load_dataset(dataset, config, revision=revision)`, every source split of `spec` checked by its type.
+    `split_names`: {our split: the dataset's split} where they differ."""
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
     try:
-        dd = datasets.load_dataset(dataset, task, revision=revision)
+        dd = datasets.load_dataset(dataset, config, revision=revision)
     except DatasetNotFoundError as exc:
-        raise ConfigError(f"data.hub_dataset {dataset!r} (config {task!r}, revision {revision!r}): {exc}") from None
+        raise ConfigError(f"hub dataset {dataset!r} (config {config!r}, revision {revision!r}): {exc}") from None
     except ValueError as exc:  # unknown config name, unknown revision
-        raise ConfigError(f"data.hub_dataset {dataset!r} config {task!r} revision {revision!r}: {exc}") from None
+        raise ConfigError(f"hub dataset {dataset!r} config {config!r} revision {revision!r}: {exc}") from None
     except (ConnectionError, OSError) as exc:
-        raise LorascopeError(f"cannot load {dataset}/{task}@{revision} from the hub: {exc}") from None
+        raise LorascopeError(f"cannot load {dataset}/{config}@{revision} from the hub: {exc}") from None
+    names = dict(split_names or {})
+    ours = spec.task_type.source_splits(spec)
     splits = {}
-    for split in SOURCE_SPLITS:
-        if split not in dd:
-            raise ConfigError(f"{dataset}/{task}@{revision} has no {split!r} split (has {sorted(dd)})")
-        splits[split] = _clean(task, [dict(r) for r in dd[split]], f"{dataset}/{task}/{split}")
-    fingerprints = {s: getattr(dd[s], "_fingerprint", None) for s in SOURCE_SPLITS}
-    content = sha256_bytes(*(json.dumps(splits[s], sort_keys=True).encode() for s in SOURCE_SPLITS))
+    for split in ours:
+        theirs = names.get(split, split)
+        if theirs not in dd:
+            raise ConfigError(f"{dataset}/{config}@{revision} has no {theirs!r} split (has {sorted(dd)})")
+        splits[split] = spec.task_type.check_rows(spec, [dict(r) for r in dd[theirs]], f"{dataset}/{config}/{theirs}")
+    fingerprints = {s: getattr(dd[names.get(s, s)], "_fingerprint", None) for s in ours}
+    content = sha256_bytes(*(json.dumps(splits[s], sort_keys=True).encode() for s in ours))
     return splits, {"source": "hub", "dataset": dataset, "revision": revision, "datasets_fingerprints": fingerprints,
                     "fingerprint": content}  # fmt: skip
 
@@ -189,24 +267,36 @@ def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def prepare_task(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
-    """What the stage phase commits for one task: {train, dev, validation} with the study's caps applied, and
-    a description (source, fingerprint, sizes) for the commit's meta."""
+    """What the stage phase commits for one task: {train, dev, validation} with the study's caps applied (and a task's
+    further validation splits under their own names: mnli's `validation_mismatched`), and a description (source,
+    fingerprint, sizes) for the commit's meta. `validation` is the task's first validation split (mnli: matched)."""
     cfg = study.task(task)
+    spec = cfg.spec
     source, info = load_source(study, task)
     train, dev = split_dev(source["train"], study.data.dev_fraction, study.data.dev_max, study.data.split_seed)
     train = subsample(train, cfg.train_samples, study.data.split_seed)
-    validation = subsample(source["validation"], cfg.eval_samples, study.data.split_seed)
-    splits = {"train": train, "dev": dev, "validation": validation}
+    first, *others = spec.validation_splits
+    splits = {"train": train, "dev": dev, "validation": subsample(source[first], cfg.eval_samples, study.data.split_seed)}
+    for name in others:
+        splits[name] = subsample(source[name], cfg.eval_samples, study.data.split_seed)
     info = {**info, "sizes": {s: len(v) for s, v in splits.items()}, "source_sizes": {s: len(v) for s, v in source.items()},
             "split_seed": study.data.split_seed, "train_samples": cfg.train_samples, "eval_samples": cfg.eval_samples}  # fmt: skip
+    if others:
+        info["validation_split"] = first  # which source split `validation` is; the others keep their names
     return splits, info
+
+
+def staged_splits(task: Task) -> tuple[str, ...]:
+    """The splits the stage phase writes for a task: train, dev, validation, then its further validation splits."""
+    return (*SPLITS, *task.extra_validation_splits)
 
 
 def read_split(stage_dir: Path, task: str, split: Split) -> list[dict]:
     """A split of a task from the stage bundle's folder (`stage_dir/data/<task>/<split>.jsonl`, as the stage phase
-    wrote it): GLUE columns, `label`, `idx`."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; splits are {SPLITS}")
+    wrote it): the task's columns, `label`, `idx`. `split`: train, dev, validation, or a further validation split the
+    task has (`validation_mismatched`)."""
+    if split not in SPLITS and not str(split).startswith(EXTRA_SPLIT_PREFIX):
+        raise ConfigError(f"unknown split {split!r}; splits are {SPLITS} (and a task's further validation splits)")
     folder = Path(stage_dir) / "data"
     path = folder / task / f"{split}.jsonl"
     if not path.is_file():
@@ -236,55 +326,56 @@ def special_counts(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     return tokenizer.num_special_tokens_to_add(pair=False), tokenizer.num_special_tokens_to_add(pair=True)
 
 
-def encode_encoder(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
-    """Token ids for an encoder classifier through the tokenizer's own single/pair template (its post-processor adds
-    the specials), longest-first truncation of the texts so that the whole sequence, specials included, fits in
-    `max_length` and both segments keep at least one token."""
-    cols = columns(task)
-    single, pair = special_counts(tokenizer)
-    n_special = single if len(cols) == 1 else pair
-    if n_special == 0:
-        raise ConfigError("encoder tokenizer adds no special tokens: it has no template for the first-token classifier")
-    if max_length < n_special + len(cols):
-        raise ConfigError(f"max_length {max_length} is too short for {task} (the template alone takes {n_special} tokens)")
-    if not examples:
-        return []
-    texts = [[str(e[c]) for e in examples] for c in cols]
-    enc = tokenizer(*texts, truncation="longest_first", max_length=max_length)
-    return [{"idx": int(e["idx"]), "input_ids": [int(i) for i in ids], "attention_mask": [1] * len(ids), "labels": int(e["label"])}
-            for e, ids in zip(examples, enc["input_ids"], strict=True)]  # fmt: skip
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[dict], max_length: int) -> list[dict]:
-    """Token ids for a classifier. Decoders: `BOS s` or `BOS s1 EOS s2` (ids put together here; the tokenizer adds
-    no specials), truncated to `max_length`. Encoders (a tokenizer from `models.loading.load_tokenizer` of an encoder):
-    `encode_encoder`, the tokenizer's own templates. Returns {"idx", "input_ids", "attention_mask", "labels"} per
-    example."""
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[list[str]], max_length: int, what: str = "task") -> list[list[int]]:
+    """Token ids of one or two texts per example (`texts`: one list per column, in input order), as every type that
+    reads sentences or sentence pairs builds them. Decoders: `BOS s` or `BOS s1 EOS s2`, ids put together here (the
+    tokenizer adds no specials), truncated longest-first to `max_length`; no trailing EOS (the last attended token is
+    the last token of the text). Encoders (a tokenizer from `models.loading.load_tokenizer` of an encoder): the
+    tokenizer's own single/pair template, its post-processor adding the specials, longest-first truncation so the whole
+    sequence fits in `max_length` and both segments keep at least one token."""
+    n_cols = len(texts)
+    if n_cols not in (1, 2):
+        raise ValueError(f"encode_texts: one or two text columns, got {n_cols}")
+    n = len(texts[0])
     if is_encoder_tokenizer(tokenizer):
-        return encode_encoder(tokenizer, task, examples, max_length)
-    cols = columns(task)
+        single, pair = special_counts(tokenizer)
+        n_special = single if n_cols == 1 else pair
+        if n_special == 0:
+            raise ConfigError("encoder tokenizer adds no special tokens: it has no template for the first-token classifier")
+        if max_length < n_special + n_cols:
+            raise ConfigError(f"max_length {max_length} is too short for {what} (the template alone takes {n_special} tokens)")
+        if not n:
+            return []
+        enc = tokenizer(*texts, truncation="longest_first", max_length=max_length)
+        return [[int(i) for i in ids] for ids in enc["input_ids"]]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ConfigError(f"tokenizer needs bos and eos ids (bos={bos}, eos={eos})")
-    if max_length < len(cols) + 1:
-        raise ConfigError(f"max_length {max_length} is too short for {task}")
-    texts = [tokenizer([str(e[c]) for e in examples], add_special_tokens=False)["input_ids"] for c in cols] if examples else []
+    if max_length < n_cols + 1:
+        raise ConfigError(f"max_length {max_length} is too short for {what}")
+    ids = [tokenizer(col, add_special_tokens=False)["input_ids"] for col in texts] if n else []
     out = []
-    for n, e in enumerate(examples):
-        if len(cols) == 1:
-            ids = [bos, *texts[0][n][: max_length - 1]]
+    for i in range(n):
+        if n_cols == 1:
+            out.append([bos, *ids[0][i][: max_length - 1]])
         else:
-            a, b = texts[0][n], texts[1][n]
+            a, b = ids[0][i], ids[1][i]
             la, lb = truncate_pair(len(a), len(b), max_length - 2)
-            ids = [bos, *a[:la], eos, *b[:lb]]
-        out.append({"idx": int(e["idx"]), "input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(e["label"])})
+            out.append([bos, *a[:la], eos, *b[:lb]])
     return out
 
 
-def collate(features: list[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+def encode(tokenizer: PreTrainedTokenizerBase, task: str | Task, examples: list[dict], max_length: int) -> list[dict]:
+    """Features of a task's rows by its type's `encode` (a task name: one the package knows, GLUE's). Classification:
+    {"idx", "input_ids", "attention_mask", "labels"} per example, the ids of `encode_texts`."""
+    spec = glue_task(task)
+    return spec.task_type.encode(spec, tokenizer, examples, max_length)
+
+
+def collate(features: list[dict], pad_id: int, pad_to: int | None = None, label_dtype: str = "long") -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest member (dynamic padding) or to `pad_to`. Returns int64 `input_ids`,
-    `attention_mask` and, when every feature has one, `labels` (the keys a classifier's forward takes; `idx`
-    stays with the caller)."""
+    `attention_mask`, `pool_mask` when every feature has one (0 on padding) and, when every feature has one, `labels`
+    (int64, or float32 with `label_dtype="float"`: regression). `idx` stays with the caller."""
     import torch  # here, not at the top: the slim images import this module (status, stage sizes) without torch
 
     if not features:
@@ -295,11 +386,20 @@ def collate(features: list[dict], pad_id: int, pad_to: int | None = None) -> dic
         raise ValueError(f"collate: pad_to={pad_to} is shorter than the longest sequence ({longest})")
     input_ids = torch.full((len(features), length), int(pad_id), dtype=torch.long)
     attention_mask = torch.zeros((len(features), length), dtype=torch.long)
+    pool = all("pool_mask" in f for f in features)
+    pool_mask = torch.zeros((len(features), length), dtype=torch.long) if pool else None
     for i, f in enumerate(features):
         n = len(f["input_ids"])
         input_ids[i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
         attention_mask[i, :n] = torch.tensor(f.get("attention_mask", [1] * n), dtype=torch.long)
+        if pool_mask is not None:
+            pool_mask[i, :n] = torch.tensor(f["pool_mask"], dtype=torch.long)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if pool_mask is not None:
+        batch["pool_mask"] = pool_mask
     if all("labels" in f for f in features):
-        batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        if label_dtype == "float":
+            batch["labels"] = torch.tensor([float(f["labels"]) for f in features], dtype=torch.float32)
+        else:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
     return batch

@@ -61,13 +61,12 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
 
 
 def meta_classifier(config: dict[str, Any]):
-    """The sequence classifier the train phase builds, instantiated on the meta device (no weights, no memory)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """The sequence classifier the train phase builds for a classification task, instantiated on the meta device (no
+    weights, no memory): the classification type's `meta_model`."""
+    from lorascope.tasks.classification import plain_task
 
-    cfg = AutoConfig.for_model(**config)
-    with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(cfg)
+    task = plain_task()
+    return task.task_type.meta_model(task, config)
 
 
 def module_names(config: dict[str, Any]) -> dict[str, str]:
@@ -107,6 +106,12 @@ def check_family(study: Study, family: Any) -> None:
 
         raise ConfigError(f"field forgetting.enabled: true, but {ENCODER_REASON.format(model_type=family.name)}; set "
                           "forgetting.enabled to false or null (null: measured for decoders only)")  # fmt: skip
+    if family.encoder:
+        for i, task in enumerate(study.tasks):
+            ttype = task.task_type
+            if not ttype.encoders:
+                raise ConfigError(f"field tasks.{i}.type: a {ttype.name} task ({task.name}) runs on decoders only; "
+                                  f"{family.name} is an encoder")  # fmt: skip
     if not family.encoder and "first" in study.extraction.pooling:
         raise ConfigError(f"field extraction.pooling: 'first' is for encoders; on a decoder ({family.name}) the first "
                           "token is BOS, whose state is the same for every input; use 'last' (where the decoder "
@@ -164,7 +169,12 @@ def check_model(study: Study, config: dict[str, Any]) -> None:
             raise ConfigError(f"field tasks.{i}.max_length: {task.max_length} exceeds the model's "
                               f"max_position_embeddings {limit} ({study.model.name})")  # fmt: skip
     if any(kind_of(m).checks_model for m in study.methods):
-        check_methods(study, meta_classifier(config))
+        seen: set[str] = set()
+        for task in study.tasks:  # the model each task type builds (its head), once per type
+            spec = task.spec
+            if spec.type not in seen:
+                seen.add(spec.type)
+                check_methods(study, spec.task_type.meta_model(spec, config))
 
 
 MODEL_CHECKS_AT_STAGE = "the stage phase makes them after fetching the model"

@@ -13,6 +13,7 @@ the task table (`lorascope.tasks`), the method configs (`lorascope.methods`, one
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,14 +21,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lorascope import limits, methods, study_hash, studyfile
+from lorascope import limits, methods, study_hash, studyfile, tasks
 from lorascope.errors import ConfigError
 from lorascope.methods import MethodConfig, kind_of, kind_only_problem
 from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and the bench tests import it from here)
 from lorascope.methods.lora import LoraMethod
 from lorascope.methods.sweeps import expand_sweep
 from lorascope.schema import NAME_PATTERN, SeedValue, Strict
-from lorascope.tasks import GLUE_TASKS  # data.py and the extract and bench phases import it from here
 
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
@@ -81,9 +81,58 @@ class DataConfig(Strict):
         return self
 
 
+LOCAL_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+
+
+class TaskSource(Strict):
+    """A task's own data (a task of the user's own; a task the package knows reads the study's `data` section):
+    local files per split (`files: {train: reviews/train.jsonl, validation: reviews/dev.csv}`, JSON lines or CSV with a
+    header, by suffix; a relative path is relative to the working directory), or a hub dataset at a pinned revision
+    (`hub: owner/name`, `revision: <commit sha or tag>`, `config` its configuration name, `splits` {our split: the
+    dataset's split} where the names differ). The splits a task needs are its type's `source_splits` (classification:
+    train and validation); the dev split is carved from train, as for GLUE."""
+
+    files: dict[str, Annotated[str, Field(min_length=1)]] | None = None
+    hub: str | None = Field(None, min_length=1)
+    revision: str | None = Field(None, min_length=1)
+    config: str | None = None
+    splits: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TaskSource:
+        if (self.files is None) == (self.hub is None):
+            raise ValueError("give either `files` (local JSONL/CSV per split) or `hub` (a dataset id with a revision)")
+        if self.files is not None:
+            for split, path in self.files.items():
+                if Path(path).suffix.lower() not in LOCAL_FORMATS:
+                    raise ValueError(f"@files.{split}: {path!r} is neither .jsonl nor .csv")
+            if self.revision or self.config or self.splits:
+                raise ValueError("`revision`, `config` and `splits` go with a `hub` source, not with local files")
+        elif not self.revision:
+            raise ValueError("@revision: a hub source needs a pinned revision (a commit sha or tag): the same study must "
+                             "read the same rows next year")  # fmt: skip
+        return self
+
+    @property
+    def local(self) -> bool:
+        return self.files is not None
+
+
 class TaskConfig(Strict):
-    name: Literal["mrpc", "sst2", "rte"]
-    metric: Literal["f1", "accuracy"] | None = None  # default: GLUE_TASKS[name]["metric"]
+    """A study task. `name`: a task a type knows (every GLUE task: classification, `lorascope.metrics.glue`), read from
+    the study's `data` section. `type`: the task type (`lorascope.tasks`; default: the type that knows the name).
+    `metric`: the primary metric (HPO objective, model selection, the learning gate's and H1a's unit), one of the
+    metrics the task reports; default the task's own (GLUE's first leaderboard number: MRPC and QQP F1, STS-B Pearson,
+    CoLA Matthews, the others accuracy). `options`: the type's own knobs (`TaskType.options`). The task is resolved by
+    its type at the door (`spec`), so a metric or an option that does not fit the type fails here.
+
+    A task of the user's own: any `name`, its `source` (`TaskSource`), its `type` (default classification), a column
+    mapping `columns` {the type's role: your column} (classification: text, optionally text_pair, label, optionally
+    idx) and, for classification, `labels`: the classes in id order (names, or ids 0..K-1) or `regression`."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    type: str | None = None
+    metric: str | None = None  # default: the task's primary metric (`spec.primary_metric`)
     max_length: int = Field(384, ge=8)
     train_samples: int | None = Field(None, ge=1, description="cap on train (after the dev split); null = all")
     hpo_train_samples: int | None = Field(None, ge=1, description="cap on the HPO training subset; null = all")
@@ -92,10 +141,40 @@ class TaskConfig(Strict):
         default_factory=dict, description="method name -> hyperparameters for this task only, over training.defaults "
         "(a paper's per-task learning rates and epochs); HPO's pick still wins over both",
     )
+    options: dict[str, Any] = Field(default_factory=dict, description="the task type's own knobs (TaskType.options)")
+    source: TaskSource | None = None
+    columns: dict[str, Annotated[str, Field(min_length=1)]] | None = None
+    labels: Annotated[list[str | int], Field(min_length=1)] | Literal["regression"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_data_is_classification_by_default(cls, data: Any) -> Any:
+        """A task with its own source and no `type` is a classification task (the type every GLUE task has)."""
+        if isinstance(data, dict) and data.get("source") is not None and data.get("type") is None:
+            return {**data, "type": "classification"}
+        return data
+
+    @model_validator(mode="after")
+    def _resolves(self) -> TaskConfig:
+        try:
+            self.spec  # noqa: B018 (resolving is the check)
+        except ConfigError as exc:
+            text = str(exc)  # "metric: ..." names the field below the task: the error path gets it (tasks.0.metric)
+            raise ValueError(f"@{text}" if re.match(r"^[\w.]+: ", text) else text) from None
+        return self
+
+    @property
+    def spec(self) -> tasks.Task:
+        """The task resolved by its type: columns, labels, splits, metrics, the primary metric (`lorascope.tasks`)."""
+        return tasks.resolve(self)
+
+    @property
+    def task_type(self) -> tasks.TaskType:
+        return tasks.type_of(self)
 
     @property
     def selection_metric(self) -> str:
-        return self.metric or GLUE_TASKS[self.name]["metric"]
+        return self.spec.primary_metric
 
 
 Method = methods.method_union()  # the registered kinds' configs, discriminated by `kind`
@@ -286,13 +365,14 @@ class HypothesesConfig(Strict):
 
 class PublishedReference(Strict):
     """Published numbers to show next to ours (the report's reference line), e.g. the LoRA paper's RoBERTa-base GLUE
-    rows. `values`: {task: {method: number}} in PERCENT (0..100, as papers print them: 94.8, not 0.948), for study
-    tasks and study methods; `metric`: which metric each published number is, one for every task or per task
-    ({mrpc: accuracy}: the LoRA paper reports MRPC accuracy, while our MRPC selection metric is F1; the report
-    compares like with like). `source`: where the numbers come from (paper, table, model)."""
+    rows. `values`: {task: {method: number}} in PERCENT (0..100, as papers print them: 94.8, not 0.948; a correlation
+    x 100: CoLA's Matthews 63.4, STS-B's Pearson 91.5), for study tasks and study methods; `metric`: which metric each
+    published number is, one for every task or per task ({mrpc: accuracy}: the LoRA paper reports MRPC accuracy, while
+    GLUE's MRPC primary metric is F1; {cola: matthews_correlation, stsb: pearson}), a metric the task reports; the
+    report compares like with like). `source`: where the numbers come from (paper, table, model)."""
 
     source: str = Field(min_length=1)
-    metric: Literal["accuracy", "f1"] | dict[str, Literal["accuracy", "f1"]] = "accuracy"
+    metric: str | dict[str, str] = "accuracy"  # a metric each task reports (the study checks it: `_check_report`)
     values: dict[str, dict[str, float]] = Field(min_length=1)
 
     def metric_of(self, task: str) -> str:
@@ -500,6 +580,12 @@ class Study(Strict):
                 if task not in task_set:
                     raise ValueError(f"@report.reference.{section}.{task}: not a task of this study; its tasks are {tasks}")
         for task, by_method in ref.values.items():
+            metric = ref.metric_of(task)
+            reported = next(t for t in self.tasks if t.name == task).spec.metrics
+            if metric not in reported:
+                where = f"metric.{task}" if isinstance(ref.metric, dict) else "metric"
+                raise ValueError(f"@report.reference.{where}: {metric!r} is not a metric of task {task!r} (it reports "
+                                 f"{', '.join(reported)})")  # fmt: skip
             for method in by_method:
                 if method not in method_set:
                     raise ValueError(f"@report.reference.values.{task}.{method}: not a method of this study; its methods "

@@ -7,7 +7,8 @@ The canonical JSON is the validated study (defaults filled in) with sorted keys 
   * `max_cells`: how large a study the user allows, not a result;
   * fields added after studies were first run, while they hold their defaults, so a study written before they
     existed keeps its hash: each method kind's `hash_neutral_defaults` (LoRA's use_dora, use_rslora, init),
-    `bench.method` when null, an empty `tasks[].defaults`, a `report` section equal to the default one.
+    `bench.method` when null, an empty `tasks[].defaults`, the task fields of `TASK_HASH_NEUTRAL` at their defaults
+    (`type`, also when it is the type the task's name implies; `options`, a user's `source`, `columns`, `labels`), a `report` section equal to the default one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import json
 from typing import Any
 
 from lorascope.methods import METHOD_KINDS
+from lorascope.tasks import type_knowing
+
+# task fields added after studies were first run (the task types, a user's own data), left out at these defaults
+TASK_HASH_NEUTRAL: dict[str, Any] = {"type": None, "options": {}, "source": None, "columns": None, "labels": None}
 
 
 def canonical_json(study: Any) -> str:
@@ -33,6 +38,12 @@ def canonical_json(study: Any) -> str:
     for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
         if not task.get("defaults"):
             task.pop("defaults", None)
+        for key, default in TASK_HASH_NEUTRAL.items():  # task fields added with the task types, at their defaults
+            if key in task and task[key] == default:
+                task.pop(key)
+        known = type_knowing(task["name"])
+        if known is not None and task.get("type") == known.name:  # the type the name implies, written out
+            task.pop("type")
     if study.report == type(study.report)():  # a study without a report section keeps the hash it had before one
         dump.pop("report")
     return json.dumps(dump, sort_keys=True, separators=(",", ":"))

@@ -150,8 +150,9 @@ def read_adapter_vectors(folder: Path, marker: str) -> dict[str, np.ndarray]:
 
 
 def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
-    """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as int arrays sorted by
-    idx, or None when the cell has none."""
+    """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as arrays sorted by idx
+    (int64; float64 labels and predictions when they are real numbers: a regression task), or None when the cell has
+    none."""
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return None
@@ -159,7 +160,11 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     if not rows:
         raise LorascopeError(f"{path}: no predictions")
     rows.sort(key=lambda r: int(r["idx"]))
-    return {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "label", "pred")}
+    real = any(isinstance(r[k], float) for r in rows for k in ("label", "pred"))
+    out = {"idx": np.array([int(r["idx"]) for r in rows], dtype=np.int64)}
+    for k in ("label", "pred"):
+        out[k] = np.array([float(r[k]) if real else int(r[k]) for r in rows], dtype=np.float64 if real else np.int64)
+    return out
 
 
 def csv_bytes(rows: list[dict], columns: list[str]) -> bytes:

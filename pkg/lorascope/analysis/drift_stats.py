@@ -56,10 +56,11 @@ def compare(ft: Mapping[int, float], other: Mapping[int, float]) -> dict:
 
 
 def learning(task_metric: str, cells: list[Any], metrics: Mapping[str, dict], predictions: Mapping[str, Any],
-             seed: int) -> tuple[dict[str, dict], float | None, dict | None]:  # fmt: skip
+             seed: int, trivial_value: float | None = None) -> tuple[dict[str, dict], float | None, dict | None]:  # fmt: skip
     """Per cell the learning gate (`verdicts.learning_gate`), and the paired example bootstrap the H1a verdict uses
     (None when some cell has no per-example predictions). Every cell must have been scored on the same examples
-    with the same labels; the metric recomputed from the predictions must equal metrics.json's."""
+    with the same labels; the metric recomputed from the predictions must equal metrics.json's. `trivial_value`: the
+    task type's trivial score when it does not depend on the data (a correlation: 0); None: the best constant class."""
     preds = {c.name: predictions.get(c.name) for c in cells}
     reported = {c.name: float(metrics[c.name]["validation"][task_metric]) for c in cells}
     if any(p is None for p in preds.values()):
@@ -71,7 +72,8 @@ def learning(task_metric: str, cells: list[Any], metrics: Mapping[str, dict], pr
         if not (np.array_equal(p["idx"], first["idx"]) and np.array_equal(p["label"], first["label"])):
             raise ValueError(f"cell {name}: its validation predictions are on other examples or labels than "
                              f"{cells[0].name}'s (re-run the train phase for it)")  # fmt: skip
-    boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed)
+    boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed,
+                                trivial_value=trivial_value)  # fmt: skip
     for c, v in boot["full"].items():
         if abs(v - reported[c]) > 1e-9:
             raise ValueError(f"cell {c}: {task_metric} from predictions.jsonl is {v}, metrics.json says {reported[c]}")
@@ -87,7 +89,14 @@ def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: li
     tmetric = study.task(task).selection_metric
     entry: dict[str, Any] = {"kind": study.method(method).kind, "cells": [c.name for c in mcells]}
     entry["metric"] = _summary({c.seed: metrics[c.name]["validation"][tmetric] for c in mcells})
-    entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"]["accuracy"] for c in mcells})
+    if all("accuracy" in metrics[c.name]["validation"] for c in mcells):  # a regression task has none
+        entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"]["accuracy"] for c in mcells})
+    others = [k for k in metrics[mcells[0].name]["validation"] if k not in (tmetric, "accuracy", "loss", "n")]
+    splits = [k for k in metrics[mcells[0].name] if k.startswith("validation_")]  # mnli: validation_mismatched
+    if others or splits:  # the task's other metrics, and its further validation splits (their metric)
+        entry["other_metrics"] = {k: _summary({c.seed: metrics[c.name]["validation"][k] for c in mcells}) for k in others}
+        entry["other_splits"] = {s: {k: _summary({c.seed: metrics[c.name][s][k] for c in mcells})
+                                     for k in metrics[mcells[0].name][s] if k not in ("loss", "n")} for s in splits}  # fmt: skip
     entry["learning"] = {str(c.seed): gates[c.name] for c in mcells}
     entry["learned"] = all(gates[c.name]["learned"] is True for c in mcells)
     entry["drift"] = {p: {m: _summary({c.seed: drift_means[m][(task, p, method, c.seed)] for c in mcells}) for m in drift_measures()}

@@ -16,17 +16,28 @@ from lorascope.analysis.study_layout import NO_REFERENCE, method_roles, primary_
 from lorascope.methods import kind_of
 
 
-def _not_learned(method: str, gates: Mapping[str, dict]) -> list[str]:
-    """The learning-gate failures of one method's cells ({seed: gate}), as evidence text."""
+def _not_learned(method: str, gates: Mapping[str, dict], unit: str = "pp", baseline: str = "majority baseline") -> list[str]:
+    """The learning-gate failures of one method's cells ({seed: gate}), as evidence text (`unit`: the task metric's
+    points, `baseline`: what its trivial predictor is called)."""
     out = []
     for seed, g in gates.items():
         if g["learned"] is None:
             out.append(f"{method} seed {seed}: learning not checked (no per-example predictions, no majority baseline)")
         elif not g["learned"]:
-            lower = f", gain lower bound {100 * g['gain_lower']:.1f} pp" if g["gain_lower"] is not None else ""
-            out.append(f"{method} seed {seed} did not learn ({100 * g['value']:.1f} vs majority baseline {100 * g['baseline']:.1f}, "
-                       f"needs +{100 * g['margin']:.1f} pp{lower})")  # fmt: skip
+            lower = f", gain lower bound {100 * g['gain_lower']:.1f} {unit}" if g["gain_lower"] is not None else ""
+            out.append(f"{method} seed {seed} did not learn ({100 * g['value']:.1f} vs {baseline} {100 * g['baseline']:.1f}, "
+                       f"needs +{100 * g['margin']:.1f} {unit}{lower})")  # fmt: skip
     return out
+
+
+def _units_words(study: Any, task_facts: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """H1a's margin in the tasks' units: "pp" when every task's primary metric is a share (accuracy, F1), else the
+    points of each task's metric ("points of the task's primary metric: stsb Pearson correlation points, ...")."""
+    facts = task_facts or {}
+    if all(facts.get(t.name, {}).get("unit", "pp") == "pp" for t in study.tasks):
+        return "pp"
+    named = ", ".join(f"{t.name} {facts.get(t.name, {}).get('units', 'pp')}" for t in study.tasks)
+    return f"points of the task's primary metric ({named})"
 
 
 def compared_words(study: Any) -> str:
@@ -37,11 +48,12 @@ def compared_words(study: Any) -> str:
     return subjects.pop() if len(subjects) == 1 and None not in subjects else "each compared method's"
 
 
-def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
+def hypotheses_from(study: Any, results: Mapping[str, Any], task_facts: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """H1a and H1b per task and compared method (every method but the reference, of any kind) by `verdicts.h1a` /
     `verdicts.h1b`, one verdict per (reference, method) pair and task, and their overall verdicts (`verdicts.combine`
     over every pair and task; `by_method`: combined over the tasks of one pair). No reference: not measured, and
-    `no_reference` says why."""
+    `no_reference` says why. `task_facts`: {task: the task type's gate facts} (units: H1a's margin and gaps are in
+    points of the task's primary metric, `unit`: "pp" for accuracy and F1, "points" of a correlation)."""
     full, loras = method_roles(study)
     hyp = study.hypotheses
     primary = primary_pooling(study)
@@ -50,15 +62,17 @@ def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
     owner: dict[str, str] = {}
     for task, res in results.items() if full is not None else []:
         fm = res["methods"][full.name]
+        facts = (task_facts or {}).get(task, {})
+        unit, trivial = facts.get("unit", "pp"), "majority baseline" if facts.get("trivial_value") is None else "trivial baseline"
         for lm in loras:
             key = task if len(loras) == 1 else f"{task}/{lm.name}"
             owner[key] = lm.name
             lmm = res["methods"][lm.name]
-            ft_gates, lo_gates = _not_learned(full.name, fm["learning"]), _not_learned(lm.name, lmm["learning"])
+            ft_gates, lo_gates = (_not_learned(m, e["learning"], unit, trivial) for m, e in ((full.name, fm), (lm.name, lmm)))
             h1a[key] = vd.h1a({int(s): v for s, v in fm["metric"]["values"].items()},
                               {int(s): v for s, v in lmm["metric"]["values"].items()}, hyp.h1a_max_gap_pp,
                               example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates,
-                              names=(full.name, lm.name))  # fmt: skip
+                              names=(full.name, lm.name), unit=unit)  # fmt: skip
             ft = {int(s): v for s, v in fm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
             lo = {int(s): v for s, v in lmm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
             floor = fm["noise_floor"][primary][PRIMARY_MEASURE]["mean"]
@@ -81,7 +95,8 @@ def hypotheses_from(study: Any, results: Mapping[str, Any]) -> dict:
     who = compared_words(study)
     out = {}
     for name, parts, text in (
-        ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} pp of full fine-tuning"),
+        ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} {_units_words(study, task_facts)} of full "
+                     "fine-tuning"),
         ("H1b", h1b, f"H1b: {who} representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
                      f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)"),
     ):  # fmt: skip

@@ -72,9 +72,12 @@ def json_safe(x: Any) -> Any:
 def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mapping[str, Mapping[str, np.ndarray]],
                   resamplers: Mapping[str, Any], metrics: Mapping[str, dict], predictions: Mapping[str, Any],
                   wrows: list[dict], n_examples: Mapping[str, int], labels: list[str],
-                  encoder: bool | None = None) -> dict:  # fmt: skip
+                  encoder: bool | None = None, task_facts: Mapping[str, Mapping[str, Any]] | None = None) -> dict:  # fmt: skip
     """Everything the report prints, from the drift phase's rows, the cells' metrics and predictions. `encoder`:
-    whether the model is an encoder (families.Family.encoder; None = unknown), for `changes_embedding_output`."""
+    whether the model is an encoder (families.Family.encoder; None = unknown), for `changes_embedding_output`.
+    `task_facts`: {task: the task type's gate facts as plain values (`tasks.GateFacts.as_dict`: the primary metric,
+    its units, what a trivial predictor scores)}, handed down by the drift phase (no task code imported here); None:
+    every task's trivial predictor is the best constant class, its units percentage points."""
     full, loras = method_roles(study)
     primary = primary_pooling(study)
     poolings = list(study.extraction.pooling)
@@ -86,7 +89,8 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     for ti, task in enumerate(t.name for t in study.tasks):
         tmetric = study.task(task).selection_metric
         cells = task_cells(study, task)
-        gates, baseline, boot = learning(tmetric, cells, metrics, predictions, seed=ti)
+        facts = (task_facts or {}).get(task, {})
+        gates, baseline, boot = learning(tmetric, cells, metrics, predictions, seed=ti, trivial_value=facts.get("trivial_value"))
         methods: dict[str, Any] = {}
         for method in dict.fromkeys(c.method for c in cells):
             mcells = [c for c in cells if c.method == method]
@@ -107,7 +111,7 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
                                                for lm in loras} if boot and full is not None else {}}  # fmt: skip
     holm_across_tasks(results, study, full, loras)
     hyp = study.hypotheses
-    hyps = hypotheses_from(study, results)
+    hyps = hypotheses_from(study, results, task_facts)
     return {
         "format": SUMMARY_FORMAT,
         "tasks": list(results),
@@ -134,6 +138,7 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
             "sign_flip_floor_one_sided": stats.sign_flip_floor(len(study.seeds), "greater"),
             "h1a_max_gap_pp": hyp.h1a_max_gap_pp, "h1b_min_reduction_pct": hyp.h1b_min_reduction_pct,
             "h2_max_overhead_pct": hyp.h2_max_overhead_pct,
+            **({"tasks": {t: dict(f) for t, f in task_facts.items()}} if task_facts else {}),
         },  # fmt: skip
     }
 

@@ -133,16 +133,18 @@ def _metric(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, correct: np.ndarray,
 
 
 def example_bootstrap(labels: np.ndarray, preds: Mapping[str, np.ndarray], metric: str, n_boot: int = BOOTSTRAP,
-                      seed: int = 0) -> dict:  # fmt: skip
-    """Every cell's metric, and the majority baseline's, on the full validation set and on `n_boot` bootstrap
+                      seed: int = 0, trivial_value: float | None = None) -> dict:  # fmt: skip
+    """Every cell's metric, and the trivial baseline's, on the full validation set and on `n_boot` bootstrap
     resamples of its examples (with replacement; the SAME resamples for every cell, so differences are paired).
 
-    metric: "accuracy" or "f1" (binary, class 1 positive, as `training.classification_metrics`). The majority
-    baseline is the best constant predictor on that resample: the largest class share for accuracy, F1 of always
-    predicting class 1 for F1. Returns {"full": {cell: value}, "baseline": value, "boot": {cell: (n_boot,)},
-    "boot_baseline": (n_boot,)}."""
-    if metric not in ("accuracy", "f1"):
-        raise ValueError(f"metric must be accuracy or f1, got {metric!r}")
+    metric: "accuracy" or "f1" (binary, class 1 positive, as `training.classification_metrics`), or any other metric
+    of `metrics.glue` (Matthews, Pearson, Spearman: computed on each resample's examples). `trivial_value`: the
+    trivial predictor's score when it does not depend on the data (a correlation: 0, also taken for a resample on which
+    the metric is undefined); None: the best constant class predictor on that resample (the largest class share for
+    accuracy, F1 of always predicting class 1 for F1). Returns {"full": {cell: value}, "baseline": value, "boot":
+    {cell: (n_boot,)}, "boot_baseline": (n_boot,)}."""
+    if metric not in ("accuracy", "f1") or trivial_value is not None:
+        return _example_bootstrap_any(labels, preds, metric, n_boot, seed, trivial_value)
     y = np.asarray(labels, dtype=np.int64)
     n = y.size
     rng = np.random.default_rng(seed)
@@ -157,6 +159,35 @@ def example_bootstrap(labels: np.ndarray, preds: Mapping[str, np.ndarray], metri
     vals = {c: value(p) for c, p in preds.items()}
     constants = [value(np.full(n, k)) for k in np.unique(y)] + [value(np.ones(n, dtype=np.int64))]
     base = np.max(np.vstack(constants), axis=0)
+    return {"full": {c: float(v[0]) for c, v in vals.items()}, "baseline": float(base[0]),
+            "boot": {c: v[1:] for c, v in vals.items()}, "boot_baseline": base[1:]}  # fmt: skip
+
+
+def _example_bootstrap_any(labels: np.ndarray, preds: Mapping[str, np.ndarray], metric: str, n_boot: int, seed: int,
+                           trivial_value: float | None) -> dict:  # fmt: skip
+    """`example_bootstrap` for any metric of `metrics.glue`: the same resamples (the same multinomial draws), the
+    metric computed on each resample's examples."""
+    from lorascope.metrics.glue import GLUE_METRICS  # numpy/scipy only
+
+    if metric not in GLUE_METRICS:
+        raise ValueError(f"metric must be one of {sorted(GLUE_METRICS)}, got {metric!r}")
+    score = GLUE_METRICS[metric]
+    y = np.asarray(labels)
+    n = y.size
+    rng = np.random.default_rng(seed)
+    W = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)]).astype(np.int64)
+    rows = [np.repeat(np.arange(n), w) for w in W]  # row 0: the full sample
+
+    def value(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p)
+        out = np.array([score(y[ix], p[ix]) for ix in rows], dtype=np.float64)
+        return out if trivial_value is None else np.where(np.isfinite(out), out, trivial_value)
+
+    vals = {c: value(p) for c, p in preds.items()}
+    if trivial_value is not None:
+        base = np.full(n_boot + 1, float(trivial_value))
+    else:
+        base = np.max(np.vstack([value(np.full(n, k)) for k in np.unique(y)]), axis=0)
     return {"full": {c: float(v[0]) for c, v in vals.items()}, "baseline": float(base[0]),
             "boot": {c: v[1:] for c, v in vals.items()}, "boot_baseline": base[1:]}  # fmt: skip
 
@@ -186,9 +217,10 @@ def example_se_of_gap(boot: Mapping[str, np.ndarray], full_cells: Sequence[str],
 # ------------------------------------------------------------------------------------------------ H1a
 def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, *, example_se_pp: float | None,
         gates: Sequence[str] = (), scale: float = 100.0, alpha: float = ALPHA,
-        names: tuple[str, str] = ("full", "LoRA")) -> dict:  # fmt: skip
+        names: tuple[str, str] = ("full", "LoRA"), unit: str = "pp") -> dict:  # fmt: skip
     """H1a (non-inferiority) on one task: `RULES["H1a"]`. full/lora: {seed: metric in [0, 1]} (x `scale` -> pp) of
-    the reference and the compared method (any kind); `names` only words the evidence.
+    the reference and the compared method (any kind); `names` and `unit` (the points of the task's metric: pp for a
+    share, "points" of a correlation) only word the evidence.
 
     Variance of the gap = s_full^2 / k_full + s_lora^2 / k_lora (seeds) + example_se_pp^2 (validation sampling,
     shared by both methods because they are scored on the same examples); Satterthwaite df (the example part has
@@ -201,7 +233,7 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
     gap = float(fv.mean() - lv.mean())
     seed_gaps = {s: f[s] - lo_[s] for s in sorted(set(f) & set(lo_))}
     rn, mn = names
-    ev = f"{rn} {fv.mean():.2f} (n={fv.size}), {mn} {lv.mean():.2f} (n={lv.size}); gap {rn}-{mn} {gap:+.2f} pp"
+    ev = f"{rn} {fv.mean():.2f} (n={fv.size}), {mn} {lv.mean():.2f} (n={lv.size}); gap {rn}-{mn} {gap:+.2f} {unit}"
     out: dict[str, Any] = {"gap_pp": gap, "seed_gaps_pp": {str(s): g for s, g in seed_gaps.items()}, "lo": None,
                            "hi": None, "margin_pp": margin_pp, "example_se_pp": example_se_pp}  # fmt: skip
     if gates:

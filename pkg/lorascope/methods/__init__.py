@@ -42,12 +42,17 @@ def hyperparameter_rules() -> dict[str, tuple[Any, str]]:
     return {name: (h.rule, h.expected) for _, k in METHOD_KINDS.items() for name, h in k.hyperparameters.items()}
 
 
-def apply_method(model: Any, method: Any, overrides: Mapping[str, Any] | None = None, field_path: str | None = None):
-    """Set up `model` (a loaded classifier) for `method` (its kind's `apply`); the classifier head trains under every
-    method. `overrides`: the run's hyperparameters (HPO's pick of a kind's own ones: LoRA's alpha, dropout);
-    `field_path`: where the method is in the study, for error messages (default `methods.<name>`)."""
+def apply_method(model: Any, method: Any, overrides: Mapping[str, Any] | None = None, field_path: str | None = None,
+                 task_type: str = "SEQ_CLS"):  # fmt: skip
+    """Set up `model` (a loaded model with its task's head) for `method` (its kind's `apply`); the head trains under
+    every method. `overrides`: the run's hyperparameters (HPO's pick of a kind's own ones: LoRA's alpha, dropout);
+    `field_path`: where the method is in the study, for error messages (default `methods.<name>`); `task_type`: PEFT's
+    task type, the task type's `peft_task_type` (SEQ_CLS, QUESTION_ANS, CAUSAL_LM), which a PEFT kind builds its
+    config with."""
     where = field_path or f"methods.{method.name}"
-    return kind_of(method, f"{where}.kind").apply(model, method, dict(overrides or {}), where)
+    # SEQ_CLS is every kind's default: a kind written before task types (no `task_type` parameter) still applies there
+    extra = {} if task_type == "SEQ_CLS" else {"task_type": task_type}
+    return kind_of(method, f"{where}.kind").apply(model, method, dict(overrides or {}), where, **extra)
 
 
 def save_initial_adapter(model: Any, method: Any, folder: Path) -> Path | None:

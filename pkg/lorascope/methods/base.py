@@ -9,7 +9,9 @@ or a method of that class, and every caller gets the kind from the registry (`ki
                           the registered configs, `lorascope.methods.method_union`)
   checked against a model `check(model, config, field_path)`: the preflight checks on a meta-device model (targets,
                           BitFit on a model without biases, top_layers' k against the block count)
-  applied                 `apply(model, config, overrides, field_path)`: the classifier set up for training
+  applied                 `apply(model, config, overrides, field_path, task_type=)`: the model set up for training;
+                          `task_type` is PEFT's task type of the study task (its type's `peft_task_type`: SEQ_CLS,
+                          QUESTION_ANS, CAUSAL_LM), which a PEFT kind passes to its config (the head it keeps trainable)
   hyperparameters         `hyperparameters`: the HPO parameters only this kind accepts (LoRA's lora_alpha,
                           lora_dropout), their rule and the config field they default to
   saved, loaded           `artifact` (`adapter` or `model`), `save_initial` and `save` (PiSSA/OLoRA conversion, the
@@ -122,7 +124,8 @@ class MethodKind:
     def check(self, model: Any, config: Any, field_path: str) -> None:
         """Raise ConfigError (naming `field_path`) when `config` does not fit `model` (used on a meta-device model)."""
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         raise NotImplementedError
 
     def hyperparameter_values(self, config: Any, merged: Mapping[str, Any]) -> dict[str, float]:

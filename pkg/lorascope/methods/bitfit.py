@@ -62,7 +62,8 @@ class BitFitKind(MethodKind):
     def check(self, model: Any, config: Any, field_path: str) -> None:
         bitfit_parameters(model, list(config.train), f"{field_path}.train")
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         """requires_grad on the bias and/or norm parameters (`bitfit_parameters`)."""
         frozen_except(model, bitfit_parameters(model, list(config.train), f"{field_path}.train"))
         return model

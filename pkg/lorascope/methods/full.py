@@ -27,7 +27,8 @@ class FullKind(MethodKind):
     artifact = "model"
     is_reference = True
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         for p in model.parameters():
             p.requires_grad_(True)
         return model

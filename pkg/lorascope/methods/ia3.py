@@ -62,13 +62,14 @@ class Ia3Kind(MethodKind):
         check_adaptable(model, list(config.target_modules), field_path, self.name)
         ia3_targets(model, config, field_path)
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         """PEFT `IA3Config` on `target_modules`, `feedforward_modules` (a subset of them) scaled at their input."""
         from peft import IA3Config, TaskType, get_peft_model
 
         targets, ff = ia3_targets(model, config, field_path)
         # roles select a module in every block, so both lists come out as short names (PEFT checks ff <= targets)
-        peft_config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=peft_target_names(model, targets),
+        peft_config = IA3Config(task_type=TaskType[task_type], target_modules=peft_target_names(model, targets),
                                 feedforward_modules=peft_target_names(model, ff) if ff else [])  # fmt: skip
         return get_peft_model(model, peft_config)
 

@@ -92,14 +92,16 @@ class LoraKind(MethodKind):
     def check(self, model: Any, config: Any, field_path: str) -> None:
         check_adaptable(model, list(config.target_modules), field_path, self.name)
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         """PEFT `LoraConfig` on `target_modules` (roles/groups/literals resolved by families.resolve_targets), alpha
         and dropout from `overrides["lora_alpha"/"lora_dropout"]` when HPO chose them, `use_dora`, `use_rslora`,
-        `init_lora_weights` from `init`; the head trains through the SEQ_CLS task (PEFT's modules_to_save)."""
+        `init_lora_weights` from `init`; the head trains through PEFT's task type `task_type` (SEQ_CLS: the
+        classifier head in modules_to_save)."""
         from peft import LoraConfig, TaskType, get_peft_model
 
         peft_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType[task_type],
             r=config.r,
             lora_alpha=float(overrides.get("lora_alpha", config.alpha)),
             lora_dropout=float(overrides.get("lora_dropout", config.dropout)),

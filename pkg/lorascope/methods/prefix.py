@@ -29,11 +29,12 @@ class PrefixKind(MethodKind):
     artifact = "adapter"
     size_knob = "num_virtual_tokens"
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
-        """PEFT `PrefixTuningConfig(num_virtual_tokens)`; the head trains through the SEQ_CLS task."""
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
+        """PEFT `PrefixTuningConfig(num_virtual_tokens)`; the head trains through PEFT's task type `task_type`."""
         from peft import PrefixTuningConfig, TaskType, get_peft_model
 
-        return get_peft_model(model, PrefixTuningConfig(task_type=TaskType.SEQ_CLS,
+        return get_peft_model(model, PrefixTuningConfig(task_type=TaskType[task_type],
                                                         num_virtual_tokens=config.num_virtual_tokens))  # fmt: skip
 
     def weights_skipped(self, config: Any) -> str:

@@ -49,7 +49,8 @@ class TopLayersKind(MethodKind):
     def check(self, model: Any, config: Any, field_path: str) -> None:
         top_layers_parameters(model, config.k, f"{field_path}.k")
 
-    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
+    def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str,
+              task_type: str = "SEQ_CLS") -> Any:  # fmt: skip
         """requires_grad on the last k blocks and what follows them (`top_layers_parameters`)."""
         frozen_except(model, top_layers_parameters(model, config.k, f"{field_path}.k"))
         return model

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from lorascope.registry import Registry
 
@@ -87,6 +86,8 @@ def pearson(labels, predictions) -> float:
     y, p = _pair(labels, predictions, np.float64)
     if y.size < 2 or np.ptp(y) == 0 or np.ptp(p) == 0:
         return float("nan")
+    from scipy import stats  # here: the study imports this table, and scipy.stats costs a second at import
+
     return float(stats.pearsonr(y, p).statistic)
 
 
@@ -96,6 +97,8 @@ def spearman(labels, predictions) -> float:
     y, p = _pair(labels, predictions, np.float64)
     if y.size < 2 or np.ptp(y) == 0 or np.ptp(p) == 0:
         return float("nan")
+    from scipy import stats
+
     return float(stats.spearmanr(y, p).statistic)
 
 

@@ -4,7 +4,9 @@ Saving a cell is a method's job (lorascope.methods)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,11 +15,14 @@ from lorascope.models.loading import load_classifier, load_tokenizer
 
 
 def load_cell_model(cell_dir: str | Path, base_dir: str | Path, num_labels: int, device: torch.device | str,
-                    dtype: torch.dtype):  # fmt: skip
+                    dtype: torch.dtype, load: Callable[[Path, torch.dtype, Any], Any] | None = None):  # fmt: skip
     """A trained cell, ready for eval, from the cell bundle's folder: the base model in `base_dir` with the cell's
     adapter (`adapter/`: PEFT methods) or the cell's own model (`model/`: full, top_layers, bitfit), and the base
     model's tokenizer. Classification where `load_classifier` puts it for the family (decoders: the last attended
-    token; encoders: the first token, by their own head)."""
+    token; encoders: the first token, by their own head). `load(folder, dtype, device)`: how a model folder is loaded
+    (the task type's `load_model`: its head and model class); None: `load_classifier` with `num_labels`."""
+    if load is None:
+        load = lambda folder, dt, dev: load_classifier(folder, num_labels, dt, dev)  # noqa: E731
     cell_dir, base_dir = Path(cell_dir), Path(base_dir)
     from lorascope import methods
 
@@ -28,10 +33,10 @@ def load_cell_model(cell_dir: str | Path, base_dir: str | Path, num_labels: int,
     elif (cell_dir / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_classifier(base_dir, num_labels, dtype, device)
+        base = load(base_dir, dtype, device)
         model = PeftModel.from_pretrained(base, str(cell_dir / "adapter"))
     elif (cell_dir / "model" / "config.json").is_file():
-        model = load_classifier(cell_dir / "model", num_labels, dtype, device)
+        model = load(cell_dir / "model", dtype, device)
     else:
         raise ConfigError(f"cell folder {cell_dir} holds neither adapter/adapter_config.json nor model/config.json")
     model.to(device)

@@ -36,7 +36,7 @@ from typing import Any
 from lorascope.errors import ConfigError
 from lorascope.phases import PhaseContext
 from lorascope.serving.plan import BenchPlan
-from lorascope.study import GLUE_TASKS, Study
+from lorascope.study import Study
 from lorascope.threads import configure_threads, kept_threads
 
 
@@ -105,14 +105,13 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     stage_dir = ctx.stage_dir()
     base_dir = stage_dir / "model"
     tokenizer = loading.load_tokenizer(base_dir)
-    pools = {
-        t: workload.make_pool(t, data.encode(tokenizer, t, data.read_split(stage_dir, t, "validation"), ctx.study.task(t).max_length), plan.seed)
-        for t in dict.fromkeys([plan.served_task, *plan.adapter_tasks])
-    }
+    specs = {t: ctx.study.task(t).spec for t in dict.fromkeys([plan.served_task, *plan.adapter_tasks])}
+    pools = {t: workload.make_pool(t, s.task_type.encode(s, tokenizer, data.read_split(stage_dir, t, "validation"), s.max_length),
+                                   plan.seed) for t, s in specs.items()}  # fmt: skip
     settings = protocol.Settings(tuple(plan.batch_sizes), ctx.study.bench.warmup_batches, ctx.study.bench.requests,
                                  ctx.study.bench.repeats, plan.seed)
     cell_dirs = {c: ctx.local(b) for c, b in cells.items()}
-    num_labels = GLUE_TASKS[plan.served_task]["num_labels"]
+    num_labels = specs[plan.served_task].num_labels
     work = ctx.scratch("bench", backend)
     log("plan", device=str(device), dtype=dtype_name, modes=",".join(plan.modes),
         batch_sizes=",".join(map(str, plan.batch_sizes)), cells=",".join(plan.cells))

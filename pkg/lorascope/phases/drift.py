@@ -103,7 +103,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     t_s = time.perf_counter()
     try:
         out = summary.build_summary(study, rows, noise, subset, resamplers, metrics, predictions, wrows, n_examples, labels,
-                                    encoder=summary.encoder_of(ctx.local(stage) / "model" / "config.json"))
+                                    encoder=summary.encoder_of(ctx.local(stage) / "model" / "config.json"),
+                                    task_facts=task_facts(study))  # fmt: skip
         funits = {u: json.loads(p.read_text()) if (p := ctx.local(b) / "forgetting.json").is_file() else None
                   for u, b in reps_bundles.items()}  # fmt: skip
         out["forgetting"], frows = forgetting.summarize(study, funits, out)
@@ -134,6 +135,18 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_bytes("summary.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
     log("committed", bundle="drift", seconds=round(time.perf_counter() - t0, 2),
         **{k: v.replace(" ", "_") for k, v in verdicts.items()})  # fmt: skip
+
+
+def task_facts(study) -> dict[str, dict[str, Any]]:
+    """{task: what the analysis needs of its type, as plain values}: the gate facts (`TaskType.gate`: the primary
+    metric, its units, what a trivial predictor scores), the metrics it reports and its validation splits. The task
+    types import no torch at module level; analysis/ gets only these values."""
+    out = {}
+    for t in study.tasks:
+        spec = t.spec
+        out[t.name] = {"type": spec.type, **spec.task_type.gate(spec).as_dict(), "metrics": list(spec.metrics),
+                       "validation_splits": list(spec.validation_splits)}  # fmt: skip
+    return out
 
 
 def committed_bench(ctx: PhaseContext) -> dict[str, dict]:

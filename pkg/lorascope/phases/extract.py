@@ -15,10 +15,10 @@ Recipe
   1. skip a committed bundle;
   2. the extraction set: `extraction.examples` examples of `extraction.split` (GLUE validation, the reported split),
      a fixed-seed subset (`data.subsample` with `extraction.seed`: the same rows for every model, kept in source
-     order), all of them when the split is smaller. Tokenized exactly as in training (`data.encode`, the task's
-     max_length);
-  3. the model: the base classifier (`models.loading.load_classifier` on the staged model; its random score head is
-     never read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the
+     order), all of them when the split is smaller. Tokenized exactly as in training (the task type's
+     `extraction_features`: classification its `encode`; the task's max_length);
+  3. the model: the base model with the task type's head (`TaskType.load_model`, classification
+     `models.loading.load_classifier`, on the staged model; its random head is never read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the
      base with the cell's LoRA adapter attached by PEFT and NOT merged. Unmerged, the forward is exactly what training evaluated
      (W x + scale B A x); merging would compute the same function with different rounding and gains nothing here.
      float32 on every device, so the drift we measure is not bf16 rounding;
@@ -30,8 +30,9 @@ Recipe
      (RoBERTa, BERT) have no final norm after the blocks (each post-LN block ends in its own LayerNorm): entry 0 is
      `embeddings` (after the embedding LayerNorm), entry i (1..L-1) the output of block i, `layer_<i>`, the last one
      included (`layer_<L-1>` is the `last_hidden_state` the head reads);
-  5. pool each entry: `models.pooling.masked_mean` over attended positions with the first one (BOS, `<s>`, `[CLS]`)
-     left out (padding never counts); `last`, the state at the last attended token (`models.pooling.last_token_index`,
+  5. pool each entry: `models.pooling.masked_mean` over the positions the task type pools (`pool_mask`, else the
+     attended positions: classification the whole input, QA question and context, generation the prompt) with the
+     first one (BOS, `<s>`, `[CLS]`) left out (padding never counts); `last`, the state at the last attended token (`models.pooling.last_token_index`,
      where a decoder classifies); `first`, the state at position 0 (`<s>`, where an encoder's head reads). Which poolings are
      allowed on which family: preflight.check_family (`first` on a decoder is the BOS state, the same for every
      input, and refused);
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from lorascope.models.families import family_of
 from lorascope.phases import BASE, PhaseContext, get_phase
 from lorascope.phases import extract_units as units
-from lorascope.study import GLUE_TASKS, Study
+from lorascope.study import Study
 from lorascope.threads import configure_threads
 
 if TYPE_CHECKING:
@@ -113,7 +114,9 @@ def pooled_states(
 
     Batches are formed in length order (longest first) and right-padded to their longest member, or to `pad_to`;
     the pooled values do not depend on either (masked pooling; right padding with causal attention for decoders, the
-    attention mask for encoders)."""
+    attention mask for encoders). The positions pooled are the features' `pool_mask` when they carry one (the task
+    type's choice: generation pools the prompt), else the attention mask (the whole input); `last` is the last of
+    them, `first` position 0."""
     import torch
 
     from lorascope import data
@@ -130,9 +133,9 @@ def pooled_states(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = data.collate([features[i] for i in rows], pad_id, pad_to=pad_to)
-            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "pool_mask")}
             states = hidden_states(model, batch)
-            mask = batch["attention_mask"]
+            mask = batch.get("pool_mask", batch["attention_mask"])
             arange = torch.arange(mask.shape[0], device=mask.device)
             positions = {"last": pooling.last_token_index(mask), "first": torch.zeros_like(arange)}
             if not out:
@@ -147,21 +150,24 @@ def pooled_states(
 
 
 def load_model(ctx: PhaseContext, model_name: str, task: str, device: Any):
-    """(model, tokenizer) in float32 eval mode: the base classifier, or a cell (`model_name`, trained on `task`) via
-    `models.artifacts.load_cell_model` on the committed cell and stage bundles' folders."""
+    """(model, tokenizer) in float32 eval mode: the base model with the task type's head (`TaskType.load_model`), or a
+    cell (`model_name`, trained on `task`) via `models.artifacts.load_cell_model` on the committed cell and stage
+    bundles' folders."""
     import torch
 
     from lorascope.models import artifacts, loading
 
     model_dir = ctx.stage_dir() / "model"
-    num_labels = GLUE_TASKS[task]["num_labels"]
+    spec = ctx.study.task(task).spec
+    load = lambda folder, dtype, dev: spec.task_type.load_model(spec, folder, dtype, dev)  # noqa: E731
     if model_name == BASE:
-        with torch.random.fork_rng(devices=[]):  # the unused score head draws from the global RNG
+        with torch.random.fork_rng(devices=[]):  # the unused head draws from the global RNG
             torch.manual_seed(0)
-            model = loading.load_classifier(model_dir, num_labels, torch.float32, device)
+            model = load(model_dir, torch.float32, device)
         model.eval()
         return model, loading.load_tokenizer(model_dir)
-    return artifacts.load_cell_model(ctx.cell_dir(model_name), model_dir, num_labels, device, torch.float32)
+    return artifacts.load_cell_model(ctx.cell_dir(model_name), model_dir, spec.num_labels, device, torch.float32,
+                                     load=load)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the phase
@@ -177,18 +183,18 @@ def run(ctx: PhaseContext, index: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lorascope import data, heldout_loss, tensorio
+    from lorascope import heldout_loss, tensorio
     from lorascope.models import loading
     from lorascope.reporting import provenance
 
     configure_threads(ctx.env)  # lorascope.threads: no training import (its Trainer costs ~10 s a process)
     device = loading.pick_device(ctx.env)
-    task = study.task(task_name)
+    spec = study.task(task_name).spec
     rows = extraction_rows(ctx, task_name)
     fplan = heldout_loss.plan(study.forgetting, ctx.stage_dir() / "model")  # ConfigError before the model loads
     model, tokenizer = load_model(ctx, model_name, task_name, device)
     family = family_of(model)
-    features = data.encode(tokenizer, task_name, rows, task.max_length)
+    features = spec.task_type.extraction_features(spec, tokenizer, rows, spec.max_length)
     t_load = time.perf_counter() - t0
     poolings = stored_poolings(study, family.encoder)
     pooled = dict(zip(poolings, pooled_states(model, features, study.extraction.batch_size, int(tokenizer.pad_token_id),

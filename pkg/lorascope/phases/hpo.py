@@ -18,7 +18,7 @@ of 10 would leave 5 of the reference study's 15 trials to TPE).
 
 Objective (`objective_value`): train on the staged train split capped by `hpo_train_samples` (a seeded subset),
 with the trial's params, seed = study.seed, early stopping on dev loss; the value is the task's selection metric
-(F1 for MRPC, accuracy otherwise) of the best checkpoint on the dev split, from the shared `training.evaluate`.
+(the task's primary metric: F1 for MRPC and QQP, Matthews for CoLA, Pearson for STS-B, accuracy otherwise) of the best checkpoint on the dev split, from the shared `training.evaluate`.
 The pruner (`hpo.pruner`, MedianPruner) sees `trial.report(dev metric, step=k)` after the k-th dev evaluation
 (evaluations, not optimizer steps, so trials with different batch sizes compare at the same fraction of an epoch)
 and a pruned trial stops at once.
@@ -232,6 +232,7 @@ class Objective:
         study = ctx.study
         self.ctx, self.study = ctx, study
         self.task = study.task(task)
+        self.spec = self.task.spec  # the task resolved by its type (lorascope.tasks)
         self.method = study.method(method)
         self.device = loading.pick_device(ctx.env)
         stage_dir = ctx.stage_dir()
@@ -241,8 +242,9 @@ class Objective:
         train_rows = data.subsample(
             data.read_split(stage_dir, task, "train"), self.task.hpo_train_samples, study.data.split_seed
         )
-        self.train_features = data.encode(self.tokenizer, task, train_rows, self.task.max_length)
-        self.dev_features = data.encode(self.tokenizer, task, data.read_split(stage_dir, task, "dev"), self.task.max_length)
+        ttype = self.spec.task_type
+        self.train_features = ttype.encode(self.spec, self.tokenizer, train_rows, self.spec.max_length)
+        self.dev_features = ttype.encode(self.spec, self.tokenizer, data.read_split(stage_dir, task, "dev"), self.spec.max_length)
         self.bf16 = training.use_bf16(study.training, self.device)
 
     def __call__(self, trial: optuna.Trial, log) -> float:
@@ -250,17 +252,15 @@ class Objective:
         from transformers import set_seed
 
         from lorascope import methods, training
-        from lorascope.models import loading
 
         chosen = suggest(trial, self.study.space_for(self.method))
         params = training.resolve_params(self.study, self.method.name, chosen, task=self.task.name)
         trial.set_user_attr("params", params)
         log.debug("trial start", trial=trial.number, **params)
         set_seed(self.study.seed)
-        model = loading.load_classifier(
-            self.model_dir, training.num_labels(self.task.name), torch.float32, self.device
-        )
-        model = methods.apply_method(model, self.method, params)
+        ttype = self.spec.task_type
+        model = ttype.load_model(self.spec, self.model_dir, torch.float32, self.device)
+        model = methods.apply_method(model, self.method, params, task_type=ttype.peft_task_type)
         output_dir = self.ctx.scratch("hpo", f"{self.task.name}-{self.method.name}-trial-{trial.number}")
         metric = self.task.selection_metric
         result = None
@@ -269,11 +269,10 @@ class Objective:
                 model, self.train_features, self.dev_features, training=self.study.training,
                 plan=training.Plan.from_params(params, seed=self.study.seed, resumable=False), pad_id=self.pad_id,
                 output_dir=output_dir, device=self.device, log=log.bind(trial=trial.number),
-                callbacks=[report_to_optuna(trial, metric, log)],
+                callbacks=[report_to_optuna(trial, metric, log)], task=self.spec, tokenizer=self.tokenizer,
             )  # fmt: skip
-            score = training.evaluate_features(
-                result.model, self.dev_features, self.study.training.eval_batch, self.pad_id, bf16=self.bf16
-            )
+            score = training.evaluate_features(result.model, self.dev_features, self.study.training.eval_batch,
+                                               self.pad_id, bf16=self.bf16, task=self.spec, tokenizer=self.tokenizer)  # fmt: skip
             best_step = result.best_step
         finally:
             shutil.rmtree(output_dir, ignore_errors=True)

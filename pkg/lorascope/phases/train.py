@@ -19,7 +19,9 @@ Recipe:
      logging step and dev metrics per evaluation, complete across resumes; `lorascope.history`). The checkpoints of a
      committed cell are deleted.
 
-metrics.json: validation and dev {accuracy, f1, loss, n}; train_seconds (wall clock of training, with evaluations and
+metrics.json: validation and dev {the task's metrics (classification: accuracy, f1; regression: pearson, spearman), loss,
+n}, and each further validation split of the task under its own name (mnli: `validation` is matched,
+`validation_mismatched` beside it, with `predictions_validation_mismatched.jsonl`); train_seconds (wall clock of training, with evaluations and
 checkpoint uploads, of this process: a resumed run counts only its own part); tokens_per_second (non-pad training
 tokens / time in optimizer steps); peak_memory_bytes with peak_memory_kind (`cuda_max_memory_allocated`, or
 `process_peak_rss` on CPU); trainable_params / total_params; trainable_bytes (trainable params x their dtype size);
@@ -82,6 +84,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     training.check_training(study, device)
     configure_threads(ctx.env)
     task = study.task(cell.task)
+    spec = task.spec  # the task resolved by its type (lorascope.tasks): its input format, head, loss and metrics
+    ttype = spec.task_type
     method = study.method(cell.method)
     log("params", source=source, **params)
 
@@ -90,15 +94,17 @@ def run(ctx: PhaseContext, index: int) -> None:
     model_dir = stage_dir / "model"
     tokenizer = loading.load_tokenizer(model_dir)
     pad_id = int(tokenizer.pad_token_id)
-    train_features = data.encode(tokenizer, task.name, data.read_split(stage_dir, task.name, "train"), task.max_length)
+    train_features = ttype.encode(spec, tokenizer, data.read_split(stage_dir, task.name, "train"), spec.max_length)
     dev_rows = data.read_split(stage_dir, task.name, "dev")
     validation_rows = data.read_split(stage_dir, task.name, "validation")
-    dev_features = data.encode(tokenizer, task.name, dev_rows, task.max_length)
+    extra_rows = {s: data.read_split(stage_dir, task.name, s) for s in spec.extra_validation_splits}
+    dev_features = ttype.encode(spec, tokenizer, dev_rows, spec.max_length)
 
     # model (seeded: the score head and LoRA's A matrices are random)
     set_seed(cell.seed)
-    model = loading.load_classifier(model_dir, training.num_labels(task.name), torch.float32, device)
-    model = methods.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}")
+    model = ttype.load_model(spec, model_dir, torch.float32, device)
+    model = methods.apply_method(model, method, params, field_path=f"methods.{study.methods.index(method)}",
+                                 task_type=ttype.peft_task_type)  # fmt: skip
     trainable, total = artifacts.trainable_parameters(model)
     trainable_bytes = artifacts.trainable_bytes(model)
     saved = ctx.scratch("train", cell.name + "-final")
@@ -118,15 +124,18 @@ def run(ctx: PhaseContext, index: int) -> None:
     sync = training.StoreCheckpoints(checkpoints, keep=2)
     plan = training.Plan.from_params(params, seed=cell.seed)
     result = training.fit(model, train_features, dev_features, training=study.training, plan=plan, pad_id=pad_id,
-                          output_dir=output_dir, device=device, log=log, callbacks=[sync], resume_from=resume)  # fmt: skip
+                          output_dir=output_dir, device=device, log=log, callbacks=[sync], resume_from=resume, task=spec,
+                          tokenizer=tokenizer)  # fmt: skip
     memory, memory_kind = training.peak_memory(device)
 
     # evaluate the best model with the shared code
     bf16 = training.use_bf16(study.training, device)
-    dev_eval = training.evaluate(result.model, tokenizer, dev_rows, task, study.training.eval_batch, bf16=bf16)
-    val_eval = training.evaluate(result.model, tokenizer, validation_rows, task, study.training.eval_batch, bf16=bf16)
-    log.debug("evaluated", best_step=result.best_step, dev_loss=dev_eval.loss, validation_accuracy=val_eval.accuracy,
-        validation_f1=val_eval.f1, validation_loss=val_eval.loss)  # fmt: skip
+    dev_eval = training.evaluate(result.model, tokenizer, dev_rows, spec, study.training.eval_batch, bf16=bf16)
+    val_eval = training.evaluate(result.model, tokenizer, validation_rows, spec, study.training.eval_batch, bf16=bf16)
+    extra_evals = {s: training.evaluate(result.model, tokenizer, rows, spec, study.training.eval_batch, bf16=bf16)
+                   for s, rows in extra_rows.items()}  # fmt: skip
+    log.debug("evaluated", best_step=result.best_step, dev_loss=dev_eval.loss, validation_loss=val_eval.loss,
+              **{f"validation_{k}": v for k, v in val_eval.values.items()})  # fmt: skip
 
     metrics = {
         "cell": cell.name,
@@ -135,6 +144,7 @@ def run(ctx: PhaseContext, index: int) -> None:
         "method_kind": method.kind,
         "seed": cell.seed,
         "validation": val_eval.metrics(),
+        **{s: e.metrics() for s, e in extra_evals.items()},  # mnli: validation_mismatched beside matched
         "dev": dev_eval.metrics(),
         "selection_metric": task.selection_metric,
         "train_seconds": round(result.train_seconds, 3),
@@ -176,12 +186,14 @@ def run(ctx: PhaseContext, index: int) -> None:
         w.add_json("metrics.json", metrics)
         w.add_json(HISTORY_FILE, history)
         w.add_bytes("predictions.jsonl", "".join(_jsonl(p) for p in val_eval.predictions).encode())
+        for s, e in extra_evals.items():
+            w.add_bytes(f"predictions_{s}.jsonl", "".join(_jsonl(p) for p in e.predictions).encode())
     checkpoints.delete_all()
     # the local scratch (Trainer checkpoints, the saved copy) is in the commit or superseded by it: a full FT cell of
     # a 135M model leaves ~3 GB here, a grid of them fills a laptop's disk
     shutil.rmtree(output_dir, ignore_errors=True)
     shutil.rmtree(saved, ignore_errors=True)
-    log("committed", bundle=f"cells/{cell.name}", validation_accuracy=val_eval.accuracy, validation_f1=val_eval.f1)
+    log("committed", bundle=f"cells/{cell.name}", **{f"validation_{k}": v for k, v in val_eval.values.items()})
 
 
 def publish_adapter(folder, model_name: str) -> None:

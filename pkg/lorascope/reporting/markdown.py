@@ -163,12 +163,14 @@ def results_table(numbers: dict) -> list[str]:
     drift_heads = [f"drift ({primary})", *(f"drift ({m})" for m in other_ckas), f"seed noise floor ({primary})"]
     lines = [
         f"Drift = 1 - CKA against the base model, mean over the hidden-state entries in the mean, then mean ± SD over "
-        f"seeds ({pooling} pooling). Metric: the task's selection metric on the validation split; learned: cells that beat "
-        "the majority baseline (see the gates above). A drift marked (≤ floor) is within its seed noise floor.",
+        f"seeds ({pooling} pooling). Metric: the task's selection metric on the validation split, in its units; learned: "
+        "cells that beat the trivial baseline of the task's type (majority class for accuracy and F1, 0 for a "
+        "correlation; see the gates above); every other metric of each task is in the task metrics table. A drift "
+        "marked (≤ floor) is within its seed noise floor.",
         "",
         _layers_note(numbers),
         "",
-        "| task | method | n examples | metric | metric mean ± SD | majority baseline | learned | accuracy mean ± SD | "
+        "| task | method | n examples | metric (units) | metric mean ± SD | trivial baseline | learned | accuracy mean ± SD | "
         + " | ".join([*drift_heads, *(m.label for m in per_example)]) + " |",
         "|---|---|---:|---|---|---|---|---|" + "---|" * (len(drift_heads) + len(per_example)),
     ]
@@ -182,11 +184,43 @@ def results_table(numbers: dict) -> list[str]:
                      fixed(entry["noise_floor"][pooling][primary]["mean"]),
                      *(mean_sd(entry["cosine"][pooling].get(m.name, {})) for m in per_example)]  # fmt: skip
             lines.append(
-                f"| {task} | {method} | {result['n_examples']} | {result['metric_name']} | {mean_sd(entry['metric'])} | "
+                f"| {task} | {method} | {result['n_examples']} | {_metric_name(numbers, task)} | {mean_sd(entry['metric'])} | "
                 f"{fixed(result.get('majority_baseline'))} | {len(learned)} of {len(entry['learning'])} | "
-                f"{mean_sd(entry['accuracy'])} | " + " | ".join(cells) + " |"
+                f"{mean_sd(entry['accuracy']) if entry.get('accuracy') else 'n/a (no classes)'} | " + " | ".join(cells) + " |"
             )
     return lines
+
+
+def _metric_name(numbers: dict, task: str) -> str:
+    """The task's primary metric with its units ("pearson (Pearson correlation points)"), from the summary's task facts."""
+    facts = numbers["settings"].get("tasks", {}).get(task, {})
+    name = numbers["results"][task]["metric_name"]
+    return f"{name} ({facts['units']})" if facts.get("units") else name
+
+
+def task_metrics_table(numbers: dict) -> list[str]:
+    """Per task its type, primary metric and units (H1a's margin is in them), what its trivial predictor scores, and
+    per method every metric the task reports on its reported split and on its further validation splits (mnli:
+    matched is reported, mismatched beside it), mean ± SD over seeds. Empty for a summary without task facts."""
+    facts = numbers["settings"].get("tasks")
+    if not facts:
+        return []
+    lines = ["Each task in its own metrics: the primary metric decides HPO, model selection, the learning gate and H1a "
+             "(its margin is in points of that metric: pp for accuracy and F1, correlation points for a correlation); "
+             "the trivial predictor is what a cell must beat to count as having learned.", "",
+             "| task | type | primary metric (units) | trivial predictor | method | metrics on validation, mean ± SD | "
+             "further validation splits |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in numbers["tasks"]:
+        f, result = facts.get(task, {}), numbers["results"][task]
+        for method, entry in result["methods"].items():
+            own = {result["metric_name"]: entry["metric"], **({"accuracy": entry["accuracy"]} if entry.get("accuracy") else {}),
+                   **(entry.get("other_metrics") or {})}  # fmt: skip
+            splits = "; ".join(f"{s.removeprefix('validation_')} {k} {mean_sd(v)}"
+                               for s, by in (entry.get("other_splits") or {}).items() for k, v in by.items())  # fmt: skip
+            lines.append(f"| {task} | {f.get('type', 'n/a')} | {result['metric_name']} ({f.get('units', 'n/a')}) | "
+                         f"{f.get('trivial', 'n/a')} | {method} | {'; '.join(f'{k} {mean_sd(v)}' for k, v in own.items())} | "
+                         f"{splits or 'none'} |")  # fmt: skip
+    return lines + [""]
 
 
 def layer_table(numbers: dict) -> list[str]:
@@ -256,8 +290,8 @@ def pairs_table(numbers: dict) -> list[str]:
     if not pairs:
         return ["No method is compared with the reference."]
     lines = [f"Every method against the reference `{settings.get('reference_method') or settings.get('full_method')}` "
-             "(the study's first full fine-tuning method), by the H1a and H1b rules above: gap = reference - method (pp, "
-             "task metric), reduction = mean over seeds of the per-seed drift reductions (%).", "",
+             "(the study's first full fine-tuning method), by the H1a and H1b rules above: gap = reference - method (in "
+             "points of the task metric: pp for accuracy and F1, correlation points for a correlation), reduction = mean over seeds of the per-seed drift reductions (%).", "",
              "| method | kind | task | gap (pp) | H1a | reduction % | H1b |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, pair in pairs.items():
         for task, verdicts in pair["tasks"].items():
@@ -506,6 +540,7 @@ def render(numbers: dict, figures: list[tuple[str, str]]) -> str:
     out += ["## Hypotheses", ""] + hypothesis_table(numbers) + [""]
     out += seeds_section(numbers)
     out += ["## Task metric and drift per method", ""] + results_table(numbers) + [""] + published_table(numbers)
+    out += (["## Task metrics", ""] + task_metrics_table(numbers)) if numbers["settings"].get("tasks") else []
     out += ["## Accuracy vs drift: Pareto front", ""] + pareto_lines(numbers) + [""]
     out += ["## Forgetting", ""] + forgetting_table(numbers) + [""]
     out += ["## Verdicts per method pair", ""] + pairs_table(numbers) + [""]

@@ -11,7 +11,7 @@ from lorascope.methods import kind_of
 from lorascope.methods.full import FullMethod
 from lorascope.methods.lora import LoraMethod
 from lorascope.serving import MODES, multi_count
-from lorascope.study import GLUE_TASKS, Study
+from lorascope.study import Study
 
 BACKENDS = ("hf", "vllm")
 
@@ -57,7 +57,18 @@ class BenchPlan:
             if mode.startswith("multi-") and k > len(self.tasks):
                 raise ConfigError(f"bench.modes: mode {mode!r} serves {k} task adapters at once but the study has "
                                   f"{len(self.tasks)} task(s) {self.tasks}; drop the mode or add tasks")
-        labels = {GLUE_TASKS[t]["num_labels"] for t in self.adapter_tasks}
+        specs = {t.name: t.spec for t in study.tasks}
+        # which bench applies is the task type's (`TaskType.bench`): this one serves forward-pass classifiers
+        for name in dict.fromkeys([self.served_task, *self.adapter_tasks]):
+            ttype = specs[name].task_type
+            if ttype.bench != "classification":
+                what = f"the {ttype.bench} bench applies" if ttype.bench else "no bench applies"
+                raise ConfigError(f"bench: task {name!r} is of type {ttype.name!r}, for which {what}; this bench serves "
+                                  "classification tasks (list a classification task first, or leave the bench phase "
+                                  "out)")  # fmt: skip
+            if backend == "vllm" and not ttype.vllm_servable:
+                raise ConfigError(f"bench.backends: vllm cannot serve task {name!r} (type {ttype.name!r})")
+        labels = {specs[t].num_labels for t in self.adapter_tasks}
         if len(labels) > 1:
             raise ConfigError(f"bench: multi-adapter modes need tasks with one label count, got {sorted(labels)}")
         if backend == "vllm" and self.lora is not None:

@@ -1,13 +1,13 @@
 """Fit: build the HF Trainer from a `Plan`, train (resuming from a checkpoint folder), return `FitResult`.
 
 How a model trains (`fit`), whatever the method (full or LoRA) and whoever calls it (sanity, hpo, train):
-  * HF `Trainer` (`ClassifierTrainer`): bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
+  * HF `Trainer` (`TaskTrainer`; the loss, the collate and the evaluation are the task type's, `lorascope.tasks`): bf16 autocast with fp32 master weights on CUDA, fp32 on CPU
     (`training.precision`); activation (gradient) checkpointing as a study option; AdamW (`adamw_torch_fused` on
     CUDA, `adamw_torch` on CPU, `adamw_8bit` when bitsandbytes is installed); cosine schedule with a linear
     warmup over `warmup_ratio` of the steps; weight decay; gradient clipping at `training.max_grad_norm` (0.3).
-  * Effective batch = micro-batch x gradient accumulation (`hparams.batch_layout`). The loss is the mean
-    cross-entropy over the whole effective batch (summed per micro-batch, divided by the examples in the
-    accumulated batch), so a short last micro-batch is weighted correctly.
+  * Effective batch = micro-batch x gradient accumulation (`hparams.batch_layout`). The loss is the task type's mean
+    over the whole effective batch (classification: cross-entropy, or squared error for regression; summed per
+    micro-batch, divided by the items in the accumulated batch), so a short last micro-batch is weighted correctly.
   * Dynamic padding (each batch right-padded to its longest member) with length-grouped batches
     (`SeededLengthGroupedSampler`: HF's grouping, but its permutation comes from (data seed, epoch) only, not from
     the global RNG, so a run resumed in any epoch replays the same batches).
@@ -32,15 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from lorascope import data, termination
+from lorascope import termination
 from lorascope.errors import ConfigError, LorascopeError
 from lorascope.log import Logger
+from lorascope.tasks import Task
+from lorascope.tasks.classification import plain_task
 from lorascope.training.checkpoints import checkpoint_state, load_checkpoint_weights, training_finished
-from lorascope.training.evaluation import evaluate_features
+from lorascope.training.evaluation import evaluate_features, task_of
 from lorascope.training.hparams import Plan, optimizer_name, schedule, stable_seed, use_bf16
 from lorascope.training.sigterm import SigtermCheckpoint
 
@@ -75,21 +76,20 @@ class SeededLengthGroupedSampler(Sampler):
 
 def classification_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """Cross-entropy summed over the micro-batch and divided by the examples in the whole accumulated batch, so the
-    accumulated gradient is that of the mean loss over the effective batch."""
-    logits = outputs["logits"].float()
-    loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-    return loss / count
+    accumulated gradient is that of the mean loss over the effective batch (the classification type's loss)."""
+    return plain_task().task_type.loss(plain_task(), outputs, labels, num_items_in_batch)
 
 
-class ClassifierTrainer(Trainer):
-    """`Trainer` with the shared loss, the seeded length-grouped sampler, and evaluation through
-    `evaluate_features` (so dev metrics during training, early stopping and the best model use the same code as the
+class TaskTrainer(Trainer):
+    """`Trainer` with the task type's loss and collate, the seeded length-grouped sampler, and evaluation through the
+    task type's `evaluate` (so dev metrics during training, early stopping and the best model use the same code as the
     final report)."""
 
-    def __init__(self, *args: Any, pad_id: int, **kwargs: Any) -> None:
-        super().__init__(*args, compute_loss_func=classification_loss, **kwargs)
+    def __init__(self, *args: Any, pad_id: int, task: Task, tokenizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, compute_loss_func=partial(task.task_type.loss, task), **kwargs)
         self.pad_id = pad_id
+        self.task = task
+        self.eval_tokenizer = tokenizer
         self.model_accepts_loss_kwargs = False  # the loss above handles accumulation; forward gets no loss kwargs
 
     def _get_train_sampler(self, train_dataset=None):
@@ -105,9 +105,8 @@ class ClassifierTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         features = eval_dataset if eval_dataset is not None else self.eval_dataset
         t0 = time.perf_counter()
-        result = evaluate_features(
-            self.model, list(features), self.args.per_device_eval_batch_size, self.pad_id, bf16=self.args.bf16
-        )
+        result = evaluate_features(self.model, list(features), self.args.per_device_eval_batch_size, self.pad_id,
+                                   bf16=self.args.bf16, task=self.task, tokenizer=self.eval_tokenizer)  # fmt: skip
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in result.metrics().items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - t0, 4)
         self.log(metrics)
@@ -197,8 +196,8 @@ class LogLines(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "eval_loss" in logs:
-            self.log.debug("eval", step=state.global_step, eval_loss=logs["eval_loss"], eval_accuracy=logs.get("eval_accuracy"),
-                     eval_f1=logs.get("eval_f1"))  # fmt: skip
+            self.log.debug("eval", step=state.global_step, **{k: v for k, v in logs.items() if k.startswith("eval_")
+                                                              and not k.endswith(("_runtime", "_n"))})  # fmt: skip
         elif "loss" in logs:
             self.log.debug("train", step=state.global_step, epoch=round(state.epoch or 0.0, 3), loss=logs["loss"],
                      lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))  # fmt: skip
@@ -234,10 +233,14 @@ def fit(
     log: Logger,
     callbacks: Sequence[TrainerCallback] = (),
     resume_from: Path | None = None,
+    task: Task | None = None,
+    tokenizer: Any = None,
 ) -> FitResult:
     """Train `model` (already on `device`, fp32 weights; seed before building it) on encoded examples. With
     `plan.evaluate`, evaluates on `dev_features` `evals_per_epoch` times per epoch, early-stops on dev loss and ends
-    with the best checkpoint's weights loaded. `resume_from`: a checkpoint folder written by an earlier run."""
+    with the best checkpoint's weights loaded. `resume_from`: a checkpoint folder written by an earlier run. `task`: the
+    resolved task (its type's loss, collate and evaluation); None = a plain classification task of the model's label
+    count. `tokenizer`: for a type whose evaluation decodes text (generation)."""
     if not train_features:
         raise ConfigError("no training examples")
     if plan.evaluate and not dev_features:
@@ -251,14 +254,17 @@ def fit(
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
     if (stop := termination.current()) is not None:  # SIGTERM: last checkpoint, then stop (after the phase's callbacks)
         all_callbacks.append(SigtermCheckpoint(stop, log))
-    trainer = ClassifierTrainer(
+    task = task_of(task, model)
+    trainer = TaskTrainer(
         model=model,
         args=args,
-        data_collator=partial(data.collate, pad_id=pad_id),
+        data_collator=lambda batch: task.task_type.collate(task, batch, pad_id),
         train_dataset=train_features,
         eval_dataset=dev_features if plan.evaluate else None,
         callbacks=all_callbacks,
         pad_id=pad_id,
+        task=task,
+        tokenizer=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # LogLines writes the log lines
     s = schedule(training, plan, len(train_features))
@@ -330,3 +336,6 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_peak_rss"
+
+
+ClassifierTrainer = TaskTrainer  # the name before task types: classification is one of them

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from lorascope.errors import ConfigError
 from lorascope.methods import kind_of, kind_only_problem
 from lorascope.study import HPO_PARAMS, REQUIRED_PARAMS, param_problem
-from lorascope.tasks import GLUE_TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +161,3 @@ def schedule(training: TrainingConfig, plan: Plan, n_train: int) -> dict[str, in
         "capped": int(capped < total),
         "eval_steps": max(1, steps_per_epoch // training.evals_per_epoch),
     }
-
-
-def num_labels(task: str) -> int:
-    return int(GLUE_TASKS[task]["num_labels"])
