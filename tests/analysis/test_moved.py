@@ -99,3 +99,16 @@ def test_the_gate_on_hand_made_values():
     assert not vd.moved({1: 0.01, 2: 0.03, 3: -0.005}, None)["moved"]  # a seed at or below 0
     assert not vd.moved({1: 0.002, 2: 0.02, 3: 0.001}, 0.01)["moved"]  # the bound reaches 0
     assert vd.moved({1: 0.01, 2: 0.01}, None)["moved"]  # no spread at all: above 0 is moved
+
+
+if __name__ == "__main__":  # the table docs/analysis.md quotes: python -m tests.analysis.test_moved
+    print("| change | drift from the base | lower bound | SE seeds | SE examples | seed-to-seed | shared share | moved | old gate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (shared, specific) in {"did not move": (0.0, 0.0), "seed-specific only": (0.0, SIZE),
+                                     "shared only": (SIZE, 0.0), "half shared, half seed-specific":
+                                     (SIZE / np.sqrt(2), SIZE / np.sqrt(2))}.items():  # fmt: skip
+        g = gate(simulate(shared, specific))
+        share = "n/a" if g["shared_share"] is None else f"{g['shared_share']:.2f}"
+        old = "indistinguishable" if g["mean"] <= g["seed_to_seed"] else "above floor"
+        print(f"| {name} | {g['mean']:.4f} | {g['lo']:.4f} | {g['se_seeds']:.4f} | {g['se_examples']:.4f} | "
+              f"{g['seed_to_seed']:.4f} | {share} | {'yes' if g['moved'] else 'no'} | {old} |")

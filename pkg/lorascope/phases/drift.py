@@ -16,8 +16,8 @@ Recipe
      blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
      reason in summary.json's settings.weights_skipped;
   4. statistics and verdicts (`analysis.summary`, assembling `analysis.drift_stats` and `analysis.hypotheses`; rules
-     in `analysis.verdicts`): seed summaries, learning and
-     noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
+     in `analysis.verdicts`): seed summaries, learning gates, whether the reference moved (the seed-to-seed drift
+     beside it as consistency), H1a, H1b (per task, pair and layer), and H2 when a bench bundle is already committed
      -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
      `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.

@@ -78,7 +78,7 @@ def draw_layer_drift(summary: dict, pooling: str):
                 ax.fill_between(x, [_nan(v) for v in stats["min"]], [_nan(v) for v in stats["max"]], color=color, alpha=0.2,
                                 lw=0, label=f"{method} min..max over seeds")  # fmt: skip
                 ax.plot(x, [_nan(v) for v in stats["noise_floor"]], color=color, ls="--", lw=1,
-                        label=f"{method} seed noise floor")  # fmt: skip
+                        label=f"{method} seed-to-seed drift")  # fmt: skip
             ax.set_title(f"{task}: {similarity.MEASURES.get(measure).label} drift ({pooling} pooling)", fontsize=9)
             ax.set_xticks(ticks)
             ax.set_xticklabels([_short(labels[i]) for i in ticks], fontsize=TICK_FONT)

@@ -12,7 +12,7 @@ from lorascope.analysis import similarity
 from lorascope.reporting.bench_markdown import device_words, stack_name
 
 FIGURES = {
-    "layer_drift": "Layer-wise drift per task (every method, band = min..max over seeds, dashed = seed noise floor)",
+    "layer_drift": "Layer-wise drift per task (every method, band = min..max over seeds, dashed = seed-to-seed drift)",
     "metric_vs_drift": "Task metric against mean drift, one point per cell",
     "pareto": "Task metric against drift (and forgetting) per method, with the Pareto front",
     "drift_reduction": "Drift reduction with its confidence interval over examples",
