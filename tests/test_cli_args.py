@@ -57,3 +57,17 @@ def test_log_flags_work_after_the_subcommand_too(monkeypatch, smoke_study_path, 
     assert cli.main([a.format(study=smoke_study_path) for a in argv]) == 0
     assert os.environ["LORASCOPE_LOG_LEVEL"] == level
     cli.configure_logging("info")
+
+
+def test_validate_warns_when_the_seeds_cannot_support_a_verdict(capsys):
+    """Fewer than three seeds per method: `validate` says the report will be exploratory (jobs/smoke-methods.yaml has
+    two); three seeds: no warning."""
+    from pathlib import Path
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    assert cli.main(["validate", str(jobs / "smoke-methods.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 seeds per method: H1a and H1b need at least 3 for a verdict" in out
+    assert 't = 12.71 on 1 degree of freedom' in out and '"exploratory: 2 seeds"' in out
+    assert cli.main(["validate", str(jobs / "smoke.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -124,6 +124,11 @@ def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
           f"seeds={_listed(study.seeds)}")  # fmt: skip
     for note in notes:
         print(f"note: {note}")
+    from lorascope.analysis.verdicts import seeds_warning
+
+    few = seeds_warning(len(study.seeds))
+    if few:
+        print(f"warning: {few}")
     return EXIT_OK
 
 

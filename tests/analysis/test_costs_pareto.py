@@ -82,7 +82,7 @@ def _summary(n_methods: int, forgetting: bool = False) -> dict:
             acc = 0.9 - 0.01 * ti - (0 if m == "full" else 0.04 / (i + 1))
             methods[m] = {"metric": {"values": {"1": acc, "2": acc + 0.01}, "mean": acc + 0.005, "sd": 0.007},
                           "accuracy": {"values": {"1": acc, "2": acc + 0.01}, "mean": acc + 0.005, "sd": 0.007},
-                          "drift": {"mean": {"debiased": {"values": {"1": drift, "2": drift + 0.02}}}}}  # fmt: skip
+                          "drift": {"mean": {"debiased": {"values": {"1": drift, "2": drift + 0.02}}}}, "learned": True}  # fmt: skip
         results[task] = {"metric_name": "f1" if task == "mrpc" else "accuracy", "methods": methods}
     s = {"tasks": ["mrpc", "rte"], "results": results,
          "settings": {"primary_pooling": "mean", "primary_measure": "cka_debiased"}}  # fmt: skip
@@ -106,6 +106,31 @@ def test_pareto_section_points_are_seed_means_with_ranges():
     assert sec["forgetting"]["rte"]["points"]["lora-r1"]["x"] == pytest.approx(0.01)
     assert sec["sweeps"][0]["methods"] == ["lora-r1", "lora-r2", "lora-r4"]
     assert pareto.pareto_section(_summary(2), methods[:2])["forgetting"] is None
+
+
+def test_a_method_whose_cells_did_not_learn_is_never_on_the_front():
+    """Before: on the demo's rte, LoRA (no cell learned: 52.2% against a 50% baseline) sat on both fronts because a
+    model that did not move has low drift and low forgetting. Now it is drawn but never on the front; a learned
+    method off the front whose seed ranges overlap a front member's is "tied" with it."""
+    s = _summary(3, forgetting=True)
+    rte = s["results"]["rte"]["methods"]
+    rte["lora-r1"]["learned"] = False  # the lowest drift and forgetting of all: on both fronts before
+    methods = [NS(name="full", kind="full"), NS(name="lora-r1", kind="lora", r=1), NS(name="lora-r2", kind="lora", r=2)]
+    sec = pareto.pareto_section(s, methods)
+    for axis in ("drift", "forgetting"):
+        part = sec[axis]["rte"]
+        assert "lora-r1" not in part["front"] and part["not_learned"] == ["lora-r1"], axis
+        assert part["points"]["lora-r1"]["learned"] is False and part["points"]["full"]["learned"] is True
+        assert "lora-r1" in sec[axis]["mrpc"]["front"]  # the same method learned mrpc: on that front
+    assert sec["drift"]["rte"]["front"] == ["lora-r2", "full"]
+    assert pareto.pareto_front({m: (p["x"], p["metric"]) for m, p in sec["drift"]["rte"]["points"].items()})[0] == "lora-r1"
+    assert "learned their task" in sec["rule"] and "tied" in sec["rule"]
+    # tied: off the front by means, but its seed ranges overlap a front member's on both axes
+    pts = {"a": {"n": 2, "learned": True, "x": 0.10, "x_min": 0.08, "x_max": 0.12, "metric": 0.85, "metric_min": 0.84, "metric_max": 0.86},
+           "b": {"n": 2, "learned": True, "x": 0.11, "x_min": 0.09, "x_max": 0.13, "metric": 0.845, "metric_min": 0.83, "metric_max": 0.855},
+           "c": {"n": 2, "learned": True, "x": 0.50, "x_min": 0.49, "x_max": 0.51, "metric": 0.84, "metric_min": 0.83, "metric_max": 0.85}}  # fmt: skip
+    got = pareto.front_of(pts)
+    assert got["front"] == ["a"] and got["tied"] == {"b": ["a"]} and got["not_learned"] == []  # c: dominated, apart
 
 
 def test_published_numbers_compare_like_with_like():

@@ -5,6 +5,7 @@ verdicts. The study is duck-typed (summary.py reads kind, name and a few fields)
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace as NS
 
@@ -31,11 +32,11 @@ TOP = method("top1", "top_layers", k=1)
 BITFIT = method("bitfit", "bitfit", train=["bias"])
 
 
-def study(methods, tasks=("rte",), hypotheses=None):
+def study(methods, tasks=("rte",), hypotheses=None, seeds=SEEDS):
     task_objs = [NS(name=t, selection_metric="accuracy") for t in tasks]
     cells = [NS(index=i, task=t, method=m.name, seed=s, name=f"{t}-{m.name}-s{s}")
-             for i, (t, m, s) in enumerate((t, m, s) for t in tasks for m in methods for s in SEEDS)]  # fmt: skip
-    return NS(tasks=task_objs, methods=list(methods), seeds=list(SEEDS), cells=lambda: cells,
+             for i, (t, m, s) in enumerate((t, m, s) for t in tasks for m in methods for s in seeds)]  # fmt: skip
+    return NS(tasks=task_objs, methods=list(methods), seeds=list(seeds), cells=lambda: cells,
               task=lambda n: next(t for t in task_objs if t.name == n), method=lambda n: next(m for m in methods if m.name == n),
               extraction=NS(pooling=["mean"]), hypotheses=hypotheses or NS(h1a_max_gap_pp=3.0, h1b_min_reduction_pct=20.0,
                                                                              h2_max_overhead_pct=30.0))  # fmt: skip
@@ -75,7 +76,7 @@ def inputs(st, changes_embeddings=("full",), frozen=None):
         metrics[c.name] = {"validation": {"accuracy": float((pred == y).mean())}}
     for m in st.methods:
         for t in st.tasks:
-            for a, b in ((42, 1337), (42, 2024), (1337, 2024)):
+            for a, b in itertools.combinations(st.seeds, 2):
                 for li in range(len(LABELS)):
                     d = 0.01 if li else 0.0
                     noise.append({"task": t.name, "pooling": "mean", "method": m.name, "seed_a": a, "seed_b": b,
@@ -117,7 +118,22 @@ def test_a_method_with_a_bigger_gap_fails_h1a(five):
     assert by["rte/ia3"]["gap_pp"] == pytest.approx(100 * (np.mean(PROFILE["full"][0]) - np.mean(PROFILE["ia3"][0])), abs=0.01)
     assert by["rte/ia3"]["evidence"].startswith("full 90.17 (n=3), ia3 80.17 (n=3); gap full-ia3 +10.00 pp")
     assert by["rte/lora"]["verdict"] == "supported"
-    assert s["hypotheses"]["H1a"]["verdict"] == "not supported"  # the overall rule: any part not supported
+
+
+def test_the_overall_line_is_the_reference_pair_and_counts(five):
+    """No single word for a family of methods (before: "not supported" because ia3, one pair of four, is): the
+    reference pair (the first LoRA method against the first full one) gets its verdict, every pair is counted."""
+    _st, s = five
+    h1a = s["hypotheses"]["H1a"]
+    assert h1a["reference_pair"] == {"reference": "full", "method": "lora", "verdict": "supported"}
+    assert h1a["verdict"] == "supported" == h1a["by_method"]["lora"]["verdict"]
+    assert h1a["counts"]["not supported"] == 1 and h1a["counts"]["supported"] == sum(
+        v["verdict"] == "supported" for v in h1a["by_method"].values())
+    assert sum(h1a["counts"].values()) == 4 and set(h1a["counts"]) == set(vd.CATEGORIES)
+    assert s["settings"]["reference_pair"] == ["full", "lora"]
+    # without a LoRA method the first compared method makes the reference pair
+    s2 = build(study([FULL, IA3, TOP]), encoder=False)
+    assert s2["hypotheses"]["H1a"]["reference_pair"]["method"] == "ia3"
 
 
 def test_the_full_vs_lora_pair_gets_the_same_verdict_as_in_a_two_method_study(five):
@@ -137,23 +153,63 @@ def test_the_full_vs_lora_pair_gets_the_same_verdict_as_in_a_two_method_study(fi
     assert direct["verdict"] == "supported" and direct["estimate_pct"] == s2["hypotheses"]["H1b"]["by"]["rte"]["estimate_pct"]
 
 
-def test_embeddings_left_out_and_top_k_frozen_blocks_kept_but_marked(five):
+def test_entries_fixed_by_construction_leave_every_mean_that_compares_them(five):
+    """One rule for every kind: the embedding output (LoRA, IA3, top-k, BitFit on a decoder) and top-k's frozen
+    blocks have drift exactly 0 by construction, so a pair's mean covers only the entries both methods can change and
+    the table over all methods only the entries every method can change; the left-out entries are listed with the
+    reason and their drift, and the whole-model mean is there, labelled. Before: top1's frozen blocks stayed in its
+    mean, (0 + 0 + final_norm) / 3, and its H1b rested on those zeros."""
     _st, s = five
     res = s["results"]["rte"]
-    assert res["layers_in_mean"]["mean"] == ["layer_1", "layer_2", "final_norm"]
-    why = res["layers_excluded"]["mean"]["embeddings"]
-    assert "lora (lora on q_proj, v_proj)" in why and "ia3 (ia3 on k, v, down)" in why and "top1 (top_layers)" in why
-    assert "bitfit (bitfit)" in why  # a decoder: BitFit cannot change the embedding output
+    assert res["layers_in_mean"]["mean"] == ["final_norm"]  # top1 cannot change layer_1 and layer_2
+    why = res["layers_excluded"]["mean"]
+    assert "lora (lora on q_proj, v_proj)" in why["embeddings"] and "ia3 (ia3 on k, v, down)" in why["embeddings"]
+    assert "top1 (top_layers)" in why["embeddings"] and "bitfit (bitfit)" in why["embeddings"]  # a decoder
+    assert why["layer_1"].startswith("top1: frozen by construction (top1 trains the last 1 of 3")
     assert s["frozen_by_construction"] == {"top1": ["layer_1", "layer_2"]}
-    layers = res["comparisons"]["top1"]["layers"]
+    assert set(s["fixed_by_construction"]["top1"]) == {"embeddings", "layer_1", "layer_2"}
+    assert "full" not in s["fixed_by_construction"]
+    top = res["comparisons"]["top1"]
+    assert top["layers_in_mean"]["mean"] == ["final_norm"] and set(top["layers_excluded"]["mean"]) == {"embeddings", "layer_1", "layer_2"}
+    layers = top["layers"]
     assert layers["layer_1"]["frozen_by_construction"].startswith("frozen by construction (top1 trains the last 1 of 3")
-    assert layers["layer_1"]["in_mean"] and layers["layer_1"]["method_mean"] == 0.0
-    assert layers["final_norm"]["frozen_by_construction"] is None
+    assert not layers["layer_1"]["in_mean"] and layers["layer_1"]["verdict"] == "not compared"
+    assert layers["layer_1"]["method_mean"] == 0.0 and layers["layer_1"]["ft_mean"] > 0  # its drift, shown apart
+    assert "frozen by construction" in layers["layer_1"]["not_compared_why"]
+    assert layers["final_norm"]["frozen_by_construction"] is None and layers["final_norm"]["in_mean"]
+    # the top1 pair's mean is over final_norm only: no zeros from frozen blocks
+    pair = top["mean"]["debiased"]
+    assert pair["method_values"]["42"] == pytest.approx(PROFILE["top1"][1][0] * 1.25)
+    assert pair["ft_values"]["42"] == pytest.approx(PROFILE["full"][1][0] * 1.25)
+    # the lora pair keeps layer_1 and layer_2 (both methods can change them)
+    assert res["comparisons"]["lora"]["layers_in_mean"]["mean"] == ["layer_1", "layer_2", "final_norm"]
     assert res["comparisons"]["lora"]["layers"]["layer_1"]["frozen_by_construction"] is None
-    # the frozen blocks' zero drift is in top1's mean: (0 + 0 + final_norm) / 3
-    vals = res["methods"]["top1"]["drift"]["mean"]["debiased"]["values"]
-    assert vals["42"] == pytest.approx(PROFILE["top1"][1][0] * 1.25 / 3)
-    assert "(frozen by construction)" in s["hypotheses"]["H1b"]["by"]["rte/top1"]["evidence"]
+    # the whole-model mean: every entry, frozen zeros and all, labelled as such
+    whole = res["methods"]["top1"]["drift_whole_model"]["mean"]["debiased"]["values"]
+    assert whole["42"] == pytest.approx(PROFILE["top1"][1][0] * 1.25 / 4)
+    assert res["methods"]["top1"]["layers_whole_model"]["mean"] == LABELS
+    assert top["whole_model"]["method_mean"] == pytest.approx(np.mean([PROFILE["top1"][1][i] * 1.25 / 4 for i in range(3)]))
+    ev = s["hypotheses"]["H1b"]["by"]["rte/top1"]["evidence"]
+    assert "over the 1 entries both methods can change (final_norm)" in ev and "whole-model mean" in ev
+    assert "layer_1 (top1: frozen by construction" in ev
+
+
+def test_a_two_seed_study_reads_exploratory():
+    """Fewer than three seeds per method: every H1a / H1b rule outcome reads "exploratory: 2 seeds" with its numbers
+    and interval (before: two seeds agreeing made lora "supported" with t = 12.71 on 1 df); the learning gate still
+    says not assessable; the seed-to-seed drift says it rests on one seed pair; the overall line counts them."""
+    st = study([FULL, LORA, IA3], seeds=(42, 1337))
+    s = build(st, encoder=False)
+    for h in ("H1a", "H1b"):
+        for key, v in s["hypotheses"][h]["by"].items():
+            assert v["verdict"] == "exploratory: 2 seeds", (h, key, v["evidence"])
+            assert v["lo"] is not None and v["hi"] is not None  # the interval stays
+        assert s["hypotheses"][h]["verdict"] == "exploratory: 2 seeds"  # the reference pair full vs lora
+        assert s["hypotheses"][h]["counts"]["exploratory"] == 2
+    assert s["settings"]["exploratory"] and s["settings"]["min_seeds_for_verdict"] == 3
+    assert s["results"]["rte"]["methods"]["full"]["noise_floor"]["mean"]["debiased"]["n"] == 1  # one seed pair
+    assert s["results"]["rte"]["comparisons"]["lora"]["reference_moved"]["seed_pairs"] == 1
+    assert s["pairs"]["ia3"]["H1a"] == "exploratory: 2 seeds"
 
 
 def test_bitfit_on_an_encoder_changes_the_embedding_output():
@@ -207,3 +263,37 @@ def test_encoder_of_reads_the_stage_config(tmp_path):
         cfg.write_text(json.dumps({"model_type": model_type}))
         assert sm.encoder_of(cfg) is expected
     assert sm.encoder_of(tmp_path / "missing.json") is None
+
+
+def _wrow(method, seed, block, module, **values):
+    return {"task": "rte", "method": method, "seed": seed, "block": block, "module": module,
+            "name": f"model.layers.{block}.{'self_attn' if module[0] in 'qkvo' else 'mlp'}.{module}.weight",
+            "stable_rank": values.get("stable_rank", 1.0), "effective_rank": values.get("effective_rank", 2.0),
+            "r90": values.get("r90", 1), "n_intruders": values.get("n_intruders", 0), "delta_rel": values.get("delta_rel", 0.1)}  # fmt: skip
+
+
+def test_weight_rows_cover_the_same_modules_for_every_method():
+    """Like for like: before, the full row averaged all seven module types (it was analysed on every linear because
+    one LoRA method adapted all-linear) while the lora rows covered q and v. Now the main table holds every method
+    over the modules every method changes (by full name: blocks and projections); each method's own modules are in
+    the union table, labelled apart."""
+    linears = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    rows = [_wrow("full", s, b, m, stable_rank=2.0 if m in ("q_proj", "v_proj") else 9.0) for s in (1, 2) for b in (0, 1) for m in linears]
+    rows += [_wrow("lora", s, b, m) for s in (1, 2) for b in (0, 1) for m in ("q_proj", "v_proj")]
+    rows += [_wrow("ia3", s, b, m, effective_rank=30.0) for s in (1, 2) for b in (0, 1) for m in ("k_proj", "v_proj", "down_proj")]
+    rows += [_wrow("top1", s, 1, m) for s in (1, 2) for m in linears]
+    common, union, modules = sm.weight_summary(rows)
+    assert modules["rte"]["common"] == ["model.layers.1.self_attn.v_proj.weight"]
+    assert {m: e["module_types"] for m, e in common["rte"].items()} == dict.fromkeys(("full", "lora", "ia3", "top1"), ["v_proj"])
+    assert {e["modules"] for e in common["rte"].values()} == {1} and {e["rows"] for e in common["rte"].values()} == {2}
+    assert common["rte"]["full"]["stable_rank"]["mean"] == 2.0  # full's v_proj only, not its other six types
+    assert union["rte"]["full"]["module_types"] == sorted(linears) and union["rte"]["full"]["modules"] == 14
+    assert union["rte"]["full"]["stable_rank"]["mean"] == pytest.approx((2 * 2 + 9 * 5) / 7)
+    assert modules["rte"]["by_method"]["ia3"] == {"modules": 6, "module_types": ["down_proj", "k_proj", "v_proj"]}
+    # full and lora alone: their common modules are q and v in both blocks
+    common2, _, modules2 = sm.weight_summary([r for r in rows if r["method"] in ("full", "lora")])
+    assert modules2["rte"]["common_types"] == ["q_proj", "v_proj"] and common2["rte"]["full"]["modules"] == 4
+    # no module in common: no like-for-like rows, the union stays
+    disjoint = [_wrow("a", 1, 0, "q_proj"), _wrow("b", 1, 0, "k_proj")]
+    c3, u3, m3 = sm.weight_summary(disjoint)
+    assert c3 == {"rte": {}} and set(u3["rte"]) == {"a", "b"} and m3["rte"]["common"] == []

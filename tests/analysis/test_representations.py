@@ -107,3 +107,22 @@ def test_a_cosine_undefined_for_one_pair_is_nan_there_only():
     assert np.isnan(rows[1]["cosine"])
     assert rows[1]["centered_cosine"] == pytest.approx(sim.centered_cosine(base, zero_row, mu), abs=1e-12)  # defined
     assert rows[1]["cka_debiased"] == pytest.approx(sim.debiased_cka(base, zero_row), abs=1e-12)
+
+
+def test_a_centred_cosine_of_a_constant_representation_is_nan_not_rounding_noise():
+    """The last token's embedding output when every example ends with the same token: every row is one vector, so
+    each centred row is 0 (the base's own mean) and the centred cosine is 0/0. Before: stored as 1.0 (a cell equal
+    to the base) or ~3e-8 (a full cell whose embedding changed), the cosine of float64 rounding noise."""
+    rng = np.random.default_rng(5)
+    token = rng.standard_normal(64).astype(np.float32) * 3.0 + 1.0
+    base = np.tile(token, (50, 1)).astype(np.float64)
+    moved = np.tile(token + 0.5 * rng.standard_normal(64).astype(np.float32), (50, 1)).astype(np.float64)
+    layer = {"base": base, "same": base.copy(), "moved": moved}
+    rows = representations.drift_rows(layer, [("base", "same"), ("base", "moved")], sim.GramCache(layer))
+    assert all(np.isnan(r["centered_cosine"]) for r in rows)
+    assert rows[0]["cosine"] == pytest.approx(1.0) and 0 < rows[1]["cosine"] < 1  # the raw cosine is defined
+    with pytest.raises(ValueError, match="0/0"):
+        sim.centered_cosine(base, moved, base.mean(axis=0))
+    # a row that merely lies close to the mean is still defined
+    near = base + 1e-3 * rng.standard_normal(base.shape)
+    assert np.isfinite(sim.centered_cosine(near, near + 1e-4, near.mean(axis=0)))

@@ -24,12 +24,16 @@ H1B_CASES = [
     ("all seeds above threshold, tight spread", seeds(0.80, 0.82, 0.81), seeds(0.40, 0.41, 0.40), [], [], "supported"),
     ("one seed below the threshold", seeds(0.80, 0.82, 0.81), seeds(0.40, 0.41, 0.70), [], [], "inconclusive"),
     ("every seed clearly below the threshold", seeds(0.80, 0.82, 0.81), seeds(0.78, 0.79, 0.80), [], [], "not supported"),
-    ("full fine-tuning within its noise floor", seeds(0.80, 0.82, 0.81), seeds(0.40, 0.41, 0.40), [],
-     ["full drift within its seed noise floor"], "indistinguishable"),
+    ("the reference did not move", seeds(0.80, 0.82, 0.81), seeds(0.40, 0.41, 0.40), [],
+     ["full fine-tuning's drift from the base is not distinguishable from 0"], "indistinguishable"),
     ("LoRA at the majority baseline", seeds(0.80, 0.82, 0.81), seeds(0.01, 0.01, 0.02), ["lora seed 42 did not learn"], [],
      "not assessable"),
     ("identical zero-variance drifts", seeds(0.8, 0.8, 0.8), seeds(0.4, 0.4, 0.4), [], [], "inconclusive"),
-    ("a single seed", {42: 0.8}, {42: 0.1}, [], [], "inconclusive"),
+    ("a single seed", {42: 0.8}, {42: 0.1}, [], [], "exploratory: 1 seed"),
+    ("two seeds, both far above the threshold", {42: 0.8, 7: 0.81}, {42: 0.4, 7: 0.4}, [], [], "exploratory: 2 seeds"),
+    ("two seeds, both far below the threshold", {42: 0.8, 7: 0.81}, {42: 0.79, 7: 0.8}, [], [], "exploratory: 2 seeds"),
+    ("two seeds, a LoRA cell that did not learn", {42: 0.8, 7: 0.81}, {42: 0.4, 7: 0.4}, ["lora seed 7 did not learn"],
+     [], "not assessable"),
 ]  # fmt: skip
 
 
@@ -66,7 +70,9 @@ H1A_CASES = [
     ("identical zero-variance metrics", seeds(0.5, 0.5, 0.5), seeds(0.5, 0.5, 0.5), 0.0, [], "inconclusive"),
     ("both at the majority baseline", seeds(0.5, 0.5, 0.5), seeds(0.5, 0.5, 0.5), 0.0, ["full seed 42 did not learn"],
      "not assessable"),
-    ("a single seed", {42: 0.8}, {42: 0.8}, 0.3, [], "inconclusive"),
+    ("a single seed", {42: 0.8}, {42: 0.8}, 0.3, [], "exploratory: 1 seed"),
+    ("two seeds, tight and within the margin", {42: 0.81, 7: 0.80}, {42: 0.80, 7: 0.81}, 0.3, [], "exploratory: 2 seeds"),
+    ("two seeds, far below", {42: 0.90, 7: 0.91}, {42: 0.70, 7: 0.71}, 0.3, [], "exploratory: 2 seeds"),
 ]  # fmt: skip
 
 
@@ -85,6 +91,32 @@ def test_h1a_interval_adds_the_example_error_to_the_seed_spread():
     assert (a["lo"], a["hi"]) == pytest.approx((welch.low, welch.high))
     assert b["hi"] - b["lo"] > a["hi"] - a["lo"]
     assert b["hi"] - b["gap_pp"] > 1.96 * 1.5  # at least the example part alone
+
+
+def test_exploratory_verdicts_keep_their_numbers_and_intervals():
+    """Two seeds: no verdict, but the estimate and the interval the rule would read are there (before: lora 29.9 / 29.2
+    and dora 29.7 / 28.9 "supported" on the methods smoke run: t = 12.71 on 1 df rewards two seeds agreeing)."""
+    v = vd.h1b({42: 0.8853, 7: 0.8853}, {42: 0.8853 * 0.701, 7: 0.8853 * 0.708}, 20.0)
+    assert v["verdict"] == "exploratory: 2 seeds" and v["lo"] > 20  # the rule at 3 seeds would have said supported
+    assert v["estimate_pct"] == pytest.approx(29.55) and "fewer than 3 seeds per method: no verdict" in v["evidence"]
+    a = vd.h1a({42: 0.90, 7: 0.91}, {42: 0.70, 7: 0.71}, 3.0, example_se_pp=1.0)
+    assert a["verdict"] == "exploratory: 2 seeds" and a["lo"] > 3.0 and a["gap_pp"] == pytest.approx(20.0)
+    assert vd.category(a["verdict"]) == "exploratory" and vd.exploratory(2) == "exploratory: 2 seeds"
+    assert vd.seeds_warning(3) is None and "2 seeds per method: H1a and H1b need at least 3" in vd.seeds_warning(2)
+
+
+def test_h1a_degrees_of_freedom_come_from_the_seeds():
+    """The example error enters the standard error, not the degrees of freedom (before: Satterthwaite gave the
+    example part infinite df, so 8.6 to 24.7 df from 2 seeds per method)."""
+    full, lora = seeds(0.81, 0.80, 0.83), seeds(0.80, 0.79, 0.80)
+    fv, lv = np.array([81.0, 80, 83]), np.array([80.0, 79, 80])
+    welch_df = (fv.var(ddof=1) / 3 + lv.var(ddof=1) / 3) ** 2 / ((fv.var(ddof=1) / 3) ** 2 / 2 + (lv.var(ddof=1) / 3) ** 2 / 2)
+    for ex in (0.0, 0.5, 3.0):
+        v = vd.h1a(full, lora, 3.0, example_se_pp=ex)
+        assert v["df"] == pytest.approx(welch_df)  # the same df whatever the example error
+        se = math.sqrt(fv.var(ddof=1) / 3 + lv.var(ddof=1) / 3 + ex**2)
+        assert v["hi"] == pytest.approx(v["gap_pp"] + st.t.ppf(0.975, welch_df) * se)
+    assert welch_df <= 4  # at most k_full + k_lora - 2
 
 
 def test_seeds_needed_matches_the_noncentral_t_power():

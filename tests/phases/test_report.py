@@ -91,7 +91,8 @@ def test_hypothesis_table_and_key_cells(reported):
     _ctx, _s, md, numbers, _ = reported
     for key in ("H1a", "H1b", "H2"):
         h = numbers["hypotheses"][key]
-        assert f"| {h['hypothesis']} | overall | **{h['verdict']}** |" in md
+        scope = "overall" if key == "H2" else "reference pair full vs lora"  # H1: the reference pair's verdict
+        assert f"| {h['hypothesis']} | {scope} | **{h['verdict']}** |" in md
         for scope, part in h["by"].items():
             assert f"| | {scope} | {part['verdict']} | {part['evidence']} |" in md
     assert numbers["hypotheses"]["H2"]["verdict"] == "not measured"
@@ -290,7 +291,7 @@ def test_a_format_2_summary_still_renders(reported):
                 for c in by.values():
                     c["lora_mean"] = c.pop("method_mean")
             for v in comp["layers"].values():
-                for k in ("mean", "floor", "within_floor"):
+                for k in ("mean", "floor"):
                     v[f"lora_{k}"] = v.pop(f"method_{k}")
                 v.pop("frozen_by_construction")
     md = markdown.render(old, [])
@@ -300,3 +301,52 @@ def test_a_format_2_summary_still_renders(reported):
     assert f"| {markdown.fixed(layer['lora_mean'])} | {markdown.fixed(layer['lora_floor'])} |" in md
     assert "No table per pair: the drift summary predates it" in md and "No cost fields" in md
     assert "No Pareto section" in md
+
+
+def test_a_format_3_summary_still_renders(reported):
+    """A drift bundle of format 3 (docs/real-mini, every run before issue 26): the noise-floor gate's `within_floor`,
+    no pair-specific means, no counts, weights with a full method's "(other linears)" row. The report reads it in
+    its own terms (the old overall line, the (≤ floor) mark) instead of failing or inventing numbers."""
+    import copy
+
+    _ctx, _s, _md, numbers, _ = reported
+    old = copy.deepcopy(numbers)
+    old["format"] = 3
+    for key in ("min_seeds_for_verdict", "exploratory", "reference_pair"):
+        old["settings"].pop(key)
+    for key in ("weights_union", "weights_modules", "fixed_by_construction"):
+        old.pop(key)
+    for h in ("H1a", "H1b"):
+        old["hypotheses"][h].pop("counts")
+        old["hypotheses"][h].pop("reference_pair")
+    for task in old["tasks"]:
+        for entry in old["results"][task]["methods"].values():
+            for key in ("moved", "drift_whole_model", "layers_whole_model"):
+                entry.pop(key)
+            entry["within_floor"] = {p: {"debiased": True, "linear": False} for p in old["settings"]["poolings"]}
+        for comp in old["results"][task]["comparisons"].values():
+            for key in ("layers_in_mean", "layers_excluded", "reference_moved", "method_moved", "whole_model"):
+                comp.pop(key, None)
+            for layer in comp["layers"].values():
+                layer.pop("not_compared_why")
+                layer.pop("ft_moved")
+        old["weights"][task]["full (other linears)"] = old["weights"][task]["full"]
+    md = markdown.render(old, [])
+    h1b = old["hypotheses"]["H1b"]
+    assert f"| {h1b['hypothesis']} | overall | **{h1b['verdict']}** |" in md
+    assert "Pairs per verdict" not in md and "| seed noise floor (debiased) |" in md and " (≤ floor) |" in md
+    assert "Full fine-tuning cells: the LoRA target modules" in md and "| mrpc | full (other linears) |" in md
+    assert "Whole-model means" not in md and "seed-to-seed drift (debiased, consistency)" not in md
+    assert unmatched_numbers(md, old) == []
+
+
+def test_the_overall_line_is_a_table_of_counts(several):
+    """Several pairs: the headline of H1a / H1b is the reference pair's verdict, and a table counts the pairs per
+    verdict (before: "not supported" for the whole family because lora-q, one pair of three, is)."""
+    _drift, md, numbers, _ = several
+    h1a = numbers["hypotheses"]["H1a"]
+    assert h1a["reference_pair"] == {"reference": "full", "method": "lora", "verdict": "supported"}
+    assert h1a["counts"]["not supported"] == 1 and h1a["counts"]["supported"] >= 1
+    assert f"| {h1a['hypothesis']} | reference pair full vs lora | **supported** |" in md
+    counts = " | ".join(str(h1a["counts"][c]) for c in h1a["counts"])
+    assert f"| H1a | full vs lora | **supported** | {counts} |" in md

@@ -181,3 +181,41 @@ def test_no_machine_path_in_any_committed_file_and_the_same_bytes_every_time(run
     for path in reps:
         metadata = tensorio.header(path)["__metadata__"]
         assert list(metadata) == ["model", "task"], path
+
+
+def test_the_report_compares_method_kinds_like_for_like(run):
+    """Issue 26 on the methods smoke run. Before: top1's H1b was "supported" (per-seed reductions 70.7, 66.2%) with
+    half its layer mean the frozen layer_1 (drift exactly 0); the full weight row averaged seven module types
+    against LoRA's two; two seeds gave verdicts; the overall line said "not supported" for the family of methods;
+    prefix (a cell that did not learn) could sit on the front."""
+    study, ctx = run
+    summary = json.loads((ctx.local(ctx.require("drift")) / "summary.json").read_text())
+    res = summary["results"]["sst2"]
+    top = res["comparisons"]["top1"]
+    assert top["layers_in_mean"]["mean"] == ["final_norm"]  # layer_1 is frozen by construction, embeddings too
+    assert set(top["layers_excluded"]["mean"]) == {"embeddings", "layer_1"}
+    assert top["layers"]["layer_1"]["verdict"] == "not compared" and top["layers"]["layer_1"]["method_mean"] == 0.0
+    assert res["comparisons"]["lora"]["layers_in_mean"]["mean"] == ["layer_1", "final_norm"]
+    h1b = summary["hypotheses"]["H1b"]
+    assert h1b["by"]["sst2/top1"]["verdict"] != "supported"
+    # the top1 pair's values are final_norm's drift alone: no zeros from the frozen block
+    rows = list(csv.DictReader(io.StringIO((ctx.local(ctx.require("drift")) / "layer_rows.csv").read_text())))
+    final = {r["seed"]: float(r["drift_debiased"]) for r in rows
+             if (r["method"], r["layer"], r["pooling"]) == ("top1", "final_norm", "mean")}  # fmt: skip
+    assert top["mean"]["debiased"]["method_values"] == {s: v for s, v in final.items()}
+    # two seeds: exploratory, never supported / not supported; the overall line is the reference pair and counts
+    assert all(v["verdict"].startswith("exploratory") or v["verdict"] == "not assessable" for v in h1b["by"].values())
+    assert h1b["reference_pair"]["method"] == "lora" and sum(h1b["counts"].values()) == len(study.methods) - 1
+    # weight rows: the same modules for every method in the main table
+    assert len({tuple(e["module_types"]) for e in summary["weights"]["sst2"].values()}) == 1
+    assert summary["weights_union"]["sst2"]["full"]["module_types"] != summary["weights_union"]["sst2"]["lora"]["module_types"]
+    assert set(summary["settings"]["weights_notes"]) == {"ia3", "dora"}
+    # the front: only methods whose cells learned
+    report = json.loads((ctx.local(ctx.require("report")) / "summary.json").read_text())
+    learned = {m for m, e in res["methods"].items() if e["learned"]}
+    for axis in ("drift", "forgetting"):
+        part = report["pareto"][axis]["sst2"]
+        assert set(part["front"]) <= learned and set(part["not_learned"]) == set(part["points"]) - learned - {
+            m for m, p in part["points"].items() if not p["n"]}
+    text = (ctx.local(ctx.require("report")) / "ANALYSIS_REPORT.md").read_text()
+    assert "| H1b | full vs lora | **exploratory: 2 seeds** |" in text and "**Like for like**" in text

@@ -12,7 +12,8 @@ values, their mean and the two-sided 95% t-interval over seeds (`verdicts.t_boun
 seeds are the unit of replication; None with one seed or no spread).
 
 Is drift a proxy for forgetting? Across all cells (and per task), Spearman's rho and Pearson's r between each cell's
-primary drift (the drift summary's primary measure and pooling, its mean over layers: what H1b compares) and its
+primary drift (the drift summary's primary measure and pooling, its mean over the entries every method of the study
+can change: `layers_in_mean.layers_in_mean`) and its
 forgetting, with n. With a handful of cells (a smoke study: 18; the reference study: 18 per task at most) these are
 descriptive: cells of one method and task share their training recipe, so they are not independent draws, and no
 p-value is given.
@@ -36,7 +37,7 @@ CORRELATION_NOTE = ("descriptive only: few cells, and cells of one method and ta
 
 
 def primary_drift(summary: Mapping[str, Any]) -> dict[tuple[str, str, int], float]:
-    """(task, method, seed) -> the cell's primary drift (mean over layers) from the drift summary: results[task]
+    """(task, method, seed) -> the cell's primary drift (mean over the entries every method can change) from the drift summary: results[task]
     ["methods"][method]["drift"][primary pooling][primary measure]["values"][seed]. Empty when the summary has none."""
     settings = summary.get("settings", {})
     pooling, measure = settings.get("primary_pooling"), str(settings.get("primary_measure", "")).removeprefix("cka_")
@@ -124,7 +125,7 @@ def summarize(study: Any, units: Mapping[tuple[str, str], Mapping[str, Any] | No
     out["unit"] = UNIT
     out["interval"] = f"two-sided {100 * (1 - 2 * vd.ALPHA):g}% t-interval over seeds (verdicts.t_bounds)"
     out["drift_correlation"] = {
-        "drift": f"{settings.get('primary_measure')} drift, {settings.get('primary_pooling')} pooling, mean over layers",
+        "drift": f"{settings.get('primary_measure')} drift, {settings.get('primary_pooling')} pooling, mean over the entries every method can change",
         "all": correlation(all_x, all_y), "by_task": {t: correlation(x, y) for t, (x, y) in xs.items()},
     }  # fmt: skip
     return out, rows

@@ -1,8 +1,9 @@
 """The hypotheses, each by a rule in `verdicts` on numbers the summary already holds: H1a (task metric within a gap of
-the reference's) and H1b (drift at least a given percentage below the reference's) per task and compared method, one
-verdict per (reference, method) pair (`pair_verdicts`), and H2 (separate adapter serving at most a given overhead
-slower than merged) from the committed bench summaries, which the drift phase and the report phase evaluate with the
-same `h2_hypothesis`.
+the reference's) and H1b (drift, over the entries both methods can change, at least a given percentage below the
+reference's) per task and compared method, one verdict per (reference, method) pair (`pair_verdicts`), the overall
+line (the study's reference pair's verdict and a count of the pairs per verdict: no single word for a family of
+methods), and H2 (separate adapter serving at most a given overhead slower than merged) from the committed bench
+summaries, which the drift phase and the report phase evaluate with the same `h2_hypothesis`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lorascope.analysis import verdicts as vd
-from lorascope.analysis.drift_stats import PRIMARY_MEASURE
+from lorascope.analysis.drift_stats import PRIMARY_MEASURE, not_moved_text
 from lorascope.analysis.study_layout import NO_REFERENCE, method_roles, primary_pooling
 from lorascope.methods import kind_of
 
@@ -48,12 +49,32 @@ def compared_words(study: Any) -> str:
     return subjects.pop() if len(subjects) == 1 and None not in subjects else "each compared method's"
 
 
+def reference_pair(study: Any) -> Any | None:
+    """The compared method of the study's reference pair: the first method of a kind the hypotheses name (LoRA's
+    `hypothesis_subject`) against the reference (the first full method); without one, the first compared method;
+    None without a reference."""
+    _, compared = method_roles(study)
+    named = [m for m in compared if kind_of(m).hypothesis_subject is not None]
+    return (named or compared or [None])[0]
+
+
+def _moved_note(name: str, gate: Mapping[str, Any]) -> str:
+    """How a method's change reads: whether it moved, and its seed-to-seed drift as consistency."""
+    what = "moved" if gate["moved"] else "not distinguishable from the base"
+    share = gate.get("shared_share")
+    shared = f"; shared share {share:.2f} (small-change approximation)" if share is not None else ""
+    return f"{name}: {what}, {gate['evidence']}{shared}"
+
+
 def hypotheses_from(study: Any, results: Mapping[str, Any], task_facts: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """H1a and H1b per task and compared method (every method but the reference, of any kind) by `verdicts.h1a` /
-    `verdicts.h1b`, one verdict per (reference, method) pair and task, and their overall verdicts (`verdicts.combine`
-    over every pair and task; `by_method`: combined over the tasks of one pair). No reference: not measured, and
-    `no_reference` says why. `task_facts`: {task: the task type's gate facts} (units: H1a's margin and gaps are in
-    points of the task's primary metric, `unit`: "pp" for accuracy and F1, "points" of a correlation)."""
+    `verdicts.h1b`, one verdict per (reference, method) pair and task (`by_method`: combined over the tasks of one
+    pair, `verdicts.combine`). H1b compares the drift over the entries both methods can change (the comparison's
+    `ft_values` / `method_values`), gated by whether the reference moved at all (`reference_moved`). The overall line
+    (`RULES["pairs"]`): `verdict` is the study's reference pair's (`reference_pair`, combined over its tasks) and
+    `counts` counts the pairs per verdict category. No reference: not measured, and `no_reference` says why.
+    `task_facts`: {task: the task type's gate facts} (units: H1a's margin and gaps are in points of the task's primary
+    metric, `unit`: "pp" for accuracy and F1, "points" of a correlation)."""
     full, loras = method_roles(study)
     hyp = study.hypotheses
     primary = primary_pooling(study)
@@ -73,37 +94,52 @@ def hypotheses_from(study: Any, results: Mapping[str, Any], task_facts: Mapping[
                               {int(s): v for s, v in lmm["metric"]["values"].items()}, hyp.h1a_max_gap_pp,
                               example_se_pp=res["example_se_gap_pp"].get(lm.name), gates=ft_gates,
                               names=(full.name, lm.name), unit=unit)  # fmt: skip
-            ft = {int(s): v for s, v in fm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
-            lo = {int(s): v for s, v in lmm["drift"][primary][PRIMARY_MEASURE]["values"].items()}
-            floor = fm["noise_floor"][primary][PRIMARY_MEASURE]["mean"]
-            indist = [f"full fine-tuning's drift {fm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its seed "
-                      f"noise floor {floor:.4f}"] if fm["within_floor"][primary][PRIMARY_MEASURE] else []  # fmt: skip
+            comp = res["comparisons"][lm.name]
+            pair = comp[primary][PRIMARY_MEASURE]
+            ft = {int(s): v for s, v in pair["ft_values"].items()}
+            lo = {int(s): v for s, v in pair["method_values"].items()}
+            indist = not_moved_text(comp["reference_moved"])
             v = vd.h1b(ft, lo, hyp.h1b_min_reduction_pct, gates=ft_gates + lo_gates, indistinguishable=indist)
-            notes = []
-            if lmm["within_floor"][primary][PRIMARY_MEASURE]:
-                notes.append(f"{lm.name}'s drift {lmm['drift'][primary][PRIMARY_MEASURE]['mean']:.4f} is within its own seed noise "
-                             f"floor {lmm['noise_floor'][primary][PRIMARY_MEASURE]['mean']:.4f} (indistinguishable from retraining)")  # fmt: skip
-            ci = res["comparisons"][lm.name].get("reduction_ci")
+            entries = comp["layers_in_mean"][primary]
+            notes = [f"over the {len(entries)} entries both methods can change ({', '.join(entries)})"]
+            left = (comp.get("layers_excluded") or {}).get(primary) or {}
+            if left:
+                layers = comp["layers"]
+                notes.append("left out: " + "; ".join(
+                    f"{label} ({why}; drift {full.name} {layers[label]['ft_mean']:.4f}, {lm.name} {layers[label]['method_mean']:.4f})"
+                    for label, why in left.items()))  # fmt: skip
+            whole = comp.get("whole_model")
+            if whole:
+                notes.append(f"whole-model mean (every entry, labelled as such): {full.name} {whole['ft_mean']:.4f}, "
+                             f"{lm.name} {whole['method_mean']:.4f}, reduction {whole['reduction_pct']:.1f}%")  # fmt: skip
+            notes += [_moved_note(full.name, comp["reference_moved"]), _moved_note(lm.name, comp["method_moved"])]
+            ci = comp.get("reduction_ci")
             if ci:
                 notes.append(f"for these trained models, 95% CI over examples of the reduction of the means "
                              f"[{ci['lo']:.1f}, {ci['hi']:.1f}] (not a seed-level interval)")  # fmt: skip
             layer_v = [f"{label}: {lv['verdict']}" + (" (frozen by construction)" if lv.get("frozen_by_construction") else "")
-                       for label, lv in res["comparisons"][lm.name]["layers"].items()]  # fmt: skip
+                       for label, lv in comp["layers"].items()]  # fmt: skip
             notes.append("per layer " + ", ".join(layer_v))
             v["evidence"] += "; " + "; ".join(notes)
             h1b[key] = v
     who = compared_words(study)
+    ref = reference_pair(study)
     out = {}
     for name, parts, text in (
         ("H1a", h1a, f"H1a: {who} task metric within {hyp.h1a_max_gap_pp:g} {_units_words(study, task_facts)} of full "
                      "fine-tuning"),
         ("H1b", h1b, f"H1b: {who} representation drift at least {hyp.h1b_min_reduction_pct:g}% below full "
-                     f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the layers in the mean)"),
+                     f"fine-tuning ({PRIMARY_MEASURE} CKA, {primary} pooling, mean over the entries both methods can change)"),
     ):  # fmt: skip
-        out[name] = {"hypothesis": text, "verdict": vd.combine(parts), "by": parts,
-                     "rule": vd.RULES[name] + "; overall: " + vd.RULES["overall"]}  # fmt: skip
+        by_method = {m.name: vd.combine({k: v for k, v in parts.items() if owner[k] == m.name}) for m in loras}
+        verdict = by_method[ref.name] if ref is not None and full is not None else vd.combine(parts)
+        out[name] = {"hypothesis": text, "verdict": verdict, "by": parts,
+                     "rule": vd.RULES[name] + "; over tasks: " + vd.RULES["overall"] + "; over pairs: " + vd.RULES["pairs"],
+                     "counts": vd.counts(by_method),
+                     "reference_pair": {"reference": full.name, "method": ref.name, "verdict": verdict}
+                     if ref is not None and full is not None else None}  # fmt: skip
         if len(loras) > 1:
-            out[name]["by_method"] = {m.name: {"verdict": vd.combine({k: v for k, v in parts.items() if owner[k] == m.name}),
+            out[name]["by_method"] = {m.name: {"verdict": by_method[m.name],
                                                "evidence": f"{full.name} vs {m.name} ({m.kind}) over {len(results)} task(s)"}
                                       for m in loras}  # fmt: skip
         if full is None:

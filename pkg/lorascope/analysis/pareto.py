@@ -2,10 +2,14 @@
 the drift summary already holds (no new measurement). Pure Python.
 
 A method is a point per task: y = its task metric (the task's selection metric, mean over seeds), x = a cost to keep
-low (the primary drift: debiased CKA drift, primary pooling, mean over the layers in the mean; or forgetting: the
-increase of the base LM loss on held-out text, nats per token). The front: the methods no other method dominates
-(higher-or-equal metric AND lower-or-equal x, one of them strictly). Equal points dominate neither each other: both
-are on the front. Non-finite points are on no front.
+low (the primary drift: debiased CKA drift, primary pooling, mean over the entries every method can change; or
+forgetting: the increase of the base LM loss on held-out text, nats per token). `FRONT_RULE`: the front is taken over
+the methods whose cells all learned their task (the learning gate: a method that did not learn has low drift because
+it did not move, which is no trade-off); among them, the methods no other method dominates (higher-or-equal metric AND
+lower-or-equal x, one of them strictly). Equal points dominate neither each other: both are on the front. Non-finite
+points are on no front. A learned point off the front whose seed ranges (min..max over seeds of the metric AND of x)
+overlap those of a front point is "tied" with it: the seeds do not separate them, so it is drawn as tied, not silently
+off the front.
 
 Sweeps: methods that differ only in their kind's size knob (LoRA `r` with its `alpha`, top_layers `k`, prefix
 `num_virtual_tokens`: `MethodKind.size_knob`) form one sweep, drawn as a line in that order.
@@ -20,6 +24,10 @@ from typing import Any
 from lorascope.methods import kind_of
 
 NOT_IN_SWEEP_KEY = {"name"}  # with the knob and the fields its kind moves along with it (`size_companions`)
+FRONT_RULE = ("the front is taken over the methods whose cells all learned their task (the others are drawn, never on "
+              "it); a method is on it when no other learned method has a higher-or-equal task metric AND a lower-or-"
+              "equal x, one of them strictly (means over seeds); a learned method off the front whose seed ranges "
+              "(min..max over seeds, on both axes) overlap a front member's is tied with it")  # fmt: skip
 
 
 def _finite(*xs: Any) -> bool:
@@ -32,6 +40,23 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
     front = [k for k, (x, y) in pts.items()
              if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for k2, (x2, y2) in pts.items() if k2 != k)]  # fmt: skip
     return sorted(front, key=lambda k: (pts[k][0], k))
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two points' seed ranges overlap on both axes (metric and x)."""
+    return (a["metric_min"] <= b["metric_max"] and b["metric_min"] <= a["metric_max"]
+            and a["x_min"] <= b["x_max"] and b["x_min"] <= a["x_max"])  # fmt: skip
+
+
+def front_of(points: Mapping[str, Mapping[str, Any]]) -> dict:
+    """`FRONT_RULE` on {method: point} (`_point` plus `learned`): {"front": names (lowest x first), "tied": {name:
+    [front members whose seed ranges overlap it]}, "not_learned": names}."""
+    measured = {m: p for m, p in points.items() if p["n"]}
+    learned = {m: p for m, p in measured.items() if p.get("learned")}
+    front = pareto_front({m: (p["x"], p["metric"]) for m, p in learned.items()})
+    tied = {m: [f for f in front if _overlap(p, learned[f])] for m, p in learned.items() if m not in front}
+    return {"front": front, "tied": {m: fs for m, fs in tied.items() if fs},
+            "not_learned": [m for m in measured if m not in learned]}  # fmt: skip
 
 
 def _fields(m: Any) -> dict:
@@ -70,26 +95,26 @@ def _point(ys: Mapping[str, float], xs: Mapping[str, float]) -> dict:
 
 
 def pareto_section(summary: Mapping[str, Any], methods: list[Any]) -> dict:
-    """{"drift": {task: {"points", "front"}}, "forgetting": {...} or None, "sweeps", "x": {axis: words}}. Points per
-    method: mean and seed range (min, max) of the task metric and of x, over the seeds that have both."""
+    """{"drift": {task: {"points", "front", "tied", "not_learned"}}, "forgetting": {...} or None, "sweeps", "x": {axis:
+    words}, "rule": FRONT_RULE}. Points per method: mean and seed range (min, max) of the task metric and of x, over
+    the seeds that have both, and whether every cell of the method learned (the drift summary's `learned`)."""
     s = summary["settings"]
     pooling, measure = s["primary_pooling"], s["primary_measure"].removeprefix("cka_")
     forgetting = summary.get("forgetting") or {}
-    out: dict[str, Any] = {"sweeps": sweeps(methods), "drift": {}, "forgetting": None,
-                           "x": {"drift": f"mean {measure} CKA drift over layers ({pooling} pooling)",
+    out: dict[str, Any] = {"sweeps": sweeps(methods), "drift": {}, "forgetting": None, "rule": FRONT_RULE,
+                           "x": {"drift": f"mean {measure} CKA drift over the entries every method can change ({pooling} pooling)",
                                  "forgetting": "forgetting: base LM loss increase on held-out text (nats/token)"}}  # fmt: skip
+
+    def part(res: Mapping[str, Any], xs: Mapping[str, Mapping[str, float]]) -> dict:
+        pts = {m: {**_point(e["metric"]["values"], xs.get(m) or {}), "learned": bool(e.get("learned"))}
+               for m, e in res["methods"].items()}  # fmt: skip
+        return {"metric_name": res["metric_name"], "points": pts, **front_of(pts)}
+
     for task in summary["tasks"]:
         res = summary["results"][task]
-        pts = {m: _point(e["metric"]["values"], e["drift"][pooling][measure]["values"]) for m, e in res["methods"].items()}
-        out["drift"][task] = {"metric_name": res["metric_name"], "points": pts,
-                              "front": pareto_front({m: (p["x"], p["metric"]) for m, p in pts.items() if p["n"]})}  # fmt: skip
+        out["drift"][task] = part(res, {m: e["drift"][pooling][measure]["values"] for m, e in res["methods"].items()})
     ftasks = {t: v for t, v in forgetting.items() if t in summary["tasks"] and isinstance(v, Mapping)}
     if ftasks:
-        out["forgetting"] = {}
-        for task, by_method in ftasks.items():
-            res = summary["results"][task]
-            pts = {m: _point(res["methods"][m]["metric"]["values"], (by_method.get(m) or {}).get("values") or {})
-                   for m in res["methods"]}  # fmt: skip
-            out["forgetting"][task] = {"metric_name": res["metric_name"], "points": pts,
-                                       "front": pareto_front({m: (p["x"], p["metric"]) for m, p in pts.items() if p["n"]})}  # fmt: skip
+        out["forgetting"] = {task: part(summary["results"][task], {m: (v or {}).get("values") or {} for m, v in by_method.items()})
+                             for task, by_method in ftasks.items()}  # fmt: skip
     return out

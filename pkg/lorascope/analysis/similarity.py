@@ -77,6 +77,13 @@ __all__ = [
 ]
 
 
+# A centred row |x - mu|^2 at or below this fraction of |x|^2 is zero up to float64 rounding (the rounding error of
+# |x - mu|^2 formed as |x|^2 - 2 mu.x + |mu|^2 is ~1e-16 |x|^2): its centred cosine is 0/0, stored as NaN, never as the
+# 1.0 or ~3e-8 that rounding noise would give (a constant representation, e.g. the last token's embedding output when
+# every example ends with the same token).
+CENTRED_ZERO = 1e-10
+
+
 def _features(X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
@@ -247,9 +254,12 @@ class PairBatch:
                 xy, xx, yy = G[:, i, j], G[:, i, i], G[:, j, j]
                 cxx = xx - 2.0 * mux[:, i] + mumu
                 cyy = yy - 2.0 * mux[:, j] + mumu
-                if np.any(xx <= 0) or np.any(yy <= 0) or np.any(cxx <= 0) or np.any(cyy <= 0):
+                if np.any(xx <= 0) or np.any(yy <= 0):
                     raise ValueError(f"cosine undefined for a zero-norm row in {a} or {b}")
                 cosines.append(float(np.mean(xy / np.sqrt(xx * yy))))
+                if np.any(cxx <= CENTRED_ZERO * xx) or np.any(cyy <= CENTRED_ZERO * yy):  # 0/0: a row at the base mean
+                    centered.append(float("nan"))
+                    continue
                 cxy = xy - mux[:, i] - mux[:, j] + mumu
                 centered.append(float(np.mean(cxy / np.sqrt(cxx * cyy))))
             self._cosines = (cosines, centered)
@@ -414,10 +424,14 @@ def centered_cosine(X, Y, base_mean) -> float:
 
     Hidden states of decoder LMs share a large common direction, which pushes raw cosines
     towards 1 for any pair of inputs; subtracting the *base* model's mean (the same vector for
-    both sides, so it is not fitted to the fine-tuned model) removes that floor.
+    both sides, so it is not fitted to the fine-tuned model) removes that floor.  Raises (0/0: the
+    drift rows store NaN) when a centred row is zero up to rounding (`CENTRED_ZERO`).
     """
     X, Y = _features(X), _features(Y)
     mu = np.asarray(base_mean, dtype=np.float64).reshape(1, -1)
+    for Z in (X, Y):
+        if np.any(np.sum((Z - mu) ** 2, axis=1) <= CENTRED_ZERO * np.sum(Z**2, axis=1)):
+            raise ValueError("centred cosine undefined (0/0): a row equals the base model's mean up to rounding")
     return mean_cosine(X - mu, Y - mu)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "sign_flip_floor",
     "sign_flip_pvalue",
     "subsample_bootstrap_ci",
+    "subsample_se",
 ]
 
 _ALTERNATIVES = ("two-sided", "greater", "less")
@@ -204,6 +205,17 @@ def subsample_bootstrap_ci(
     }
 
 
+def subsample_se(values, n: int, m: int) -> float:
+    """Standard error over examples of a statistic from its values on subsets of m of n examples drawn without
+    replacement (the sets of :func:`subsample_bootstrap_ci`): sqrt(m / (n - m)) * sd(values, ddof=1), the scale of
+    that function's interval. nan with fewer than 2 finite values."""
+    v = _vec(values)
+    v = v[np.isfinite(v)]
+    if v.size < 2 or not 0 < m < n:
+        return float("nan")
+    return float(math.sqrt(m / (n - m)) * v.std(ddof=1))
+
+
 def jackknife_ci(stat_fn: Callable[[np.ndarray], float], n: int, alpha: float = 0.05) -> dict:
     """Delete-1 jackknife (Tukey 1958) standard error and normal-approximation CI.
 
@@ -232,11 +244,12 @@ def jackknife_ci(stat_fn: Callable[[np.ndarray], float], n: int, alpha: float = 
 
 
 def noise_floor(seed_pair_drifts) -> dict:
-    """Seed noise floor: drift between different seeds of the SAME method (and task, layer).
+    """Seed-to-seed drift: drift between different seeds of the SAME method (and task, layer).
 
     ``seed_pair_drifts``: the drift values (1 - CKA from :mod:`similarity`) of each seed pair,
-    e.g. 3 values for seeds {0,1,2}.  Drift from the base model is only meaningful relative
-    to this floor.  Returns dict(mean, sd, n, max).
+    e.g. 3 values for seeds {0,1,2}; ``n`` says how many seed pairs it rests on (1 with 2 seeds).
+    It measures how consistent a method's change is across seeds, not how large it is (see
+    ``verdicts.moved``).  Returns dict(mean, sd, n, max).
     """
     v = _vec(seed_pair_drifts)
     out = seed_summary(v)

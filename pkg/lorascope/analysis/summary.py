@@ -32,11 +32,22 @@ from lorascope.analysis.drift_stats import (
     learning,
     method_entry,
 )
-from lorascope.analysis.hypotheses import hypotheses_from, pair_verdicts
-from lorascope.analysis.layers_in_mean import frozen_entries, layers_in_mean, seed_means
-from lorascope.analysis.study_layout import NO_REFERENCE, lora_targets, method_roles, primary_pooling, task_cells
+from lorascope.analysis.hypotheses import hypotheses_from, pair_verdicts, reference_pair
+from lorascope.analysis.layers_in_mean import (
+    defined_layers,
+    fixed_entries,
+    frozen_entries,
+    layers_in_mean,
+    pair_layers,
+    seed_means,
+)
+from lorascope.analysis.study_layout import NO_REFERENCE, method_roles, primary_pooling, task_cells
 
-SUMMARY_FORMAT = 3  # 3: comparisons say method_* (format 2: lora_*), pairs, costs, frozen_by_construction
+# 4: a pair's means cover only the entries both methods can change (comparisons' layers_in_mean), whole-model means,
+#    the reference's `moved` gate instead of `within_floor`, exploratory verdicts, counts per verdict, like-for-like
+#    weight rows (weights over the modules every method changes, weights_union); 3: comparisons say method_*
+#    (format 2: lora_*), pairs, costs, frozen_by_construction
+SUMMARY_FORMAT = 4
 # settings.lora_methods, kept for the readers of format 2 summaries: the methods of this kind (a name, not a rule)
 LEGACY_LORA_KIND = "lora"
 
@@ -81,10 +92,16 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     full, loras = method_roles(study)
     primary = primary_pooling(study)
     poolings = list(study.extraction.pooling)
-    used, excluded = layers_in_mean(rows, study, labels, encoder)
+    used, excluded = layers_in_mean(rows, study, labels, encoder)  # the entries every method can change
+    whole = defined_layers(rows)  # the whole model: every entry where CKA is defined
+    fixed = fixed_entries(study, labels, encoder)
     frozen = frozen_entries(study, labels)
     drift_means = {m: seed_means(rows, drift_column(m), used) for m in drift_measures()}
+    whole_means = {m: seed_means(rows, drift_column(m), whole) for m in drift_measures()}
     cos_means = {m.name: seed_means(rows, m.column, used) for m in similarity.layer_measures() if not m.cka}
+    pairs = {lm.name: pair_layers(whole, fixed, [full.name, lm.name], labels) for lm in loras} if full is not None else {}
+    pair_means = {name: {m: seed_means(rows, drift_column(m), layers) for m in drift_measures()}
+                  for name, (layers, _) in pairs.items()}  # fmt: skip
     results: dict[str, Any] = {}
     for ti, task in enumerate(t.name for t in study.tasks):
         tmetric = study.task(task).selection_metric
@@ -95,13 +112,14 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
         for method in dict.fromkeys(c.method for c in cells):
             mcells = [c for c in cells if c.method == method]
             methods[method] = method_entry(study, task, method, mcells, rows, noise, used, drift_means, cos_means,
-                                           metrics, gates, labels)  # fmt: skip
+                                           metrics, gates, labels, whole, whole_means, subset.get(task),
+                                           resamplers.get(task))  # fmt: skip
         comparisons = {}
         if full is not None:
             for lm in loras:
-                comparisons[lm.name] = comparison(study, task, cells, rows, full.name, lm.name, drift_means, methods,
-                                                  subset.get(task), resamplers.get(task), used, labels,
-                                                  frozen.get(lm.name, {}))  # fmt: skip
+                comparisons[lm.name] = comparison(study, task, cells, rows, noise, full.name, lm.name, pair_means[lm.name],
+                                                  methods, subset.get(task), resamplers.get(task), *pairs[lm.name],
+                                                  labels, frozen.get(lm.name, {}), whole_means)  # fmt: skip
         results[task] = {"metric_name": tmetric, "n_examples": n_examples[task], "methods": methods,
                          "comparisons": comparisons, "majority_baseline": baseline,
                          "layers_in_mean": {p: [labels[li] for li in used[(task, p)]] for p in poolings},
@@ -112,15 +130,20 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     holm_across_tasks(results, study, full, loras)
     hyp = study.hypotheses
     hyps = hypotheses_from(study, results, task_facts)
+    weights, weights_union, weights_modules = weight_summary(wrows)
+    ref_pair = reference_pair(study)
     return {
         "format": SUMMARY_FORMAT,
         "tasks": list(results),
         "results": results,
-        "weights": weight_summary(wrows, lora_targets(study)),
+        "weights": weights,
+        "weights_union": weights_union,
+        "weights_modules": weights_modules,
         "hypotheses": hyps,
         "pairs": pair_verdicts(study, results, hyps) if full is not None else {},
         "costs": cost_table(study, metrics),
         "frozen_by_construction": {m: [labels[li] for li in v] for m, v in frozen.items()},
+        "fixed_by_construction": {m: {labels[li]: why for li, why in v.items()} for m, v in fixed.items()},
         "labels": labels,
         "settings": {
             "primary_measure": similarity.MEASURES.get(PRIMARY_MEASURE).column, "primary_pooling": primary, "poolings": poolings,
@@ -129,6 +152,8 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
             "lora_methods": [m.name for m in study.methods if m.kind == LEGACY_LORA_KIND],
             "method_kinds": {m.name: m.kind for m in study.methods}, "no_reference": None if full else NO_REFERENCE,
             "seeds": list(study.seeds), "n_seeds": len(study.seeds), "n_examples": dict(n_examples), "layers": len(labels),
+            "min_seeds_for_verdict": vd.MIN_SEEDS, "exploratory": len(study.seeds) < vd.MIN_SEEDS,
+            "reference_pair": [full.name, ref_pair.name] if full is not None and ref_pair is not None else None,
             "resamples": next((r.n_resamples for r in resamplers.values()), None),
             "subsample_m": {t: r.m for t, r in resamplers.items()}, "ci_level_pct": 100 * (1 - CI_ALPHA),
             "verdict_alpha_one_sided": vd.ALPHA, "verdict_interval_pct": 100 * (1 - 2 * vd.ALPHA),
@@ -143,25 +168,43 @@ def build_summary(study: Any, rows: list[dict], noise: list[dict], subset: Mappi
     }
 
 
-def weight_summary(wrows: list[dict], targets: set[str]) -> dict:
-    """Per task and method: mean and SD over (module, seed) of the update's rank measures and intruder counts, on the
-    LoRA target modules (like with like); a full method's other linears, when analysed, under "<method> (other
-    linears)"."""
-    out: dict[str, dict] = {}
-    keys = ("stable_rank", "effective_rank", "r90", "n_intruders", "delta_rel")
-    groups: dict[tuple[str, str], list[dict]] = {}
+WEIGHT_KEYS = ("stable_rank", "effective_rank", "r90", "n_intruders", "delta_rel")
+
+
+def _weight_entry(rs: list[dict]) -> dict:
+    """Mean, SD (over modules and seeds) and max of each of WEIGHT_KEYS over the rows `rs` of one method."""
+    entry: dict[str, Any] = {"modules": len({r["name"] for r in rs}), "rows": len(rs),
+                             "module_types": sorted({r["module"] for r in rs})}  # fmt: skip
+    for k in WEIGHT_KEYS:
+        v = np.array([float(r[k]) for r in rs])
+        entry[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "max": float(v.max())}
+    entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
+    return entry
+
+
+def weight_summary(wrows: list[dict]) -> tuple[dict, dict, dict]:
+    """Weight rows like for like: (per task and method over the modules EVERY method with weight rows changes (the
+    intersection of their module sets, by full name: the same blocks and projections), per task and method over every
+    module it changes (the union: rows that are not comparable across methods), per task the module sets: {"common":
+    [names], "common_types": [short names], "by_method": {method: {"modules", "module_types"}}}). Each entry: mean and
+    SD over (module, seed) of the update's rank measures and intruder counts (`_weight_entry`). A task whose methods
+    share no module has no common rows (an empty dict)."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
     for r in wrows:
-        group = r["method"] if r["module"] in targets else f"{r['method']} (other linears)"
-        groups.setdefault((r["task"], group), []).append(r)
-    for (task, method), rs in groups.items():
-        entry: dict[str, Any] = {"modules": len({r["name"] for r in rs}), "rows": len(rs),
-                                 "module_types": sorted({r["module"] for r in rs})}  # fmt: skip
-        for k in keys:
-            v = np.array([float(r[k]) for r in rs])
-            entry[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "max": float(v.max())}
-        entry["modules_with_intruders_pct"] = 100.0 * float(np.mean([r["n_intruders"] > 0 for r in rs]))
-        out.setdefault(task, {})[method] = entry
-    return out
+        by_task.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
+    common_out: dict[str, dict] = {}
+    union_out: dict[str, dict] = {}
+    modules: dict[str, dict] = {}
+    for task, by_method in by_task.items():
+        names = {m: {r["name"] for r in rs} for m, rs in by_method.items()}
+        common = set.intersection(*names.values()) if names else set()
+        union_out[task] = {m: _weight_entry(rs) for m, rs in by_method.items()}
+        common_out[task] = {m: _weight_entry([r for r in rs if r["name"] in common]) for m, rs in by_method.items()} if common else {}
+        modules[task] = {"common": sorted(common), "common_types": sorted({r["module"] for rs in by_method.values() for r in rs
+                                                                             if r["name"] in common}),
+                         "by_method": {m: {"modules": len(names[m]), "module_types": union_out[task][m]["module_types"]}
+                                       for m in by_method}}  # fmt: skip
+    return common_out, union_out, modules
 
 
 def bench_section(bench: Mapping[str, Mapping[str, Any]]) -> dict:

@@ -9,14 +9,17 @@ Vocabulary (per task, batch size or layer, and overall):
   not supported      the opposite one-sided bound is past the threshold (the data exclude the claim)
   inconclusive       neither; also fewer than 2 replicates, zero variance (no interval can be estimated), or a
                      missing error component (no per-example predictions)
-  indistinguishable  (H1b) full fine-tuning's drift from the base is within its own seed noise floor: there is no
-                     drift beyond retraining noise for LoRA to reduce
+  exploratory: N seeds  (H1a, H1b) fewer than MIN_SEEDS seeds per method: the numbers and intervals are shown, no
+                     verdict is drawn from them (`exploratory`)
+  indistinguishable  (H1b) the reference's drift from the base is not distinguishable from 0 (`moved`): there is no
+                     drift to reduce
   not assessable     a learning gate failed: a cell did not beat its majority baseline (`learning_gate`)
   not measured       no data (no bench bundle)
   not compared       (per layer) an entry left out of every mean: a method cannot change it by construction, or
                      its CKA is undefined
 
-Units of replication: training seeds for H1a and H1b (3 per method in the studies), fresh-load repeats for H2.
+Units of replication: training seeds for H1a and H1b (3 per method in the studies; fewer than MIN_SEEDS give
+exploratory numbers, not verdicts), fresh-load repeats for H2.
 The printed interval of every verdict is [lower, upper] one-sided (1 - ALPHA) = 97.5% bounds, i.e. a two-sided
 (1 - 2 ALPHA) = 95% interval: "supported" means the whole 95% interval is on the claimed side.
 """
@@ -31,6 +34,8 @@ import numpy as np
 from scipy import stats as _st
 
 ALPHA = 0.025  # one-sided level of every bound a verdict uses: the two ends of a two-sided 95% interval
+MIN_SEEDS = 3  # fewer seeds per method: exploratory numbers, no H1a / H1b verdict
+SMALL_CHANGE_DRIFT = 0.2  # `moved`'s shared share is given up to this drift (1 - CKA ~ squared size of the change)
 LEARN_ALPHA = 0.05  # one-sided level of the learning gate's bootstrap bound
 POWER = 0.80  # target power of the "seeds needed" statement
 N_MAX = 1000  # the seeds-needed search stops here
@@ -41,24 +46,55 @@ _IV = f"{100 * (1 - 2 * ALPHA):g}%"  # the printed interval of a verdict
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 INDISTINGUISHABLE, NOT_ASSESSABLE, NOT_MEASURED = "indistinguishable", "not assessable", "not measured"
 NOT_COMPARED = "not compared"  # a per-layer entry left out of the means (by construction or undefined CKA)
+EXPLORATORY = "exploratory"  # the category of `exploratory(n)` verdicts
+# every verdict of H1a / H1b, in the order the overall line counts them
+CATEGORIES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, INDISTINGUISHABLE, NOT_ASSESSABLE, EXPLORATORY, NOT_MEASURED)
+
+
+def exploratory(n_seeds: int) -> str:
+    """The verdict of a rule over seeds with fewer than MIN_SEEDS seeds: "exploratory: 2 seeds"."""
+    return f"{EXPLORATORY}: {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+
+
+def category(verdict: str) -> str:
+    """The category a verdict is counted in (`exploratory: 2 seeds` -> `exploratory`)."""
+    return EXPLORATORY if verdict.startswith(EXPLORATORY) else verdict
+
+
+def seeds_warning(n_seeds: int) -> str | None:
+    """What `lorascope validate` warns when a study's seeds cannot support an H1a / H1b verdict; None when they can."""
+    if n_seeds >= MIN_SEEDS:
+        return None
+    why = (f"the one-sided {100 * (1 - ALPHA):g}% t bound uses t = {_st.t.ppf(1 - ALPHA, n_seeds - 1):.2f} on "
+           f"{n_seeds - 1} degree{'s' if n_seeds != 2 else ''} of freedom, so the seeds agreeing, not the size of the "
+           "effect, decides" if n_seeds >= 2 else "one seed has no spread to estimate")  # fmt: skip
+    return (f"{n_seeds} seed{'s' if n_seeds != 1 else ''} per method: H1a and H1b need at least {MIN_SEEDS} for a verdict "
+            f"({why}); the report will read \"{exploratory(n_seeds)}\" with the numbers and intervals, and no verdict")  # fmt: skip
 
 RULES = {
     "H1a": "per task and (reference, compared method) pair: gap = mean(reference) - mean(method) in pp over seeds; its standard error combines the seed spread "
-           "(Welch) and the validation sampling error (paired bootstrap over examples); supported iff the one-sided "
+           "(Welch) and the validation sampling error (paired bootstrap over examples), its degrees of freedom come "
+           "from the seeds alone; supported iff the one-sided "
            "97.5% upper bound <= margin and every seed's own gap (paired by seed) <= margin; not supported iff the "
-           "one-sided 97.5% lower bound > margin; not assessable if a full cell did not learn; else inconclusive",
+           "one-sided 97.5% lower bound > margin; not assessable if a full cell did not learn; with fewer than 3 "
+           "seeds per method: exploratory (no verdict); else inconclusive",
     "H1b": "per task and (reference, compared method) pair: reduction = 100 (FT - method) / FT of each seed's "
-           "layer-mean drift (paired by seed); supported iff "
+           "drift, averaged over the entries both methods can change (paired by seed); supported iff "
            "the one-sided 97.5% t lower bound over seeds >= threshold and every seed's reduction >= threshold; not "
            "supported iff the one-sided 97.5% t upper bound < threshold; not assessable if any cell of either method "
-           "did not learn; indistinguishable if full fine-tuning's drift is within its seed noise floor; else "
-           "inconclusive. The CI over examples is for these trained models only and does not enter the verdict",
+           "did not learn; indistinguishable if the reference's drift from the base is not distinguishable from 0 "
+           "(one-sided 97.5% lower bound, seed and example spread, <= 0); with fewer than 3 seeds per method: "
+           "exploratory (no verdict); else inconclusive. The CI over examples is for these trained models only and "
+           "does not enter the verdict; the seed-to-seed drift is reported as consistency, not as a bar",
     "H2": "per backend, regime and batch size: overhead = exp(mean over repeats of log(separate / merged)) - 1, paired "
           "by repeat; supported iff the one-sided 97.5% t upper bound (log scale) <= limit and every repeat's overhead "
           "<= limit; not supported iff the one-sided 97.5% lower bound > limit; one repeat or zero variance: "
           "inconclusive",
     "overall": "not supported if any part is; supported if every part is; not assessable / indistinguishable if every "
-               "part is; else inconclusive",
+               "part is; exploratory if a part is and none is supported or not supported; else inconclusive",
+    "pairs": "the study's reference pair (the first LoRA method against the first full method) gets one verdict, "
+             "combined over its tasks; every pair is counted by its verdict; no single word is given for the family "
+             "of methods",
 }  # fmt: skip
 
 
@@ -76,7 +112,16 @@ def combine(parts: Mapping[str, dict]) -> str:
     for v in (SUPPORTED, NOT_ASSESSABLE, INDISTINGUISHABLE, NOT_MEASURED):
         if all(x == v for x in verdicts):
             return v
+    explore = [v for v in verdicts if category(v) == EXPLORATORY]
+    if explore and SUPPORTED not in verdicts:
+        return explore[0]
     return INCONCLUSIVE
+
+
+def counts(verdicts: Mapping[str, str]) -> dict[str, int]:
+    """{category: how many} of {name: verdict} (pairs), over every category of `CATEGORIES` (0 where none)."""
+    got = [category(v) for v in verdicts.values()]
+    return {c: got.count(c) for c in CATEGORIES}
 
 
 # ------------------------------------------------------------------------------------------------ seed-level bounds
@@ -97,8 +142,8 @@ def seeds_needed(effect: float, seed_var: float, fixed_var: float = 0.0, df_per_
                  power: float = POWER, n_max: int = N_MAX) -> dict:  # fmt: skip
     """Smallest number of seeds n (per method) at which a one-sided level-alpha t-test of "effect > 0" has the given
     power, if the observed effect and spreads were the truth: se(n)^2 = seed_var / n + fixed_var, noncentral t with
-    noncentrality effect / se(n) and Satterthwaite df (the fixed part, e.g. validation sampling error, does not
-    shrink with more seeds). {"n": int or None, "reason": text}."""
+    noncentrality effect / se(n) and the seeds' degrees of freedom `df_per_n(n)` (the fixed part, e.g. validation
+    sampling error, does not shrink with more seeds and adds no degrees of freedom). {"n": int or None, "reason"}."""
     if not (math.isfinite(effect) and math.isfinite(seed_var)):
         return {"n": None, "reason": "not computable (non-finite input)"}
     if effect <= 0:
@@ -108,7 +153,7 @@ def seeds_needed(effect: float, seed_var: float, fixed_var: float = 0.0, df_per_
     for n in range(2, n_max + 1):
         s = seed_var / n
         se2 = s + fixed_var
-        df = float(df_per_n(n)) * se2**2 / s**2 if s > 0 else math.inf
+        df = float(df_per_n(n))
         crit = _st.norm.ppf(1 - alpha) if math.isinf(df) else _st.t.ppf(1 - alpha, df)
         nc = effect / math.sqrt(se2)
         pw = 1 - (_st.norm.cdf(crit - nc) if math.isinf(df) else _st.nct.cdf(crit, df, nc))
@@ -215,16 +260,26 @@ def example_se_of_gap(boot: Mapping[str, np.ndarray], full_cells: Sequence[str],
 
 
 # ------------------------------------------------------------------------------------------------ H1a
+def seed_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of s_a^2/n_a + s_b^2/n_b (var_*: the sample variances); with no
+    spread in either (equal variances, both 0) the pooled n_a + n_b - 2, Welch's value for equal variances."""
+    va, vb = var_a / n_a, var_b / n_b
+    den = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
+    return (va + vb) ** 2 / den if den > 0 else float(n_a + n_b - 2)
+
+
 def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, *, example_se_pp: float | None,
         gates: Sequence[str] = (), scale: float = 100.0, alpha: float = ALPHA,
-        names: tuple[str, str] = ("full", "LoRA"), unit: str = "pp") -> dict:  # fmt: skip
+        names: tuple[str, str] = ("full", "LoRA"), unit: str = "pp", min_seeds: int = MIN_SEEDS) -> dict:  # fmt: skip
     """H1a (non-inferiority) on one task: `RULES["H1a"]`. full/lora: {seed: metric in [0, 1]} (x `scale` -> pp) of
     the reference and the compared method (any kind); `names` and `unit` (the points of the task's metric: pp for a
     share, "points" of a correlation) only word the evidence.
 
     Variance of the gap = s_full^2 / k_full + s_lora^2 / k_lora (seeds) + example_se_pp^2 (validation sampling,
-    shared by both methods because they are scored on the same examples); Satterthwaite df (the example part has
-    infinite df). `gates`: reasons the task cannot be assessed (a full cell that did not learn)."""
+    shared by both methods because they are scored on the same examples); degrees of freedom from the seeds alone
+    (Welch-Satterthwaite of the seed part, `seed_df`): the example part enters the standard error, not the df, so
+    H1a is never surer than the seeds allow. `gates`: reasons the task cannot be assessed (a full cell that did not
+    learn). Fewer than `min_seeds` seeds per method: `exploratory(n)`, with the numbers and the interval."""
     f = {s: scale * float(v) for s, v in full.items()}
     lo_ = {s: scale * float(v) for s, v in lora.items()}
     fv, lv = np.array(list(f.values())), np.array(list(lo_.values()))
@@ -238,24 +293,27 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
                            "hi": None, "margin_pp": margin_pp, "example_se_pp": example_se_pp}  # fmt: skip
     if gates:
         return _v(NOT_ASSESSABLE, ev + "; " + "; ".join(gates), **out)
-    if fv.size < 2 or lv.size < 2:
-        return _v(INCONCLUSIVE, ev + "; fewer than 2 seeds per method", **out)
+    few = min(fv.size, lv.size)
+    if few < 2:
+        return _v(exploratory(few) if few < min_seeds else INCONCLUSIVE, ev + "; fewer than 2 seeds per method", **out)
     vf, vl = fv.var(ddof=1) / fv.size, lv.var(ddof=1) / lv.size
     ve = (example_se_pp or 0.0) ** 2
     var = vf + vl + ve
     out.update(seed_se_pp=math.sqrt(vf + vl))
     if var == 0:
-        return _v(INCONCLUSIVE, ev + "; no variation over seeds or examples: no interval can be estimated", **out)
-    seed_df = (vf**2 / (fv.size - 1) + vl**2 / (lv.size - 1))
-    df = var**2 / seed_df if seed_df > 0 else math.inf
-    q = float(_st.norm.ppf(1 - alpha) if math.isinf(df) else _st.t.ppf(1 - alpha, df))
+        verdict = exploratory(few) if few < min_seeds else INCONCLUSIVE
+        return _v(verdict, ev + "; no variation over seeds or examples: no interval can be estimated", **out)
+    df = seed_df(float(fv.var(ddof=1)), fv.size, float(lv.var(ddof=1)), lv.size)
+    q = float(_st.t.ppf(1 - alpha, df))
     lo, hi = gap - q * math.sqrt(var), gap + q * math.sqrt(var)
     sv = fv.var(ddof=1) + lv.var(ddof=1)
     needed = seeds_needed(margin_pp - gap, sv, ve, lambda n: 2 * (n - 1), alpha)
     out.update(lo=lo, hi=hi, df=df, needed_seeds=needed)
     ex = f"{example_se_pp:.2f}" if example_se_pp is not None else "n/a"
-    ev += (f", {_IV} interval [{lo:.2f}, {hi:.2f}] (SE over seeds {math.sqrt(vf + vl):.2f}, over examples {ex}) vs "
-           f"margin {margin_pp:g}; seed gaps " + ", ".join(f"{g:+.1f}" for g in seed_gaps.values()))  # fmt: skip
+    ev += (f", {_IV} interval [{lo:.2f}, {hi:.2f}] (SE over seeds {math.sqrt(vf + vl):.2f}, over examples {ex}; "
+           f"df {df:.1f} from the seeds) vs margin {margin_pp:g}; seed gaps " + ", ".join(f"{g:+.1f}" for g in seed_gaps.values()))  # fmt: skip
+    if few < min_seeds:
+        return _v(exploratory(few), ev + f"; fewer than {min_seeds} seeds per method: no verdict", **out)
     if example_se_pp is None:  # the interval lacks a component: too narrow to decide either way
         return _v(INCONCLUSIVE, ev + "; validation sampling error unknown (no per-example predictions)", **out)
     if lo > margin_pp:
@@ -269,10 +327,11 @@ def h1a(full: Mapping[Any, float], lora: Mapping[Any, float], margin_pp: float, 
 
 # ------------------------------------------------------------------------------------------------ H1b
 def h1b(ft: Mapping[Any, float], lora: Mapping[Any, float], min_pct: float, *, gates: Sequence[str] = (),
-        indistinguishable: Sequence[str] = (), alpha: float = ALPHA) -> dict:  # fmt: skip
-    """H1b on one task (or one layer): `RULES["H1b"]`. ft/lora: {seed: drift (layer mean or one layer)}, paired by
-    seed. `gates`: learning-gate failures (-> not assessable); `indistinguishable`: noise-floor failures of full
-    fine-tuning (-> indistinguishable)."""
+        indistinguishable: Sequence[str] = (), alpha: float = ALPHA, min_seeds: int = MIN_SEEDS) -> dict:  # fmt: skip
+    """H1b on one task (or one layer): `RULES["H1b"]`. ft/lora: {seed: drift (mean over the entries both methods can
+    change, or one entry)}, paired by seed. `gates`: learning-gate failures (-> not assessable); `indistinguishable`:
+    why the reference did not move (`moved`; -> indistinguishable). Fewer than `min_seeds` seeds: `exploratory(n)`,
+    with the numbers and the interval."""
     seeds = sorted(set(ft) & set(lora))
     red = {s: float(100.0 * (ft[s] - lora[s]) / ft[s]) if ft[s] != 0 else float("nan") for s in seeds}
     b = t_bounds(list(red.values()), alpha)
@@ -282,15 +341,18 @@ def h1b(ft: Mapping[Any, float], lora: Mapping[Any, float], min_pct: float, *, g
     ev = f"reduction per seed {per_seed} %, mean {b['mean']:.1f}%"
     if gates:
         return _v(NOT_ASSESSABLE, ev + "; " + "; ".join(gates), **out)
-    if indistinguishable:
-        return _v(INDISTINGUISHABLE, ev + "; " + "; ".join(indistinguishable), **out)
+    few = exploratory(b["n"]) if b["n"] < min_seeds else None
+    if indistinguishable:  # whether the reference moved is read over seeds too: with too few, no verdict either
+        return _v(few or INDISTINGUISHABLE, ev + "; " + "; ".join(indistinguishable), **out)
     if b["n"] < 2 or not all(math.isfinite(r) for r in red.values()):
-        return _v(INCONCLUSIVE, ev + "; fewer than 2 seeds or a non-finite reduction", **out)
+        return _v(few or INCONCLUSIVE, ev + "; fewer than 2 seeds or a non-finite reduction", **out)
     if b["lo"] is None:
-        return _v(INCONCLUSIVE, ev + "; no seed-to-seed variation: no interval can be estimated", **out)
+        return _v(few or INCONCLUSIVE, ev + "; no seed-to-seed variation: no interval can be estimated", **out)
     needed = seeds_needed(b["mean"] - min_pct, b["sd"] ** 2, 0.0, alpha=alpha)
     out["needed_seeds"] = needed
     ev += f", {_IV} interval over seeds [{b['lo']:.1f}, {b['hi']:.1f}] vs threshold {min_pct:g}%"
+    if few:
+        return _v(few, ev + f"; fewer than {min_seeds} seeds per method: no verdict", **out)
     if b["hi"] < min_pct:
         return _v(NOT_SUPPORTED, ev, **out)
     if b["lo"] >= min_pct and min(red.values()) >= min_pct:
@@ -299,10 +361,44 @@ def h1b(ft: Mapping[Any, float], lora: Mapping[Any, float], min_pct: float, *, g
     return _v(INCONCLUSIVE, ev + f" ({why}; {_needed_text(needed)})", **out)
 
 
-def within_floor(drift: float, floor: float) -> bool:
-    """The noise-floor rule: drift from the base that is not above the drift between two seeds of the same method
-    (the mean over seed pairs) is indistinguishable from retraining noise."""
-    return bool(math.isfinite(drift) and math.isfinite(floor) and drift <= floor)
+def moved(drift: Mapping[Any, float], example_se: float | None, seed_to_seed: float | None = None,
+          seed_pairs: int = 0, alpha: float = ALPHA) -> dict:  # fmt: skip
+    """Did a method move at all? Its drift from the base (per seed: {seed: drift}) against 0.
+
+    Standard error = sqrt(s^2 / k + example_se^2): the seed spread (k seeds) and the example spread of the mean over
+    seeds (the subsampling SE over validation examples, `stats.subsample_se`; None when not measured), degrees of
+    freedom k - 1 from the seeds (the normal quantile with a single seed). `moved` iff every seed's drift is above 0
+    and the one-sided (1 - alpha) lower bound is above 0 (with no spread at all: iff the drift is above 0).
+
+    The seed-to-seed drift (`seed_to_seed`: mean over the method's seed pairs, `seed_pairs` of them) is reported
+    beside it as how CONSISTENT the change is across seeds, never as a bar to clear: for small changes 1 - CKA grows
+    with the squared size of the change, so with a part S shared by the seeds and seed parts N_s, drift from the base
+    is about |S|^2 + |N|^2 and two seeds differ by about 2|N|^2. A change made only of seed parts has seed-to-seed
+    drift about twice its drift from the base however large it is; `shared_share` = 1 - seed_to_seed / (2 drift)
+    estimates |S|^2 / (|S|^2 + |N|^2) in that small-change approximation (about 0: seed-specific; about 1: shared),
+    given only while the drift is at most SMALL_CHANGE_DRIFT (None above: the approximation does not hold there).
+    docs/analysis.md has the simulation that justifies the rule (tests/analysis/test_moved.py)."""
+    values = np.array([float(v) for v in drift.values()], dtype=np.float64)
+    k = int(values.size)
+    finite = bool(k) and bool(np.all(np.isfinite(values)))
+    mean = float(values.mean()) if k else float("nan")
+    seed_var = float(values.var(ddof=1)) / k if k > 1 else 0.0
+    ex_var = float(example_se) ** 2 if example_se is not None and math.isfinite(example_se) else 0.0
+    se = math.sqrt(seed_var + ex_var) if finite else float("nan")
+    df = k - 1
+    q = float(_st.t.ppf(1 - alpha, df)) if df >= 1 else float(_st.norm.ppf(1 - alpha))
+    lo = mean - q * se if finite else float("nan")
+    is_moved = bool(finite and np.all(values > 0) and (lo > 0 if se > 0 else mean > 0))
+    share = (1.0 - seed_to_seed / (2.0 * mean) if seed_to_seed is not None and math.isfinite(seed_to_seed)
+             and finite and 0 < mean <= SMALL_CHANGE_DRIFT else None)  # fmt: skip
+    words = (f"drift from the base {mean:.4f} (n={k} seeds), one-sided {100 * (1 - alpha):g}% lower bound {lo:.4f} "
+             f"(SE over seeds {math.sqrt(seed_var):.4f}, over examples "
+             f"{'n/a' if example_se is None else format(example_se, '.4f')}; df {df})")  # fmt: skip
+    if seed_to_seed is not None:
+        words += f"; seed-to-seed drift {seed_to_seed:.4f} over {seed_pairs} seed pair{'s' if seed_pairs != 1 else ''} (consistency)"
+    return {"moved": is_moved, "mean": mean, "lo": lo if finite else None, "se": se if finite else None,
+            "se_seeds": math.sqrt(seed_var), "se_examples": example_se, "df": df, "n": k,
+            "seed_to_seed": seed_to_seed, "seed_pairs": seed_pairs, "shared_share": share, "evidence": words}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ H2 and latency

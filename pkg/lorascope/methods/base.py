@@ -21,9 +21,11 @@ or a method of that class, and every caller gets the kind from the registry (`ki
   swept                   `size_knob` (and `size_companions`, the fields a sweep over it moves along)
   unchangeable            `fixed_by_construction(config, n_blocks, encoder)`: what it leaves exactly at the base
                           model's (the embedding output, frozen blocks): the drift summary keeps those entries out of
-                          the means (or marks them), and the report lists them
+                          every mean a comparison with this method makes, and the report lists them with the reason
   its weight update       `weight_update(config, cell_dir, base)` for the drift phase's weight rows, with
-                          `weight_source(config)` (how it is read) or `weights_skipped(config)` (why it has no rows)
+                          `weight_source(config)` (how it is read) or `weights_skipped(config)` (why it has no rows),
+                          and `dense_update_note(config)` when the update is a dense rescaling of W0 rather than an
+                          added low-rank matrix (IA3, DoRA's magnitude): its rank measures are then read differently
 
 The shape is PEFT's (`tuners/lora/model.py`: one dispatcher per variant, a new variant is a sibling file) and
 lm-evaluation-harness's (`api/registry.py`: register, and a `get` that fails by listing what exists). Imports no
@@ -82,10 +84,12 @@ class Hyperparameter:
 class FixedByConstruction:
     """What a method leaves exactly at the base model's, whatever it learns (drift exactly 0 there).
 
-    `embedding_output`: hidden_states[0] is the base's (the drift summary leaves it out of every mean over layers,
-    for every method of the comparison: like with like). `frozen_blocks`: 0-based indexes of the blocks whose outputs
-    are the base's (hidden-state entry i + 1), None for a kind that freezes no block by design; they stay in the
-    means (that is the method's real property) and the per-layer tables mark them with `why_frozen`."""
+    `embedding_output`: hidden_states[0] is the base's. `frozen_blocks`: 0-based indexes of the blocks whose outputs
+    are the base's (hidden-state entry i + 1), None for a kind that freezes no block by design; `why_frozen` says why
+    in words. One rule for both (`analysis.layers_in_mean`): an entry a method cannot change is left out of every
+    mean over layers that compares it with another method (a pair's mean covers only the entries both can change;
+    the table over all methods, only the entries every method can change), listed with the reason and its drift
+    shown apart; the whole-model mean, over every entry, is reported too, labelled as such."""
 
     embedding_output: bool = False
     frozen_blocks: tuple[int, ...] | None = None
@@ -165,6 +169,11 @@ class MethodKind:
 
     def weights_skipped(self, config: Any) -> str | None:
         """Why the method has no weight rows (settings.weights_skipped); None when it has them."""
+        return None
+
+    def dense_update_note(self, config: Any) -> str | None:
+        """Where the update is a dense rescaling of W0 rather than an added low-rank matrix (settings.weights_notes):
+        what its rank measures then describe, for the weight table; None for an additive update."""
         return None
 
     def weight_update(self, config: Any, cell_dir: Path, base: Any) -> tuple[str, Any]:

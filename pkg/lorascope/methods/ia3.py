@@ -76,6 +76,11 @@ class Ia3Kind(MethodKind):
     def weight_source(self, config: Any) -> str:
         return "ia3_weight: W' - W0 with W' = diag(l) W0 (output scaling) or W0 diag(l) (feed-forward: input scaling)"
 
+    def dense_update_note(self, config: Any) -> str:
+        return ("IA3's update (diag(l) - I) W0 (or W0 (diag(l) - I)) is a dense rescaling of W0's rows (columns), not an "
+                "added low-rank matrix: its rank measures follow W0's spectrum and are not comparable with a LoRA "
+                "update's")  # fmt: skip
+
     def weight_update(self, config: Any, cell_dir: Path, base: Any) -> tuple[str, Any]:
         import json
 

@@ -149,6 +149,12 @@ class LoraKind(MethodKind):
         return ("lora_factors: scale B A from the adapter (rsLoRA: alpha/sqrt(r); PiSSA/OLoRA: the converted rank-2r "
                 "adapter, a plain LoRA delta on the untouched base)")  # fmt: skip
 
+    def dense_update_note(self, config: Any) -> str | None:
+        if not config.use_dora:
+            return None
+        return ("DoRA's update includes the magnitude rescaling diag(m / ||W0 + scale B A||_row) of every row of W0: "
+                "dense, not a rank-r addition, so its rank measures are not comparable with a plain LoRA update's")  # fmt: skip
+
     def weight_update(self, config: Any, cell_dir: Path, base: Any) -> tuple[str, Any]:
         from lorascope import tensorio
         from lorascope.analysis import lora

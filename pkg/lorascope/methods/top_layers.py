@@ -60,7 +60,7 @@ class TopLayersKind(MethodKind):
         k = int(getattr(config, "k", 0))
         return FixedByConstruction(embedding_output=True, frozen_blocks=tuple(range(max(0, n_blocks - k))),
                                    why_frozen=f"frozen by construction ({config.name} trains the last {k} of "
-                                              f"{n_blocks} blocks)")  # fmt: skip
+                                              f"{n_blocks} blocks, so this block's output is the base model's)")  # fmt: skip
 
     def weight_source(self, config: Any) -> str:
         return "top_layers_delta: W_ft - W0 of the linears of the trained blocks, from the cell's model/"

@@ -16,8 +16,8 @@ Recipe
      blocks' linears) -> `weights.csv`; a kind that moves no weight matrix (BitFit, prefix tuning) has no rows, the
      reason in summary.json's settings.weights_skipped;
   4. statistics and verdicts (`analysis.summary`, assembling `analysis.drift_stats` and `analysis.hypotheses`; rules
-     in `analysis.verdicts`): seed summaries, learning and
-     noise-floor gates, H1a, H1b (per task and per layer), and H2 when a bench bundle is already committed
+     in `analysis.verdicts`): seed summaries, learning gates, whether the reference moved (the seed-to-seed drift
+     beside it as consistency), H1a, H1b (per task, pair and layer), and H2 when a bench bundle is already committed
      -> `summary.json`; forgetting (decoders: each reps bundle's forgetting.json against the base's,
      `analysis.forgetting`) -> `summary.json` "forgetting" and `forgetting.csv`;
   5. commit `drift/`.
@@ -114,7 +114,8 @@ def run(ctx: PhaseContext, index: int) -> None:
     out["hypotheses"]["H2"] = hypotheses.h2_hypothesis(study, bench)
     out["bench"] = summary.bench_section(bench)
     out["settings"].update(weights_full_extra_linears=with_extra, intruder_k=INTRUDER_K, intruder_eps=INTRUDER_EPS,
-                           weights_source=sources, weights_skipped=skipped)
+                           weights_source=sources, weights_skipped=skipped, weights_notes=dense_update_notes(study, sources),
+                           weights_extra_linears_max_elements=EXTRA_LINEARS_MAX_ELEMENTS)
     out["provenance"] = provenance.analysis_provenance(ctx.run_id, study, ctx.store.code_version, stage.meta,
                                                        [b.commit for b in reps_bundles.values()])  # fmt: skip
     t_s = time.perf_counter() - t_s
@@ -183,6 +184,15 @@ def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str,
             raise ConfigError(f"cells/{name}: {e}") from None
         sources[m.name] = kind.weight_source(m)
     return updates, skipped, sources
+
+
+def dense_update_notes(study, methods_with_rows) -> dict[str, str]:
+    """{method: why its rank measures read differently} for the methods with weight rows whose update is a dense
+    rescaling of W0, not an added low-rank matrix (the kind's `dense_update_note`: IA3, DoRA's magnitude)."""
+    from lorascope.methods import kind_of
+
+    notes = {m.name: kind_of(m).dense_update_note(m) for m in study.methods if m.name in methods_with_rows}
+    return {name: note for name, note in notes.items() if note}
 
 
 def full_cell_targets(study, updates: dict) -> set[str]:

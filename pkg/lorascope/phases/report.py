@@ -99,7 +99,7 @@ def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]
     if any(numbers["results"][t]["comparisons"] for t in numbers["tasks"]):
         figures.drift_reduction(numbers, folder / "figures/drift_reduction.png")
         out.append((FIGURES["drift_reduction"], "figures/drift_reduction.png"))
-    if numbers["weights"]:
+    if any(numbers["weights"].values()):  # format 4: empty where the methods share no module
         figures.weight_spectra(numbers, folder / "figures/weights.png")
         out.append((FIGURES["weights"], "figures/weights.png"))
     if numbers.get("bench"):

@@ -78,7 +78,7 @@ def draw_layer_drift(summary: dict, pooling: str):
                 ax.fill_between(x, [_nan(v) for v in stats["min"]], [_nan(v) for v in stats["max"]], color=color, alpha=0.2,
                                 lw=0, label=f"{method} min..max over seeds")  # fmt: skip
                 ax.plot(x, [_nan(v) for v in stats["noise_floor"]], color=color, ls="--", lw=1,
-                        label=f"{method} seed noise floor")  # fmt: skip
+                        label=f"{method} seed-to-seed drift")  # fmt: skip
             ax.set_title(f"{task}: {similarity.MEASURES.get(measure).label} drift ({pooling} pooling)", fontsize=9)
             ax.set_xticks(ticks)
             ax.set_xticklabels([_short(labels[i]) for i in ticks], fontsize=TICK_FONT)
@@ -176,7 +176,9 @@ def draw_weight_spectra(summary: dict):
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=TICK_FONT)
     title = "Weight update spectra per module (mean, SD over modules and seeds)"
-    if any(m.endswith("(other linears)") for m in methods):
+    if "weights_union" in summary:  # format 4: `weights` holds every method over the same modules
+        title += "\nlike for like: every method over the modules every method with weight rows changes"
+    elif any(m.endswith("(other linears)") for m in methods):
         title += "\nplain method names: the LoRA target modules; \"(other linears)\": every other decoder linear"
     fig.suptitle(title, fontsize=10)
     return fig
@@ -190,8 +192,10 @@ def draw_pareto(numbers: dict):
     """Per task (columns): task metric (mean over seeds, error bars = the seed range) against the primary drift
     (row 1) and, when the summary has forgetting, against forgetting (row 2); one marker per method, each labelled
     with its name; the methods of one sweep joined in size order; the Pareto front (higher metric, lower x) as a
-    dashed staircase with its members ringed; published reference numbers of the same metric as dotted horizontal
-    lines. Everything drawn is a value of numbers["pareto"] (analysis.pareto.pareto_section) or numbers["published"]."""
+    dashed staircase with its members ringed; a method whose cells did not learn hollow (never on the front); a learned
+    method tied with a front member (seed ranges overlap) with a dotted ring; published reference numbers of the same
+    metric as dotted horizontal lines. Everything drawn is a value of numbers["pareto"] (analysis.pareto.pareto_section)
+    or numbers["published"]."""
     section = numbers["pareto"]
     rows = [("drift", section["drift"])] + ([("forgetting", section["forgetting"])] if section.get("forgetting") else [])
     tasks = numbers["tasks"]
@@ -218,15 +222,27 @@ def draw_pareto(numbers: dict):
                     handle = ax.plot([points[m]["x"] for m in line], [points[m]["metric"] for m in line], color="grey",
                                      lw=1, alpha=0.7, zorder=1, label=sweep["label"])[0]  # fmt: skip
                     handles.setdefault(sweep["label"], handle)
+            not_learned = set(part.get("not_learned") or [])
             for m, point in points.items():
                 color, marker = style[m]
                 handle = ax.errorbar([point["x"]], [point["metric"]],
                                      xerr=[[point["x"] - point["x_min"]], [point["x_max"] - point["x"]]],
                                      yerr=[[point["metric"] - point["metric_min"]], [point["metric_max"] - point["metric"]]],
                                      color=color, marker=marker, ms=6, capsize=2, lw=0.8, ls="none", zorder=3,
-                                     label=m)  # fmt: skip
+                                     mfc="none" if m in not_learned else color, label=m)  # fmt: skip
                 handles.setdefault(m, handle)
                 ax.annotate(m, (point["x"], point["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            if not_learned:
+                handle = ax.scatter([points[m]["x"] for m in not_learned if m in points],
+                                    [points[m]["metric"] for m in not_learned if m in points], s=60, marker="x", c="grey",
+                                    lw=1, zorder=4, label="did not learn (hollow; never on the front)")  # fmt: skip
+                handles.setdefault("did not learn (hollow; never on the front)", handle)
+            tied = [m for m in part.get("tied") or {} if m in points]
+            if tied:
+                handle = ax.scatter([points[m]["x"] for m in tied], [points[m]["metric"] for m in tied], s=140,
+                                    facecolors="none", edgecolors="k", linestyles=":", lw=1, zorder=4,
+                                    label="tied with a front member (seed ranges overlap)")  # fmt: skip
+                handles.setdefault("tied with a front member (seed ranges overlap)", handle)
             front = [m for m in part["front"] if m in points]
             if front:
                 front_x, front_y = [points[m]["x"] for m in front], [points[m]["metric"] for m in front]
@@ -247,8 +263,10 @@ def draw_pareto(numbers: dict):
     order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]  # methods first
     fig.legend([handles[k] for k in order], order, loc="outside right center", fontsize=TICK_FONT,
                ncol=1 if len(order) <= 18 else 2)  # fmt: skip
+    rule = ("; front over the methods whose cells learned, ties: seed ranges overlapping a front member's"
+            if section.get("rule") else "")  # fmt: skip
     fig.suptitle("Task metric vs drift" + (" and forgetting" if len(rows) > 1 else "") + " per method\n(mean of seeds, "
-                 "bars: seed range; dashed: Pareto front, higher metric and lower x)", fontsize=10)  # fmt: skip
+                 f"bars: seed range; dashed: Pareto front, higher metric and lower x{rule})", fontsize=10)  # fmt: skip
     return fig
 
 

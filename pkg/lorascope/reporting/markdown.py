@@ -12,7 +12,7 @@ from lorascope.analysis import similarity
 from lorascope.reporting.bench_markdown import device_words, stack_name
 
 FIGURES = {
-    "layer_drift": "Layer-wise drift per task (every method, band = min..max over seeds, dashed = seed noise floor)",
+    "layer_drift": "Layer-wise drift per task (every method, band = min..max over seeds, dashed = seed-to-seed drift)",
     "metric_vs_drift": "Task metric against mean drift, one point per cell",
     "pareto": "Task metric against drift (and forgetting) per method, with the Pareto front",
     "drift_reduction": "Drift reduction with its confidence interval over examples",
@@ -86,6 +86,13 @@ def banner(numbers: dict) -> list[str]:
     return lines
 
 
+def overall_scope(hyp: dict) -> str:
+    """What the headline verdict of a hypothesis is about: the reference pair for H1a / H1b (summaries of format 4),
+    else "overall" (H2, and older summaries, whose overall verdict combined every pair)."""
+    pair = hyp.get("reference_pair")
+    return f"reference pair {pair['reference']} vs {pair['method']}" if pair else "overall"
+
+
 def hypothesis_table(numbers: dict) -> list[str]:
     lines = ["| hypothesis | scope | verdict | evidence |", "|---|---|---|---|"]
     for key in ("H1a", "H1b", "H2"):
@@ -95,7 +102,7 @@ def hypothesis_table(numbers: dict) -> list[str]:
         evidence = hyp.get("rule") or hyp.get("evidence", "")
         if hyp.get("no_reference"):
             evidence = hyp["no_reference"]
-        lines.append(f"| {hyp['hypothesis']} | overall | {_bold(hyp['verdict'])} | {evidence} |")
+        lines.append(f"| {hyp['hypothesis']} | {overall_scope(hyp)} | {_bold(hyp['verdict'])} | {evidence} |")
         for backend, part in (hyp.get("by_backend") or {}).items():  # H2: one verdict per serving backend
             lines.append(f"| | backend {backend} | {_bold(part['verdict'])} | {part['evidence']} |")
         for method, part in (hyp.get("by_method") or {}).items():  # H1a/H1b: one verdict per (reference, method) pair
@@ -105,6 +112,52 @@ def hypothesis_table(numbers: dict) -> list[str]:
     return lines
 
 
+def counts_table(numbers: dict) -> list[str]:
+    """The overall line of H1a and H1b: how many (reference, method) pairs got each verdict (a pair's verdict combines
+    its tasks), next to the reference pair's verdict; no single word for a family of methods. Empty for summaries
+    that predate it."""
+    hyps = [(key, numbers["hypotheses"].get(key) or {}) for key in ("H1a", "H1b")]
+    hyps = [(key, hyp) for key, hyp in hyps if hyp.get("counts")]
+    if not hyps:
+        return []
+    categories = list(hyps[0][1]["counts"])
+    lines = ["Pairs per verdict (each (reference, method) pair counted once, its verdict combined over its tasks); the "
+             "verdict in the table above is the study's reference pair's (the first LoRA method against the first full "
+             "method). No verdict is given for a whole family of methods.", "",
+             "| hypothesis | reference pair | its verdict | " + " | ".join(categories) + " |",
+             "|---|---|---|" + "---:|" * len(categories)]  # fmt: skip
+    for key, hyp in hyps:
+        pair = hyp.get("reference_pair") or {}
+        who = f"{pair['reference']} vs {pair['method']}" if pair else "none"
+        lines.append(f"| {key} | {who} | {_bold(hyp['verdict'])} | " + " | ".join(str(hyp["counts"][c]) for c in categories) + " |")
+    return lines + [""]
+
+
+def _few_seeds(settings: dict) -> list[str]:
+    """The exploratory line: a study with fewer seeds than a verdict needs (summaries of format 4)."""
+    need = settings.get("min_seeds_for_verdict")
+    if need is None or not settings.get("exploratory"):
+        return []
+    seeds = settings["n_seeds"]
+    return [f"- **Exploratory: {seeds} seeds.** H1a and H1b need at least {need} seeds per method for a verdict: with "
+            f"fewer, the one-sided bound uses very few degrees of freedom and rewards the seeds agreeing rather than the "
+            f"size of the effect. Every H1a and H1b entry reads \"exploratory\" with its numbers and intervals; none is "
+            "a verdict. The seed-to-seed drift rests on the seed pairs it names."]  # fmt: skip
+
+
+def _gate_line(settings: dict) -> str:
+    if settings.get("min_seeds_for_verdict") is None:  # summaries before format 4: the noise-floor gate
+        return ("Drift from the base that is not above the seed noise floor (the drift between two seeds of the same "
+                "method) is **indistinguishable** from retraining noise; H1b is indistinguishable when full "
+                "fine-tuning's drift is.")  # fmt: skip
+    return ("The H1b gate asks whether the reference moved at all: its drift from the base against 0, with the seed "
+            "spread and the example spread (the one-sided lower bound must be above 0); when it did not, H1b is "
+            "**indistinguishable** (there is no drift to reduce). The seed-to-seed drift (between two seeds of one "
+            "method) is shown beside it as how consistent the change is across seeds, not as a bar to clear: a change "
+            "made of seed-specific directions differs between seeds by about twice its drift from the base however "
+            "large it is.")  # fmt: skip
+
+
 def seeds_section(numbers: dict) -> list[str]:
     settings = numbers["settings"]
     seeds = settings["n_seeds"]
@@ -112,11 +165,13 @@ def seeds_section(numbers: dict) -> list[str]:
     return [
         f"## What {seeds} seeds can and cannot show",
         "",
+        *_few_seeds(settings),
         f"- The unit of replication is the training seed: {seeds} per method and task. A verdict says **supported** only "
         f"when a one-sided {fixed(settings['verdict_bound_pct'], 1)}% bound over seeds clears the threshold AND "
         f"every seed lies on the claimed side of it (the {interval}% intervals in the table are those two one-sided bounds). "
-        f"With {seeds} seeds that often reads **inconclusive**: the honest answer. Each such verdict says how many seeds "
-        f"would give {fixed(settings['power_target_pct'], 0)}% power if the observed mean and spread were the truth.",
+        + (f"With {seeds} seeds that often reads **inconclusive**: the honest answer. Each such verdict says how many seeds "
+           f"would give {fixed(settings['power_target_pct'], 0)}% power if the observed mean and spread were the truth."
+           if not settings.get("exploratory") else f"With {seeds} seeds the rule is not applied (above)."),
         "- H1a's interval adds the validation sampling error (a paired bootstrap over the validation examples, "
         f"{settings['example_bootstrap']} resamples, the same for every cell) to the seed spread: more seeds cannot shrink that "
         "part.",
@@ -124,9 +179,7 @@ def seeds_section(numbers: dict) -> list[str]:
         f"by at least {fixed(settings['learn_margin_pct_of_headroom'], 0)}% of the headroom to a perfect score and the gain's "
         "one-sided bootstrap bound is above 0. H1b for a task with a cell that did not learn is **not assessable** (low "
         "drift of a model that did not move says nothing about preservation); H1a is not assessable when a full "
-        "fine-tuning cell did not learn. Drift from the base that is not above the seed noise floor (the drift between "
-        "two seeds of the same method) is **indistinguishable** from retraining noise; H1b is indistinguishable when "
-        "full fine-tuning's drift is.",
+        "fine-tuning cell did not learn. " + _gate_line(settings),
         f"- An exact sign-flip (permutation) test on {seeds} paired differences cannot give p below "
         f"{fixed(settings['sign_flip_floor_two_sided'], 3)} two-sided ({fixed(settings['sign_flip_floor_one_sided'], 3)} "
         "one-sided), however large the effect: a sign-flip p at that floor means every seed agreed in sign, not weak "
@@ -149,8 +202,21 @@ def _layers_note(numbers: dict) -> str:
         for pooling, why in (result.get("layers_excluded") or {}).items():
             parts.append(f"{task} ({pooling}): " + "; ".join(f"{label}: {reason}" for label, reason in why.items()))
     used = {", ".join(labels) for task in numbers["tasks"] for labels in numbers["results"][task]["layers_in_mean"].values()}
-    out = "Entries in every mean over layers: " + " / ".join(sorted(used)) + "."
-    return out + (" Left out: " + "; ".join(parts) + "." if parts else "")
+    if numbers["settings"].get("min_seeds_for_verdict") is None:  # summaries before format 4
+        out = "Entries in every mean over layers: " + " / ".join(sorted(used)) + "."
+        return out + (" Left out: " + "; ".join(parts) + "." if parts else "")
+    out = ("Entries every method can change (the means of this table and of the Pareto front; each pair's comparison "
+           "below averages the entries both of its methods can change): " + " / ".join(sorted(used)) + ".")
+    if parts:
+        out += (" Left out (a method cannot change them by construction: drift exactly 0 whatever it learned, shown per "
+                "layer below; or CKA undefined): " + "; ".join(parts) + ".")  # fmt: skip
+    return out + (" The whole-model drift is the mean over every entry where CKA is defined, those entries included "
+                  "(labelled as such: \"frozen blocks do not move\" is a true property, not a comparison).")  # fmt: skip
+
+
+METRIC_WORDS = ("Metric: the task's selection metric on the validation split, in its units; learned: cells that beat the "
+                "trivial baseline of the task's type (majority class for accuracy and F1, 0 for a correlation; see the gates "
+                "above); every other metric of each task is in the task metrics table.")
 
 
 def results_table(numbers: dict) -> list[str]:
@@ -160,13 +226,21 @@ def results_table(numbers: dict) -> list[str]:
     pooling, primary = settings["primary_pooling"], primary_measure(settings)
     other_ckas = [m for m in settings["measures"] if m != primary]
     per_example = [m for m in similarity.layer_measures() if not m.cka]
-    drift_heads = [f"drift ({primary})", *(f"drift ({m})" for m in other_ckas), f"seed noise floor ({primary})"]
+    new = settings.get("min_seeds_for_verdict") is not None  # format 4: whole-model drift, moved, seed-to-seed drift
+    drift_heads = [f"drift ({primary})", *(f"drift ({m})" for m in other_ckas)]
+    if new:
+        drift_heads += [f"whole-model drift ({primary})", f"moved ({primary})", f"seed-to-seed drift ({primary}, consistency)"]
+    else:
+        drift_heads += [f"seed noise floor ({primary})"]
+    intro = (f"Drift = 1 - CKA against the base model, mean over the entries every method can change, then mean ± SD over "
+             f"seeds ({pooling} pooling); the whole-model drift averages every entry. Moved: the drift's one-sided "
+             f"{fixed(settings.get('verdict_bound_pct'), 1)}% lower bound over seeds and examples is above 0. Seed-to-seed "
+             "drift: between two seeds of the method, mean over its seed pairs (how many in brackets): how consistent its "
+             "change is, not how large. " + METRIC_WORDS if new else
+             f"Drift = 1 - CKA against the base model, mean over the hidden-state entries in the mean, then mean ± SD over "
+             f"seeds ({pooling} pooling). " + METRIC_WORDS + " A drift marked (≤ floor) is within its seed noise floor.")  # fmt: skip
     lines = [
-        f"Drift = 1 - CKA against the base model, mean over the hidden-state entries in the mean, then mean ± SD over "
-        f"seeds ({pooling} pooling). Metric: the task's selection metric on the validation split, in its units; learned: "
-        "cells that beat the trivial baseline of the task's type (majority class for accuracy and F1, 0 for a "
-        "correlation; see the gates above); every other metric of each task is in the task metrics table. A drift "
-        "marked (≤ floor) is within its seed noise floor.",
+        intro,
         "",
         _layers_note(numbers),
         "",
@@ -178,10 +252,18 @@ def results_table(numbers: dict) -> list[str]:
         result = numbers["results"][task]
         for method, entry in result["methods"].items():
             learned = [seed for seed, gate in entry["learning"].items() if gate["learned"] is True]
-            mark = " (≤ floor)" if entry["within_floor"][pooling][primary] else ""
             drift = entry["drift"][pooling]
-            cells = [mean_sd(drift[primary]) + mark, *(mean_sd(drift[m]) for m in other_ckas),
-                     fixed(entry["noise_floor"][pooling][primary]["mean"]),
+            floor = entry["noise_floor"][pooling][primary]
+            if new:
+                gate = (entry.get("moved") or {}).get(pooling) or {}
+                whole = (entry.get("drift_whole_model") or {}).get(pooling) or {}
+                extra = [mean_sd(whole.get(primary, {})), {True: "yes", False: "no"}.get(gate.get("moved"), "n/a"),
+                         f"{fixed(floor['mean'])} ({floor.get('n')} pair{'s' if floor.get('n') != 1 else ''})"]  # fmt: skip
+                mark = ""
+            else:
+                extra = [fixed(floor["mean"])]
+                mark = " (≤ floor)" if (entry.get("within_floor") or {}).get(pooling, {}).get(primary) else ""
+            cells = [mean_sd(drift[primary]) + mark, *(mean_sd(drift[m]) for m in other_ckas), *extra,
                      *(mean_sd(entry["cosine"][pooling].get(m.name, {})) for m in per_example)]  # fmt: skip
             lines.append(
                 f"| {task} | {method} | {result['n_examples']} | {_metric_name(numbers, task)} | {mean_sd(entry['metric'])} | "
@@ -227,8 +309,9 @@ def layer_table(numbers: dict) -> list[str]:
     """Per-layer H1b: every hidden-state entry with its drifts, floors and the same seed-level rule."""
     settings = numbers["settings"]
     lines = [f"H1b's rule on each hidden-state entry ({settings['primary_pooling']} pooling, {primary_measure(settings)}): "
-             f"drift mean over seeds, seed noise floor, mean of the per-seed reductions and its "
-             f"{fixed(settings['verdict_interval_pct'], 0)}% interval over seeds. Nothing hides in the mean.", "",
+             f"drift mean over seeds, seed-to-seed drift (floor), mean of the per-seed reductions and its "
+             f"{fixed(settings['verdict_interval_pct'], 0)}% interval over seeds. Nothing hides in the mean: an entry one "
+             "method of the pair cannot change is not compared, its drift shown with the reason.", "",
              "| task | method | layer | in mean | FT drift | FT floor | method drift | method floor | reduction % | interval | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     frozen = False
@@ -236,15 +319,20 @@ def layer_table(numbers: dict) -> list[str]:
         for method, comparison in numbers["results"][task]["comparisons"].items():
             for label, layer in (comparison.get("layers") or {}).items():
                 interval = f"[{fixed(layer['lo'], 1)}, {fixed(layer['hi'], 1)}]" if layer.get("lo") is not None else "n/a"
-                mark = " (frozen by construction)" if layer.get("frozen_by_construction") else ""
-                frozen = frozen or bool(mark)
+                why = layer.get("not_compared_why")
+                mark = f" ({why})" if why else " (frozen by construction)" if layer.get("frozen_by_construction") else ""
+                frozen = frozen or bool(layer.get("frozen_by_construction"))
                 lines.append(f"| {task} | {method} | {label} | {'yes' if layer['in_mean'] else 'no'} | {fixed(layer['ft_mean'])} | "
                              f"{fixed(layer['ft_floor'])} | {fixed(method_value(layer, 'mean'))} | "
                              f"{fixed(method_value(layer, 'floor'))} | {fixed(layer['estimate_pct'], 1)} | {interval} | "
                              f"{layer['verdict']}{mark} |")  # fmt: skip
-    if frozen:
+    if frozen and settings.get("min_seeds_for_verdict") is None:  # summaries before format 4 kept them in the means
         lines += ["", "(frozen by construction): a block a top-k-layers method does not train, so its output is the "
                   "base model's exactly (drift 0). Such entries stay in the means: that is the method's property."]  # fmt: skip
+    elif frozen:
+        lines += ["", "Frozen by construction: a block a top-k-layers method does not train, so its output is the base "
+                  "model's exactly (drift 0). Such an entry is left out of that method's comparisons (a mean with it "
+                  "would reduce drift by zeros whatever the method did) and is counted in its whole-model drift."]  # fmt: skip
     return lines
 
 
@@ -262,6 +350,12 @@ def comparison_table(numbers: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [primary] + [(p, m) for p in settings["poolings"] for m in settings["measures"][::-1] if (p, m) != primary]
+    entries = [f"{task}/{method}: {', '.join(comparison['layers_in_mean'][primary[0]])}"
+               for task in numbers["tasks"] for method, comparison in numbers["results"][task]["comparisons"].items()
+               if comparison.get("layers_in_mean")]  # fmt: skip
+    if entries:
+        lines[0] += (" Each pair's means cover only the entries both of its methods can change (" + "; ".join(entries)
+                     + f", {primary[0]} pooling).")  # fmt: skip
     for task in numbers["tasks"]:
         for method, comparison in numbers["results"][task]["comparisons"].items():
             for pooling, measure in order:
@@ -275,6 +369,16 @@ def comparison_table(numbers: dict) -> list[str]:
                     f"{p_value(by.get('holm_p_t'))} | {p_value(by['sign_flip_p'])} ({fixed(by['sign_flip_floor'], 3)}) | "
                     f"{p_value(by.get('holm_p_sign_flip'))} | {fixed(by['cohens_dz'], 2)} |"
                 )
+    whole = [(task, method, comparison["whole_model"]) for task in numbers["tasks"]
+             for method, comparison in numbers["results"][task]["comparisons"].items() if comparison.get("whole_model")]  # fmt: skip
+    if whole:
+        lines += ["", f"Whole-model means (every entry where CKA is defined, the entries a method cannot change included; "
+                  f"{primary[0]} pooling, {primary[1]}): what the models are, not a like-for-like comparison.", "",
+                  "| task | method | FT whole-model drift | method whole-model drift | reduction % (whole model) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for task, method, by in whole:
+            lines.append(f"| {task} | {method} | {fixed(by['ft_mean'])} | {fixed(method_value(by, 'mean'))} | "
+                         f"{fixed(by['reduction_pct'], 1)} |")  # fmt: skip
     return lines
 
 
@@ -342,22 +446,29 @@ def costs_table(numbers: dict) -> list[str]:
 
 
 def pareto_lines(numbers: dict) -> list[str]:
-    """The Pareto front's members per task and axis (analysis.pareto), with each member's metric and x."""
+    """The Pareto front's members per task and axis (analysis.pareto), with each member's metric and x, the learned
+    methods tied with a member (seed ranges overlap) and the methods that did not learn (never on the front)."""
     pareto = numbers.get("pareto")
     if not pareto:
         return ["No Pareto section (the report numbers predate it)."]
-    lines = ["A method is on the front when no other method has a higher-or-equal task metric AND a lower-or-equal "
+    rule = pareto.get("rule")
+    lines = [f"Rule: {rule}. Mean over seeds; x is the drift over the entries every method can change, or forgetting."
+             if rule else
+             "A method is on the front when no other method has a higher-or-equal task metric AND a lower-or-equal "
              "drift (or forgetting), one of them strictly; equal points are both on it. Mean over seeds."]  # fmt: skip
     if pareto.get("sweeps"):
         lines += ["", "Sweeps (joined in the figure in size order): " + "; ".join(
             f"{sweep['label']}: {', '.join(sweep['methods'])}" for sweep in pareto["sweeps"]) + "."]  # fmt: skip
-    lines += ["", "| axis | task | front (lowest x first) | metric | x |", "|---|---|---|---|---|"]
+    lines += ["", "| axis | task | front (lowest x first) | metric | x | tied with a front member (seed ranges overlap) | "
+              "did not learn (never on the front) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for axis in ("drift", "forgetting"):
         for task, part in (pareto.get(axis) or {}).items():
             front, points = part["front"], part["points"]
+            tied = "; ".join(f"{m} ~ {', '.join(with_)}" for m, with_ in (part.get("tied") or {}).items()) or "none"
             lines.append(f"| {axis} | {task} | {', '.join(front) or 'none'} | "
                          f"{', '.join(fixed(points[m]['metric']) for m in front) or 'n/a'} | "
-                         f"{', '.join(fixed(points[m]['x']) for m in front) or 'n/a'} |")  # fmt: skip
+                         f"{', '.join(fixed(points[m]['x']) for m in front) or 'n/a'} | {tied} | "
+                         f"{', '.join(part.get('not_learned') or []) or 'none'} |")  # fmt: skip
     if not pareto.get("forgetting"):
         lines += ["", "No forgetting values in the drift summary (forgetting is measured for decoder models only), so "
                   "no forgetting front."]  # fmt: skip
@@ -416,25 +527,14 @@ def forgetting_table(numbers: dict) -> list[str]:
     return lines + ([""] + items if items else []) + (["", note] if note and items else [])
 
 
-def weights_table(numbers: dict) -> list[str]:
-    settings = numbers["settings"]
-    if not numbers["weights"]:
-        return ["No weight-space rows (no adapted modules found)."]
-    extra = ("Full fine-tuning cells: the LoRA target modules (compared like with like in the method's row) and, in "
-             "the \"(other linears)\" row, every other decoder linear."
-             if settings.get("weights_full_extra_linears") else
-             "Full fine-tuning cells: the LoRA target modules only (the other linears were too large to decompose here).")  # fmt: skip
-    lines = [
-        f"Per adapted module, the update delta W (full: W_ft - W0; LoRA: scale B A). Intruder dimensions: top "
-        f"{settings['intruder_k']} left singular vectors of W_ft whose largest |cosine| with W0's is below "
-        f"{fixed(settings['intruder_eps'], 1)}. " + extra,
-        "",
-        "| task | method | modules | module types | stable rank | effective rank | r90 | intruders per module | "
-        "modules with intruders % | relative update norm |",
-        "|---|---|---:|---|---|---|---|---|---|---|",
-    ]
-    for task in numbers["tasks"]:
-        for method, weights in (numbers["weights"].get(task) or {}).items():
+WEIGHT_HEAD = ("| task | method | modules | module types | stable rank | effective rank | r90 | intruders per module | "
+               "modules with intruders % | relative update norm |")
+
+
+def _weight_rows(by_task: dict, tasks: list[str]) -> list[str]:
+    lines = [WEIGHT_HEAD, "|---|---|---:|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for method, weights in (by_task.get(task) or {}).items():
             lines.append(
                 f"| {task} | {method} | {weights['modules']} | {', '.join(weights['module_types'])} | "
                 f"{mean_sd(weights['stable_rank'], 2)} | {mean_sd(weights['effective_rank'], 2)} | {mean_sd(weights['r90'], 2)} | "
@@ -442,6 +542,64 @@ def weights_table(numbers: dict) -> list[str]:
                 f"{mean_sd(weights['delta_rel'])} |"
             )
     return lines
+
+
+def weights_table(numbers: dict) -> list[str]:
+    """Like for like: every method over the same modules (the intersection of what the methods with weight rows
+    change), then each method over everything it changes (the union, labelled: not comparable), a note per method
+    whose update is a dense rescaling, and why some methods have no rows."""
+    settings = numbers["settings"]
+    if "weights_union" not in numbers:
+        return _weights_table_before_format_4(numbers)
+    if not numbers["weights_union"]:
+        return ["No weight-space rows (no adapted modules found)."]
+    tasks = numbers["tasks"]
+    intro = (f"Per adapted module, the update delta W (full fine-tuning and top-k layers: W_ft - W0; LoRA: scale B A; "
+             f"DoRA and IA3: the effective weight minus W0). Intruder dimensions: top {settings['intruder_k']} left "
+             f"singular vectors of W_ft whose largest |cosine| with W0's is below {fixed(settings['intruder_eps'], 1)}. "
+             "Full fine-tuning cells are analysed on the modules the study's LoRA methods adapt (else its IA3 methods') "
+             "and on every other decoder linear when those total at most "
+             f"{settings['weights_extra_linears_max_elements']:.1e} elements over all full cells.")  # fmt: skip
+    reference = settings.get("reference_method")
+    covered = [f"{t}: {', '.join(numbers['weights_union'][t][reference]['module_types'])}" for t in tasks
+               if reference in (numbers["weights_union"].get(t) or {})]  # fmt: skip
+    if covered:
+        intro += f" Here the rows of `{reference}` cover " + "; ".join(covered) + "."
+    lines = [intro, ""]
+    common = [t for t in tasks if numbers["weights"].get(t)]
+    modules = numbers.get("weights_modules") or {}
+    if common:
+        where = "; ".join(f"{t}: {len(modules[t]['common'])} module{'s' if len(modules[t]['common']) != 1 else ''} "
+                          f"({', '.join(modules[t]['common_types'])})" for t in common)  # fmt: skip
+        lines += [f"**Like for like**: every method over the same modules, the ones every method with weight rows changes "
+                  f"({where}).", ""] + _weight_rows(numbers["weights"], common) + [""]  # fmt: skip
+    else:
+        lines += ["**Like for like**: the methods with weight rows share no module, so there is no table over the same "
+                  "modules.", ""]  # fmt: skip
+    lines += ["**Each method over every module it changes** (the union; the modules differ between rows, so these rows "
+              "are NOT comparable across methods):", ""] + _weight_rows(numbers["weights_union"], tasks)  # fmt: skip
+    notes = [f"- `{m}`: {note}" for m, note in (settings.get("weights_notes") or {}).items()]
+    notes += [f"- `{m}`: no weight rows: {why}" for m, why in (settings.get("weights_skipped") or {}).items()]
+    return lines + (["", "Notes per method:", "", *notes] if notes else [])
+
+
+def _weights_table_before_format_4(numbers: dict) -> list[str]:
+    """The weight table of a drift summary before format 4: each method on the LoRA target modules, a full method's
+    other linears apart."""
+    settings = numbers["settings"]
+    if not numbers["weights"]:
+        return ["No weight-space rows (no adapted modules found)."]
+    extra = ("Full fine-tuning cells: the LoRA target modules (compared like with like in the method's row) and, in "
+             "the \"(other linears)\" row, every other decoder linear."
+             if settings.get("weights_full_extra_linears") else
+             "Full fine-tuning cells: the LoRA target modules, and no \"(other linears)\" row (none was analysed apart).")  # fmt: skip
+    return [
+        f"Per adapted module, the update delta W (full: W_ft - W0; LoRA: scale B A). Intruder dimensions: top "
+        f"{settings['intruder_k']} left singular vectors of W_ft whose largest |cosine| with W0's is below "
+        f"{fixed(settings['intruder_eps'], 1)}. " + extra,
+        "",
+        *_weight_rows(numbers["weights"], numbers["tasks"]),
+    ]
 
 
 def bench_tables(numbers: dict) -> list[str]:
@@ -537,7 +695,7 @@ def render(numbers: dict, figures: list[tuple[str, str]]) -> str:
     prov = numbers["provenance"]
     out = [f"# Analysis report: study `{prov['study']}`, run `{prov['run_id']}`", ""]
     out += banner(numbers)
-    out += ["## Hypotheses", ""] + hypothesis_table(numbers) + [""]
+    out += ["## Hypotheses", ""] + hypothesis_table(numbers) + [""] + counts_table(numbers)
     out += seeds_section(numbers)
     out += ["## Task metric and drift per method", ""] + results_table(numbers) + [""] + published_table(numbers)
     out += (["## Task metrics", ""] + task_metrics_table(numbers)) if numbers["settings"].get("tasks") else []
