@@ -205,7 +205,7 @@ def test_train_save_reload_evaluate(models, rows, family, tmp_path):
     """The same code for a decoder and an encoder: 4 epochs of full fine-tuning on 160 fixture questions (windows of
     64 tokens, stride 16), the training loss falls; the model is saved, reloaded through the type's `load_model` (the
     saved QA model, every weight) and evaluates exactly as before saving; the reported numbers use the no-answer
-    threshold chosen on dev (`with_dev_threshold`), and every number is the official SQuAD v2 scoring of the
+    threshold chosen on dev (`reported_eval`), and every number is the official SQuAD v2 scoring of the
     predictions."""
     study = load_study(REPO / "jobs" / "smoke.yaml")
     model_dir = models[family]
@@ -237,7 +237,7 @@ def test_train_save_reload_evaluate(models, rows, family, tmp_path):
     assert after.f1 == pytest.approx(official["f1"] / 100) and after.exact == pytest.approx(official["exact"] / 100)
     assert after.NoAns_f1 == pytest.approx(official["NoAns_f1"] / 100)
     dev_eval = t.evaluate(spec, reloaded, dev, batch_size=16, pad_id=tok.pad_token_id)
-    reported = t.with_dev_threshold(spec, dev_eval, after)
+    reported = t.reported_eval(spec, dev_eval, after)
     thr = reported.threshold
     chosen = squad_v2.find_best_threshold({p["id"]: p["text"] for p in dev_eval.predictions},
                                           squad_v2.raw_scores({p["id"]: p["gold"] for p in dev_eval.predictions},
@@ -249,3 +249,45 @@ def test_train_save_reload_evaluate(models, rows, family, tmp_path):
     assert reported.f1 == pytest.approx(at_thr["f1"] / 100) and reported.primary_value == reported.f1
     print(f"\n{family}: losses {losses[0]:.3f} -> {losses[-1]:.3f}; validation (own decision) {after.metrics()}; "
           f"dev threshold {thr:.4f}: f1 {reported.f1:.4f} HasAns {reported.HasAns_f1:.4f} NoAns {reported.NoAns_f1:.4f}")
+
+
+@pytest.mark.parametrize("family", ["llama", "roberta"])
+def test_a_lora_cell_saves_and_reloads_its_span_head(models, rows, family, tmp_path):
+    """LoRA through PEFT's QUESTION_ANS task type, the cell path of the train and extract phases: `apply_method`
+    trains the adapter and the span head (`qa_outputs` in modules_to_save), `save_cell_artifact` writes `adapter/`,
+    `load_cell_model` with the type's `load_model` rebuilds it on the base and evaluates exactly as the trained model.
+    The head moved from its initialisation (it trained) and the reloaded cell has the trained head, not a fresh one."""
+    from lorascope import methods
+    from lorascope.models import artifacts
+
+    study = load_study(REPO / "jobs" / "smoke.yaml")
+    lora = next(m for m in study.methods if m.kind == "lora")
+    if family == "roberta":
+        lora = lora.model_copy(update={"target_modules": ["q", "v"]})
+    model_dir = models[family]
+    tok = loading.load_tokenizer(model_dir)
+    spec = qa_task(64, stride=16, max_question_tokens=16)
+    t = spec.task_type
+    train = t.encode(spec, tok, rows["train"][:64], 64)
+    val = t.encode(spec, tok, rows["validation"][:40], 64)
+    set_seed(0)
+    model = t.load_model(spec, model_dir, torch.float32, "cpu")
+    head0 = model.qa_outputs.weight.detach().clone()
+    model = methods.apply_method(model, lora, {}, task_type=t.peft_task_type)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("qa_outputs" in n for n in trainable) and any("lora_A" in n for n in trainable)
+    plan = training.Plan(learning_rate=5e-3, effective_batch=16, epochs=1, seed=0, lr_scheduler="constant", evaluate=False)
+    result = training.fit(model, train, None, training=study.training, plan=plan, pad_id=tok.pad_token_id,
+                          output_dir=tmp_path / "run", device=torch.device("cpu"), log=Logger(), task=spec)  # fmt: skip
+    before = t.evaluate(spec, result.model, val, batch_size=16, pad_id=tok.pad_token_id)
+    folder = methods.save_cell_artifact(result.model, lora, tmp_path / "cell")
+    assert folder.name == "adapter" and (folder / "adapter_config.json").is_file()
+    assert json.loads((folder / "adapter_config.json").read_text())["task_type"] == "QUESTION_ANS"
+    set_seed(123)  # a different fresh head: the adapter's must replace it
+    cell, _ = artifacts.load_cell_model(tmp_path / "cell", model_dir, 0, "cpu", torch.float32,
+                                        load=lambda d, dt, dev: t.load_model(spec, d, dt, dev))  # fmt: skip
+    after = t.evaluate(spec, cell, val, batch_size=16, pad_id=tok.pad_token_id)
+    assert after.predictions == before.predictions and after.values == before.values
+    trained_head = dict(result.model.named_parameters())
+    head = next(v for k, v in trained_head.items() if "qa_outputs" in k and "weight" in k and "modules_to_save" in k)
+    assert not torch.equal(head.detach(), head0)

@@ -39,7 +39,7 @@ SYNTHETIC SQuAD-v2-format fixture the package ships, assets/squad_v2/README.md: 
   metrics   the official SQuAD v2 rules (`lorascope.metrics.squad_v2`): exact and F1 (best over the gold answers),
             HasAns_* and NoAns_*, reported as fractions (a point is 0.01). `evaluate` applies the model's own decision
             (threshold 0.5) and adds the official `best_f1`/`best_exact` (threshold chosen on the split itself, an
-            oracle). The REPORTED numbers: `with_dev_threshold(task, dev, validation)`: the no-answer threshold that
+            oracle). The REPORTED numbers: `reported_eval(task, dev, validation)` (the train phase): the no-answer threshold that
             maximises F1 on the DEV split (carved from train) applied to the validation split
             (`squad_v2.evaluate_with_dev_threshold`), `threshold` and `dev_best_f1` added. Primary metric: F1
   gate      the trivial predictor answers "no answer" everywhere: it scores the unanswerable share of the split
@@ -433,7 +433,7 @@ class ExtractiveQAType(TaskType):
                  bf16: bool = False, tokenizer: Any = None) -> EvalResult:  # fmt: skip
         """Official SQuAD v2 scores of the questions in `features` at the model's own no-answer decision (threshold
         0.5 on the no-answer probability), plus the official oracle `best_f1`/`best_exact` on this split; predictions
-        per question carry `text` (the best span), `no_answer_prob` and `gold` for `with_dev_threshold`."""
+        per question carry `text` (the best span), `no_answer_prob` and `gold` for `reported_eval`."""
         import torch
         import torch.nn.functional as F
 
@@ -459,7 +459,7 @@ class ExtractiveQAType(TaskType):
         return EvalResult(values=values, loss=sum(losses) / len(losses), n=len(predictions), primary=task.primary_metric,
                           predictions=predictions)  # fmt: skip
 
-    def with_dev_threshold(self, task: Task, dev: EvalResult, validation: EvalResult) -> EvalResult:
+    def reported_eval(self, task: Task, dev: EvalResult, validation: EvalResult) -> EvalResult:
         """The reported numbers: validation scored with the no-answer threshold that maximises F1 on DEV
         (`squad_v2.evaluate_with_dev_threshold`); `threshold` and `dev_best_f1` (a fraction) added, predictions'
         `pred` re-decided at that threshold."""
