@@ -28,7 +28,7 @@ def qa_task(max_length: int, **options):
     """squad_v2 as a study entry naming `max_length` and `options` resolves it."""
 
     class Entry:
-        name, type, metric, source, columns, labels = "squad_v2", "extractive_qa", None, None, None, None
+        name, type, metric, source, columns, labels = "squad-v2", "extractive_qa", None, None, None, None
 
     entry = Entry()
     entry.max_length, entry.options = max_length, options
@@ -44,13 +44,13 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows():
-    spec = tasks.known_task("squad_v2")
+    spec = tasks.known_task("squad-v2")
     read = lambda split: [json.loads(x) for x in (FIXTURE / f"{split}.jsonl").read_text().splitlines()]  # noqa: E731
-    return {s: spec.task_type.check_rows(spec, read(s), f"squad_v2/{s}.jsonl") for s in ("train", "validation")}
+    return {s: spec.task_type.check_rows(spec, read(s), f"squad-v2/{s}.jsonl") for s in ("train", "validation")}
 
 
 def test_squad_v2_resolves_as_extractive_qa():
-    spec = tasks.known_task("squad_v2")
+    spec = tasks.known_task("squad-v2")
     t = spec.task_type
     assert (spec.type, t.peft_task_type, t.encoders, t.bench, t.vllm_servable) == ("extractive_qa", "QUESTION_ANS", True, None, False)
     assert spec.primary_metric == "f1" and spec.metrics[:2] == ("f1", "exact")
@@ -60,7 +60,7 @@ def test_squad_v2_resolves_as_extractive_qa():
 
 def test_options_are_checked_at_the_door():
     class Entry:
-        name, type, max_length, metric, source, columns, labels = "squad_v2", "extractive_qa", 64, None, None, None, None
+        name, type, max_length, metric, source, columns, labels = "squad-v2", "extractive_qa", 64, None, None, None, None
         options = {"stride": 60}
 
     with pytest.raises(ConfigError, match="options: max_question_tokens 64 \\+ stride 60"):
@@ -71,7 +71,7 @@ def test_options_are_checked_at_the_door():
 
 
 def test_rows_are_checked_at_the_door():
-    spec = tasks.known_task("squad_v2")
+    spec = tasks.known_task("squad-v2")
     good = {"id": "a", "question": "who", "context": "Ann lives here", "answers": {"text": ["Ann"], "answer_start": [0]}}
     assert spec.task_type.check_rows(spec, [good], "f")[0]["idx"] == 0
     bad = {**good, "answers": {"text": ["Ann"], "answer_start": [1]}}

@@ -1,7 +1,8 @@
 """Extractive question answering (SQuAD v2): a span head for decoders and encoders, with unanswerable questions.
 
-Tasks it knows without a source: `squad_v2` (the Hugging Face `squad_v2` format; `data.path: builtin` reads the
-SYNTHETIC SQuAD-v2-format fixture the package ships, assets/squad_v2/README.md: not SQuAD).
+Tasks it knows without a source: `squad-v2` (study task names allow no underscore; the Hugging Face `squad_v2` format
+and dataset; `data.path: builtin` reads the SYNTHETIC SQuAD-v2-format fixture the package ships,
+assets/squad_v2/README.md: not SQuAD).
 
   rows      one row per question, staged as {"id", "question", "context", "answers", "idx"}: `answers` is
             {"text": [...], "answer_start": [...]} with character offsets into `context` ({"text": [], ...} for an
@@ -66,8 +67,8 @@ from lorascope.schema import Strict
 from lorascope.tasks.base import EvalResult, GateFacts, Task, TaskType, register
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SQUAD_V2 = "squad_v2"
-HUB_DATASET = "rajpurkar/squad_v2"
+SQUAD_V2 = "squad-v2"  # the task's name in a study (names are store keys and Kubernetes labels: no underscore)
+HUB_DATASET, HUB_CONFIG = "rajpurkar/squad_v2", "squad_v2"
 METRICS = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact")
 COLUMNS = {"id": "id", "question": "question", "context": "context", "answers": "answers", "idx": "idx"}
 
@@ -354,12 +355,14 @@ class ExtractiveQAType(TaskType):
         return out
 
     def local_files(self, task: Task, root: Path | None) -> dict[str, Path]:
-        """`<root>/squad_v2/<split>.jsonl`; `root` None: the packaged SYNTHETIC fixture (assets/squad_v2)."""
-        return super().local_files(task, ASSETS if root is None else root)
+        """`<root>/<task>/<split>.jsonl`; `root` None: the packaged SYNTHETIC fixture (assets/squad_v2/<split>.jsonl)."""
+        if root is None:
+            return {split: ASSETS / "squad_v2" / f"{split}.jsonl" for split in self.source_splits(task)}
+        return super().local_files(task, root)
 
     def hub_source(self, task: Task, data: Any) -> tuple[str, str | None, str, dict[str, str]]:
         """SQuAD v2 on the hub: `rajpurkar/squad_v2` (config `squad_v2`) at the study's `data.revision`."""
-        return HUB_DATASET, SQUAD_V2, data.revision, {}
+        return HUB_DATASET, HUB_CONFIG, data.revision, {}
 
     # ---- model input
     def encode(self, task: Task, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_length: int) -> list[dict]:
