@@ -291,3 +291,23 @@ def test_a_lora_cell_saves_and_reloads_its_span_head(models, rows, family, tmp_p
     trained_head = dict(result.model.named_parameters())
     head = next(v for k, v in trained_head.items() if "qa_outputs" in k and "weight" in k and "modules_to_save" in k)
     assert not torch.equal(head.detach(), head0)
+
+
+@pytest.mark.parametrize("family", ["llama", "roberta"])
+def test_head_only_methods_train_the_span_head(models, family):
+    """Methods that train only some parameters plus the head (BitFit's norm-only, top-k layers) find `qa_outputs` as
+    the head (families' `head`), so the span head trains under every method."""
+    from lorascope import methods
+    from lorascope.models import families
+
+    study = load_study(REPO / "jobs" / "smoke-methods.yaml")
+    spec = qa_task(384)
+    set_seed(0)
+    model = spec.task_type.load_model(spec, models[family], torch.float32, "cpu")
+    assert families.parameter_groups(model)["head"] == ["qa_outputs.weight", "qa_outputs.bias"]
+    for name in ("norm-only", "top1"):
+        m = methods.apply_method(spec.task_type.load_model(spec, models[family], torch.float32, "cpu"),
+                                 study.method(name), {}, task_type=spec.task_type.peft_task_type)  # fmt: skip
+        trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+        assert {"qa_outputs.weight", "qa_outputs.bias"} <= trainable, name
+    del model
