@@ -311,3 +311,26 @@ def test_head_only_methods_train_the_span_head(models, family):
         trainable = {n for n, p in m.named_parameters() if p.requires_grad}
         assert {"qa_outputs.weight", "qa_outputs.bias"} <= trainable, name
     del model
+
+
+def test_the_training_loss_is_the_mean_over_windows_that_evaluate_reports(models, rows, tmp_path):
+    """One step at learning rate 0 over 16 windows as 4 micro-batches of 4 (gradient accumulation): the Trainer's
+    logged loss (the type's `loss`: padding masked, divided by the windows of the accumulated batch) equals
+    `evaluate`'s mean over the same windows of (CE(start) + CE(end)) / 2. Unmasked padding (3.98 here) or a count of
+    label entries instead of windows would log another number."""
+    study = load_study(REPO / "jobs" / "smoke.yaml")
+    tok = loading.load_tokenizer(models["llama"])
+    spec = qa_task(64, stride=16, max_question_tokens=16)
+    feats = spec.task_type.encode(spec, tok, rows["train"][:12], 64)[:16]
+    assert len(feats) == 16
+    set_seed(0)
+    model = spec.task_type.load_model(spec, models["llama"], torch.float32, "cpu")
+    want = spec.task_type.evaluate(spec, model, feats, batch_size=16, pad_id=tok.pad_token_id).loss
+    plan = training.Plan(learning_rate=0.0, effective_batch=16, epochs=1, seed=0, lr_scheduler="constant", max_steps=1,
+                         evaluate=False)  # fmt: skip
+    cfg = study.training.model_copy(update={"micro_batch": 4})
+    result = training.fit(model, feats, None, training=cfg, plan=plan, pad_id=tok.pad_token_id, output_dir=tmp_path,
+                          device=torch.device("cpu"), log=Logger(), task=spec)  # fmt: skip
+    assert result.schedule["grad_accum"] == 4
+    logged = next(e["loss"] for e in result.log_history if "loss" in e)
+    assert logged == pytest.approx(want, rel=1e-4)

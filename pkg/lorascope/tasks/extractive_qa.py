@@ -30,8 +30,8 @@ assets/squad_v2/README.md: not SQuAD).
             accounted for; a saved QA model (architectures `*ForQuestionAnswering`) reloads with `from_pretrained`,
             refused if any key is missing. tests/tasks/test_extractive_qa.py checks the hidden states equal the base
             model's.
-  loss      cross-entropy of the start and of the end position over the window's positions, (start + end) / 2,
-            summed over the micro-batch and divided by the windows of the accumulated batch
+  loss      cross-entropy of the start and of the end position over the window's own positions (padding masked),
+            (start + end) / 2, the mean over the windows of the accumulated batch
   decoding  per window, the `options.n_best` highest start and end logits over context positions, spans with
             start <= end and at most `options.max_answer_tokens` tokens, scored start + end; per question the best
             span over all its windows and the null score = the smallest null score over its windows (HF's
@@ -394,8 +394,9 @@ class ExtractiveQAType(TaskType):
         return out
 
     def collate(self, task: Task, features: list[dict], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
-        """Right-padded `input_ids`, `attention_mask`; `labels` int64 [batch, 2] (start, end). No `pool_mask`: the
-        Trainer hands every key but `labels` to the model's forward (extraction batches `extraction_features`)."""
+        """Right-padded `input_ids`, `attention_mask`; `labels` int64 [batch, 3]: start, end and the window's length
+        (what `loss` masks beyond). No `pool_mask`: the Trainer hands every key but `labels` to the model's forward
+        (extraction batches `extraction_features`)."""
         import torch
 
         from lorascope import data
@@ -403,7 +404,7 @@ class ExtractiveQAType(TaskType):
         plain = [{k: f[k] for k in ("input_ids", "attention_mask") if k in f} for f in features]
         batch = data.collate(plain, pad_id, pad_to)
         if all("labels" in f for f in features):
-            batch["labels"] = torch.tensor([list(f["labels"]) for f in features], dtype=torch.long)
+            batch["labels"] = torch.tensor([[*f["labels"], len(f["input_ids"])] for f in features], dtype=torch.long)
         return batch
 
     # ---- the model
@@ -423,13 +424,19 @@ class ExtractiveQAType(TaskType):
 
     # ---- training and evaluation
     def loss(self, task: Task, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-        """(CE(start) + CE(end)) / 2 summed over the windows, divided by the windows of the accumulated batch."""
+        """(CE(start) + CE(end)) / 2 summed over the micro-batch's windows, divided by the windows of the accumulated
+        batch: the mean over the effective batch, the loss `evaluate` reports. `labels` are [start, end, length] per
+        window (`collate`): the softmax runs over the window's own positions, never its padding (so the loss does not
+        depend on the batch it is padded in). The Trainer's `num_items_in_batch` counts label entries: 3 per window."""
+        import torch
         import torch.nn.functional as F
 
         start, end = outputs["start_logits"].float(), outputs["end_logits"].float()
         labels = labels.to(start.device)
+        padding = torch.arange(start.shape[1], device=start.device)[None, :] >= labels[:, 2:3]
+        start, end = start.masked_fill(padding, float("-inf")), end.masked_fill(padding, float("-inf"))
         loss = (F.cross_entropy(start, labels[:, 0], reduction="sum") + F.cross_entropy(end, labels[:, 1], reduction="sum")) / 2
-        count = num_items_in_batch if num_items_in_batch is not None else labels.shape[0]
+        count = num_items_in_batch / labels.shape[1] if num_items_in_batch is not None else labels.shape[0]
         return loss / count
 
     def evaluate(self, task: Task, model: Any, features: list[dict], *, batch_size: int, pad_id: int,
