@@ -334,3 +334,18 @@ def test_the_training_loss_is_the_mean_over_windows_that_evaluate_reports(models
     assert result.schedule["grad_accum"] == 4
     logged = next(e["loss"] for e in result.log_history if "loss" in e)
     assert logged == pytest.approx(want, rel=1e-4)
+
+
+def test_the_proposal_study_file():
+    """jobs/proposal.yaml: MRPC and SQuAD v2 on TinyLlama, LoRA r=8 vs full, 1000 validation examples for drift; its
+    bench plans build for both backends (they serve MRPC: span heads have no bench)."""
+    from lorascope.serving.plan import BenchPlan
+
+    study = load_study(REPO / "jobs" / "proposal.yaml")
+    assert study.model.name.startswith("TinyLlama/") and study.extraction.examples == 1000
+    assert [(t.name, t.spec.type, t.selection_metric) for t in study.tasks] == [
+        ("mrpc", "classification", "f1"), ("squad-v2", "extractive_qa", "f1")]  # fmt: skip
+    lora = study.method("lora")
+    assert (lora.kind, lora.r) == ("lora", 8) and study.method("full").kind == "full"
+    assert study.task("squad-v2").spec.options.stride == 128
+    assert {b: BenchPlan(study, b).served_task for b in study.bench.backends} == {"hf": "mrpc", "vllm": "mrpc"}
