@@ -44,7 +44,7 @@ class Family:
     encoder: bool
     roles: Mapping[str, str]  # role -> module path inside one block (several roles may share a fused module)
     blocks: str  # path of the block list below the backbone (the model's base_model_prefix), e.g. "layers"
-    head: tuple[str, ...]  # top-level names of the classifier head's modules (trained by every method)
+    head: tuple[str, ...]  # top-level names of the task heads' modules, trained by every method (qa_outputs: span heads)
     embeddings: tuple[str, ...] = ("embed_tokens",)  # module-name parts of the input embeddings
     norm_marker: str = "norm"  # a parameter is a norm's when a part of its name contains this (lower-cased)
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -61,17 +61,17 @@ _LLAMA_ROLES = {
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo2", "granite"), False,
-           _LLAMA_ROLES, "layers", ("score",),
+           _LLAMA_ROLES, "layers", ("score", "qa_outputs"),
            notes=("Qwen2 has biases on q, k, v; Llama, Mistral, Gemma have no bias terms",)),
     Family("phi3", ("phi3",), False,
            {"q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj", "o": "self_attn.o_proj",
             "gate": "mlp.gate_up_proj", "up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
-           "layers", ("score",),
+           "layers", ("score", "qa_outputs"),
            notes=("q, k, v are one fused qkv_proj and gate, up one fused gate_up_proj: adapting q adapts all three",)),
     Family("roberta", ("roberta", "bert", "xlm-roberta"), True,
            {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
             "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
-           "encoder.layer", ("classifier",), embeddings=("embeddings",), norm_marker="layernorm",
+           "encoder.layer", ("classifier", "qa_outputs"), embeddings=("embeddings",), norm_marker="layernorm",
            notes=("no gate projection (the MLP is up, GELU, down)",)),
 )  # fmt: skip
 

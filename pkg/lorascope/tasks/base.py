@@ -52,6 +52,8 @@ implementation, read it next to this list):
                  the mean loss and per-example predictions (`{"idx", "label", "pred", ...}`; the learning gate and the
                  H1a example bootstrap read `label` and `pred`). One function for dev evaluations while training, HPO,
                  the reported numbers and every method.
+                 `reported_eval(task, dev, split)`: the reported numbers of a split given the dev evaluation (default:
+                 the split's own; extractive QA: the no-answer threshold chosen on dev, applied to the split).
   learning gate  `trivial_baselines(task, train_rows, eval_rows, seed)`: what trivial predictors score on the
                  reported split (sanity.json); `gate(task)`: `GateFacts`, the facts the drift analysis needs in plain
                  values (what a trivial predictor scores, the units of the primary metric and of H1a's margin): the
@@ -268,6 +270,11 @@ class TaskType:
     def evaluate(self, task: Task, model: Any, features: list[dict], *, batch_size: int, pad_id: int,
                  bf16: bool = False, tokenizer: Any = None) -> EvalResult:  # fmt: skip
         raise NotImplementedError
+
+    def reported_eval(self, task: Task, dev: EvalResult, split: EvalResult) -> EvalResult:
+        """The reported numbers of an evaluated split given the dev split's evaluation of the same model: by default
+        the split's own; extractive QA applies the no-answer threshold chosen on dev (the train phase calls this)."""
+        return split
 
     # ---- the learning gate
     def trivial_baselines(self, task: Task, train_rows: Sequence[Mapping[str, Any]],

@@ -1,0 +1,92 @@
+"""A study with an extractive QA task through the local runner (`lorascope run`): stage, sanity, train and extract on
+the tiny Llama and the bundled SQuAD-v2-format fixture, with the values checked: the sanity baseline is "no answer"
+everywhere, each cell's reported validation numbers are the official scoring of its predictions at the no-answer
+threshold chosen on dev, and extraction pools one vector per question. (Drift does not handle QA predictions yet:
+docs/extractive-qa.md.) About a minute on 2 cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorascope import cli
+from lorascope.metrics import squad_v2
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _attempt(run: Path, rel: str) -> Path:
+    commit = json.loads((run / rel / "_COMMIT.json").read_text())
+    return run / rel / "_attempts" / commit["attempt"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                 "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
+        mp.setenv(k, v)
+    root = tmp_path_factory.mktemp("qa-study")
+    study = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
+    study.update(name="qa-smoke", seeds=[42])
+    study["tasks"] = [{"name": "squad-v2", "type": "extractive_qa", "max_length": 64, "train_samples": 120,
+                       "eval_samples": 80, "options": {"stride": 16, "max_question_tokens": 16}}]  # fmt: skip
+    study["hpo"]["enabled"] = False
+    study["sanity"]["max_steps"] = 40
+    study["sanity"]["target_loss"] = 5.0
+    study["extraction"]["examples"] = 40
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    rc = cli.main(["-q", "run", "--study", str(path), "--store", str(root / "store"), "--work-dir", str(root / "work"),
+                   "--phases", "stage,sanity,train,extract"])  # fmt: skip
+    mp.undo()
+    assert rc == 0
+    (runs,) = list((root / "store" / "runs").iterdir())
+    return runs
+
+
+def test_sanity_baseline_is_no_answer_everywhere(run):
+    validation = [json.loads(x) for x in (_attempt(run, "stage") / "data" / "squad-v2" / "validation.jsonl").read_text().splitlines()]
+    sanity = json.loads((_attempt(run, "sanity/squad-v2-full") / "sanity.json").read_text())
+    unanswerable = sum(1 for r in validation if not r["answers"]["text"])
+    assert sanity["baselines"]["unanswerable"] == unanswerable and sanity["baselines"]["n"] == len(validation) == 80
+    assert sanity["baselines"]["no_answer"]["f1"] == pytest.approx(unanswerable / 80)
+    assert sanity["baselines"]["no_answer"]["NoAns_f1"] == 1.0 and sanity["baselines"]["no_answer"]["HasAns_f1"] == 0.0
+
+
+@pytest.mark.parametrize("cell", ["squad-v2-full-s42", "squad-v2-lora-s42"])
+def test_cells_report_the_official_scores_at_the_dev_threshold(run, cell):
+    folder = _attempt(run, f"cells/{cell}")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    preds = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
+    v = metrics["validation"]
+    assert v["n"] == len(preds) == 80 and {"threshold", "dev_best_f1", "best_f1", "HasAns_f1", "NoAns_f1"} <= set(v)
+    assert all(p["pred"] == ("" if p["no_answer_prob"] > v["threshold"] else p["text"]) for p in preds)
+    gold = {p["id"]: p["gold"] for p in preds}
+    official = squad_v2.evaluate(gold, {p["id"]: p["text"] for p in preds}, {p["id"]: p["no_answer_prob"] for p in preds},
+                                 threshold=v["threshold"])  # fmt: skip
+    for k in ("f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1"):
+        assert v[k] == pytest.approx(official[k] / 100)
+    assert metrics["dev"]["threshold"] == 0.5  # dev itself: the model's own decision
+
+
+def test_extraction_pools_one_vector_per_question(run):
+    """The base model and both cells pool the same 40 questions (one vector each, of the first window), every one a
+    staged validation question."""
+    import numpy as np
+
+    from lorascope import tensorio
+
+    validation = [json.loads(x) for x in (_attempt(run, "stage") / "data" / "squad-v2" / "validation.jsonl").read_text().splitlines()]
+    idx = {}
+    for model in ("base", "squad-v2-full-s42", "squad-v2-lora-s42"):
+        reps = tensorio.RepsFile(_attempt(run, f"reps/{model}/squad-v2"))
+        idx[model] = reps.idx
+        assert reps.layer("mean", 0).shape[0] == 40 and len(set(reps.idx.tolist())) == 40
+    assert np.array_equal(idx["base"], idx["squad-v2-full-s42"]) and np.array_equal(idx["base"], idx["squad-v2-lora-s42"])
+    assert set(idx["base"].tolist()) <= {r["idx"] for r in validation}
