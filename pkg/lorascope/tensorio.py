@@ -151,13 +151,16 @@ def read_adapter_vectors(folder: Path, marker: str) -> dict[str, np.ndarray]:
 
 def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as int arrays sorted by
-    idx, or None when the cell has none."""
+    idx, or None when the cell has none, or when its predictions are texts without a `label` (a generation cell's:
+    one output per MR against its references; the drift analysis has no per-example bootstrap for them)."""
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise LorascopeError(f"{path}: no predictions")
+    if "label" not in rows[0]:
+        return None
     rows.sort(key=lambda r: int(r["idx"]))
     return {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "label", "pred")}
 

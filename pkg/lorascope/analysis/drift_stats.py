@@ -87,7 +87,8 @@ def method_entry(study: Any, task: str, method: str, mcells: list[Any], rows: li
     tmetric = study.task(task).selection_metric
     entry: dict[str, Any] = {"kind": study.method(method).kind, "cells": [c.name for c in mcells]}
     entry["metric"] = _summary({c.seed: metrics[c.name]["validation"][tmetric] for c in mcells})
-    entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"]["accuracy"] for c in mcells})
+    # accuracy beside the primary metric; nan for a task without accuracy (generation: BLEU and the E2E metric set)
+    entry["accuracy"] = _summary({c.seed: metrics[c.name]["validation"].get("accuracy", math.nan) for c in mcells})
     entry["learning"] = {str(c.seed): gates[c.name] for c in mcells}
     entry["learned"] = all(gates[c.name]["learned"] is True for c in mcells)
     entry["drift"] = {p: {m: _summary({c.seed: drift_means[m][(task, p, method, c.seed)] for c in mcells}) for m in drift_measures()}
