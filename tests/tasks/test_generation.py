@@ -206,3 +206,18 @@ def test_gpt2_is_refused_for_classification_and_encoders_for_generation(study):
     with pytest.raises(ConfigError, match=r"tasks.0.type: a generation task \(e2e\) runs on decoders only"):
         preflight.check_family(study.model_copy(update={"bench": study.bench.model_copy(update={"backends": ["hf"]})}),
                                roberta)  # fmt: skip
+
+
+def test_the_lora_paper_e2e_study_carries_the_papers_settings():
+    s = load_study(REPO / "jobs" / "lora-paper-e2e.yaml")
+    spec = s.task("e2e").spec
+    o = spec.options
+    assert (o.decoding, o.num_beams, o.length_penalty, o.no_repeat_ngram_size, o.max_new_tokens) == ("beam", 10, 0.9, 4, 64)
+    assert (o.label_smoothing, o.reported_split, spec.validation_splits) == (0.1, "test", ("test",))
+    assert spec.metrics == generation.METRICS and spec.primary_metric == "bleu"
+    lora = s.method("lora")
+    assert (lora.r, lora.alpha, lora.dropout, list(lora.target_modules)) == (4, 32, 0.1, ["q", "v"])
+    d = s.training.defaults["lora"]
+    assert (d["learning_rate"], d["effective_batch"], d["epochs"]) == (2e-4, 8, 5)
+    ref = s.report.reference
+    assert ref.metric == "bleu" and ref.values == {"e2e": {"full": 68.2, "lora": 70.4}}
