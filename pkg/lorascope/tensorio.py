@@ -172,17 +172,23 @@ def read_adapter_vectors(folder: Path, marker: str) -> dict[str, np.ndarray]:
 
 def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as int arrays sorted by
-    idx, or None when the cell has none, or when its predictions are texts without a `label` (a generation cell's:
-    one output per MR against its references; the drift analysis has no per-example bootstrap for them)."""
+    idx, or None when the cell has none. A generation cell's (one output text per MR, no `label`): {"idx", "stats"
+    (n, 10) BLEU statistics of its outputs, "trivial": {predictor: (n, 10)}} (`metrics.nlg.bleu_statistics`), or
+    None when they carry no statistics."""
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise LorascopeError(f"{path}: no predictions")
-    if "label" not in rows[0]:
-        return None
     rows.sort(key=lambda r: int(r["idx"]))
+    if "label" not in rows[0]:
+        if "bleu_stats" not in rows[0]:
+            return None
+        return {"idx": np.array([int(r["idx"]) for r in rows], dtype=np.int64),
+                "stats": np.array([r["bleu_stats"] for r in rows], dtype=np.int64),
+                "trivial": {k: np.array([r["trivial_stats"][k] for r in rows], dtype=np.int64)
+                            for k in rows[0]["trivial_stats"]}}  # fmt: skip
     return {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "label", "pred")}
 
 

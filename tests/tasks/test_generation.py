@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,36 @@ def test_the_lora_paper_e2e_study_carries_the_papers_settings():
     assert (d["learning_rate"], d["effective_batch"], d["epochs"]) == (2e-4, 8, 5)
     ref = s.report.reference
     assert ref.metric == "bleu" and ref.values == {"e2e": {"full": 68.2, "lora": 70.4}}
+
+
+def test_bleu_from_summed_mr_statistics_is_the_corpus_bleu_and_bootstraps_over_mrs():
+    from lorascope.analysis import text_bootstrap
+
+    rows = [json.loads(x) for x in (generation.E2E_FIXTURES / "validation.jsonl").read_text().splitlines()]
+    grouped = nlg.group_references([r["meaning_representation"] for r in rows], [r["human_reference"] for r in rows])
+    refs = list(grouped.values())
+    cases = {"copy": [generation.copy_values(m) for m in grouped],
+             "first_ref": [r[0] for r in refs],
+             "short": ["a parrot" if i % 2 else "lives" for i in range(len(refs))],  # no 4-gram matches: smoothing
+             "mixed": [r[-1] if i % 3 else "nothing here" for i, r in enumerate(refs)]}  # fmt: skip
+    for name, hyps in cases.items():
+        stats = np.array(nlg.bleu_statistics(hyps, refs))
+        assert stats.shape == (len(refs), 10)
+        got = float(text_bootstrap.bleu_from_statistics(stats.sum(axis=0))[0])
+        assert got == pytest.approx(nlg.bleu(hyps, refs) / 100.0, abs=1e-12), name
+    boot = text_bootstrap.bleu_bootstrap({"a": np.array(nlg.bleu_statistics(cases["first_ref"], refs)),
+                                          "b": np.array(nlg.bleu_statistics(cases["mixed"], refs))},
+                                         {"copy": np.array(nlg.bleu_statistics(cases["copy"], refs)),
+                                          "short": np.array(nlg.bleu_statistics(cases["short"], refs))}, n_boot=200)  # fmt: skip
+    assert boot["full"]["a"] == pytest.approx(nlg.bleu(cases["first_ref"], refs) / 100.0, abs=1e-12)
+    assert boot["baseline"] == pytest.approx(max(nlg.bleu(cases["copy"], refs), nlg.bleu(cases["short"], refs)) / 100.0,
+                                             abs=1e-12)  # fmt: skip
+    assert boot["boot"]["a"].shape == (200,) and boot["boot_baseline"].shape == (200,)
+    assert np.all(boot["boot"]["a"] > boot["boot_baseline"])  # a reference always beats the trivial outputs
+
+
+def test_loading_gpt2_as_a_classifier_is_refused(gpt2_dir):
+    from lorascope.models import loading
+
+    with pytest.raises(ConfigError, match="GPT-2 runs generation tasks only"):
+        loading.load_classifier(gpt2_dir, 2, torch.float32, "cpu")

@@ -102,7 +102,21 @@ def test_drift_has_weight_rows_and_forgetting_for_generation_cells(run):
     full = {(r["module"], r["rows"], r["cols"]) for r in rows if r["method"] == "full"}
     assert ("attn.c_attn", "192", "64") in full and ("mlp.c_proj", "64", "256") in full  # out x in, as nn.Linear
     summary = json.loads((drift / "summary.json").read_text())
-    assert summary["results"]["e2e"]["metric_name"] == "bleu"
+    result = summary["results"]["e2e"]
+    assert result["metric_name"] == "bleu"
+    # the learning gate: corpus BLEU bootstrapped over MRs against the better trivial output (copy / constant)
+    sanity_like = [json.loads(x) for x in (ctx.local(ctx.require("cells", "e2e-full-s42")) / "predictions.jsonl")
+                   .read_text().splitlines()]  # fmt: skip
+    trivial = {k: np.array([p["trivial_stats"][k] for p in sanity_like]).sum(axis=0) for k in ("copy_values", "constant")}
+    from lorascope.analysis import text_bootstrap
+
+    best = max(float(text_bootstrap.bleu_from_statistics(v)[0]) for v in trivial.values())
+    assert result["majority_baseline"] == pytest.approx(best, abs=1e-12) and 0 < best < 1
+    for method in ("full", "lora"):
+        gate = result["methods"][method]["learning"]["42"]
+        assert gate["predictions"] is True and gate["baseline"] == pytest.approx(best, abs=1e-12)
+        assert gate["value"] == pytest.approx(json.loads((ctx.local(ctx.require("cells", f"e2e-{method}-s42")) /
+                                                          "metrics.json").read_text())["validation"]["bleu"], abs=1e-9)  # fmt: skip
     assert summary["forgetting"] is not None
     for cell in study.cells():
         f = json.loads((ctx.local(ctx.require("reps", cell.name, "e2e")) / "forgetting.json").read_text())

@@ -321,7 +321,10 @@ class GenerationType(TaskType):
         """The loss (mean cross-entropy per target token over every (MR, reference) row), then every MR decoded with
         the task's decoding and scored by `metrics.nlg.e2e_metrics` against all its references. `n`: the MRs.
         Predictions, one per MR in first-seen order: idx (its first row's), prompt, references, pred (the output),
-        the two trivial outputs (texts: the drift analysis has no per-MR bootstrap of BLEU yet)."""
+        the two trivial outputs, and BLEU's sufficient statistics of each (`bleu_stats`, `trivial_stats`: the drift
+        analysis bootstraps corpus BLEU over MRs, `analysis.text_bootstrap`)."""
+        from lorascope.metrics import nlg
+
         tokenizer = _need_tokenizer(tokenizer)
         opts = _options(task)
         loss = target_loss(self, task, model, features, batch_size, pad_id, bf16)
@@ -331,9 +334,13 @@ class GenerationType(TaskType):
         values = score(task.metrics, hyps, refs)
         copies = [copy_values(g["prompt"]) for g in groups]
         constant = most_frequent([r for g in groups for r in g["references"]])
+        stats = nlg.bleu_statistics(hyps, refs)
+        trivial = {"copy_values": nlg.bleu_statistics(copies, refs),
+                   "constant": nlg.bleu_statistics([constant] * len(groups), refs)}  # fmt: skip
         predictions = [{"idx": g["idx"], "prompt": g["prompt"], "references": g["references"], "pred": h,
-                        "trivial": {"copy_values": c, "constant": constant}}
-                       for g, h, c in zip(groups, hyps, copies, strict=True)]  # fmt: skip
+                        "trivial": {"copy_values": c, "constant": constant}, "bleu_stats": st,
+                        "trivial_stats": {k: v[i] for k, v in trivial.items()}}
+                       for i, (g, h, c, st) in enumerate(zip(groups, hyps, copies, stats, strict=True))]  # fmt: skip
         return EvalResult(values=values, loss=loss, n=len(groups), primary=task.primary_metric, predictions=predictions)
 
     def evaluate_during_training(self, task: Task, model: Any, features: list[dict], *, batch_size: int, pad_id: int,
