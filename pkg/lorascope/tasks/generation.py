@@ -40,10 +40,12 @@ optionally `idx`); a row's reference may be one text or a list of them.
             whole) and one fixed sentence (the evaluated split's most frequent reference, the first in a tie: fluent,
             no content). The learning gate's baseline is the better of the two in BLEU on the same MRs (per bootstrap
             resample, as the majority baseline is the best constant class); each MR's prediction carries the BLEU
-            statistics of the model's output and of both predictors, so the analysis bootstraps BLEU over MRs
+            statistics of the model's output and of both predictors, so the analysis bootstraps corpus BLEU over MRs
+            (analysis/text_bootstrap.py)
   extract   the prompt alone (`BOS prompt EOS`, one per MR, without the target: identical for the base and every
             cell); `mean` pools it without BOS, `last` is the separator EOS, where the first word is predicted
-  bench     "generation" (tokens/s, TTFT, TPOT: the serving bench); vLLM serves plain LoRA on Llama-like decoders
+  bench     "generation" (tokens/s, TTFT, TPOT), which is not built yet: the bench phase refuses a generation task
+            (serving/plan.py). vllm_servable says vLLM could serve plain LoRA on Llama-like decoders (untested here)
 """
 
 from __future__ import annotations
