@@ -77,11 +77,11 @@ def test_tiny_builtins_are_deterministic_and_of_their_family(built, tmp_path):
     assert loading.model_family(built["tiny-qwen2"]).name == "llama" and not loading.model_family(built["tiny-qwen2"]).encoder
     fps = {n: builtin.builtin_fingerprint(n) for n in builtin.TINY_BUILTINS}
     assert loading.model_family(built["tiny-phi3"]).name == "phi3"
-    assert len(set(fps.values())) == 4 and fps["builtin:tiny-llama"] == builtin.tiny_llama_fingerprint()
+    assert len(set(fps.values())) == len(builtin.TINY_BUILTINS) == 5 and fps["builtin:tiny-llama"] == builtin.tiny_llama_fingerprint()
     cfg = json.loads((built["tiny-roberta"] / "config.json").read_text())
     assert cfg["architectures"] == ["RobertaForMaskedLM"]  # the hub roberta-base's checkpoint shape
     with pytest.raises(ConfigError, match="unknown builtin"):
-        hub.model_source("builtin:tiny-gpt2")
+        hub.model_source("builtin:tiny-gpt3")
 
 
 def test_fetch_model_stages_a_builtin_roberta(tmp_path):
@@ -99,9 +99,9 @@ def test_tokenizers_by_family(built):
 
 
 def test_unsupported_architecture_is_a_config_error_naming_the_supported(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 1024}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "n_positions": 1024}))  # gpt2: supported (issue 23)
     for call in (loading.load_tokenizer, lambda d: loading.load_classifier(d, 2, torch.float32, "cpu")):
-        with pytest.raises(ConfigError, match=r"model_type 'gpt2' is not a supported architecture.*'roberta'"):
+        with pytest.raises(ConfigError, match=r"model_type 'gpt_neox' is not a supported architecture.*'roberta'"):
             call(tmp_path)
 
 

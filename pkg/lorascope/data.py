@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,24 +247,50 @@ def dev_size(n_train: int, fraction: float, max_n: int) -> int:
     return max(1, min(max_n, round(fraction * n_train), n_train - 1))
 
 
-def split_dev(rows: list[dict], fraction: float, max_n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, dev): a fixed-seed random `dev_size` subset of `rows` becomes dev, the rest train; both keep the
-    source order. `random.Random(seed)` is stable across Python versions and machines."""
-    n_dev = dev_size(len(rows), fraction, max_n)
-    order = list(range(len(rows)))
+def _examples(rows: list[dict], key: Callable[[dict], Any] | None) -> list[list[int]]:
+    """The row positions of each example, examples in first-seen order: one row each without `key`, else the rows with
+    an equal `key(row)` (a generation task's MR and its references)."""
+    if key is None:
+        return [[i] for i in range(len(rows))]
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(key(r), []).append(i)
+    return list(groups.values())
+
+
+def split_dev(rows: list[dict], fraction: float, max_n: int, seed: int,
+              key: Callable[[dict], Any] | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """(train, dev): a fixed-seed random `dev_size` subset of the examples becomes dev, the rest train; both keep the
+    source order. `random.Random(seed)` is stable across Python versions and machines. An example is a row, or with
+    `key` (the task type's `example_key`) the rows sharing a key: they land in the same split, and sizes count them."""
+    examples = _examples(rows, key)
+    n_dev = dev_size(len(examples), fraction, max_n)
+    order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    chosen = set(order[:n_dev])
+    chosen = {i for e in order[:n_dev] for i in examples[e]}
     train = [r for i, r in enumerate(rows) if i not in chosen]
     dev = [r for i, r in enumerate(rows) if i in chosen]
     return train, dev
 
 
-def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
-    """A fixed-seed subset of n rows in source order (all rows when n is None or >= len)."""
-    if n is None or n >= len(rows):
+def subsample(rows: list[dict], n: int | None, seed: int, key: Callable[[dict], Any] | None = None) -> list[dict]:
+    """A fixed-seed subset of n examples in source order (all rows when n is None or >= the number of examples). An
+    example is a row, or with `key` the rows sharing a key (kept or dropped together)."""
+    examples = _examples(rows, key)
+    if n is None or n >= len(examples):
         return list(rows)
-    keep = set(random.Random(seed).sample(range(len(rows)), n))
+    keep = {i for e in random.Random(seed).sample(range(len(examples)), n) for i in examples[e]}
     return [r for i, r in enumerate(rows) if i in keep]
+
+
+def example_key(task: Task) -> Callable[[dict], Any] | None:
+    """The task type's `example_key` bound to the task, or None when every row is an example of its own."""
+    from lorascope.tasks.base import TaskType
+
+    ttype = task.task_type
+    if type(ttype).example_key is TaskType.example_key:
+        return None
+    return lambda row: ttype.example_key(task, row)
 
 
 def prepare_task(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
@@ -273,12 +300,14 @@ def prepare_task(study: Study, task: str) -> tuple[dict[str, list[dict]], dict[s
     cfg = study.task(task)
     spec = cfg.spec
     source, info = load_source(study, task)
-    train, dev = split_dev(source["train"], study.data.dev_fraction, study.data.dev_max, study.data.split_seed)
-    train = subsample(train, cfg.train_samples, study.data.split_seed)
+    key = example_key(spec)  # generation: an MR with its references is one example
+    train, dev = split_dev(source["train"], study.data.dev_fraction, study.data.dev_max, study.data.split_seed, key)
+    train = subsample(train, cfg.train_samples, study.data.split_seed, key)
     first, *others = spec.validation_splits
-    splits = {"train": train, "dev": dev, "validation": subsample(source[first], cfg.eval_samples, study.data.split_seed)}
+    splits = {"train": train, "dev": dev,
+              "validation": subsample(source[first], cfg.eval_samples, study.data.split_seed, key)}  # fmt: skip
     for name in others:
-        splits[name] = subsample(source[name], cfg.eval_samples, study.data.split_seed)
+        splits[name] = subsample(source[name], cfg.eval_samples, study.data.split_seed, key)
     info = {**info, "sizes": {s: len(v) for s, v in splits.items()}, "source_sizes": {s: len(v) for s, v in source.items()},
             "split_seed": study.data.split_seed, "train_samples": cfg.train_samples, "eval_samples": cfg.eval_samples}  # fmt: skip
     if others:

@@ -131,7 +131,8 @@ class LMHead:
 
 def read_lm_head(model_dir: str | Path) -> LMHead:
     """The base checkpoint's LM head, read from its safetensors without loading the model: `lm_head.weight` (and a
-    bias when there is one), or, with tied embeddings, the input embedding matrix (`*embed_tokens.weight`)."""
+    bias when there is one), or, with tied embeddings, the input embedding matrix (the family's token embedding,
+    `models.families.Family.token_embedding`: `*embed_tokens.weight`, GPT-2's `*wte.weight`)."""
     from safetensors import safe_open
     from transformers import AutoConfig
 
@@ -148,10 +149,13 @@ def read_lm_head(model_dir: str | Path) -> LMHead:
         with safe_open(str(f), framework="pt") as st:
             for k in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 where[k] = f
-    embed = sorted(k for k in where if k.endswith("embed_tokens.weight"))
+    from lorascope.models import families
+
+    token = families.family_for(str(config.model_type)).token_embedding + ".weight"
+    embed = sorted(k for k in where if k == token or k.endswith("." + token))
     if tied:
         if not embed:
-            raise ConfigError(f"forgetting: {model_dir}: tied embeddings but no *embed_tokens.weight tensor")
+            raise ConfigError(f"forgetting: {model_dir}: tied embeddings but no *{token} tensor")
         key = embed[0]
     elif "lm_head.weight" in where:
         key = "lm_head.weight"

@@ -112,6 +112,11 @@ def check_family(study: Study, family: Any) -> None:
             if not ttype.encoders:
                 raise ConfigError(f"field tasks.{i}.type: a {ttype.name} task ({task.name}) runs on decoders only; "
                                   f"{family.name} is an encoder")  # fmt: skip
+    for i, task in enumerate(study.tasks):
+        why = family.refused_task_types.get(task.task_type.name)
+        if why is not None:
+            raise ConfigError(f"field tasks.{i}.type: {family.name} cannot run a {task.task_type.name} task "
+                              f"({task.name}): {why}")  # fmt: skip
     if not family.encoder and "first" in study.extraction.pooling:
         raise ConfigError(f"field extraction.pooling: 'first' is for encoders; on a decoder ({family.name}) the first "
                           "token is BOS, whose state is the same for every input; use 'last' (where the decoder "

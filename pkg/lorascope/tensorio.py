@@ -90,7 +90,9 @@ class RepsFile:
 class TensorFolder:
     """Tensors of a HF folder or adapter (`*.safetensors`, sharded via `*.safetensors.index.json` too), read one at a
     time as float64 numpy. safetensors.numpy reads F32/F16/F64; bf16 (numpy has no bfloat16) is widened to float32
-    bit-exactly from the file's header and raw bytes."""
+    bit-exactly from the file's header and raw bytes. A model folder whose config.json is GPT-2's: its Conv1D
+    projection weights (stored in x out) are returned transposed, in nn.Linear's out x in orientation (the one every
+    weight reader and PEFT's LoRA B A use; `models.families.conv1d_weight`)."""
 
     def __init__(self, folder: Path, stem: str) -> None:
         self.folder = folder
@@ -104,12 +106,14 @@ class TensorFolder:
             self.files = dict.fromkeys((k for k in header(single) if k != "__metadata__"), single)
         else:
             raise ConfigError(f"{folder}: no {stem}.safetensors (or sharded index) to read weights from")
+        self.transposed = _conv1d_weights(folder, self.files)
 
     def names(self) -> list[str]:
         return sorted(self.files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(header(self.files[name])[name]["shape"])
+        shape = tuple(header(self.files[name])[name]["shape"])
+        return shape[::-1] if name in self.transposed else shape
 
     def get(self, name: str) -> np.ndarray:
         from safetensors import safe_open
@@ -118,8 +122,25 @@ class TensorFolder:
         with safe_open(str(path), framework="np") as f:
             dtype = f.get_slice(name).get_dtype()
             if dtype != "BF16":
-                return np.asarray(f.get_tensor(name), dtype=np.float64)
-        return read_bf16(path, name).astype(np.float64)
+                out = np.asarray(f.get_tensor(name), dtype=np.float64)
+            else:
+                out = read_bf16(path, name).astype(np.float64)
+        return np.ascontiguousarray(out.T) if name in self.transposed else out
+
+
+def _conv1d_weights(folder: Path, names: Any) -> frozenset[str]:
+    """The weight names of a model folder stored as transformers' Conv1D (in x out): none unless the folder's
+    config.json names a family with Conv1D projections (GPT-2)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return frozenset()
+    model_type = json.loads(config.read_text()).get("model_type")
+    from lorascope.models import families
+
+    fam = next((f for f in families.FAMILIES if model_type in f.model_types), None)
+    if fam is None or not fam.conv1d:
+        return frozenset()
+    return frozenset(n for n in names if families.conv1d_weight(fam, n))
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -152,7 +173,10 @@ def read_adapter_vectors(folder: Path, marker: str) -> dict[str, np.ndarray]:
 def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     """A cell's validation predictions (`predictions.jsonl`: idx, label, pred per example) as arrays sorted by idx
     (int64; float64 labels and predictions when they are real numbers: a regression task), or None when the cell has
-    none."""
+    none. A generation cell's (one output text per MR, no `label`): {"idx", "stats" (n, 10) BLEU statistics of its
+    outputs, "trivial": {predictor: (n, 10)}} (`metrics.nlg.bleu_statistics`), or None when they carry no statistics.
+    None too for labels that are neither numbers nor classes (extractive QA's answer spans: no per-example bootstrap
+    of its metric yet)."""
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return None
@@ -160,6 +184,15 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     if not rows:
         raise LorascopeError(f"{path}: no predictions")
     rows.sort(key=lambda r: int(r["idx"]))
+    if "label" not in rows[0]:
+        if "bleu_stats" not in rows[0]:
+            return None
+        return {"idx": np.array([int(r["idx"]) for r in rows], dtype=np.int64),
+                "stats": np.array([r["bleu_stats"] for r in rows], dtype=np.int64),
+                "trivial": {k: np.array([r["trivial_stats"][k] for r in rows], dtype=np.int64)
+                            for k in rows[0]["trivial_stats"]}}  # fmt: skip
+    if any(not isinstance(r[k], int | float) or isinstance(r[k], bool) for r in rows for k in ("label", "pred")):
+        return None
     real = any(isinstance(r[k], float) for r in rows for k in ("label", "pred"))
     out = {"idx": np.array([int(r["idx"]) for r in rows], dtype=np.int64)}
     for k in ("label", "pred"):

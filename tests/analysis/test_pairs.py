@@ -259,7 +259,7 @@ def test_encoder_of_reads_the_stage_config(tmp_path):
     import json
 
     cfg = tmp_path / "config.json"
-    for model_type, expected in (("roberta", True), ("llama", False), ("gpt2", None)):
+    for model_type, expected in (("roberta", True), ("llama", False), ("gpt2", False), ("gpt_neox", None)):  # gpt2: issue 23
         cfg.write_text(json.dumps({"model_type": model_type}))
         assert sm.encoder_of(cfg) is expected
     assert sm.encoder_of(tmp_path / "missing.json") is None

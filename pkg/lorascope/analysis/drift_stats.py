@@ -72,11 +72,19 @@ def learning(task_metric: str, cells: list[Any], metrics: Mapping[str, dict], pr
         return gates, None, None
     first = next(iter(preds.values()))
     for name, p in preds.items():
-        if not (np.array_equal(p["idx"], first["idx"]) and np.array_equal(p["label"], first["label"])):
+        if not (np.array_equal(p["idx"], first["idx"]) and np.array_equal(p.get("label"), first.get("label"))):
             raise ValueError(f"cell {name}: its validation predictions are on other examples or labels than "
                              f"{cells[0].name}'s (re-run the train phase for it)")  # fmt: skip
-    boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed,
-                                trivial_value=trivial_value)  # fmt: skip
+    if "stats" in first:  # a generation task: corpus BLEU bootstrapped over MRs from each MR's statistics
+        from lorascope.analysis import text_bootstrap
+
+        if task_metric != "bleu":
+            gates = {c: vd.learning_gate(reported[c], float("nan"), None) for c in reported}
+            return gates, None, None  # only BLEU has per-MR statistics: the gate is not checked for another metric
+        boot = text_bootstrap.bleu_bootstrap({c: p["stats"] for c, p in preds.items()}, first["trivial"], seed=seed)
+    else:
+        boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed,
+                                    trivial_value=trivial_value)  # fmt: skip
     for c, v in boot["full"].items():
         if abs(v - reported[c]) > 1e-9:
             raise ValueError(f"cell {c}: {task_metric} from predictions.jsonl is {v}, metrics.json says {reported[c]}")

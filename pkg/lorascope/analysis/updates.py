@@ -16,6 +16,7 @@ from lorascope.analysis.lora import lora_module_summary
 from lorascope.analysis.weights import (
     ENCODER_LINEARS,
     FUSED_LINEARS,
+    GPT2_LINEARS,
     LINEAR_NAMES,
     left_singular_basis,
     module_parts,
@@ -41,7 +42,7 @@ def update_plan(base, updates: dict, targets: set[str], extra_max_elements: int)
     (`targets`), and every other decoder linear when their total size over all full cells is at most
     `extra_max_elements`."""
     linears = [n for n in base.names() if n.endswith(".weight") and module_parts(n)[0] is not None
-               and module_parts(n)[1] in (*LINEAR_NAMES, *FUSED_LINEARS, *ENCODER_LINEARS)]  # fmt: skip
+               and module_parts(n)[1] in (*LINEAR_NAMES, *FUSED_LINEARS, *ENCODER_LINEARS, *GPT2_LINEARS)]  # fmt: skip
     adapted = [n for n in linears if _targeted(module_parts(n)[1], targets)]
     extra = [n for n in linears if n not in adapted]
     n_full = sum(form == "full" for form, _ in updates.values())

@@ -202,12 +202,15 @@ def summarize_modules(items: Iterable[tuple[str, object, object]], k: int = 10, 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # the block lists of the families lorascope supports (lorascope.families: Llama-likes `model.layers.<i>`, RoBERTa and
 # BERT `roberta.encoder.layer.<i>`); written here too because analysis/ imports nothing of the torch side
-BLOCK_LISTS = ("layers", "layer")
+BLOCK_LISTS = ("layers", "layer", "h")  # GPT-2: `transformer.h.<i>`
 # an encoder's block linears, by their path inside the block (RoBERTa/BERT: `output.dense` and
 # `attention.output.dense` are two modules, so the short name is the path, not the last part)
 FUSED_LINEARS = ("qkv_proj", "gate_up_proj")  # Phi-3's fused projections (q, k, v in one; gate and up in one)
 ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                    "intermediate.dense", "output.dense")  # fmt: skip
+# GPT-2's block projections by path (attn.c_proj and mlp.c_proj share a short name); transformers' Conv1D stores them
+# in x out: `tensorio.TensorFolder` returns them transposed (nn.Linear's out x in), as PEFT's LoRA B A is
+GPT2_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def module_parts(name: str) -> tuple[int | None, str]:
@@ -216,7 +219,7 @@ def module_parts(name: str) -> tuple[int | None, str]:
     parts = name.split(".")
     i = next((k + 1 for k, p in enumerate(parts) if p in BLOCK_LISTS), None)
     block = int(parts[i]) if i is not None and i < len(parts) and parts[i].isdigit() else None
-    if block is not None and i is not None and ".".join(parts[i + 1 : -1]) in ENCODER_LINEARS:
+    if block is not None and i is not None and ".".join(parts[i + 1 : -1]) in (*ENCODER_LINEARS, *GPT2_LINEARS):
         return block, ".".join(parts[i + 1 : -1])
     return block, parts[-2] if len(parts) >= 2 else name
 

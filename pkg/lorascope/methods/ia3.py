@@ -67,10 +67,13 @@ class Ia3Kind(MethodKind):
         """PEFT `IA3Config` on `target_modules`, `feedforward_modules` (a subset of them) scaled at their input."""
         from peft import IA3Config, TaskType, get_peft_model
 
+        from lorascope.models import families
+
         targets, ff = ia3_targets(model, config, field_path)
         # roles select a module in every block, so both lists come out as short names (PEFT checks ff <= targets)
         peft_config = IA3Config(task_type=TaskType[task_type], target_modules=peft_target_names(model, targets),
-                                feedforward_modules=peft_target_names(model, ff) if ff else [])  # fmt: skip
+                                feedforward_modules=peft_target_names(model, ff) if ff else [],
+                                fan_in_fan_out=families.fan_in_fan_out(model, targets, f"{field_path}.target_modules"))  # fmt: skip
         return get_peft_model(model, peft_config)
 
     def weight_source(self, config: Any) -> str:

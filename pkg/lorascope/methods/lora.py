@@ -97,15 +97,20 @@ class LoraKind(MethodKind):
         """PEFT `LoraConfig` on `target_modules` (roles/groups/literals resolved by families.resolve_targets), alpha
         and dropout from `overrides["lora_alpha"/"lora_dropout"]` when HPO chose them, `use_dora`, `use_rslora`,
         `init_lora_weights` from `init`; the head trains through PEFT's task type `task_type` (SEQ_CLS: the
-        classifier head in modules_to_save)."""
+        classifier head in modules_to_save). `fan_in_fan_out` for transformers' Conv1D targets (GPT-2)."""
         from peft import LoraConfig, TaskType, get_peft_model
 
+        from lorascope.models import families
+
+        where = f"{field_path}.target_modules"
+        exact = families.resolve_targets(model, list(config.target_modules), where)
         peft_config = LoraConfig(
             task_type=TaskType[task_type],
             r=config.r,
             lora_alpha=float(overrides.get("lora_alpha", config.alpha)),
             lora_dropout=float(overrides.get("lora_dropout", config.dropout)),
-            target_modules=method_targets(model, list(config.target_modules), f"{field_path}.target_modules"),
+            target_modules=method_targets(model, list(config.target_modules), where),
+            fan_in_fan_out=families.fan_in_fan_out(model, exact, where),  # GPT-2's Conv1D: weight stored in x out
             use_dora=config.use_dora,
             use_rslora=config.use_rslora,
             init_lora_weights=LORA_INITS[config.init],

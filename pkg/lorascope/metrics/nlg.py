@@ -46,6 +46,7 @@ __all__ = [
     "PTB_PUNCTUATION",
     "Meteor",
     "bleu",
+    "bleu_statistics",
     "cider",
     "e2e_metrics",
     "group_references",
@@ -134,6 +135,21 @@ def bleu(hypotheses: Sequence[str], references: References) -> float:
     padded = [list(refs) + [None] * (streams - len(refs)) for refs in references]
     scorer = BLEU(lowercase=True, tokenize="13a", smooth_method="exp")
     return float(scorer.corpus_score(list(hypotheses), [list(s) for s in zip(*padded, strict=True)]).score)
+
+
+def bleu_statistics(hypotheses: Sequence[str], references: References) -> list[list[int]]:
+    """BLEU's sufficient statistics of each MR, as `bleu` computes them (same tokeniser, lower-casing, None padding):
+    [hypothesis length, closest reference length, matches of orders 1-4, hypothesis n-grams of orders 1-4]. Summed
+    over MRs they give `bleu` exactly (`lorascope.analysis.text_bootstrap.bleu_from_statistics`), so BLEU can be
+    bootstrapped over MRs without re-tokenising."""
+    from sacrebleu.metrics import BLEU
+
+    _checked(hypotheses, references)
+    streams = max(len(refs) for refs in references)
+    padded = [list(refs) + [None] * (streams - len(refs)) for refs in references]
+    scorer = BLEU(lowercase=True, tokenize="13a", smooth_method="exp")
+    stats = scorer._extract_corpus_statistics(list(hypotheses), [list(s) for s in zip(*padded, strict=True)])
+    return [[int(v) for v in row] for row in stats]
 
 
 def _ngram_counts(tokens: Sequence[str], max_order: int) -> collections.Counter[tuple[str, ...]]:

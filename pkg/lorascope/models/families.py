@@ -15,9 +15,18 @@ biases and norms (BitFit). `resolve_targets` turns a study's target list into th
 instantiated model, which PEFT receives as its `target_modules`: exact names, so RoBERTa's two `output.dense`
 modules (attention output vs block output) are never confused.
 
-Not supported, and why: GPT-2 and GPT-NeoX (their own sequence classifiers find the last token from pad_token_id,
-the bug models/pooling.py's docstring describes, and GPT-2's Conv1D projections), OPT (same). A model_type outside
-FAMILIES is a ConfigError naming the supported ones. Imports no torch at module level.
+GPT-2 (`gpt2`): a decoder for generation only. Its projections are transformers' `Conv1D` (weight stored in x out,
+the transpose of nn.Linear's): `conv1d` lists them, so LoRA and IA3 get PEFT's `fan_in_fan_out=True`
+(`fan_in_fan_out`) and the weight readers return them in nn.Linear's orientation (`conv1d_weight`,
+`tensorio.TensorFolder`). q, k and v are one fused `attn.c_attn` (adapting q adapts k and v too, as Phi-3's
+qkv_proj); `attn.c_proj` and `mlp.c_proj` are two modules with one short name, so rows and targets use the path.
+Classification on GPT-2 is refused (`refused_task_types`): GPT2ForSequenceClassification finds the last token from
+pad_token_id, the failure models/pooling.py's docstring describes, and it is not transformers'
+GenericForSequenceClassification that `use_last_attended_pooling` re-classes.
+
+Not supported, and why: GPT-NeoX and OPT (their own sequence classifiers find the last token from pad_token_id,
+the bug models/pooling.py's docstring describes). A model_type outside FAMILIES is a ConfigError naming the supported
+ones. Imports no torch at module level.
 """
 
 from __future__ import annotations
@@ -48,11 +57,21 @@ class Family:
     embeddings: tuple[str, ...] = ("embed_tokens",)  # module-name parts of the input embeddings
     norm_marker: str = "norm"  # a parameter is a norm's when a part of its name contains this (lower-cased)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    token_embedding: str = "embed_tokens"  # the token embedding's module name (a tied LM head's weight is its weight)
+    conv1d: tuple[str, ...] = ()  # paths inside a block of transformers' Conv1D modules (weight stored in x out)
+    # task types the family cannot run, with the reason ({type name: why}): preflight refuses them at the door
+    refused_task_types: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def classifies_at(self) -> str:
         return "first token (the model's own head)" if self.encoder else "last attended token"
 
+
+GPT2_CLASSIFIER_REASON = (
+    "GPT-2 runs generation tasks only: its sequence classifier (GPT2ForSequenceClassification) finds the last token "
+    "from pad_token_id, which with pad = eos lands on the wrong token (models/pooling.py), and it is not the "
+    "GenericForSequenceClassification whose pooling lorascope moves to the last attended token"
+)
 
 _LLAMA_ROLES = {
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -73,6 +92,14 @@ FAMILIES: tuple[Family, ...] = (
             "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
            "encoder.layer", ("classifier", "qa_outputs"), embeddings=("embeddings",), norm_marker="layernorm",
            notes=("no gate projection (the MLP is up, GELU, down)",)),
+    Family("gpt2", ("gpt2",), False,
+           {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
+            "up": "mlp.c_fc", "down": "mlp.c_proj"},
+           "h", ("score",), embeddings=("wte", "wpe"), norm_marker="ln_", token_embedding="wte",
+           conv1d=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+           refused_task_types={"classification": GPT2_CLASSIFIER_REASON},
+           notes=("q, k, v are one fused attn.c_attn (adapting q adapts k and v too); no gate projection (the MLP is "
+                  "up, GELU, down); every projection is a Conv1D (LoRA with fan_in_fan_out)",)),
 )  # fmt: skip
 
 
@@ -82,7 +109,7 @@ def family_for(model_type: str) -> Family:
             return fam
     supported = sorted(t for f in FAMILIES for t in f.model_types)
     raise ConfigError(f"model_type {model_type!r} is not a supported architecture; lorascope supports {supported} "
-                      "(see lorascope/models/families.py for why GPT-2, GPT-NeoX and OPT are not)")  # fmt: skip
+                      "(see lorascope/models/families.py for why GPT-NeoX and OPT are not)")  # fmt: skip
 
 
 def family_of(model_or_config: Any) -> Family:
@@ -120,18 +147,44 @@ def block_modules(model: Any, fam: Family | None = None) -> list[tuple[str, int,
     return out
 
 
+def is_linear(module: Any) -> bool:
+    """A linear layer: torch's nn.Linear, or transformers' Conv1D (GPT-2's projections: the same map, weight stored
+    transposed)."""
+    import torch
+
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def fan_in_fan_out(model: Any, names: Iterable[str], field_path: str = "target_modules") -> bool:
+    """PEFT's `fan_in_fan_out` for adapting the modules `names` of `model`: True when they are transformers' Conv1D
+    (weight stored in x out: GPT-2), False for nn.Linear. PEFT takes one flag per adapter, so a mix is refused."""
+    modules = dict(model.named_modules())
+    conv = {type(modules[n]).__name__ == "Conv1D" for n in names if n in modules}
+    if len(conv) > 1:
+        raise ConfigError(f"{field_path}: mixes Conv1D and Linear modules, which one PEFT adapter cannot wrap "
+                          "(fan_in_fan_out is one flag per adapter)")  # fmt: skip
+    return conv == {True}
+
+
+def conv1d_weight(fam: Family, name: str) -> bool:
+    """Whether the parameter `name` (a full name, `transformer.h.0.attn.c_attn.weight`) is the weight of one of the
+    family's Conv1D modules (stored in x out; nn.Linear's orientation is its transpose)."""
+    if not fam.conv1d or not name.endswith(".weight"):
+        return False
+    m = _blocks_pattern(fam).search(name.removesuffix(".weight"))
+    return bool(m) and m.group(2) in fam.conv1d
+
+
 def resolve_targets(model: Any, targets: Iterable[str], field_path: str = "target_modules") -> list[str]:
     """The exact names of the modules `targets` (roles, groups, `all-linear`, literal names) denote in `model`,
     sorted. A role the family lacks (RoBERTa has no `gate`) or an entry matching no module is a ConfigError naming
-    `field_path`."""
-    import torch
-
+    `field_path`. `all-linear`: every nn.Linear (and Conv1D: GPT-2) inside the blocks."""
     fam = family_of(model)
     mods = block_modules(model, fam)
     chosen: set[str] = set()
     for t in expand_roles(targets):
         if t == ALL_LINEAR:
-            hits = [n for n, _, _, m in mods if isinstance(m, torch.nn.Linear)]
+            hits = [n for n, _, _, m in mods if is_linear(m)]
         elif t in ROLES:
             inner = fam.roles.get(t)
             if inner is None:
@@ -141,7 +194,7 @@ def resolve_targets(model: Any, targets: Iterable[str], field_path: str = "targe
         else:
             hits = [n for n, _, rel, _ in mods if rel == t or rel.endswith("." + t)]
         if not hits:
-            known = sorted({rel.rsplit(".", 1)[-1] for _, _, rel, m in mods if isinstance(m, torch.nn.Linear)})
+            known = sorted({rel.rsplit(".", 1)[-1] for _, _, rel, m in mods if is_linear(m)})
             raise ConfigError(f"{field_path}: {t!r} matches no module of this {fam.name} model; roles are "
                               f"{list(ROLES)}, groups {sorted(GROUPS)} or {ALL_LINEAR!r}, linear layers {known}")  # fmt: skip
         chosen.update(hits)
@@ -186,6 +239,7 @@ def parameter_groups(model: Any) -> dict[str, list[str]]:
 
 
 __all__ = [
-    "ALL_LINEAR", "FAMILIES", "GROUPS", "ROLES", "Family", "block_modules", "expand_roles", "family_for", "family_of",
-    "num_blocks", "parameter_groups", "resolve_targets", "target_roles",
+    "ALL_LINEAR", "FAMILIES", "GROUPS", "ROLES", "Family", "block_modules", "conv1d_weight", "expand_roles",
+    "fan_in_fan_out", "family_for", "family_of", "is_linear", "num_blocks", "parameter_groups", "resolve_targets",
+    "target_roles",
 ]  # fmt: skip

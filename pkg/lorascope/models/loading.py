@@ -146,6 +146,8 @@ def load_classifier(model_dir: str | Path, num_labels: int, dtype: torch.dtype, 
 
     model_dir = Path(model_dir)
     family = model_family(model_dir)  # ConfigError for an unsupported model_type, naming the supported ones
+    if "classification" in family.refused_task_types:  # GPT-2: generation only (preflight refuses it at the door)
+        raise ConfigError(f"model in {model_dir}: {family.refused_task_types['classification']}")
     config = AutoConfig.from_pretrained(str(model_dir))
     if family.encoder:
         check_encoder_config(config.to_dict(), f"model in {model_dir}")

@@ -15,7 +15,8 @@ Recipe
   1. skip a committed bundle;
   2. the extraction set: `extraction.examples` examples of `extraction.split` (GLUE validation, the reported split),
      a fixed-seed subset (`data.subsample` with `extraction.seed`: the same rows for every model, kept in source
-     order), all of them when the split is smaller. Tokenized exactly as in training (the task type's
+     order; an example is the task type's: a generation task's MR with all its references), all of them when the
+     split is smaller. Tokenized exactly as in training (the task type's
      `extraction_features`: classification its `encode`; the task's max_length);
   3. the model: the base model with the task type's head (`TaskType.load_model`, classification
      `models.loading.load_classifier`, on the staged model; its random head is never read), or the cell's model through `models.artifacts.load_cell_model`: a full cell's own weights, or the
@@ -95,7 +96,7 @@ def extraction_rows(ctx: PhaseContext, task: str) -> list[dict]:
 
     cfg = ctx.study.extraction
     rows = data.read_split(ctx.stage_dir(), task, cfg.split)
-    return data.subsample(rows, cfg.examples, cfg.seed)
+    return data.subsample(rows, cfg.examples, cfg.seed, data.example_key(ctx.study.task(task).spec))
 
 
 # ------------------------------------------------------------------------------------------------ the states

@@ -22,6 +22,10 @@ implementation, read it next to this list):
                  ConfigError naming `where` (the file or hub split) and the row for a missing column, an empty split, a
                  label outside the declared set. `source_splits(task)`: the splits a source must provide, "train" first,
                  then `task.validation_splits` (the first is the reported split, staged as `validation`).
+  its examples   `example_key(task, row)`: the rows that make one example (generation: every (MR, reference) row of one
+                 MR), None when each row is one. The stage phase carves dev from train and applies `train_samples` and
+                 `eval_samples`, and the extract phase draws `extraction.examples`, by example (`data.split_dev`,
+                 `data.subsample`), so an MR's references never straddle two splits and a cap keeps whole examples.
   its sources    for a task the type knows by name, read from the study's `data` section: `local_files(task, root)`,
                  {split: path} of its files under `data.path` (`root`), or of the fixtures the package ships when
                  `root` is None (`data.path: builtin`); `hub_source(task, data)`, (dataset, config, revision,
@@ -50,8 +54,11 @@ implementation, read it next to this list):
   evaluation     `evaluate(task, model, features, batch_size=, pad_id=, bf16=, tokenizer=)` -> `EvalResult`: the task's
                  official metrics (fractions in [0, 1] or correlations; a "point" is 0.01 of one), the primary metric,
                  the mean loss and per-example predictions (`{"idx", "label", "pred", ...}`; the learning gate and the
-                 H1a example bootstrap read `label` and `pred`). One function for dev evaluations while training, HPO,
-                 the reported numbers and every method.
+                 H1a example bootstrap read `label` and `pred`). One function for HPO's objective, the reported
+                 numbers and every method. `evaluate_during_training` (same arguments): the dev evaluations the Trainer
+                 runs while training (early stopping and the best checkpoint on the loss, HPO's pruner on the primary
+                 metric); by default `evaluate`, a type whose full evaluation is costly (generation: decoding and the
+                 E2E metric set) returns the loss and a bounded estimate of the primary metric.
                  `reported_eval(task, dev, split)`: the reported numbers of a split given the dev evaluation (default:
                  the split's own; extractive QA: the no-answer threshold chosen on dev, applied to the split).
   learning gate  `trivial_baselines(task, train_rows, eval_rows, seed)`: what trivial predictors score on the
@@ -230,6 +237,11 @@ class TaskType:
     def check_rows(self, task: Task, rows: Sequence[Mapping[str, Any]], where: str) -> list[dict]:
         raise NotImplementedError
 
+    def example_key(self, task: Task, row: Mapping[str, Any]) -> Any:
+        """What makes a staged row part of one example (rows with equal keys stay together when splits are carved and
+        capped), or None: every row is an example of its own (classification)."""
+        return None
+
     def local_files(self, task: Task, root: Path | None) -> dict[str, Path]:
         """{source split: file} of a task the type knows: `<root>/<task>/<split>.jsonl` under the study's `data.path`;
         `root` None (`data.path: builtin`): the packaged fixtures, which a type without any refuses."""
@@ -275,6 +287,12 @@ class TaskType:
         """The reported numbers of an evaluated split given the dev split's evaluation of the same model: by default
         the split's own; extractive QA applies the no-answer threshold chosen on dev (the train phase calls this)."""
         return split
+
+    def evaluate_during_training(self, task: Task, model: Any, features: list[dict], *, batch_size: int, pad_id: int,
+                                 bf16: bool = False, tokenizer: Any = None) -> EvalResult:  # fmt: skip
+        """A dev evaluation while training (the Trainer's, every `evals_per_epoch`): `evaluate` unless the type
+        bounds its cost (it must still return the loss and the primary metric: early stopping and HPO's pruner)."""
+        return self.evaluate(task, model, features, batch_size=batch_size, pad_id=pad_id, bf16=bf16, tokenizer=tokenizer)
 
     # ---- the learning gate
     def trivial_baselines(self, task: Task, train_rows: Sequence[Mapping[str, Any]],

@@ -46,11 +46,14 @@ def task_of(task: Any, model: torch.nn.Module | None = None) -> Task:
 
 @torch.no_grad()
 def evaluate_features(model: torch.nn.Module, features: list[dict], batch_size: int, pad_id: int, bf16: bool = False,
-                      task: Any = None, tokenizer: Any = None) -> EvalResult:  # fmt: skip
+                      task: Any = None, tokenizer: Any = None, during_training: bool = False) -> EvalResult:  # fmt: skip
     """Evaluate encoded examples (the task type's `encode` output) by the task type's `evaluate`. `task`: a `Task`,
-    a TaskConfig, a known task's name, or None (a plain classification task of the model's label count)."""
+    a TaskConfig, a known task's name, or None (a plain classification task of the model's label count).
+    `during_training`: a dev evaluation of the Trainer's (the type's `evaluate_during_training`, which may bound its
+    cost: generation decodes a few dev prompts greedily instead of all of them with the study's decoding)."""
     spec = task_of(task, model)
-    return spec.task_type.evaluate(spec, model, features, batch_size=batch_size, pad_id=pad_id, bf16=bf16, tokenizer=tokenizer)
+    run = spec.task_type.evaluate_during_training if during_training else spec.task_type.evaluate
+    return run(spec, model, features, batch_size=batch_size, pad_id=pad_id, bf16=bf16, tokenizer=tokenizer)
 
 
 def evaluate(

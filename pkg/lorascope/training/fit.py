@@ -106,7 +106,8 @@ class TaskTrainer(Trainer):
         features = eval_dataset if eval_dataset is not None else self.eval_dataset
         t0 = time.perf_counter()
         result = evaluate_features(self.model, list(features), self.args.per_device_eval_batch_size, self.pad_id,
-                                   bf16=self.args.bf16, task=self.task, tokenizer=self.eval_tokenizer)  # fmt: skip
+                                   bf16=self.args.bf16, task=self.task, tokenizer=self.eval_tokenizer,
+                                   during_training=True)  # fmt: skip
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in result.metrics().items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - t0, 4)
         self.log(metrics)
