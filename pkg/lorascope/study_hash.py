@@ -7,7 +7,8 @@ The canonical JSON is the validated study (defaults filled in) with sorted keys 
   * `max_cells`: how large a study the user allows, not a result;
   * fields added after studies were first run, while they hold their defaults, so a study written before they
     existed keeps its hash: each method kind's `hash_neutral_defaults` (LoRA's use_dora, use_rslora, init),
-    `bench.method` when null, an empty `tasks[].defaults`, a `report` section equal to the default one.
+    `bench.method` when null, `bench.generation` equal to the default one, an empty `tasks[].defaults`, a `report`
+    section equal to the default one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def canonical_json(study: Any) -> str:
                 m.pop(key)
     if dump["bench"].get("method") is None:
         dump["bench"].pop("method", None)
+    if study.bench.generation == type(study.bench.generation)():  # the generation bench's knobs at their defaults
+        dump["bench"].pop("generation", None)
     for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
         if not task.get("defaults"):
             task.pop("defaults", None)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
+from lorascope.methods import kind_of
 from lorascope.phases import PhaseContext
 from lorascope.serving.plan import BenchPlan
 from lorascope.study import GLUE_TASKS, Study
@@ -73,9 +74,18 @@ def interpreter(study: Study, index: int, env: Mapping[str, str]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ the phase
+def bench_kind(study: Study) -> str:
+    """Which bench serves the study: "generation" (serving.generation) when its tasks are generation tasks, else
+    "classification". Every task is a GLUE classification task until the task-type registry lands (lorascope.tasks on
+    another branch); then this is the served task's `task_type.bench`."""
+    return "classification"
+
+
 def run(ctx: PhaseContext, index: int) -> None:
     backend = ctx.study.bench.backends[index]
     log = ctx.log.bind(backend=backend)
+    if bench_kind(ctx.study) == "generation":
+        return measure_generation(ctx, backend, log)
     plan = BenchPlan(ctx.study, backend)
     check_backend(backend)
     ctx.require("stage", why="run the stage phase first")
@@ -163,6 +173,49 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
         vs_hf_ok=(correctness.get("vllm_vs_hf") or {}).get("ok"))
+
+
+def measure_generation(ctx: PhaseContext, backend: str, log: Any) -> None:
+    """The generation bench (`serving.generation.bench.run_bench`) of one backend on the cells of seed `bench.seed`:
+    the first task's LoRA adapter is the served one, the other tasks' adapters join the multi-adapter modes, the first
+    task's full cell is `full`; prompts from the first task's staged validation split. Bundle `bench/<backend>/`."""
+    from lorascope.models import loading
+    from lorascope.serving.generation import GenerationInputs, adapter_count, settings_from
+    from lorascope.serving.generation import bench as generation
+
+    check_backend(backend)
+    study, seed = ctx.study, ctx.study.bench.seed
+    g = study.bench.generation
+    modes = [*g.modes, *(g.online.modes if g.online.enabled and backend == "vllm" else [])]
+    lora, full = study.bench_method(), next((m for m in study.methods if kind_of(m).is_reference), None)
+    if any(adapter_count(m) for m in modes) and lora is None:
+        raise ConfigError("bench.generation.modes: every mode but full serves LoRA adapters; the study has no vLLM-servable "
+                          "LoRA method")  # fmt: skip
+    if "full" in modes and full is None:
+        raise ConfigError("bench.generation.modes: mode 'full' needs a full fine-tuning method (kind: full) in methods")
+    tasks = [t.name for t in study.tasks]
+    stage_dir = ctx.stage_dir()
+    adapters = {t: ctx.cell_dir(f"{t}-{lora.name}-s{seed}") / "adapter" for t in tasks} if lora else {}
+    full_dir = ctx.cell_dir(f"{tasks[0]}-{full.name}-s{seed}") / "model" if full and "full" in modes else None
+    base_dir = stage_dir / "model"
+    with kept_threads():
+        device = loading.pick_device(ctx.env)
+        configure_threads(ctx.env, default=1 if device.type == "cpu" else None)
+        import torch
+
+        settings = settings_from(study.bench, study.hypotheses.h2_max_overhead_pct, resolve_dtype(study, device), torch.get_num_threads())
+        inputs = GenerationInputs(base_dir, adapters, full_dir, generation.stage_prompts(stage_dir, tasks[0], base_dir))
+        log("plan", bench="generation", device=str(device), modes=",".join(settings.modes), cells=",".join(map(str, adapters)))
+        result = generation.run_bench(backend, inputs, settings, ctx.scratch("bench", backend, "generation"), log, device=device,
+                                      study={"name": study.name, "hash": study.hash}, versions=machine(device, backend)["versions"])  # fmt: skip
+    files = generation.bundle_files(result, ctx.scratch("bench", backend, "out"))
+    summary = result["summary"]
+    meta = {"backend": backend, "bench": "generation", "h2": summary["h2"]["verdict"], "device": summary["device"], "dtype": summary["dtype"]}
+    with ctx.writer("bench", backend, phase="bench", meta=meta) as w:
+        for name, path in files.items():
+            w.add_file(name, path)
+    log("committed", bench="generation", seconds=round(summary["seconds"], 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
+        tokens_identical=summary["correctness"]["ok"])
 
 
 def schedule(backend: str, modes: list[str], repeats: int) -> list[tuple[str, list[int]]]:
