@@ -283,6 +283,9 @@ class GenerationBenchConfig(Strict):
     generation tasks. Offline: every mode at every batch size, fixed prompt and output lengths (EOS ignored); online:
     `online`. The backends, seed, dtype, KV-cache size and vLLM regimes are the bench section's own."""
 
+    enabled: bool | None = Field(None, description="None: only for generation tasks; true: also on a classification "
+                                 "study, serving its cells as causal LMs (serving.generation.adapters.CELLS_AS_CAUSAL_LM); "
+                                 "false: never")  # fmt: skip
     modes: list[str] = Field(default_factory=lambda: ["full", "merged", "separate", "multi-2", "multi-4"], min_length=1,
                              description="full, merged, separate, multi-<k> (k >= 2 adapters mixed in a batch)")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
@@ -324,8 +327,9 @@ class BenchConfig(Strict):
         "eager (enforce_eager) or compiled (torch.compile, CUDA graphs on GPU). hf always runs eager.",
     )
     generation: GenerationBenchConfig = Field(
-        default_factory=GenerationBenchConfig, description="the generation serving bench (generation tasks only); out "
-        "of the study hash while it holds its defaults",
+        default_factory=GenerationBenchConfig, description="the generation serving bench (generation tasks; a "
+        "classification study with enabled: true); out of the study hash while it holds its defaults or the study has only "
+        "classification tasks (lorascope.study_hash)",
     )
 
     @field_validator("vllm_regimes")

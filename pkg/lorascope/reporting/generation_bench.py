@@ -214,3 +214,62 @@ def figure(summaries: Mapping[str, Mapping], path: Path) -> Path:
                fontsize=TICK_FONT, title="mode (order; synthetic adapters)", title_fontsize=TICK_FONT)  # fmt: skip
     fig.suptitle("Generation serving: TPOT by batch size, and throughput against latency", fontsize=10)
     return _save(fig, path)
+
+
+def curve_shape(curve: list[Mapping]) -> str:
+    """In words, how a throughput-latency curve behaves as the request rate rises: tokens/s first -> last rate, p95
+    TPOT first -> last; "saturates" when the last rate adds under 10% tokens/s over the one before it."""
+    pts = [p for p in curve if p.get("output_tokens_per_s") is not None and p.get("p95_tpot_ms") is not None]
+    if len(pts) < 2:
+        return "one rate only" if pts else "no point"
+    a, b = pts[0], pts[-1]
+    prev = pts[-2]["output_tokens_per_s"]
+    flat = prev > 0 and b["output_tokens_per_s"] < 1.1 * prev
+    return (f"rate {a['request_rate']:g} -> {b['request_rate']:g} req/s: {a['output_tokens_per_s']:.0f} -> "
+            f"{b['output_tokens_per_s']:.0f} tokens/s ({'saturating' if flat else 'still rising'}), p95 TPOT "
+            f"{a['p95_tpot_ms']:.2f} -> {b['p95_tpot_ms']:.2f} ms")
+
+
+def closing_note(summaries: Mapping[str, Mapping]) -> list[str]:
+    """The section's closing note: separate/merged TPOT and tokens/s ratios per batch size, the curves' shape, and the
+    engine and server start-up times, per backend."""
+    lines = []
+    for backend, s in summaries.items():
+        stack = stack_name(backend, s.get("platform"))
+        by = (s.get("ratios") or {}).get("separate_vs_merged") or {}
+        ratio = "; ".join(f"batch {v['batch_size']}: TPOT x{v['tpot_ratio']:.2f}, tokens/s x{v['tokens_per_s_ratio']:.2f}"
+                          for v in sorted(by.values(), key=lambda v: v["batch_size"])) or "not measured"  # fmt: skip
+        lines.append(f"- {stack} on {device_words(s)}, separate / merged: {ratio}.")
+        loads = ", ".join(f"{k} {m['load_seconds']:.1f} s" for k, m in (s.get("models") or {}).items() if m.get("load_seconds") is not None)
+        if loads:
+            lines.append(f"  - {'engine' if backend == 'vllm' else 'model'} start-up (load): {loads}.")
+        servers = ", ".join(f"{k} {v['startup_seconds']:.1f} s" for k, v in (s.get("servers") or {}).items() if v.get("startup_seconds"))
+        if servers:
+            lines.append(f"  - OpenAI-compatible server start-up (until it answers): {servers}.")
+        for name, curve in (s.get("curves") or {}).items():
+            lines.append(f"  - online {name}: {curve_shape(curve)}.")
+    return lines
+
+
+def report_lines(summaries: Mapping[str, Mapping]) -> list[str]:
+    """The report's "Generation serving" section from the committed generation bench summaries {backend: summary}."""
+    if not summaries:
+        return ["No generation bench bundle committed (generation tasks, or `bench.generation.enabled: true`)."]
+    lines: list[str] = []
+    first = next(iter(summaries.values()))
+    p = first["protocol"]
+    lines += [f"Greedy generation, prompts of {p['prompt_tokens']} tokens, {p['output_tokens']} output tokens (EOS ignored), "
+              f"{p['requests']} timed requests per configuration and repeat, {p['repeats']} repeats; served adapter "
+              f"`{p['served_adapter']}`. Per backend: bundle `bench/<backend>-generation` (or `bench/<backend>` for a "
+              "generation study), summary.md there has every table.", ""]  # fmt: skip
+    cells_as = first.get("cells_as_causal_lm")
+    if cells_as:
+        lines += [f"What is served: {cells_as['what']} (cells {', '.join(cells_as['cells'])}).", ""]
+    for backend, s in summaries.items():
+        lines += [f"### {stack_name(backend, s.get('platform'))} on {device_words(s)}, {s['dtype']}", ""]
+        lines += offline_table(s) + ["", "Against merged:", ""] + ratio_table(s) + [""] + h2_lines(s) + [""]
+        if s.get("online"):
+            lines += ["Online (vLLM's serving benchmark, Poisson arrivals):", ""] + online_lines(s) + [""]
+        lines += models_lines(s) + [""] + correctness_lines(s) + [""]
+    lines += ["### Closing note", ""] + closing_note(summaries)
+    return lines

@@ -256,7 +256,7 @@ class Bench:
             try:
                 startup = server.start(o.ready_timeout_s)
                 self.log("server ready", mode=mode, adapters=len(lora), seconds=round(startup, 1), port=port)
-                servers[mode] = {"startup_seconds": startup, "adapters": list(lora), "served_model_name": served,
+                servers[mode] = {"startup_seconds": startup, "adapters": list(lora), "served_model_name": served, "pid": server.proc.pid,
                                  "args": args, "regime": "eager" if kw.get("enforce_eager") else "compiled",
                                  "rss_after_start_bytes": group_rss_bytes(server)}  # fmt: skip
                 warm_names = list(lora) or [served]
