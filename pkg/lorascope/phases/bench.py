@@ -212,6 +212,10 @@ def measure_generation(ctx: PhaseContext, backend: str, log: Any, from_classific
     work = ctx.scratch("bench", backend, "generation")
     cells_as = None
     if from_classification:
+        archs = json.loads((base_dir / "config.json").read_text()).get("architectures") or []
+        if not any(a.endswith("ForCausalLM") for a in archs):
+            raise ConfigError(f"bench.generation.enabled: serving the cells as causal LMs needs a decoder base model staged "
+                              f"as a causal LM; {study.model.name} is {', '.join(archs) or 'of unknown architecture'}")  # fmt: skip
         t0 = time.perf_counter()
         adapters = {t: gen_adapters.causal_adapter(d, work / "causal" / t) for t, d in adapters.items()}
         full_dir = gen_adapters.causal_model(full_dir, base_dir, work / "causal" / "full") if full_dir else None
