@@ -128,6 +128,7 @@ def test_online_server_returns_every_metric_and_is_stopped(inputs):
                                 ["e2e", "e2e-b"]) == {"e2e": 5 / 8, "e2e-b": 3 / 8}  # quotas of 8: 5.33 -> 5, 2.67 -> 3
 
 
+@pytest.mark.timeout(1500)  # 406 s on 2 cores with a load average of 11-13 (135M parameters, LoRA eager on CPU)
 def test_smollm2_separate_and_mixed_batches_equal_hf(tmp_path):
     from tests.real_model.staging import smollm2_model_dir
 
