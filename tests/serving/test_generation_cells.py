@@ -126,3 +126,18 @@ def test_generation_knobs_stay_out_of_a_classification_studys_hash(tmp_path):
     assert with_gen.bench.generation.enabled is True and plain.bench.generation.enabled is None
     assert study_hash.digest(plain) == study_hash.digest(with_gen)
     assert "generation" not in json.loads(study_hash.canonical_json(with_gen))["bench"]
+
+
+def test_closing_note_names_ratios_start_ups_curves_or_why_not():
+    base = {"platform": "cpu", "device": "cpu", "device_name": "x86_64", "models": {"adapters": {"load_seconds": 6.48}},
+            "ratios": {"separate_vs_merged": {"eager batch 4": {"batch_size": 4, "tpot_ratio": 2.08, "tokens_per_s_ratio": 0.57},
+                                              "eager batch 1": {"batch_size": 1, "tpot_ratio": 3.13, "tokens_per_s_ratio": 0.31}}}}  # fmt: skip
+    off = report.closing_note({"vllm": base})
+    assert "separate / merged: batch 1: TPOT x3.13, tokens/s x0.31; batch 4: TPOT x2.08, tokens/s x0.57." in off[0]
+    assert off[1] == "  - engine start-up (load): adapters 6.5 s." and "not run in this study" in off[2]
+    curve = [{"request_rate": 8.0, "output_tokens_per_s": 59.6, "p95_tpot_ms": 7.34},
+             {"request_rate": 64.0, "output_tokens_per_s": 95.7, "p95_tpot_ms": 52.19}]  # fmt: skip
+    on = report.closing_note({"vllm": {**base, "online": [{}], "servers": {"separate": {"startup_seconds": 116.0}},
+                                       "curves": {"separate x1": curve}}})  # fmt: skip
+    assert on[2:] == ["  - OpenAI-compatible server start-up (until it answers): separate 116.0 s.",
+                      "  - online separate x1: rate 8 -> 64 req/s: 60 -> 96 tokens/s (still rising), p95 TPOT 7.34 -> 52.19 ms."]

@@ -248,6 +248,9 @@ def closing_note(summaries: Mapping[str, Mapping]) -> list[str]:
             lines.append(f"  - OpenAI-compatible server start-up (until it answers): {servers}.")
         for name, curve in (s.get("curves") or {}).items():
             lines.append(f"  - online {name}: {curve_shape(curve)}.")
+        if backend == "vllm" and not s.get("online"):
+            lines.append("  - online (server, throughput-latency curves): not run in this study (bench.generation.online.enabled: "
+                         "false); tests/vllm/test_generation_vllm.py and bench/generation_serving.py run it.")  # fmt: skip
     return lines
 
 
