@@ -28,6 +28,7 @@ from lorascope.methods.full import FullMethod  # noqa: F401 (phases/bench.py and
 from lorascope.methods.lora import LoraMethod
 from lorascope.methods.sweeps import expand_sweep
 from lorascope.schema import NAME_PATTERN, SeedValue, Strict
+from lorascope.serving import generation as generation_bench
 
 # What each hyperparameter must satisfy, wherever it comes from (training.defaults, an hpo.spaces range or choice,
 # HPO's pick): one rule, used by the study validator and by training.resolve_params.
@@ -329,6 +330,62 @@ class ForgettingConfig(Strict):
 BENCH_MODES = ("full", "merged", "separate", "multi-2", "multi-3")
 
 
+class GenerationOnlineConfig(Strict):
+    """The generation bench's online mode (vLLM's OpenAI-compatible server driven by vLLM's serving benchmark):
+    `modes` are the servers (`separate`: one LoRA server holding max(adapter_counts) adapters; `merged`, `full`), each
+    measured at every request rate (Poisson arrivals) and, for the LoRA server, every adapter count and popularity."""
+
+    enabled: bool = True
+    modes: list[Literal["separate", "merged", "full"]] = Field(default_factory=lambda: ["separate", "merged", "full"], min_length=1)
+    request_rates: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1,
+                                                               description="requests per second (Poisson arrivals)")
+    adapter_counts: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1,
+                                                              description="LoRA server: requests spread over the first k "
+                                                              "adapters (synthetic ones beyond the trained)")
+    popularity: list[Literal["uniform", "zipf"]] = Field(default_factory=lambda: ["uniform", "zipf"], min_length=1)
+    zipf_exponent: float = Field(1.0, ge=0, description="Zipf popularity: adapter i (1-based) gets a share ~ 1 / i^s")
+    requests: int = Field(64, ge=1, description="requests per point (mode, adapters, popularity, rate) and repeat")
+    repeats: int = Field(3, ge=1)
+    warmup_requests: int = Field(2, ge=0)
+    max_concurrency: int | None = Field(None, ge=1, description="most requests in flight (vLLM's --max-concurrency)")
+
+    @field_validator("request_rates", "adapter_counts", "popularity")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each value at most once, got {v}")
+        return v
+
+
+class GenerationBenchConfig(Strict):
+    """The generation serving bench (serving.generation; docs/bench.md, "Generation"), for studies whose tasks are
+    generation tasks. Offline: every mode at every batch size, fixed prompt and output lengths (EOS ignored); online:
+    `online`. The backends, seed, dtype, KV-cache size and vLLM regimes are the bench section's own."""
+
+    enabled: bool | None = Field(None, description="None: only for generation tasks; true: also on a classification "
+                                 "study, serving its cells as causal LMs (serving.generation.adapters.CELLS_AS_CAUSAL_LM); "
+                                 "false: never")  # fmt: skip
+    modes: list[str] = Field(default_factory=lambda: ["full", "merged", "separate", "multi-2", "multi-4"], min_length=1,
+                             description="full, merged, separate, multi-<k> (k >= 2 adapters mixed in a batch)")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
+    prompt_tokens: int = Field(64, ge=1, description="every prompt cut or continued to exactly this many tokens")
+    output_tokens: int = Field(64, ge=2, description="new tokens per request (EOS ignored); TPOT needs >= 2")
+    requests: int = Field(32, ge=1, description="timed requests per configuration and repeat")
+    warmup_batches: int = Field(2, ge=0)
+    repeats: int = Field(3, ge=1)
+    online: GenerationOnlineConfig = Field(default_factory=GenerationOnlineConfig)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if not generation_bench.MODE_PATTERN.match(m)]
+        if bad:
+            raise ValueError(f"unknown mode(s) {bad}: expected full, merged, separate or multi-<k> with k >= 2")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each mode at most once, got {v}")
+        return v
+
+
 class BenchConfig(Strict):
     backends: list[Literal["hf", "vllm"]] = Field(default_factory=lambda: ["hf"], min_length=1)
     modes: list[Literal["full", "merged", "separate", "multi-2", "multi-3"]] = Field(
@@ -347,6 +404,11 @@ class BenchConfig(Strict):
         default_factory=lambda: ["eager"], min_length=1,
         description="vLLM execution regimes to time, each as its own set of rows (the first one decides H2 for vllm): "
         "eager (enforce_eager) or compiled (torch.compile, CUDA graphs on GPU). hf always runs eager.",
+    )
+    generation: GenerationBenchConfig = Field(
+        default_factory=GenerationBenchConfig, description="the generation serving bench (generation tasks; a "
+        "classification study with enabled: true); out of the study hash while it holds its defaults or the study has only "
+        "classification tasks (lorascope.study_hash)",
     )
 
     @field_validator("vllm_regimes")

@@ -7,8 +7,11 @@ The canonical JSON is the validated study (defaults filled in) with sorted keys 
   * `max_cells`: how large a study the user allows, not a result;
   * fields added after studies were first run, while they hold their defaults, so a study written before they
     existed keeps its hash: each method kind's `hash_neutral_defaults` (LoRA's use_dora, use_rslora, init),
-    `bench.method` when null, an empty `tasks[].defaults`, the task fields of `TASK_HASH_NEUTRAL` at their defaults
-    (`type`, also when it is the type the task's name implies; `options`, a user's `source`, `columns`, `labels`), a `report` section equal to the default one.
+    `bench.method` when null, `bench.generation` equal to the default one or on a study of classification tasks only
+    (there it only times serving the cells as causal LMs: no cell, drift or classification-bench number depends on it,
+    and its bundle's summary.json records every knob), an empty `tasks[].defaults`, the task fields of
+    `TASK_HASH_NEUTRAL` at their defaults (`type`, also when it is the type the task's name implies; `options`, a
+    user's `source`, `columns`, `labels`), a `report` section equal to the default one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def canonical_json(study: Any) -> str:
                 m.pop(key)
     if dump["bench"].get("method") is None:
         dump["bench"].pop("method", None)
+    if study.bench.generation == type(study.bench.generation)() or all(t.task_type.bench == "classification"
+                                                                       for t in study.tasks):  # fmt: skip
+        dump["bench"].pop("generation", None)  # at its defaults, or a side measurement of a classification study
     for task in dump["tasks"]:  # an empty per-task override is no override: studies without one keep their hash
         if not task.get("defaults"):
             task.pop("defaults", None)

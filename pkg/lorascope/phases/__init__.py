@@ -209,7 +209,7 @@ PHASES: dict[str, Phase] = {
             fan_out="one index per serving backend",
             gpu=True,
             reads=("stage", "cells/<task>-<method>-s<bench.seed>"),
-            writes=("bench/<backend>",),
+            writes=("bench/<backend>", "bench/<backend>-generation (bench.generation.enabled)"),
             requires=("stage", "train"),
             hooks=("interpreter",),  # the vllm index runs in the vLLM environment
         ),

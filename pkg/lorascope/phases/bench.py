@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ConfigError
+from lorascope.methods import kind_of
 from lorascope.phases import PhaseContext
 from lorascope.serving.plan import BenchPlan
 from lorascope.study import Study
@@ -73,13 +74,35 @@ def interpreter(study: Study, index: int, env: Mapping[str, str]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ the phase
+def bench_kind(study: Study) -> str:
+    """Which bench serves the study: its served task's (the first task's) type's `bench`, "classification" (the
+    forward-pass bench) or "generation" (serving.generation); ConfigError naming the task when its type has none."""
+    task = study.tasks[0]
+    kind = task.task_type.bench
+    if kind is None:
+        raise ConfigError(f"field tasks.0 ({task.name}): the bench serves the study's first task, and its type "
+                          f"({task.task_type.name}) has no serving bench; list a classification or generation task "
+                          "first, or leave the bench phase out")  # fmt: skip
+    return kind
+
+
+def generation_on_classification(study: Study) -> bool:
+    """Whether a classification study's bench also runs the generation bench on its cells served as causal LMs
+    (`bench.generation.enabled: true`; bundle `bench/<backend>-generation`)."""
+    return bench_kind(study) == "classification" and study.bench.generation.enabled is True
+
+
 def run(ctx: PhaseContext, index: int) -> None:
     backend = ctx.study.bench.backends[index]
     log = ctx.log.bind(backend=backend)
+    if bench_kind(ctx.study) == "generation":
+        return measure_generation(ctx, backend, log)
     plan = BenchPlan(ctx.study, backend)
     check_backend(backend)
     ctx.require("stage", why="run the stage phase first")
     cells = {c: ctx.require("cells", c, why="the bench serves this cell; run the train phase for it first") for c in plan.cells}
+    if generation_on_classification(ctx.study):  # first: the runner skips an index once bench/<backend> is committed
+        measure_generation(ctx, backend, log, from_classification=True)
 
     with kept_threads():  # the local runner may run later phases in this process
         measure(ctx, plan, cells, log)
@@ -162,6 +185,80 @@ def measure(ctx: PhaseContext, plan: BenchPlan, cells: dict, log: Any) -> None:
     log("committed", seconds=round(time.perf_counter() - t_start, 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
         multi_ok=(correctness["multi_vs_single"] or {}).get("ok"), merged_ok=(correctness["merged_vs_separate"] or {}).get("ok"),
         vs_hf_ok=(correctness.get("vllm_vs_hf") or {}).get("ok"))
+
+
+def measure_generation(ctx: PhaseContext, backend: str, log: Any, from_classification: bool = False) -> None:
+    """The generation bench (`serving.generation.bench.run_bench`) of one backend on the cells of seed `bench.seed`:
+    the first task's LoRA adapter is the served one, the other tasks' adapters join the multi-adapter modes, the first
+    task's full cell is `full`; prompts from the first task's staged validation split. Bundle `bench/<backend>/`.
+    `from_classification`: the cells are classifiers, served as causal LMs (`adapters.causal_adapter`, `causal_model`:
+    heads dropped), prompts are the served task's encoded validation texts; bundle `bench/<backend>-generation/`."""
+    from lorascope.models import loading
+    from lorascope.serving.generation import GenerationInputs, adapter_count, settings_from
+    from lorascope.serving.generation import adapters as gen_adapters
+    from lorascope.serving.generation import bench as generation
+
+    check_backend(backend)
+    study, seed = ctx.study, ctx.study.bench.seed
+    g = study.bench.generation
+    modes = [*g.modes, *(g.online.modes if g.online.enabled and backend == "vllm" else [])]
+    lora, full = study.bench_method(), next((m for m in study.methods if kind_of(m).is_reference), None)
+    if any(adapter_count(m) for m in modes) and lora is None:
+        raise ConfigError("bench.generation.modes: every mode but full serves LoRA adapters; the study has no vLLM-servable "
+                          "LoRA method")  # fmt: skip
+    if "full" in modes and full is None:
+        raise ConfigError("bench.generation.modes: mode 'full' needs a full fine-tuning method (kind: full) in methods")
+    tasks = [t.name for t in study.tasks]
+    stage_dir = ctx.stage_dir()
+    adapters = {t: ctx.cell_dir(f"{t}-{lora.name}-s{seed}") / "adapter" for t in tasks} if lora else {}
+    full_dir = ctx.cell_dir(f"{tasks[0]}-{full.name}-s{seed}") / "model" if full and "full" in modes else None
+    base_dir = stage_dir / "model"
+    work = ctx.scratch("bench", backend, "generation")
+    cells_as = None
+    if from_classification:
+        archs = json.loads((base_dir / "config.json").read_text()).get("architectures") or []
+        if not any(a.endswith("ForCausalLM") for a in archs):
+            raise ConfigError(f"bench.generation.enabled: serving the cells as causal LMs needs a decoder base model staged "
+                              f"as a causal LM; {study.model.name} is {', '.join(archs) or 'of unknown architecture'}")  # fmt: skip
+        t0 = time.perf_counter()
+        adapters = {t: gen_adapters.causal_adapter(d, work / "causal" / t) for t, d in adapters.items()}
+        full_dir = gen_adapters.causal_model(full_dir, base_dir, work / "causal" / "full") if full_dir else None
+        cells_as = {"what": gen_adapters.CELLS_AS_CAUSAL_LM, "seconds": time.perf_counter() - t0,
+                    "cells": [f"{t}-{lora.name}-s{seed}" for t in tasks] + ([f"{tasks[0]}-{full.name}-s{seed}"] if full_dir else [])}  # fmt: skip
+    with kept_threads():
+        device = loading.pick_device(ctx.env)
+        configure_threads(ctx.env, default=1 if device.type == "cpu" else None)
+        import torch
+
+        settings = settings_from(study.bench, study.hypotheses.h2_max_overhead_pct, resolve_dtype(study, device), torch.get_num_threads())
+        prompts = classification_prompts(stage_dir, tasks[0], base_dir, study) if from_classification else \
+            generation.stage_prompts(stage_dir, tasks[0], base_dir)  # fmt: skip
+        inputs = GenerationInputs(base_dir, adapters, full_dir, prompts)
+        log("plan", bench="generation", device=str(device), modes=",".join(settings.modes), cells=",".join(map(str, adapters)))
+        result = generation.run_bench(backend, inputs, settings, work, log, device=device,
+                                      study={"name": study.name, "hash": study.hash}, versions=machine(device, backend)["versions"])  # fmt: skip
+    if cells_as is not None:
+        result["summary"]["cells_as_causal_lm"] = cells_as
+    key = (f"{backend}-generation",) if from_classification else (backend,)
+    files = generation.bundle_files(result, ctx.scratch("bench", *key, "out"))
+    summary = result["summary"]
+    meta = {"backend": backend, "bench": "generation", "h2": summary["h2"]["verdict"], "device": summary["device"], "dtype": summary["dtype"]}
+    with ctx.writer("bench", *key, phase="bench", meta=meta) as w:
+        for name, path in files.items():
+            w.add_file(name, path)
+    log("committed", bench="generation", seconds=round(summary["seconds"], 1), h2=summary["h2"]["verdict"].replace(" ", "_"),
+        tokens_identical=summary["correctness"]["ok"])
+
+
+def classification_prompts(stage_dir: Path, task: str, base_dir: Path, study: Study) -> list[list[int]]:
+    """The generation bench's prompts on a classification study: the served task's staged validation texts, encoded
+    as its classifier reads them (`data.encode`), distinct, in split order."""
+    from lorascope import data
+    from lorascope.models import loading
+
+    tok = loading.load_tokenizer(base_dir)
+    rows = data.encode(tok, task, data.read_split(stage_dir, task, "validation"), study.task(task).max_length)
+    return [list(x) for x in dict.fromkeys(tuple(r["input_ids"]) for r in rows)]
 
 
 def schedule(backend: str, modes: list[str], repeats: int) -> list[tuple[str, list[int]]]:

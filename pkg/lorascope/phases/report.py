@@ -47,6 +47,9 @@ def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str
         h2_source = f"report phase: {describe(current['source'])}, committed after the drift phase ran"
     from lorascope.analysis import pareto
 
+    generation = committed_generation_bench(ctx)
+    if generation:
+        numbers["generation_bench"] = summary.json_safe(generation)
     numbers["pareto"] = summary.json_safe(pareto.pareto_section(numbers, list(ctx.study.methods)))
     numbers["published"] = summary.json_safe(summary.published_section(ctx.study, numbers))
     numbers["report"] = {
@@ -57,6 +60,16 @@ def report_numbers(ctx: PhaseContext, drift_summary: dict[str, Any]) -> dict[str
         "h2_source": h2_source,
     }
     return numbers
+
+
+def committed_generation_bench(ctx: PhaseContext) -> dict[str, dict]:
+    """{backend: summary.json} of the committed generation bench bundles (`bench/<backend>-generation`)."""
+    out = {}
+    for backend in ctx.study.bench.backends:
+        b = ctx.bundle("bench", f"{backend}-generation")
+        if b is not None and "summary.json" in b.files:
+            out[backend] = b.read_json("summary.json")
+    return out
 
 
 def cell_histories(ctx: PhaseContext) -> tuple[dict[str, dict], dict[str, str]]:
@@ -105,6 +118,11 @@ def make_figures(numbers: dict[str, Any], folder: Path) -> list[tuple[str, str]]
     if numbers.get("bench"):
         figures.latency(numbers["bench"], folder / "figures/latency.png")
         out.append((FIGURES["latency"], "figures/latency.png"))
+    if numbers.get("generation_bench"):
+        from lorascope.reporting import generation_bench
+
+        generation_bench.figure(numbers["generation_bench"], folder / "figures/generation_serving.png")
+        out.append((FIGURES["generation"], "figures/generation_serving.png"))
     return out
 
 

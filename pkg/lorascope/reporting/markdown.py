@@ -18,6 +18,7 @@ FIGURES = {
     "drift_reduction": "Drift reduction with its confidence interval over examples",
     "weights": "Weight-space summary of the updates",
     "latency": "Serving latency by mode and batch size",
+    "generation": "Generation serving: TPOT by batch size, and throughput against latency",
 }
 
 
@@ -707,6 +708,10 @@ def render(numbers: dict, figures: list[tuple[str, str]]) -> str:
     out += ["## Drift reduction per layer", ""] + layer_table(numbers) + [""]
     out += ["## Weight space", ""] + weights_table(numbers) + [""]
     out += ["## Serving latency", ""] + bench_tables(numbers) + [""]
+    if numbers.get("generation_bench"):
+        from lorascope.reporting import generation_bench
+
+        out += ["## Generation serving", ""] + generation_bench.report_lines(numbers["generation_bench"]) + [""]
     out += ["## Training curves", ""] + training_curves_note(numbers) + [""]
     out += ["## Figures", ""]
     for title, path in figures:
