@@ -13,7 +13,7 @@ import pytest
 
 from lorascope import cli
 from lorascope.study import load_study
-from tests.conftest import machine_paths_in
+from tests.fixtures.runs import machine_paths_in
 
 pytestmark = pytest.mark.slow  # about a minute: runs in `make test` (test-main), not in test-fast
 

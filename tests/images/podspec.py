@@ -39,6 +39,8 @@ POD_FIELDS = {"restartPolicy", "automountServiceAccountToken", "securityContext"
               "nodeSelector", "tolerations", "terminationGracePeriodSeconds"}  # fmt: skip
 CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "resources",
                     "securityContext", "volumeMounts", "terminationMessagePolicy", "workingDir"}  # fmt: skip
+# the name make images gives the images (Makefile.images IMAGE_REPO): localhost/ works with podman and docker alike
+IMAGE_REPO = os.environ.get("LORASCOPE_IMAGE_REPO", "localhost/lorascope")
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 

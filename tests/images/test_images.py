@@ -25,8 +25,7 @@ import pytest
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
-from tests.images.conftest import IMAGE_REPO
-from tests.images.podspec import Cluster, Untranslatable, pod_argv, run_pod
+from tests.images.podspec import IMAGE_REPO, Cluster, Untranslatable, pod_argv, run_pod
 from tests.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +149,7 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
 # ------------------------------------------------------------------------------------------------ the smoke study
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    from tests.phases.conftest import PostgresServer, postgres_bindir
+    from tests.fixtures.postgres import PostgresServer, postgres_bindir
 
     s3 = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     s3.start()
@@ -268,7 +267,7 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     weights are the bytes the host's conversion gives (the real-model tests' pinned sha256)."""
     from lorascope.models import smollm2
     from lorascope.store import Store
-    from tests.real_model.test_smollm2 import SAFETENSORS_SHA256
+    from tests.fixtures.smollm2 import SAFETENSORS_SHA256
 
     s3, _ = servers
     bucket = s3.new_bucket()

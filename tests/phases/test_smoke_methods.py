@@ -21,7 +21,7 @@ from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id
 from lorascope.store import Store
 from lorascope.study import load_study
-from tests.conftest import machine_paths_in
+from tests.fixtures.runs import machine_paths_in
 
 pytestmark = pytest.mark.slow
 
