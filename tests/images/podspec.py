@@ -235,3 +235,28 @@ def run_pod(pod: Pod, timeout: float, log_path: Path) -> subprocess.CompletedPro
     with open(log_path, "wb") as log:
         r = subprocess.run(pod.argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     return r
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def pods_at_once(job: dict, cores: int | None = None, memory: int | None = None) -> int:
+    """How many pods of `job` run at the same time here: the Job's `parallelism`, as the Job controller starts them,
+    but no more than this machine's cores and memory hold at the pod's requests (the scheduler's fit on one node).
+    LORASCOPE_IMAGES_PARALLELISM, when set, caps it further (1: one pod at a time, as before)."""
+    spec = job["spec"]
+    [container] = spec["template"]["spec"]["containers"]
+    requests = container.get("resources", {}).get("requests", {})
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    memory = memory if memory is not None else _memory_bytes()
+    n = min(int(spec.get("parallelism", 1)), int(spec.get("completions", 1)))
+    cpu = quantity_cpu(requests.get("cpu", "0"))
+    if cpu > 0:
+        n = min(n, int(cores // cpu))
+    if "memory" in requests:
+        n = min(n, memory // quantity_bytes(requests["memory"]))
+    cap = os.environ.get("LORASCOPE_IMAGES_PARALLELISM")
+    if cap:
+        n = min(n, int(cap))
+    return max(1, int(n))
