@@ -13,6 +13,7 @@ import pytest
 
 from lorascope.store import Store
 from tests.fixtures import smoke_runs as _smoke
+from tests.fixtures.runs import machine_paths_in  # noqa: F401  (older imports of tests.conftest)
 from tests.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,15 +143,3 @@ def fake_phases(monkeypatch):
 
     monkeypatch.setattr(cli, "get_phase", get_phase)
     return calls
-
-
-def machine_paths_in(run_dir: Path, *paths: Path) -> list[str]:
-    """Every file under a run's folder in a folder store (every bundle's attempt files, commits, the frozen study)
-    that holds one of `paths` (absolute machine paths: the store's, the work dir's), as `file: path`."""
-    needles = {str(p).encode(): str(p) for path in paths for p in {Path(path), Path(path).resolve()}}
-    found = []
-    for f in sorted(run_dir.rglob("*")):
-        if f.is_file():
-            data = f.read_bytes()
-            found += [f"{f.relative_to(run_dir)}: {text}" for needle, text in needles.items() if needle in data]
-    return found
