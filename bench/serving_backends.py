@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorascope.serving.plan import BenchPlan
     from lorascope.store import Store
     from lorascope.study import load_study
-    from tests.serving.bench_fixtures import commit_cells
+    from tests.fixtures.tiny_model import commit_cells
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.dir) if args.dir else Path(tmp)

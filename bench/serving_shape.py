@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorascope.serving.plan import BenchPlan
     from lorascope.store import Store
     from lorascope.study import load_study
-    from tests.serving.bench_fixtures import commit_cells
+    from tests.fixtures.tiny_model import commit_cells
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")

@@ -12,11 +12,50 @@ from pathlib import Path
 import pytest
 
 from lorascope.store import Store
+from tests.fixtures import smoke_runs as _smoke
+from tests.fixtures.runs import machine_paths_in  # noqa: F401  (older imports of tests.conftest)
 from tests.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# ------------------------------------------------------------------------------------------------ smoke runs
+_SMOKE_RUNS: list[_smoke.SmokeRuns] = []
+
+
+def _smoke_runs() -> _smoke.SmokeRuns:
+    if not _SMOKE_RUNS:
+        _SMOKE_RUNS.append(_smoke.SmokeRuns())
+    return _SMOKE_RUNS[0]
+
+
+def pytest_collection_finish(session):
+    """Start the smoke runs that the selected tests read (tests/fixtures/smoke_runs.py), in the background."""
+    paths = []
+    for item in session.items:
+        try:
+            rel = item.path.resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            continue
+        if rel not in paths:
+            paths.append(rel)
+    names = _smoke.needed(paths)
+    if names and _smoke.background_ok():
+        _smoke_runs().start(names)
+
+
+def pytest_sessionfinish(session):
+    if _SMOKE_RUNS:
+        _SMOKE_RUNS[0].stop()
+
+
+@pytest.fixture(scope="session")
+def smoke_runs() -> _smoke.SmokeRuns:
+    """The committed runs of the shipped smoke studies: `smoke_runs.get("smoke-methods")` (made once per session)."""
+    return _smoke_runs()
+
+
+# ------------------------------------------------------------------------------------------------ servers
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
@@ -104,15 +143,3 @@ def fake_phases(monkeypatch):
 
     monkeypatch.setattr(cli, "get_phase", get_phase)
     return calls
-
-
-def machine_paths_in(run_dir: Path, *paths: Path) -> list[str]:
-    """Every file under a run's folder in a folder store (every bundle's attempt files, commits, the frozen study)
-    that holds one of `paths` (absolute machine paths: the store's, the work dir's), as `file: path`."""
-    needles = {str(p).encode(): str(p) for path in paths for p in {Path(path), Path(path).resolve()}}
-    found = []
-    for f in sorted(run_dir.rglob("*")):
-        if f.is_file():
-            data = f.read_bytes()
-            found += [f"{f.relative_to(run_dir)}: {text}" for needle, text in needles.items() if needle in data]
-    return found

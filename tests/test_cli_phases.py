@@ -11,8 +11,8 @@ import pytest
 
 from lorascope import cli
 from lorascope.phases import PHASE_ORDER, get_phase
-from tests.k8s.manifest_checks import REPO
-from tests.phases.test_drift import craft_run
+from tests.fixtures.crafted_runs import craft_run
+from tests.fixtures.studies import REPO
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
 

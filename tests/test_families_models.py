@@ -6,7 +6,6 @@ evaluate with the shared evaluation; the encoder classifies from the first token
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lorascope.log import Logger
 from lorascope.models import builtin, families, hub, loading, pooling
 from lorascope.phases import extract
 from lorascope.study import load_study
+from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_ROBERTA = REPO / "jobs" / "smoke-roberta.yaml"
@@ -61,9 +61,7 @@ def test_shipped_roberta_tokenizer_has_robertas_specials_and_pair_template():
 
 
 def test_shipped_roberta_tokenizer_is_the_scripts_output():
-    spec = importlib.util.spec_from_file_location("make_tok", REPO / "tools" / "make_tiny_roberta_tokenizer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/make_tiny_roberta_tokenizer.py")
     assert (ROBERTA_ASSETS / "tokenizer.json").read_text() == mod.build()
 
 

@@ -252,8 +252,9 @@ def test_extract_commits_forgetting_json_for_every_decoder_unit(tmp_path):
     model computed here, the base's on every task is the same number (its forgetting is exactly 0)."""
     from lorascope.phases import extract, get_phase
     from lorascope.runner import run_phase_index
-    from tests.phases.conftest import Run, write_study
-    from tests.serving.bench_fixtures import commit_cells, commit_stage
+    from tests.fixtures.runs import Run
+    from tests.fixtures.studies import write_study
+    from tests.fixtures.tiny_model import commit_cells, commit_stage
 
     folder = tmp_path / uuid.uuid4().hex[:6]
     tasks = [{"name": t, "max_length": 64, "train_samples": 96} for t in ("mrpc", "sst2")]
@@ -333,32 +334,19 @@ def test_summary_is_none_without_a_measured_base_and_refuses_mixed_texts():
     assert out["mrpc"] == {} and rows == [] and out["not_measured"] == {"mrpc-full-s1": prefix["reason"]}
 
 
-def test_the_drift_phase_writes_the_forgetting_summary_and_csv(tmp_path, monkeypatch):
-    """A crafted drift run (tests/phases/test_drift.py) whose reps bundles also hold forgetting.json."""
-    from tests.phases import test_drift as td
+def test_the_drift_phase_writes_the_forgetting_summary_and_csv(tmp_path):
+    """A crafted drift run (tests/fixtures/crafted_runs.py) whose reps bundles also hold forgetting.json."""
+    from tests.fixtures.crafted_runs import craft_run, read_csv, run_drift
 
     losses = {"base": 3.0}
 
-    def commit_reps(ctx, tmp, model, task, mean, last, idx=None):  # td.commit_reps, plus forgetting.json
-        from safetensors.numpy import save_file
-
-        folder = tmp / "reps" / model / task
-        folder.mkdir(parents=True, exist_ok=True)
-        idx = np.arange(100, 100 + mean.shape[1], dtype=np.int64)
-        save_file({"mean": mean.astype(np.float32), "last": last.astype(np.float32), "idx": idx}, str(folder / td.REPS_FILE))
-        (folder / td.LAYERS_FILE).write_text(json.dumps({"labels": td.layer_labels(mean.shape[0]), "idx": idx.tolist()}))
+    def heldout(model: str) -> dict:
         losses.setdefault(model, 3.0 + 0.1 * len(losses))
-        (folder / heldout_loss.FILE).write_text(json.dumps(_unit(losses[model])))
-        meta = {"model": model, "task": task, "device": "cpu", "forward_seconds": 0.0,
-                "hardware": {"cpu_model": "crafted", "cpu_cores_usable": 2}, "versions": {"numpy": np.__version__}}  # fmt: skip
-        with ctx.writer("reps", model, task, phase="extract", meta=meta) as w:
-            for name in (td.REPS_FILE, td.LAYERS_FILE, heldout_loss.FILE):
-                w.add_file(name, folder / name)
+        return _unit(losses[model])
 
-    monkeypatch.setattr(td, "commit_reps", commit_reps)
-    ctx = td.craft_run(tmp_path / uuid.uuid4().hex[:6])
-    summary = td.run_drift(ctx)
-    rows = td.read_csv(ctx, "forgetting.csv")
+    ctx = craft_run(tmp_path / uuid.uuid4().hex[:6], heldout=heldout)
+    summary = run_drift(ctx)
+    rows = read_csv(ctx, "forgetting.csv")
     cells = ctx.study.cells()
     assert [r["cell"] for r in rows] == [c.name for c in cells]
     for r in rows:

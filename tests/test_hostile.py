@@ -23,26 +23,14 @@ import lorascope
 from lorascope import cli, limits
 from lorascope.errors import ConfigError
 from lorascope.study import Study, parse_study
+from tests.fixtures.studies import read_job, set_path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = Path(lorascope.__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
-ROBERTA = yaml.safe_load((REPO / "jobs" / "smoke-roberta.yaml").read_text())
+SMOKE = read_job("smoke.yaml")
+ROBERTA = read_job("smoke-roberta.yaml")
 SECONDS = 2.0  # what "quickly" means for a refusal (measured: 0.01-0.3 s here)
 MEMORY = 2 << 30  # the address space a hostile-file subprocess gets (the alias bomb took > 10 GB before)
-
-
-def _set(raw: dict, path: str, value) -> dict:
-    out = copy.deepcopy(raw)
-    node = out
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
-    return out
 
 
 def _write(folder: Path, raw: dict | str, name: str = "study.yaml") -> Path:
@@ -60,31 +48,31 @@ def _one_error(capsys) -> str:
 # ------------------------------------------------------------------------------------------------ 1. at the door
 def _texts_folder(tmp: Path) -> dict:
     (tmp / "texts.jsonl").mkdir()
-    return _set(SMOKE, "forgetting", {"texts": str(tmp / "texts.jsonl")})
+    return set_path(SMOKE, "forgetting", {"texts": str(tmp / "texts.jsonl")})
 
 
 def _texts_not_jsonl(tmp: Path) -> dict:
     (tmp / "texts.jsonl").write_text("this is not JSON\n")
-    return _set(SMOKE, "forgetting", {"texts": str(tmp / "texts.jsonl")})
+    return set_path(SMOKE, "forgetting", {"texts": str(tmp / "texts.jsonl")})
 
 
 def _data_path_a_file(tmp: Path) -> dict:
     (tmp / "glue").write_text("")
-    return _set(SMOKE, "data.path", str(tmp / "glue"))
+    return set_path(SMOKE, "data.path", str(tmp / "glue"))
 
 
 MODEL_OR_CONTENT = ("forgetting-on-an-encoder", "forgetting-texts-not-json-lines")  # need torch: not made by grid
 DOOR: list[tuple[str, Callable[[Path], dict], str]] = [
     # before: validate ok; extract exited 2 after train had committed every cell
-    ("forgetting-on-an-encoder", lambda t: _set(ROBERTA, "forgetting", {"enabled": True}), "field forgetting.enabled"),
+    ("forgetting-on-an-encoder", lambda t: set_path(ROBERTA, "forgetting", {"enabled": True}), "field forgetting.enabled"),
     # before: validate ok; extract exited 2 after train
-    ("forgetting-texts-missing", lambda t: _set(SMOKE, "forgetting", {"texts": str(t / "none.jsonl")}), "field forgetting.texts"),
+    ("forgetting-texts-missing", lambda t: set_path(SMOKE, "forgetting", {"texts": str(t / "none.jsonl")}), "field forgetting.texts"),
     ("forgetting-texts-a-folder", _texts_folder, "field forgetting.texts"),
     ("forgetting-texts-not-json-lines", _texts_not_jsonl, "field forgetting.texts"),
     # before: validate ok; train failed with "File name too long", exit 1
-    ("method-name-300", lambda t: _set(SMOKE, "methods.1.name", "l" * 300), "field methods.1.name"),
+    ("method-name-300", lambda t: set_path(SMOKE, "methods.1.name", "l" * 300), "field methods.1.name"),
     # before: validate ok; render refused the run id (63 characters) only when a cluster was the target
-    ("study-name-55", lambda t: _set(SMOKE, "name", "s" * 55), "field name"),
+    ("study-name-55", lambda t: set_path(SMOKE, "name", "s" * 55), "field name"),
     ("data-path-a-file", _data_path_a_file, "is a file, not a folder"),
 ]  # fmt: skip
 
@@ -116,11 +104,11 @@ def test_the_stage_phase_makes_the_model_checks_preflight_could_not(tmp_path):
     on the config it fetched (here: forgetting on an encoder, found from the staged RoBERTa's config.json)."""
     from lorascope import preflight
 
-    study = Study.model_validate(_set(ROBERTA, "forgetting", {"enabled": True}))
+    study = Study.model_validate(set_path(ROBERTA, "forgetting", {"enabled": True}))
     config = yaml.safe_load((PKG / "lorascope" / "assets" / "tiny-roberta" / "config.json").read_text())
     with pytest.raises(ConfigError, match="field forgetting.enabled: true, but roberta is an encoder"):
         preflight.check_model(study, config)
-    offline = Study.model_validate(_set(ROBERTA, "model.name", "FacebookAI/roberta-base"))
+    offline = Study.model_validate(set_path(ROBERTA, "model.name", "FacebookAI/roberta-base"))
     notes = preflight.check_study(offline, env={"HF_HUB_OFFLINE": "1"})
     assert notes and notes[0].startswith("model checks skipped") and preflight.MODEL_CHECKS_AT_STAGE in notes[0]
 
@@ -277,7 +265,7 @@ def test_a_100_by_100_sweep_is_refused_before_it_expands_and_validates_quickly_w
 
 # ------------------------------------------------------------------------------------------------ 4. grid
 def _with_method(method: dict) -> dict:
-    raw = _set(SMOKE, "hpo.enabled", False)
+    raw = set_path(SMOKE, "hpo.enabled", False)
     raw["methods"].append(method)
     raw["training"]["defaults"][method["kind"]] = raw["training"]["defaults"]["full"]
     raw["sanity"]["learning_rate"][method["kind"]] = 1e-3
@@ -287,7 +275,7 @@ def _with_method(method: dict) -> dict:
 GRID_REFUSES = [
     ("top-layers-k-beyond-the-blocks", _with_method({"name": "top5", "kind": "top_layers", "k": 5}), "field methods.2.k"),
     ("bitfit-bias-on-llama", _with_method({"name": "bitfit", "kind": "bitfit", "train": ["bias"]}), "field methods.2.train"),
-    ("a-role-the-family-lacks", _set(SMOKE, "methods.1.target_modules", ["query"]), "field methods.1.target_modules"),
+    ("a-role-the-family-lacks", set_path(SMOKE, "methods.1.target_modules", ["query"]), "field methods.1.target_modules"),
 ]  # fmt: skip
 
 
@@ -308,7 +296,7 @@ def test_grid_says_it_did_not_make_the_model_checks_validate_refuses_on(name, ra
 
 def test_grid_makes_the_study_and_file_checks(tmp_path, capsys):
     """Before: grid printed the grid of a study whose forgetting.texts does not exist."""
-    path = _write(tmp_path, _set(SMOKE, "forgetting", {"texts": str(tmp_path / "none.jsonl")}))
+    path = _write(tmp_path, set_path(SMOKE, "forgetting", {"texts": str(tmp_path / "none.jsonl")}))
     assert cli.main(["grid", str(path)]) == 2
     assert "field forgetting.texts" in _one_error(capsys)
 

@@ -19,7 +19,7 @@ from lorascope.runner import (
 )
 from lorascope.store import Store
 from lorascope.study import load_study
-from tests.k8s.manifest_checks import REPO
+from tests.fixtures.studies import REPO
 
 
 def test_run_executes_phases_in_order_and_skips_committed_cells(fake_phases, tmp_path, smoke_study_path, capsys):

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorascope import cli
 from lorascope.study import load_study
-from tests.conftest import machine_paths_in
+from tests.fixtures.runs import machine_paths_in
 
 pytestmark = pytest.mark.slow  # about a minute: runs in `make test` (test-main), not in test-fast
 
@@ -28,25 +27,14 @@ def _attempt(run: Path, rel: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, monkeypatch_module):
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
-        monkeypatch_module.setenv(k, v)
-    root = tmp_path_factory.mktemp("smoke-roberta")
+def run(smoke_runs):
+    """`lorascope -q run --study jobs/smoke-roberta.yaml --phases stage,...,report` (offline, one torch thread) into a
+    fresh store, made once per session (in the background while other tests run: tests/fixtures/smoke_runs.py)."""
+    made = smoke_runs.get("smoke-roberta")
     study = load_study(STUDY)
-    rc = cli.main(["-q", "run", "--study", str(STUDY), "--store", str(root / "store"), "--work-dir", str(root / "work"),
-                   "--phases", "stage,sanity,hpo,train,extract,drift,bench,report"])  # fmt: skip
-    assert rc == 0
-    runs = list((root / "store" / "runs").iterdir())
+    runs = list((made.store / "runs").iterdir())
     assert len(runs) == 1
     return study, runs[0]
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 def test_stage_records_the_encoder_family(run):

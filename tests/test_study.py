@@ -11,6 +11,7 @@ import yaml
 
 from lorascope import cli
 from lorascope.study import load_study, parse_study
+from tests.fixtures.studies import read_job, set_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,20 +43,6 @@ def test_hash_is_stable_and_sensitive():
     b = parse_study((REPO / "jobs/study.yaml").read_text())
     assert a.hash == b.hash and len(a.hash) == 16
     assert a.model_copy(update={"seeds": [42]}).hash != a.hash
-
-
-def _mutate(path: str, value):
-    data = yaml.safe_load((REPO / "jobs/study.yaml").read_text())
-    node = data
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return data
 
 
 BAD_FIELDS = [
@@ -92,7 +79,7 @@ BAD_FIELDS = [
 @pytest.mark.parametrize(("path", "value", "expected"), BAD_FIELDS, ids=[b[0] + "=" + str(b[1])[:20] for b in BAD_FIELDS])
 def test_invalid_field_exits_2_naming_the_field(path, value, expected, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_mutate(path, value)))
+    bad.write_text(yaml.safe_dump(set_path(read_job("study.yaml"), path, value)))
     assert cli.main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert expected in err and str(bad) in err, err

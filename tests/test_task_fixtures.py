@@ -3,7 +3,6 @@ formats, and written in the tiny Llama tokenizer's words (its vocabulary, and so
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections import Counter
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lorascope.metrics import glue, squad_v2
+from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "pkg" / "lorascope" / "assets"
@@ -20,9 +20,7 @@ NEW_GLUE = ("cola", "qqp", "stsb", "mnli", "qnli", "wnli")
 
 @pytest.fixture(scope="module")
 def maker():
-    spec = importlib.util.spec_from_file_location("make_task_fixtures", REPO / "tools" / "make_task_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/make_task_fixtures.py")
     return module
 
 

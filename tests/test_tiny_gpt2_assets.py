@@ -3,12 +3,13 @@ projections, PEFT's LoRA on them, and the tokenizer is exactly its script's outp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_ASSETS = REPO / "pkg" / "lorascope" / "assets" / "tiny-gpt2"
@@ -64,7 +65,5 @@ def test_peft_lora_wraps_conv1d_with_fan_in_fan_out(model):
 
 
 def test_shipped_gpt2_tokenizer_is_the_scripts_output():
-    spec = importlib.util.spec_from_file_location("make_gpt2_tok", REPO / "tools" / "make_tiny_gpt2_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/make_tiny_gpt2_tokenizer.py")
     assert (GPT2_ASSETS / "tokenizer.json").read_text() == module.build()

@@ -11,6 +11,7 @@ import pytest
 
 from lorascope.analysis import costs, pareto
 from lorascope.analysis import summary as sm
+from tests.fixtures.summaries import methods_summary
 
 MIB = 1024**2
 
@@ -72,29 +73,8 @@ def test_sweeps_group_methods_that_differ_only_in_size():
     assert sw[0]["label"] == "lora r sweep (target_modules=q+v)" and sw[2]["knob"] == "k"
 
 
-def _summary(n_methods: int, forgetting: bool = False) -> dict:
-    names = ["full", *[f"lora-r{2**i}" for i in range(n_methods - 1)]]
-    results = {}
-    for ti, task in enumerate(("mrpc", "rte")):
-        methods = {}
-        for i, m in enumerate(names):
-            drift = 0.6 if m == "full" else 0.05 * (i + 1)
-            acc = 0.9 - 0.01 * ti - (0 if m == "full" else 0.04 / (i + 1))
-            methods[m] = {"metric": {"values": {"1": acc, "2": acc + 0.01}, "mean": acc + 0.005, "sd": 0.007},
-                          "accuracy": {"values": {"1": acc, "2": acc + 0.01}, "mean": acc + 0.005, "sd": 0.007},
-                          "drift": {"mean": {"debiased": {"values": {"1": drift, "2": drift + 0.02}}}}, "learned": True}  # fmt: skip
-        results[task] = {"metric_name": "f1" if task == "mrpc" else "accuracy", "methods": methods}
-    s = {"tasks": ["mrpc", "rte"], "results": results,
-         "settings": {"primary_pooling": "mean", "primary_measure": "cka_debiased"}}  # fmt: skip
-    if forgetting:
-        s["forgetting"] = {t: {m: {"values": {"1": 0.3 if m == "full" else 0.01 * i, "2": 0.32 if m == "full" else 0.01 * i}}
-                               for i, m in enumerate(names)} for t in ("mrpc", "rte")}  # fmt: skip
-        s["forgetting"]["texts"] = {"sha256": "x"}
-    return s
-
-
 def test_pareto_section_points_are_seed_means_with_ranges():
-    s = _summary(4, forgetting=True)
+    s = methods_summary(4, forgetting=True)
     methods = [NS(name="full", kind="full"), *[NS(name=f"lora-r{2**i}", kind="lora", r=2**i, alpha=8, target_modules=["q"])
                                                for i in range(3)]]  # fmt: skip
     sec = pareto.pareto_section(s, methods)
@@ -105,14 +85,14 @@ def test_pareto_section_points_are_seed_means_with_ranges():
     assert set(sec["forgetting"]) == {"mrpc", "rte"}  # "texts" is provenance, not a task
     assert sec["forgetting"]["rte"]["points"]["lora-r1"]["x"] == pytest.approx(0.01)
     assert sec["sweeps"][0]["methods"] == ["lora-r1", "lora-r2", "lora-r4"]
-    assert pareto.pareto_section(_summary(2), methods[:2])["forgetting"] is None
+    assert pareto.pareto_section(methods_summary(2), methods[:2])["forgetting"] is None
 
 
 def test_a_method_whose_cells_did_not_learn_is_never_on_the_front():
     """Before: on the demo's rte, LoRA (no cell learned: 52.2% against a 50% baseline) sat on both fronts because a
     model that did not move has low drift and low forgetting. Now it is drawn but never on the front; a learned
     method off the front whose seed ranges overlap a front member's is "tied" with it."""
-    s = _summary(3, forgetting=True)
+    s = methods_summary(3, forgetting=True)
     rte = s["results"]["rte"]["methods"]
     rte["lora-r1"]["learned"] = False  # the lowest drift and forgetting of all: on both fronts before
     methods = [NS(name="full", kind="full"), NS(name="lora-r1", kind="lora", r=1), NS(name="lora-r2", kind="lora", r=2)]
@@ -134,7 +114,7 @@ def test_a_method_whose_cells_did_not_learn_is_never_on_the_front():
 
 
 def test_published_numbers_compare_like_with_like():
-    s = _summary(2)
+    s = methods_summary(2)
     ref = NS(source="Hu et al. 2021, Table 2", values={"mrpc": {"full": 90.2, "lora-r1": 89.7}, "rte": {"full": 78.7}},
              metric_of=lambda t: "accuracy")  # fmt: skip
     pub = sm.published_section(NS(report=NS(reference=ref)), s)

@@ -12,50 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import lorascope
+from tests.fixtures.cli import REPO, assert_one_line, cli_env, error_lines, files_under, lorascope
 
-REPO = Path(__file__).resolve().parents[2]
-PKG = Path(lorascope.__file__).resolve().parents[1]  # the child processes run the same package as the tests
+__all__ = ["REPO", "assert_one_line", "cli_env", "error_lines", "files_under", "lorascope"]
+
 IS_ROOT = os.geteuid() == 0
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORASCOPE_")}
-    env.update({"PYTHONPATH": str(PKG), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1", "LORASCOPE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"})  # fmt: skip
-    env.update(extra)
-    return env
-
-
-def lorascope(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real CLI in its own process."""
-    return subprocess.run([sys.executable, "-m", "lorascope.cli", *args], env=env or cli_env(), capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout)  # fmt: skip
-
-
-def error_lines(stderr: str) -> list[str]:
-    """The lines of stderr that report an error (`error: ...`)."""
-    return [x for x in stderr.splitlines() if x.startswith("error:")]
-
-
-def assert_one_line(proc: subprocess.CompletedProcess, rc: int, *needles: str) -> str:
-    """The failure is one `error:` line, the last thing written, with no traceback (library progress bars and
-    lorascope's own log lines may come before it)."""
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == rc, (proc.returncode, proc.stderr[-3000:])
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == lines[0], proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -112,7 +79,3 @@ def read_only(tmp_path) -> Iterator[callable]:
     for p in chmodded:
         for d, _dirs, _files in os.walk(p):
             os.chmod(d, 0o755)
-
-
-def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

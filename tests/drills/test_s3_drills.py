@@ -13,9 +13,8 @@ import pytest
 from lorascope.runner import freeze_study
 from lorascope.store import Store
 from lorascope.study import load_study
+from tests.fixtures.cli import REPO, assert_one_line, cli_env
 from tests.s3server import S3Server
-
-from .conftest import REPO, assert_one_line, cli_env
 
 pytestmark = pytest.mark.s3
 

@@ -3,7 +3,6 @@ read-only stores for read-only commands, file modes, empty folders."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 from pathlib import Path
@@ -17,8 +16,8 @@ from lorascope.runner import default_run_id, freeze_study
 from lorascope.store import Store
 from lorascope.store import bundle as bundle_mod
 from lorascope.study import load_study
-
-from .conftest import REPO, assert_one_line, cli_env, files_under, lorascope
+from tests.fixtures.cli import REPO, assert_one_line, cli_env, files_under, lorascope
+from tests.fixtures.scripts import load_script
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
 
@@ -41,9 +40,7 @@ def _attempt_file(store: Store, key: str, rel: str) -> Path:
 @pytest.fixture(scope="module")
 def drift_inputs(tmp_path_factory):
     """A run with the drift phase's inputs (stage, cells, reps) at a tiny shape, through bench/drift_phase.py."""
-    spec = importlib.util.spec_from_file_location("drift_phase_bench", REPO / "bench" / "drift_phase.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/drift_phase.py")
     from lorascope.study import parse_study
 
     root = tmp_path_factory.mktemp("drift-inputs")

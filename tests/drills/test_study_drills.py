@@ -6,55 +6,40 @@ HPO had run (target_modules: a PEFT traceback after 105 s; seeds: a numpy traceb
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lorascope import cli
+from tests.fixtures.cli import REPO, assert_one_line, lorascope
+from tests.fixtures.studies import read_job, set_path
 
-from .conftest import REPO, assert_one_line, lorascope
-
-SMOKE = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
-
-
-def _set(raw: dict, path: str, value) -> dict:
-    out = copy.deepcopy(raw)
-    node = out
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return out
+SMOKE = read_job("smoke.yaml")
 
 
-HPO_OFF = _set(SMOKE, "hpo.enabled", False)
+HPO_OFF = set_path(SMOKE, "hpo.enabled", False)
 BROKEN = [
     # (id, study, what the error names)
-    ("target-not-a-module", _set(SMOKE, "methods.1.target_modules", ["q_proj", "vv_proj"]), "field methods.1.target_modules: 'vv_proj'"),
-    ("target-a-norm", _set(SMOKE, "methods.1.target_modules", ["input_layernorm"]), "field methods.1.target_modules: 'input_layernorm'"),
-    ("seed-negative", _set(SMOKE, "seeds", [42, -1, 2024]), "field seeds.1"),
-    ("seed-too-large", _set(SMOKE, "seeds", [2**32, 1337, 2024]), "field seeds.0"),
-    ("seed-bool", _set(SMOKE, "seeds", [True, 1337, 2024]), "field seeds.0"),
-    ("defaults-epochs-negative", _set(HPO_OFF, "training.defaults.full.epochs", -1), "field training.defaults.full.epochs"),
-    ("defaults-checked-with-hpo-on", _set(SMOKE, "training.defaults.lora.learning_rate", 0), "field training.defaults.lora.learning_rate"),
-    ("defaults-batch-not-int", _set(HPO_OFF, "training.defaults.full.effective_batch", 8.5), "field training.defaults.full.effective_batch"),
-    ("defaults-unknown-param", _set(HPO_OFF, "training.defaults.full.lr", 0.1), "field training.defaults.full"),
-    ("defaults-missing-with-hpo-off", _set(HPO_OFF, "training.defaults.lora", {"learning_rate": 0.001}), "training.defaults.lora"),
-    ("space-pick-out-of-range", _set(SMOKE, "hpo.spaces.full.warmup_ratio", {"type": "float", "low": 0.0, "high": 1.0}), "field hpo.spaces.full.warmup_ratio"),
-    ("space-choice-out-of-range", _set(SMOKE, "hpo.spaces.lora.effective_batch", {"type": "categorical", "choices": [8, 0]}), "field hpo.spaces.lora.effective_batch"),
-    ("trials-bool", _set(SMOKE, "hpo.trials", True), "field hpo.trials"),
-    ("workers-bool", _set(SMOKE, "hpo.workers", True), "field hpo.workers"),
-    ("data-path-missing", _set(SMOKE, "data.path", "/no/such/glue"), "data.path '/no/such/glue'"),
-    ("model-unknown-builtin", _set(SMOKE, "model.name", "builtin:tiny-lama"), "model.name 'builtin:tiny-lama'"),
-    ("model-missing-folder", _set(SMOKE, "model.name", "./no/such/model"), "model.name './no/such/model'"),
-    ("max-length-over-positions", _set(SMOKE, "tasks.2.max_length", 4096), "field tasks.2.max_length: 4096 exceeds"),
-    ("bench-seed-not-trained", _set(SMOKE, "bench.seed", 7), "field bench.seed"),
+    ("target-not-a-module", set_path(SMOKE, "methods.1.target_modules", ["q_proj", "vv_proj"]), "field methods.1.target_modules: 'vv_proj'"),
+    ("target-a-norm", set_path(SMOKE, "methods.1.target_modules", ["input_layernorm"]), "field methods.1.target_modules: 'input_layernorm'"),
+    ("seed-negative", set_path(SMOKE, "seeds", [42, -1, 2024]), "field seeds.1"),
+    ("seed-too-large", set_path(SMOKE, "seeds", [2**32, 1337, 2024]), "field seeds.0"),
+    ("seed-bool", set_path(SMOKE, "seeds", [True, 1337, 2024]), "field seeds.0"),
+    ("defaults-epochs-negative", set_path(HPO_OFF, "training.defaults.full.epochs", -1), "field training.defaults.full.epochs"),
+    ("defaults-checked-with-hpo-on", set_path(SMOKE, "training.defaults.lora.learning_rate", 0), "field training.defaults.lora.learning_rate"),
+    ("defaults-batch-not-int", set_path(HPO_OFF, "training.defaults.full.effective_batch", 8.5), "field training.defaults.full.effective_batch"),
+    ("defaults-unknown-param", set_path(HPO_OFF, "training.defaults.full.lr", 0.1), "field training.defaults.full"),
+    ("defaults-missing-with-hpo-off", set_path(HPO_OFF, "training.defaults.lora", {"learning_rate": 0.001}), "training.defaults.lora"),
+    ("space-pick-out-of-range", set_path(SMOKE, "hpo.spaces.full.warmup_ratio", {"type": "float", "low": 0.0, "high": 1.0}), "field hpo.spaces.full.warmup_ratio"),
+    ("space-choice-out-of-range", set_path(SMOKE, "hpo.spaces.lora.effective_batch", {"type": "categorical", "choices": [8, 0]}), "field hpo.spaces.lora.effective_batch"),
+    ("trials-bool", set_path(SMOKE, "hpo.trials", True), "field hpo.trials"),
+    ("workers-bool", set_path(SMOKE, "hpo.workers", True), "field hpo.workers"),
+    ("data-path-missing", set_path(SMOKE, "data.path", "/no/such/glue"), "data.path '/no/such/glue'"),
+    ("model-unknown-builtin", set_path(SMOKE, "model.name", "builtin:tiny-lama"), "model.name 'builtin:tiny-lama'"),
+    ("model-missing-folder", set_path(SMOKE, "model.name", "./no/such/model"), "model.name './no/such/model'"),
+    ("max-length-over-positions", set_path(SMOKE, "tasks.2.max_length", 4096), "field tasks.2.max_length: 4096 exceeds"),
+    ("bench-seed-not-trained", set_path(SMOKE, "bench.seed", 7), "field bench.seed"),
 ]  # fmt: skip
 
 

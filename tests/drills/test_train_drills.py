@@ -19,9 +19,9 @@ from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id, freeze_study
 from lorascope.store import Store
 from lorascope.study import load_study
-
-from ..phases.conftest import stage_run, write_study
-from .conftest import REPO, assert_one_line, cli_env
+from tests.fixtures.cli import REPO, assert_one_line, cli_env
+from tests.fixtures.runs import stage_run
+from tests.fixtures.studies import write_study
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
 

@@ -12,9 +12,7 @@ import subprocess
 import pytest
 
 from lorascope.phases import PHASE_ORDER
-
-# the name make images gives the images (Makefile.images IMAGE_REPO): localhost/ works with podman and docker alike
-IMAGE_REPO = os.environ.get("LORASCOPE_IMAGE_REPO", "localhost/lorascope")
+from tests.images.podspec import IMAGE_REPO
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ POD_FIELDS = {"restartPolicy", "automountServiceAccountToken", "securityContext"
               "nodeSelector", "tolerations", "terminationGracePeriodSeconds"}  # fmt: skip
 CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "resources",
                     "securityContext", "volumeMounts", "terminationMessagePolicy", "workingDir"}  # fmt: skip
+# the name make images gives the images (Makefile.images IMAGE_REPO): localhost/ works with podman and docker alike
+IMAGE_REPO = os.environ.get("LORASCOPE_IMAGE_REPO", "localhost/lorascope")
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -233,3 +235,28 @@ def run_pod(pod: Pod, timeout: float, log_path: Path) -> subprocess.CompletedPro
     with open(log_path, "wb") as log:
         r = subprocess.run(pod.argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     return r
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def pods_at_once(job: dict, cores: int | None = None, memory: int | None = None) -> int:
+    """How many pods of `job` run at the same time here: the Job's `parallelism`, as the Job controller starts them,
+    but no more than this machine's cores and memory hold at the pod's requests (the scheduler's fit on one node).
+    LORASCOPE_IMAGES_PARALLELISM, when set, caps it further (1: one pod at a time, as before)."""
+    spec = job["spec"]
+    [container] = spec["template"]["spec"]["containers"]
+    requests = container.get("resources", {}).get("requests", {})
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    memory = memory if memory is not None else _memory_bytes()
+    n = min(int(spec.get("parallelism", 1)), int(spec.get("completions", 1)))
+    cpu = quantity_cpu(requests.get("cpu", "0"))
+    if cpu > 0:
+        n = min(n, int(cores // cpu))
+    if "memory" in requests:
+        n = min(n, memory // quantity_bytes(requests["memory"]))
+    cap = os.environ.get("LORASCOPE_IMAGES_PARALLELISM")
+    if cap:
+        n = min(n, int(cap))
+    return max(1, int(n))

@@ -5,8 +5,10 @@ it), against SeaweedFS and PostgreSQL on the host through the same variables the
 pulled and reported on the host and compared with a host run of the same study: the drift CSVs are byte-identical.
 
 Host networking: the containers reach the servers on 127.0.0.1 (`--network=host`; the servers bind 127.0.0.1 only),
-where a pod would reach the cluster's MinIO and PostgreSQL Services. Pods run one at a time (the machine has 2 cores);
-a Job's parallelism only changes the order of independent indexes. Where the Python base is the local stand-in
+where a pod would reach the cluster's MinIO and PostgreSQL Services. A Job's pods run as the Job controller starts them:
+up to its parallelism at once, within what the machine's cores and memory hold at the pods' requests
+(`podspec.pods_at_once`; LORASCOPE_IMAGES_PARALLELISM=1 runs them one at a time); the bench's run one at a time
+(`ONE_AT_A_TIME`). Indexes are independent, so the order does not change what they commit. Where the Python base is the local stand-in
 (tools/standin-python-image.sh), the test says so."""
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ import pytest
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
-from tests.images.conftest import IMAGE_REPO
-from tests.images.podspec import Cluster, Untranslatable, pod_argv, run_pod
+from tests.images.podspec import IMAGE_REPO, Cluster, Untranslatable, pod_argv, pods_at_once, run_pod
 from tests.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,10 +148,59 @@ def test_translation_refuses_what_it_does_not_translate(tmp_path):
         pod_argv(render.phase_jobs(study, opts)["hpo"], 0, cluster, tmp_path)
 
 
+@pytest.mark.images  # needs no image, like the test above
+def test_pods_run_at_the_jobs_parallelism_within_what_the_machine_holds(monkeypatch):
+    monkeypatch.delenv("LORASCOPE_IMAGES_PARALLELISM", raising=False)
+    study = load_study(SMOKE)
+    jobs = render.phase_jobs(study, render.RenderOptions(overlay="kind", image_tag="t-cpu", store_url="s3://b/store"))
+    train, stage = jobs["train"], jobs["stage"]
+    assert train["spec"]["parallelism"] == 2 and train["spec"]["completions"] == 18  # the kind overlay's
+    gib = 2**30
+    assert pods_at_once(train, cores=2, memory=64 * gib) == 2
+    assert pods_at_once(train, cores=16, memory=64 * gib) == 2  # never more than the Job's parallelism
+    assert pods_at_once(train, cores=1, memory=64 * gib) == 1  # requests.cpu 1 each
+    assert pods_at_once(train, cores=2, memory=5 * gib) == 1  # requests.memory 3Gi each
+    assert pods_at_once(stage, cores=2, memory=64 * gib) == 1  # one completion
+    monkeypatch.setenv("LORASCOPE_IMAGES_PARALLELISM", "1")
+    assert pods_at_once(train, cores=2, memory=64 * gib) == 1
+
+
 # ------------------------------------------------------------------------------------------------ the smoke study
+# Phases whose pods run one at a time here whatever the Job's parallelism: with --network=host the containers share
+# the host's ports (pods each have their own network namespace), and the bench's engines open local ports and time
+# requests, which a second bench pod beside them would disturb.
+ONE_AT_A_TIME = ("bench",)
+
+
+def run_job_pods(job: dict, cluster: Cluster, pods_dir: Path, logs: Path, engine: str) -> int:
+    """Every index of `job`, as the Job controller runs them: up to `pods_at_once` pods at the same time (the Job's
+    parallelism within what this machine holds), lowest index first, each started when a running one ends. All pods
+    run to the end (a failed pod does not stop the others, as in a Job without backoff); then every pod must have
+    exited 0 and stayed within its emptyDir sizeLimits. Returns how many ran at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    phase = job["metadata"]["labels"]["lorascope.dev/phase"]
+    n = 1 if phase in ONE_AT_A_TIME else pods_at_once(job)
+    pods = [pod_argv(job, index, cluster, pods_dir, engine=engine) for index in range(job["spec"]["completions"])]
+
+    def one(pod) -> str | None:
+        log = logs / f"{pod.name}.log"
+        r = run_pod(pod, timeout=1200, log_path=log)
+        if r.returncode != 0:
+            return f"pod {pod.name} exited {r.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+        if pod.oversized():
+            return f"pod {pod.name} would be evicted: {pod.oversized()}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        failed = [msg for msg in pool.map(one, pods) if msg]
+    assert not failed, "\n\n".join(failed)
+    return n
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    from tests.phases.conftest import PostgresServer, postgres_bindir
+    from tests.fixtures.postgres import PostgresServer, postgres_bindir
 
     s3 = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     s3.start()
@@ -192,15 +242,11 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     logs.mkdir()
     t0 = time.perf_counter()
     per_phase: dict[str, float] = {}
+    at_once: dict[str, int] = {}
     for job in jobs:
         phase = job["metadata"]["labels"]["lorascope.dev/phase"]
         t_phase = time.perf_counter()
-        for index in range(job["spec"]["completions"]):
-            pod = pod_argv(job, index, cluster, pods_dir, engine=engine)
-            log = logs / f"{pod.name}.log"
-            r = run_pod(pod, timeout=1200, log_path=log)
-            assert r.returncode == 0, f"pod {pod.name} exited {r.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
-            assert not pod.oversized(), f"pod {pod.name} would be evicted: {pod.oversized()}"
+        at_once[phase] = run_job_pods(job, cluster, pods_dir, logs, engine)
         per_phase[phase] = round(time.perf_counter() - t_phase, 1)
     containers_s = time.perf_counter() - t0
 
@@ -253,7 +299,8 @@ def test_smoke_study_runs_in_the_kind_images_and_matches_the_host_run(engine, im
     standin = " (Python base: LOCAL STAND-IN, tools/standin-python-image.sh)" if is_standin(
         engine, f"{IMAGE_REPO}/report:{image_tag}") else ""  # fmt: skip
     print(f"\nimages {image_tag}{standin}: smoke study in {sum(j['spec']['completions'] for j in jobs)} containers "
-          f"{containers_s:.1f} s {per_phase}; host run {host_s:.1f} s; {len(on_host)} drift CSVs byte-identical; "
+          f"{containers_s:.1f} s {per_phase}, pods at once {at_once}; host run {host_s:.1f} s; {len(on_host)} drift CSVs "
+          f"byte-identical; "
           f"report {reports[-1].relative_to(pulled)}")  # fmt: skip
 
 
@@ -268,7 +315,7 @@ def test_stage_image_stages_the_real_pretrained_model_without_a_package_index(en
     weights are the bytes the host's conversion gives (the real-model tests' pinned sha256)."""
     from lorascope.models import smollm2
     from lorascope.store import Store
-    from tests.real_model.test_smollm2 import SAFETENSORS_SHA256
+    from tests.fixtures.smollm2 import SAFETENSORS_SHA256
 
     s3, _ = servers
     bucket = s3.new_bucket()

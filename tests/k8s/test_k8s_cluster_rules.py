@@ -19,8 +19,7 @@ from lorascope.k8s import kueue, manifests, overlays, render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
 from lorascope.termination import STOP_BUDGET_ENV
-from tests.k8s.manifest_checks import MANIFESTS, REPO, load_objects, manifest_files, pod_templates
-from tests.k8s.test_k8s_jobset import strict
+from tests.fixtures.manifests import MANIFESTS, REPO, load_objects, manifest_files, pod_templates, strict
 
 KUEUE = json.loads((Path(__file__).parent / "data" / "kueue-v0.19.2-openapi.json").read_text())
 STUDY = REPO / "jobs" / "study.yaml"

@@ -21,9 +21,9 @@ from lorascope.k8s import infra, kueue, render
 from lorascope.k8s.launcher import Launcher
 from lorascope.k8s.status import STOP, STOP_LATER, WARN, diagnose
 from lorascope.study import load_study
-from tests.k8s.api_objects import UID, allowed, api_call, condition, deserialize, job, pod
-from tests.k8s.test_k8s_jobset import strict
-from tests.k8s.test_k8s_validate import validate
+from tests.fixtures.k8s_objects import UID, allowed, api_call, condition, deserialize, job, pod
+from tests.fixtures.manifests import kubernetes_validate as validate
+from tests.fixtures.manifests import strict
 
 DATA = Path(__file__).parent / "data"
 CASES = {k: v for k, v in json.loads((DATA / "diagnostics.json").read_text()).items() if not k.startswith("_")}

@@ -19,7 +19,8 @@ import yaml
 from lorascope import __version__
 from lorascope.k8s import render
 from lorascope.phases import PHASE_ORDER, get_phase
-from tests.k8s.manifest_checks import REPO
+from tests.fixtures.scripts import load_script
+from tests.fixtures.studies import REPO
 
 IMAGES = REPO / "images"
 VENV_BIN = Path(sys.executable).parent
@@ -514,11 +515,7 @@ def test_status_and_phase_sizes_need_no_ml_stack():
 
 def test_gpu_images_stamp_follows_the_image_inputs_not_the_code(tmp_path, monkeypatch):
     """CI builds the CUDA images when this stamp differs from images/gpu-images.stamp (make ci-gpu-images)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_images_stamp", REPO / "tools" / "gpu_images_stamp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/gpu_images_stamp.py")
     shutil.copytree(IMAGES, tmp_path / "images", ignore=shutil.ignore_patterns("*.whl"))
     for name in ("constraints.txt", "pyproject.toml"):
         shutil.copy(REPO / name, tmp_path / name)

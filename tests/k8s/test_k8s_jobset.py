@@ -1,78 +1,26 @@
 """The pipeline as one JobSet: the rendered objects validate against the JobSet CRD's own schema (v0.12.0, vendored
-in tests/k8s/data with its source), meet the JobSet webhook's rules, chain the phases with dependsOn Complete, and
+in tests/k8s/data with its source; tests/fixtures/manifests.py), meet the JobSet webhook's rules, chain the phases with dependsOn Complete, and
 `lorascope status RUN --cluster` / `cluster run --detach` work against API-shaped JobSets."""
 
 from __future__ import annotations
 
 import copy
 import io
-import json
-import re
-from pathlib import Path
 
-import jsonschema
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from lorascope.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError
 from lorascope.k8s import jobset, render
 from lorascope.k8s.launcher import Launcher, pipeline_status
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
-from tests.k8s.api_objects import allowed, api_call, child_job, condition
-from tests.k8s.api_objects import jobset as api_jobset
-from tests.k8s.manifest_checks import MANIFESTS, REPO, load_objects, manifest_files
-
-CRD = json.loads((Path(__file__).parent / "data" / "jobset-v0.12.0-openapi.json").read_text())
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def strict(schema):
-    """The API server prunes unknown fields of a structural schema; `kubectl apply --validate=strict` (the default)
-    refuses them. Close every object that lists its properties, as the server's field validation does."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-VALIDATOR = jsonschema.Draft7Validator(strict(CRD["openAPIV3Schema"]))
-
-
-def errors(obj: dict) -> list[str]:
-    return sorted(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(obj))
-
-
-def webhook_errors(js: dict) -> list[str]:
-    """The JobSet validating webhook's rules that concern us (pkg/webhooks/jobset_webhook.go at v0.12.0)."""
-    bad = []
-    rjs = js["spec"]["replicatedJobs"]
-    if rjs and rjs[0].get("dependsOn"):
-        bad.append("DependsOn can't be set for the first ReplicatedJob")
-    seen: set[str] = set()
-    for rj in rjs:
-        seen.add(rj["name"])
-        for dep in rj.get("dependsOn", []):
-            if dep["name"] not in seen:
-                bad.append(f"{rj['name']} cannot depend on {dep['name']}")
-        job_name = f"{js['metadata']['name']}-{rj['name']}-{rj.get('replicas', 1) - 1}"
-        pod_name = f"{job_name}-{rj['template']['spec']['completions'] - 1}-abcde"
-        for n in (job_name, pod_name):
-            if len(n) > 63 or not DNS_1035.match(n):
-                bad.append(f"generated name {n} is not a DNS-1035 label")
-    if js["spec"].get("startupPolicy", {}).get("startupPolicyOrder") == "InOrder" and any(
-        "dependsOn" in rj for rj in rjs
-    ):
-        bad.append("StartupPolicy and DependsOn APIs are mutually exclusive")
-    return bad
+from tests.fixtures.k8s_clients import FakeCustom
+from tests.fixtures.k8s_objects import allowed, child_job, condition
+from tests.fixtures.k8s_objects import jobset as api_jobset
+from tests.fixtures.manifests import DNS_1035, MANIFESTS, REPO, load_objects, manifest_files
+from tests.fixtures.manifests import JOBSET_CRD as CRD
+from tests.fixtures.manifests import jobset_errors as errors
+from tests.fixtures.manifests import jobset_webhook_errors as webhook_errors
 
 
 def test_the_vendored_schema_is_jobset_v0_12_0_and_has_depends_on_complete():
@@ -209,64 +157,6 @@ def test_describe_a_failed_and_a_finished_pipeline():
     assert text.startswith(f"JobSet {name}  run=reference-67b50130  succeeded")
 
 
-class FakeCustom:
-    """CustomObjectsApi + BatchV1Api for JobSets: JSON dicts in, JSON dicts out, 404 / 409 like the API server."""
-
-    def __init__(self, crd_installed: bool = True) -> None:
-        self.crd = crd_installed
-        self.objects: dict[str, dict] = {}
-        self.events: list[tuple[str, str]] = []
-        self.configmaps: dict[str, dict] = {}
-        self.children: list = []
-        self.calls: list = []
-
-    def _check(self, group, version, plural):
-        assert (group, version, plural) == (jobset.GROUP, jobset.VERSION, jobset.PLURAL)
-        if not self.crd:
-            raise ApiException(status=404, reason="Not Found")  # the resource type does not exist
-
-    @api_call("jobset.x-k8s.io", "jobsets", "get", 4)
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        self._check(group, version, plural)
-        if name not in self.objects:
-            raise ApiException(status=404)
-        return copy.deepcopy(self.objects[name])
-
-    @api_call("jobset.x-k8s.io", "jobsets", "create")
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        self._check(group, version, plural)
-        assert errors(body) == [] and webhook_errors(body) == []  # what the API server and webhook would check
-        name = body["metadata"]["name"]
-        if name in self.objects:
-            raise ApiException(status=409)
-        self.objects[name] = {**copy.deepcopy(body), "status": {}}
-        self.events.append(("create", name))
-
-    @api_call("jobset.x-k8s.io", "jobsets", "delete", 4)
-    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
-        self.objects.pop(name)
-        self.events.append(("delete", name))
-
-    # core / batch
-    @api_call("", "secrets", "get", 0)
-    def read_namespaced_secret(self, name, namespace):
-        return None
-
-    @api_call("", "configmaps", "create")
-    def create_namespaced_config_map(self, namespace, body):
-        self.configmaps[body["metadata"]["name"]] = body
-
-    @api_call("batch", "jobs", "get", 0)
-    def read_namespaced_job(self, name, namespace):
-        raise ApiException(status=404)
-
-    @api_call("batch", "jobs", "list")
-    def list_namespaced_job(self, namespace, label_selector=""):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(items=self.children)
-
-
 def _launcher(api, smoke_study_path):
     study = load_study(smoke_study_path)
     out = io.StringIO()
@@ -316,7 +206,7 @@ def test_detach_without_the_jobset_crd_and_status_of_an_unknown_run_are_config_e
 
 def test_status_cluster_of_a_launcher_run_shows_its_phase_jobs(smoke_study_path):
     """No JobSet (the run went through the launcher, or the cluster has no JobSet API): the run's phase Jobs."""
-    from tests.k8s.api_objects import RUN, job
+    from tests.fixtures.k8s_objects import RUN, job
 
     api = FakeCustom(crd_installed=False)
     api.children = [

@@ -4,9 +4,7 @@ and a second run that continues where the first stopped."""
 
 from __future__ import annotations
 
-import copy
 import io
-from types import SimpleNamespace
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -17,155 +15,8 @@ from lorascope.k8s.launcher import Launcher, cluster_status
 from lorascope.phases import PHASE_ORDER
 from lorascope.runner import default_run_id
 from lorascope.study import load_study
-from tests.k8s.api_objects import allowed, api_call, condition, deserialize, pod
-
-
-class FakeCluster:
-    """Jobs and pods of one namespace. A created Job runs for one poll, then ends as `outcomes[phase]` says:
-    "ok", or ("fail", index, exit_code, log_text)."""
-
-    def __init__(self, outcomes: dict, secrets=("lorascope-s3", "lorascope-postgres")) -> None:
-        self.outcomes = outcomes
-        self.secrets = set(secrets)
-        self.jobs: dict[str, dict] = {}  # name -> {"body", "polls", "uid"}
-        self.events: list[tuple[str, str]] = []
-        self.configmaps: dict[str, dict] = {}
-        self.namespaces: set[str] = set()
-        self.logs: dict[str, str] = {}
-        self._uid = 0
-        self.calls: list[tuple[str, str, str, str | None]] = []  # every API call (api_call): held against the Role
-
-    @api_call("", "events", "list")
-    def list_namespaced_event(self, namespace, field_selector=""):
-        return SimpleNamespace(items=[])  # nothing went wrong in this cluster
-
-    # ---- BatchV1Api
-    @api_call("batch", "jobs", "get", 0)
-    def read_namespaced_job(self, name, namespace):
-        if name not in self.jobs:
-            raise ApiException(status=404, reason="Not Found")
-        return self._job_object(name)
-
-    @api_call("batch", "jobs", "create")
-    def create_namespaced_job(self, namespace, body):
-        assert body["metadata"]["namespace"] == namespace
-        name = body["metadata"]["name"]
-        if name in self.jobs:
-            raise ApiException(status=409, reason="AlreadyExists")
-        self._uid += 1
-        phase = body["metadata"]["labels"]["lorascope.dev/phase"]
-        self.jobs[name] = {
-            "body": copy.deepcopy(body),
-            "polls": 0,
-            "uid": f"uid-{self._uid}",
-            "outcome": self.outcomes.get(phase, "ok"),
-        }  # decided when submitted
-        self.events.append(("create", name))
-
-    @api_call("batch", "jobs", "delete", 0)
-    def delete_namespaced_job(self, name, namespace, propagation_policy=None):
-        assert propagation_policy == "Background"  # the pods go too
-        self.jobs.pop(name)
-        self.events.append(("delete", name))
-
-    @api_call("batch", "jobs", "patch", 0)
-    def patch_namespaced_job(self, name, namespace, body):
-        assert set(body) == {"spec"} and set(body["spec"]) == {"parallelism"}  # the only field changed in place
-        self.jobs[name]["body"]["spec"]["parallelism"] = body["spec"]["parallelism"]
-        self.events.append(("patch", name))
-
-    @api_call("batch", "jobs", "list")
-    def list_namespaced_job(self, namespace, label_selector=""):
-        return SimpleNamespace(items=[self._job_object(n) for n in self.jobs])
-
-    # ---- CoreV1Api (namespaced calls only: the fake has no read_namespace, so a cluster-scoped read would fail)
-    @api_call("", "secrets", "get", 0)
-    def read_namespaced_secret(self, name, namespace):
-        if name not in self.secrets:
-            raise ApiException(status=404)
-
-    @api_call("", "configmaps", "get", 0)
-    def read_namespaced_config_map(self, name, namespace):
-        if name not in self.configmaps:
-            raise ApiException(status=404)
-        return deserialize(self.configmaps[name], "V1ConfigMap")
-
-    @api_call("", "configmaps", "create")
-    def create_namespaced_config_map(self, namespace, body):
-        assert body["immutable"] is True  # replace/patch would be refused by the API server: the launcher never tries
-        if body["metadata"]["name"] in self.configmaps:
-            raise ApiException(status=409, reason="AlreadyExists")
-        self.configmaps[body["metadata"]["name"]] = copy.deepcopy(body)
-
-    @api_call("", "pods", "list")
-    def list_namespaced_pod(self, namespace, label_selector=""):
-        uid = label_selector.split("=", 1)[1]
-        name = next(n for n, j in self.jobs.items() if j["uid"] == uid)
-        return SimpleNamespace(items=self._pods(name))
-
-    @api_call("", "pods/log", "get", 0)
-    def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None):
-        assert container == "lorascope"
-        return "\n".join(self.logs.get(name, "").splitlines()[-tail_lines:])
-
-    # ---- the fake controller
-    def _outcome(self, name):
-        return self.jobs[name]["outcome"]
-
-    def _pods(self, name):
-        j = self.jobs[name]
-        n = j["body"]["spec"]["completions"]
-        out = []
-        for i in range(n):
-            pname = f"{name}-{i}-{j['uid']}"
-            outcome = self._outcome(name)
-            if outcome != "ok" and outcome[0] == "pending":  # ("pending", index, reason, message): never starts
-                if outcome[1] == i:
-                    out.append(pod(i, pname, phase="Pending", waiting=(outcome[2], outcome[3])))
-                else:
-                    out.append(pod(i, pname, phase="Running"))
-                continue
-            if j["polls"] <= 1:
-                out.append(pod(i, pname, phase="Running"))
-                continue
-            outcome = self._outcome(name)
-            if outcome != "ok" and outcome[1] == i:
-                self.logs[pname] = outcome[3]
-                out.append(pod(i, pname, phase="Failed", exit_code=outcome[2], message=outcome[3][-200:]))
-            else:
-                out.append(pod(i, pname, phase="Succeeded", exit_code=0))
-        for p in out:
-            p.metadata.labels["batch.kubernetes.io/controller-uid"] = j["uid"]
-        return out
-
-    def _job_object(self, name):
-        j = self.jobs[name]
-        j["polls"] += 1
-        body = copy.deepcopy(j["body"])
-        body["metadata"]["uid"] = j["uid"]
-        n = body["spec"]["completions"]
-        outcome = self._outcome(name)
-        if j["polls"] <= 1 or (outcome != "ok" and outcome[0] == "pending"):
-            body["status"] = {"active": min(n, body["spec"]["parallelism"])}
-        elif outcome == "ok":
-            body["status"] = {
-                "completedIndexes": f"0-{n - 1}" if n > 2 else ",".join(map(str, range(n))),
-                "succeeded": n,
-                "conditions": [condition("Complete", "CompletionsReached")],
-            }
-        else:
-            rest = [i for i in range(n) if i != outcome[1]]
-            from lorascope.k8s.status import format_indexes
-
-            body["status"] = {
-                "completedIndexes": format_indexes(rest),
-                "failedIndexes": str(outcome[1]),
-                "conditions": [
-                    condition("FailureTarget", "FailedIndexes", "Job has failed indexes"),
-                    condition("Failed", "FailedIndexes", "Job has failed indexes"),
-                ],
-            }
-        return deserialize(body, "V1Job")
+from tests.fixtures.k8s_clients import FakeCluster
+from tests.fixtures.k8s_objects import allowed
 
 
 @pytest.fixture

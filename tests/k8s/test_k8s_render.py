@@ -11,7 +11,7 @@ from lorascope.errors import ConfigError
 from lorascope.k8s import manifests, render
 from lorascope.phases import PHASE_ORDER, get_phase
 from lorascope.study import load_study
-from tests.k8s.manifest_checks import (
+from tests.fixtures.manifests import (
     MANIFESTS,
     REPO,
     image_pinned,

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from lorascope.k8s import infra, render
-from tests.k8s.manifest_checks import REPO, load_objects, manifest_files
+from tests.fixtures.manifests import REPO, load_objects, manifest_files
 
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}
 PATTERNS = {

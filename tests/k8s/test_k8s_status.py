@@ -16,7 +16,7 @@ from lorascope.k8s.status import (
     summarize,
     table,
 )
-from tests.k8s.api_objects import HASH, RUN, condition, job, pod
+from tests.fixtures.k8s_objects import HASH, RUN, condition, job, pod
 
 
 @pytest.mark.parametrize(

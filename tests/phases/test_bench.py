@@ -15,9 +15,9 @@ from lorascope import cli
 from lorascope.analysis import verdicts
 from lorascope.phases import get_phase
 from lorascope.serving.plan import BenchPlan
-from tests.serving.bench_fixtures import commit_cells
-
-from .conftest import SMOKE, stage_run, write_study
+from tests.fixtures.runs import stage_run
+from tests.fixtures.studies import SMOKE, write_study
+from tests.fixtures.tiny_model import commit_cells
 
 TASKS3 = [{"name": t, "max_length": 64, "train_samples": 32, "eval_samples": 40} for t in ("mrpc", "sst2", "rte")]
 BENCH = {"batch_sizes": [1, 4], "requests": 8, "repeats": 2, "warmup_batches": 2}

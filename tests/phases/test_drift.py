@@ -1,200 +1,36 @@
 """The drift phase on crafted runs: reps, cells and a stage model written directly with numpy (no training, no torch
 in the phase), so the expected answers are known: a rotated copy of the base has CKA 1 (drift 0), independent noise
-has debiased CKA ~0. Also the closed-form subset CKA, the LoRA weight path, bf16 reading and the H-verdicts."""
+has debiased CKA ~0 (the runs: tests/fixtures/crafted_runs.py). Also the closed-form subset CKA, the LoRA weight path,
+bf16 reading and the H-verdicts."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from lorascope import tensorio
 from lorascope.analysis import lora as lora_math
 from lorascope.analysis import representations
 from lorascope.analysis import weights as weights_math
 from lorascope.errors import ConfigError, LorascopeError
-from lorascope.log import Logger
-from lorascope.phases import PhaseContext
-from lorascope.phases.extract import LAYERS_FILE, REPS_FILE, layer_labels, units
-from lorascope.runner import default_run_id, freeze_study, run_phase_index
-from lorascope.store import Store
+from lorascope.phases.extract import REPS_FILE, units
+from lorascope.runner import run_phase_index
 from lorascope.study import load_study
-from tests.phases.conftest import write_study
-
-N, D, L = 64, 24, 3  # examples, hidden size, hidden-state entries (embeddings, layer_1, final_norm)
-HIDDEN, INTER, BLOCKS = 16, 24, 2  # the crafted model's weights
-SEEDS = [42, 1337, 2024]
-
-
-def _orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
-
-
-# ------------------------------------------------------------------------------------------------ crafting a run
-def crafted_study(folder: Path, **update) -> Path:
-    base = {
-        "name": "crafted",
-        "tasks": [{"name": "mrpc", "metric": "f1", "max_length": 64}, {"name": "rte", "metric": "accuracy", "max_length": 64}],
-        "seeds": SEEDS,
-        "extraction": {"examples": N, "batch_size": 8},
-        "methods": [{"name": "full", "kind": "full"},
-                    {"name": "lora", "kind": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}],
-    }  # fmt: skip
-    for k, v in update.items():
-        base[k] = v
-    return write_study(folder, **base)
-
-
-def crafted_context(folder: Path, store_url: str | None = None, **update) -> PhaseContext:
-    study = load_study(crafted_study(folder, **update))
-    store = Store.open(store_url or str(folder / "store"), code_version="test")
-    run_id = default_run_id(study)
-    freeze_study(store, run_id, study)
-    return PhaseContext(study, store, run_id, folder / "work", {}, Logger(run=run_id))
-
-
-def _linear_shapes() -> dict[str, tuple[int, int]]:
-    return {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (8, HIDDEN), "self_attn.v_proj": (8, HIDDEN),
-            "self_attn.o_proj": (HIDDEN, HIDDEN), "mlp.gate_proj": (INTER, HIDDEN), "mlp.up_proj": (INTER, HIDDEN),
-            "mlp.down_proj": (HIDDEN, INTER)}  # fmt: skip
-
-
-def base_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {f"model.layers.{b}.{m}.weight": (rng.standard_normal(shape) * 0.2).astype(np.float32)
-           for b in range(BLOCKS) for m, shape in _linear_shapes().items()}  # fmt: skip
-    out["model.embed_tokens.weight"] = rng.standard_normal((32, HIDDEN)).astype(np.float32)
-    out["model.norm.weight"] = np.ones(HIDDEN, dtype=np.float32)
-    return out
-
-
-def commit_stage(ctx: PhaseContext, tmp: Path) -> dict[str, np.ndarray]:
-    w = base_weights()
-    folder = tmp / "stage" / "model"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(w, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": HIDDEN}))
-    with ctx.writer("stage", phase="stage", meta={"model": {"commit_sha": "crafted"}, "dataset_fingerprint": "crafted"}) as wr:
-        wr.add_dir(folder, prefix="model")
-    return w
-
-
-def commit_cell(ctx: PhaseContext, tmp: Path, cell, base: dict[str, np.ndarray], metric: float) -> None:
-    rng = np.random.default_rng([cell.index, 7])
-    out = tmp / "cells" / cell.name
-    method = ctx.study.method(cell.method)
-    if method.kind == "full":
-        sub = out / "model"
-        sub.mkdir(parents=True, exist_ok=True)
-        w = {k: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.05) for k, v in base.items()}
-        save_file(w, str(sub / "model.safetensors"))
-        (sub / "config.json").write_text("{}")
-    else:
-        sub = out / "adapter"
-        sub.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for b in range(BLOCKS):
-            for m in method.target_modules:
-                rows, cols = _linear_shapes()[f"self_attn.{m}"]
-                key = f"base_model.model.model.layers.{b}.self_attn.{m}"
-                tensors[f"{key}.lora_A.weight"] = rng.standard_normal((method.r, cols)).astype(np.float32) * 0.3
-                tensors[f"{key}.lora_B.weight"] = rng.standard_normal((rows, method.r)).astype(np.float32) * 0.3
-        save_file(tensors, str(sub / "adapter_model.safetensors"))
-        (sub / "adapter_config.json").write_text(json.dumps({"r": method.r, "lora_alpha": method.alpha, "use_rslora": False,
-                                                             "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False}))  # fmt: skip
-    # validation predictions: balanced labels; the cell is wrong on the first round((1 - metric) N) examples of one
-    # fixed order (nested error sets, as similar models have), so its accuracy is that fraction
-    labels = np.arange(N) % 2
-    wrong = np.random.default_rng(99).permutation(N)[: int(round((1 - metric) * N))]
-    preds = labels.copy()
-    preds[wrong] = 1 - preds[wrong]
-    tp, fp, fn = int(((preds == 1) & (labels == 1)).sum()), int(((preds == 1) & (labels == 0)).sum()), int(((preds == 0) & (labels == 1)).sum())
-    metrics = {"cell": cell.name, "task": cell.task, "method": cell.method, "seed": cell.seed,
-               "validation": {"accuracy": float((preds == labels).mean()), "f1": 2 * tp / (2 * tp + fp + fn), "loss": 0.5, "n": N}}  # fmt: skip
-    # the cost fields the train phase writes (analysis/costs.py), plausible and distinct per cell
-    trainable = 20_000 if method.kind == "full" else 64 * method.r * BLOCKS
-    metrics.update(method_kind=method.kind, trainable_params=trainable, total_params=20_000, trainable_bytes=4 * trainable,
-                   artifact_bytes=4 * trainable + 512, tokens_per_second=1000.0 + 10 * cell.index,
-                   peak_memory_bytes=(300 + cell.index) * 2**20, peak_memory_kind="process_peak_rss",
-                   train_seconds=5.0 + cell.index)  # fmt: skip
-    rows = "".join(json.dumps({"idx": i, "label": int(y), "pred": int(p), "logits": [0.0, float(p)]}) + "\n"
-                   for i, (y, p) in enumerate(zip(labels, preds, strict=True)))  # fmt: skip
-    with ctx.writer("cells", cell.name, phase="train") as w:
-        w.add_dir(sub, prefix=sub.name)
-        w.add_json("metrics.json", metrics)
-        w.add_bytes("predictions.jsonl", rows.encode())
-
-
-def commit_reps(ctx: PhaseContext, tmp: Path, model: str, task: str, mean: np.ndarray, last: np.ndarray, idx=None) -> None:
-    folder = tmp / "reps" / model / task
-    folder.mkdir(parents=True, exist_ok=True)
-    idx = np.arange(100, 100 + mean.shape[1], dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
-    save_file({"mean": mean.astype(np.float32), "last": last.astype(np.float32), "idx": idx}, str(folder / REPS_FILE))
-    (folder / LAYERS_FILE).write_text(json.dumps({"labels": layer_labels(mean.shape[0]), "idx": idx.tolist()}))
-    meta = {"model": model, "task": task, "device": "cpu", "forward_seconds": 0.0,
-            "hardware": {"cpu_model": "crafted", "cpu_cores_usable": 2}, "versions": {"numpy": np.__version__}}  # fmt: skip
-    with ctx.writer("reps", model, task, phase="extract", meta=meta) as w:
-        w.add_file(REPS_FILE, folder / REPS_FILE)
-        w.add_file(LAYERS_FILE, folder / LAYERS_FILE)
-
-
-DEFAULT_METRICS = {"full": [0.81, 0.80, 0.81], "lora": [0.80, 0.81, 0.80]}
-
-
-def craft_run(folder: Path, lora: str = "rotated", full: str = "noise", metrics=None, store_url: str | None = None,
-              constant_last_embedding: bool = False, **update) -> PhaseContext:  # fmt: skip
-    """A run with stage, cells and reps committed. Base reps: low-rank structure plus noise, with a large common mean
-    (as LM states have). A method's reps are `rotated` (the base times a random orthogonal matrix, scaled),
-    `noise` (independent Gaussians), `mixed` (base + noise, per seed: moved in seed-specific directions), `moved` (a
-    shrunk base plus one change shared by every seed of the method, plus a little seed noise: drift well above the
-    seed noise floor) or `base` (the base's own states: did not move)."""
-    metrics = metrics or DEFAULT_METRICS
-    ctx = crafted_context(folder, store_url, **update)
-    base_w = commit_stage(ctx, folder)
-    rng = np.random.default_rng(0)
-    for task in [t.name for t in ctx.study.tasks]:
-        shared = {p: rng.standard_normal((L, N, D)) for p in ("mean", "last")}
-        Z = rng.standard_normal((N, 6))
-        base = {p: np.stack([Z @ rng.standard_normal((6, D)) + 0.3 * rng.standard_normal((N, D)) + 5.0 for _ in range(L)])
-                for p in ("mean", "last")}  # fmt: skip
-        if constant_last_embedding:  # every example ends with the same token: its embedding is one vector
-            base["last"][0] = base["last"][0, :1]
-        commit_reps(ctx, folder, "base", task, base["mean"], base["last"])
-        for cell in [c for c in ctx.study.cells() if c.task == task]:
-            how = lora if cell.method == "lora" else full
-            reps = {}
-            for p in ("mean", "last"):
-                if how == "rotated":
-                    reps[p] = np.stack([2.0 * base[p][li] @ _orthogonal(D, rng) for li in range(L)])
-                elif how == "noise":
-                    reps[p] = rng.standard_normal((L, N, D)) + 5.0
-                elif how == "moved":
-                    reps[p] = 0.3 * base[p] + 1.5 * shared[p] + 0.1 * rng.standard_normal((L, N, D))
-                elif how == "base":
-                    reps[p] = base[p].copy()
-                else:
-                    reps[p] = base[p] + 0.5 * rng.standard_normal((L, N, D))
-            if constant_last_embedding:
-                reps["last"][0] = reps["last"][0, :1]
-            commit_reps(ctx, folder, cell.name, task, reps["mean"], reps["last"])
-            commit_cell(ctx, folder, cell, base_w, metrics[cell.method][SEEDS.index(cell.seed)])
-    return ctx
-
-
-def run_drift(ctx: PhaseContext) -> dict:
-    run_phase_index(ctx, "drift", 0)
-    return ctx.require("drift").read_json("summary.json")
-
-
-def read_csv(ctx: PhaseContext, name: str) -> list[dict]:
-    return list(tensorio.iter_rows(ctx.require("drift").read_bytes(name)))
+from tests.fixtures.crafted_runs import (
+    BLOCKS,
+    SEEDS,
+    L,
+    commit_bench,
+    commit_reps,
+    craft_run,
+    crafted_study,
+    read_csv,
+    run_drift,
+)
 
 
 @pytest.fixture(scope="module")
@@ -372,24 +208,6 @@ def test_h2_from_a_committed_bench_bundle(tmp_path):
     assert h2["verdict"] == bench["verdict"]
 
 
-def commit_bench(ctx: PhaseContext, per_repeat: dict[str, list[float]], regime: str | None = None) -> None:
-    """A bench summary whose separate mode is the given % slower than merged (5 ms per batch) in each repeat, with
-    its H2 computed by the bench phase's function."""
-    from lorascope.analysis import verdicts
-
-    configs = []
-    for mode in ("merged", "separate"):
-        for bs, pct in per_repeat.items():
-            ms = [5.0] * len(pct) if mode == "merged" else [5.0 * (1 + p / 100) for p in pct]
-            configs.append({"mode": mode, "order": "single", "batch_size": int(bs), "regime": regime,
-                            "latency_batch_ms": {"mean": float(np.mean(ms)), "p50": 5.0}, "mean_batch_ms_per_repeat": ms,
-                            "throughput_rps": {"mean": 100.0}})  # fmt: skip
-    summary = {"backend": "hf", "device": "cpu", "device_name": "crafted", "dtype": "float32", "configs": configs,
-               "protocol": {"confidence": 0.95}, "h2": verdicts.h2_summary(configs, ctx.study.hypotheses.h2_max_overhead_pct)}  # fmt: skip
-    with ctx.writer("bench", "hf", phase="bench") as w:
-        w.add_json("summary.json", summary)
-
-
 def test_example_ids_must_match(tmp_path):
     ctx = craft_run(tmp_path)
     cell = ctx.study.cells()[0]
@@ -467,7 +285,7 @@ def test_adapter_delta_equals_peft_merge(tmp_path):
 
     from lorascope.models import builtin, loading
     from lorascope.study import LoraMethod
-    from tests.serving.bench_fixtures import make_adapter
+    from tests.fixtures.tiny_model import make_adapter
 
     base_dir = builtin.build_tiny_llama(tmp_path / "base")
     method = LoraMethod(r=4, alpha=12, target_modules=["q_proj", "v_proj"])

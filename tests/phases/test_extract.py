@@ -16,8 +16,9 @@ from lorascope import data
 from lorascope.models import loading
 from lorascope.phases import extract, get_phase
 from lorascope.runner import run_phase_index
-from tests.phases.conftest import Run, write_study
-from tests.serving.bench_fixtures import commit_cells, commit_stage
+from tests.fixtures.runs import Run
+from tests.fixtures.studies import write_study
+from tests.fixtures.tiny_model import commit_cells, commit_stage
 
 N_EXAMPLES = 24
 CELLS = ["mrpc-full-s42", "mrpc-full-s7", "mrpc-lora-s42", "mrpc-lora-s7"]  # grid order: method, then seed

@@ -1,11 +1,10 @@
-"""The report phase on crafted drift runs (tests/phases/test_drift.py): every number the report prints is a value of
+"""The report phase on crafted drift runs (tests/fixtures/crafted_runs.py): every number the report prints is a value of
 its numbers (the drift summary), figures exist, the smoke banner shows, H2 is re-read from a bench bundle committed
 after drift, and `lorascope report DIR` works on a folder made by `pull`, copying to LORASCOPE_REPORT_DIR."""
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 
 import numpy as np
@@ -16,11 +15,10 @@ from lorascope.phases import report as report_phase
 from lorascope.reporting import markdown
 from lorascope.runner import run_phase_index
 from lorascope.store import Store, pull
-from tests.phases.test_drift import commit_bench, craft_run, run_drift
+from tests.fixtures.crafted_runs import commit_bench, craft_run, run_drift
+from tests.fixtures.report_numbers import NUMBER, unmatched_numbers
 
 PNG = b"\x89PNG\r\n\x1a\n"
-NUMBER = re.compile(r"(?<![\w.\-/])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
-FORMULAS = ("1 - CKA", "100 (FT - method)", "Song et al. 2012")  # formula constants and a citation, not results
 
 
 @pytest.fixture(scope="module")
@@ -31,41 +29,6 @@ def reported(tmp_path_factory):
     run_phase_index(ctx, "report", 0)
     b = ctx.require("report")
     return ctx, drift_summary, b.read_bytes(report_phase.REPORT_FILE).decode(), b.read_json("summary.json"), b
-
-
-def _leaves(x, out):
-    if isinstance(x, dict):
-        for v in x.values():
-            _leaves(v, out)
-    elif isinstance(x, list):
-        for v in x:
-            _leaves(v, out)
-    elif isinstance(x, bool) or x is None:
-        pass
-    else:
-        out.append(x)
-    return out
-
-
-def _printed_as(token: str, value) -> bool:
-    """Is `token` `value` rounded the way the report prints numbers?"""
-    if isinstance(value, str):
-        return False
-    if "e" in token:
-        return f"{value:.1e}" == token
-    if "." in token:
-        return f"{value:.{len(token.split('.')[1])}f}" == token
-    return (isinstance(value, int) and str(value) == token) or (isinstance(value, float) and f"{value:.0f}" == token)
-
-
-def unmatched_numbers(md: str, numbers: dict) -> list[str]:
-    """Numbers printed in the report (provenance excepted: ids, versions, dates) that no value of `numbers` rounds to."""
-    body = md.split("## Provenance")[0]
-    strings = sorted({s for s in _leaves(numbers, []) if isinstance(s, str) and len(s) > 12}, key=len, reverse=True)
-    for s in [*strings, *FORMULAS]:
-        body = body.replace(s, " ")
-    values = [v for v in _leaves(numbers, []) if not isinstance(v, str)]
-    return [t for t in NUMBER.findall(body) if not any(_printed_as(t, v) for v in values)]
 
 
 def test_every_number_in_the_report_comes_from_the_summary(reported):

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from lorascope import cli, tensorio, training
+from lorascope import tensorio, training
 from lorascope.log import Logger
 from lorascope.models import artifacts
 from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id
 from lorascope.store import Store
 from lorascope.study import load_study
-from tests.conftest import machine_paths_in
+from tests.fixtures.runs import machine_paths_in
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +61,13 @@ def expected_trainable(method, cfg) -> int:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke-methods")
-    store = str(tmp / "store")
-    rc = cli.main(["run", "--study", str(STUDY), "--store", store, "--work-dir", str(tmp / "work"), "--jobs", "1"])
-    assert rc == 0
+def run(smoke_runs):
+    """`lorascope run --study jobs/smoke-methods.yaml --jobs 1` into a fresh store, made once per session (in the
+    background while other tests run: tests/fixtures/smoke_runs.py)."""
+    made = smoke_runs.get("smoke-methods")
     study = load_study(STUDY)
-    ctx = PhaseContext(study, Store.open(store), default_run_id(study), tmp / "read", {"LORASCOPE_TORCH_THREADS": "1"},
-                       Logger())  # fmt: skip
+    ctx = PhaseContext(study, Store.open(str(made.store)), default_run_id(study), made.root / "read",
+                       {"LORASCOPE_TORCH_THREADS": "1"}, Logger())  # fmt: skip
     return study, ctx
 
 

@@ -18,8 +18,8 @@ from lorascope import training
 from lorascope.history import check_history
 from lorascope.models import artifacts
 from lorascope.phases import get_phase, train
-
-from .conftest import stage_run, write_study
+from tests.fixtures.runs import stage_run
+from tests.fixtures.studies import write_study
 
 PHASE = get_phase("train")
 

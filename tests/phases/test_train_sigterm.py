@@ -14,8 +14,8 @@ import time
 import pytest
 
 from lorascope.termination import EXIT_TERMINATED, Terminated, Termination, installed
-
-from .conftest import stage_run, write_study
+from tests.fixtures.runs import stage_run
+from tests.fixtures.studies import write_study
 
 # the resume study of test_train.py: 320 MRPC examples, 40 steps an epoch, a checkpoint every 8 steps, 2 epochs (80)
 SIGTERM_STUDY = {

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_model.staging import RealRun, stage_smollm2
+from tests.fixtures.smollm2 import N_EXTRACT, STEPS, RealRun, stage_smollm2
 
-N_EXTRACT = 48
-STEPS = 4
 # a one-task slice of jobs/real-mini.yaml (same model, hyperparameters and data), two seeds so the train phase can
 # run a cell (mrpc-lora-s7) next to the two trained here (mrpc-full-s42, mrpc-lora-s42)
 SMALL = {

@@ -19,15 +19,12 @@ from lorascope.errors import LorascopeError
 from lorascope.models import hub, loading, smollm2
 from lorascope.models.pooling import masked_mean
 from lorascope.phases import extract
-from tests.real_model.conftest import N_EXTRACT, STEPS
+from tests.fixtures.smollm2 import N_EXTRACT, SAFETENSORS_SHA256, STEPS
 
 # the session fixture (conversion, 8 training steps of a 135M model, 3 extractions) runs inside the first test that
 # uses it: ~6 min on a loaded 2-core machine, so more than the suite's default 600 s timeout per test
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1500)]
 
-# model.safetensors after conversion with the pinned transformers 5.23.0 + gguf 0.19.0 (two conversions are
-# bit-identical). A change means the conversion (or a pinned version) changed what the study's base model is.
-SAFETENSORS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
 # Ordinary English prose, not from any fixture: a pretrained 135M model predicts it well, a random one cannot.
 PARAGRAPH = (
     "The village sits at the edge of a wide valley, where the river turns south toward the sea. Every morning the "
@@ -228,7 +225,7 @@ def test_report_banner_names_the_quantised_model_not_the_random_one():
 
 def test_real_mini_study_is_the_smoke_grid_on_smollm2():
     from lorascope.study import load_study
-    from tests.real_model.staging import REAL_MINI, REPO
+    from tests.fixtures.smollm2 import REAL_MINI, REPO
 
     real, smoke = load_study(REAL_MINI), load_study(REPO / "jobs" / "smoke.yaml")
     assert real.model.name == "builtin:smollm2-135m" and real.model.dtype == "float32"

@@ -12,13 +12,13 @@ import pytest
 
 from lorascope.analysis import pareto
 from lorascope.reporting import figures, markdown
-from tests.analysis.test_costs_pareto import _summary
+from tests.fixtures.summaries import methods_summary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _numbers(n_methods: int, forgetting: bool = False, published=None) -> dict:
-    s = _summary(n_methods, forgetting)
+    s = methods_summary(n_methods, forgetting)
     methods = [NS(name="full", kind="full"), *[NS(name=f"lora-r{2**i}", kind="lora", r=2**i, alpha=16, target_modules=["q", "v"])
                                                for i in range(n_methods - 1)]]  # fmt: skip
     s["pareto"] = pareto.pareto_section(s, methods)
@@ -87,7 +87,7 @@ def test_markdown_lists_the_front_and_the_sweeps():
 
 
 def test_forgetting_table_prints_the_summary_values():
-    from tests.phases.test_report import unmatched_numbers
+    from tests.fixtures.report_numbers import unmatched_numbers
 
     n = _numbers(3, forgetting=True)
     n["settings"]["measures"] = ["linear", "debiased"]

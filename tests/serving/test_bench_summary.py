@@ -12,7 +12,7 @@ import pytest
 from lorascope.analysis import verdicts
 from lorascope.log import Logger
 from lorascope.serving import bench_summary, protocol
-from tests.serving.test_protocol import SETTINGS, ScriptedServer, _run
+from tests.fixtures.scripted import SETTINGS, ScriptedServer, run_config
 
 MACHINE = {"device": "cpu", "device_name": "x86_64", "torch_threads": 1, "versions": {"torch": "2.13.0+cpu"}}
 
@@ -27,7 +27,7 @@ def _plan() -> SimpleNamespace:
 def _runs(pools) -> list[protocol.ConfigRun]:
     ms = {"full": 2.0, "merged": 2.0, "separate": 3.0, "multi-2": 3.3}
     plan = _plan()
-    return [_run(ScriptedServer(m, ms[m]), pools, m, o, ["mrpc", "sst2"] if m == "multi-2" else ["mrpc"], bs, SETTINGS)
+    return [run_config(ScriptedServer(m, ms[m]), pools, m, o, ["mrpc", "sst2"] if m == "multi-2" else ["mrpc"], bs, SETTINGS)
             for m in plan.modes for o in plan.orders(m) for bs in plan.batch_sizes]  # fmt: skip
 
 

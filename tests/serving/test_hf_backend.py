@@ -15,7 +15,7 @@ from lorascope import data
 from lorascope.models import builtin, loading
 from lorascope.serving import PROB_TOLERANCE, hf_backend, protocol, workload
 from lorascope.study import LoraMethod
-from tests.serving.bench_fixtures import GLUE_FIXTURES, make_adapter
+from tests.fixtures.tiny_model import GLUE_FIXTURES, make_adapter
 
 TASKS = ["mrpc", "sst2", "rte"]
 CPU = torch.device("cpu")

@@ -1,5 +1,5 @@
 """serving.protocol: repeats, warm-up, raw rows and summaries, overheads, the H2 verdict and the correctness checks,
-driven by a scripted server whose every batch takes a known time."""
+driven by a scripted server whose every batch takes a known time (tests/fixtures/scripted.py)."""
 
 from __future__ import annotations
 
@@ -7,56 +7,13 @@ import numpy as np
 import pytest
 
 from lorascope.analysis import verdicts
-from lorascope.log import Logger
 from lorascope.serving import protocol, workload
-
-
-class ScriptedServer:
-    """A server whose latency is set by a fake clock: each batch costs `ms_per_request * len(batch)` ms."""
-
-    def __init__(self, mode: str, ms_per_request: float) -> None:
-        self.mode = mode
-        self.ms = ms_per_request
-        self.served: list[int] = []
-        self.syncs = 0
-        self.resets = 0
-        self.switched: list[str] = []
-        self.now = 0
-
-    def clock(self) -> int:
-        return self.now
-
-    def serve(self, batch):
-        self.served.append(len(batch))
-        self.now += int(self.ms * len(batch) * 1e6)
-        return np.array([[float(q.idx), -float(q.idx)] for q in batch])
-
-    def sync(self) -> None:
-        self.syncs += 1
-
-    def reset_peak(self) -> None:
-        self.resets += 1
-
-    def peak_memory(self) -> dict:
-        return {"gpu_peak_allocated_bytes": None, "rss_bytes": 123}
-
-    def switch(self, task: str) -> None:
-        self.switched.append(task)
-
-
-def _run(server, pools, mode, order, tasks, bs, settings):
-    run = protocol.new_config(mode, order, bs, tasks, pools, settings)
-    for r in range(settings.repeats):
-        protocol.run_repeat(server, run, Logger(), harness=r == settings.repeats - 1, clock=server.clock)
-    return run
-
-
-SETTINGS = protocol.Settings(batch_sizes=(1, 4), warmup_batches=3, requests=10, repeats=3, seed=42)
+from tests.fixtures.scripted import SETTINGS, ScriptedServer, run_config
 
 
 def test_repeats_warmup_and_summary_values(pools):
     server = ScriptedServer("merged", ms_per_request=2.0)
-    run = _run(server, pools, "merged", "single", ["mrpc"], 4, SETTINGS)
+    run = run_config(server, pools, "merged", "single", ["mrpc"], 4, SETTINGS)
     # per repeat: 3 warm-up batches (untimed) + ceil(10/4) = 3 timed batches of 4
     assert server.served == [4] * 6 * 3
     assert server.resets == 3 and len(run.peak) == 3
@@ -77,7 +34,7 @@ def test_summary_intervals_are_the_log_scale_ones_computed_once(pools):
     """Every interval over repeats in a config summary is `verdicts.positive_interval` (log scale, never below 0):
     the summary is the only place that computes them, nobody overwrites them later."""
     server = ScriptedServer("separate", ms_per_request=2.0)
-    run = _run(server, pools, "separate", "single", ["mrpc"], 4, SETTINGS)
+    run = run_config(server, pools, "separate", "single", ["mrpc"], 4, SETTINGS)
     run.seconds = [[0.001, 0.001, 0.001], [0.004, 0.005, 0.006], [0.060, 0.001, 0.002]]  # a wide spread over repeats
     s = protocol.config_summary(run, 0.95)
     ms = [1e3 * float(np.mean(r)) for r in run.seconds]
@@ -96,7 +53,7 @@ def test_summary_intervals_are_the_log_scale_ones_computed_once(pools):
 
 def test_raw_rows_carry_every_timed_request(pools):
     server = ScriptedServer("multi-3", ms_per_request=1.0)
-    run = _run(server, pools, "multi-3", "rr", ["mrpc", "sst2", "rte"], 4, SETTINGS)
+    run = run_config(server, pools, "multi-3", "rr", ["mrpc", "sst2", "rte"], 4, SETTINGS)
     reqs = protocol.request_rows("hf", run)
     assert len(reqs) == 12 * 3
     last = [r for r in reqs if r["repeat"] == 2]
@@ -119,7 +76,7 @@ def test_overheads_and_h2_from_config_summaries(pools):
     for mode, ms in (("merged", 2.0), ("separate", 2.5), ("full", 2.0)):
         for bs in (1, 4):
             server = ScriptedServer(mode, ms * (1.5 if (mode == "separate" and bs == 4) else 1.0))
-            configs.append(protocol.config_summary(_run(server, pools, mode, "single", ["mrpc"], bs, SETTINGS), 0.95))
+            configs.append(protocol.config_summary(run_config(server, pools, mode, "single", ["mrpc"], bs, SETTINGS), 0.95))
     assert {c["regime"] for c in configs} == {"eager"}
     sep = verdicts.overheads(configs, lambda c: c["mode"] == "separate", lambda c: c["mode"] == "merged")
     assert sep["1"]["pct"] == pytest.approx(25.0) and sep["4"]["pct"] == pytest.approx(87.5)
@@ -170,22 +127,18 @@ class ShiftedServer(ScriptedServer):
         return out
 
 
-def _regime_run(server, pools, mode, bs, regime):
-    run = protocol.new_config(mode, "single", bs, ["mrpc"], pools, SETTINGS, regime=regime)
-    for r in range(SETTINGS.repeats):
-        protocol.run_repeat(server, run, Logger(), harness=r == SETTINGS.repeats - 1, clock=server.clock)
-    return run
-
-
 def test_regimes_agree_compares_each_mode_with_itself_eager(pools):
-    eager = [_regime_run(ScriptedServer(m, 2.0), pools, m, bs, "eager") for m in ("merged", "separate") for bs in (1, 4)]
+    eager = [run_config(ScriptedServer(m, 2.0), pools, m, "single", ["mrpc"], bs, SETTINGS, regime="eager")
+             for m in ("merged", "separate") for bs in (1, 4)]  # fmt: skip
     assert protocol.regimes_agree(eager, 1e-4) is None  # one regime: nothing to compare
-    same = [_regime_run(ScriptedServer("merged", 1.0), pools, "merged", bs, "compiled") for bs in (1, 4)]
+    same = [run_config(ScriptedServer("merged", 1.0), pools, "merged", "single", ["mrpc"], bs, SETTINGS, regime="compiled")
+            for bs in (1, 4)]  # fmt: skip
     r = protocol.regimes_agree(eager + same, 1e-4)
     assert r["ok"] and set(r["modes"]) == {"merged"} and r["max_prob_diff"] == 0.0
     assert r["requests"] == sum(len(b) for run in same for b in run.batches)
     idx = same[0].batches[0][0].idx  # one request of the compiled runs answered differently
-    off = [_regime_run(ShiftedServer("merged", 1.0, shift=-2 * idx - 5.0, idx=idx), pools, "merged", bs, "compiled")
+    off = [run_config(ShiftedServer("merged", 1.0, shift=-2 * idx - 5.0, idx=idx), pools, "merged", "single", ["mrpc"], bs,
+                      SETTINGS, regime="compiled")
            for bs in (1, 4)]  # fmt: skip
     bad = protocol.regimes_agree(eager + off, 1e-4)
     assert not bad["ok"] and bad["argmax_mismatches"] >= 1 and bad["modes"]["merged"]["worst"]["idx"] == idx

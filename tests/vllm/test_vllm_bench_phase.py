@@ -14,8 +14,9 @@ import torch  # noqa: E402
 from lorascope import cli  # noqa: E402
 from lorascope.serving import vllm_backend  # noqa: E402
 from lorascope.serving.plan import BenchPlan  # noqa: E402
-from tests.phases.conftest import stage_run, write_study  # noqa: E402
-from tests.serving.bench_fixtures import commit_cells  # noqa: E402
+from tests.fixtures.runs import stage_run  # noqa: E402
+from tests.fixtures.studies import write_study  # noqa: E402
+from tests.fixtures.tiny_model import commit_cells  # noqa: E402
 
 TASKS = ("mrpc", "sst2", "rte")
 KV = 32 * 2**20

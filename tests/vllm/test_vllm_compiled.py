@@ -23,7 +23,7 @@ from lorascope.models import builtin  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
-from tests.serving.bench_fixtures import make_adapter  # noqa: E402
+from tests.fixtures.tiny_model import make_adapter  # noqa: E402
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 KV = 32 * 2**20
@@ -83,8 +83,9 @@ def test_bench_phase_times_merged_compiled_and_eager(tmp_path):
     eager ones and HF's; the summary has the compiled/eager ratio and H2 comes from the regime with separate."""
     from lorascope import cli
     from lorascope.serving.plan import BenchPlan
-    from tests.phases.conftest import stage_run, write_study
-    from tests.serving.bench_fixtures import commit_cells
+    from tests.fixtures.runs import stage_run
+    from tests.fixtures.studies import write_study
+    from tests.fixtures.tiny_model import commit_cells
 
     bench = {"backends": ["vllm"], "modes": ["merged", "separate"], "vllm_regimes": ["compiled", "eager"],
              "batch_sizes": [4], "requests": 8, "repeats": 2, "warmup_batches": 2, "kv_cache_memory_bytes": KV}  # fmt: skip

@@ -36,7 +36,7 @@ from lorascope.phases.bench import resolve_dtype  # noqa: E402
 from lorascope.serving import hf_backend, vllm_backend  # noqa: E402
 from lorascope.serving.plan import BenchPlan  # noqa: E402
 from lorascope.study import LoraMethod, load_study  # noqa: E402
-from tests.serving.bench_fixtures import make_adapter  # noqa: E402
+from tests.fixtures.tiny_model import make_adapter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN_PYTHON = REPO / ".venv" / "bin" / "python"

@@ -24,7 +24,7 @@ from lorascope.models import builtin, loading  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
-from tests.serving.bench_fixtures import make_adapter, make_full_model  # noqa: E402
+from tests.fixtures.tiny_model import make_adapter, make_full_model  # noqa: E402
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 TASKS = ("mrpc", "sst2", "rte")

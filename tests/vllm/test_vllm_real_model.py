@@ -23,8 +23,8 @@ from lorascope.models import loading  # noqa: E402
 from lorascope.serving import hf_backend, protocol, vllm_backend  # noqa: E402
 from lorascope.serving.workload import Request  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
-from tests.real_model.staging import smollm2_model_dir  # noqa: E402
-from tests.serving.bench_fixtures import GLUE_FIXTURES, make_adapter  # noqa: E402
+from tests.fixtures.smollm2 import smollm2_model_dir  # noqa: E402
+from tests.fixtures.tiny_model import GLUE_FIXTURES, make_adapter  # noqa: E402
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 PROB_TOL = 1e-4  # float32 through 30 layers: summation order differs between vLLM's and torch's kernels

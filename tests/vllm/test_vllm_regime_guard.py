@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from lorascope.models import builtin  # noqa: E402
 from lorascope.serving import hf_backend, vllm_backend  # noqa: E402
 from lorascope.study import LoraMethod  # noqa: E402
-from tests.serving.bench_fixtures import make_adapter  # noqa: E402
+from tests.fixtures.tiny_model import make_adapter  # noqa: E402
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
