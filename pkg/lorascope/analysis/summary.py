@@ -58,8 +58,8 @@ def encoder_of(config_json: Any) -> bool | None:
     import json
     from pathlib import Path
 
-    from lorascope import families
     from lorascope.errors import ConfigError
+    from lorascope.models import families
 
     try:
         return families.family_of(json.loads(Path(config_json).read_text())).encoder

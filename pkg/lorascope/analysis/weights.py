@@ -200,7 +200,7 @@ def summarize_modules(items: Iterable[tuple[str, object, object]], k: int = 10, 
 
 # ------------------------------------------------------------------------------------------------ weight names
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# the block lists of the families lorascope supports (lorascope.families: Llama-likes `model.layers.<i>`, RoBERTa and
+# the block lists of the families lorascope supports (lorascope.models.families: Llama-likes `model.layers.<i>`, RoBERTa and
 # BERT `roberta.encoder.layer.<i>`); written here too because analysis/ imports nothing of the torch side
 BLOCK_LISTS = ("layers", "layer", "h")  # GPT-2: `transformer.h.<i>`
 # an encoder's block linears, by their path inside the block (RoBERTa/BERT: `output.dense` and

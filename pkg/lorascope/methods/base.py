@@ -47,7 +47,7 @@ from lorascope.registry import Registry
 from lorascope.schema import Strict
 
 # Target lists name modules by role (q k v o gate up down), group (attention, mlp), `all-linear`, or a module's own
-# name (PEFT's suffix rule); lorascope.families.resolve_targets turns them into the exact names of a loaded model.
+# name (PEFT's suffix rule); lorascope.models.families.resolve_targets turns them into the exact names of a loaded model.
 # A bare string is a one-entry list (`target_modules: all-linear`).
 Targets = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 

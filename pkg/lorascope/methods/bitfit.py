@@ -34,7 +34,7 @@ class BitFitMethod(MethodConfig):
 def bitfit_parameters(model: Any, train: list[str], field_path: str) -> set[str]:
     """The bias terms and/or the norm parameters (`train`), plus the classifier head. A model without bias terms
     outside its head (Llama, Mistral, Gemma) asked for `bias` is a ConfigError: there is nothing to tune."""
-    from lorascope import families
+    from lorascope.models import families
 
     fam = families.family_of(model)
     groups = families.parameter_groups(model)

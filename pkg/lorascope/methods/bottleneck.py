@@ -121,7 +121,7 @@ def _wrap(module: Any, adapter: Any) -> None:
 def bottleneck_targets(model: Any, placement: str, field_path: str) -> list[str]:
     """The exact names of the modules whose outputs get an adapter (`families.resolve_targets` of the placement's
     roles), in block order."""
-    from lorascope import families
+    from lorascope.models import families
 
     return families.resolve_targets(model, list(PLACEMENT_ROLES[placement]), f"{field_path}.placement")
 
@@ -157,7 +157,7 @@ class BottleneckKind(MethodKind):
     def apply(self, model: Any, config: Any, overrides: Mapping[str, Any], field_path: str) -> Any:
         """Adapters after the placement's modules (their `down` drawn from torch's global RNG: seed before), and
         requires_grad on exactly the adapters and the classifier head."""
-        from lorascope import families
+        from lorascope.models import families
 
         self.check(model, config, field_path)
         targets = bottleneck_targets(model, config.placement, field_path)

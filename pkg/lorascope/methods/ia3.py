@@ -35,7 +35,7 @@ class Ia3Method(MethodConfig):
 def ia3_targets(model: Any, method: Any, where: str) -> tuple[list[str], list[str]]:
     """(exact target names, exact feed-forward names) of an IA3 method: `feedforward_modules` null = the targets that
     are the down projection; given, each must be among the targets (IA3 scales its input instead of its output)."""
-    from lorascope import families
+    from lorascope.models import families
 
     targets = families.resolve_targets(model, list(method.target_modules), f"{where}.target_modules")
     if method.feedforward_modules is None:

@@ -14,7 +14,7 @@ LORA_LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D
 def check_adaptable(model: Any, targets: list[str], field_path: str, kind: str) -> None:
     """Each target names modules of `model` (`families.resolve_targets`) of a type PEFT can wrap; ConfigError naming
     `field_path`.target_modules, the target and the layers the kind can adapt otherwise."""
-    from lorascope import families
+    from lorascope.models import families
 
     modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
     for target in targets:
@@ -33,7 +33,7 @@ def peft_target_names(model: Any, exact: list[str]) -> list[str]:
     names (`q_proj`) when they select exactly those modules (so an adapter of `[q_proj, v_proj]` is written as
     before, which vLLM and older readers expect), else the exact names."""
     short = sorted({n.rsplit(".", 1)[-1] for n in exact})
-    from lorascope import families
+    from lorascope.models import families
 
     inside = {n for n, _, _, _ in families.block_modules(model)}
     same = {n for n in inside if n.rsplit(".", 1)[-1] in short}
@@ -42,6 +42,6 @@ def peft_target_names(model: Any, exact: list[str]) -> list[str]:
 
 def method_targets(model: Any, targets: list[str], field_path: str) -> list[str]:
     """`targets` as PEFT's `target_modules` for `model` (resolved, then `peft_target_names`)."""
-    from lorascope import families
+    from lorascope.models import families
 
     return peft_target_names(model, families.resolve_targets(model, targets, field_path))

@@ -27,7 +27,7 @@ class TopLayersMethod(MethodConfig):
 def top_layers_parameters(model: Any, k: int, field_path: str) -> set[str]:
     """The last `k` blocks and everything after them (Llama: the final norm; every family: the classifier head);
     the embeddings and the first n - k blocks stay frozen."""
-    from lorascope import families
+    from lorascope.models import families
 
     groups = families.parameter_groups(model)
     n = families.num_blocks(model)

