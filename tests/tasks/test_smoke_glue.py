@@ -32,8 +32,9 @@ def run(tmp_path_factory):
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
         mp.setenv(k, v)
+    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     root = tmp_path_factory.mktemp("smoke-glue")
-    rc = cli.main(["-q", "run", "--study", str(STUDY), "--store", str(root / "store"), "--work-dir", str(root / "work"),
+    rc = cli.main(["run", "--study", str(STUDY), "--store", str(root / "store"), "--work-dir", str(root / "work"),
                    "--phases", "stage,sanity,train,extract,drift,bench,report"])  # fmt: skip
     mp.undo()
     assert rc == 0
