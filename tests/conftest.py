@@ -103,6 +103,9 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # the CLI writes its log level into os.environ (lorascope.log.ENV_LEVEL) for the phases it starts; a module-scoped
+    # fixture that ran `cli.main(["-q", ...])` in-process must not silence the log assertions of later tests
+    monkeypatch.delenv("LORASCOPE_LOG_LEVEL", raising=False)
 
 
 @pytest.fixture
