@@ -38,9 +38,10 @@ def run(tmp_path_factory):
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
         mp.setenv(k, v)
+    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     tmp = tmp_path_factory.mktemp("smoke-tasks")
     store = str(tmp / "store")
-    rc = cli.main(["-q", "run", "--study", str(STUDY), "--store", store, "--work-dir", str(tmp / "work"), "--jobs", "1",
+    rc = cli.main(["run", "--study", str(STUDY), "--store", store, "--work-dir", str(tmp / "work"), "--jobs", "1",
                    "--phases", "stage,train,extract,drift,report"])  # fmt: skip
     mp.undo()
     assert rc == 0
