@@ -8,7 +8,8 @@ header the same way:
     RepsFile(folder)           a `reps/<model>/<task>/` bundle, one hidden-state entry at a time (memory-mapped)
     TensorFolder(folder, stem) a HF model or adapter folder (single file or sharded index), one tensor at a time
     read_adapter(folder)       a PEFT LoRA adapter: its config and {module key: (B, A)}
-    read_predictions(folder)   a cell's `predictions.jsonl` as label and prediction arrays in idx order
+    read_predictions(folder)   a cell's `predictions.jsonl` as label and prediction arrays (or per-example scores,
+                               BLEU statistics) in idx order
     csv_bytes / iter_rows      the drift bundle's CSVs at full float64 precision, and back
 """
 
@@ -175,8 +176,11 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
     (int64; float64 labels and predictions when they are real numbers: a regression task), or None when the cell has
     none. A generation cell's (one output text per MR, no `label`): {"idx", "stats" (n, 10) BLEU statistics of its
     outputs, "trivial": {predictor: (n, 10)}} (`metrics.nlg.bleu_statistics`), or None when they carry no statistics.
-    None too for labels that are neither numbers nor classes (extractive QA's answer spans: no per-example bootstrap
-    of its metric yet)."""
+    A cell whose rows carry per-example `scores` (extractive QA: each question's official exact and F1 at the
+    dev-chosen threshold, and `trivial_scores` of "no answer" everywhere): {"idx", "label" (each gold as a JSON string,
+    to check cells were scored against the same answers), "scores": {metric: (n,) float64}, "trivial": {predictor:
+    {metric: (n,)}}}. None for other labels that are neither numbers nor classes (QA rows written before the
+    scores)."""
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return None
@@ -191,6 +195,12 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
                 "stats": np.array([r["bleu_stats"] for r in rows], dtype=np.int64),
                 "trivial": {k: np.array([r["trivial_stats"][k] for r in rows], dtype=np.int64)
                             for k in rows[0]["trivial_stats"]}}  # fmt: skip
+    if "scores" in rows[0]:
+        return {"idx": np.array([int(r["idx"]) for r in rows], dtype=np.int64),
+                "label": np.array([json.dumps(r["label"], sort_keys=True) for r in rows]),
+                "scores": {m: np.array([float(r["scores"][m]) for r in rows]) for m in rows[0]["scores"]},
+                "trivial": {k: {m: np.array([float(r["trivial_scores"][k][m]) for r in rows]) for m in v}
+                            for k, v in rows[0]["trivial_scores"].items()}}  # fmt: skip
     if any(not isinstance(r[k], int | float) or isinstance(r[k], bool) for r in rows for k in ("label", "pred")):
         return None
     real = any(isinstance(r[k], float) for r in rows for k in ("label", "pred"))

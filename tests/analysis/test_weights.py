@@ -147,3 +147,55 @@ def test_module_summary_and_streaming(monkeypatch):
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         wt.module_summary("x", np.zeros((4, 3)), np.zeros((3, 4)))
+
+
+# ---- a cell whose head class keeps the backbone under another path (Llama's QA class) ---------------------------
+
+
+class _Folder:
+    """A TensorFolder-like set of named weights."""
+
+    def __init__(self, tensors):
+        self.t = tensors
+
+    def names(self):
+        return sorted(self.t)
+
+    def shape(self, name):
+        return self.t[name].shape
+
+    def get(self, name):
+        return self.t[name]
+
+
+def test_cell_updates_are_read_under_the_base_backbone_names():
+    from lorascope.analysis import lora, updates
+
+    rng = np.random.default_rng(0)
+    W0 = {f"model.layers.{i}.self_attn.{m}.weight": rng.standard_normal((8, 8)) for i in (0, 1) for m in ("q_proj", "v_proj")}
+    base = _Folder({**W0, "model.embed_tokens.weight": rng.standard_normal((5, 8))})
+    assert updates.backbone_prefix(base.names()) == "model"
+    assert updates.backbone_prefix(["roberta.encoder.layer.3.attention.self.query.weight"]) == "roberta.encoder"
+    # full: the QA cell's weights under transformer.*, its head outside the backbone
+    cell = _Folder({**{n.replace("model.", "transformer.", 1): w + 1.0 for n, w in W0.items()},
+                    "qa_outputs.weight": np.zeros((2, 8))})  # fmt: skip
+    form, u = updates.in_base_names("full", cell, base.names())
+    assert form == "full" and "model.layers.1.self_attn.v_proj.weight" in u.names() and "qa_outputs.weight" in u.names()
+    np.testing.assert_array_equal(u.get("model.layers.0.self_attn.q_proj.weight"), W0["model.layers.0.self_attn.q_proj.weight"] + 1.0)
+    assert u.shape("model.layers.0.self_attn.q_proj.weight") == (8, 8)
+    # lora: the factors' keys moved to the base's names
+    B, A = rng.standard_normal((8, 2)), rng.standard_normal((2, 8))
+    form, u = updates.in_base_names("lora", {"transformer.layers.0.self_attn.q_proj.weight": (B, A, 2.0)}, base.names())
+    assert list(u) == ["model.layers.0.self_attn.q_proj.weight"] and u["model.layers.0.self_attn.q_proj.weight"][2] == 2.0
+    # dense (DoRA): W0 read through the aliased base under the cell's names, the result named as the base
+    config = {"r": 2, "lora_alpha": 4, "use_dora": True}
+    factors = {"transformer.layers.1.self_attn.v_proj": (B, A)}
+    mags = {"transformer.layers.1.self_attn.v_proj": np.ones(8)}
+    dense = lora.dora_updates(config, factors, mags, updates.BackboneAliased(base))
+    form, u = updates.in_base_names("dense", dense, base.names())
+    assert list(u) == ["model.layers.1.self_attn.v_proj.weight"] and u.source == "dora_weight"
+    want = lora.dora_weight(W0["model.layers.1.self_attn.v_proj.weight"], B, A, 2.0, np.ones(8))
+    np.testing.assert_allclose(u.get("model.layers.1.self_attn.v_proj.weight"), want, rtol=0, atol=0)
+    # same backbone path (every classification and generation cell): the update unchanged
+    same = _Folder(dict(W0))
+    assert updates.in_base_names("full", same, base.names()) == ("full", same)

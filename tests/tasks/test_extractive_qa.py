@@ -349,3 +349,46 @@ def test_the_proposal_study_file():
     assert (lora.kind, lora.r) == ("lora", 8) and study.method("full").kind == "full"
     assert study.task("squad-v2").spec.options.stride == 128
     assert {b: BenchPlan(study, b).served_task for b in study.bench.backends} == {"hf": "mrpc", "vllm": "mrpc"}
+
+
+def test_the_per_question_bootstrap_reproduces_the_reported_f1(tmp_path):
+    """Per-question scores at a threshold (what the train phase writes in predictions.jsonl), read back by
+    `tensorio.read_predictions` and bootstrapped by the drift analysis: the full sample is the official F1/exact at
+    that threshold, the baseline the official score of "no answer" everywhere (the unanswerable share), and
+    `drift_stats.learning` accepts metrics.json's number."""
+    import numpy as np
+
+    from lorascope import tensorio
+    from lorascope.analysis import drift_stats, score_bootstrap
+
+    # id: (gold answers, predicted text, no-answer probability); by hand at threshold 0.4: q1 exact (1, 1);
+    # q2 "Paris France" vs "Paris": P 1/2, R 1 -> F1 2/3, exact 0; q3 abstains (0.9 > 0.4) on an unanswerable: 1;
+    # q4 answers an unanswerable: 0; q5 abstains on an answerable: 0; q6 "the cat" vs ["a cat", "dog"]: normalised
+    # "cat" == "cat": exact 1. F1 = (1 + 2/3 + 1 + 0 + 0 + 1) / 6, exact = 3 / 6; "no answer": 2 / 6.
+    cases = {"q1": (["Denver Broncos"], "Denver Broncos", 0.1), "q2": (["Paris"], "Paris France", 0.2),
+             "q3": ([], "something", 0.9), "q4": ([], "a guess", 0.3), "q5": (["42"], "42", 0.8),
+             "q6": (["a cat", "dog"], "the cat", 0.0)}  # fmt: skip
+    preds = [{"idx": i, "id": q, "label": g, "gold": g, "text": t, "no_answer_prob": p} for i, (q, (g, t, p)) in enumerate(cases.items())]
+    scored = qa.with_question_scores(preds, threshold=0.4)
+    official = qa.score_predictions(preds, threshold=0.4)
+    assert official["f1"] == pytest.approx((1 + 2 / 3 + 1 + 0 + 0 + 1) / 6, abs=1e-12) and official["exact"] == pytest.approx(0.5)
+    assert [p["scores"]["f1"] for p in scored] == pytest.approx([1, 2 / 3, 1, 0, 0, 1], abs=1e-12)
+    assert [p["trivial_scores"]["no_answer"]["f1"] for p in scored] == [0, 0, 1, 1, 0, 0]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in reversed(scored)))
+    got = tensorio.read_predictions(tmp_path)
+    assert got["idx"].tolist() == list(range(6)) and set(got["scores"]) == {"exact", "f1"}
+    boot = score_bootstrap.mean_bootstrap({"a": got["scores"]["f1"]}, {k: v["f1"] for k, v in got["trivial"].items()}, n_boot=300)
+    assert boot["full"]["a"] == pytest.approx(official["f1"], abs=1e-12) and boot["baseline"] == pytest.approx(2 / 6, abs=1e-12)
+    assert boot["boot"]["a"].shape == (300,) and np.all((boot["boot"]["a"] >= 0) & (boot["boot"]["a"] <= 1))
+
+    class Cell:
+        name = "a"
+
+    metrics = {"a": {"validation": {"f1": official["f1"], "exact": official["exact"]}}}
+    for metric, want in (("f1", official["f1"]), ("exact", 0.5)):
+        gates, baseline, b = drift_stats.learning(metric, [Cell()], metrics, {"a": got}, seed=0)
+        assert gates["a"]["value"] == pytest.approx(want, abs=1e-12) and baseline == pytest.approx(2 / 6, abs=1e-12)
+        assert gates["a"]["predictions"] is True
+    metrics["a"]["validation"]["f1"] += 0.01  # metrics.json that the predictions do not reproduce: refused
+    with pytest.raises(ValueError, match="metrics.json says"):
+        drift_stats.learning("f1", [Cell()], metrics, {"a": got}, seed=0)

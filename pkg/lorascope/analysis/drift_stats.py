@@ -82,6 +82,14 @@ def learning(task_metric: str, cells: list[Any], metrics: Mapping[str, dict], pr
             gates = {c: vd.learning_gate(reported[c], float("nan"), None) for c in reported}
             return gates, None, None  # only BLEU has per-MR statistics: the gate is not checked for another metric
         boot = text_bootstrap.bleu_bootstrap({c: p["stats"] for c, p in preds.items()}, first["trivial"], seed=seed)
+    elif "scores" in first:  # per-example scores (extractive QA): their mean bootstrapped over the examples
+        from lorascope.analysis import score_bootstrap
+
+        if task_metric not in first["scores"]:
+            gates = {c: vd.learning_gate(reported[c], float("nan"), None) for c in reported}
+            return gates, None, None  # a metric with no per-example scores (HasAns_f1, ...): the gate is not checked
+        trivial = {k: v[task_metric] for k, v in first["trivial"].items()}
+        boot = score_bootstrap.mean_bootstrap({c: p["scores"][task_metric] for c, p in preds.items()}, trivial, seed=seed)
     else:
         boot = vd.example_bootstrap(first["label"], {c: p["pred"] for c, p in preds.items()}, task_metric, seed=seed,
                                     trivial_value=trivial_value)  # fmt: skip

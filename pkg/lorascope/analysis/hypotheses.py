@@ -84,7 +84,8 @@ def hypotheses_from(study: Any, results: Mapping[str, Any], task_facts: Mapping[
     for task, res in results.items() if full is not None else []:
         fm = res["methods"][full.name]
         facts = (task_facts or {}).get(task, {})
-        unit, trivial = facts.get("unit", "pp"), "majority baseline" if facts.get("trivial_value") is None else "trivial baseline"
+        majority = facts.get("trivial_value") is None and facts.get("label_kind", "class") == "class"  # QA, text: not classes
+        unit, trivial = facts.get("unit", "pp"), "majority baseline" if majority else "trivial baseline"
         for lm in loras:
             key = task if len(loras) == 1 else f"{task}/{lm.name}"
             owner[key] = lm.name

@@ -14,6 +14,7 @@ import numpy as np
 
 from lorascope.analysis.lora import lora_module_summary
 from lorascope.analysis.weights import (
+    BLOCK_LISTS,
     ENCODER_LINEARS,
     FUSED_LINEARS,
     GPT2_LINEARS,
@@ -80,3 +81,74 @@ def update_rows(base, cells: dict, updates: dict, targets: set[str], k: int, eps
                                                     "r90", "n_intruders", "k", "eps")},
                          "intruder_max_cos": ";".join(repr(float(c)) for c in s["intruder_max_cos"])})  # fmt: skip
     return rows, with_extra
+
+
+# ------------------------------------------------------------------------------------------------ backbone names
+def backbone_prefix(names) -> str | None:
+    """The path above the block list of the first name that has one: 'model' for 'model.layers.0.mlp.up_proj.weight',
+    'roberta.encoder' for RoBERTa, 'transformer' for GPT-2 and for Llama's QA class (LlamaForQuestionAnswering keeps
+    its backbone under `transformer.*` where the causal-LM checkpoint has `model.*`)."""
+    for n in names:
+        parts = n.split(".")
+        for i, p in enumerate(parts[:-1]):
+            if p in BLOCK_LISTS and parts[i + 1].isdigit():
+                return ".".join(parts[:i])
+    return None
+
+
+def _rename(name: str, old: str, new: str) -> str:
+    return new + name[len(old) :] if name == old or name.startswith(old + ".") else name
+
+
+class BackboneAliased:
+    """The base weights answering a cell's backbone names too (`transformer.layers.0...` read as `model.layers.0...`):
+    what a method kind reads W0 through when it builds a cell's update (DoRA, IA3)."""
+
+    def __init__(self, base) -> None:
+        self.base, self.prefix = base, backbone_prefix(base.names())
+
+    def _name(self, name: str) -> str:
+        own = backbone_prefix([name])
+        return _rename(name, own, self.prefix) if own is not None and self.prefix is not None else name
+
+    def names(self) -> list[str]:
+        return self.base.names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.base.shape(self._name(name))
+
+    def get(self, name: str) -> np.ndarray:
+        return self.base.get(self._name(name))
+
+
+class _Renamed:
+    """A "full" or "dense" update whose names are the base's (`in_base_names`)."""
+
+    def __init__(self, u, old: str, new: str) -> None:
+        self.u, self.old, self.new = u, old, new
+        self.source = getattr(u, "source", None)
+
+    def __iter__(self):
+        return iter(_rename(n, self.old, self.new) for n in self.u)
+
+    def names(self) -> list[str]:
+        return sorted(_rename(n, self.old, self.new) for n in self.u.names())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.u.shape(_rename(name, self.new, self.old))
+
+    def get(self, name: str) -> np.ndarray:
+        return self.u.get(_rename(name, self.new, self.old))
+
+
+def in_base_names(form: str, u, base_names) -> tuple[str, object]:
+    """A cell's update (`MethodKind.weight_update`: form, update) named as the base weights are: a model class whose
+    backbone sits under another path than the base checkpoint's (Llama's QA head: `transformer.*` vs `model.*`) has
+    its names moved to the base's path; otherwise the update unchanged."""
+    names = list(u) if form in ("lora", "dense") else u.names()
+    own, base = backbone_prefix(names), backbone_prefix(base_names)
+    if own is None or base is None or own == base:
+        return form, u
+    if form == "lora":
+        return form, {_rename(n, own, base): v for n, v in u.items()}
+    return form, _Renamed(u, own, base)

@@ -136,6 +136,19 @@ def apply_no_answer_threshold(scores: Mapping[str, float], no_answer_probs: Mapp
             for qid, score in scores.items()}  # fmt: skip
 
 
+def question_scores(gold: Gold, predictions: Mapping[str, str], no_answer_probs: Mapping[str, float] | None = None,
+                    threshold: float = 1.0) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """Per question (exact match, F1) as `evaluate` averages them: the raw scores, abstentions (no-answer probability
+    strictly above `threshold`) scoring 1.0 on an unanswerable question and 0.0 on an answerable one. The mean over
+    the questions is `evaluate`'s exact/f1 (a fraction, not percent): the per-example scores the drift analysis
+    bootstraps."""
+    exact_raw, f1_raw = raw_scores(gold, predictions)
+    probs = {qid: 0.0 for qid in gold} if no_answer_probs is None else no_answer_probs
+    has_answer = _has_answer(gold)
+    return (apply_no_answer_threshold(exact_raw, probs, has_answer, threshold),
+            apply_no_answer_threshold(f1_raw, probs, has_answer, threshold))
+
+
 def find_best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float],
                         no_answer_probs: Mapping[str, float], has_answer: Mapping[str, bool]) -> tuple[float, float]:  # fmt: skip
     """The official sweep (`find_best_thresh`): returns (best score in percent, threshold).

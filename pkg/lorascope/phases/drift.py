@@ -166,6 +166,7 @@ def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str,
     """({cell: (form, update)} for `updates.update_rows`, {method: why it has no weight rows}, {method: how its
     update is read}), each from the method's kind (`MethodKind.weight_update`, `weights_skipped`, `weight_source`).
     Never a guess: a method whose update cannot be computed exactly is skipped with its reason."""
+    from lorascope.analysis import updates as analysis_updates
     from lorascope.methods import kind_of
 
     updates: dict[str, tuple[str, Any]] = {}
@@ -179,7 +180,9 @@ def weight_updates(study, cells: dict, cell_dirs: dict, base) -> tuple[dict[str,
             skipped[m.name] = reason
             continue
         try:
-            updates[name] = kind.weight_update(m, cell_dirs[name], base)
+            # a head class may keep the backbone under another path than the base checkpoint (Llama's QA class)
+            form, u = kind.weight_update(m, cell_dirs[name], analysis_updates.BackboneAliased(base))
+            updates[name] = analysis_updates.in_base_names(form, u, base.names())
         except ValueError as e:
             raise ConfigError(f"cells/{name}: {e}") from None
         sources[m.name] = kind.weight_source(m)

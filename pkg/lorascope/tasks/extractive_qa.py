@@ -481,6 +481,7 @@ class ExtractiveQAType(TaskType):
         values = _fractions(out)
         values["threshold"], values["dev_best_f1"] = float(out["threshold"]), out["dev_best_f1"] / 100.0
         preds = [{**p, "pred": "" if p["no_answer_prob"] > out["threshold"] else p["text"]} for p in validation.predictions]
+        preds = with_question_scores(preds, out["threshold"])
         return EvalResult(values=values, loss=validation.loss, n=validation.n, primary=validation.primary, predictions=preds)
 
     # ---- the learning gate
@@ -501,6 +502,20 @@ def _fractions(scores: Mapping[str, float]) -> dict[str, float]:
     """The official percentages as fractions (a point is 0.01), the metrics the task reports and the oracle best_*."""
     keys = (*METRICS, "best_f1", "best_exact")
     return {k: float(scores[k]) / 100.0 for k in keys if k in scores}
+
+
+def with_question_scores(predictions: Sequence[Mapping[str, Any]], threshold: float) -> list[dict]:
+    """The predictions with each question's official scores at `threshold` (`scores`: {"exact", "f1"}, fractions)
+    and the trivial predictor's ("no answer" everywhere, `trivial_scores`: {"no_answer": {"exact", "f1"}}): their
+    means are the reported exact/f1 and the sanity baseline, and the drift analysis bootstraps them over questions
+    (`analysis.score_bootstrap`) for the learning gate and H1a."""
+    gold = {p["id"]: p["gold"] for p in predictions}
+    exact, f1 = squad_v2.question_scores(gold, {p["id"]: p["text"] for p in predictions},
+                                         {p["id"]: p["no_answer_prob"] for p in predictions}, threshold)  # fmt: skip
+    t_exact, t_f1 = squad_v2.question_scores(gold, dict.fromkeys(gold, ""))
+    return [{**p, "scores": {"exact": float(exact[p["id"]]), "f1": float(f1[p["id"]])},
+             "trivial_scores": {"no_answer": {"exact": float(t_exact[p["id"]]), "f1": float(t_f1[p["id"]])}}}
+            for p in predictions]  # fmt: skip
 
 
 def score_predictions(predictions: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, float]:
