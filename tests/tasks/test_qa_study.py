@@ -32,6 +32,7 @@ def run(tmp_path_factory):
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
         mp.setenv(k, v)
+    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     root = tmp_path_factory.mktemp("qa-study")
     study = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
     study.update(name="qa-smoke", seeds=[42])
@@ -43,7 +44,7 @@ def run(tmp_path_factory):
     study["extraction"]["examples"] = 40
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    rc = cli.main(["-q", "run", "--study", str(path), "--store", str(root / "store"), "--work-dir", str(root / "work"),
+    rc = cli.main(["run", "--study", str(path), "--store", str(root / "store"), "--work-dir", str(root / "work"),
                    "--phases", "stage,sanity,train,extract,drift,report"])  # fmt: skip
     mp.undo()
     assert rc == 0
