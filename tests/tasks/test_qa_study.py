@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorascope import cli
 from lorascope.metrics import squad_v2
+from tests.fixtures.runs import run_study_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,6 @@ def _attempt(run: Path, rel: str) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
-        mp.setenv(k, v)
-    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     root = tmp_path_factory.mktemp("qa-study")
     study = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
     study.update(name="qa-smoke", seeds=[42])
@@ -44,10 +39,7 @@ def run(tmp_path_factory):
     study["extraction"]["examples"] = 40
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    rc = cli.main(["run", "--study", str(path), "--store", str(root / "store"), "--work-dir", str(root / "work"),
-                   "--phases", "stage,sanity,train,extract,drift,report"])  # fmt: skip
-    mp.undo()
-    assert rc == 0
+    run_study_in_process(path, root, "stage,sanity,train,extract,drift,report")
     (runs,) = list((root / "store" / "runs").iterdir())
     return runs
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import cli
 from lorascope.metrics import glue
 from lorascope.study import load_study
+from tests.fixtures.runs import run_study_in_process
 
 pytestmark = pytest.mark.slow  # a few minutes: runs in `make test` (test-main), not in test-fast
 
@@ -28,16 +28,8 @@ def _attempt(run: Path, rel: str) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
-        mp.setenv(k, v)
-    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     root = tmp_path_factory.mktemp("smoke-glue")
-    rc = cli.main(["run", "--study", str(STUDY), "--store", str(root / "store"), "--work-dir", str(root / "work"),
-                   "--phases", "stage,sanity,train,extract,drift,bench,report"])  # fmt: skip
-    mp.undo()
-    assert rc == 0
+    run_study_in_process(STUDY, root, "stage,sanity,train,extract,drift,bench,report")
     (path,) = list((root / "store" / "runs").iterdir())
     return load_study(STUDY), path
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from lorascope import cli
 from lorascope.log import Logger
 from lorascope.phases import PhaseContext
 from lorascope.runner import default_run_id
 from lorascope.store import Store
 from lorascope.study import load_study
+from tests.fixtures.runs import run_study_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +34,8 @@ TYPES = {"stsb": ("classification", "pearson", "Pearson correlation points"), "s
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "LORASCOPE_TORCH_THREADS": "1"}.items():  # fmt: skip
-        mp.setenv(k, v)
-    mp.delenv("LORASCOPE_LOG_LEVEL", raising=False)  # the CLI writes its level there: undone below for later tests
     tmp = tmp_path_factory.mktemp("smoke-tasks")
-    store = str(tmp / "store")
-    rc = cli.main(["run", "--study", str(STUDY), "--store", store, "--work-dir", str(tmp / "work"), "--jobs", "1",
-                   "--phases", "stage,train,extract,drift,report"])  # fmt: skip
-    mp.undo()
-    assert rc == 0
+    store = str(run_study_in_process(STUDY, tmp, "stage,train,extract,drift,report", "--jobs", "1"))
     study = load_study(STUDY)
     ctx = PhaseContext(study, Store.open(store), default_run_id(study), tmp / "read", {"LORASCOPE_TORCH_THREADS": "1"},
                        Logger())  # fmt: skip
