@@ -225,7 +225,8 @@ def test_report_banner_names_the_quantised_model_not_the_random_one():
 
 def test_real_mini_study_is_the_smoke_grid_on_smollm2():
     from lorascope.study import load_study
-    from tests.fixtures.smollm2 import REAL_MINI, REPO
+    from tests.fixtures.smollm2 import REAL_MINI
+    from tests.fixtures.studies import REPO
 
     real, smoke = load_study(REAL_MINI), load_study(REPO / "jobs" / "smoke.yaml")
     assert real.model.name == "builtin:smollm2-135m" and real.model.dtype == "float32"
