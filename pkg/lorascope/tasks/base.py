@@ -342,3 +342,31 @@ def type_of(config: Any, where: str = "") -> TaskType:
 def resolve(config: Any, where: str = "") -> Task:
     """The study's task entry resolved by its type."""
     return type_of(config, where).resolve(config, where)
+
+
+def batched_forward(model: Any, features: list[dict], batch_size: int, bf16: bool, collate: Any, take: Any) -> list[Any]:
+    """One eval forward pass over `features` for every task type: batches in length order (right-padded by
+    `collate`), under no_grad and bf16 autocast when asked, the model in eval mode for the duration; `take(outputs,
+    j, feature)` picks row j's result (on the host). Results in input order."""
+    import torch
+
+    if not features:
+        raise ValueError("evaluate: no examples")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: (len(features[i]["input_ids"]), i))
+    out: list[Any] = [None] * len(features)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = collate([features[i] for i in rows])
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                    outputs = model(input_ids=batch["input_ids"].to(device),
+                                    attention_mask=batch["attention_mask"].to(device))  # fmt: skip
+                for j, i in enumerate(rows):
+                    out[i] = take(outputs, j, features[i])
+    finally:
+        model.train(was_training)
+    return out

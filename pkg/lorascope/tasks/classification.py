@@ -326,30 +326,13 @@ def score(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]
 
 
 def forward_logits(model: Any, features: list[dict], batch_size: int, pad_id: int, bf16: bool, collate) -> Any:
-    """float32 logits [n, outputs] of `model` on `features`, in input order: batches in length order, right-padded by
-    `collate`, under no_grad, the model in eval mode for the duration."""
+    """float32 logits [n, outputs] of `model` on `features`, in input order (`base.batched_forward`)."""
     import torch
 
-    if not features:
-        raise ValueError("evaluate: no examples")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(features)), key=lambda i: (len(features[i]["input_ids"]), i))
-    logits_by_pos: list[Any] = [None] * len(features)
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = collate([features[i] for i in rows])
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-                logits = out["logits"].float().cpu()
-                for j, i in enumerate(rows):
-                    logits_by_pos[i] = logits[j]
-    finally:
-        model.train(was_training)
-    return torch.stack(logits_by_pos)
+    from lorascope.tasks.base import batched_forward
+
+    take = lambda outputs, j, feature: outputs["logits"][j].float().cpu()  # noqa: E731
+    return torch.stack(batched_forward(model, features, batch_size, bf16, collate, take))
 
 
 def class_baselines(task: Task, train_labels: list[int], eval_labels: list[int], seed: int) -> dict[str, Any]:

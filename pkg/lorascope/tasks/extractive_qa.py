@@ -230,33 +230,19 @@ def load_qa_model(model_dir: str | Path, dtype: Any, device: Any) -> Any:
 
 
 def forward_spans(model: Any, features: list[dict], batch_size: int, pad_id: int, bf16: bool) -> list[tuple[Any, Any]]:
-    """(start logits, end logits) float32 of each feature over its own length, in input order (batches in length
-    order, right-padded; no_grad; eval mode for the duration)."""
-    import torch
-
+    """(start logits, end logits) float32 of each feature over its own length, in input order
+    (`base.batched_forward`, right-padded by `data.collate` on the input ids alone)."""
     from lorascope import data
+    from lorascope.tasks.base import batched_forward
 
-    if not features:
-        raise ValueError("evaluate: no examples")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(features)), key=lambda i: (len(features[i]["input_ids"]), i))
-    out: list[Any] = [None] * len(features)
-    try:
-        with torch.no_grad():
-            for k in range(0, len(order), batch_size):
-                rows = order[k : k + batch_size]
-                batch = data.collate([{"input_ids": features[i]["input_ids"]} for i in rows], pad_id)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    o = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-                s, e = o["start_logits"].float().cpu(), o["end_logits"].float().cpu()
-                for j, i in enumerate(rows):
-                    n = len(features[i]["input_ids"])
-                    out[i] = (s[j, :n], e[j, :n])
-    finally:
-        model.train(was_training)
-    return out
+    def collate(batch: list[dict]) -> dict:
+        return data.collate([{"input_ids": f["input_ids"]} for f in batch], pad_id)
+
+    def take(outputs: Any, j: int, feature: dict) -> tuple[Any, Any]:
+        n = len(feature["input_ids"])
+        return outputs["start_logits"][j, :n].float().cpu(), outputs["end_logits"][j, :n].float().cpu()
+
+    return batched_forward(model, features, batch_size, bf16, collate, take)
 
 
 # ------------------------------------------------------------------------------------------------ the type
