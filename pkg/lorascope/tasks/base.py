@@ -234,6 +234,20 @@ class TaskType:
     def source_splits(self, task: Task) -> tuple[str, ...]:
         return ("train", *task.validation_splits)
 
+    def own_columns(self, config: Any, at: str, kind: str, maps: str) -> dict[str, str]:
+        """A user's column mapping (`config.columns`: {role: source column}), checked against the type's roles:
+        ConfigError naming `<at>columns` for a role the type lacks or a required role left unmapped. `kind` and
+        `maps` only word the messages ("a generation task", "prompt and reference onto your columns, optionally idx")."""
+        columns = dict(getattr(config, "columns", None) or {})
+        unknown = sorted(set(columns) - set(self.roles))
+        if unknown:
+            raise ConfigError(f"{at}columns: {unknown} are not columns of {kind}; its columns are "
+                              f"{list(self.roles)} ({', '.join(self.required_roles)} required)")  # fmt: skip
+        missing = [r for r in self.required_roles if r not in columns]
+        if missing:
+            raise ConfigError(f"{at}columns: no source column for {missing} ({kind} maps {maps})")
+        return columns
+
     def check_rows(self, task: Task, rows: Sequence[Mapping[str, Any]], where: str) -> list[dict]:
         raise NotImplementedError
 

@@ -113,15 +113,8 @@ class ClassificationType(TaskType):
 
     def _resolve_own(self, config: Any, at: str) -> Task:
         """A user's task: the column mapping fits the type, the label set is declared."""
-        columns = dict(getattr(config, "columns", None) or {})
-        unknown = sorted(set(columns) - set(self.roles))
-        if unknown:
-            raise ConfigError(f"{at}columns: {unknown} are not columns of a classification task; its columns are "
-                              f"{list(self.roles)} ({', '.join(self.required_roles)} required)")  # fmt: skip
-        missing = [r for r in self.required_roles if r not in columns]
-        if missing:
-            raise ConfigError(f"{at}columns: no source column for {missing} (a classification task maps "
-                              f"{list(self.required_roles)} onto your columns, optionally text_pair and idx)")  # fmt: skip
+        columns = self.own_columns(config, at, "a classification task",
+                                   f"{list(self.required_roles)} onto your columns, optionally text_pair and idx")  # fmt: skip
         labels = getattr(config, "labels", None)
         if labels is None:
             raise ConfigError(f"{at}labels: a classification task of your own declares its label set: the class names "

@@ -151,15 +151,7 @@ class GenerationType(TaskType):
         return task
 
     def _resolve_own(self, config: Any, at: str, opts: GenerationOptions, metrics: tuple[str, ...]) -> Task:
-        columns = dict(getattr(config, "columns", None) or {})
-        unknown = sorted(set(columns) - set(self.roles))
-        if unknown:
-            raise ConfigError(f"{at}columns: {unknown} are not columns of a generation task; its columns are "
-                              f"{list(self.roles)} ({', '.join(self.required_roles)} required)")  # fmt: skip
-        missing = [r for r in self.required_roles if r not in columns]
-        if missing:
-            raise ConfigError(f"{at}columns: no source column for {missing} (a generation task maps prompt and "
-                              "reference onto your columns, optionally idx)")  # fmt: skip
+        columns = self.own_columns(config, at, "a generation task", "prompt and reference onto your columns, optionally idx")
         if "reported_split" in (getattr(config, "options", None) or {}):
             raise ConfigError(f"{at}options.reported_split: for {E2E} only; a task of your own reports its "
                               "`validation` split")  # fmt: skip
