@@ -35,11 +35,11 @@ help:
 	@echo "make lint         ruff, hadolint on every Dockerfile"
 	@echo "make bench-store  pull throughput against SeaweedFS, concurrent vs one at a time"
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[ml,k8s,nlg,dev]'
+	$(PIP) install -q -c constraints.txt -c constraints-dev.txt -e '.[ml,k8s,nlg,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -73,11 +73,16 @@ install-all: install install-vllm install-system install-real-model
 test: install-all
 	@$(MAKE) --no-print-directory test-main test-vllm test-real-model test-images ci-gpu-images
 
+# Two pytest-xdist workers, a module's tests on one worker (tests/conftest.py says why loadfile; modules with
+# end-to-end tests first, in collection order). TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test-main:
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model -m "not slow and not s3 and not postgres"
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) --ignore=tests/vllm --ignore=tests/images --ignore=tests/real_model -m "not slow and not s3 and not postgres"
 
 test-real-model: install-real-model
 	LORASCOPE_WHEEL_DIR=$(REAL_MODEL_WHEELS) LORASCOPE_TORCH_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider -m real_model tests/real_model

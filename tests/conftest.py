@@ -29,6 +29,20 @@ def _smoke_runs() -> _smoke.SmokeRuns:
     return _SMOKE_RUNS[0]
 
 
+# ------------------------------------------------------------------------------------------------ two workers
+# make test-main runs the suite in two pytest-xdist workers (`-n 2 --dist loadfile`): each worker is its own process
+# with its own session fixtures (an S3 server each), and a module's tests all go to one worker, so a module-scoped
+# setup (a study run, a trained cell, a smoke run) is made once. (`--dist loadgroup` would split modules finer, but
+# its groups are lost under pytest 9: xdist 3.8 writes them into `Item._nodeid`, which pytest 9's `nodeid` no longer
+# reads.) Modules are handed out in collection order, two at a time per worker: the modules with end-to-end (`slow`)
+# tests go first, so that what is left for the end is short and the two workers finish together.
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {it.path for it in items if it.get_closest_marker("slow")}
+    items.sort(key=lambda it: it.path not in slow)  # stable: a module's tests stay together and in order
+
+
 def pytest_collection_finish(session):
     """Start the smoke runs that the selected tests read (tests/fixtures/smoke_runs.py), in the background."""
     paths = []
