@@ -90,8 +90,12 @@ test-real-model: install-real-model
 test-vllm: install-vllm install-real-model
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm
 
+# two worker processes where there are two cores (each imports once and runs index after index); the bench phase
+# is `timed` (lorascope.phases): its indexes run one at a time whatever --jobs says, its timings share no core
+DEMO_JOBS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 2 || echo 1)
+
 demo: install install-vllm
-	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs 1
+	$(VENV)/bin/lorascope run --study jobs/smoke.yaml --store $(DEMO_STORE) --jobs $(DEMO_JOBS)
 	@echo "report: $$(ls -d $(DEMO_STORE)/runs/*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"
 
 lint: install
@@ -112,5 +116,5 @@ clean:
 
 # every method kind + a LoRA rank sweep on the tiny offline Llama (jobs/smoke-methods.yaml), all phases, ~2 min on 2 cores
 demo-methods: install
-	LORASCOPE_TORCH_THREADS=1 $(VENV)/bin/lorascope run --study jobs/smoke-methods.yaml --store $(DEMO_STORE) --jobs 1
+	LORASCOPE_TORCH_THREADS=1 $(VENV)/bin/lorascope run --study jobs/smoke-methods.yaml --store $(DEMO_STORE) --jobs $(DEMO_JOBS)
 	@echo "report: $$(ls -d $(DEMO_STORE)/runs/smoke-methods-*/report/_attempts/*/ANALYSIS_REPORT.md 2>/dev/null | tail -1)"

@@ -221,5 +221,25 @@ def test_parallel_run_starts_no_process_for_committed_indexes(fake_phases, tmp_p
     assert cli.main(args) == 0 and len(fake_phases) == 18
     fake_phases.clear()
     monkeypatch.setattr(LocalRun, "_subprocess", lambda *a, **k: pytest.fail("spawned a committed index"))
+    monkeypatch.setattr(LocalRun, "_workers", lambda *a, **k: pytest.fail("started workers for committed indexes"))
     assert cli.main([*args, "--jobs", "2"]) == 0
     assert fake_phases == []
+
+
+def test_a_timed_phase_runs_its_indexes_one_at_a_time_whatever_jobs(fake_phases, tmp_path, smoke_study_path, monkeypatch):
+    """The bench phase times serving: `lorascope run --jobs 2` must not run its indexes beside each other (or beside
+    anything), so a `timed` phase's indexes run in this process, one after another."""
+    import dataclasses
+
+    import lorascope.runner as runner
+    from lorascope.phases import PHASE_ORDER
+    from lorascope.phases import get_phase as real_get_phase
+    from lorascope.runner import LocalRun
+
+    assert [p for p in PHASE_ORDER if real_get_phase(p).timed] == ["bench"]
+    timed = dataclasses.replace(runner.get_phase("train"), timed=True)
+    monkeypatch.setattr(runner, "get_phase", lambda name: timed)
+    monkeypatch.setattr(LocalRun, "_workers", lambda *a, **k: pytest.fail("a timed phase's indexes went to workers"))
+    args = ["run", "--study", str(smoke_study_path), "--store", str(tmp_path / "s"), "--phases", "train",
+            "--work-dir", str(tmp_path / "w"), "--jobs", "2"]  # fmt: skip
+    assert cli.main(args) == 0 and len(fake_phases) == 18

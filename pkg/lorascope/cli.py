@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ctx = PhaseContext(study, store, run_id, work_dir, _env_settings(env), Logger(run=run_id))
     t0 = time.perf_counter()
     ctx.log("run start", study=study.name, store=store.url, phases=",".join(phases))
-    LocalRun(ctx, Path(args.study), store.url, jobs=args.jobs).run(phases)
+    LocalRun(ctx, Path(args.study), store.url, jobs=args.jobs, index_main=main).run(phases)
     ctx.log("run done", seconds=round(time.perf_counter() - t0, 1), store=store.url)
     print(f"run {run_id} done: results in {store.url}/runs/{run_id}/")
     return EXIT_OK
@@ -315,7 +315,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> Parser:
     r = sub.add_parser("run", help="run phases in order locally through the same functions the Jobs call")
     common(r, study_required=True)
     r.add_argument("--phases", help=f"comma list from {','.join(PHASE_ORDER)} (default: all implemented)")
-    r.add_argument("--jobs", type=int, default=1, help="indexes of a phase run in parallel processes")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="indexes of a phase run in this many worker processes (each imports once, runs index after index)")
     r.set_defaults(func=cmd_run)
 
     for name, phase in PHASES.items():  # each subcommand's help is its Phase's description, reads, writes, needs

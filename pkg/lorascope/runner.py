@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
@@ -153,61 +153,126 @@ def skip_committed(ctx: PhaseContext, phase: Phase, index: int, log=None) -> boo
     return True
 
 
+def _worker_start(env: dict[str, str]) -> None:
+    """A `--jobs N` worker process, before its first index: the variables a phase child gets (threads, code version,
+    the parent's pid, so that it dies with the parent), set before anything imports torch."""
+    os.environ.update(env)
+
+
+def _worker_index(index_main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """One index in a `--jobs N` worker: the phase command a pod runs (`lorascope <phase> --index i ...`), called in
+    this process; its exit code."""
+    try:
+        return index_main(argv)
+    except SystemExit as exc:  # argparse
+        return exc.code if isinstance(exc.code, int) else 1
+
+
 @dataclass
 class LocalRun:
-    """`lorascope run`: phases in order; each index through the same function a Job pod calls."""
+    """`lorascope run`: phases in order; each index through the same function a Job pod calls.
+
+    `jobs` > 1: the indexes of a phase run in `jobs` worker processes, each index the phase command a pod runs
+    (`index_main`, the CLI's entry point, with `<phase> --index i ...`), called in the worker. A worker imports torch
+    and the rest once and runs index after index, as `--jobs 1` does in this process: on the 2-core demo a process
+    per index spent 6-8 s importing for a 2-3 s training cell. The workers live for the whole run (one start for all
+    phases) and die with this process, even by kill -9."""
 
     ctx: PhaseContext
     study_path: Path
     store_url: str
     jobs: int = 1
+    index_main: Callable[[list[str]], int] | None = None
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def run(self, phases: list[str]) -> None:
-        for name in phases:
-            phase = get_phase(name)
-            n = phase.size(self.ctx.study)
-            self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
-            t0 = time.perf_counter()
-            # committed indexes are skipped here, in this process: no child process is started for them
-            done = [i for i in range(n) if skip_committed(self.ctx, phase, i)]
-            todo = [i for i in range(n) if i not in done]
-            elsewhere = {i: py for i in todo if (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
-            here = [i for i in todo if i not in elsewhere]
-            if self.jobs <= 1 or len(here) <= 1:
-                for i in here:
-                    run_phase_index(self.ctx, name, i)
-            else:
-                self._run_parallel(name, here)
-            for i, python in elsewhere.items():  # e.g. the bench phase's vllm index, in the vLLM environment
-                self.ctx.log("index in another interpreter", phase=name, index=i, python=python)
-                self._check([(i, self._subprocess(name, i, python, self._threads(1)))], name)
-            self.ctx.log("phase done", phase=name, seconds=round(time.perf_counter() - t0, 1))
+        if self.jobs > 1 and self.index_main is None:
+            raise ValueError("LocalRun: jobs > 1 needs index_main (the CLI's entry point) for its worker processes")
+        try:
+            for name in phases:
+                self._run_phase(name)
+        except BaseException:
+            self._stop_workers()  # SIGTERM: each stops as a pod does (checkpoint, exit 143), not after its index
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def _run_phase(self, name: str) -> None:
+        phase = get_phase(name)
+        n = phase.size(self.ctx.study)
+        self.ctx.log("phase start", phase=name, indexes=n, jobs=self.jobs)
+        t0 = time.perf_counter()
+        # committed indexes are skipped here, in this process: no child process is started for them
+        done = [i for i in range(n) if skip_committed(self.ctx, phase, i)]
+        todo = [i for i in range(n) if i not in done]
+        elsewhere = {i: py for i in todo if (py := phase.interpreter(self.ctx.study, i, self.ctx.env))}
+        here = [i for i in todo if i not in elsewhere]
+        if self.jobs <= 1 or len(here) <= 1 or phase.timed:  # a timed phase's indexes run alone
+            for i in here:
+                run_phase_index(self.ctx, name, i)
+        else:
+            self._run_parallel(name, here)
+        for i, python in elsewhere.items():  # e.g. the bench phase's vllm index, in the vLLM environment
+            self.ctx.log("index in another interpreter", phase=name, index=i, python=python)
+            self._check([(i, self._subprocess(name, i, python, self._threads(1)))], name)
+        self.ctx.log("phase done", phase=name, seconds=round(time.perf_counter() - t0, 1))
 
     def _threads(self, jobs: int) -> int:
         return threads_per_job(self.ctx.env, jobs)
 
-    def _subprocess(self, name: str, i: int, python: str, threads: int) -> int:
-        """`<python> -m lorascope.cli <phase> --index i`, as a pod would run it; its exit code."""
-        env = dict(os.environ)
-        env.update(child_env(threads))
+    def _child_env(self, threads: int) -> dict[str, str]:
+        """What a phase child gets on top of this process's environment."""
+        env = dict(child_env(threads))
         env["LORASCOPE_CODE_VERSION"] = self.ctx.store.code_version
         for k, v in self.ctx.env.items():
             if k.startswith("LORASCOPE_") and k != THREADS_ENV:
                 env[k] = v
         env["LORASCOPE_PARENT_PID"] = str(os.getpid())  # the children stop when this process dies, even by kill -9
-        cmd = [
-            python, "-m", "lorascope.cli", name,
-            "--study", str(self.study_path), "--store", self.store_url,
-            "--run-id", self.ctx.run_id, "--index", str(i), "--work-dir", str(self.ctx.work_dir),
-        ]  # fmt: skip
-        return subprocess.run(cmd, env=env).returncode
+        return env
+
+    def _argv(self, name: str, i: int) -> list[str]:
+        return [name, "--study", str(self.study_path), "--store", self.store_url, "--run-id", self.ctx.run_id,
+                "--index", str(i), "--work-dir", str(self.ctx.work_dir)]  # fmt: skip
+
+    def _subprocess(self, name: str, i: int, python: str, threads: int) -> int:
+        """`<python> -m lorascope.cli <phase> --index i`, as a pod would run it; its exit code."""
+        env = {**os.environ, **self._child_env(threads)}
+        return subprocess.run([python, "-m", "lorascope.cli", *self._argv(name, i)], env=env).returncode
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            import multiprocessing
+
+            # spawn, not fork: a fresh interpreter (this process may hold torch's threads and open stores)
+            self._pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_start, initargs=(self._child_env(self._threads(self.jobs)),))  # fmt: skip
+        return self._pool
 
     def _run_parallel(self, name: str, indexes: list[int]) -> None:
-        """Each index in its own `lorascope <phase> --index i` process, as a pod would run it."""
-        threads = self._threads(self.jobs)
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            results = list(pool.map(lambda i: (i, self._subprocess(name, i, sys.executable, threads)), indexes))
+        """Each index as the phase command a pod runs, in the run's worker processes, lowest index first."""
+        pool = self._workers()
+        futures = [(i, pool.submit(_worker_index, self.index_main, self._argv(name, i))) for i in indexes]
+        results = []
+        for i, fut in futures:
+            try:
+                results.append((i, fut.result()))
+            except BrokenProcessPool:  # a worker killed (OOM, a signal): its index and those after it failed
+                results.append((i, 1))
         self._check(results, name)
+
+    def _stop_workers(self) -> None:
+        """SIGTERM to every worker process still running (their indexes checkpoint and exit 143, as pods do)."""
+        import signal
+
+        procs = getattr(self._pool, "_processes", None) or {}
+        for proc in list(procs.values()):
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     @staticmethod
     def _check(results: list[tuple[int, int]], name: str) -> None:

@@ -53,6 +53,7 @@ class Phase:
     description: str = ""  # what the phase does (the subcommand's help)
     fan_out: str = ""  # what one index is; str.format(study=study) fills it (the Job's description)
     gpu: bool = False  # whether the Kubernetes Job for this phase asks for a GPU
+    timed: bool = False  # its indexes measure time: `lorascope run --jobs N` runs them one at a time, nothing beside
     reads: tuple[str, ...] = ()  # bundle keys (patterns) it reads, or where its inputs come from
     writes: tuple[str, ...] = ()  # bundle keys (patterns) it commits
     requires: tuple[str, ...] = ()  # phases whose bundles must be committed first
@@ -208,6 +209,7 @@ PHASES: dict[str, Phase] = {
             description="serving latency, throughput and memory: full vs merged vs separate vs multi-adapter (H2)",
             fan_out="one index per serving backend",
             gpu=True,
+            timed=True,
             reads=("stage", "cells/<task>-<method>-s<bench.seed>"),
             writes=("bench/<backend>", "bench/<backend>-generation (bench.generation.enabled)"),
             requires=("stage", "train"),
