@@ -34,15 +34,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def build_base(dest: Path, layers: int | None, dtype: str) -> Path:
+def build_base(dest: Path, layers: int | None, dtype: str, width: int | None = None) -> Path:
     """A TinyLlama-shaped LlamaForCausalLM with seeded random weights, saved as a normal HF folder with the smoke
-    tokenizer (its ids are all < 32000, so they are valid inputs)."""
+    tokenizer (its ids are all < 32000, so they are valid inputs). `width`: a narrower hidden size (a CPU check of
+    the code path), with TinyLlama's head size (64), its 8 query heads per key-value head and its MLP ratio (2.75)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lorascope.models import builtin
 
     cfg = dict(builtin.TINYLLAMA_1B_ARCH, num_hidden_layers=layers or builtin.TINYLLAMA_1B_ARCH["num_hidden_layers"])
+    if width:
+        if width % 512:
+            raise SystemExit(f"--width must be a multiple of 512 (8 heads of 64 per key-value head), got {width}")
+        cfg.update(hidden_size=width, intermediate_size=width * 11 // 4, num_attention_heads=width // 64,
+                   num_key_value_heads=width // 512)  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(getattr(torch, dtype))
     model.save_pretrained(str(dest), safe_serialization=True)
@@ -79,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers than TinyLlama's 22 (a CPU check)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="a narrower hidden size than TinyLlama's 2048, multiple of 512 (a CPU check of the code path)")
     ap.add_argument("--dtype", default=None, help="serving dtype (default: bfloat16 on cuda, float32 on cpu)")
     ap.add_argument("--requests", type=int, default=None, help="timed requests per configuration (reference: 200)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (reference: 3)")
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.dir) if args.dir else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        model_dir = build_base(folder / "tinyllama-shape", args.layers, dtype)
+        model_dir = build_base(folder / "tinyllama-shape", args.layers, dtype, args.width)
         study_path = write_study(folder, model_dir, dtype, args)
         store_url, work = str(folder / "store"), folder / "work"
         common = ["--study", str(study_path), "--store", store_url, "--work-dir", str(work)]
