@@ -52,7 +52,35 @@ def parameter_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-class HFServer:
+class HFDevice:
+    """Device and memory of a served PyTorch model (`self.model` on `self.device`, its load-time `self._memory`): what
+    the classification server and the generation server both answer."""
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def memory(self) -> dict:
+        return dict(self._memory)
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> dict:
+        if self.device.type == "cuda":
+            return {"gpu_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(self.device)),
+                    "rss_bytes": process_rss_bytes()}
+        return {"gpu_peak_allocated_bytes": None, "rss_bytes": process_rss_bytes()}
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class HFServer(HFDevice):
     backend = BACKEND
 
     def __init__(self, mode: str, model: torch.nn.Module, device: torch.device, pad_id: int, tasks: list[str],
@@ -89,33 +117,10 @@ class HFServer:
         """Make `task` the active adapter (PEFT set_adapter): what a server with one-adapter batches pays per switch."""
         self.model.set_adapter(task)
 
-    # ---- device and memory
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def memory(self) -> dict:
-        return dict(self._memory)
-
-    def reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_memory(self) -> dict:
-        if self.device.type == "cuda":
-            return {"gpu_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(self.device)),
-                    "rss_bytes": process_rss_bytes()}
-        return {"gpu_peak_allocated_bytes": None, "rss_bytes": process_rss_bytes()}
-
-    def close(self) -> None:
-        del self.model
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
 
 # ------------------------------------------------------------------------------------------------ loading
-def _timed_load(fn):
+def timed_load(fn):
+    """(fn(), its seconds), a CUDA model synchronised before the clock stops."""
     t0 = time.perf_counter()
     model = fn()
     if isinstance(model, torch.nn.Module) and next(model.parameters()).device.type == "cuda":
@@ -125,7 +130,7 @@ def _timed_load(fn):
 
 def open_plain(mode: str, model_dir: Path, num_labels: int, dtype: torch.dtype, device: torch.device) -> HFServer:
     """`full` (a full fine-tuned cell's model/) or `merged` (a merged checkpoint): a plain classifier, no PEFT."""
-    model, seconds = _timed_load(lambda: loading.load_classifier(model_dir, num_labels, dtype, device))
+    model, seconds = timed_load(lambda: loading.load_classifier(model_dir, num_labels, dtype, device))
     return HFServer(mode, model, device, model.config.pad_token_id, [], mixed=False, load_seconds=seconds)
 
 
@@ -147,7 +152,7 @@ def open_adapters(mode: str, base_dir: Path, adapters: Mapping[str, Path], num_l
                   device: torch.device, seed: int = 0) -> HFServer:
     """`separate` (one adapter, served as the active adapter) or `multi-k` (k adapters loaded with
     `load_adapter(..., adapter_name=task)`, every batch served with `adapter_names` per row)."""
-    model, seconds = _timed_load(lambda: _peft_model(base_dir, adapters, num_labels, dtype, device, seed))
+    model, seconds = timed_load(lambda: _peft_model(base_dir, adapters, num_labels, dtype, device, seed))
     return HFServer(mode, model, device, model.config.pad_token_id, list(adapters), mixed=mode.startswith("multi-"),
                     load_seconds=seconds)
 

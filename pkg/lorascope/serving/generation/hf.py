@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope.serving.hf_backend import parameter_bytes, process_rss_bytes
+from lorascope.serving.hf_backend import HFDevice, parameter_bytes, process_rss_bytes, timed_load
 from lorascope.serving.workload import Request
 
 BACKEND = "hf"
@@ -64,7 +64,7 @@ def _eos_pad(model) -> tuple[int, int]:
     return eos, int(eos if pad is None else pad)
 
 
-class HFGenerator:
+class HFGenerator(HFDevice):
     """One loaded model; `use(mode)` picks how its next batches are served (separate or multi-k on an adapter model)."""
 
     backend = BACKEND
@@ -119,39 +119,10 @@ class HFGenerator:
         return {"tokens": new, "ttft": [ttft] * rows, "tpot": [tpot] * rows, "e2e": [t1 - t0] * rows,
                 "output_tokens": [len(t) for t in new]}  # fmt: skip
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def memory(self) -> dict:
-        return dict(self._memory)
-
-    def reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_memory(self) -> dict:
-        gpu = int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
-        return {"gpu_peak_allocated_bytes": gpu, "rss_bytes": process_rss_bytes()}
-
-    def close(self) -> None:
-        del self.model
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    model = fn()
-    if next(model.parameters()).device.type == "cuda":
-        torch.cuda.synchronize()
-    return model, time.perf_counter() - t0
-
 
 def open_plain(kind: str, model_dir: Path, dtype: torch.dtype, device: torch.device, output_tokens: int) -> HFGenerator:
     """`full` or `merged`: a plain causal LM."""
-    model, seconds = _timed(lambda: load_causal_lm(model_dir, dtype, device))
+    model, seconds = timed_load(lambda: load_causal_lm(model_dir, dtype, device))
     return HFGenerator(kind, model, device, [], seconds, output_tokens)
 
 
@@ -170,7 +141,7 @@ def _peft(base_dir: Path, adapters: Mapping[str, Path], dtype: torch.dtype, devi
 def open_adapters(base_dir: Path, adapters: Mapping[str, Path], dtype: torch.dtype, device: torch.device,
                   output_tokens: int) -> HFGenerator:
     """Base + every adapter (`separate` serves the first, `multi-k` mixes the first k)."""
-    model, seconds = _timed(lambda: _peft(base_dir, adapters, dtype, device))
+    model, seconds = timed_load(lambda: _peft(base_dir, adapters, dtype, device))
     return HFGenerator("adapters", model, device, list(adapters), seconds, output_tokens)
 
 
