@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -67,6 +70,33 @@ def test_phase_index_comes_from_job_completion_index(fake_phases, tmp_path, smok
     assert rc == 0 and fake_phases == [("train", 7)]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "99")
     assert cli.main(["train", "--study", str(smoke_study_path), "--store", store, "--run-id", "r"]) == 2
+
+
+def test_an_index_starts_on_a_collected_and_frozen_heap(fake_phases, tmp_path, smoke_study_path, monkeypatch):
+    """runner.settle_heap: the garbage left before an index (a reference cycle here, as a finished training leaves)
+    is collected first, then the rest is frozen, so the collections inside the index no longer walk the imports."""
+    import lorascope.runner as runner
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle
+    seen = []
+    fake = runner.get_phase  # fake_phases' registry
+    probe = lambda ctx, i: seen.append((gone() is None, gc.get_freeze_count()))  # noqa: E731
+    monkeypatch.setattr(runner, "get_phase", lambda name: dataclasses.replace(fake(name), run_fn=probe))
+    gc.unfreeze()  # this session froze its imports after collection: start from an unfrozen heap
+    try:
+        rc = cli.main(["train", "--study", str(smoke_study_path), "--store", str(tmp_path / "s"), "--run-id", "r",
+                       "--index", "0", "--work-dir", str(tmp_path)])  # fmt: skip
+        assert rc == 0 and len(seen) == 1
+        collected, frozen = seen[0]
+        assert collected and frozen > 10_000  # the cycle was collected before the phase ran; torch & co are frozen
+    finally:
+        gc.freeze()
 
 
 def test_status_distinguishes_committed_in_progress_missing(fake_phases, tmp_path, smoke_study_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorascope.errors import EXIT_CONFIG, ConfigError, LorascopeError, StoreError
+from lorascope.heap import settle_heap
 from lorascope.log import Logger, route_transformers_logs
 from lorascope.phases import Phase, PhaseContext, available_phases, get_phase
 from lorascope.store import Store
@@ -130,6 +131,7 @@ def run_phase_index(ctx: PhaseContext, phase_name: str, index: int) -> None:
         raise StoreError(f"store {ctx.store.url} is read-only, and phase {phase_name} index {index} still has to "
                          f"commit {ix.bundle}: give a writable store")  # fmt: skip
     route_transformers_logs()  # transformers' warnings as logfmt lines too (a no-op where it is not installed)
+    settle_heap()  # the last index's garbage collected, the imports frozen (lorascope.heap)
     t0 = time.perf_counter()
     log("start")
     try:

@@ -45,7 +45,6 @@ two workers committing is harmless (each commit names only its own attempt; the 
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
 import shutil
@@ -53,6 +52,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import LorascopeError
+from lorascope.heap import settle_heap
 from lorascope.phases import PhaseContext, get_phase, hpo_slots
 from lorascope.threads import configure_threads
 
@@ -277,7 +277,7 @@ class Objective:
         finally:
             shutil.rmtree(output_dir, ignore_errors=True)
             del model, result
-            gc.collect()  # the next trial builds a fresh model: free this one's memory first
+            settle_heap()  # the next trial builds a fresh model: free this one's memory first (lorascope.heap)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         trial.set_user_attr("best_step", best_step)
