@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
 import pytest
 
+from lorascope.heap import settle_heap
 from lorascope.store import Store
 from tests.fixtures import smoke_runs as _smoke
 from tests.fixtures.runs import machine_paths_in  # noqa: F401  (older imports of tests.conftest)
@@ -50,9 +50,8 @@ def pytest_collection_finish(session):
     # torch, transformers, PEFT, vLLM's clients, every test module: about a million long-lived objects that every full
     # collection walked again. A worker made 100-120 full collections (the Trainer's gc.collect at the end of every
     # training among them), 40 s of its ~330 s (measured with a gc.callbacks timer). Frozen, they are never scanned
-    # (gc.freeze: moved to the permanent generation; nothing collection made is garbage).
-    gc.collect()
-    gc.freeze()
+    # (lorascope.heap: collected, then gc.freeze; the runner does the same before each index).
+    settle_heap()
     paths = []
     for item in session.items:
         try:

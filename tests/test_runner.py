@@ -12,6 +12,7 @@ import pytest
 
 from lorascope import cli
 from lorascope.errors import ConfigError
+from lorascope.heap import settle_heap
 from lorascope.phases import PHASE_ORDER, get_phase, select_phases
 from lorascope.runner import (
     default_run_id,
@@ -96,7 +97,7 @@ def test_an_index_starts_on_a_collected_and_frozen_heap(fake_phases, tmp_path, s
         collected, frozen = seen[0]
         assert collected and frozen > 10_000  # the cycle was collected before the phase ran; torch & co are frozen
     finally:
-        gc.freeze()
+        settle_heap()  # frozen again, as the session left it, without freezing this test's garbage
 
 
 def test_status_distinguishes_committed_in_progress_missing(fake_phases, tmp_path, smoke_study_path):
